@@ -1,0 +1,1 @@
+"""Ecovisor actuators."""

@@ -1,0 +1,78 @@
+"""Every Kafka topic and MQTT topic pattern of Ecovisor, defined once.
+
+Kafka (public): commands in, per-app notifications out, the ledger, dead letters.
+Kafka (internal): bridged telemetry, actuator commands and acknowledgements, alerts.
+MQTT: edge devices publish telemetry under ``ecovisor/<site>/telemetry/<kind>/<source>``
+and receive control messages under ``ecovisor/<site>/control/<kind>/<device>``.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- Kafka: public -------------------------------------------------------------------
+COMMANDS = "ecovisor.commands"
+LEDGER = "ecovisor.ledger"
+DEADLETTER = "ecovisor.deadletter"
+NOTIFICATIONS_PREFIX = "ecovisor.notifications."
+
+# --- Kafka: internal -----------------------------------------------------------------
+TELEMETRY = "ecovisor.telemetry"  # every MQTT telemetry message, keyed by site id
+ACTUATOR_CONTAINERS = "ecovisor.actuator.containers"  # caps, suspend/resume, scale
+ACTUATOR_BATTERY = "ecovisor.actuator.battery"  # aggregate battery setpoints per site
+ACTUATOR_ACKS = "ecovisor.actuator.acks"  # applied / failed
+ALERTS = "ecovisor.alerts"  # site alerts for operators (battery drift, ...)
+
+_APP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def notifications(app: str) -> str:
+    """Per-application notification topic (one per app so Kafka ACLs can isolate)."""
+    if not _APP_ID.match(app):
+        raise ValueError(f"invalid app id {app!r}: use [a-z0-9][a-z0-9_-]*, max 63 chars")
+    return NOTIFICATIONS_PREFIX + app
+
+
+def static_topics() -> list[str]:
+    """Topics that exist independently of the configured applications."""
+    return [
+        COMMANDS,
+        LEDGER,
+        DEADLETTER,
+        TELEMETRY,
+        ACTUATOR_CONTAINERS,
+        ACTUATOR_BATTERY,
+        ACTUATOR_ACKS,
+        ALERTS,
+    ]
+
+
+def all_topics(apps: list[str]) -> list[str]:
+    """Every topic to create up front for a set of applications."""
+    return static_topics() + [notifications(a) for a in sorted(apps)]
+
+
+# --- MQTT ----------------------------------------------------------------------------
+MQTT_ROOT = "ecovisor"
+MQTT_TELEMETRY_SUBSCRIPTION = f"{MQTT_ROOT}/+/telemetry/#"
+TELEMETRY_KINDS = ("solar", "carbon", "battery", "node", "container", "app_metrics")
+
+
+def mqtt_telemetry(site: str, kind: str, source: str) -> str:
+    if kind not in TELEMETRY_KINDS:
+        raise ValueError(f"unknown telemetry kind {kind!r}; expected one of {TELEMETRY_KINDS}")
+    return f"{MQTT_ROOT}/{site}/telemetry/{kind}/{source}"
+
+
+def mqtt_battery_control(site: str, device: str) -> str:
+    return f"{MQTT_ROOT}/{site}/control/battery/{device}"
+
+
+def parse_mqtt_telemetry(topic: str) -> tuple[str, str, str] | None:
+    """(site, kind, source) of a telemetry topic, or None if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != MQTT_ROOT or parts[2] != "telemetry":
+        return None
+    if parts[3] not in TELEMETRY_KINDS:
+        return None
+    return parts[1], parts[3], parts[4]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system packages the embedded stack uses, where we can (root + apt).
+#   mosquitto        MQTT broker (otherwise the pip-installed amqtt broker is used)
+#   victoria-metrics time-series store accepting influxdb-client writes (optional)
+#   docker-compose   validates docker-compose.yml without an engine (tests)
+set -u
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null \
+    || echo "warning: apt-get install ${need[*]} failed; falling back where possible" >&2
+  # Debian starts the packaged daemons; Ecovisor runs its own instances.
+  for s in mosquitto victoria-metrics; do
+    (systemctl stop "$s" || service "$s" stop) >/dev/null 2>&1 || true
+  done
+else
+  echo "note: not root or no apt-get; missing optional system packages: ${need[*]}" >&2
+fi
+exit 0
