@@ -1,0 +1,271 @@
+"""Site configuration: one YAML file describing a site's physical energy system, its
+applications (shares, tokens, containers and their backends, policies), its edge
+collectors and the stack endpoints. Validated by ``ecovisor config check``.
+See docs/configuration.md."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ecovisor.schemas import AppId, Ident
+from ecovisor.shares import AppShare, SiteShape
+
+
+class ConfigError(Exception):
+    """A site configuration that cannot be used, with readable reasons."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PowerModelRef(_Strict):
+    """A node power model: a preset name or explicit linear parameters."""
+
+    preset: str | None = None
+    idle_w: float | None = Field(None, ge=0)
+    max_w: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PowerModelRef:
+        explicit = self.idle_w is not None or self.max_w is not None
+        if self.preset is None and not explicit:
+            raise ValueError("give either preset or idle_w and max_w")
+        if explicit and (self.idle_w is None or self.max_w is None):
+            raise ValueError("idle_w and max_w must be given together")
+        if explicit and self.max_w < self.idle_w:  # type: ignore[operator]
+            raise ValueError("max_w must be >= idle_w")
+        return self
+
+
+class NodeConfig(_Strict):
+    id: Ident
+    cores: int = Field(ge=1)
+    power_model: PowerModelRef = PowerModelRef(preset="ecovisor-microserver")
+    meter: Literal["model", "rapl", "kepler"] = "model"
+    kepler_url: str | None = None
+
+
+class ContainerBackend(_Strict):
+    """Where a container lives and how it is controlled."""
+
+    type: Literal["cgroup_v1", "cgroup_v2", "lxd", "process"]
+    cgroup: str | None = Field(
+        None, description="cgroup path relative to the hierarchy root, e.g. ecovisor/web-1"
+    )
+    root: str | None = Field(None, description="cgroup mount root override (tests, v2 trees)")
+    instance: str | None = Field(None, description="LXD instance name")
+    lxd_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> ContainerBackend:
+        if self.type in ("cgroup_v1", "cgroup_v2", "process") and not self.cgroup:
+            raise ValueError(f"backend {self.type} needs 'cgroup' (a cgroup path)")
+        if self.type == "lxd" and not self.instance:
+            raise ValueError("backend lxd needs 'instance'")
+        return self
+
+
+class ContainerConfig(_Strict):
+    id: Ident
+    node: Ident
+    backend: ContainerBackend
+    size: float = Field(1.0, gt=0, description="relative size for idle attribution 'size'")
+    command: list[str] | None = Field(
+        None, description="embedded demo: a workload started inside the container's cgroup"
+    )
+
+
+class ContainerTemplate(_Strict):
+    """Template for horizontal scaling (scale_app)."""
+
+    id: Ident
+    node: Ident
+    backend: ContainerBackend
+    command: list[str] | None = None
+    max_replicas: int = Field(8, ge=0)
+
+
+class PolicyConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+    args: list[str] = Field(default_factory=list)
+
+
+class AppConfig(_Strict):
+    id: AppId
+    token: str = Field(min_length=8, repr=False)
+    shares: AppShare = AppShare()
+    containers: list[ContainerConfig] = Field(default_factory=list)
+    templates: list[ContainerTemplate] = Field(default_factory=list)
+    policies: list[PolicyConfig] = Field(default_factory=list)
+
+
+class SourceConfig(_Strict):
+    """An edge collector or device: its type and type-specific options (validated by the
+    collector itself at start and by ``ecovisor config check``)."""
+
+    type: str
+    id: Ident | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SiteConfig(_Strict):
+    id: Ident
+    shape: SiteShape = SiteShape()
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    solar: SourceConfig | None = None
+    carbon: SourceConfig | None = None
+    battery: SourceConfig | None = None
+    grace_s: float = Field(0.5, ge=0, description="a tick closes after tick_s + grace_s")
+
+
+class StackConfig(_Strict):
+    """Endpoints. ``kafka_bootstrap: null`` starts the embedded broker (tansu)."""
+
+    kafka_bootstrap: str | None = None
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(11883, ge=1, le=65535)
+    mqtt_embedded: bool = True
+    timeseries: Literal["auto", "victoria-metrics", "influxdb", "none"] = "auto"
+    victoria_metrics_port: int = Field(18428, ge=1, le=65535)
+    influxdb_url: str | None = None
+    influxdb_org: str = "ecovisor"
+    influxdb_bucket: str = "ecovisor"
+    influxdb_token_env: str = "INFLUXDB_TOKEN"
+    api_port: int = Field(18080, ge=1, le=65535)
+    ledger_web_port: int = Field(16066, ge=1, le=65535)
+    state_dir: str = ".ecovisor"
+
+
+class EcovisorConfig(_Strict):
+    schema_version: Literal[1] = 1
+    site: SiteConfig
+    apps: list[AppConfig] = Field(default_factory=list)
+    stack: StackConfig = StackConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EcovisorConfig:
+        errors: list[str] = []
+        app_ids = [a.id for a in self.apps]
+        for dup in {x for x in app_ids if app_ids.count(x) > 1}:
+            errors.append(f"app id {dup!r} is used twice")
+        tokens = [a.token for a in self.apps]
+        if len(set(tokens)) != len(tokens):
+            errors.append("two apps share a token; every app needs its own credential")
+        nodes = {n.id for n in self.site.nodes}
+        seen: dict[str, str] = {}
+        for a in self.apps:
+            for c in [*a.containers, *a.templates]:
+                if c.id in seen:
+                    errors.append(
+                        f"container {c.id!r} is mapped to both {seen[c.id]!r} and {a.id!r}"
+                    )
+                seen[c.id] = a.id
+                if c.node not in nodes:
+                    errors.append(f"app {a.id!r} container {c.id!r}: unknown node {c.node!r}")
+        solar = sum(a.shares.solar_fraction for a in self.apps)
+        if solar > 1 + 1e-9:
+            errors.append(f"solar fractions of the apps add up to {solar:.3f} > 1")
+        cap = sum(a.shares.battery_capacity_wh for a in self.apps)
+        if cap > self.site.shape.battery_capacity_wh + 1e-9:
+            errors.append(
+                f"battery shares add up to {cap} Wh > site battery "
+                f"{self.site.shape.battery_capacity_wh} Wh"
+            )
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    # --- lookups used by the ledger, actuators, API --------------------------------
+    def app(self, app_id: str) -> AppConfig:
+        for a in self.apps:
+            if a.id == app_id:
+                return a
+        raise KeyError(app_id)
+
+    def app_for_token(self, token: str) -> AppConfig | None:
+        """The app owning a token (constant-time comparison per app)."""
+        found = None
+        for a in self.apps:
+            if hmac.compare_digest(a.token.encode(), token.encode()):
+                found = a
+        return found
+
+    def owner_of(self, container: str) -> str | None:
+        for a in self.apps:
+            if any(c.id == container for c in a.containers):
+                return a.id
+        return None
+
+    def container(self, container: str) -> ContainerConfig | None:
+        for a in self.apps:
+            for c in a.containers:
+                if c.id == container:
+                    return c
+        return None
+
+    def node(self, node_id: str) -> NodeConfig:
+        for n in self.site.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def shares(self) -> dict[str, AppShare]:
+        return {a.id: a.shares for a in self.apps}
+
+
+_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str) -> str:
+    """${VAR} and ${VAR:-default} in the YAML text, so tokens need not live in the file."""
+
+    def sub(m: re.Match[str]) -> str:
+        val = os.environ.get(m.group(1))
+        if val is None:
+            if m.group(2) is None:
+                raise ConfigError(f"environment variable {m.group(1)} is not set")
+            return m.group(2)
+        return val
+
+    return _ENV.sub(sub, text)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "<root>"
+        msg = e.get("msg", "")
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, origin: str = "<string>") -> EcovisorConfig:
+    try:
+        data = yaml.safe_load(_expand_env(text))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level")
+    try:
+        return EcovisorConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: invalid configuration:\n{_format_errors(e)}") from e
+
+
+def load_config(path: str | os.PathLike[str]) -> EcovisorConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such configuration file")
+    return parse_config(p.read_text(), origin=str(p))
+
+
+DEFAULT_CONFIG_ENV = "ECOVISOR_CONFIG"

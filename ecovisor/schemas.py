@@ -1,0 +1,389 @@
+"""The public message contract: one pydantic definition per message, used by every
+producer and consumer (collectors, bridge, ledger, actuators, CLI, REST API).
+
+Every message carries ``schema_version``, the ``site`` id and an event ``time`` (UTC).
+Telemetry also carries a ``source`` id and a per-source ``seq``; commands carry a
+``command_id`` (idempotency key) and the app's ``token``. Units: W, Wh, J, gCO2eq/kWh,
+g, mg/s, seconds. See docs/contract.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+SCHEMA_VERSION = 1
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+AppId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Ident = Annotated[str, Field(pattern=_ID)]
+NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def utcnow() -> datetime:
+    """Wall-clock time for stamping messages at the edge (never used by the ledger)."""
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Envelope fields common to every message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    site: Ident
+    time: AwareDatetime = Field(description="event time, timezone-aware (UTC recommended)")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# ---------------------------------------------------------------------------------------
+# Telemetry (MQTT ecovisor/<site>/telemetry/<kind>/<source>, bridged to ecovisor.telemetry)
+# ---------------------------------------------------------------------------------------
+
+
+class Telemetry(Message):
+    source: Ident = Field(description="stable id of the publishing device or collector")
+    seq: int = Field(ge=0, description="per-source sequence number; duplicates are ignored")
+
+
+class SolarTelemetry(Telemetry):
+    kind: Literal["solar"] = "solar"
+    power_w: NonNeg = Field(description="instantaneous AC power of the whole site array")
+    energy_j: NonNeg = Field(description="cumulative energy counter since the source started")
+
+
+class CarbonTelemetry(Telemetry):
+    kind: Literal["carbon"] = "carbon"
+    intensity_g_per_kwh: NonNeg
+    signal: Literal["average", "marginal"] = "average"
+    stale: bool = Field(False, description="true when the last good value is carried forward")
+    forecast: list[tuple[AwareDatetime, NonNeg]] = Field(
+        default_factory=list, description="(time, gCO2eq/kWh) points where the source has them"
+    )
+
+
+class BatteryTelemetry(Telemetry):
+    kind: Literal["battery"] = "battery"
+    stored_wh: NonNeg
+    capacity_wh: NonNeg
+    power_w: Finite = Field(description="net battery power, + charging, - discharging")
+    charge_setpoint_w: NonNeg = 0.0
+    max_discharge_setpoint_w: NonNeg = 0.0
+    curtailed_w: NonNeg = 0.0
+
+
+class NodeTelemetry(Telemetry):
+    kind: Literal["node"] = "node"
+    node: Ident
+    cores: int = Field(ge=1)
+    cpu_busy_s: NonNeg = Field(description="cumulative busy CPU seconds, all cores")
+    energy_j: NonNeg = Field(description="cumulative node energy (RAPL or power model)")
+    idle_energy_j: NonNeg = Field(0.0, description="cumulative idle part of energy_j")
+    meter: Literal["model", "rapl", "kepler"] = "model"
+
+
+class ContainerTelemetry(Telemetry):
+    kind: Literal["container"] = "container"
+    app: AppId
+    container: Ident
+    node: Ident | None = None
+    cpu_s: NonNeg = Field(description="cumulative CPU seconds of the container")
+    energy_j: NonNeg = Field(
+        description="cumulative energy attributed to the container (active + idle share)"
+    )
+
+
+class AppMetricsTelemetry(Telemetry):
+    kind: Literal["app_metrics"] = "app_metrics"
+    app: AppId
+    latency_ms: NonNeg | None = None
+    progress: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    functional_units_total: NonNeg | None = Field(
+        None, description="cumulative functional units R (for SCI), e.g. requests served"
+    )
+    extra: dict[str, Finite] = Field(default_factory=dict)
+
+
+AnyTelemetry = Annotated[
+    SolarTelemetry
+    | CarbonTelemetry
+    | BatteryTelemetry
+    | NodeTelemetry
+    | ContainerTelemetry
+    | AppMetricsTelemetry,
+    Field(discriminator="kind"),
+]
+TELEMETRY_ADAPTER: TypeAdapter[AnyTelemetry] = TypeAdapter(AnyTelemetry)
+
+
+def parse_telemetry(raw: bytes | str) -> AnyTelemetry:
+    """Parse and validate one telemetry payload (raises pydantic.ValidationError)."""
+    return TELEMETRY_ADAPTER.validate_json(raw)
+
+
+# ---------------------------------------------------------------------------------------
+# Commands (Kafka ecovisor.commands)
+# ---------------------------------------------------------------------------------------
+
+
+def new_command_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Command(Message):
+    command_id: Ident = Field(default_factory=new_command_id)
+    app: AppId
+    token: str = Field(min_length=1, repr=False, description="the app's credential")
+
+
+class SetContainerPowercap(Command):
+    type: Literal["set_container_powercap"] = "set_container_powercap"
+    container: Ident
+    watts: NonNeg | None = Field(description="cap in W; null removes the cap")
+
+
+class SetBatteryChargeRate(Command):
+    type: Literal["set_battery_charge_rate"] = "set_battery_charge_rate"
+    watts: NonNeg = Field(description="charge at this rate until full (0 = solar-only)")
+
+
+class SetBatteryMaxDischarge(Command):
+    type: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
+    watts: NonNeg
+
+
+class SetCarbonRate(Command):
+    type: Literal["set_carbon_rate"] = "set_carbon_rate"
+    container: Ident
+    mg_per_s: NonNeg | None = Field(description="carbon rate limit; null removes it")
+    window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+
+class SetCarbonBudget(Command):
+    type: Literal["set_carbon_budget"] = "set_carbon_budget"
+    grams: NonNeg | None = Field(description="app carbon budget per period; null removes it")
+    period_s: Annotated[float, Field(gt=0)] = 3600.0
+
+
+class SuspendContainer(Command):
+    type: Literal["suspend_container"] = "suspend_container"
+    container: Ident
+
+
+class ResumeContainer(Command):
+    type: Literal["resume_container"] = "resume_container"
+    container: Ident
+
+
+class ScaleContainer(Command):
+    """Vertical scaling: change a container's CPU allowance (cores)."""
+
+    type: Literal["scale_container"] = "scale_container"
+    container: Ident
+    cpus: Annotated[float, Field(gt=0, le=1024)]
+
+
+class ScaleApp(Command):
+    """Horizontal scaling: run this many replicas of the app's container template."""
+
+    type: Literal["scale_app"] = "scale_app"
+    template: Ident
+    replicas: Annotated[int, Field(ge=0, le=256)]
+
+
+AnyCommand = Annotated[
+    SetContainerPowercap
+    | SetBatteryChargeRate
+    | SetBatteryMaxDischarge
+    | SetCarbonRate
+    | SetCarbonBudget
+    | SuspendContainer
+    | ResumeContainer
+    | ScaleContainer
+    | ScaleApp,
+    Field(discriminator="type"),
+]
+COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(AnyCommand)
+COMMAND_TYPES: dict[str, type[Command]] = {
+    c.model_fields["type"].default: c
+    for c in (
+        SetContainerPowercap,
+        SetBatteryChargeRate,
+        SetBatteryMaxDischarge,
+        SetCarbonRate,
+        SetCarbonBudget,
+        SuspendContainer,
+        ResumeContainer,
+        ScaleContainer,
+        ScaleApp,
+    )
+}
+
+
+def parse_command(raw: bytes | str) -> AnyCommand:
+    return COMMAND_ADAPTER.validate_json(raw)
+
+
+# ---------------------------------------------------------------------------------------
+# Notifications (Kafka ecovisor.notifications.<app>)
+# ---------------------------------------------------------------------------------------
+
+NotificationType = Literal[
+    "tick",
+    "solar_change",
+    "carbon_change",
+    "battery_full",
+    "battery_empty",
+    "unserved",
+    "carbon_rate_near",
+    "carbon_rate_exceeded",
+    "carbon_budget_near",
+    "carbon_budget_exceeded",
+    "command_accepted",
+    "command_rejected",
+    "command_applied",
+    "command_failed",
+]
+COMMAND_LIFECYCLE = ("command_accepted", "command_rejected", "command_applied", "command_failed")
+
+
+class Notification(Message):
+    """One notification to one application. ``data`` holds the type-specific fields
+    documented in docs/contract.md (for ``tick``: see TickData)."""
+
+    app: AppId
+    type: NotificationType
+    tick: int | None = Field(None, description="tick index the notification refers to")
+    command_id: Ident | None = None
+    reason: str | None = Field(None, description="why a command was rejected or failed")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContainerTickData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    power_w: NonNeg
+    powercap_w: NonNeg | None = None
+    suspended: bool = False
+    carbon_mg_per_s: NonNeg = 0.0
+    carbon_rate_limit_mg_per_s: NonNeg | None = None
+
+
+class TickData(BaseModel):
+    """The ``data`` of a ``tick`` notification: what a policy needs for its next move."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tick_s: float
+    next_solar_w: NonNeg = Field(description="the app's solar for the next tick (buffered)")
+    solar_w: NonNeg
+    grid_w: NonNeg
+    grid_carbon_g_per_kwh: NonNeg
+    battery_charge_level_wh: NonNeg
+    battery_discharge_rate_w: NonNeg
+    battery_charge_rate_setting_w: NonNeg
+    battery_max_discharge_setting_w: NonNeg
+    app_power_w: NonNeg
+    unserved_w: NonNeg
+    carbon_g: NonNeg = Field(description="carbon of this tick")
+    carbon_budget_g: NonNeg | None = None
+    carbon_budget_used_g: NonNeg | None = None
+    containers: dict[str, ContainerTickData] = Field(default_factory=dict)
+    estimated: bool = False
+
+
+def parse_notification(raw: bytes | str) -> Notification:
+    return Notification.model_validate_json(raw)
+
+
+# ---------------------------------------------------------------------------------------
+# Actuators (Kafka ecovisor.actuator.*; MQTT ecovisor/<site>/control/battery/<device>)
+# ---------------------------------------------------------------------------------------
+
+
+class ContainerAction(Message):
+    """An accepted container command routed by the ledger to the actuators."""
+
+    command_id: Ident
+    app: AppId
+    container: Ident
+    action: Literal["set_cap", "remove_cap", "suspend", "resume", "scale", "scale_app"]
+    watts: NonNeg | None = None
+    cpus: Annotated[float, Field(gt=0)] | None = None
+    replicas: Annotated[int, Field(ge=0)] | None = None
+
+
+class BatterySetpoint(Message):
+    """Aggregate battery controller setpoints of a site (Σ over its apps)."""
+
+    command_id: Ident
+    device: Ident | None = None
+    charge_rate_w: NonNeg = Field(description="Σ grid->battery charge rates")
+    max_discharge_w: NonNeg = Field(description="Σ max-discharge limits")
+    net_power_w: Finite = Field(0.0, description="expected net battery power, + charging")
+    tick: int | None = None
+
+
+class ActuatorAck(Message):
+    command_id: Ident
+    app: AppId | None = None
+    actuator: Ident
+    ok: bool
+    applied: dict[str, Any] = Field(default_factory=dict, description="value actually applied")
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Dead letters and alerts
+# ---------------------------------------------------------------------------------------
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be accepted, with the reason and the raw payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    time: AwareDatetime
+    origin: str = Field(description="where it came from, e.g. 'mqtt:<topic>' or a Kafka topic")
+    reason: str
+    raw: str = Field(description="raw payload, UTF-8 with invalid bytes escaped")
+
+    @field_validator("reason")
+    @classmethod
+    def _short_reason(cls, v: str) -> str:
+        return v if len(v) <= 4000 else v[:3997] + "..."
+
+
+def dead_letter(origin: str, reason: str, raw: bytes | str) -> DeadLetter:
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    return DeadLetter(time=utcnow(), origin=origin, reason=reason, raw=text)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """A one-line readable reason from a pydantic error."""
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "<root>"
+        parts.append(f"{loc}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+class Alert(Message):
+    kind: Literal["battery_drift", "source_silent", "grid_limit"]
+    severity: Literal["warning", "critical"] = "warning"
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
