@@ -269,3 +269,38 @@ def load_config(path: str | os.PathLike[str]) -> EcovisorConfig:
 
 
 DEFAULT_CONFIG_ENV = "ECOVISOR_CONFIG"
+
+# Environment overrides of the stack endpoints (docker compose passes these).
+ENV_KAFKA_BOOTSTRAP = "ECOVISOR_KAFKA_BOOTSTRAP"
+ENV_MQTT_HOST = "ECOVISOR_MQTT_HOST"
+ENV_MQTT_PORT = "ECOVISOR_MQTT_PORT"
+ENV_INFLUXDB_URL = "ECOVISOR_INFLUXDB_URL"
+ENV_VARS = (DEFAULT_CONFIG_ENV, ENV_KAFKA_BOOTSTRAP, ENV_MQTT_HOST, ENV_MQTT_PORT, ENV_INFLUXDB_URL)
+
+
+def kafka_bootstrap(cfg: EcovisorConfig) -> str:
+    """host:port of the Kafka-compatible broker: env, then config, then embedded."""
+    env = os.environ.get(ENV_KAFKA_BOOTSTRAP)
+    if env:
+        return env
+    if cfg.stack.kafka_bootstrap:
+        return cfg.stack.kafka_bootstrap
+    return f"127.0.0.1:{cfg.stack.kafka_port}"
+
+
+def mqtt_endpoint(cfg: EcovisorConfig) -> tuple[str, int]:
+    host = os.environ.get(ENV_MQTT_HOST) or cfg.stack.mqtt_host
+    port = int(os.environ.get(ENV_MQTT_PORT) or cfg.stack.mqtt_port)
+    return host, port
+
+
+def influxdb_url(cfg: EcovisorConfig) -> str | None:
+    return os.environ.get(ENV_INFLUXDB_URL) or cfg.stack.influxdb_url
+
+
+def config_path(explicit: str | None) -> str:
+    """The configuration file to use: --config, then $ECOVISOR_CONFIG."""
+    path = explicit or os.environ.get(DEFAULT_CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"no configuration: pass --config FILE or set {DEFAULT_CONFIG_ENV}")
+    return path

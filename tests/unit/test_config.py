@@ -50,7 +50,9 @@ def test_errors_are_readable(patch: tuple[str, str], needle: str) -> None:
 
 
 def test_shares_cannot_exceed_site() -> None:
-    text = MINIMAL.replace("token: aaaaaaaaaaaa", "token: aaaaaaaaaaaa\n    shares: {solar_fraction: 0.7}")
+    text = MINIMAL.replace(
+        "token: aaaaaaaaaaaa", "token: aaaaaaaaaaaa\n    shares: {solar_fraction: 0.7}"
+    )
     text += """  - id: b
     token: bbbbbbbbbbbb
     shares: {solar_fraction: 0.6}
