@@ -346,6 +346,21 @@ class ActuatorAck(Message):
     error: str | None = None
 
 
+class ContainerEvent(Message):
+    """A container started or removed by horizontal scaling (Kafka ecovisor.containers),
+    so collectors start/stop measuring it and the ledger attributes it to its app."""
+
+    app: AppId
+    container: Ident
+    event: Literal["added", "removed"]
+    template: Ident | None = None
+    node: Ident | None = None
+    backend: dict[str, Any] = Field(
+        default_factory=dict, description="backend config: type, cgroup/root or instance"
+    )
+    command_id: Ident | None = Field(None, description="the scale_app command that caused it")
+
+
 # ---------------------------------------------------------------------------------------
 # Dead letters and alerts
 # ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ ACTUATOR_CONTAINERS = "ecovisor.actuator.containers"  # caps, suspend/resume, sc
 ACTUATOR_BATTERY = "ecovisor.actuator.battery"  # aggregate battery setpoints per site
 ACTUATOR_ACKS = "ecovisor.actuator.acks"  # applied / failed
 ALERTS = "ecovisor.alerts"  # site alerts for operators (battery drift, ...)
+CONTAINERS = "ecovisor.containers"  # ContainerEvent: replicas added/removed (scaling)
 
 _APP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -44,6 +45,7 @@ def static_topics() -> list[str]:
         ACTUATOR_BATTERY,
         ACTUATOR_ACKS,
         ALERTS,
+        CONTAINERS,
     ]
 
 
