@@ -181,9 +181,7 @@ class Publisher:
             self._connected.set()
             log.info("connected to mqtt %s:%d", self.host, self.port)
 
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any
-    ) -> None:
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if self._connected.is_set():
             self.stats.disconnects += 1
             log.warning("mqtt %s:%d lost (%s); buffering", self.host, self.port, rc)
