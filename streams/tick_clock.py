@@ -1,0 +1,424 @@
+"""Tick assembly for the ledger: PURE (no I/O, no clocks, no globals).
+
+Telemetry is assigned to ticks by its event time: tick ``k`` covers
+``[k*Δt, (k+1)*Δt)`` (epoch seconds, so every worker agrees on the boundaries). A tick
+closes once the driving time reaches ``(k+1)*Δt + grace``. The driving time is given by
+the caller: the event-time watermark (max event time seen, or a ``clock`` message) in
+virtual-time mode, or ``max(watermark, wall clock)`` in real-time mode. Either way this
+module only sees numbers.
+
+Samples are aggregated in memory per open tick (never one state write per sample):
+
+* cumulative counters (container, node and solar energy) keep only the newest sample
+  (highest ``seq``) of each source per tick; at close the tick's energy is
+  ``counter(tick end) - counter(previous close)`` in integer mJ, so energy is never lost
+  or counted twice whatever the sampling, and a counter that goes back with a higher seq
+  is a restart (energy since the restart);
+* carbon intensity is a time-weighted mean over the tick (piecewise constant from each
+  sample, the value carried in from the previous tick at the start);
+* battery telemetry keeps the newest sample.
+
+Rules (the brief's): duplicates (same source and seq) are dropped, with a bounded
+per-source window; a sample older than the oldest open tick is *late* and rolls into the
+oldest open tick (its counter then lands there, charged at that tick's intensity); a
+source silent when a tick closes is carried (counter unchanged, so no new energy until
+it reports again, intensity and battery carried as values), and the tick is marked
+``estimated`` for it and counted. A source silent for ``source_timeout_ticks`` is
+forgotten (no longer estimated).
+
+All state is JSON-serialisable (``snapshot``/``restore``) so the ledger can persist it
+at each tick close and continue exactly after a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecovisor.units import j_to_mj
+
+US = 1_000_000
+
+
+def to_us(seconds: float) -> int:
+    """Seconds (epoch or duration) to integer microseconds."""
+    return round(seconds * US)
+
+
+@dataclass
+class _Dedupe:
+    """Seen seqs of one source: every seq in (hwm - window, hwm] except ``holes``."""
+
+    hwm: int = -1
+    holes: set[int] = field(default_factory=set)
+
+    def accept(self, seq: int, window: int) -> bool:
+        if seq > self.hwm:
+            lo = max(self.hwm + 1, seq - window + 1)
+            if seq - lo > 0:
+                self.holes.update(range(lo, seq))
+            self.hwm = seq
+            if self.holes and len(self.holes) > window:
+                floor = seq - window
+                self.holes = {h for h in self.holes if h > floor}
+            return True
+        if seq in self.holes:
+            self.holes.discard(seq)
+            return True
+        return False  # a duplicate, or older than the window (treated as one)
+
+
+@dataclass
+class _Buf:
+    """Aggregates of one open tick."""
+
+    # counter key -> (seq, counter_mj, owner) ; owner = app for containers, node id for
+    # nodes, "" for solar
+    counters: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    intensity: list[tuple[int, float]] = field(default_factory=list)
+    battery: tuple[int, float, float] | None = None  # (t_us, stored_wh, capacity_wh)
+    solar_w: tuple[int, float] | None = None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # site signal keys
+    # first sample of a counter with no baseline yet: (seq, counter_mj)
+    firsts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    samples: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True)
+class ClosedTick:
+    """Everything the core needs for tick ``k`` of a site (plus statistics)."""
+
+    k: int
+    t_start_us: int
+    tick_us: int
+    demand_mj: dict[str, dict[str, int]]  # app -> container -> mJ in the tick
+    node_mj: dict[str, int]  # node -> mJ in the tick
+    solar_mj: int  # site solar measured IN this tick (the core gets it at k+1)
+    solar_prev_mj: int  # site solar measured in tick k-1 (the core's input for k)
+    solar_w: float | None  # last instantaneous solar power
+    intensity_g_per_kwh: float | None  # time-weighted mean; None before any sample
+    battery_stored_wh: float | None
+    battery_capacity_wh: float | None
+    estimated_sources: tuple[str, ...]  # site-wide sources carried forward
+    app_estimated_sources: dict[str, tuple[str, ...]]
+    metrics: dict[str, dict[str, Any]]
+    samples: int
+    late: int
+    container_nodes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def platform_mj(self) -> int:
+        """Node energy that no container accounts for (booked to the site platform)."""
+        per_node: dict[str, int] = {}
+        for app_d in self.demand_mj.values():
+            for c, mj in app_d.items():
+                node = self.container_nodes.get(c)
+                if node is not None:
+                    per_node[node] = per_node.get(node, 0) + mj
+        return sum(max(0, e - per_node.get(n, 0)) for n, e in self.node_mj.items())
+
+
+@dataclass
+class _Counter:
+    seq: int
+    mj: int
+    owner: str
+    last_k: int
+
+
+class TickClock:
+    """Assembles ticks for ONE site."""
+
+    def __init__(
+        self,
+        tick_s: float,
+        grace_s: float,
+        *,
+        dedupe_window: int = 4096,
+        source_timeout_ticks: int = 60,
+        max_gap_ticks: int = 86_400,
+    ) -> None:
+        self.tick_us = to_us(tick_s)
+        self.grace_us = to_us(grace_s)
+        if self.tick_us <= 0 or self.grace_us < 0:
+            raise ValueError("tick_s must be > 0 and grace_s >= 0")
+        self.dedupe_window = dedupe_window
+        self.source_timeout_ticks = source_timeout_ticks
+        self.max_gap_ticks = max_gap_ticks
+        self.next_close: int | None = None  # oldest open tick
+        self.watermark_us: int | None = None
+        self.open: dict[int, _Buf] = {}
+        self.dedupe: dict[str, _Dedupe] = {}
+        self.counters: dict[str, _Counter] = {}  # baselines at the last close
+        self.container_nodes: dict[str, str] = {}
+        self.intensity: tuple[int, float] | None = None  # carried (t_us, value)
+        self.battery: tuple[int, float, float] | None = None
+        self.solar_w: tuple[int, float] | None = None
+        self.solar_prev_mj = 0
+        self.signals: dict[str, int] = {}  # site signal key -> last tick seen
+        # cumulative statistics
+        self.n_samples = 0
+        self.n_duplicates = 0
+        self.n_late = 0
+        self.n_estimated = 0
+
+    # --- ingest ------------------------------------------------------------------------
+    def tick_of(self, t_us: int) -> int:
+        return t_us // self.tick_us
+
+    def offer(self, msg: Any, t_us: int | None = None) -> str:
+        """Take one telemetry message. Returns "ok", "late" (accepted, rolled into the
+        oldest open tick), "duplicate" or "ignored" (a kind the ledger does not use)."""
+        source = msg.source
+        d = self.dedupe.get(source)
+        if d is None:
+            d = self.dedupe[source] = _Dedupe()
+        if not d.accept(msg.seq, self.dedupe_window):
+            self.n_duplicates += 1
+            return "duplicate"
+        if t_us is None:
+            t_us = to_us(msg.time.timestamp())
+        k = t_us // self.tick_us
+        status = "ok"
+        nc = self.next_close
+        if nc is None:
+            self.next_close = nc = k
+        elif k < nc:
+            k = nc
+            t_us = k * self.tick_us
+            status = "late"
+        if self.watermark_us is None or t_us > self.watermark_us:
+            self.watermark_us = t_us
+        buf = self.open.get(k)
+        if buf is None:
+            buf = self.open[k] = _Buf()
+        buf.samples += 1
+        self.n_samples += 1
+        if status == "late":
+            buf.late += 1
+            self.n_late += 1
+        kind = msg.kind
+        if kind == "container":
+            key = "c:" + msg.container
+            self._counter(buf, key, msg.seq, msg.energy_j, msg.app)
+            if msg.node is not None:
+                self.container_nodes[msg.container] = msg.node
+        elif kind == "node":
+            self._counter(buf, "n:" + msg.node, msg.seq, msg.energy_j, msg.node)
+        elif kind == "solar":
+            self._counter(buf, "s:" + source, msg.seq, msg.energy_j, "")
+            if buf.solar_w is None or t_us >= buf.solar_w[0]:
+                buf.solar_w = (t_us, msg.power_w)
+        elif kind == "carbon":
+            buf.intensity.append((t_us, msg.intensity_g_per_kwh))
+            buf.seen.add("carbon:" + source)
+        elif kind == "battery":
+            if buf.battery is None or t_us >= buf.battery[0]:
+                buf.battery = (t_us, msg.stored_wh, msg.capacity_wh)
+            buf.seen.add("battery:" + source)
+        elif kind == "app_metrics":
+            buf.metrics[msg.app] = msg.model_dump(
+                mode="json", include={"latency_ms", "progress", "functional_units_total"}
+            )
+        else:
+            return "ignored"
+        return status
+
+    def _counter(self, buf: _Buf, key: str, seq: int, energy_j: float, owner: str) -> None:
+        cur = buf.counters.get(key)
+        if cur is None or seq > cur[0]:
+            buf.counters[key] = (seq, j_to_mj(energy_j), owner)
+        if key not in self.counters:
+            # no baseline yet: the earliest sample of this tick is the baseline
+            first = buf.firsts.get(key)
+            if first is None or seq < first[0]:
+                buf.firsts[key] = (seq, j_to_mj(energy_j))
+
+    # --- closing -------------------------------------------------------------------------
+    def closable_until(self, now_us: int) -> int:
+        """Ticks strictly below this index may close at driving time ``now_us``."""
+        return (now_us - self.grace_us) // self.tick_us
+
+    def advance(self, now_us: int) -> list[ClosedTick]:
+        """Close every open tick whose end + grace <= ``now_us`` (oldest first)."""
+        out: list[ClosedTick] = []
+        if self.next_close is None:
+            return out
+        limit = (now_us - self.grace_us) // self.tick_us  # ticks < limit may close
+        if limit - self.next_close > self.max_gap_ticks:
+            # A jump of the clock beyond any useful range (e.g. a restarted trace): skip
+            # the empty ticks rather than closing a day of nothing one by one.
+            first_open = min(self.open) if self.open else limit
+            self.next_close = min(first_open, limit - 1)
+        while self.next_close < limit:
+            out.append(self._close(self.next_close))
+            self.next_close += 1
+        return out
+
+    def _close(self, k: int) -> ClosedTick:
+        buf = self.open.pop(k, None) or _Buf()
+        tick_us = self.tick_us
+        t0 = k * tick_us
+        demand: dict[str, dict[str, int]] = {}
+        node_mj: dict[str, int] = {}
+        solar_mj = 0
+        counters = self.counters
+        for key, (seq, mj, owner) in buf.counters.items():
+            base = counters.get(key)
+            if base is None:
+                # first sight: energy since its earliest sample (before it is unknown)
+                _, f_mj = buf.firsts.get(key, (seq, mj))
+                delta = mj - f_mj if mj >= f_mj else mj
+                counters[key] = _Counter(seq, mj, owner, k)
+            elif seq > base.seq:
+                delta = mj - base.mj if mj >= base.mj else mj  # lower: counter restarted
+                base.seq, base.mj, base.owner, base.last_k = seq, mj, owner, k
+            else:
+                delta = 0  # an older sample than the baseline (late, out of order)
+                base.last_k = k
+            tag = key[0]
+            if tag == "c":
+                app_d = demand.setdefault(owner, {})
+                app_d[key[2:]] = app_d.get(key[2:], 0) + delta
+            elif tag == "n":
+                node_mj[owner] = node_mj.get(owner, 0) + delta
+            else:
+                solar_mj += delta
+        # sources silent in this tick: carried (no new energy), estimated, or forgotten
+        site_est: list[str] = []
+        app_est: dict[str, list[str]] = {}
+        timeout = self.source_timeout_ticks
+        for key in list(counters):
+            if key in buf.counters:
+                continue
+            base = counters[key]
+            if k - base.last_k > timeout:
+                del counters[key]
+                continue
+            tag = key[0]
+            if tag == "c":
+                app_est.setdefault(base.owner, []).append(key[2:])
+                app_d = demand.setdefault(base.owner, {})
+                app_d.setdefault(key[2:], 0)
+            else:
+                site_est.append(key)
+        # intensity: time-weighted mean over [t0, t0 + tick)
+        samples = sorted(buf.intensity)
+        intensity: float | None
+        carried = self.intensity
+        if samples:
+            cur_t, cur_v = t0, carried[1] if carried is not None else samples[0][1]
+            acc = 0.0
+            for t, v in samples:
+                t = max(t, t0)
+                acc += cur_v * (t - cur_t)
+                cur_t, cur_v = t, v
+            acc += cur_v * (t0 + tick_us - cur_t)
+            intensity = acc / tick_us
+            self.intensity = samples[-1]
+            for key in buf.seen:
+                if key.startswith("carbon:"):
+                    self.signals[key] = k
+        else:
+            intensity = carried[1] if carried is not None else None
+        if buf.battery is not None:
+            self.battery = buf.battery
+        if buf.solar_w is not None:
+            self.solar_w = buf.solar_w
+        for key in buf.seen:
+            self.signals[key] = k
+        for key, last in list(self.signals.items()):
+            if key in buf.seen:
+                continue
+            if k - last > timeout:
+                del self.signals[key]
+            else:
+                site_est.append(key)
+        n_est = len(site_est) + sum(len(v) for v in app_est.values())
+        self.n_estimated += n_est
+        prev, self.solar_prev_mj = self.solar_prev_mj, solar_mj
+        return ClosedTick(
+            k=k,
+            t_start_us=t0,
+            tick_us=tick_us,
+            demand_mj=demand,
+            node_mj=node_mj,
+            solar_mj=solar_mj,
+            solar_prev_mj=prev,
+            solar_w=self.solar_w[1] if self.solar_w else None,
+            intensity_g_per_kwh=intensity,
+            battery_stored_wh=self.battery[1] if self.battery else None,
+            battery_capacity_wh=self.battery[2] if self.battery else None,
+            estimated_sources=tuple(sorted(site_est)),
+            app_estimated_sources={a: tuple(sorted(v)) for a, v in app_est.items()},
+            metrics=buf.metrics,
+            samples=buf.samples,
+            late=buf.late,
+            container_nodes=dict(self.container_nodes),
+        )
+
+    # --- persistence ---------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state, including the open ticks' aggregates."""
+        return {
+            "tick_us": self.tick_us,
+            "grace_us": self.grace_us,
+            "next_close": self.next_close,
+            "watermark_us": self.watermark_us,
+            "open": {
+                str(k): {
+                    "counters": {key: list(v) for key, v in b.counters.items()},
+                    "intensity": [list(x) for x in b.intensity],
+                    "battery": list(b.battery) if b.battery else None,
+                    "solar_w": list(b.solar_w) if b.solar_w else None,
+                    "metrics": b.metrics,
+                    "seen": sorted(b.seen),
+                    "firsts": {key: list(v) for key, v in b.firsts.items()},
+                    "samples": b.samples,
+                    "late": b.late,
+                }
+                for k, b in self.open.items()
+            },
+            "dedupe": {s: [d.hwm, sorted(d.holes)] for s, d in self.dedupe.items()},
+            "counters": {k: [c.seq, c.mj, c.owner, c.last_k] for k, c in self.counters.items()},
+            "container_nodes": self.container_nodes,
+            "intensity": list(self.intensity) if self.intensity else None,
+            "battery": list(self.battery) if self.battery else None,
+            "solar_w": list(self.solar_w) if self.solar_w else None,
+            "solar_prev_mj": self.solar_prev_mj,
+            "signals": self.signals,
+            "stats": [self.n_samples, self.n_duplicates, self.n_late, self.n_estimated],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], **kwargs: Any) -> TickClock:
+        clock = cls(snap["tick_us"] / US, snap["grace_us"] / US, **kwargs)
+        clock.next_close = snap["next_close"]
+        clock.watermark_us = snap["watermark_us"]
+        for k, b in snap["open"].items():
+            clock.open[int(k)] = _Buf(
+                counters={key: (v[0], v[1], v[2]) for key, v in b["counters"].items()},
+                intensity=[(t, v) for t, v in b["intensity"]],
+                battery=tuple(b["battery"]) if b["battery"] else None,  # type: ignore[arg-type]
+                solar_w=tuple(b["solar_w"]) if b["solar_w"] else None,  # type: ignore[arg-type]
+                metrics=b["metrics"],
+                seen=set(b["seen"]),
+                firsts={key: (v[0], v[1]) for key, v in b["firsts"].items()},
+                samples=b["samples"],
+                late=b["late"],
+            )
+        clock.dedupe = {s: _Dedupe(v[0], set(v[1])) for s, v in snap["dedupe"].items()}
+        clock.counters = {k: _Counter(*v) for k, v in snap["counters"].items()}
+        clock.container_nodes = dict(snap["container_nodes"])
+        clock.intensity = tuple(snap["intensity"]) if snap["intensity"] else None  # type: ignore[assignment]
+        clock.battery = tuple(snap["battery"]) if snap["battery"] else None  # type: ignore[assignment]
+        clock.solar_w = tuple(snap["solar_w"]) if snap["solar_w"] else None  # type: ignore[assignment]
+        clock.solar_prev_mj = snap["solar_prev_mj"]
+        clock.signals = dict(snap["signals"])
+        clock.n_samples, clock.n_duplicates, clock.n_late, clock.n_estimated = snap["stats"]
+        return clock
+
+
+__all__ = ["ClosedTick", "TickClock", "to_us"]
