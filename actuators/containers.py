@@ -1,0 +1,396 @@
+"""Container actuator service: ``python -m actuators.containers --config FILE``.
+
+Consumes ``ContainerAction`` from Kafka ``ecovisor.actuator.containers`` (routed there by
+the ledger), applies it through the container's backend (cgroup v1/v2, LXD, process
+group) and publishes an ``ActuatorAck`` to ``ecovisor.actuator.acks``:
+
+* ``set_cap``     W -> CPU quota through the core power model (ecovisor.power_cap);
+* ``remove_cap``  restores the limit in force before the cap (vertical allowance, else the
+                  container's own limit from before Ecovisor touched it);
+* ``scale``       vertical scaling: the CPU allowance in cores (a cap still applies on top);
+* ``suspend`` / ``resume``  freezer;
+* ``scale_app``   horizontal scaling from a template; each replica started or removed is
+                  announced as a ``ContainerEvent`` on ``ecovisor.containers``.
+
+Idempotent by command_id. On start it re-reads its acknowledgements and the actuator
+topic from the beginning and re-applies the latest setpoints per container. A missing
+cgroup, a refused write or an unreachable LXD is an ``ok=False`` acknowledgement, never a
+crash. See docs/actuators.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from actuators.backends import (
+    BackendError,
+    ContainerBackend,
+    LxdBackend,
+    ProcessBackend,
+    make_backend,
+)
+from actuators.sitemap import cap_quota, find_template, placement, replica_backend, replica_id
+from actuators.state import UNKNOWN, ActuatorState, Effect, latest_actions
+from ecovisor import topics
+from ecovisor.config import ConfigError, EcovisorConfig, config_path, kafka_bootstrap, load_config
+from ecovisor.config import ContainerBackend as BackendConfig
+from ecovisor.schemas import (
+    ActuatorAck,
+    ContainerAction,
+    ContainerEvent,
+    describe_validation_error,
+    utcnow,
+)
+
+ACTUATOR = "containers"
+log = logging.getLogger("actuators.containers")
+
+Publish = Callable[[str, str, bytes], None]  # topic, key, value
+
+
+class ContainerActuator:
+    """The service's logic with its I/O injected: backends come from ``backend_factory``,
+    messages leave through ``publish``. Not thread-safe (one consumer loop drives it)."""
+
+    def __init__(
+        self,
+        cfg: EcovisorConfig,
+        publish: Publish,
+        backend_factory: Callable[[BackendConfig], ContainerBackend] = make_backend,
+        clock: Callable[[], datetime] = utcnow,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.site = cfg.site.id
+        self.publish = publish
+        self.backend_factory = backend_factory
+        self.clock = clock
+        self.log_dir = log_dir
+        self.state = ActuatorState()
+        self._backends: dict[str, ContainerBackend] = {}
+
+    # --- lookups -------------------------------------------------------------------------
+    def backend(self, container: str) -> ContainerBackend:
+        b = self._backends.get(container)
+        if b is None:
+            b = self.backend_factory(placement(self.cfg, container).backend)
+            self._backends[container] = b
+        return b
+
+    def running_replicas(self) -> list[str]:
+        out = []
+        for tpl, n in self.state.replicas.items():
+            out += [replica_id(tpl, i) for i in range(1, n + 1)]
+        return out
+
+    def cap_to_cores(self, container: str, watts: float) -> float:
+        q = cap_quota(self.cfg, container, watts, self.running_replicas())
+        assert q.cores is not None
+        return q.cores
+
+    # --- handling ------------------------------------------------------------------------
+    def handle(self, action: ContainerAction) -> ActuatorAck | None:
+        """Apply one action; the acknowledgement (also published), or None when the
+        action is for another site or a duplicate command_id."""
+        if action.site != self.site or self.state.already_seen(action.command_id):
+            return None
+        self.state.mark_seen(action.command_id)
+        try:
+            effect = self.state.fold(action, self.cap_to_cores)
+        except (KeyError, ValueError) as e:  # unknown container, cap below idle floor
+            return self._ack(action, ok=False, error=_reason(e))
+        try:
+            applied = self.apply(action.container, effect, action.command_id)
+        except (BackendError, KeyError) as e:
+            log.warning("command %s on %s failed: %s", action.command_id, action.container, e)
+            return self._ack(action, ok=False, error=_reason(e))
+        return self._ack(action, ok=True, applied=applied)
+
+    def apply(self, container: str, effect: Effect, command_id: str | None = None) -> dict:
+        if effect == "limit":
+            return self._apply_limit(container)
+        if effect == "freezer":
+            return self._apply_freezer(container)
+        if effect == "replicas":
+            return self._apply_replicas(container, command_id)
+        return {}
+
+    def _apply_limit(self, container: str) -> dict[str, Any]:
+        b = self.backend(container)
+        sp = self.state.setpoints(container)
+        if sp.baseline == UNKNOWN:
+            sp.baseline_raw = b.snapshot_limit()
+            sp.baseline = b.get_cpu_limit()
+        if sp.cap_cores is None and sp.vertical_cores is None:
+            written = b.restore_limit(sp.baseline_raw)
+        else:
+            written = b.set_cpu_limit(sp.effective_limit())
+        return {
+            "cpu_limit_cores": written,
+            "cap_w": sp.cap_w,
+            "cap_cores": sp.cap_cores,
+            "vertical_cpus": sp.vertical_cores,
+            "baseline_cpus": sp.baseline,
+            "baseline": sp.baseline_raw,
+            "backend": b.describe(),
+        }
+
+    def _apply_freezer(self, container: str) -> dict[str, Any]:
+        b = self.backend(container)
+        sp = self.state.setpoints(container)
+        if sp.suspended:
+            b.freeze()
+        else:
+            b.thaw()
+        return {"suspended": sp.suspended, "backend": b.describe()}
+
+    def _apply_replicas(self, template: str, command_id: str | None) -> dict[str, Any]:
+        app, tpl = find_template(self.cfg, template)
+        want = self.state.replicas.get(template, 0)
+        if want > tpl.max_replicas:
+            raise BackendError(f"{want} replicas of {template!r} exceed max_replicas")
+        if tpl.backend.type not in ("process", "lxd"):
+            raise BackendError(
+                f"template {template!r}: horizontal scaling needs a process or lxd backend"
+            )
+        if tpl.backend.type == "process" and not tpl.command:
+            raise BackendError(f"template {template!r} has no command to start")
+        added, removed = [], []
+        for i in range(1, max(tpl.max_replicas, want) + 1):
+            cid = replica_id(template, i)
+            b = self.backend(cid)
+            if i <= want and not _replica_up(b):
+                self._start_replica(b, tpl.command or [], tpl.backend.instance)
+                added.append(cid)
+                # a replica restarted after a restore gets the setpoints it had
+                if cid in self.state.containers:
+                    sp = self.state.containers[cid]
+                    if sp.cap_cores is not None or sp.vertical_cores is not None:
+                        self._apply_limit(cid)
+            elif i > want and _replica_up(b):
+                _stop_replica(b)
+                removed.append(cid)
+                self.state.containers.pop(cid, None)
+        for cid, event in [(c, "added") for c in added] + [(c, "removed") for c in removed]:
+            i = int(cid.rsplit("-", 1)[1])
+            ev = ContainerEvent(
+                site=self.site,
+                time=self.clock(),
+                app=app.id,
+                container=cid,
+                event=event,  # type: ignore[arg-type]
+                template=template,
+                node=tpl.node,
+                backend=replica_backend(tpl, i).model_dump(exclude_none=True),
+                command_id=command_id,
+            )
+            self.publish(topics.CONTAINERS, self.site, ev.to_json())
+        return {"replicas": want, "added": added, "removed": removed}
+
+    def _start_replica(self, b: ContainerBackend, command: list[str], source: str | None) -> None:
+        if isinstance(b, ProcessBackend):
+            logf = self.log_dir / f"{b.path.replace('/', '_')}.log" if self.log_dir else None
+            b.spawn(command, logf)
+        elif isinstance(b, LxdBackend):
+            assert source is not None
+            b.create_copy(source)
+
+    def _ack(
+        self,
+        action: ContainerAction,
+        ok: bool,
+        applied: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> ActuatorAck:
+        ack = ActuatorAck(
+            site=self.site,
+            time=self.clock(),  # after the backend write: the time the value took effect
+            command_id=action.command_id,
+            app=action.app,
+            actuator=ACTUATOR,
+            ok=ok,
+            applied={"action": action.action, "container": action.container, **(applied or {})},
+            error=error,
+        )
+        self.publish(topics.ACTUATOR_ACKS, self.site, ack.to_json())
+        return ack
+
+    # --- restart -------------------------------------------------------------------------
+    def restore(self, actions: Iterable[ContainerAction], acks: Iterable[ActuatorAck]) -> int:
+        """Rebuild the setpoints from the actuator topic's history and re-apply the
+        latest per container. Baselines come from earlier acknowledgements (so a cap left
+        in place by the previous run is not mistaken for the original limit). Commands
+        without an acknowledgement are acknowledged now. Returns how many were replayed."""
+        acked: set[str] = set()
+        for ack in acks:
+            if ack.actuator != ACTUATOR or ack.site != self.site:
+                continue
+            acked.add(ack.command_id)
+            c = ack.applied.get("container")
+            if ack.ok and c and "baseline_cpus" in ack.applied:
+                sp = self.state.setpoints(c)
+                if sp.baseline == UNKNOWN:
+                    sp.baseline = ack.applied["baseline_cpus"]
+                    sp.baseline_raw = ack.applied.get("baseline")
+        mine = [a for a in latest_actions(actions) if a.site == self.site]
+        pending: list[ContainerAction] = []
+        touched: dict[str, set[Effect]] = {}
+        for a in mine:
+            self.state.mark_seen(a.command_id)
+            try:
+                effect = self.state.fold(a, self.cap_to_cores)
+            except (KeyError, ValueError) as e:
+                if a.command_id not in acked:
+                    self._ack(a, ok=False, error=_reason(e))
+                continue
+            touched.setdefault(a.container, set()).add(effect)
+            if a.command_id not in acked:
+                pending.append(a)
+        results: dict[tuple[str, Effect], tuple[bool, dict, str | None]] = {}
+        # replicas first, so caps on replicas find their containers
+        order = sorted(touched.items(), key=lambda kv: "replicas" not in kv[1])
+        for container, effects in order:
+            for effect in sorted(effects, key=lambda e: e != "replicas"):
+                try:
+                    results[(container, effect)] = (True, self.apply(container, effect), None)
+                except (BackendError, KeyError) as e:
+                    log.warning("restoring %s (%s) failed: %s", container, effect, e)
+                    results[(container, effect)] = (False, {}, _reason(e))
+        for a in pending:
+            eff: Effect = _effect_of(a)
+            ok, applied, err = results.get((a.container, eff), (False, {}, "not applied"))
+            self._ack(a, ok=ok, applied=applied, error=err)
+        return len(mine)
+
+    def shutdown(self) -> None:
+        """Stop process replicas this service started (they are restored on restart)."""
+        for cid in self.running_replicas():
+            b = self._backends.get(cid)
+            if isinstance(b, ProcessBackend):
+                try:
+                    b.stop()
+                except BackendError as e:
+                    log.warning("stopping replica %s: %s", cid, e)
+
+
+def _replica_up(b: ContainerBackend) -> bool:
+    if isinstance(b, ProcessBackend):
+        return b.running()
+    return b.exists()
+
+
+def _stop_replica(b: ContainerBackend) -> None:
+    if isinstance(b, ProcessBackend):
+        b.stop()
+    elif isinstance(b, LxdBackend):
+        b.destroy()
+
+
+def _effect_of(a: ContainerAction) -> Effect:
+    return {
+        "set_cap": "limit",
+        "remove_cap": "limit",
+        "scale": "limit",
+        "suspend": "freezer",
+        "resume": "freezer",
+        "scale_app": "replicas",
+    }[a.action]  # type: ignore[return-value]
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(x.strip() for x in str(e).splitlines() if x.strip())
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text or type(e).__name__
+
+
+def parse_action(raw: bytes) -> ContainerAction | None:
+    try:
+        return ContainerAction.model_validate_json(raw)
+    except ValidationError as e:
+        log.warning("ignoring invalid ContainerAction: %s", describe_validation_error(e))
+        return None
+
+
+def parse_ack(raw: bytes) -> ActuatorAck | None:
+    try:
+        return ActuatorAck.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+# --- process entry point ---------------------------------------------------------------
+
+
+def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir: Path | None):
+    from actuators.kafka_io import assigned_consumer, producer, read_to_end
+
+    bootstrap = kafka_bootstrap(cfg)
+    prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")
+
+    def publish(topic: str, key: str, value: bytes) -> None:
+        prod.send(topic, key=key.encode(), value=value)
+        prod.flush(timeout=10)
+
+    act = ContainerActuator(cfg, publish, log_dir=log_dir)
+    ack_cons, ack_parts = assigned_consumer(bootstrap, topics.ACTUATOR_ACKS, "actuator-acks")
+    acks = [a for r in read_to_end(ack_cons, ack_parts) if (a := parse_ack(r.value))]
+    ack_cons.close()
+    cons, parts = assigned_consumer(
+        bootstrap, topics.ACTUATOR_CONTAINERS, f"actuator-{ACTUATOR}", fetch_wait_ms
+    )
+    history = [a for r in read_to_end(cons, parts) if (a := parse_action(r.value))]
+    n = act.restore(history, acks)
+    log.info("restored %d actions from %s; consuming", n, topics.ACTUATOR_CONTAINERS)
+    try:
+        while not stop.is_set():
+            for records in cons.poll(timeout_ms=200).values():
+                for r in records:
+                    action = parse_action(r.value)
+                    if action is not None:
+                        act.handle(action)
+    finally:
+        act.shutdown()
+        cons.close()
+        prod.close(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m actuators.containers", description=__doc__)
+    p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
+    p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
+    p.add_argument("--log-dir", help="where replica output goes (default: discarded)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(config_path(args.config))
+    except ConfigError as e:
+        print(f"actuators.containers: {one_line(e)}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    from actuators.kafka_io import KafkaUnavailable
+
+    try:
+        run(cfg, stop, args.fetch_wait_ms, Path(args.log_dir) if args.log_dir else None)
+    except KafkaUnavailable as e:
+        print(f"actuators.containers: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
