@@ -408,7 +408,9 @@ class LxdBackend(ContainerBackend):
                     endpoint=self.endpoint, cert=self.cert, verify=self.verify, timeout=self.timeout
                 )
             except Exception as e:  # pylxd raises several types for one cause
-                raise BackendError(f"LXD at {self.endpoint or 'local socket'} unreachable: {e}")
+                raise BackendError(
+                    f"LXD at {self.endpoint or 'local socket'} unreachable: {e}"
+                ) from None
         return self._client
 
     def _call(self, fn: Any) -> Any:
@@ -424,7 +426,9 @@ class LxdBackend(ContainerBackend):
             raise BackendError(f"LXD error on {self.instance!r}: {e}") from None
         except RequestException as e:
             self._client = None
-            raise BackendError(f"LXD at {self.endpoint or 'local socket'} unreachable: {e}")
+            raise BackendError(
+                f"LXD at {self.endpoint or 'local socket'} unreachable: {e}"
+            ) from None
 
     def _instance(self, client: Any) -> Any:
         return client.instances.get(self.instance)

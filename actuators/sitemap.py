@@ -56,8 +56,10 @@ def placement(cfg: EcovisorConfig, container: str) -> Placement:
         for t in a.templates:
             prefix = t.id + "-"
             idx = container.removeprefix(prefix)
-            if container.startswith(prefix) and idx.isdigit() and 1 <= int(idx) <= max(
-                t.max_replicas, 1
+            if (
+                container.startswith(prefix)
+                and idx.isdigit()
+                and 1 <= int(idx) <= max(t.max_replicas, 1)
             ):
                 i = int(idx)
                 return Placement(container, a.id, t.node, replica_backend(t, i), template=t.id)

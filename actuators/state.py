@@ -63,9 +63,7 @@ class ActuatorState:
         while len(self.seen) > self.max_seen:
             self.seen.popitem(last=False)
 
-    def fold(
-        self, action: ContainerAction, cap_to_cores: Callable[[str, float], float]
-    ) -> Effect:
+    def fold(self, action: ContainerAction, cap_to_cores: Callable[[str, float], float]) -> Effect:
         """Record an action's setpoint; return what has to be (re)applied.
 
         ``cap_to_cores(container, watts)`` is the power model's cap inverse; it may raise
