@@ -1,0 +1,252 @@
+"""Command validation for the ledger: PURE (no I/O, no clocks, no globals).
+
+A command from ``ecovisor.commands`` is accepted only if, in this order:
+
+1. it parses against the contract (``ecovisor.schemas.AnyCommand``);
+2. it is for this site;
+3. its ``token`` is a configured app's credential (``config.app_for_token``) and that app
+   is the command's ``app`` (one app can never command another);
+4. the container (or template) it names is owned by that app;
+5. its values are in range: a power cap must be at least the container's enforceable
+   floor under the node's power model (idle share, kernel minimum quota: ``power_cap``),
+   battery rates within the app's share limits, carbon limits > 0 (``null`` removes).
+
+The result is a ``Decision``: accepted or rejected with a one-line reason, the core
+``SettingsChange`` to queue (applies from the next tick) and the ``ContainerAction``s to
+send to the actuators. Settings and actions carry the command's own event time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ecovisor import tick as core
+from ecovisor.config import EcovisorConfig
+from ecovisor.power_cap import CapRejected, quota_for_container_cap
+from ecovisor.power_model import PowerModelSpec
+from ecovisor.schemas import (
+    AnyCommand,
+    ContainerAction,
+    ResumeContainer,
+    ScaleApp,
+    ScaleContainer,
+    SetBatteryChargeRate,
+    SetBatteryMaxDischarge,
+    SetCarbonBudget,
+    SetCarbonRate,
+    SetContainerPowercap,
+    SuspendContainer,
+    describe_validation_error,
+    parse_command,
+)
+
+# Float slack when comparing a requested rate with a share limit.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    command_id: str | None
+    app: str | None  # the app the command claims to be from (notification target)
+    type: str | None
+    reason: str | None = None
+    change: Any = None  # ecovisor.tick SettingsChange, applied from the next tick
+    actions: tuple[ContainerAction, ...] = ()
+    command: AnyCommand | None = None
+    # apps to notify of the outcome: the claimed app and, when another app's valid
+    # token was used, that token's owner as well
+    notify: tuple[str, ...] = field(default=())
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _reject(
+    cfg: EcovisorConfig, cmd: AnyCommand, reason: str, token_owner: str | None = None
+) -> Decision:
+    known = {a.id for a in cfg.apps}
+    notify = tuple(dict.fromkeys(a for a in (cmd.app, token_owner) if a and a in known))
+    return Decision(
+        accepted=False,
+        command_id=cmd.command_id,
+        app=cmd.app,
+        type=cmd.type,
+        reason=reason,
+        command=cmd,
+        notify=notify,
+    )
+
+
+def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> Decision:
+    """A payload that does not parse: rejected; addressed to its ``app`` if it names a
+    configured app and a usable ``command_id``, otherwise only dead-lettered."""
+    reason = (
+        describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
+    ) or "not a valid command"
+    app = cid = typ = None
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict):
+            app, cid, typ = data.get("app"), data.get("command_id"), data.get("type")
+    except (ValueError, TypeError):
+        pass
+    known = {a.id for a in cfg.apps}
+    ok_app = app if isinstance(app, str) and app in known else None
+    ok_cid = cid if isinstance(cid, str) and 0 < len(cid) <= 128 else None
+    return Decision(
+        accepted=False,
+        command_id=ok_cid,
+        app=ok_app,
+        type=typ if isinstance(typ, str) else None,
+        reason=f"invalid command: {reason}",
+        notify=(ok_app,) if ok_app and ok_cid else (),
+    )
+
+
+def node_power_model(cfg: EcovisorConfig, node_id: str) -> Any:
+    node = cfg.node(node_id)
+    ref = node.power_model
+    spec = (
+        PowerModelSpec(preset=ref.preset)
+        if ref.preset is not None
+        else PowerModelSpec(idle_w=ref.idle_w, max_w=ref.max_w)
+    )
+    return spec.resolve(node.cores)
+
+
+def _check_cap(cfg: EcovisorConfig, container: str, watts: float) -> str | None:
+    c = cfg.container(container)
+    if c is None:  # ownership was checked; a template is not cappable
+        return f"container {container!r} is not a configured container"
+    members = [
+        x.id for a in cfg.apps for x in a.containers if x.node == c.node
+    ]  # containers sharing the node's idle power
+    sizes = {x.id: x.size for a in cfg.apps for x in a.containers if x.node == c.node}
+    try:
+        quota_for_container_cap(
+            node_power_model(cfg, c.node),
+            watts,
+            container=container,
+            members=members,
+            idle_mode=cfg.site.shape.idle_attribution,
+            sizes=sizes,
+        )
+    except CapRejected as e:
+        return f"power cap {watts} W rejected ({e.reason}): {e.message}"
+    return None
+
+
+def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
+    """Validate one parsed command against the configuration."""
+    if cmd.site != cfg.site.id:
+        return _reject(cfg, cmd, f"command for site {cmd.site!r}, this is {cfg.site.id!r}")
+    owner = cfg.app_for_token(cmd.token)
+    if owner is None:
+        return _reject(cfg, cmd, "invalid token: no app has this credential")
+    if owner.id != cmd.app:
+        return _reject(
+            cfg, cmd, f"token belongs to another app, not to {cmd.app!r}", token_owner=owner.id
+        )
+    app = owner
+    container = getattr(cmd, "container", None)
+    if container is not None and cfg.owner_of(container) != app.id:
+        return _reject(cfg, cmd, f"app {app.id!r} does not own container {container!r}")
+
+    def ok(change: Any = None, *actions: ContainerAction, **detail: Any) -> Decision:
+        return Decision(
+            accepted=True,
+            command_id=cmd.command_id,
+            app=cmd.app,
+            type=cmd.type,
+            change=change,
+            actions=actions,
+            command=cmd,
+            notify=(cmd.app,),
+            detail=detail,
+        )
+
+    def action(container_id: str, kind: str, **kw: Any) -> ContainerAction:
+        return ContainerAction(
+            site=cmd.site,
+            time=cmd.time,
+            command_id=cmd.command_id,
+            app=cmd.app,
+            container=container_id,
+            action=kind,  # type: ignore[arg-type]
+            **kw,
+        )
+
+    share = app.shares
+    if isinstance(cmd, SetContainerPowercap):
+        if cmd.watts is None:
+            return ok(
+                core.SetContainerPowercap(container=cmd.container, watts=None),
+                action(cmd.container, "remove_cap"),
+            )
+        why = _check_cap(cfg, cmd.container, cmd.watts)
+        if why:
+            return _reject(cfg, cmd, why)
+        return ok(
+            core.SetContainerPowercap(container=cmd.container, watts=cmd.watts),
+            action(cmd.container, "set_cap", watts=cmd.watts),
+        )
+    if isinstance(cmd, SetBatteryChargeRate):
+        limit = share.charge_limit_w
+        if cmd.watts > limit + _EPS:
+            return _reject(
+                cfg, cmd, f"charge rate {cmd.watts} W above the share's limit {limit:g} W"
+            )
+        return ok(core.SetBatteryChargeRate(watts=cmd.watts))
+    if isinstance(cmd, SetBatteryMaxDischarge):
+        limit = share.discharge_limit_w
+        if cmd.watts > limit + _EPS:
+            return _reject(
+                cfg, cmd, f"max discharge {cmd.watts} W above the share's limit {limit:g} W"
+            )
+        return ok(core.SetBatteryMaxDischarge(watts=cmd.watts))
+    if isinstance(cmd, SetCarbonRate):
+        if cmd.mg_per_s is None:
+            return ok(core.SetCarbonRate(container=cmd.container, limit=None))
+        if cmd.mg_per_s <= 0:
+            return _reject(cfg, cmd, "carbon rate must be > 0 mg/s (null removes the limit)")
+        limit_rate = core.CarbonRateLimit(rate_mg_per_s=cmd.mg_per_s, window_s=cmd.window_s)
+        return ok(core.SetCarbonRate(container=cmd.container, limit=limit_rate))
+    if isinstance(cmd, SetCarbonBudget):
+        if cmd.grams is None:
+            return ok(core.SetCarbonBudget(budget=None))
+        if cmd.grams <= 0:
+            return _reject(cfg, cmd, "carbon budget must be > 0 g (null removes the budget)")
+        budget = core.CarbonBudget(budget_g=cmd.grams, period_s=cmd.period_s)
+        return ok(core.SetCarbonBudget(budget=budget))
+    if isinstance(cmd, SuspendContainer):
+        return ok(None, action(cmd.container, "suspend"))
+    if isinstance(cmd, ResumeContainer):
+        return ok(None, action(cmd.container, "resume"))
+    if isinstance(cmd, ScaleContainer):
+        c = cfg.container(cmd.container)
+        cores = cfg.node(c.node).cores if c else 0
+        if cmd.cpus > cores:
+            return _reject(cfg, cmd, f"cpus {cmd.cpus} above the node's {cores} cores")
+        return ok(None, action(cmd.container, "scale", cpus=cmd.cpus))
+    if isinstance(cmd, ScaleApp):
+        tpl = next((t for t in app.templates if t.id == cmd.template), None)
+        if tpl is None:
+            return _reject(cfg, cmd, f"app {app.id!r} has no container template {cmd.template!r}")
+        if cmd.replicas > tpl.max_replicas:
+            return _reject(
+                cfg, cmd, f"replicas {cmd.replicas} above the template's max {tpl.max_replicas}"
+            )
+        return ok(None, action(cmd.template, "scale_app", replicas=cmd.replicas))
+    return _reject(cfg, cmd, f"unsupported command type {cmd.type!r}")  # pragma: no cover
+
+
+def decide(cfg: EcovisorConfig, raw: bytes | str) -> Decision:
+    """Parse and validate one raw command payload."""
+    try:
+        cmd = parse_command(raw)
+    except (ValidationError, ValueError) as e:
+        return reject_unparsable(cfg, raw, e)
+    return validate(cfg, cmd)

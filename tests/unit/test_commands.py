@@ -1,0 +1,115 @@
+"""Command validation: token, ownership, ranges, power-cap floor, routing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ecovisor import tick as core
+from ecovisor.config import EcovisorConfig, parse_config
+from ecovisor.schemas import (
+    ScaleApp,
+    SetBatteryChargeRate,
+    SetCarbonBudget,
+    SetContainerPowercap,
+    SuspendContainer,
+)
+from streams.commands import decide, validate
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> EcovisorConfig:
+    text = DEMO.read_text().replace("idle_attribution: none", "idle_attribution: equal")
+    return parse_config(text)
+
+
+def tok(cfg: EcovisorConfig, app: str) -> str:
+    return cfg.app(app).token
+
+
+def test_accepted_cap_routes_action_and_setting(cfg: EcovisorConfig) -> None:
+    d = validate(
+        cfg,
+        SetContainerPowercap(
+            site="demo", time=NOW, app="web", token=tok(cfg, "web"), container="web-1", watts=2.0
+        ),
+    )
+    assert d.accepted and d.reason is None
+    assert d.change == core.SetContainerPowercap(container="web-1", watts=2.0)
+    (a,) = d.actions
+    assert (a.action, a.container, a.watts, a.app) == ("set_cap", "web-1", 2.0, "web")
+
+
+def test_other_apps_token_rejected_and_both_told(cfg: EcovisorConfig) -> None:
+    d = validate(
+        cfg,
+        SetBatteryChargeRate(site="demo", time=NOW, app="web", token=tok(cfg, "batch"), watts=1),
+    )
+    assert not d.accepted and "another app" in (d.reason or "")
+    assert d.notify == ("web", "batch") and d.change is None and d.actions == ()
+
+
+def test_unknown_token_and_foreign_container(cfg: EcovisorConfig) -> None:
+    d = validate(
+        cfg, SetBatteryChargeRate(site="demo", time=NOW, app="web", token="x" * 12, watts=1)
+    )
+    assert not d.accepted and "invalid token" in (d.reason or "")
+    d = validate(
+        cfg,
+        SuspendContainer(
+            site="demo", time=NOW, app="web", token=tok(cfg, "web"), container="batch-1"
+        ),
+    )
+    assert not d.accepted and "does not own container 'batch-1'" in (d.reason or "")
+
+
+def test_cap_below_idle_floor_rejected(cfg: EcovisorConfig) -> None:
+    # microserver preset on 2 cores: idle 1.35 W split equally over 3 containers = 0.45 W
+    d = validate(
+        cfg,
+        SetContainerPowercap(
+            site="demo", time=NOW, app="web", token=tok(cfg, "web"), container="web-1", watts=0.3
+        ),
+    )
+    assert not d.accepted and "below_idle_floor" in (d.reason or "")
+    d = validate(
+        cfg,
+        SetContainerPowercap(
+            site="demo", time=NOW, app="web", token=tok(cfg, "web"), container="web-1", watts=None
+        ),
+    )
+    assert d.accepted and d.actions[0].action == "remove_cap"
+
+
+def test_ranges(cfg: EcovisorConfig) -> None:
+    web = tok(cfg, "web")
+    # share 20 Wh at 0.25 C -> 5 W charge limit
+    d = validate(cfg, SetBatteryChargeRate(site="demo", time=NOW, app="web", token=web, watts=6))
+    assert not d.accepted and "limit 5 W" in (d.reason or "")
+    d = validate(cfg, SetCarbonBudget(site="demo", time=NOW, app="web", token=web, grams=0))
+    assert not d.accepted
+    d = validate(cfg, SetCarbonBudget(site="demo", time=NOW, app="web", token=web, grams=2))
+    assert d.accepted and d.change == core.SetCarbonBudget(
+        budget=core.CarbonBudget(budget_g=2, period_s=3600.0)
+    )
+    d = validate(
+        cfg, ScaleApp(site="demo", time=NOW, app="web", token=web, template="nope", replicas=2)
+    )
+    assert not d.accepted and "template" in (d.reason or "")
+    d = validate(
+        cfg,
+        SetBatteryChargeRate(site="other", time=NOW, app="web", token=web, watts=1),
+    )
+    assert not d.accepted and "site" in (d.reason or "")
+
+
+def test_unparsable_command(cfg: EcovisorConfig) -> None:
+    d = decide(cfg, b'{"type": "set_battery_charge_rate", "app": "web", "command_id": "c1"}')
+    assert not d.accepted and d.notify == ("web",) and d.reason and "invalid command" in d.reason
+    d = decide(cfg, b"not json")
+    assert not d.accepted and d.notify == ()
