@@ -1,0 +1,232 @@
+"""Battery actuator service: ``python -m actuators.battery --config FILE``.
+
+Consumes aggregate ``BatterySetpoint`` messages (Σ grid->battery charge rates, Σ max
+discharge limits of a site, computed by the ledger) from Kafka
+``ecovisor.actuator.battery`` and forwards each, unchanged as JSON, to the battery charge
+controller device over MQTT ``ecovisor/<site>/control/battery/<device>`` with QoS 1 and
+the retain flag (a device that restarts gets the setpoint in force at once). The
+acknowledgement (``ActuatorAck``, actuator ``battery``) is published to
+``ecovisor.actuator.acks`` once the broker has confirmed the publish (PUBACK); a broker
+that does not confirm within the timeout gives ``ok=False``.
+
+Idempotent by command_id; on start the latest setpoint per device is re-read from Kafka
+and re-sent. See docs/actuators.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from ecovisor import topics
+from ecovisor.config import (
+    ConfigError,
+    EcovisorConfig,
+    config_path,
+    kafka_bootstrap,
+    load_config,
+    mqtt_endpoint,
+)
+from ecovisor.schemas import ActuatorAck, BatterySetpoint, describe_validation_error, utcnow
+
+ACTUATOR = "battery"
+log = logging.getLogger("actuators.battery")
+
+MqttSend = Callable[[str, bytes], None]  # raises on failure
+Publish = Callable[[str, str, bytes], None]
+
+
+class BatteryActuator:
+    """Setpoints in, MQTT out, acknowledgements back. I/O injected."""
+
+    def __init__(
+        self,
+        cfg: EcovisorConfig,
+        send: MqttSend,
+        publish: Publish,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.site = cfg.site.id
+        src = cfg.site.battery
+        self.default_device = (src.id if src and src.id else None) or "battery"
+        self.send, self.publish, self.clock = send, publish, clock
+        self.seen: set[str] = set()
+        self.latest: dict[str, BatterySetpoint] = {}
+
+    def device_of(self, sp: BatterySetpoint) -> str:
+        return sp.device or self.default_device
+
+    def handle(self, sp: BatterySetpoint) -> ActuatorAck | None:
+        if sp.site != self.site or sp.command_id in self.seen:
+            return None
+        self.seen.add(sp.command_id)
+        self.latest[self.device_of(sp)] = sp
+        return self._forward(sp)
+
+    def _forward(self, sp: BatterySetpoint) -> ActuatorAck:
+        device = self.device_of(sp)
+        topic = topics.mqtt_battery_control(self.site, device)
+        try:
+            self.send(topic, sp.to_json())
+        except Exception as e:  # any transport failure is a reported failure
+            log.warning("setpoint %s to %s failed: %s", sp.command_id, topic, e)
+            return self._ack(sp, ok=False, error=f"battery controller {device}: {e}")
+        return self._ack(
+            sp,
+            ok=True,
+            applied={
+                "device": device,
+                "mqtt_topic": topic,
+                "charge_rate_w": sp.charge_rate_w,
+                "max_discharge_w": sp.max_discharge_w,
+                "net_power_w": sp.net_power_w,
+            },
+        )
+
+    def _ack(self, sp: BatterySetpoint, ok: bool, applied=None, error=None) -> ActuatorAck:
+        ack = ActuatorAck(
+            site=self.site,
+            time=self.clock(),
+            command_id=sp.command_id,
+            actuator=ACTUATOR,
+            ok=ok,
+            applied=applied or {},
+            error=error,
+        )
+        self.publish(topics.ACTUATOR_ACKS, self.site, ack.to_json())
+        return ack
+
+    def restore(self, history: Iterable[BatterySetpoint], acked: set[str]) -> int:
+        """Re-send the latest setpoint per device. Commands never acknowledged (the
+        previous run stopped first) are acknowledged now: the latest by forwarding it,
+        older ones as superseded (ok=False, they never reached the device)."""
+        mine = []
+        for sp in history:
+            if sp.site != self.site or sp.command_id in self.seen:
+                continue
+            self.seen.add(sp.command_id)
+            self.latest[self.device_of(sp)] = sp
+            mine.append(sp)
+        latest_ids = {sp.command_id for sp in self.latest.values()}
+        for sp in mine:
+            if sp.command_id not in acked and sp.command_id not in latest_ids:
+                newer = self.latest[self.device_of(sp)].command_id
+                self._ack(sp, ok=False, error=f"superseded by {newer} before it was applied")
+        for sp in self.latest.values():
+            if sp.command_id not in acked:
+                self._forward(sp)
+                continue
+            topic = topics.mqtt_battery_control(self.site, self.device_of(sp))
+            try:
+                self.send(topic, sp.to_json())
+            except Exception as e:  # reported, retried by the next setpoint
+                log.warning("re-sending setpoint %s failed: %s", sp.command_id, e)
+        return len(mine)
+
+
+class MqttSender:
+    """paho-mqtt client publishing QoS 1 + retain, waiting for the broker's PUBACK."""
+
+    def __init__(self, host: str, port: int, client_id: str, timeout: float = 5.0) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.timeout = timeout
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.reconnect_delay_set(0.2, 5)
+        self.client.connect_async(host, port, keepalive=10)
+        self.client.loop_start()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout=self.timeout)
+        if not info.is_published():
+            raise TimeoutError(f"MQTT broker did not confirm within {self.timeout:g} s")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def parse_setpoint(raw: bytes) -> BatterySetpoint | None:
+    try:
+        return BatterySetpoint.model_validate_json(raw)
+    except ValidationError as e:
+        log.warning("ignoring invalid BatterySetpoint: %s", describe_validation_error(e))
+        return None
+
+
+def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
+    from actuators.containers import parse_ack
+    from actuators.kafka_io import assigned_consumer, producer, read_to_end
+
+    bootstrap = kafka_bootstrap(cfg)
+    prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")
+
+    def publish(topic: str, key: str, value: bytes) -> None:
+        prod.send(topic, key=key.encode(), value=value)
+        prod.flush(timeout=10)
+
+    host, port = mqtt_endpoint(cfg)
+    sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery")
+    act = BatteryActuator(cfg, sender, publish)
+    ack_cons, ack_parts = assigned_consumer(bootstrap, topics.ACTUATOR_ACKS, "actuator-acks")
+    acked = {
+        a.command_id
+        for r in read_to_end(ack_cons, ack_parts)
+        if (a := parse_ack(r.value)) and a.actuator == ACTUATOR
+    }
+    ack_cons.close()
+    cons, parts = assigned_consumer(
+        bootstrap, topics.ACTUATOR_BATTERY, "actuator-battery", fetch_wait_ms
+    )
+    history = [s for r in read_to_end(cons, parts) if (s := parse_setpoint(r.value))]
+    n = act.restore(history, acked)
+    log.info("restored %d setpoints; forwarding to MQTT %s:%d", n, host, port)
+    try:
+        while not stop.is_set():
+            for records in cons.poll(timeout_ms=200).values():
+                for r in records:
+                    sp = parse_setpoint(r.value)
+                    if sp is not None:
+                        act.handle(sp)
+    finally:
+        cons.close()
+        sender.close()
+        prod.close(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from actuators.containers import one_line
+    from actuators.kafka_io import KafkaUnavailable
+
+    p = argparse.ArgumentParser(prog="python -m actuators.battery", description=__doc__)
+    p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
+    p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(config_path(args.config))
+    except ConfigError as e:
+        print(f"actuators.battery: {one_line(e)}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run(cfg, stop, args.fetch_wait_ms)
+    except KafkaUnavailable as e:
+        print(f"actuators.battery: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
