@@ -55,6 +55,7 @@ class Publisher:
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        seq_start: int | None = None,
     ) -> None:
         if buffer_max < 1:
             raise ValueError("buffer_max must be >= 1")
@@ -64,6 +65,9 @@ class Publisher:
         self.stats = PublisherStats()
         self._clock = clock
         self._last_status = clock()
+        # Sequence numbers start at the process start time in ms, so a restarted collector
+        # never reuses a (source, seq) pair that consumers would drop as a duplicate.
+        self._seq_start = int(time.time() * 1000) if seq_start is None else seq_start
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -112,7 +116,7 @@ class Publisher:
     # --- publishing ------------------------------------------------------------------
     def next_seq(self, source: str) -> int:
         with self._lock:
-            seq = self._seq.get(source, 0)
+            seq = self._seq.get(source, self._seq_start)
             self._seq[source] = seq + 1
             return seq
 

@@ -62,6 +62,15 @@ def _wait(pred, timeout: float) -> bool:
     return pred()
 
 
+def test_seq_starts_after_any_previous_run() -> None:
+    a = Publisher("t", "127.0.0.1", 1, client_id="x")
+    first = a.next_seq("s")
+    assert a.next_seq("s") == first + 1
+    time.sleep(0.01)
+    b = Publisher("t", "127.0.0.1", 1, client_id="x")  # a restarted collector
+    assert b.next_seq("s") > first + 1
+
+
 def _publish(pub: Publisher, n: int) -> None:
     for _ in range(n):
         pub.publish(SolarTelemetry, "pv-test", power_w=1.0, energy_j=0.0)
@@ -69,7 +78,9 @@ def _publish(pub: Publisher, n: int) -> None:
 
 def test_broker_restart_loses_nothing_within_bound(mqtt_server) -> None:
     sub = Subscriber(mqtt_server.port, topics.mqtt_telemetry("t", "solar", "+"))
-    pub = Publisher("t", "127.0.0.1", mqtt_server.port, client_id="test-pub-1", buffer_max=500)
+    pub = Publisher(
+        "t", "127.0.0.1", mqtt_server.port, client_id="test-pub-1", buffer_max=500, seq_start=0
+    )
     pub.start(wait_s=5)
     try:
         assert pub.connected
@@ -94,7 +105,9 @@ def test_broker_restart_loses_nothing_within_bound(mqtt_server) -> None:
 
 def test_drops_counted_exactly_beyond_bound(mqtt_server) -> None:
     sub = Subscriber(mqtt_server.port, topics.mqtt_telemetry("t", "solar", "+"))
-    pub = Publisher("t", "127.0.0.1", mqtt_server.port, client_id="test-pub-2", buffer_max=10)
+    pub = Publisher(
+        "t", "127.0.0.1", mqtt_server.port, client_id="test-pub-2", buffer_max=10, seq_start=0
+    )
     pub.start(wait_s=5)
     try:
         _publish(pub, 5)

@@ -1,0 +1,223 @@
+"""Power collector readers on FAKE sysfs/procfs trees built in tmp dirs. cgroup v2 and
+RAPL can only be tested this way here (the machine has cgroup v1 and no powercap); a real
+cgroup v1 measurement is in tests/integration/test_collector_power.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collectors.power import (
+    CgroupV1Cpu,
+    CgroupV2Cpu,
+    LxdCpu,
+    PowerCollector,
+    ProcStat,
+    Rapl,
+    WrappingCounter,
+    parse_prometheus,
+    pick_node,
+    read_kepler,
+)
+from collectors.publisher import Publisher
+from ecovisor.config import ConfigError, parse_config
+from ecovisor.power_model import get_preset
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "collectors"
+
+
+def write(p: Path, text: str) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def test_cgroup_v1_cpuacct_usage(tmp_path: Path) -> None:
+    write(tmp_path / "cpuacct/ecovisor/web-1/cpuacct.usage", "2500000000\n")
+    assert CgroupV1Cpu("ecovisor/web-1", str(tmp_path)).cpu_s() == pytest.approx(2.5)
+    assert CgroupV1Cpu("ecovisor/none", str(tmp_path)).cpu_s() is None
+
+
+def test_cgroup_v2_cpu_stat(tmp_path: Path) -> None:
+    write(
+        tmp_path / "eco.slice/web-1/cpu.stat",
+        "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\nnr_periods 0\n",
+    )
+    assert CgroupV2Cpu("eco.slice/web-1", str(tmp_path)).cpu_s() == pytest.approx(1.234567)
+    write(tmp_path / "bad/cpu.stat", "user_usec 1\n")
+    assert CgroupV2Cpu("bad", str(tmp_path)).cpu_s() is None
+
+
+def test_proc_stat_busy_seconds(tmp_path: Path) -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice (USER_HZ ticks)
+    write(
+        tmp_path / "stat",
+        "cpu  100 20 30 5000 40 5 5 2 50 0\ncpu0 50 10 15 2500 20 3 2 1 25 0\n"
+        "cpu1 50 10 15 2500 20 2 3 1 25 0\nintr 1 2 3\n",
+    )
+    ps = ProcStat(str(tmp_path / "stat"), hz=100)
+    assert ps.busy_s() == pytest.approx((100 + 20 + 30 + 5 + 5 + 2) / 100)  # no idle/iowait
+    assert ps.cores() == 2
+
+
+def test_proc_stat_real_machine_grows() -> None:
+    ps = ProcStat()
+    a = ps.busy_s()
+    sum(i * i for i in range(300_000))
+    assert ps.busy_s() >= a
+    assert ps.cores() >= 1
+
+
+def _rapl_zone(root: Path, name: str, uj: int, wrap: int) -> None:
+    write(root / name / "energy_uj", f"{uj}\n")
+    write(root / name / "max_energy_range_uj", f"{wrap}\n")
+
+
+def test_rapl_sums_packages_and_handles_wrap(tmp_path: Path) -> None:
+    wrap = 1_000_000_000
+    _rapl_zone(tmp_path, "intel-rapl:0", 999_000_000, wrap)
+    _rapl_zone(tmp_path, "intel-rapl:1", 10_000_000, wrap)
+    _rapl_zone(tmp_path, "intel-rapl:0:0", 5, wrap)  # sub-zone (core): inside package 0
+    r = Rapl(str(tmp_path))
+    assert [z.name for z in r.zones()] == ["intel-rapl:0", "intel-rapl:1"]
+    assert r.energy_j() == 0.0  # first reading is the origin
+    _rapl_zone(tmp_path, "intel-rapl:0", 2_000_000, wrap)  # wrapped: +3 J
+    _rapl_zone(tmp_path, "intel-rapl:1", 15_000_000, wrap)  # +5 J
+    assert r.energy_j() == pytest.approx(8.0)
+    assert Rapl(str(tmp_path / "absent")).energy_j() is None
+
+
+def test_wrapping_counter_without_range_treats_backwards_as_reset() -> None:
+    c = WrappingCounter()
+    c.update(10, None)
+    assert c.update(15, None) == 5
+    assert c.update(3, None) == 5
+    assert c.update(4, None) == 6
+
+
+def test_kepler_010_metrics() -> None:
+    r = read_kepler((FIXTURES / "kepler-0.10.prom").read_text())
+    assert r.generation == "0.10+"
+    assert r.node_energy_j == pytest.approx(1000.0 + 200.0)
+    assert r.node_idle_j == pytest.approx(400.0 + 50.0)
+    assert r.containers["web-1"] == pytest.approx(12.5 + 1.5)
+    assert r.containers["batch-1"] == pytest.approx(30.0)
+
+
+def test_kepler_legacy_metrics() -> None:
+    r = read_kepler((FIXTURES / "kepler-0.7.prom").read_text())
+    assert r.generation == "<0.10"
+    assert r.containers["web-1"] == pytest.approx(20.0 + 5.0)
+    assert r.node_energy_j == pytest.approx(700.0 + 300.0 + 80.0)
+    assert r.node_idle_j == pytest.approx(300.0)
+
+
+def test_parse_prometheus_escapes_and_timestamps() -> None:
+    s = parse_prometheus('# HELP x y\nm{a="q\\"x",b="2"} 3.5 1700000000\nbad line here\n')
+    assert s == [("m", {"a": 'q"x', "b": "2"}, 3.5)]
+
+
+def test_lxd_meter_with_fake_client() -> None:
+    class State:
+        cpu = {"usage": 4_000_000_000}
+
+    class Inst:
+        def state(self) -> State:
+            return State()
+
+    class Instances:
+        def get(self, name: str) -> Inst:
+            if name != "web":
+                raise LookupError(name)
+            return Inst()
+
+    class Client:
+        instances = Instances()
+
+    assert LxdCpu("web", client=Client()).cpu_s() == pytest.approx(4.0)
+    assert LxdCpu("gone", client=Client()).cpu_s() is None
+
+
+SITE = """
+schema_version: 1
+site:
+  id: s
+  shape: {{tick_s: 1.0, idle_attribution: {idle}}}
+  nodes:
+    - {{id: n1, cores: 2, power_model: {{preset: ecovisor-microserver}}}}
+apps:
+  - id: web
+    token: web-token-123
+    containers:
+      - id: web-1
+        node: n1
+        backend: {{type: cgroup_v1, cgroup: e/web-1, root: {root}}}
+  - id: batch
+    token: batch-token-123
+    containers:
+      - {{id: b-1, node: n1, size: 3, backend: {{type: cgroup_v2, cgroup: e/b-1, root: {root}}}}}
+"""
+
+
+class FakeProc(ProcStat):
+    def __init__(self) -> None:
+        self.value = 100.0
+
+    def busy_s(self) -> float:
+        return self.value
+
+
+def test_collector_attributes_model_energy(tmp_path: Path) -> None:
+    cfg = parse_config(SITE.format(idle="equal", root=tmp_path))
+    t = [0.0]
+    proc = FakeProc()
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)  # never connects
+    coll = PowerCollector(cfg, "n1", pub, proc_stat=proc, clock=lambda: t[0])
+    write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
+    write(tmp_path / "e/b-1/cpu.stat", "usage_usec 0\n")
+    first = coll.tick()
+    assert first.node is not None and first.node.energy_j == 0.0
+    # 20 s later: web-1 used 5 CPU-s, b-1 15 CPU-s, the node 25 (5 outside containers)
+    t[0] = 20.0
+    proc.value = 125.0
+    write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", str(5 * 10**9))
+    write(tmp_path / "e/b-1/cpu.stat", "usage_usec 15000000\n")
+    s = coll.tick()
+    model = get_preset("ecovisor-microserver", 2)
+    node_j = model.power_w(25 / (2 * 20)) * 20
+    assert s.node is not None
+    assert s.node.energy_j == pytest.approx(node_j, abs=1e-3)
+    assert s.node.idle_energy_j == pytest.approx(model.idle_power_w * 20, abs=1e-3)
+    by = {c.container: c for c in s.containers}
+    active = node_j - model.idle_power_w * 20
+    idle_each = model.idle_power_w * 20 / 2  # equal split over the two containers
+    assert by["web-1"].energy_j == pytest.approx(active * 5 / 25 + idle_each, abs=2e-3)
+    assert by["b-1"].energy_j == pytest.approx(active * 15 / 25 + idle_each, abs=2e-3)
+    assert by["web-1"].app == "web" and by["b-1"].app == "batch"
+    assert by["web-1"].cpu_s == pytest.approx(5.0)
+    assert [m.seq for m in s.containers] == [1, 1]  # per-source sequence numbers
+
+
+def test_collector_skips_missing_container(tmp_path: Path) -> None:
+    cfg = parse_config(SITE.format(idle="none", root=tmp_path))
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t")
+    write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
+    coll = PowerCollector(cfg, "n1", pub, proc_stat=FakeProc(), clock=lambda: 0.0)
+    s = coll.tick()
+    assert [c.container for c in s.containers] == ["web-1"]
+
+
+def test_rapl_meter_without_zones_is_a_config_error(tmp_path: Path) -> None:
+    cfg = parse_config(
+        SITE.format(idle="none", root=tmp_path).replace("cores: 2,", "cores: 2, meter: rapl,")
+    )
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t")
+    with pytest.raises(ConfigError, match="RAPL"):
+        PowerCollector(cfg, "n1", pub, rapl_root=str(tmp_path / "none"))
+
+
+def test_pick_node(tmp_path: Path) -> None:
+    cfg = parse_config(SITE.format(idle="none", root=tmp_path))
+    assert pick_node(cfg, None) == "n1"
+    with pytest.raises(ConfigError, match="not in site.nodes"):
+        pick_node(cfg, "zz")
