@@ -1,0 +1,383 @@
+"""Python client of the Ecovisor application API, with the paper's function names
+(Table 1 and Table 2) and tick/notification callbacks registered with decorators.
+
+    from ecovisor.client import EcovisorClient
+
+    eco = EcovisorClient("http://127.0.0.1:18080", token="...")
+
+    @eco.on_tick
+    def tick(t):                      # every Δt, t.data is a schemas.TickData
+        if t.data.grid_carbon_g_per_kwh > 300:
+            eco.set_container_powercap("web-1", 2.0)
+
+    eco.run()
+
+Units: W, Wh, J, gCO2eq/kWh, g, mg/s, s. Getters return numbers (``None`` where the API
+says so, e.g. no power cap). Setters return a ``CommandResult``; with ``wait=True`` they
+wait for the lifecycle outcome and raise ``CommandRejected`` when it was rejected or failed.
+See docs/api.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from ecovisor.schemas import Notification, TickData, parse_notification
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class EcovisorError(Exception):
+    """An API call failed; ``status`` is the HTTP status, ``reason`` the server's reason."""
+
+    def __init__(self, status: int, reason: str, method: str = "", path: str = "") -> None:
+        self.status, self.reason, self.method, self.path = status, reason, method, path
+        where = f" ({method} {path})" if method else ""
+        super().__init__(f"{status}: {reason}{where}")
+
+
+class AuthenticationError(EcovisorError):
+    """401: no token or an invalid token."""
+
+
+class ForbiddenError(EcovisorError):
+    """403: the token's app may not address this app, container or template."""
+
+
+class NotFoundError(EcovisorError):
+    """404: no such container or template in this app."""
+
+
+class UnavailableError(EcovisorError):
+    """503: live state or command bus not available (ledger not up, no tick yet)."""
+
+
+class CommandRejected(EcovisorError):
+    """A command waited for was rejected (validation) or failed (actuator)."""
+
+    def __init__(self, result: CommandResult) -> None:
+        self.result = result
+        super().__init__(409, f"command {result.status}: {result.reason}", "", result.type)
+
+
+_ERRORS: dict[int, type[EcovisorError]] = {
+    401: AuthenticationError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    503: UnavailableError,
+}
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command_id: str
+    type: str
+    status: str  # published | accepted | rejected | applied | failed
+    timed_out: bool = False
+    reason: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in ("rejected", "failed")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What an ``on_tick`` callback receives."""
+
+    index: int | None
+    time: datetime
+    data: TickData
+    notification: Notification
+
+
+def _iso(t: datetime | str) -> str:
+    if isinstance(t, str):
+        return t
+    if t.tzinfo is None:
+        raise ValueError("t1/t2 must be timezone-aware datetimes")
+    return t.isoformat()
+
+
+class EcovisorClient:
+    """One application's handle on its virtual energy system."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        app: str | None = None,
+        *,
+        wait: bool = False,
+        wait_timeout: float = 5.0,
+        timeout: float = 10.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.wait, self.wait_timeout = wait, wait_timeout
+        self._http = http or httpx.Client(base_url=self.api_url, timeout=timeout)
+        self._http.headers["Authorization"] = f"Bearer {token}"
+        self._app = app
+        self._tick_handlers: list[Callable[[Tick], Any]] = []
+        self._handlers: dict[str, list[Callable[[Notification], Any]]] = {}
+        self._stop = threading.Event()
+        self._response: httpx.Response | None = None
+
+    # --- plumbing ------------------------------------------------------------------
+    @property
+    def app(self) -> str:
+        """The application id (asked from the server once when not given)."""
+        if self._app is None:
+            self._app = str(self._request("GET", "/v1/whoami")["app"])
+        return self._app
+
+    def _p(self, suffix: str = "") -> str:
+        return f"/v1/apps/{self.app}{suffix}"
+
+    @staticmethod
+    def _raise(r: httpx.Response) -> None:
+        if r.status_code < 400:
+            return
+        try:
+            detail = r.json().get("detail", r.text)
+        except (ValueError, AttributeError):
+            detail = r.text
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)
+        cls = _ERRORS.get(r.status_code, EcovisorError)
+        raise cls(r.status_code, detail, r.request.method, r.request.url.path)
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        r = self._http.request(method, path, **kw)
+        self._raise(r)
+        return r.json()
+
+    def _value(self, suffix: str, **params: Any) -> Any:
+        return self._request("GET", self._p(suffix), params=params or None)["value"]
+
+    def _command(
+        self, method: str, suffix: str, body: dict[str, Any] | None, wait: bool | None
+    ) -> CommandResult:
+        w = self.wait if wait is None else wait
+        params = {"wait": "true", "timeout": self.wait_timeout} if w else None
+        raw = self._request(method, self._p(suffix), json=body, params=params)
+        res = CommandResult(**raw)
+        if not res.ok:
+            raise CommandRejected(res)
+        return res
+
+    def close(self) -> None:
+        self.stop()
+        self._http.close()
+
+    def __enter__(self) -> EcovisorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- Table 1: getters ----------------------------------------------------------
+    def get_solar_power(self) -> float:
+        """Virtual solar power of the latest tick, W."""
+        return float(self._value("/solar_power"))
+
+    def get_grid_power(self) -> float:
+        """Virtual grid power of the latest tick, W."""
+        return float(self._value("/grid_power"))
+
+    def get_grid_carbon(self) -> float:
+        """Grid carbon intensity, gCO2eq/kWh."""
+        return float(self._value("/grid_carbon"))
+
+    def get_battery_discharge_rate(self) -> float:
+        """Actual virtual battery discharge rate of the latest tick, W."""
+        return float(self._value("/battery/discharge_rate"))
+
+    def get_battery_charge_level(self) -> float:
+        """Energy stored in the virtual battery, Wh."""
+        return float(self._value("/battery/charge_level"))
+
+    def get_container_powercap(self, container: str) -> float | None:
+        """A container's power cap in force, W (None: no cap)."""
+        v = self._value(f"/containers/{container}/powercap")
+        return None if v is None else float(v)
+
+    def get_container_power(self, container: str) -> float:
+        """A container's power over the latest tick, W."""
+        return float(self._value(f"/containers/{container}/power"))
+
+    # --- Table 1: setters ----------------------------------------------------------
+    def set_container_powercap(
+        self, container: str, watts: float | None, *, wait: bool | None = None
+    ) -> CommandResult:
+        """Cap a container's power, W; ``None`` removes the cap."""
+        return self._command("PUT", f"/containers/{container}/powercap", {"watts": watts}, wait)
+
+    def set_battery_charge_rate(self, watts: float, *, wait: bool | None = None) -> CommandResult:
+        """Charge the virtual battery at this rate until full, W (0: solar only)."""
+        return self._command("PUT", "/battery/charge_rate", {"watts": watts}, wait)
+
+    def set_battery_max_discharge(self, watts: float, *, wait: bool | None = None) -> CommandResult:
+        """Maximum virtual battery discharge rate, W."""
+        return self._command("PUT", "/battery/max_discharge", {"watts": watts}, wait)
+
+    # --- Table 2: library functions ------------------------------------------------
+    def get_container_energy(self, container: str, t1: datetime, t2: datetime) -> float:
+        """A container's energy between tick boundaries t1 and t2, J."""
+        return float(self._value(f"/containers/{container}/energy", t1=_iso(t1), t2=_iso(t2)))
+
+    def get_container_carbon(self, container: str, t1: datetime, t2: datetime) -> float:
+        """A container's carbon between tick boundaries t1 and t2, g CO2eq."""
+        return float(self._value(f"/containers/{container}/carbon", t1=_iso(t1), t2=_iso(t2)))
+
+    def get_app_power(self) -> float:
+        """The app's power over the latest tick, W."""
+        return float(self._value("/power"))
+
+    def get_app_energy(self, t1: datetime, t2: datetime) -> float:
+        """The app's energy between tick boundaries t1 and t2, J."""
+        return float(self._value("/energy", t1=_iso(t1), t2=_iso(t2)))
+
+    def get_app_carbon(self, t1: datetime, t2: datetime) -> float:
+        """The app's carbon between tick boundaries t1 and t2, g CO2eq."""
+        return float(self._value("/carbon", t1=_iso(t1), t2=_iso(t2)))
+
+    def set_carbon_rate(
+        self,
+        container: str,
+        rate: float | None,
+        window_s: float = 60.0,
+        *,
+        wait: bool | None = None,
+    ) -> CommandResult:
+        """A container's carbon rate, mg/s over ``window_s`` (tracked and notified)."""
+        body = {"mg_per_s": rate, "window_s": window_s}
+        return self._command("PUT", f"/containers/{container}/carbon_rate", body, wait)
+
+    def set_carbon_budget(
+        self, budget: float | None, period_s: float = 3600.0, *, wait: bool | None = None
+    ) -> CommandResult:
+        """The app's carbon budget, g per ``period_s`` (tracked and notified)."""
+        return self._command("PUT", "/carbon_budget", {"grams": budget, "period_s": period_s}, wait)
+
+    # --- containers ----------------------------------------------------------------
+    def suspend_container(self, container: str, *, wait: bool | None = None) -> CommandResult:
+        return self._command("POST", f"/containers/{container}/suspend", None, wait)
+
+    def resume_container(self, container: str, *, wait: bool | None = None) -> CommandResult:
+        return self._command("POST", f"/containers/{container}/resume", None, wait)
+
+    def scale_container(
+        self, container: str, cpus: float, *, wait: bool | None = None
+    ) -> CommandResult:
+        """Vertical scaling: the container's CPU allowance in cores."""
+        return self._command("PUT", f"/containers/{container}/cpus", {"cpus": cpus}, wait)
+
+    def scale_app(self, template: str, replicas: int, *, wait: bool | None = None) -> CommandResult:
+        """Horizontal scaling: run this many replicas of a container template."""
+        body = {"replicas": replicas}
+        return self._command("PUT", f"/templates/{template}/replicas", body, wait)
+
+    # --- more ----------------------------------------------------------------------
+    def get_app_info(self) -> dict[str, Any]:
+        """Containers, templates, shares, battery full/empty levels (Wh)."""
+        return dict(self._request("GET", self._p()))
+
+    def get_state(self) -> dict[str, Any]:
+        """The full live state (latest TickData under ``data``, app metrics)."""
+        return dict(self._request("GET", self._p("/state")))
+
+    def get_ledger(self, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
+        return list(
+            self._request("GET", self._p("/ledger"), params={"from": _iso(t1), "to": _iso(t2)})
+        )
+
+    # --- notifications -------------------------------------------------------------
+    def on_tick(self, fn: F) -> F:
+        """Register ``fn(tick: Tick)``, called every Δt (the paper's tick())."""
+        self._tick_handlers.append(fn)
+        return fn
+
+    def on(self, *types: str) -> Callable[[F], F]:
+        """Register ``fn(n: Notification)`` for notification types, e.g.
+        ``@eco.on("carbon_change", "battery_full")``."""
+
+        def deco(fn: F) -> F:
+            for t in types:
+                self._handlers.setdefault(t, []).append(fn)
+            return fn
+
+        return deco
+
+    def notifications(self, types: list[str] | None = None) -> Iterator[Notification]:
+        """The app's notifications as they arrive (one SSE connection)."""
+        params = {"types": ",".join(types)} if types else None
+        with self._http.stream(
+            "GET", self._p("/notifications"), params=params, timeout=httpx.Timeout(10, read=None)
+        ) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._raise(r)
+            self._response = r
+            event, data = "", []
+            for line in r.iter_lines():
+                if self._stop.is_set():
+                    return
+                if line == "":
+                    if data and event not in ("ready", ""):
+                        yield parse_notification("\n".join(data))
+                    event, data = "", []
+                elif line.startswith(":"):
+                    continue  # keep-alive comment
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip(" "))
+
+    def dispatch(self, n: Notification) -> None:
+        """Call the registered handlers for one notification (also used by replays)."""
+        if n.type == "tick" and self._tick_handlers:
+            t = Tick(n.tick, n.time, TickData.model_validate(n.data), n)
+            for fn in self._tick_handlers:
+                fn(t)
+        for fn in self._handlers.get(n.type, ()):
+            fn(n)
+
+    def run(self, max_events: int | None = None, reconnect_s: float = 1.0) -> int:
+        """Dispatch notifications to the handlers until ``stop()`` (or ``max_events``
+        notifications); reconnects after a dropped stream. Returns the count handled.
+        Authentication and authorisation errors are raised, not retried."""
+        self._stop.clear()
+        handled = 0
+        while not self._stop.is_set():
+            try:
+                for n in self.notifications():
+                    self.dispatch(n)
+                    handled += 1
+                    if self._stop.is_set() or (max_events is not None and handled >= max_events):
+                        return handled
+            except (AuthenticationError, ForbiddenError, NotFoundError):
+                raise
+            except (httpx.HTTPError, EcovisorError):
+                if self._stop.is_set():
+                    break
+                time.sleep(reconnect_s)  # stream dropped or API restarting: reconnect
+        return handled
+
+    def stop(self) -> None:
+        """Make ``run()`` return (safe from another thread or a handler)."""
+        self._stop.set()
+        r = self._response
+        if r is not None:
+            with contextlib.suppress(Exception):  # closing a stream from another thread
+                r.close()
