@@ -1,0 +1,171 @@
+"""Carbon tracking beyond the per-tick booking: carbon rate windows (set_carbon_rate),
+carbon budgets (set_carbon_budget) and the Software Carbon Intensity (SCI).
+
+The ecovisor tracks and notifies; enforcing a rate or budget is a policy's job.
+Pure functions over integer µg; the tracking state lives in ``AppState.tracking``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+from ecovisor.tick import BudgetTracker, CarbonBudget, Level, RateWindow
+from ecovisor.units import UG_PER_G
+
+if TYPE_CHECKING:
+    from ecovisor.ledger import AppLedgerEntry
+
+MAX_WINDOW_TICKS = 86_400  # a rate window keeps one int per tick: bounded
+
+
+def ticks_in(seconds: float, tick_s: float) -> int:
+    """Whole ticks covering ``seconds`` (at least one); a window or period of 60 s at
+    Δt = 60 s is one tick, at Δt = 7 s it is 9 ticks (63 s)."""
+    return max(1, math.ceil(seconds / tick_s - 1e-9))
+
+
+def level_of(value: float, limit: float, near_fraction: float) -> Level:
+    """``exceeded`` above the limit, ``near`` from ``near_fraction * limit``, else ok."""
+    if value > limit:
+        return Level.exceeded
+    if value >= near_fraction * limit:
+        return Level.near
+    return Level.ok
+
+
+_RANK = {Level.ok: 0, Level.near: 1, Level.exceeded: 2}
+
+
+def rose(before: Level, after: Level) -> bool:
+    """True when ``after`` is a worse level than ``before`` (a notification is due)."""
+    return _RANK[after] > _RANK[before]
+
+
+# --- carbon rate (per container, mg/s over a sliding window) ----------------------------
+
+
+def push_window(win: RateWindow | None, window_ticks: int, value_ug: int,
+                skipped: int = 0) -> RateWindow:
+    """Append this tick's carbon (after ``skipped`` ticks that had none) and keep the last
+    ``window_ticks`` values. A new or resized window starts empty; the level is kept."""
+    if window_ticks > MAX_WINDOW_TICKS:
+        raise ValueError(f"carbon rate window of {window_ticks} ticks exceeds {MAX_WINDOW_TICKS}")
+    if win is None or win.window_ticks != window_ticks:
+        values: tuple[int, ...] = ()
+        level = Level.ok if win is None else win.level
+    else:
+        values, level = win.values_ug, win.level
+    if skipped:
+        values = values + (0,) * min(skipped, window_ticks)
+    values = (values + (value_ug,))[-window_ticks:]
+    return RateWindow(window_ticks=window_ticks, values_ug=values, level=level)
+
+
+def window_rate_mg_per_s(win: RateWindow, tick_s: float) -> float:
+    """Mean carbon rate over the whole window (ticks not yet seen count as zero)."""
+    return sum(win.values_ug) / 1000.0 / (win.window_ticks * tick_s)
+
+
+# --- carbon budget (per app, g per period with reset) -----------------------------------
+
+
+def advance_budget(tracker: BudgetTracker | None, budget: CarbonBudget, k: int,
+                   tick_s: float, carbon_ug: int) -> BudgetTracker:
+    """Add tick ``k``'s app carbon to the budget period containing ``k``.
+
+    A period starts at the first tick the budget is in force and lasts
+    ``ticks_in(period_s, tick_s)`` ticks; at a reset ``used`` and the level go back to
+    zero and ``ok``. Changing ``period_s`` starts a new period; changing only
+    ``budget_g`` keeps what was used."""
+    if tracker is None or tracker.period_s != budget.period_s:
+        tracker = BudgetTracker(period_s=budget.period_s, period_start_k=k)
+    start, used, level = tracker.period_start_k, tracker.used_ug, tracker.level
+    if budget.period_s is not None:
+        n = ticks_in(budget.period_s, tick_s)
+        if k >= start + n:
+            start += (k - start) // n * n
+            used, level = 0, Level.ok
+    return BudgetTracker(period_s=budget.period_s, period_start_k=start,
+                         used_ug=used + carbon_ug, level=level)
+
+
+def budget_ug(budget: CarbonBudget) -> int:
+    return round(budget.budget_g * UG_PER_G)
+
+
+# --- SCI = (E*I + M) / R --------------------------------------------------------------
+
+
+SECONDS_PER_YEAR = 365.25 * 86_400
+
+
+class EmbodiedShare(BaseModel):
+    """An app's share of one piece of hardware, for the embodied term M of SCI:
+    ``M = TE * TS * RS``, ``TS = interval / lifetime`` (time share), ``RS`` the share of
+    the hardware's resources reserved by the app (e.g. 2 of 8 cores = 0.25)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str
+    embodied_kg: float = Field(ge=0.0, description="TE: total embodied kgCO2eq")
+    lifetime_s: float = Field(gt=0.0, description="EL: expected lifespan in seconds")
+    resource_share: float = Field(ge=0.0, le=1.0, description="RS")
+
+    @classmethod
+    def years(cls, name: str, embodied_kg: float, lifetime_years: float,
+              resource_share: float) -> EmbodiedShare:
+        return cls(name=name, embodied_kg=embodied_kg,
+                   lifetime_s=lifetime_years * SECONDS_PER_YEAR, resource_share=resource_share)
+
+
+def embodied_ug(hardware: Sequence[EmbodiedShare], interval_s: float) -> int:
+    """M over ``interval_s`` in integer µg (each piece rounded half to even)."""
+    if interval_s < 0:
+        raise ValueError("interval must be non-negative")
+    return sum(
+        round(h.embodied_kg * 1e9 * (interval_s / h.lifetime_s) * h.resource_share)
+        for h in hardware
+    )
+
+
+class SciResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_s: float
+    operational_ug: NonNegativeInt  # E*I, from the ledger
+    embodied_ug: NonNegativeInt  # M
+    functional_units: float  # R
+    sci_g_per_unit: float  # (E*I + M) / R in gCO2eq per functional unit
+
+
+def sci(operational_ug: int, interval_s: float, hardware: Sequence[EmbodiedShare],
+        functional_units: float) -> SciResult:
+    """SCI = (E*I + M) / R over an interval. ``operational_ug`` is the app's ledger
+    carbon over the interval (containers + battery_charging)."""
+    if functional_units <= 0:
+        raise ValueError("SCI needs a positive number of functional units R")
+    m = embodied_ug(hardware, interval_s)
+    return SciResult(
+        interval_s=interval_s,
+        operational_ug=operational_ug,
+        embodied_ug=m,
+        functional_units=functional_units,
+        sci_g_per_unit=(operational_ug + m) / UG_PER_G / functional_units,
+    )
+
+
+def sci_of_entries(entries: Sequence[AppLedgerEntry], hardware: Sequence[EmbodiedShare],
+                   functional_units: float) -> SciResult:
+    """SCI of one app over consecutive ledger entries (interval = ticks * Δt)."""
+    if not entries:
+        raise ValueError("no ledger entries")
+    apps = {e.app for e in entries}
+    if len(apps) != 1:
+        raise ValueError(f"entries of several apps: {sorted(apps)}")
+    op = sum(e.total.carbon_ug for e in entries)
+    interval = sum(e.tick_s for e in entries)
+    return sci(op, interval, hardware, functional_units)

@@ -1,0 +1,155 @@
+"""Notifications of one app tick, derived purely from (previous state, ledger entry,
+thresholds in the entry's settings). Tracking state (last notified values, carbon rate
+windows, the budget period) is returned for ``AppState.tracking``.
+
+Rules (docs/core.md "Events"):
+
+- ``tick``: every tick.
+- ``solar_change`` / ``carbon_change``: ``|new - ref| >= max(abs, rel * |ref|)`` and
+  ``new != ref``; ``ref`` is the last notified value (the first tick only sets it).
+- ``battery_full``: the store reached usable capacity this tick, or ``Rc > 0`` was in
+  force and the store is full (``Rc`` resets to 0 with this event).
+- ``battery_empty``: the store came down to the reserve this tick.
+- ``unserved``: any unserved energy in the tick.
+- ``carbon_rate_near`` / ``carbon_rate_exceeded``: per container with a limit, on the
+  tick its window rate rises to the level (``near`` from ``near_fraction * limit``,
+  ``exceeded`` above the limit). Falling back re-arms silently.
+- ``carbon_budget_near`` / ``carbon_budget_exceeded``: the same for the app's carbon in
+  the current budget period; the period reset re-arms.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from ecovisor.carbon import (
+    advance_budget,
+    budget_ug,
+    level_of,
+    push_window,
+    rose,
+    ticks_in,
+    window_rate_mg_per_s,
+)
+from ecovisor.tick import AppState, EventTracking, Level, RateWindow
+from ecovisor.units import MJ_PER_WH, UG_PER_G
+
+if TYPE_CHECKING:
+    from ecovisor.ledger import AppLedgerEntry
+
+
+class EventKind(StrEnum):
+    tick = "tick"
+    solar_change = "solar_change"
+    carbon_change = "carbon_change"
+    battery_full = "battery_full"
+    battery_empty = "battery_empty"
+    unserved = "unserved"
+    carbon_rate_near = "carbon_rate_near"
+    carbon_rate_exceeded = "carbon_rate_exceeded"
+    carbon_budget_near = "carbon_budget_near"
+    carbon_budget_exceeded = "carbon_budget_exceeded"
+
+
+class Event(BaseModel):
+    """One notification for one app. ``value``/``previous``/``threshold`` are in
+    ``unit``: W (solar), gCO2eq/kWh (carbon), Wh (battery), J (unserved), mg/s (carbon
+    rate), g (carbon budget)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: EventKind
+    site: str
+    app: str
+    k: int
+    t_start: float
+    container: str | None = None
+    value: float | None = None
+    previous: float | None = None
+    threshold: float | None = None
+    unit: str | None = None
+
+
+def significant(new: float, ref: float, abs_th: float, rel_th: float) -> bool:
+    """Is the change from ``ref`` to ``new`` worth a notification?"""
+    d = abs(new - ref)
+    return d > 0 and d >= max(abs_th, rel_th * abs(ref))
+
+
+def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking, tuple[Event, ...]]:
+    """Events of ``entry`` (computed from ``prev``) and the tracking state after it."""
+    tr = prev.tracking
+    st = entry.settings
+    th = st.notify
+    dt = entry.tick_s
+    base = {"site": entry.site, "app": entry.app, "k": entry.k, "t_start": entry.t_start}
+    out: list[Event] = [Event(kind=EventKind.tick, **base)]
+
+    # solar and carbon changes
+    solar_w = entry.solar_mj / 1000.0 / dt
+    solar_ref = tr.solar_ref_w
+    if solar_ref is None:
+        solar_ref = solar_w
+    elif significant(solar_w, solar_ref, th.solar_change_abs_w, th.solar_change_rel):
+        out.append(Event(kind=EventKind.solar_change, value=solar_w, previous=solar_ref,
+                         unit="W", **base))
+        solar_ref = solar_w
+    intensity = entry.intensity_g_per_kwh
+    i_ref = tr.intensity_ref
+    if i_ref is None:
+        i_ref = intensity
+    elif significant(intensity, i_ref, th.carbon_change_abs_g_per_kwh, th.carbon_change_rel):
+        out.append(Event(kind=EventKind.carbon_change, value=intensity, previous=i_ref,
+                         unit="gCO2eq/kWh", **base))
+        i_ref = intensity
+
+    # battery
+    bat = entry.battery
+    full = bat.after_mj >= bat.usable_mj
+    if full and (bat.before_mj < bat.usable_mj or st.charge_rate_w > 0):
+        out.append(Event(kind=EventKind.battery_full, value=bat.after_mj / MJ_PER_WH,
+                         threshold=bat.usable_mj / MJ_PER_WH, unit="Wh", **base))
+    if bat.after_mj <= bat.reserve_mj < bat.before_mj:
+        out.append(Event(kind=EventKind.battery_empty, value=bat.after_mj / MJ_PER_WH,
+                         threshold=bat.reserve_mj / MJ_PER_WH, unit="Wh", **base))
+
+    if entry.flows.unserved > 0:
+        out.append(Event(kind=EventKind.unserved, value=entry.flows.unserved / 1000.0,
+                         unit="J", **base))
+
+    # carbon rate per container with a limit
+    skipped = 0 if prev.next_k is None else max(0, entry.k - prev.next_k)
+    windows: dict[str, RateWindow] = {}
+    for c in sorted(st.carbon_rates):
+        lim = st.carbon_rates[c]
+        line = entry.containers.get(c)
+        win = push_window(tr.rate_windows.get(c), ticks_in(lim.window_s, dt),
+                          line.carbon_ug if line is not None else 0, skipped)
+        rate = window_rate_mg_per_s(win, dt)
+        level = level_of(rate, lim.rate_mg_per_s, th.near_fraction)
+        if rose(win.level, level):
+            kind = (EventKind.carbon_rate_exceeded if level is Level.exceeded
+                    else EventKind.carbon_rate_near)
+            out.append(Event(kind=kind, container=c, value=rate, threshold=lim.rate_mg_per_s,
+                             unit="mg/s", **base))
+        windows[c] = win.model_copy(update={"level": level})
+
+    # carbon budget of the app
+    budget = None
+    if st.carbon_budget is not None:
+        budget = advance_budget(tr.budget, st.carbon_budget, entry.k, dt, entry.total.carbon_ug)
+        limit = budget_ug(st.carbon_budget)
+        level = level_of(budget.used_ug, limit, th.near_fraction)
+        if rose(budget.level, level):
+            kind = (EventKind.carbon_budget_exceeded if level is Level.exceeded
+                    else EventKind.carbon_budget_near)
+            out.append(Event(kind=kind, value=budget.used_ug / UG_PER_G,
+                             threshold=st.carbon_budget.budget_g, unit="g", **base))
+        budget = budget.model_copy(update={"level": level})
+
+    tracking = EventTracking(solar_ref_w=solar_ref, intensity_ref=i_ref,
+                             rate_windows=windows, budget=budget)
+    return tracking, tuple(out)

@@ -1,0 +1,790 @@
+"""The per-tick virtual energy ledger: ``app_step`` for one app, ``site_step`` for all
+apps of a site (multiplexing), and the ledger entry types that are also the wire format
+on ``ecovisor.ledger``.
+
+Pure: typed data in, typed data out; no clocks, no I/O, no globals. Energy in integer
+mJ, carbon in integer µg; every entry is checked for exact conservation when it is
+built and whenever it is validated from JSON. The rules and worked examples are in
+docs/core.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+
+from ecovisor.apportion import largest_remainder, split_flows
+from ecovisor.events import Event, derive_events
+from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.solar_share import UNALLOCATED, distribute_offers, split_solar
+from ecovisor.tick import (
+    MAX_PENDING,
+    AccountLine,
+    AppCumulative,
+    AppFlows,
+    AppSettings,
+    AppState,
+    AppTickInput,
+    PendingChange,
+    PlatformCumulative,
+    SetBatteryChargeRate,
+    SetBatteryMaxDischarge,
+    SetCarbonBudget,
+    SetCarbonRate,
+    SetContainerPowercap,
+    SetNotifyThresholds,
+    SettingsChange,
+    SiteState,
+    SiteTickInput,
+    SiteTotals,
+)
+from ecovisor.units import MJ_PER_WH, carbon_ug, mj_to_power, power_to_mj, wh_to_mj
+from ecovisor.virtual_battery import (
+    BatteryLimits,
+    battery_limits,
+    charge_input_capacity,
+    deliverable,
+    draw_for,
+    initial_stored_mj,
+    max_input_for_room,
+    stored_gain,
+)
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerError(ValueError):
+    """An input the ledger refuses (a tick already accounted, an unknown app...)."""
+
+
+# --- ledger entry (wire format) --------------------------------------------------------
+
+
+class BatteryReading(BaseModel):
+    """The app's virtual battery around one tick; Wh fields are the mJ ones / 3.6e6."""
+
+    model_config = _FROZEN
+
+    capacity_mj: NonNegativeInt
+    usable_mj: NonNegativeInt  # "full"
+    reserve_mj: NonNegativeInt  # "empty"
+    before_mj: NonNegativeInt
+    after_mj: NonNegativeInt
+    before_wh: float
+    after_wh: float
+
+
+class EffectiveLimits(BaseModel):
+    """Powers actually in force in the tick, W (settings clipped by the share)."""
+
+    model_config = _FROZEN
+
+    charge_limit_w: float  # the share's C-rate charge limit
+    charge_rate_w: float  # Rc in force, clipped to the C-rate (0 = solar-only charging)
+    discharge_w: float  # max discharge in force (0 while Rc > 0)
+    grid_w: float  # the app's grid share
+
+
+class AppLedgerEntry(BaseModel):
+    """One app's ledger entry for one tick. Published on ``ecovisor.ledger``.
+
+    Lines: one per container present in the tick's demand, ``battery_charging`` (energy
+    into the battery at the bus, carbon of its grid part) and ``total`` = containers +
+    battery_charging, component by component. ``demand_mj`` = Σ container energy.
+    """
+
+    model_config = _FROZEN
+
+    site: str
+    app: str
+    k: int = Field(ge=0)
+    t_start: float
+    tick_s: float = Field(gt=0.0)
+    intensity_g_per_kwh: float = Field(ge=0.0)
+    solar_mj: NonNegativeInt
+    demand_mj: NonNegativeInt
+    flows: AppFlows
+    grid_cut_mj: NonNegativeInt = Field(
+        0, description="grid energy cut by the site grid limit (the load part is unserved)"
+    )
+    battery: BatteryReading
+    settings: AppSettings
+    limits: EffectiveLimits
+    containers: dict[str, AccountLine]
+    battery_charging: AccountLine
+    total: AccountLine
+    cumulative: AppCumulative
+    estimated: bool = False
+    estimated_sources: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    @model_validator(mode="after")
+    def _conserved(self) -> AppLedgerEntry:
+        problems = entry_violations(self)
+        if problems:
+            raise ValueError("ledger entry does not balance: " + "; ".join(problems))
+        return self
+
+
+def entry_violations(e: AppLedgerEntry) -> list[str]:
+    """Every exact balance an entry must satisfy; empty when it balances."""
+    f = e.flows
+    out = []
+    solar_out = (f.solar_to_load + f.solar_to_battery + f.solar_excess_curtailed
+                 + f.solar_excess_offered + f.solar_exported)
+    if solar_out != e.solar_mj:
+        out.append(f"solar {e.solar_mj} != uses {solar_out}")
+    served = f.solar_to_load + f.battery_to_load + f.grid_to_load + f.unserved
+    if served != e.demand_mj:
+        out.append(f"demand {e.demand_mj} != supply {served}")
+    b = e.battery
+    delta = (f.solar_to_battery + f.solar_offered_in + f.grid_to_battery
+             - f.battery_to_load - f.battery_loss)
+    if b.after_mj - b.before_mj != delta:
+        out.append(f"battery {b.before_mj}->{b.after_mj} != net flow {delta}")
+    if (b.reserve_mj <= b.before_mj <= b.usable_mj
+            and not b.reserve_mj <= b.after_mj <= b.usable_mj):
+        out.append(f"battery {b.after_mj} left [{b.reserve_mj}, {b.usable_mj}]")
+    s = e.battery_charging
+    for line in e.containers.values():
+        s = s + line
+    if s != e.total:
+        out.append(f"containers + battery_charging {s} != total {e.total}")
+    if sum(c.energy_mj for c in e.containers.values()) != e.demand_mj:
+        out.append("container energy != demand")
+    t = e.total
+    if (t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj) != (
+        f.solar_to_load + f.solar_to_battery + f.solar_offered_in,
+        f.battery_to_load,
+        f.grid_to_load + f.grid_to_battery,
+        f.unserved,
+    ):
+        out.append("total line != flows")
+    if (e.battery_charging.grid_mj != f.grid_to_battery
+            or e.battery_charging.solar_mj != f.solar_to_battery + f.solar_offered_in):
+        out.append("battery_charging line != charging flows")
+    i = e.intensity_g_per_kwh
+    if e.battery_charging.carbon_ug != carbon_ug(f.grid_to_battery, i):
+        out.append("battery_charging carbon != carbon_ug(grid_to_battery, I)")
+    if t.carbon_ug != carbon_ug(f.grid_to_load, i) + carbon_ug(f.grid_to_battery, i):
+        out.append("total carbon != carbon_ug(grid_to_load, I) + carbon_ug(grid_to_battery, I)")
+    return out
+
+
+class PlatformEntry(BaseModel):
+    """The site's ``platform`` account: idle energy attributed to no app, from grid."""
+
+    model_config = _FROZEN
+
+    energy_mj: NonNegativeInt
+    grid_mj: NonNegativeInt
+    unserved_mj: NonNegativeInt  # cut by the site grid limit (last resort)
+    carbon_ug: NonNegativeInt
+    cumulative: PlatformCumulative
+
+
+class ControllerSetpoints(BaseModel):
+    """Aggregates for the physical battery controller (paper §3.3), W.
+
+    ``grid_charge_w`` and ``max_discharge_w`` are for the NEXT tick, from the settings
+    and stores after this tick: Σ over apps with Rc > 0 of min(Rc, C-rate, room/Δt),
+    and Σ over apps with Rc = 0 of min(Rd, share limit, deliverable above reserve/Δt).
+    ``net_battery_w`` is THIS tick's net battery power at the bus, positive = charging:
+    Σ (solar_to_battery + solar_offered_in + grid_to_battery - battery_to_load) / Δt.
+    ``grid_charge_actual_w`` is this tick's Σ grid_to_battery / Δt.
+    """
+
+    model_config = _FROZEN
+
+    grid_charge_w: float
+    max_discharge_w: float
+    net_battery_w: float
+    grid_charge_actual_w: float
+
+
+class DriftCheck(BaseModel):
+    """Physical battery store vs Σ virtual stores at the tick end."""
+
+    model_config = _FROZEN
+
+    virtual_mj: NonNegativeInt
+    physical_mj: NonNegativeInt
+    diff_mj: int  # physical - virtual
+    diff_wh: float
+    tolerance_wh: float
+    alert: bool  # |diff| > tolerance
+
+
+class SiteAlertKind(StrEnum):
+    battery_drift = "battery_drift"  # drift went beyond the tolerance
+    battery_drift_cleared = "battery_drift_cleared"  # and came back within it
+    grid_limit = "grid_limit"  # Σ grid exceeded the site limit; value = cut, J
+
+
+class SiteAlert(BaseModel):
+    model_config = _FROZEN
+
+    kind: SiteAlertKind
+    site: str
+    k: int
+    t_start: float
+    value: float
+    threshold: float
+    unit: str
+
+
+class SiteTickResult(BaseModel):
+    """Everything one site tick produces (entries in sorted app order)."""
+
+    model_config = _FROZEN
+
+    site: str
+    k: int
+    t_start: float
+    tick_s: float
+    intensity_g_per_kwh: float
+    entries: dict[str, AppLedgerEntry]
+    platform: PlatformEntry
+    totals: SiteTotals
+    cumulative: SiteTotals
+    controller: ControllerSetpoints
+    drift: DriftCheck | None = None
+    alerts: tuple[SiteAlert, ...] = ()
+    estimated: bool = False
+    estimated_sources: tuple[str, ...] = ()
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def apply_change(settings: AppSettings, change: SettingsChange) -> AppSettings:
+    """The settings after one change (pure)."""
+    if isinstance(change, SetBatteryChargeRate):
+        return settings.model_copy(update={"charge_rate_w": change.watts})
+    if isinstance(change, SetBatteryMaxDischarge):
+        return settings.model_copy(update={"max_discharge_w": change.watts})
+    if isinstance(change, SetContainerPowercap):
+        caps = dict(settings.container_caps_w)
+        if change.watts is None:
+            caps.pop(change.container, None)
+        else:
+            caps[change.container] = change.watts
+        return settings.model_copy(update={"container_caps_w": caps})
+    if isinstance(change, SetCarbonRate):
+        rates = dict(settings.carbon_rates)
+        if change.limit is None:
+            rates.pop(change.container, None)
+        else:
+            rates[change.container] = change.limit
+        return settings.model_copy(update={"carbon_rates": rates})
+    if isinstance(change, SetCarbonBudget):
+        return settings.model_copy(update={"carbon_budget": change.budget})
+    if isinstance(change, SetNotifyThresholds):
+        return settings.model_copy(update={"notify": change.notify})
+    raise TypeError(f"unknown settings change {change!r}")
+
+
+def apply_settings(state: AppState, change: SettingsChange) -> AppState:
+    """Apply a change now, before the next tick is computed (tests, tools, replays that
+    already resolved timing). The ledger should use ``queue_change``."""
+    return state.model_copy(update={"settings": apply_change(state.settings, change)})
+
+
+def queue_change(state: AppState, change: SettingsChange, accepted_k: int) -> AppState:
+    """Record a change accepted during tick ``accepted_k``; it applies from tick
+    ``accepted_k + 1`` (or the next tick computed, if that is later). Changes apply in
+    the order they were queued. At most ``MAX_PENDING`` changes wait at a time."""
+    if len(state.pending) >= MAX_PENDING:
+        raise LedgerError(f"app {state.app!r}: {MAX_PENDING} changes already pending")
+    return state.model_copy(
+        update={"pending": (*state.pending, PendingChange(accepted_k=accepted_k, change=change))}
+    )
+
+
+def queue_site_change(state: SiteState, app: str, change: SettingsChange,
+                      accepted_k: int) -> SiteState:
+    if app not in state.apps:
+        raise LedgerError(f"unknown app {app!r} at site {state.site!r}")
+    apps = dict(state.apps)
+    apps[app] = queue_change(apps[app], change, accepted_k)
+    return state.model_copy(update={"apps": apps})
+
+
+def _settings_in_force(state: AppState, k: int) -> tuple[AppSettings, tuple[PendingChange, ...]]:
+    settings = state.settings
+    if not state.pending:
+        return settings, ()
+    keep = []
+    for p in state.pending:
+        if p.accepted_k < k:
+            settings = apply_change(settings, p.change)
+        else:
+            keep.append(p)
+    return settings, tuple(keep)
+
+
+# --- initial state ---------------------------------------------------------------------
+
+
+def validate_site(shape: SiteShape, shares: Mapping[str, AppShare]) -> None:
+    """Raise ``ValueError`` naming every problem of a site's shares."""
+    problems = []
+    try:
+        split_solar(0, shares)
+    except ValueError as e:
+        problems.append(str(e))
+    cap = sum(s.battery_capacity_wh for s in shares.values())
+    if cap > shape.battery_capacity_wh * (1 + 1e-12):
+        problems.append(f"battery shares sum to {cap} Wh > site capacity "
+                        f"{shape.battery_capacity_wh} Wh")
+    for app in sorted(shares):
+        try:
+            battery_limits(shares[app], shape)
+        except ValueError as e:
+            problems.append(f"{app}: {e}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def initial_app_state(share: AppShare, shape: SiteShape, *, site: str, app: str,
+                      settings: AppSettings | None = None) -> AppState:
+    limits = battery_limits(share, shape)
+    return AppState(site=site, app=app, battery_mj=initial_stored_mj(share, limits),
+                    settings=settings or AppSettings())
+
+
+def initial_site_state(shape: SiteShape, shares: Mapping[str, AppShare], *, site: str,
+                       settings: Mapping[str, AppSettings] | None = None) -> SiteState:
+    """A site's first state: every app's battery at its initial_soc (default the
+    reserve), default settings unless given."""
+    validate_site(shape, shares)
+    settings = settings or {}
+    unknown = set(settings) - set(shares)
+    if unknown:
+        raise ValueError(f"settings for unknown apps {sorted(unknown)}")
+    apps = {
+        app: initial_app_state(shares[app], shape, site=site, app=app,
+                               settings=settings.get(app))
+        for app in sorted(shares)
+    }
+    return SiteState(site=site, apps=apps)
+
+
+# --- one app's tick --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Work:
+    """Mutable working set of one app tick before it is frozen into an entry."""
+
+    share: AppShare
+    limits: BatteryLimits
+    state: AppState
+    settings: AppSettings
+    pending: tuple[PendingChange, ...]
+    inp: AppTickInput
+    demand: int
+    before: int
+    s2l: int = 0
+    s2b: int = 0
+    g2l: int = 0
+    g2b: int = 0
+    b2l: int = 0
+    drawn: int = 0
+    excess: int = 0  # solar neither used nor stored by the app itself
+    offered_out: int = 0
+    offered_in: int = 0
+    curtailed: int = 0
+    exported: int = 0
+    unserved: int = 0
+    grid_cut: int = 0
+
+
+def _check_k(next_k: int | None, k: int, who: str) -> None:
+    if next_k is not None and k < next_k:
+        raise LedgerError(f"{who}: tick {k} is already accounted (next tick is {next_k})")
+
+
+def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
+          limits: BatteryLimits) -> _Work:
+    """Flows of one app from its own resources: solar, its battery, its grid share."""
+    settings, pending = _settings_in_force(state, inp.k)
+    demand = sum(inp.demand_mj.values())
+    before = state.battery_mj
+    w = _Work(share=share, limits=limits, state=state, settings=settings, pending=pending,
+              inp=inp, demand=demand, before=before)
+    dt = shape.tick_s
+    solar = inp.solar_mj
+    w.s2l = min(solar, demand)
+    excess = solar - w.s2l
+    deficit = demand - w.s2l
+    grid_cap = power_to_mj(share.grid_w, dt)
+    # solar-side controller: excess solar charges within C-rate and room, always
+    cap_in = charge_input_capacity(before, 0, limits)
+    w.s2b = min(excess, cap_in)
+    w.excess = excess - w.s2b
+    if settings.charge_rate_w > 0:
+        # grid-side controller: top up to min(Rc, C-rate, room) from the grid; no
+        # discharge; the whole deficit from the grid first
+        target = min(power_to_mj(settings.charge_rate_w, dt), cap_in)
+        w.g2l = min(deficit, grid_cap)
+        w.g2b = min(max(0, target - w.s2b), grid_cap - w.g2l)
+    else:
+        out_cap = limits.discharge_out_mj
+        if settings.max_discharge_w is not None:
+            out_cap = min(out_cap, power_to_mj(settings.max_discharge_w, dt))
+        out_cap = min(out_cap, deliverable(before - limits.reserve_mj,
+                                           limits.discharge_efficiency))
+        w.b2l = min(deficit, out_cap)
+        w.drawn = draw_for(w.b2l, limits.discharge_efficiency)
+        w.g2l = min(deficit - w.b2l, grid_cap)
+    w.unserved = deficit - w.b2l - w.g2l
+    return w
+
+
+def _effective_limits(w: _Work, dt: float) -> EffectiveLimits:
+    share, st = w.share, w.settings
+    if st.charge_rate_w > 0:
+        rc, rd = min(st.charge_rate_w, share.charge_limit_w), 0.0
+    else:
+        rd = share.discharge_limit_w
+        if st.max_discharge_w is not None:
+            rd = min(rd, st.max_discharge_w)
+        rc = 0.0
+    return EffectiveLimits(charge_limit_w=share.charge_limit_w, charge_rate_w=rc,
+                           discharge_w=rd, grid_w=share.grid_w)
+
+
+def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
+              ) -> tuple[AppState, AppLedgerEntry]:
+    """Freeze a planned app tick into its ledger entry and the app's next state."""
+    inp, lim, state = w.inp, w.limits, w.state
+    intensity = inp.intensity_g_per_kwh
+    charge_in = w.s2b + w.g2b + w.offered_in
+    gain = stored_gain(charge_in, lim.charge_efficiency)
+    after = w.before - w.drawn + gain
+    loss = (charge_in - gain) + (w.drawn - w.b2l)
+    flows = AppFlows(
+        solar_to_load=w.s2l, solar_to_battery=w.s2b, solar_excess_curtailed=w.curtailed,
+        solar_excess_offered=w.offered_out, solar_offered_in=w.offered_in,
+        solar_exported=w.exported, battery_to_load=w.b2l, grid_to_load=w.g2l,
+        grid_to_battery=w.g2b, unserved=w.unserved, battery_loss=loss,
+    )
+
+    # per-container lines: split each load flow by demand, both margins exact
+    c_load = carbon_ug(w.g2l, intensity)
+    c_charge = carbon_ug(w.g2b, intensity)
+    demand_by_c = inp.demand_mj
+    containers: dict[str, AccountLine] = {}
+    if demand_by_c:
+        if w.demand:
+            parts = split_flows(demand_by_c, {"grid": w.g2l, "solar": w.s2l,
+                                              "battery": w.b2l, "unserved": w.unserved})
+            carbon_parts = (largest_remainder(c_load, {c: p["grid"] for c, p in parts.items()})
+                            if c_load else dict.fromkeys(parts, 0))
+        else:
+            parts = {c: {"grid": 0, "solar": 0, "battery": 0, "unserved": 0} for c in demand_by_c}
+            carbon_parts = dict.fromkeys(parts, 0)
+        for c in sorted(parts):
+            p = parts[c]
+            containers[c] = AccountLine(energy_mj=demand_by_c[c], solar_mj=p["solar"],
+                                        battery_mj=p["battery"], grid_mj=p["grid"],
+                                        unserved_mj=p["unserved"], carbon_ug=carbon_parts[c])
+    battery_charging = AccountLine(energy_mj=charge_in, solar_mj=w.s2b + w.offered_in,
+                                   grid_mj=w.g2b, carbon_ug=c_charge)
+    total = AccountLine(
+        energy_mj=w.demand + charge_in, solar_mj=w.s2l + w.s2b + w.offered_in,
+        battery_mj=w.b2l, grid_mj=w.g2l + w.g2b, unserved_mj=w.unserved,
+        carbon_ug=c_load + c_charge,
+    )
+
+    sources = tuple(sorted(set(site_estimated) | set(inp.estimated_sources)))
+    cum = state.cumulative
+    cum_containers = dict(cum.containers)
+    for c, line in containers.items():
+        prev = cum_containers.get(c)
+        cum_containers[c] = line if prev is None else prev + line
+    cumulative = AppCumulative(
+        ticks=cum.ticks + 1,
+        estimated_ticks=cum.estimated_ticks + (1 if sources else 0),
+        unserved_ticks=cum.unserved_ticks + (1 if w.unserved else 0),
+        solar_mj=cum.solar_mj + inp.solar_mj,
+        demand_mj=cum.demand_mj + w.demand,
+        grid_cut_mj=cum.grid_cut_mj + w.grid_cut,
+        flows=cum.flows + flows,
+        total=cum.total + total,
+        battery_charging=cum.battery_charging + battery_charging,
+        containers=cum_containers,
+    )
+    dt = shape.tick_s
+    entry = AppLedgerEntry(
+        site=state.site, app=state.app, k=inp.k, t_start=inp.t_start, tick_s=dt,
+        intensity_g_per_kwh=intensity, solar_mj=inp.solar_mj, demand_mj=w.demand,
+        flows=flows, grid_cut_mj=w.grid_cut,
+        battery=BatteryReading(
+            capacity_mj=lim.capacity_mj, usable_mj=lim.usable_mj, reserve_mj=lim.reserve_mj,
+            before_mj=w.before, after_mj=after, before_wh=w.before / MJ_PER_WH,
+            after_wh=after / MJ_PER_WH,
+        ),
+        settings=w.settings, limits=_effective_limits(w, dt),
+        containers=containers, battery_charging=battery_charging, total=total,
+        cumulative=cumulative, estimated=bool(sources), estimated_sources=sources,
+    )
+    tracking, events = derive_events(state, entry)
+    entry = entry.model_copy(update={"events": events})
+    settings = w.settings
+    if settings.charge_rate_w > 0 and after >= lim.usable_mj:
+        settings = settings.model_copy(update={"charge_rate_w": 0.0})  # Rc until full
+    new_state = AppState.model_construct(
+        site=state.site, app=state.app, next_k=inp.k + 1, battery_mj=after, settings=settings,
+        pending=w.pending, cumulative=cumulative, tracking=tracking,
+    )
+    return new_state, entry
+
+
+def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput
+             ) -> tuple[AppState, AppLedgerEntry]:
+    """Account one tick of one app that has the site to itself: its own solar, battery
+    and grid share. Excess solar is curtailed or net-metered per ``shape.excess_solar``
+    (``offer`` has no one to offer to here and curtails). The site grid limit is not
+    applied (that needs every app: use ``site_step``)."""
+    _check_k(state.next_k, inp.k, f"app {state.app!r}")
+    w = _plan(share, shape, state, inp, battery_limits(share, shape))
+    if shape.excess_solar is ExcessSolarPolicy.net_meter:
+        w.exported = w.excess
+    else:
+        w.curtailed = w.excess
+    return _finalize(w, shape)
+
+
+# --- one site's tick (multiplexing) -----------------------------------------------------
+
+
+def _cut_grid(works: dict[str, _Work], platform_mj: int, limit_mj: int | None
+              ) -> tuple[int, int]:
+    """Apply the site grid limit: cut grid->battery first (in proportion to each app's
+    grid->battery), then grid->load (in proportion, the cut becomes unserved), then the
+    platform. Returns (platform grid, platform unserved)."""
+    if limit_mj is None:
+        return platform_mj, 0
+    over = sum(w.g2l + w.g2b for w in works.values()) + platform_mj - limit_mj
+    if over <= 0:
+        return platform_mj, 0
+    to_battery = {a: w.g2b for a, w in works.items()}
+    cut = min(over, sum(to_battery.values()))
+    if cut:
+        for a, part in largest_remainder(cut, to_battery).items():
+            works[a].g2b -= part
+            works[a].grid_cut += part
+        over -= cut
+    to_load = {a: w.g2l for a, w in works.items()}
+    cut = min(over, sum(to_load.values()))
+    if cut:
+        for a, part in largest_remainder(cut, to_load).items():
+            works[a].g2l -= part
+            works[a].unserved += part
+            works[a].grid_cut += part
+        over -= cut
+    return platform_mj - over, over
+
+
+def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState,
+              inp: SiteTickInput) -> tuple[SiteState, SiteTickResult]:
+    """Account one tick of every app of a site, in sorted app order, then the platform,
+    the site grid limit, excess solar per the site policy, controller aggregates and
+    the battery drift check."""
+    _check_k(state.next_k, inp.k, f"site {state.site!r}")
+    if set(shares) != set(state.apps):
+        raise LedgerError(f"shares {sorted(shares)} do not match state apps {sorted(state.apps)}")
+    unknown = set(inp.demand_mj) - set(shares)
+    if unknown:
+        raise LedgerError(f"demand for unknown apps {sorted(unknown)}")
+    dt = shape.tick_s
+    solar_by_app, unallocated = split_solar(inp.site_solar_mj, shares)
+    apps = sorted(shares)
+
+    works: dict[str, _Work] = {}
+    for a in apps:
+        app_inp = AppTickInput.model_construct(
+            k=inp.k, t_start=inp.t_start, solar_mj=solar_by_app[a],
+            intensity_g_per_kwh=inp.intensity_g_per_kwh,
+            demand_mj=inp.demand_mj.get(a, {}),
+            estimated_sources=inp.app_estimated_sources.get(a, ()),
+        )
+        works[a] = _plan(shares[a], shape, state.apps[a], app_inp,
+                         battery_limits(shares[a], shape))
+
+    limit_mj = None if math.isinf(shape.grid_limit_w) else power_to_mj(shape.grid_limit_w, dt)
+    platform_grid, platform_unserved = _cut_grid(works, inp.platform_mj, limit_mj)
+
+    policy = shape.excess_solar
+    unalloc_curtailed = unalloc_exported = unalloc_offered = 0
+    if policy is ExcessSolarPolicy.offer:
+        donors = [(a, works[a].excess) for a in apps if works[a].excess]
+        if unallocated:
+            donors.append((UNALLOCATED, unallocated))
+        capacity = {
+            a: charge_input_capacity(w.before - w.drawn, w.s2b + w.g2b, w.limits)
+            for a, w in works.items()
+        }
+        given, received = distribute_offers(donors, capacity)
+        for a, w in works.items():
+            w.offered_out = given.get(a, 0)
+            w.curtailed = w.excess - w.offered_out
+            w.offered_in = received[a]
+        unalloc_offered = given.get(UNALLOCATED, 0)
+        unalloc_curtailed = unallocated - unalloc_offered
+    elif policy is ExcessSolarPolicy.net_meter:
+        for w in works.values():
+            w.exported = w.excess
+        unalloc_exported = unallocated
+    else:
+        for w in works.values():
+            w.curtailed = w.excess
+        unalloc_curtailed = unallocated
+
+    site_sources = tuple(sorted(set(inp.estimated_sources)))
+    new_apps: dict[str, AppState] = {}
+    entries: dict[str, AppLedgerEntry] = {}
+    for a in apps:
+        new_apps[a], entries[a] = _finalize(works[a], shape, site_sources)
+
+    intensity = inp.intensity_g_per_kwh
+    p_carbon = carbon_ug(platform_grid, intensity)
+    pc = state.platform
+    platform_cum = PlatformCumulative(
+        energy_mj=pc.energy_mj + inp.platform_mj, grid_mj=pc.grid_mj + platform_grid,
+        unserved_mj=pc.unserved_mj + platform_unserved, carbon_ug=pc.carbon_ug + p_carbon,
+    )
+    platform = PlatformEntry(energy_mj=inp.platform_mj, grid_mj=platform_grid,
+                             unserved_mj=platform_unserved, carbon_ug=p_carbon,
+                             cumulative=platform_cum)
+
+    totals = _site_totals(entries, inp, unallocated, unalloc_curtailed, unalloc_exported,
+                          unalloc_offered, platform)
+    controller = _controller(shares, shape, new_apps, entries)
+
+    alerts: list[SiteAlert] = []
+    if totals.grid_cut_mj + platform_unserved:
+        alerts.append(SiteAlert(kind=SiteAlertKind.grid_limit, site=state.site, k=inp.k,
+                                t_start=inp.t_start,
+                                value=(totals.grid_cut_mj + platform_unserved) / 1000.0,
+                                threshold=shape.grid_limit_w, unit="J"))
+    drift = None
+    alerting = state.drift_alerting
+    if inp.physical_battery_mj is not None:
+        virtual = sum(e.battery.after_mj for e in entries.values())
+        diff = inp.physical_battery_mj - virtual
+        tol_mj = wh_to_mj(shape.drift_tolerance_wh)
+        alert = abs(diff) > tol_mj
+        drift = DriftCheck(virtual_mj=virtual, physical_mj=inp.physical_battery_mj,
+                           diff_mj=diff, diff_wh=diff / MJ_PER_WH,
+                           tolerance_wh=shape.drift_tolerance_wh, alert=alert)
+        if alert != alerting:
+            alerts.append(SiteAlert(
+                kind=SiteAlertKind.battery_drift if alert else SiteAlertKind.battery_drift_cleared,
+                site=state.site, k=inp.k, t_start=inp.t_start, value=diff / MJ_PER_WH,
+                threshold=shape.drift_tolerance_wh, unit="Wh"))
+            alerting = alert
+
+    sources = tuple(sorted(set(site_sources).union(*inp.app_estimated_sources.values())))
+    result = SiteTickResult(
+        site=state.site, k=inp.k, t_start=inp.t_start, tick_s=dt,
+        intensity_g_per_kwh=intensity, entries=entries, platform=platform, totals=totals,
+        cumulative=state.cumulative + totals, controller=controller, drift=drift,
+        alerts=tuple(alerts), estimated=bool(sources), estimated_sources=sources,
+    )
+    new_state = SiteState.model_construct(
+        site=state.site, next_k=inp.k + 1, apps=new_apps, platform=platform_cum,
+        cumulative=result.cumulative, drift_alerting=alerting,
+    )
+    return new_state, result
+
+
+def _site_totals(entries: Mapping[str, AppLedgerEntry], inp: SiteTickInput, unallocated: int,
+                 unalloc_curtailed: int, unalloc_exported: int, unalloc_offered: int,
+                 platform: PlatformEntry) -> SiteTotals:
+    f = AppFlows()
+    demand = grid_cut = carbon = 0
+    for e in entries.values():
+        f = f + e.flows
+        demand += e.demand_mj
+        grid_cut += e.grid_cut_mj
+        carbon += e.total.carbon_ug
+    return SiteTotals(
+        solar_mj=inp.site_solar_mj,
+        solar_unallocated_mj=unallocated,
+        solar_to_load_mj=f.solar_to_load,
+        solar_to_battery_mj=f.solar_to_battery + f.solar_offered_in,
+        solar_offered_mj=f.solar_excess_offered + unalloc_offered,
+        solar_curtailed_mj=f.solar_excess_curtailed + unalloc_curtailed,
+        solar_exported_mj=f.solar_exported + unalloc_exported,
+        battery_to_load_mj=f.battery_to_load,
+        battery_loss_mj=f.battery_loss,
+        grid_to_load_mj=f.grid_to_load,
+        grid_to_battery_mj=f.grid_to_battery,
+        grid_cut_mj=grid_cut,
+        platform_mj=platform.energy_mj,
+        platform_grid_mj=platform.grid_mj,
+        platform_unserved_mj=platform.unserved_mj,
+        unserved_mj=f.unserved + platform.unserved_mj,
+        demand_mj=demand,
+        load_mj=demand + platform.energy_mj,
+        grid_mj=f.grid_to_load + f.grid_to_battery + platform.grid_mj,
+        carbon_ug=carbon + platform.carbon_ug,
+    )
+
+
+def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
+                new_apps: Mapping[str, AppState], entries: Mapping[str, AppLedgerEntry]
+                ) -> ControllerSetpoints:
+    dt = shape.tick_s
+    grid_charge = max_discharge = 0.0
+    net_mj = grid_actual_mj = 0
+    for a, st in new_apps.items():
+        share = shares[a]
+        e = entries[a]
+        b = e.battery
+        if st.settings.charge_rate_w > 0:
+            room = max_input_for_room(b.usable_mj - st.battery_mj, share.charge_efficiency)
+            grid_charge += min(st.settings.charge_rate_w, share.charge_limit_w,
+                               mj_to_power(room, dt))
+        else:
+            rd = share.discharge_limit_w
+            if st.settings.max_discharge_w is not None:
+                rd = min(rd, st.settings.max_discharge_w)
+            avail = deliverable(st.battery_mj - b.reserve_mj, share.discharge_efficiency)
+            max_discharge += min(rd, mj_to_power(avail, dt))
+        f = e.flows
+        net_mj += f.solar_to_battery + f.solar_offered_in + f.grid_to_battery - f.battery_to_load
+        grid_actual_mj += f.grid_to_battery
+    return ControllerSetpoints(grid_charge_w=grid_charge, max_discharge_w=max_discharge,
+                               net_battery_w=mj_to_power(net_mj, dt),
+                               grid_charge_actual_w=mj_to_power(grid_actual_mj, dt))
+
+
+def site_violations(state_before: SiteState, result: SiteTickResult) -> list[str]:
+    """Exact site-level balances of one site tick; empty when it balances."""
+    t = result.totals
+    out = []
+    before = sum(a.battery_mj for a in state_before.apps.values())
+    after = sum(e.battery.after_mj for e in result.entries.values())
+    lhs = t.solar_mj + t.grid_mj + t.unserved_mj
+    rhs = (t.load_mj + (after - before) + t.battery_loss_mj + t.solar_curtailed_mj
+           + t.solar_exported_mj)
+    if lhs != rhs:
+        out.append(f"site energy: solar+grid+unserved {lhs} != load+Δstore+loss+curtailed+"
+                   f"exported {rhs}")
+    offered_in = sum(e.flows.solar_offered_in for e in result.entries.values())
+    if t.solar_offered_mj != offered_in:
+        out.append(f"offered {t.solar_offered_mj} != received {offered_in}")
+    if t.load_mj != sum(e.demand_mj for e in result.entries.values()) + result.platform.energy_mj:
+        out.append("site load != Σ apps + platform")
+    if t.carbon_ug != sum(e.total.carbon_ug for e in result.entries.values()) + \
+            result.platform.carbon_ug:
+        out.append("site carbon != Σ apps + platform")
+    return out

@@ -1,0 +1,387 @@
+"""Typed data of one accounting tick: the settings an app controls, the changes that set
+them, the per-tick inputs, the account lines and flows, and the state carried from one
+tick to the next.
+
+Everything here is a pydantic v2 model: plain data, frozen, JSON-serialisable with
+``model_dump(mode="json")`` and restored with ``model_validate``. Integers are mJ
+(energy) and µg (carbon); the few floats are configuration (W, g, s) or event time.
+No clocks, no I/O, no globals.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+Mj = NonNegativeInt  # energy, integer millijoules
+Ug = NonNegativeInt  # carbon, integer micrograms
+
+
+# --- settings an application controls (paper Table 1 setters, Table 2 library) --------
+
+
+class CarbonRateLimit(BaseModel):
+    """set_carbon_rate(container, rate): mg/s averaged over a sliding window."""
+
+    model_config = _FROZEN
+
+    rate_mg_per_s: float = Field(gt=0.0)
+    window_s: float = Field(60.0, gt=0.0, description="sliding window, default 60 s")
+
+
+class CarbonBudget(BaseModel):
+    """set_carbon_budget(budget): g of CO2eq for the app per period."""
+
+    model_config = _FROZEN
+
+    budget_g: float = Field(gt=0.0)
+    period_s: float | None = Field(
+        None, gt=0.0, description="the budget resets every period; None = never resets"
+    )
+
+
+class NotifyThresholds(BaseModel):
+    """When solar_change / carbon_change fire, and what "near" a limit means.
+
+    A change is significant when ``|new - ref| >= max(abs, rel * |ref|)`` and non-zero,
+    ``ref`` being the value last notified (or seen first)."""
+
+    model_config = _FROZEN
+
+    solar_change_abs_w: float = Field(1.0, ge=0.0)
+    solar_change_rel: float = Field(0.10, ge=0.0)
+    carbon_change_abs_g_per_kwh: float = Field(10.0, ge=0.0)
+    carbon_change_rel: float = Field(0.05, ge=0.0)
+    near_fraction: float = Field(
+        0.9, gt=0.0, le=1.0, description="'near' a carbon rate or budget at this fraction"
+    )
+
+
+class AppSettings(BaseModel):
+    """Settings in force for one app. Each ledger entry records the settings it used."""
+
+    model_config = _FROZEN
+
+    charge_rate_w: float = Field(
+        0.0, ge=0.0, description="Rc: charge at this rate until full, then reset to 0"
+    )
+    max_discharge_w: float | None = Field(
+        None, ge=0.0, description="Rd; None = the share's discharge limit"
+    )
+    container_caps_w: dict[str, float] = Field(
+        default_factory=dict, description="power caps in W; absent = no cap"
+    )
+    carbon_rates: dict[str, CarbonRateLimit] = Field(default_factory=dict)
+    carbon_budget: CarbonBudget | None = None
+    notify: NotifyThresholds = Field(default_factory=NotifyThresholds)
+
+
+class SetBatteryChargeRate(BaseModel):
+    model_config = _FROZEN
+    kind: Literal["set_battery_charge_rate"] = "set_battery_charge_rate"
+    watts: float = Field(ge=0.0)
+
+
+class SetBatteryMaxDischarge(BaseModel):
+    model_config = _FROZEN
+    kind: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
+    watts: float | None = Field(ge=0.0, description="None = back to the share's limit")
+
+
+class SetContainerPowercap(BaseModel):
+    model_config = _FROZEN
+    kind: Literal["set_container_powercap"] = "set_container_powercap"
+    container: str = Field(min_length=1)
+    watts: float | None = Field(gt=0.0, description="None removes the cap")
+
+
+class SetCarbonRate(BaseModel):
+    model_config = _FROZEN
+    kind: Literal["set_carbon_rate"] = "set_carbon_rate"
+    container: str = Field(min_length=1)
+    limit: CarbonRateLimit | None = Field(description="None removes the limit")
+
+
+class SetCarbonBudget(BaseModel):
+    model_config = _FROZEN
+    kind: Literal["set_carbon_budget"] = "set_carbon_budget"
+    budget: CarbonBudget | None = Field(description="None removes the budget")
+
+
+class SetNotifyThresholds(BaseModel):
+    model_config = _FROZEN
+    kind: Literal["set_notify_thresholds"] = "set_notify_thresholds"
+    notify: NotifyThresholds
+
+
+SettingsChange = Annotated[
+    SetBatteryChargeRate
+    | SetBatteryMaxDischarge
+    | SetContainerPowercap
+    | SetCarbonRate
+    | SetCarbonBudget
+    | SetNotifyThresholds,
+    Field(discriminator="kind"),
+]
+
+
+class PendingChange(BaseModel):
+    """A change accepted during tick ``accepted_k``; it applies from tick
+    ``accepted_k + 1``."""
+
+    model_config = _FROZEN
+
+    accepted_k: int = Field(ge=0)
+    change: SettingsChange
+
+
+# --- inputs of one tick ----------------------------------------------------------------
+
+
+class AppTickInput(BaseModel):
+    """One app's inputs for tick ``k`` (used by ``app_step``; ``site_step`` builds
+    these from a ``SiteTickInput``)."""
+
+    model_config = _FROZEN
+
+    k: int = Field(ge=0, description="tick index")
+    t_start: float = Field(description="event time of the tick start, epoch seconds")
+    solar_mj: Mj = Field(description="this app's solar, measured in tick k-1")
+    intensity_g_per_kwh: float = Field(ge=0.0, description="time-weighted mean over the tick")
+    demand_mj: dict[str, Mj] = Field(
+        default_factory=dict, description="per container energy in the tick"
+    )
+    estimated_sources: tuple[str, ...] = Field(
+        (), description="sources carried forward (silent when the tick closed)"
+    )
+
+
+class SiteTickInput(BaseModel):
+    """All inputs of one site for tick ``k``. The caller buffers solar by one tick,
+    differences cumulative counters into per-tick energies, and converts units."""
+
+    model_config = _FROZEN
+
+    k: int = Field(ge=0)
+    t_start: float
+    site_solar_mj: Mj = Field(description="site solar energy measured in tick k-1")
+    intensity_g_per_kwh: float = Field(ge=0.0)
+    demand_mj: dict[str, dict[str, Mj]] = Field(
+        default_factory=dict, description="app -> container -> energy in the tick"
+    )
+    platform_mj: Mj = Field(0, description="idle energy attributed to no app")
+    physical_battery_mj: Mj | None = Field(
+        None, description="stored energy of the physical battery at the tick end"
+    )
+    estimated_sources: tuple[str, ...] = Field((), description="site-wide carried forward")
+    app_estimated_sources: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+
+# --- flows and account lines -------------------------------------------------------------
+
+
+class AppFlows(BaseModel):
+    """Every energy flow of one app in one tick (or summed over ticks), integer mJ, each
+    non-negative. Balances (exact):
+
+    - solar:   S = solar_to_load + solar_to_battery + solar_excess_curtailed
+                   + solar_excess_offered + solar_exported
+    - load:    D = solar_to_load + battery_to_load + grid_to_load + unserved
+    - battery: after - before = solar_to_battery + solar_offered_in + grid_to_battery
+                   - battery_to_load - battery_loss
+    """
+
+    model_config = _FROZEN
+
+    solar_to_load: Mj = 0
+    solar_to_battery: Mj = 0
+    solar_excess_curtailed: Mj = 0
+    solar_excess_offered: Mj = 0
+    solar_offered_in: Mj = 0
+    solar_exported: Mj = 0
+    battery_to_load: Mj = 0
+    grid_to_load: Mj = 0
+    grid_to_battery: Mj = 0
+    unserved: Mj = 0
+    battery_loss: Mj = 0
+
+    def __add__(self, other: AppFlows) -> AppFlows:
+        a, b = self.__dict__, other.__dict__
+        return AppFlows.model_construct(**{f: a[f] + b[f] for f in a})
+
+
+class AccountLine(BaseModel):
+    """Energy by source and carbon booked on one account line (a container, the app's
+    ``battery_charging`` line, the app total). ``energy_mj`` is the sum of the four
+    sources; carbon comes only from grid energy."""
+
+    model_config = _FROZEN
+
+    energy_mj: Mj = 0
+    solar_mj: Mj = 0
+    battery_mj: Mj = 0
+    grid_mj: Mj = 0
+    unserved_mj: Mj = 0
+    carbon_ug: Ug = 0
+
+    @model_validator(mode="after")
+    def _energy_is_sum(self) -> AccountLine:
+        if self.energy_mj != self.solar_mj + self.battery_mj + self.grid_mj + self.unserved_mj:
+            raise ValueError("energy_mj must equal solar + battery + grid + unserved")
+        return self
+
+    def __add__(self, other: AccountLine) -> AccountLine:
+        return AccountLine.model_construct(
+            energy_mj=self.energy_mj + other.energy_mj,
+            solar_mj=self.solar_mj + other.solar_mj,
+            battery_mj=self.battery_mj + other.battery_mj,
+            grid_mj=self.grid_mj + other.grid_mj,
+            unserved_mj=self.unserved_mj + other.unserved_mj,
+            carbon_ug=self.carbon_ug + other.carbon_ug,
+        )
+
+
+ZERO_LINE = AccountLine()
+ZERO_FLOWS = AppFlows()
+
+
+# --- state carried between ticks ---------------------------------------------------------
+
+
+class Level(StrEnum):
+    """Where a tracked carbon figure stands against its limit."""
+
+    ok = "ok"
+    near = "near"
+    exceeded = "exceeded"
+
+
+class RateWindow(BaseModel):
+    """Carbon of one container over the last ``window_ticks`` ticks (bounded)."""
+
+    model_config = _FROZEN
+
+    window_ticks: int = Field(ge=1)
+    values_ug: tuple[Ug, ...] = ()
+    level: Level = Level.ok
+
+
+class BudgetTracker(BaseModel):
+    """Carbon of the app in the current budget period."""
+
+    model_config = _FROZEN
+
+    period_s: float | None = None
+    period_start_k: int = Field(ge=0)
+    used_ug: Ug = 0
+    level: Level = Level.ok
+
+
+class EventTracking(BaseModel):
+    """What event detection remembers: last notified solar and intensity, carbon rate
+    windows of containers that have a limit, the budget of the current period."""
+
+    model_config = _FROZEN
+
+    solar_ref_w: float | None = None
+    intensity_ref: float | None = None
+    rate_windows: dict[str, RateWindow] = Field(default_factory=dict)
+    budget: BudgetTracker | None = None
+
+
+class AppCumulative(BaseModel):
+    """Monotone counters of one app since its state was created."""
+
+    model_config = _FROZEN
+
+    ticks: NonNegativeInt = 0
+    estimated_ticks: NonNegativeInt = 0
+    unserved_ticks: NonNegativeInt = 0
+    solar_mj: Mj = 0
+    demand_mj: Mj = 0
+    grid_cut_mj: Mj = 0
+    flows: AppFlows = ZERO_FLOWS
+    total: AccountLine = ZERO_LINE
+    battery_charging: AccountLine = ZERO_LINE
+    containers: dict[str, AccountLine] = Field(default_factory=dict)
+
+
+MAX_PENDING = 256
+
+
+class AppState(BaseModel):
+    """Everything the ledger keeps for one app between ticks."""
+
+    model_config = _FROZEN
+
+    site: str
+    app: str
+    next_k: int | None = Field(None, description="ticks before this index are accounted")
+    battery_mj: Mj
+    settings: AppSettings = Field(default_factory=AppSettings)
+    pending: tuple[PendingChange, ...] = Field((), max_length=MAX_PENDING)
+    cumulative: AppCumulative = Field(default_factory=AppCumulative)
+    tracking: EventTracking = Field(default_factory=EventTracking)
+
+
+class PlatformCumulative(BaseModel):
+    model_config = _FROZEN
+
+    energy_mj: Mj = 0
+    grid_mj: Mj = 0
+    unserved_mj: Mj = 0
+    carbon_ug: Ug = 0
+
+
+class SiteTotals(BaseModel):
+    """Site-wide sums of one tick (or, cumulated, since the start). Balance (exact):
+
+    solar + grid + unserved = load + Δstored + battery_loss + curtailed + exported
+
+    with ``load = Σ app demand + platform``, ``grid = Σ app grid + platform grid``,
+    ``unserved = Σ app unserved + platform unserved``.
+    """
+
+    model_config = _FROZEN
+
+    solar_mj: Mj = 0
+    solar_unallocated_mj: Mj = 0
+    solar_to_load_mj: Mj = 0
+    solar_to_battery_mj: Mj = 0
+    solar_offered_mj: Mj = 0
+    solar_curtailed_mj: Mj = 0
+    solar_exported_mj: Mj = 0
+    battery_to_load_mj: Mj = 0
+    battery_loss_mj: Mj = 0
+    grid_to_load_mj: Mj = 0
+    grid_to_battery_mj: Mj = 0
+    grid_cut_mj: Mj = 0
+    platform_mj: Mj = 0
+    platform_grid_mj: Mj = 0
+    platform_unserved_mj: Mj = 0
+    unserved_mj: Mj = 0
+    demand_mj: Mj = 0
+    load_mj: Mj = 0
+    grid_mj: Mj = 0
+    carbon_ug: Ug = 0
+
+    def __add__(self, other: SiteTotals) -> SiteTotals:
+        a, b = self.__dict__, other.__dict__
+        return SiteTotals.model_construct(**{f: a[f] + b[f] for f in a})
+
+
+class SiteState(BaseModel):
+    """Everything the ledger keeps for one site between ticks."""
+
+    model_config = _FROZEN
+
+    site: str
+    next_k: int | None = None
+    apps: dict[str, AppState]
+    platform: PlatformCumulative = Field(default_factory=PlatformCumulative)
+    cumulative: SiteTotals = Field(default_factory=SiteTotals)
+    drift_alerting: bool = False
