@@ -296,6 +296,10 @@ def cgexec_argv(path: str, root: str | None, command: list[str]) -> list[str]:
 class ProcessBackend(CgroupV1Backend):
     """A cgroup v1 container whose processes Ecovisor starts (embedded demo)."""
 
+    def __init__(self, path: str, root: str | None = None) -> None:
+        super().__init__(path, root)
+        self._children: list[subprocess.Popen[bytes]] = []
+
     def spawn(self, command: list[str], log: Path | None = None) -> int:
         """Create the cgroup and start ``command`` inside it; return the launcher pid."""
         self.create()
@@ -313,7 +317,13 @@ class ProcessBackend(CgroupV1Backend):
         finally:
             if log:
                 out.close()  # type: ignore[union-attr]
+        self._children.append(proc)
         return proc.pid
+
+    def _reap(self) -> None:
+        """Collect our exited launchers so none linger as zombies (processes left from an
+        earlier run of the service are not our children; init reaps those)."""
+        self._children = [c for c in self._children if c.poll() is None]
 
     def running(self) -> bool:
         return bool(self.procs())
@@ -330,26 +340,15 @@ class ProcessBackend(CgroupV1Backend):
                     os.kill(pid, sig)
             deadline = time.monotonic() + timeout
             while self.procs() and time.monotonic() < deadline:
-                _reap_children()
+                self._reap()
                 time.sleep(0.02)
             if not self.procs():
                 break
-        _reap_children()
+        self._reap()
         self.remove()
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "process", "cgroup": self.path, "root": str(self.root)}
-
-
-def _reap_children() -> None:
-    """Collect exited children of this process (replicas we spawned) so none linger."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 # --- LXD -------------------------------------------------------------------------------
