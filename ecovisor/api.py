@@ -751,6 +751,9 @@ def create_app(cfg: EcovisorConfig, state: StateSource, bus: CommandBus) -> Fast
         types: Annotated[
             str | None, Query(description="comma-separated notification types to keep")
         ] = None,
+        ping_s: Annotated[
+            float, Query(ge=0.2, le=60, description="keep-alive comment interval, s")
+        ] = 15.0,
     ) -> EventSourceResponse:
         """Server-sent events: one event per notification of this app only (event name =
         notification type, data = the Notification JSON)."""
@@ -765,7 +768,7 @@ def create_app(cfg: EcovisorConfig, state: StateSource, bus: CommandBus) -> Fast
                         continue
                     yield {"event": n.type, "data": n.model_dump_json()}
 
-        return EventSourceResponse(events(), ping=15)
+        return EventSourceResponse(events(), ping=ping_s)
 
     return api
 

@@ -122,9 +122,10 @@ class EcovisorClient:
         wait_timeout: float = 5.0,
         timeout: float = 10.0,
         http: httpx.Client | None = None,
+        ping_s: float = 1.0,
     ) -> None:
         self.api_url = api_url.rstrip("/")
-        self.wait, self.wait_timeout = wait, wait_timeout
+        self.wait, self.wait_timeout, self.ping_s = wait, wait_timeout, ping_s
         self._http = http or httpx.Client(base_url=self.api_url, timeout=timeout)
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._app = app
@@ -321,7 +322,10 @@ class EcovisorClient:
 
     def notifications(self, types: list[str] | None = None) -> Iterator[Notification]:
         """The app's notifications as they arrive (one SSE connection)."""
-        params = {"types": ",".join(types)} if types else None
+        # a short keep-alive lets stop() take effect within ~ping_s even when idle
+        params: dict[str, Any] = {"ping_s": self.ping_s}
+        if types:
+            params["types"] = ",".join(types)
         with self._http.stream(
             "GET", self._p("/notifications"), params=params, timeout=httpx.Timeout(10, read=None)
         ) as r:

@@ -142,8 +142,7 @@ ROUTES = app_routes(create_app(parse_config(SITE), InMemoryStateSource(), InMemo
 
 def test_route_list_covers_the_paper_api() -> None:
     names = {
-        r.name
-        for r in create_app(parse_config(SITE), InMemoryStateSource(), InMemoryBus()).routes
+        r.name for r in create_app(parse_config(SITE), InMemoryStateSource(), InMemoryBus()).routes
     }
     paper = {
         # Table 1
