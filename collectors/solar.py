@@ -1,0 +1,416 @@
+"""Solar collector: publishes the site array's AC power and a cumulative energy counter.
+
+Source types (``site.solar.type``):
+- ``pvanalytics``: measured NREL PV power shipped with the pvanalytics package
+  (``serf_east_15min_ac_power.csv`` by default: 15 min, W, UTC-07:00), replayed.
+- ``csv``: any trace ``timestamp, value`` in W, or W/m² with ``area_m2`` x ``efficiency``.
+- ``pvlib``: a PV model (pvlib ModelChain) of an array of CEC modules and a CEC inverter
+  at a tilt/azimuth, driven by pvlib's bundled NREL TMY3 files or a user TMY3 file.
+- ``sunspec``: a real inverter over Modbus TCP through pysunspec2 (SunSpec models
+  101-103/111-113 or 701).
+
+Replays map trace time = ``start`` (or the first sample) + ``offset_s`` + elapsed wall
+time x ``speedup``, interpolate linearly, loop at the end, clip negatives to 0 and scale
+by ``scale`` or to ``nameplate_w`` (trace maximum -> nameplate).
+
+Run: ``python -m collectors.solar --config site.yaml``. See docs/collectors/solar.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from collectors.common import (
+    Options,
+    cli_main,
+    make_publisher,
+    one_line,
+    run_every,
+    validate_source,
+)
+from ecovisor.config import ConfigError, EcovisorConfig, SourceConfig
+from ecovisor.schemas import SolarTelemetry
+
+log = logging.getLogger("ecovisor.collectors.solar")
+
+
+# --------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------
+
+
+class _Replay(Options):
+    speedup: float = Field(1.0, gt=0, description="trace seconds per wall second")
+    start: datetime | None = Field(None, description="trace time to start at")
+    offset_s: float = Field(0.0, ge=0, description="seconds into the trace to start at")
+    loop: bool = True
+    scale: float | None = Field(None, gt=0, description="multiply every value")
+    nameplate_w: float | None = Field(None, gt=0, description="rescale: trace max -> this W")
+    tick_s: float | None = Field(None, gt=0, description="default: site.shape.tick_s")
+
+    @model_validator(mode="after")
+    def _one_scaling(self) -> _Replay:
+        if self.scale is not None and self.nameplate_w is not None:
+            raise ValueError("give scale or nameplate_w, not both")
+        return self
+
+
+class CsvOptions(_Replay):
+    path: str
+    time_column: str | int = 0
+    value_column: str | int = 1
+    unit: Literal["W", "W/m2"] = "W"
+    area_m2: float | None = Field(None, gt=0)
+    efficiency: float = Field(0.2, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _area(self) -> CsvOptions:
+        if self.unit == "W/m2" and self.area_m2 is None:
+            raise ValueError("unit W/m2 needs area_m2 (and efficiency, default 0.2)")
+        return self
+
+
+class PvanalyticsOptions(_Replay):
+    file: str = "serf_east_15min_ac_power.csv"
+
+
+class PvlibOptions(_Replay):
+    tmy: str = Field("723170TYA.CSV", description="a TMY3 file in pvlib/data or a path")
+    module: str = "Canadian_Solar_Inc__CS5P_220M"
+    inverter: str = "ABB__MICRO_0_25_I_OUTD_US_208__208V_"
+    module_library: Literal["CECMod", "SandiaMod"] = "CECMod"
+    modules_per_string: int = Field(1, ge=1)
+    strings: int = Field(1, ge=1)
+    surface_tilt: float = Field(20.0, ge=0, le=90)
+    surface_azimuth: float = Field(180.0, ge=0, lt=360)
+
+
+class SunSpecOptions(Options):
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    slave_id: int = Field(1, ge=0, le=247)
+    timeout_s: float = Field(5.0, gt=0)
+    tick_s: float | None = Field(None, gt=0)
+
+
+OPTIONS: dict[str, type[Options]] = {
+    "csv": CsvOptions,
+    "pvanalytics": PvanalyticsOptions,
+    "pvlib": PvlibOptions,
+    "sunspec": SunSpecOptions,
+}
+
+
+def validate_options(source: SourceConfig | None) -> Options:
+    """Used by ``ecovisor config check``; raises ConfigError with one readable line."""
+    return validate_source("solar", source, OPTIONS)
+
+
+# --------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------
+
+
+class SolarSource(ABC):
+    @abstractmethod
+    def read(self, elapsed_s: float) -> tuple[float, float | None]:
+        """(AC power W, lifetime energy J if the device counts it) at ``elapsed_s``
+        wall seconds after the collector started."""
+
+
+@dataclass
+class TraceReplay(SolarSource):
+    """Pure replay of (epoch seconds, W) samples."""
+
+    times_s: np.ndarray
+    watts: np.ndarray
+    start_s: float
+    speedup: float = 1.0
+    loop: bool = True
+
+    def trace_time(self, elapsed_s: float) -> float:
+        t = self.start_s + elapsed_s * self.speedup
+        first, last = float(self.times_s[0]), float(self.times_s[-1])
+        if t > last and self.loop and last > first:
+            t = first + (t - first) % (last - first)
+        return t
+
+    def read(self, elapsed_s: float) -> tuple[float, float | None]:
+        t = self.trace_time(elapsed_s)
+        return max(0.0, float(np.interp(t, self.times_s, self.watts))), None
+
+
+def replay_from_series(times: object, values: np.ndarray, opts: _Replay) -> TraceReplay:
+    """A TraceReplay from a pandas DatetimeIndex/Series of times and values in W."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(times)
+    if idx.tz is None:
+        idx = idx.tz_localize("UTC")
+    secs = (idx - pd.Timestamp(0, tz="UTC")).total_seconds().to_numpy(dtype=float)
+    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    order = np.argsort(secs, kind="stable")
+    secs, vals = np.asarray(secs)[order], np.clip(vals[order], 0.0, None)
+    if len(secs) < 2:
+        raise ConfigError("solar trace needs at least two samples")
+    if opts.nameplate_w is not None:
+        peak = float(vals.max())
+        if peak <= 0:
+            raise ConfigError("solar trace has no positive value to scale to nameplate_w")
+        vals = vals * (opts.nameplate_w / peak)
+    elif opts.scale is not None:
+        vals = vals * opts.scale
+    start = float(secs[0])
+    if opts.start is not None:
+        start = pd.Timestamp(opts.start).timestamp()
+        if not secs[0] <= start <= secs[-1]:
+            raise ConfigError(f"solar start {opts.start} is outside the trace")
+    return TraceReplay(secs, vals, start + opts.offset_s, opts.speedup, opts.loop)
+
+
+def read_csv_trace(opts: CsvOptions) -> TraceReplay:
+    import pandas as pd
+
+    path = Path(opts.path)
+    if not path.is_file():
+        raise ConfigError(f"site.solar.options.path: no such file {path}")
+    try:
+        df = pd.read_csv(path)
+        tcol = (
+            df.columns[opts.time_column]
+            if isinstance(opts.time_column, int)
+            else (opts.time_column)
+        )
+        vcol = (
+            df.columns[opts.value_column]
+            if isinstance(opts.value_column, int)
+            else (opts.value_column)
+        )
+        times = pd.to_datetime(df[tcol], utc=True)
+        values = df[vcol].to_numpy(dtype=float)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"site.solar: cannot read {path}: {one_line(e)}") from None
+    if opts.unit == "W/m2":
+        assert opts.area_m2 is not None
+        values = values * opts.area_m2 * opts.efficiency
+    return replay_from_series(times, values, opts)
+
+
+def pvanalytics_path(name: str) -> Path:
+    import pvanalytics
+
+    p = Path(pvanalytics.__file__).parent / "data" / name
+    if not p.is_file():
+        raise ConfigError(f"site.solar.options.file: {name} is not in pvanalytics/data")
+    return p
+
+
+def read_pvanalytics(opts: PvanalyticsOptions) -> TraceReplay:
+    csv = CsvOptions(path=str(pvanalytics_path(opts.file)), **opts.model_dump(exclude={"file"}))
+    return read_csv_trace(csv)
+
+
+def pvlib_ac_power(opts: PvlibOptions) -> tuple[object, np.ndarray]:
+    """Hourly AC power (W) of the modelled array over the TMY3 year."""
+    import pvlib
+    from pvlib.location import Location
+    from pvlib.modelchain import ModelChain
+    from pvlib.pvsystem import PVSystem
+    from pvlib.temperature import TEMPERATURE_MODEL_PARAMETERS
+
+    data_dir = Path(pvlib.__file__).parent / "data"
+    tmy = Path(opts.tmy) if Path(opts.tmy).is_file() else data_dir / opts.tmy
+    if not tmy.is_file():
+        raise ConfigError(f"site.solar.options.tmy: {opts.tmy} is neither a file nor in pvlib/data")
+    modules = pvlib.pvsystem.retrieve_sam(opts.module_library)
+    inverters = pvlib.pvsystem.retrieve_sam("cecinverter")
+    if opts.module not in modules:
+        raise ConfigError(
+            f"site.solar.options.module: {opts.module!r} not in {opts.module_library}"
+        )
+    if opts.inverter not in inverters:
+        raise ConfigError(f"site.solar.options.inverter: {opts.inverter!r} not in CEC inverters")
+    weather, meta = pvlib.iotools.read_tmy3(str(tmy), coerce_year=2021, map_variables=True)
+    loc = Location(meta["latitude"], meta["longitude"], altitude=meta["altitude"])
+    system = PVSystem(
+        surface_tilt=opts.surface_tilt,
+        surface_azimuth=opts.surface_azimuth,
+        module_parameters=modules[opts.module],
+        inverter_parameters=inverters[opts.inverter],
+        temperature_model_parameters=TEMPERATURE_MODEL_PARAMETERS["sapm"]["open_rack_glass_glass"],
+        modules_per_string=opts.modules_per_string,
+        strings_per_inverter=opts.strings,
+    )
+    mc = ModelChain(system, loc, aoi_model="physical", spectral_model="no_loss")
+    mc.run_model(weather)
+    ac = mc.results.ac.sort_index()
+    return ac.index, ac.to_numpy(dtype=float)
+
+
+def read_pvlib(opts: PvlibOptions) -> TraceReplay:
+    times, values = pvlib_ac_power(opts)
+    return replay_from_series(times, values, opts)
+
+
+class InverterAdapter(ABC):
+    """A real inverter: its AC power and lifetime energy counter."""
+
+    @abstractmethod
+    def read_inverter(self) -> tuple[float, float | None]:
+        """(AC W, lifetime Wh or None)."""
+
+
+INVERTER_MODELS = (101, 102, 103, 111, 112, 113, 701)
+
+
+class SunSpecInverter(InverterAdapter, SolarSource):
+    """A SunSpec inverter over Modbus TCP through pysunspec2."""
+
+    def __init__(self, opts: SunSpecOptions) -> None:
+        self.opts = opts
+        self._dev = None
+        self._model = None
+
+    def _connect(self) -> None:
+        import sunspec2.modbus.client as client
+
+        dev = client.SunSpecModbusClientDeviceTCP(
+            slave_id=self.opts.slave_id,
+            ipaddr=self.opts.host,
+            ipport=self.opts.port,
+            timeout=self.opts.timeout_s,
+        )
+        dev.scan()
+        for mid in INVERTER_MODELS:
+            if mid in dev.models:
+                self._dev, self._model = dev, dev.models[mid][0]
+                log.info("sunspec %s:%d: inverter model %d", self.opts.host, self.opts.port, mid)
+                return
+        dev.close()
+        raise RuntimeError(f"no SunSpec inverter model ({INVERTER_MODELS}) on the device")
+
+    def read_inverter(self) -> tuple[float, float | None]:
+        if self._model is None:
+            self._connect()
+        m = self._model
+        try:
+            m.read()  # type: ignore[union-attr]
+        except Exception:
+            self.close()  # reconnect and rescan next time
+            raise
+        pts = m.points  # type: ignore[union-attr]
+        w = pts["W"].cvalue
+        wh_pt = pts.get("WH") or pts.get("TotWhInj")
+        wh = wh_pt.cvalue if wh_pt is not None else None
+        return max(0.0, float(w or 0.0)), (float(wh) if wh is not None else None)
+
+    def read(self, elapsed_s: float) -> tuple[float, float | None]:
+        w, wh = self.read_inverter()
+        return w, (wh * 3600.0 if wh is not None else None)
+
+    def close(self) -> None:
+        if self._dev is not None:
+            self._dev.close()
+        self._dev = self._model = None
+
+
+def build_source(src: SourceConfig) -> SolarSource:
+    opts = validate_options(src)
+    if isinstance(opts, CsvOptions):
+        return read_csv_trace(opts)
+    if isinstance(opts, PvanalyticsOptions):
+        return read_pvanalytics(opts)
+    if isinstance(opts, PvlibOptions):
+        return read_pvlib(opts)
+    assert isinstance(opts, SunSpecOptions)
+    return SunSpecInverter(opts)
+
+
+# --------------------------------------------------------------------------------------
+# Collector
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnergyCounter:
+    """Cumulative energy: the device's lifetime counter (relative to its first reading)
+    when it has one, otherwise power integrated over wall time (trapezoid)."""
+
+    energy_j: float = 0.0
+    _last_t: float | None = None
+    _last_w: float = 0.0
+    _origin_j: float | None = None
+
+    def update(self, now_s: float, power_w: float, lifetime_j: float | None) -> float:
+        if lifetime_j is not None:
+            if self._origin_j is None or lifetime_j < self._origin_j:
+                self._origin_j = lifetime_j - self.energy_j
+            self.energy_j = lifetime_j - self._origin_j
+        elif self._last_t is not None and now_s > self._last_t:
+            self.energy_j += (now_s - self._last_t) * (power_w + self._last_w) / 2
+        self._last_t, self._last_w = now_s, power_w
+        return self.energy_j
+
+
+class SolarCollector:
+    def __init__(
+        self,
+        source: SolarSource,
+        publish: Callable[..., object],
+        source_id: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source, self.publish, self.source_id, self.clock = source, publish, source_id, clock
+        self.t0 = clock()
+        self.counter = EnergyCounter()
+        self.errors = 0
+
+    def tick(self) -> object:
+        now = self.clock()
+        try:
+            w, lifetime_j = self.source.read(now - self.t0)
+        except Exception as e:  # a device read failure must not stop the collector
+            self.errors += 1
+            log.warning("solar source read failed: %s", one_line(e))
+            return None
+        energy = self.counter.update(now, w, lifetime_j)
+        return self.publish(SolarTelemetry, self.source_id, power_w=w, energy_j=energy)
+
+
+def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
+    src = cfg.site.solar
+    opts = validate_options(src)
+    assert src is not None
+    source_id = src.id or "solar"
+    source = build_source(src)
+    pub = make_publisher(cfg, "solar", source_id)
+    pub.start()
+    coll = SolarCollector(source, pub.publish, source_id)
+    period = getattr(opts, "tick_s", None) or cfg.site.shape.tick_s
+    log.info("solar %s (%s): every %.3g s", source_id, src.type, period)
+    try:
+        run_every(period, stop, coll.tick)
+    finally:
+        pub.close()
+        if isinstance(source, SunSpecInverter):
+            source.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("solar", argv, _run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
