@@ -1,0 +1,191 @@
+"""The actuator services' logic with injected I/O: container backends on a FAKE cgroup v2
+tree (temp files), Kafka and MQTT replaced by lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actuators.battery import BatteryActuator
+from actuators.containers import ContainerActuator
+from actuators.state import ActuatorState
+from ecovisor.config import parse_config
+from ecovisor.schemas import ActuatorAck, BatterySetpoint, ContainerAction, utcnow
+
+
+def site(root: Path, idle: str = "none") -> str:
+    return f"""
+schema_version: 1
+site:
+  id: s1
+  shape: {{idle_attribution: {idle}}}
+  nodes: [{{id: n1, cores: 2, power_model: {{preset: ecovisor-microserver}}}}]
+  battery: {{type: simulated, id: bat-1}}
+apps:
+  - id: web
+    token: web-token-123456
+    containers:
+      - {{id: c1, node: n1, backend: {{type: cgroup_v2, cgroup: c1, root: "{root}"}}}}
+      - {{id: c2, node: n1, backend: {{type: cgroup_v2, cgroup: c2, root: "{root}"}}}}
+"""
+
+
+def mk(root: Path, name: str, cpu_max: str = "max 100000") -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "cpu.max").write_text(cpu_max)
+    (d / "cgroup.freeze").write_text("0")
+    return d
+
+
+def quota(d: Path) -> int:
+    """cpu.max quota in µs (the cap inverse rounds down to whole µs: allow 1 µs)."""
+    q, period = (d / "cpu.max").read_text().split()
+    assert period == "100000"
+    return int(q)
+
+
+def action(cid: str, act: str, container: str = "c1", **kw) -> ContainerAction:
+    return ContainerAction(
+        site="s1", time=utcnow(), command_id=cid, app="web", container=container, action=act, **kw
+    )
+
+
+class Sink(list):
+    def __call__(self, topic: str, key: str, value: bytes) -> None:
+        self.append((topic, value))
+
+    def acks(self) -> list[ActuatorAck]:
+        return [ActuatorAck.model_validate_json(v) for t, v in self if t.endswith("acks")]
+
+
+def test_cap_through_power_model_and_removal_restores_previous_limit(tmp_path: Path) -> None:
+    d = mk(tmp_path, "c1", "120000 100000")
+    mk(tmp_path, "c2")
+    act = ContainerActuator(parse_config(site(tmp_path)), Sink())
+    # microserver over 2 cores: (5 - 1.35) / 2 = 1.825 W per busy core
+    ack = act.handle(action("a", "set_cap", watts=1.825 * 0.4))
+    assert ack is not None and ack.ok
+    assert abs(quota(d) - 40000) <= 1
+    ack = act.handle(action("b", "remove_cap"))
+    assert ack is not None and ack.ok and ack.applied["cpu_limit_cores"] == pytest.approx(1.2)
+    assert (d / "cpu.max").read_text() == "120000 100000"
+
+
+def test_vertical_allowance_and_cap_take_the_lower(tmp_path: Path) -> None:
+    d = mk(tmp_path, "c1")
+    act = ContainerActuator(parse_config(site(tmp_path)), Sink())
+    assert act.handle(action("v", "scale", cpus=0.5)).ok  # type: ignore[union-attr]
+    assert (d / "cpu.max").read_text() == "50000 100000"
+    assert act.handle(action("c", "set_cap", watts=10.0)).ok  # type: ignore[union-attr]
+    assert (d / "cpu.max").read_text() == "50000 100000"  # cap not binding below 0.5 core
+    assert act.handle(action("c2", "set_cap", watts=1.825 * 0.2)).ok  # type: ignore[union-attr]
+    assert abs(quota(d) - 20000) <= 1
+    assert act.handle(action("r", "remove_cap")).ok  # type: ignore[union-attr]
+    assert (d / "cpu.max").read_text() == "50000 100000"  # back to the vertical allowance
+
+
+def test_idempotent_by_command_id_and_other_sites_ignored(tmp_path: Path) -> None:
+    d = mk(tmp_path, "c1")
+    sink = Sink()
+    act = ContainerActuator(parse_config(site(tmp_path)), sink)
+    assert act.handle(action("same", "set_cap", watts=1.825 * 0.3)) is not None
+    (d / "cpu.max").write_text("max 100000")  # if re-applied, this would change
+    assert act.handle(action("same", "set_cap", watts=1.825 * 0.3)) is None
+    assert (d / "cpu.max").read_text() == "max 100000"
+    other = action("o", "suspend").model_copy(update={"site": "elsewhere"})
+    assert act.handle(other) is None
+    assert [a.command_id for a in sink.acks()] == ["same"]
+
+
+def test_failures_are_acks_not_exceptions(tmp_path: Path) -> None:
+    mk(tmp_path, "c1")
+    # idle attribution "equal": each of 2 containers carries 1.35 / 2 W of idle power
+    act = ContainerActuator(parse_config(site(tmp_path, idle="equal")), Sink())
+    ack = act.handle(action("low", "set_cap", watts=0.5))
+    assert ack is not None and not ack.ok and "idle floor" in (ack.error or "")
+    ack = act.handle(action("gone", "suspend", container="c2"))  # c2 has no cgroup
+    assert ack is not None and not ack.ok and "does not exist" in (ack.error or "")
+    ack = act.handle(action("unk", "suspend", container="zz"))
+    assert ack is not None and not ack.ok and "not in the site configuration" in (ack.error or "")
+
+
+def test_restore_replays_latest_setpoints_with_baseline_from_acks(tmp_path: Path) -> None:
+    d = mk(tmp_path, "c1", "80000 100000")
+    first = ContainerActuator(parse_config(site(tmp_path)), sink1 := Sink())
+    history = [
+        action("1", "set_cap", watts=1.825 * 0.5),
+        action("2", "suspend"),
+        action("3", "set_cap", watts=1.825 * 0.25),
+    ]
+    for a in history[:2]:
+        first.handle(a)
+    # the process died after writing #3 to Kafka but before handling it; the cgroup
+    # meanwhile lost its limit and its freeze
+    (d / "cpu.max").write_text("max 100000")
+    (d / "cgroup.freeze").write_text("0")
+    second = ContainerActuator(parse_config(site(tmp_path)), sink2 := Sink())
+    assert second.restore(history, sink1.acks()) == 3
+    assert abs(quota(d) - 25000) <= 1
+    assert (d / "cgroup.freeze").read_text() == "1"
+    assert [a.command_id for a in sink2.acks()] == ["3"]  # only the unacknowledged one
+    assert second.handle(history[0]) is None  # replayed ids stay deduplicated
+    second.handle(action("4", "remove_cap"))
+    assert (d / "cpu.max").read_text() == "80000 100000"  # the original, from the acks
+
+
+def test_state_fold_leaves_state_unchanged_when_the_cap_is_rejected() -> None:
+    st = ActuatorState()
+
+    def reject(container: str, watts: float) -> float:
+        raise ValueError("below floor")
+
+    st.fold(action("a", "scale", cpus=1.0), reject)
+    with pytest.raises(ValueError):
+        st.fold(action("b", "set_cap", watts=0.1), reject)
+    assert st.setpoints("c1").cap_cores is None and st.setpoints("c1").effective_limit() == 1.0
+
+
+def setpoint(cid: str, rate: float, device: str | None = None) -> BatterySetpoint:
+    return BatterySetpoint(
+        site="s1",
+        time=utcnow(),
+        command_id=cid,
+        charge_rate_w=rate,
+        max_discharge_w=5.0,
+        device=device,
+    )
+
+
+def test_battery_forwards_to_device_topic_and_reports_transport_failure(tmp_path: Path) -> None:
+    sent: list[tuple[str, bytes]] = []
+    broken = False
+
+    def send(topic: str, payload: bytes) -> None:
+        if broken:
+            raise TimeoutError("MQTT broker did not confirm within 5 s")
+        sent.append((topic, payload))
+
+    act = BatteryActuator(parse_config(site(tmp_path)), send, sink := Sink())
+    ack = act.handle(setpoint("b1", 3.0))
+    assert ack is not None and ack.ok and ack.applied["device"] == "bat-1"
+    assert sent[0][0] == "ecovisor/s1/control/battery/bat-1"
+    assert BatterySetpoint.model_validate_json(sent[0][1]).charge_rate_w == 3.0
+    assert act.handle(setpoint("b1", 3.0)) is None  # duplicate
+    broken = True
+    ack = act.handle(setpoint("b2", 4.0))
+    assert ack is not None and not ack.ok and "did not confirm" in (ack.error or "")
+    assert [a.ok for a in sink.acks()] == [True, False]
+
+
+def test_battery_restore_resends_latest_and_acks_the_unacknowledged(tmp_path: Path) -> None:
+    sent: list[tuple[str, bytes]] = []
+    act = BatteryActuator(
+        parse_config(site(tmp_path)), lambda t, p: sent.append((t, p)), s := Sink()
+    )
+    hist = [setpoint("x1", 1.0), setpoint("x2", 2.0), setpoint("x3", 3.0)]
+    assert act.restore(hist, acked={"x1"}) == 3
+    assert [BatterySetpoint.model_validate_json(p).command_id for _, p in sent] == ["x3"]
+    acks = {a.command_id: a for a in s.acks()}
+    assert set(acks) == {"x2", "x3"} and acks["x3"].ok and not acks["x2"].ok
