@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ecovisor.power_model import AnyPowerModel, PowerModelSpec
 from ecovisor.schemas import AppId, Ident
 from ecovisor.shares import AppShare, SiteShape
 
@@ -26,31 +27,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PowerModelRef(_Strict):
-    """A node power model: a preset name or explicit linear parameters."""
-
-    preset: str | None = None
-    idle_w: float | None = Field(None, ge=0)
-    max_w: float | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _one_way(self) -> PowerModelRef:
-        explicit = self.idle_w is not None or self.max_w is not None
-        if self.preset is None and not explicit:
-            raise ValueError("give either preset or idle_w and max_w")
-        if explicit and (self.idle_w is None or self.max_w is None):
-            raise ValueError("idle_w and max_w must be given together")
-        if explicit and self.max_w < self.idle_w:  # type: ignore[operator]
-            raise ValueError("max_w must be >= idle_w")
-        return self
-
-
 class NodeConfig(_Strict):
     id: Ident
     cores: int = Field(ge=1)
-    power_model: PowerModelRef = PowerModelRef(preset="ecovisor-microserver")
+    power_model: PowerModelSpec = PowerModelSpec(preset="ecovisor-microserver")
     meter: Literal["model", "rapl", "kepler"] = "model"
     kepler_url: str | None = None
+
+    def model(self) -> AnyPowerModel:
+        """The node's resolved power model (its configured cores override the preset's)."""
+        return self.power_model.resolve(self.cores)
 
 
 class ContainerBackend(_Strict):
