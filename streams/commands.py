@@ -27,7 +27,6 @@ from pydantic import ValidationError
 from ecovisor import tick as core
 from ecovisor.config import EcovisorConfig
 from ecovisor.power_cap import CapRejected, quota_for_container_cap
-from ecovisor.power_model import PowerModelSpec
 from ecovisor.schemas import (
     AnyCommand,
     ContainerAction,
@@ -107,14 +106,7 @@ def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> 
 
 
 def node_power_model(cfg: EcovisorConfig, node_id: str) -> Any:
-    node = cfg.node(node_id)
-    ref = node.power_model
-    spec = (
-        PowerModelSpec(preset=ref.preset)
-        if ref.preset is not None
-        else PowerModelSpec(idle_w=ref.idle_w, max_w=ref.max_w)
-    )
-    return spec.resolve(node.cores)
+    return cfg.node(node_id).model()
 
 
 def _check_cap(cfg: EcovisorConfig, container: str, watts: float) -> str | None:
