@@ -1,0 +1,518 @@
+"""Grid carbon intensity collector: publishes gCO2eq/kWh (average or marginal) every tick.
+
+Source types (``site.carbon.type``):
+- ``synthetic``: a SYNTHETIC diurnal signal (cosine, lowest at "noon"), labelled as such
+  in logs and docs; for demos only.
+- ``csv`` / ``electricitymaps_csv``: trace replay. ``electricitymaps_csv`` reads the
+  Electricity Maps data-portal CSV as downloaded (``Datetime (UTC)``, ``Carbon Intensity
+  gCO₂eq/kWh (direct)`` / ``(LCA)``); ``csv`` any ``timestamp, value`` file in gCO2eq/kWh
+  or lbs/MWh. Hourly values hold until the next sample (step).
+- ``electricitymaps``, ``watttime``, ``ukci``: live APIs polled every ``poll_s`` over
+  HTTP (httpx), retries with exponential backoff, API keys from the environment, the
+  last good value re-published with ``stale: true`` after ``stale_after_s``, forecasts
+  published where the provider has them.
+
+Run: ``python -m collectors.carbon --config site.yaml``. See docs/collectors/carbon.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from pydantic import Field, model_validator
+
+from collectors.common import (
+    Options,
+    cli_main,
+    make_publisher,
+    one_line,
+    run_every,
+    validate_source,
+)
+from ecovisor.config import ConfigError, EcovisorConfig, SourceConfig
+from ecovisor.schemas import CarbonTelemetry, utcnow
+from ecovisor.units import lbs_per_mwh_to_g_per_kwh
+
+log = logging.getLogger("ecovisor.collectors.carbon")
+
+Signal = Literal["average", "marginal"]
+EMAPS_TIME = "Datetime (UTC)"
+EMAPS_DIRECT = "Carbon Intensity gCO₂eq/kWh (direct)"
+EMAPS_LCA = "Carbon Intensity gCO₂eq/kWh (LCA)"
+
+# --------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------
+
+
+class _Common(Options):
+    tick_s: float | None = Field(None, gt=0, description="publish period; default tick_s")
+
+
+class SyntheticOptions(_Common):
+    mean: float = Field(250.0, ge=0)
+    amplitude: float = Field(120.0, ge=0)
+    period_s: float = Field(86400.0, gt=0, description="one synthetic 'day'")
+    phase_s: float = Field(0.0, description="shift; 0 starts at 'midnight' (the peak)")
+    signal: Signal = "average"
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> SyntheticOptions:
+        if self.amplitude > self.mean:
+            raise ValueError("amplitude must be <= mean (intensity cannot go negative)")
+        return self
+
+
+class CsvOptions(_Common):
+    path: str | list[str]
+    time_column: str | int = 0
+    value_column: str | int = 1
+    unit: Literal["g_per_kwh", "lbs_per_mwh"] = "g_per_kwh"
+    signal: Signal = "average"
+    speedup: float = Field(1.0, gt=0)
+    start: datetime | None = None
+    offset_s: float = Field(0.0, ge=0)
+    loop: bool = True
+    forecast_points: int = Field(0, ge=0, le=1000, description="next trace points as forecast")
+
+
+class EmapsCsvOptions(CsvOptions):
+    time_column: str | int = EMAPS_TIME
+    value_column: str | int = EMAPS_DIRECT
+    basis: Literal["direct", "lca"] | None = Field(None, description="picks the value column")
+
+    @model_validator(mode="after")
+    def _basis(self) -> EmapsCsvOptions:
+        if self.basis is not None:
+            col = EMAPS_DIRECT if self.basis == "direct" else EMAPS_LCA
+            object.__setattr__(self, "value_column", col)
+        return self
+
+
+class _Live(_Common):
+    base_url: str = Field(description="the provider's API base URL, from its documentation")
+    poll_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+    retry_min_s: float = Field(2.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    stale_after_s: float = Field(1800.0, gt=0)
+    forecast: bool = True
+
+
+class ElectricityMapsOptions(_Live):
+    zone: str
+    api_key_env: str = "ELECTRICITYMAPS_API_KEY"
+
+
+class WattTimeOptions(_Live):
+    region: str
+    signal_type: str = "co2_moer"
+    username_env: str = "WATTTIME_USERNAME"
+    password_env: str = "WATTTIME_PASSWORD"
+
+
+class UkciOptions(_Live):
+    pass
+
+
+OPTIONS: dict[str, type[Options]] = {
+    "synthetic": SyntheticOptions,
+    "csv": CsvOptions,
+    "electricitymaps_csv": EmapsCsvOptions,
+    "electricitymaps": ElectricityMapsOptions,
+    "watttime": WattTimeOptions,
+    "ukci": UkciOptions,
+}
+
+
+def validate_options(source: SourceConfig | None) -> Options:
+    """Used by ``ecovisor config check``; raises ConfigError with one readable line."""
+    return validate_source("carbon", source, OPTIONS)
+
+
+# --------------------------------------------------------------------------------------
+# Readings and sources
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    intensity_g_per_kwh: float
+    signal: Signal = "average"
+    forecast: tuple[tuple[datetime, float], ...] = ()
+
+
+class CarbonSource(ABC):
+    @abstractmethod
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        """The current intensity; raises on failure (live sources)."""
+
+
+@dataclass
+class Synthetic(CarbonSource):
+    """SYNTHETIC diurnal signal: mean + amplitude x cos(2π t / period), peak at t = 0."""
+
+    opts: SyntheticOptions
+
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        o = self.opts
+        x = 2 * math.pi * (elapsed_s + o.phase_s) / o.period_s
+        return Reading(max(0.0, o.mean + o.amplitude * math.cos(x)), o.signal)
+
+
+@dataclass
+class TraceReplay(CarbonSource):
+    """Step replay of (epoch s, gCO2eq/kWh) samples with offset, speed-up and loop."""
+
+    times_s: np.ndarray
+    values: np.ndarray
+    start_s: float
+    speedup: float = 1.0
+    loop: bool = True
+    signal: Signal = "average"
+    forecast_points: int = 0
+
+    def trace_time(self, elapsed_s: float) -> float:
+        t = self.start_s + elapsed_s * self.speedup
+        first, last = float(self.times_s[0]), float(self.times_s[-1])
+        # the last sample holds for one more step before looping
+        span = last - first + (last - float(self.times_s[-2]))
+        if t >= first + span and self.loop:
+            t = first + (t - first) % span
+        return t
+
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        t = self.trace_time(elapsed_s)
+        i = max(0, int(np.searchsorted(self.times_s, t, side="right")) - 1)
+        fc: list[tuple[datetime, float]] = []
+        for j in range(i + 1, min(i + 1 + self.forecast_points, len(self.times_s))):
+            wall = now + timedelta(seconds=(float(self.times_s[j]) - t) / self.speedup)
+            fc.append((wall, float(self.values[j])))
+        return Reading(float(self.values[i]), self.signal, tuple(fc))
+
+
+def read_csv_trace(opts: CsvOptions) -> TraceReplay:
+    import pandas as pd
+
+    paths = [opts.path] if isinstance(opts.path, str) else opts.path
+    frames = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"site.carbon.options.path: no such file {p}")
+        frames.append(pd.read_csv(p, encoding="utf-8"))
+    df = pd.concat(frames, ignore_index=True)
+    try:
+        tcol = (
+            df.columns[opts.time_column]
+            if isinstance(opts.time_column, int)
+            else (opts.time_column)
+        )
+        vcol = (
+            df.columns[opts.value_column]
+            if isinstance(opts.value_column, int)
+            else (opts.value_column)
+        )
+        times = pd.to_datetime(df[tcol], utc=True)
+        values = df[vcol].to_numpy(dtype=float)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"site.carbon: cannot read {paths[0]}: {one_line(e)}") from None
+    secs = (pd.DatetimeIndex(times) - pd.Timestamp(0, tz="UTC")).total_seconds().to_numpy()
+    ok = ~np.isnan(values)
+    secs, values = secs[ok], values[ok]
+    order = np.argsort(secs, kind="stable")
+    secs, values = secs[order], values[order]
+    if len(secs) < 2:
+        raise ConfigError("site.carbon: the trace needs at least two samples")
+    if opts.unit == "lbs_per_mwh":
+        values = np.array([lbs_per_mwh_to_g_per_kwh(v) for v in values])
+    if np.any(values < 0):
+        raise ConfigError("site.carbon: negative carbon intensity in the trace")
+    start = float(secs[0])
+    if opts.start is not None:
+        start = pd.Timestamp(opts.start).timestamp()
+        if not secs[0] <= start <= secs[-1]:
+            raise ConfigError(f"site.carbon: start {opts.start} is outside the trace")
+    return TraceReplay(
+        secs,
+        values,
+        start + opts.offset_s,
+        opts.speedup,
+        opts.loop,
+        opts.signal,
+        opts.forecast_points,
+    )
+
+
+def _ts(s: str) -> datetime:
+    d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+class LiveError(RuntimeError):
+    pass
+
+
+class ElectricityMaps(CarbonSource):
+    """Electricity Maps API v3: ``/carbon-intensity/latest`` and ``/forecast``
+    (``auth-token`` header). Average (flow-traced) intensity."""
+
+    def __init__(self, opts: ElectricityMapsOptions, http: httpx.Client) -> None:
+        self.opts, self.http = opts, http
+        self.key = os.environ.get(opts.api_key_env)
+        if not self.key:
+            raise ConfigError(f"site.carbon: environment variable {opts.api_key_env} is not set")
+
+    def _get(self, path: str) -> dict[str, Any]:
+        r = self.http.get(
+            self.opts.base_url.rstrip("/") + path,
+            params={"zone": self.opts.zone},
+            headers={"auth-token": self.key or ""},
+        )
+        r.raise_for_status()
+        return r.json()
+
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        latest = self._get("/carbon-intensity/latest")
+        value = latest.get("carbonIntensity")
+        if value is None:
+            raise LiveError("electricitymaps: no carbonIntensity in the response")
+        fc: tuple[tuple[datetime, float], ...] = ()
+        if self.opts.forecast:
+            try:
+                data = self._get("/carbon-intensity/forecast")
+                fc = tuple(
+                    (_ts(p["datetime"]), float(p["carbonIntensity"]))
+                    for p in data.get("forecast", [])
+                    if p.get("carbonIntensity") is not None
+                )
+            except (httpx.HTTPError, ValueError, KeyError) as e:
+                log.info("electricitymaps forecast unavailable: %s", one_line(e))
+        return Reading(float(value), "average", fc)
+
+
+class WattTime(CarbonSource):
+    """WattTime API v3: ``/login`` (basic auth -> bearer token) and ``/v3/forecast``
+    (marginal emissions, lbs/MWh, converted to gCO2eq/kWh). The current value is the
+    forecast point in force now."""
+
+    def __init__(self, opts: WattTimeOptions, http: httpx.Client) -> None:
+        self.opts, self.http = opts, http
+        self.user = os.environ.get(opts.username_env)
+        self.password = os.environ.get(opts.password_env)
+        if not self.user or not self.password:
+            raise ConfigError(
+                f"site.carbon: set {opts.username_env} and {opts.password_env} for WattTime"
+            )
+        self.token: str | None = None
+
+    def _login(self) -> None:
+        r = self.http.get(
+            self.opts.base_url.rstrip("/") + "/login",
+            auth=(self.user or "", self.password or ""),
+        )
+        r.raise_for_status()
+        self.token = r.json()["token"]
+
+    def _forecast(self) -> dict[str, Any]:
+        for attempt in range(2):
+            if self.token is None:
+                self._login()
+            r = self.http.get(
+                self.opts.base_url.rstrip("/") + "/v3/forecast",
+                params={"region": self.opts.region, "signal_type": self.opts.signal_type},
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+            if r.status_code == 401 and attempt == 0:
+                self.token = None  # expired (tokens last 30 min): log in again
+                continue
+            r.raise_for_status()
+            return r.json()
+        raise LiveError("watttime: unauthorised after a fresh login")
+
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        data = self._forecast()
+        units = data.get("meta", {}).get("units", "lbs_co2_per_mwh")
+        if units != "lbs_co2_per_mwh":
+            raise LiveError(f"watttime: unsupported units {units!r}")
+        pts = [
+            (_ts(p["point_time"]), lbs_per_mwh_to_g_per_kwh(float(p["value"])))
+            for p in data.get("data", [])
+        ]
+        if not pts:
+            raise LiveError("watttime: empty forecast")
+        current = pts[0][1]
+        for t, v in pts:
+            if t <= now:
+                current = v
+        future = tuple((t, v) for t, v in pts if t > now) if self.opts.forecast else ()
+        return Reading(current, "marginal", future)
+
+
+class UkCarbonIntensity(CarbonSource):
+    """UK Carbon Intensity API (no key): ``/intensity`` (actual, else forecast) and
+    ``/intensity/{from}/fw24h`` for the 24 h forecast. Average intensity of GB."""
+
+    def __init__(self, opts: UkciOptions, http: httpx.Client) -> None:
+        self.opts, self.http = opts, http
+
+    def _get(self, path: str) -> list[dict[str, Any]]:
+        r = self.http.get(self.opts.base_url.rstrip("/") + path)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        data = self._get("/intensity")
+        if not data:
+            raise LiveError("ukci: empty data")
+        i = data[0]["intensity"]
+        value = i.get("actual") if i.get("actual") is not None else i.get("forecast")
+        if value is None:
+            raise LiveError("ukci: neither actual nor forecast intensity")
+        fc: tuple[tuple[datetime, float], ...] = ()
+        if self.opts.forecast:
+            try:
+                stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+                fc = tuple(
+                    (_ts(p["from"]), float(p["intensity"]["forecast"]))
+                    for p in self._get(f"/intensity/{stamp}/fw24h")
+                    if p["intensity"].get("forecast") is not None
+                )
+            except (httpx.HTTPError, ValueError, KeyError) as e:
+                log.info("ukci forecast unavailable: %s", one_line(e))
+        return Reading(float(value), "average", fc)
+
+
+# --------------------------------------------------------------------------------------
+# Polling with backoff and staleness (pure: times passed in)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Poller:
+    poll_s: float
+    retry_min_s: float
+    retry_max_s: float
+    stale_after_s: float
+    next_at: float = 0.0
+    failures: int = 0
+    last: Reading | None = None
+    last_ok_at: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def success(self, now: float, reading: Reading) -> None:
+        self.last, self.last_ok_at, self.failures = reading, now, 0
+        self.next_at = now + self.poll_s
+
+    def failure(self, now: float, reason: str) -> float:
+        """Schedule a retry with exponential backoff; returns the delay."""
+        delay = min(self.retry_max_s, self.retry_min_s * 2**self.failures)
+        self.failures += 1
+        self.next_at = now + delay
+        self.errors = (self.errors + [reason])[-10:]
+        return delay
+
+    def current(self, now: float) -> tuple[Reading, bool] | None:
+        if self.last is None or self.last_ok_at is None:
+            return None
+        return self.last, now - self.last_ok_at > self.stale_after_s
+
+
+class CarbonCollector:
+    def __init__(
+        self,
+        source: CarbonSource,
+        publish: Callable[..., object],
+        source_id: str,
+        poller: Poller | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.source, self.publish, self.source_id = source, publish, source_id
+        self.poller = poller  # None: a local source read every tick
+        self.clock, self.wall = clock, wall
+        self.t0 = clock()
+
+    def tick(self) -> object:
+        now, wall = self.clock(), self.wall()
+        if self.poller is None:
+            reading, stale = self.source.read(now - self.t0, wall), False
+        else:
+            if self.poller.due(now):
+                try:
+                    self.poller.success(now, self.source.read(now - self.t0, wall))
+                except (httpx.HTTPError, LiveError, ValueError, KeyError, TypeError) as e:
+                    d = self.poller.failure(now, one_line(e))
+                    log.warning("carbon source failed (%s); retry in %.3g s", one_line(e), d)
+            cur = self.poller.current(now)
+            if cur is None:
+                return None  # nothing good yet
+            reading, stale = cur
+        return self.publish(
+            CarbonTelemetry,
+            self.source_id,
+            intensity_g_per_kwh=reading.intensity_g_per_kwh,
+            signal=reading.signal,
+            stale=stale,
+            forecast=list(reading.forecast),
+        )
+
+
+def build(
+    src: SourceConfig, http: httpx.Client | None = None
+) -> tuple[CarbonSource, Poller | None]:
+    opts = validate_options(src)
+    if isinstance(opts, SyntheticOptions):
+        log.warning("carbon source is SYNTHETIC (a cosine diurnal signal), not grid data")
+        return Synthetic(opts), None
+    if isinstance(opts, CsvOptions):
+        return read_csv_trace(opts), None
+    assert isinstance(opts, _Live)
+    client = http or httpx.Client(timeout=opts.timeout_s)
+    poller = Poller(opts.poll_s, opts.retry_min_s, opts.retry_max_s, opts.stale_after_s)
+    if isinstance(opts, ElectricityMapsOptions):
+        return ElectricityMaps(opts, client), poller
+    if isinstance(opts, WattTimeOptions):
+        return WattTime(opts, client), poller
+    assert isinstance(opts, UkciOptions)
+    return UkCarbonIntensity(opts, client), poller
+
+
+def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
+    src = cfg.site.carbon
+    opts = validate_options(src)
+    assert src is not None
+    source_id = src.id or "carbon"
+    source, poller = build(src)
+    pub = make_publisher(cfg, "carbon", source_id)
+    pub.start()
+    coll = CarbonCollector(source, pub.publish, source_id, poller)
+    period = getattr(opts, "tick_s", None) or cfg.site.shape.tick_s
+    log.info("carbon %s (%s): every %.3g s", source_id, src.type, period)
+    try:
+        run_every(period, stop, coll.tick)
+    finally:
+        pub.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("carbon", argv, _run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
