@@ -12,15 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from actuators.backends import CgroupV1Backend, ProcessBackend
 from ecovisor import topics
-from ecovisor.schemas import ActuatorAck, ContainerEvent
+from ecovisor.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 
@@ -98,6 +100,24 @@ class Bus:
 
         raw, _ = self.wait_for(topics.ACTUATOR_ACKS, match, timeout)
         return ActuatorAck.model_validate_json(raw)
+
+    def send_action(
+        self, site: str, app: str, container: str, action: str, timeout: float = 10.0, **kw: Any
+    ) -> ActuatorAck:
+        """Publish a ContainerAction to the actuator topic and wait for its ack. Also the
+        readiness probe for a freshly started service: a ``resume`` of any configured
+        container is harmless and is acknowledged only after the restore from Kafka."""
+        a = ContainerAction(
+            site=site,
+            time=utcnow(),
+            command_id=f"{action}-{uuid.uuid4().hex[:12]}",
+            app=app,
+            container=container,
+            action=action,  # type: ignore[arg-type]
+            **kw,
+        )
+        self.send(topics.ACTUATOR_CONTAINERS, site, a.to_json())
+        return self.wait_ack(a.command_id, timeout)
 
     def collect_acks(self, seconds: float) -> list[ActuatorAck]:
         c = self.tail(topics.ACTUATOR_ACKS)

@@ -27,7 +27,6 @@ from actuators.testkit import (
 )
 from ecovisor import topics
 from ecovisor.config import load_config
-from ecovisor.schemas import ContainerAction, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -78,19 +77,7 @@ stack: {{kafka_bootstrap: "{bootstrap}"}}
         assert not ack.ok and "does not exist" in (ack.error or ""), ack
 
     def send(self, container: str, action: str, timeout: float = 10.0, **kw):
-        cid = f"{action}-{uuid.uuid4().hex[:12]}"
-        a = ContainerAction(
-            site=self.site,
-            time=utcnow(),
-            command_id=cid,
-            app="web",
-            container=container,
-            action=action,  # type: ignore[arg-type]
-            **kw,
-        )
-        self.sent_at = time.time()
-        self.bus.send(topics.ACTUATOR_CONTAINERS, self.site, a.to_json())
-        return self.bus.wait_ack(cid, timeout)
+        return self.bus.send_action(self.site, "web", container, action, timeout, **kw)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
