@@ -127,7 +127,9 @@ def live_state_from_view(app: str, view: dict[str, Any]) -> LiveState:
         except ValidationError as e:
             raise StateUnavailable(f"ledger state of {app!r} has no valid TickData: {e}") from e
     tick = _first(view, "tick", "last_tick_index")
-    metrics = _first(view, "app_metrics", "metrics") or {}
+    metrics = dict(_first(view, "app_metrics", "metrics") or {})
+    if isinstance(metrics.get("extra"), dict):  # AppMetricsTelemetry.extra, flattened
+        metrics.update(metrics.pop("extra"))
     return LiveState(
         app=app,
         tick=tick if isinstance(tick, int) else None,

@@ -1,0 +1,512 @@
+"""What every policy shares: the observation a decision sees, the actions it may take,
+pure helpers (trailing carbon percentile, battery full/empty latch, worker-count
+actuation, de-duplication of repeated commands) and the runner that connects a pure
+policy to the application API through ``ecovisor.client`` only.
+
+A policy is a class with ``setup(info) -> actions`` (once, at start) and
+``decide(obs) -> actions`` (every tick). Both are pure: no I/O, no clock; everything they
+know comes from their arguments, so scripted tick sequences and replayed traces drive them
+exactly as the live ``tick`` notifications do. See docs/write-a-policy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import logging
+import math
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ecovisor.schemas import Notification, TickData
+
+log = logging.getLogger("ecovisor.policy")
+
+# ---------------------------------------------------------------------------------------
+# Observation and actions
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppView:
+    """Static facts about the app (from GET /v1/apps/{app})."""
+
+    app: str
+    containers: tuple[str, ...]
+    templates: tuple[str, ...] = ()
+    tick_s: float = 1.0
+    battery_full_wh: float = 0.0
+    battery_empty_wh: float = 0.0
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> AppView:
+        return cls(
+            app=info["app"],
+            containers=tuple(info.get("containers", ())),
+            templates=tuple(info.get("templates", ())),
+            tick_s=float(info.get("tick_s", 1.0)),
+            battery_full_wh=float(info.get("battery_full_wh", 0.0)),
+            battery_empty_wh=float(info.get("battery_empty_wh", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a policy sees at a tick: the tick's TickData plus derived facts."""
+
+    time: datetime
+    data: TickData
+    tick: int | None = None
+    events: frozenset[str] = frozenset()  # notification types since the previous tick
+    battery_full: bool = False
+    battery_empty: bool = False
+    latency_ms: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SetPowercap:
+    container: str
+    watts: float | None
+
+
+@dataclass(frozen=True)
+class SetChargeRate:
+    watts: float
+
+
+@dataclass(frozen=True)
+class SetMaxDischarge:
+    watts: float
+
+
+@dataclass(frozen=True)
+class SetCarbonRate:
+    container: str
+    mg_per_s: float | None
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SetCarbonBudget:
+    grams: float | None
+    period_s: float
+
+
+@dataclass(frozen=True)
+class Suspend:
+    container: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    container: str
+
+
+@dataclass(frozen=True)
+class ScaleCpus:
+    container: str
+    cpus: float
+
+
+@dataclass(frozen=True)
+class ScaleReplicas:
+    template: str
+    replicas: int
+
+
+Action = (
+    SetPowercap
+    | SetChargeRate
+    | SetMaxDischarge
+    | SetCarbonRate
+    | SetCarbonBudget
+    | Suspend
+    | Resume
+    | ScaleCpus
+    | ScaleReplicas
+)
+
+
+class Policy(Protocol):
+    name: str
+
+    def setup(self, app: AppView) -> list[Action]: ...
+
+    def decide(self, obs: Observation) -> list[Action]: ...
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------
+
+
+class TrailingPercentile:
+    """Percentile of the values seen in a trailing time window (paper §5.1.1: 30th
+    percentile of carbon intensity over 48 h). Sorted insert, O(n) per tick at worst,
+    which is a few µs at 48 h of 1-minute ticks."""
+
+    def __init__(self, window_s: float, percentile: float) -> None:
+        if not 0 <= percentile <= 100:
+            raise ValueError("percentile must be in [0, 100]")
+        self.window_s, self.percentile = window_s, percentile
+        self._order: deque[tuple[datetime, float]] = deque()
+        self._sorted: list[float] = []
+
+    def add(self, t: datetime, value: float) -> None:
+        self._order.append((t, value))
+        bisect.insort(self._sorted, value)
+        while self._order and (t - self._order[0][0]).total_seconds() > self.window_s:
+            _, old = self._order.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def value(self) -> float:
+        """Linear interpolation between closest ranks (as numpy's default)."""
+        s = self._sorted
+        if not s:
+            raise ValueError("no values yet")
+        pos = (len(s) - 1) * self.percentile / 100
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+class BatteryFlags:
+    """Battery full/empty from the level against the app's full/empty levels, latched by
+    the ecovisor's battery_full/battery_empty notifications until the level moves away."""
+
+    def __init__(self, full_wh: float = 0.0, empty_wh: float = 0.0, eps_wh: float = 1e-3):
+        self.full_wh, self.empty_wh, self.eps = full_wh, empty_wh, eps_wh
+        self._full_at: float | None = None
+        self._empty_at: float | None = None
+
+    def update(self, level_wh: float, events: Iterable[str]) -> tuple[bool, bool]:
+        ev = set(events)
+        if "battery_full" in ev:
+            self._full_at = level_wh
+        elif self._full_at is not None and level_wh < self._full_at - self.eps:
+            self._full_at = None
+        if "battery_empty" in ev:
+            self._empty_at = level_wh
+        elif self._empty_at is not None and level_wh > self._empty_at + self.eps:
+            self._empty_at = None
+        full = self._full_at is not None or (
+            self.full_wh > 0 and level_wh >= self.full_wh - self.eps
+        )
+        empty = self._empty_at is not None or level_wh <= self.empty_wh + self.eps
+        return full, empty
+
+
+def carbon_mg_per_s(grid_w: float, intensity_g_per_kwh: float) -> float:
+    """Carbon rate of a grid power: W × gCO2eq/kWh / 3600 = mg/s."""
+    return grid_w * intensity_g_per_kwh / 3600
+
+
+def grid_w_for_rate(rate_mg_per_s: float, intensity_g_per_kwh: float) -> float:
+    """Grid power that emits ``rate`` mg/s at an intensity (inf at zero intensity)."""
+    if intensity_g_per_kwh <= 0:
+        return math.inf
+    return rate_mg_per_s * 3600 / intensity_g_per_kwh
+
+
+def set_workers(app: AppView, n: int, template: str | None, running: set[str]) -> list[Action]:
+    """Run ``n`` workers: replicas of ``template`` when given (horizontal scaling), else
+    the first n configured containers resumed and the rest suspended. ``running`` is
+    the set of containers not suspended (observed)."""
+    if template:
+        return [ScaleReplicas(template, max(0, n))]
+    out: list[Action] = []
+    for i, c in enumerate(app.containers):
+        if i < n and c not in running:
+            out.append(Resume(c))
+        elif i >= n and c in running:
+            out.append(Suspend(c))
+    return out
+
+
+def running_containers(app: AppView, data: TickData) -> set[str]:
+    """Configured containers not suspended in the tick (unknown ones count as running)."""
+    out = set()
+    for c in app.containers:
+        cd = data.containers.get(c)
+        if cd is None or not cd.suspended:
+            out.add(c)
+    return out
+
+
+class Deduper:
+    """Drops commands that would not change anything: same value as the last one sent
+    for the same target (until that one is rejected or failed), or, for caps and
+    suspend/resume, already what the tick shows in force."""
+
+    def __init__(self, pending_ticks: int = 5) -> None:
+        self.pending_ticks = pending_ticks
+        self._sent: dict[tuple[str, str], tuple[Action, int]] = {}
+        self._by_command: dict[str, tuple[str, str]] = {}
+        self._n = 0
+
+    @staticmethod
+    def key(a: Action) -> tuple[str, str]:
+        if isinstance(a, Suspend | Resume):
+            return ("run", a.container)
+        target = getattr(a, "container", None) or getattr(a, "template", None) or ""
+        return (type(a).__name__, target)
+
+    @staticmethod
+    def _in_force(a: Action, data: TickData | None) -> bool:
+        if data is None:
+            return False
+        c = data.containers.get(getattr(a, "container", ""), None)
+        if c is None:
+            return False
+        if isinstance(a, Suspend):
+            return c.suspended
+        if isinstance(a, Resume):
+            return not c.suspended
+        if isinstance(a, SetPowercap):
+            if a.watts is None or c.powercap_w is None:
+                return a.watts is None and c.powercap_w is None
+            return abs(a.watts - c.powercap_w) < 1e-6
+        return False
+
+    def filter(self, actions: Sequence[Action], data: TickData | None) -> list[Action]:
+        self._n += 1
+        out = []
+        for a in actions:
+            k = self.key(a)
+            last = self._sent.get(k)
+            if isinstance(a, Suspend | Resume | SetPowercap):
+                if self._in_force(a, data):
+                    self._sent[k] = (a, self._n)
+                    continue
+                if last and last[0] == a and self._n - last[1] < self.pending_ticks:
+                    continue  # sent recently, not yet in force: give it time
+            elif last and last[0] == a:
+                continue
+            self._sent[k] = (a, self._n)
+            out.append(a)
+        return out
+
+    def sent(self, a: Action, command_id: str) -> None:
+        self._by_command[command_id] = self.key(a)
+
+    def forget(self, a: Action) -> None:
+        self._sent.pop(self.key(a), None)
+
+    def failed(self, command_id: str) -> None:
+        """A command was rejected or failed: allow sending the same value again."""
+        k = self._by_command.pop(command_id, None)
+        if k is not None:
+            self._sent.pop(k, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Runner: pure policy <-> ecovisor.client
+# ---------------------------------------------------------------------------------------
+
+
+def apply_action(client: Any, a: Action) -> Any:
+    """Issue one action through the client (the paper's function names)."""
+    match a:
+        case SetPowercap(c, w):
+            return client.set_container_powercap(c, w)
+        case SetChargeRate(w):
+            return client.set_battery_charge_rate(w)
+        case SetMaxDischarge(w):
+            return client.set_battery_max_discharge(w)
+        case SetCarbonRate(c, r, win):
+            return client.set_carbon_rate(c, r, window_s=win)
+        case SetCarbonBudget(g, p):
+            return client.set_carbon_budget(g, period_s=p)
+        case Suspend(c):
+            return client.suspend_container(c)
+        case Resume(c):
+            return client.resume_container(c)
+        case ScaleCpus(c, cpus):
+            return client.scale_container(c, cpus)
+        case ScaleReplicas(t, n):
+            return client.scale_app(t, n)
+    raise TypeError(f"unknown action {a!r}")
+
+
+class PolicyRunner:
+    """Feeds ``tick`` notifications to a pure policy and issues its actions."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        client: Any,
+        app: AppView,
+        metrics: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        self.policy, self.client, self.app, self.metrics = policy, client, app, metrics
+        self.flags = BatteryFlags(app.battery_full_wh, app.battery_empty_wh)
+        self.dedupe = Deduper()
+        self._events: set[str] = set()
+        self.issued: list[Action] = []
+
+    def start(self) -> None:
+        self._issue(self.policy.setup(self.app), None)
+
+    def on_notification(self, n: Notification) -> None:
+        if n.type in ("command_rejected", "command_failed") and n.command_id:
+            log.warning("command %s %s: %s", n.command_id, n.type, n.reason)
+            self.dedupe.failed(n.command_id)
+        elif n.type != "tick":
+            self._events.add(n.type)
+
+    def on_tick(self, n: Notification) -> list[Action]:
+        data = TickData.model_validate(n.data)
+        full, empty = self.flags.update(data.battery_charge_level_wh, self._events)
+        metrics = self.metrics() if self.metrics else {}
+        obs = Observation(
+            time=n.time,
+            data=data,
+            tick=n.tick,
+            events=frozenset(self._events),
+            battery_full=full,
+            battery_empty=empty,
+            latency_ms=metrics.get("latency_ms"),
+            metrics=metrics,
+        )
+        self._events.clear()
+        return self._issue(self.policy.decide(obs), data)
+
+    def _issue(self, actions: list[Action], data: TickData | None) -> list[Action]:
+        out = self.dedupe.filter(actions, data)
+        for a in out:
+            try:
+                res = apply_action(self.client, a)
+            except Exception as e:  # noqa: BLE001 - one bad command must not stop the policy
+                log.warning("%s failed: %s", a, e)
+                self.dedupe.forget(a)
+                continue
+            cid = getattr(res, "command_id", None)
+            if cid:
+                self.dedupe.sent(a, cid)
+            self.issued.append(a)
+            log.info("%s -> %s", a, cid)
+        return out
+
+
+def api_metrics(client: Any) -> Callable[[], dict[str, float]]:
+    """App metrics (latency_ms, ...) from the API's live state (the ledger's latest
+    app_metrics telemetry); empty when there are none."""
+
+    def get() -> dict[str, float]:
+        try:
+            m = client.get_state().get("app_metrics") or {}
+        except Exception:  # noqa: BLE001 - metrics are advisory; the policy copes with none
+            return {}
+        return {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+
+    return get
+
+
+def common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--app", required=True, help="application id")
+    p.add_argument("--api", help="API base URL (default from --config, $ECOVISOR_API_URL)")
+    p.add_argument("--token", help="the app's token (default from --config, $ECOVISOR_TOKEN)")
+    p.add_argument("--config", help="site configuration (gives API URL and the app's token)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def connect(a: argparse.Namespace) -> tuple[str, str]:
+    """API URL and token from --api/--token, the environment, or --config."""
+    url = a.api or os.environ.get("ECOVISOR_API_URL")
+    token = a.token or os.environ.get("ECOVISOR_TOKEN")
+    if (not url or not token) and (a.config or os.environ.get("ECOVISOR_CONFIG")):
+        from ecovisor.config import ConfigError, config_path, load_config
+
+        try:
+            cfg = load_config(config_path(a.config))
+            app = cfg.app(a.app)
+        except ConfigError as e:
+            raise SystemExit(_err(str(e).replace("\n", " "))) from None
+        except KeyError:
+            raise SystemExit(_err(f"no app {a.app!r} in the configuration")) from None
+        url = url or f"http://127.0.0.1:{cfg.stack.api_port}"
+        token = token or app.token
+    if not url or not token:
+        raise SystemExit(_err("give --api and --token, or --config FILE"))
+    return url, token
+
+
+def _err(msg: str) -> int:
+    print(f"policy: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(
+    name: str,
+    build: Callable[[argparse.Namespace], Policy],
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+    needs_metrics: bool = False,
+) -> None:
+    """``python -m policies.<name> --app X ...``: connect, set up, run until SIGTERM."""
+    from ecovisor.client import EcovisorClient, EcovisorError
+
+    p = argparse.ArgumentParser(prog=f"python -m policies.{name}")
+    common_args(p)
+    if add_args:
+        add_args(p)
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=a.log_level.upper(), format=f"%(asctime)s {name}[{a.app}] %(message)s"
+    )
+    url, token = connect(a)
+    try:
+        policy = build(a)
+    except ValueError as e:
+        raise SystemExit(_err(str(e))) from None
+    client = EcovisorClient(url, token, app=a.app)
+    try:
+        view = AppView.from_info(client.get_app_info())
+    except EcovisorError as e:
+        raise SystemExit(_err(f"API refused: {e}")) from None
+    except Exception as e:  # noqa: BLE001 - connection errors: one clear line
+        raise SystemExit(_err(f"API not reachable at {url}: {e}")) from None
+    runner = PolicyRunner(policy, client, view, api_metrics(client) if needs_metrics else None)
+
+    @client.on_tick
+    def _tick(t: Any) -> None:
+        runner.on_tick(t.notification)
+
+    for typ in (
+        "command_rejected",
+        "command_failed",
+        "battery_full",
+        "battery_empty",
+        "solar_change",
+        "carbon_change",
+        "carbon_rate_near",
+        "carbon_rate_exceeded",
+        "carbon_budget_near",
+        "carbon_budget_exceeded",
+    ):
+        client.on(typ)(runner.on_notification)
+
+    signal.signal(signal.SIGTERM, lambda *_: client.stop())
+    try:
+        runner.start()
+    except ValueError as e:
+        raise SystemExit(_err(str(e))) from None
+    log.info("running %s for app %s against %s", name, a.app, url)
+    try:
+        client.run()
+    except KeyboardInterrupt:
+        pass
+    except EcovisorError as e:
+        raise SystemExit(_err(f"API refused: {e}")) from None
+    finally:
+        client.close()
