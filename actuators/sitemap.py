@@ -14,7 +14,6 @@ from ecovisor.attribution import PowerModel
 from ecovisor.config import AppConfig, ContainerTemplate, EcovisorConfig, NodeConfig
 from ecovisor.config import ContainerBackend as BackendConfig
 from ecovisor.power_cap import CpuQuota, quota_for_container_cap
-from ecovisor.power_model import LinearPowerModel, get_preset
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,8 @@ def placement(cfg: EcovisorConfig, container: str) -> Placement:
 
 
 def node_model(node: NodeConfig) -> PowerModel:
-    """The node's power model over its configured cores."""
-    ref = node.power_model
-    resolve = getattr(ref, "resolve", None)
-    if resolve is not None:  # a PowerModelSpec
-        return resolve(node.cores)  # type: ignore[no-any-return]
-    if ref.preset is not None:
-        return get_preset(ref.preset, node.cores)
-    assert ref.idle_w is not None and ref.max_w is not None
-    return LinearPowerModel(idle_w=ref.idle_w, max_w=ref.max_w, cores=node.cores)
+    """The node's power model over its configured cores (the same one the ledger uses)."""
+    return node.model()  # type: ignore[no-any-return]
 
 
 def node_members(cfg: EcovisorConfig, node: str, replicas: Iterable[str] = ()) -> list[str]:
