@@ -1,6 +1,6 @@
 """Power collector readers on FAKE sysfs/procfs trees built in tmp dirs. cgroup v2 and
 RAPL can only be tested this way here (the machine has cgroup v1 and no powercap); a real
-cgroup v1 measurement is in tests/integration/test_collector_power.py."""
+cgroup v1 measurement is in tests/integration/test_collector_power_cgroup.py."""
 
 from __future__ import annotations
 
