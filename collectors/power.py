@@ -38,11 +38,10 @@ from typing import Any
 
 import httpx
 
-from collectors.common import cli_main, make_publisher, run_every
+from collectors.common import cli_main, make_publisher, one_line, run_every
 from collectors.publisher import Publisher
-from ecovisor.attribution import CounterSnapshot, attribute_interval
+from ecovisor.attribution import CounterSnapshot, PowerModel, attribute_interval
 from ecovisor.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
-from ecovisor.power_model import LinearPowerModel, get_preset
 from ecovisor.schemas import ContainerTelemetry, NodeTelemetry
 from ecovisor.shares import IdleAttribution
 from ecovisor.units import MJ_PER_J
@@ -289,15 +288,12 @@ def scrape_kepler(url: str, timeout_s: float = 5.0) -> KeplerReading:
 # --------------------------------------------------------------------------------------
 
 
-def node_model(node: NodeConfig) -> LinearPowerModel:
-    pm = node.power_model
-    if pm.preset is not None:
-        try:
-            return get_preset(pm.preset, node.cores)
-        except KeyError as e:
-            raise ConfigError(f"site.nodes[{node.id}].power_model: {e.args[0]}") from None
-    assert pm.idle_w is not None and pm.max_w is not None
-    return LinearPowerModel(idle_w=pm.idle_w, max_w=pm.max_w, cores=node.cores)
+def node_model(node: NodeConfig) -> PowerModel:
+    """The node's power model: the one definition the ledger and actuators use too."""
+    try:
+        return node.model()
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"site.nodes[{node.id}].power_model: {one_line(e)}") from None
 
 
 @dataclass
@@ -318,7 +314,7 @@ class NodeAccount:
     """Running sums of one node: energy (mJ) attributed to each container and the node."""
 
     node: NodeConfig
-    model: LinearPowerModel
+    model: PowerModel
     idle_mode: IdleAttribution
     containers: list[ContainerRef]
     node_cpu: Callable[[], float | None]
