@@ -19,7 +19,7 @@ from ecovisor.units import UG_PER_G
 if TYPE_CHECKING:
     from ecovisor.ledger import AppLedgerEntry
 
-MAX_WINDOW_TICKS = 86_400  # a rate window keeps one int per tick: bounded
+MAX_BUCKETS = 600  # a rate window keeps at most this many ints
 
 
 def ticks_in(seconds: float, tick_s: float) -> int:
@@ -48,21 +48,32 @@ def rose(before: Level, after: Level) -> bool:
 # --- carbon rate (per container, mg/s over a sliding window) ----------------------------
 
 
-def push_window(win: RateWindow | None, window_ticks: int, value_ug: int,
-                skipped: int = 0) -> RateWindow:
-    """Append this tick's carbon (after ``skipped`` ticks that had none) and keep the last
-    ``window_ticks`` values. A new or resized window starts empty; the level is kept."""
-    if window_ticks > MAX_WINDOW_TICKS:
-        raise ValueError(f"carbon rate window of {window_ticks} ticks exceeds {MAX_WINDOW_TICKS}")
+def push_window(win: RateWindow | None, window_ticks: int, k: int, value_ug: int) -> RateWindow:
+    """Add tick ``k``'s carbon. Ticks between the last one pushed and ``k`` count as
+    zero. A new or resized window starts empty (its level is kept).
+
+    Up to ``MAX_BUCKETS`` ticks the window is exact (one value per tick); a longer one
+    keeps ``MAX_BUCKETS`` sums of ``ceil(window_ticks / MAX_BUCKETS)`` ticks, aligned on
+    ``k``, and drops a whole bucket at a time."""
     if win is None or win.window_ticks != window_ticks:
-        values: tuple[int, ...] = ()
         level = Level.ok if win is None else win.level
+        win = RateWindow(
+            window_ticks=window_ticks, bucket_ticks=-(-window_ticks // MAX_BUCKETS), level=level
+        )
+    b = win.bucket_ticks
+    nb = -(-window_ticks // b)
+    values = win.values_ug
+    if win.last_k is None or not values:
+        values = (value_ug,)
     else:
-        values, level = win.values_ug, win.level
-    if skipped:
-        values = values + (0,) * min(skipped, window_ticks)
-    values = (values + (value_ug,))[-window_ticks:]
-    return RateWindow(window_ticks=window_ticks, values_ug=values, level=level)
+        gap = k // b - win.last_k // b
+        if gap <= 0:
+            values = values[:-1] + (values[-1] + value_ug,)
+        else:
+            values = values + (0,) * min(gap - 1, nb) + (value_ug,)
+    return RateWindow(
+        window_ticks=window_ticks, bucket_ticks=b, last_k=k, values_ug=values[-nb:], level=win.level
+    )
 
 
 def window_rate_mg_per_s(win: RateWindow, tick_s: float) -> float:

@@ -121,13 +121,16 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
                          unit="J", **base))
 
     # carbon rate per container with a limit
-    skipped = 0 if prev.next_k is None else max(0, entry.k - prev.next_k)
     windows: dict[str, RateWindow] = {}
     for c in sorted(st.carbon_rates):
         lim = st.carbon_rates[c]
         line = entry.containers.get(c)
-        win = push_window(tr.rate_windows.get(c), ticks_in(lim.window_s, dt),
-                          line.carbon_ug if line is not None else 0, skipped)
+        win = push_window(
+            tr.rate_windows.get(c),
+            ticks_in(lim.window_s, dt),
+            entry.k,
+            line.carbon_ug if line is not None else 0,
+        )
         rate = window_rate_mg_per_s(win, dt)
         level = level_of(rate, lim.rate_mg_per_s, th.near_fraction)
         if rose(win.level, level):

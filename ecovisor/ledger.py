@@ -149,14 +149,19 @@ def entry_violations(e: AppLedgerEntry) -> list[str]:
     if (b.reserve_mj <= b.before_mj <= b.usable_mj
             and not b.reserve_mj <= b.after_mj <= b.usable_mj):
         out.append(f"battery {b.after_mj} left [{b.reserve_mj}, {b.usable_mj}]")
-    s = e.battery_charging
-    for line in e.containers.values():
-        s = s + line
-    if s != e.total:
-        out.append(f"containers + battery_charging {s} != total {e.total}")
-    if sum(c.energy_mj for c in e.containers.values()) != e.demand_mj:
-        out.append("container energy != demand")
+    sums = [0, 0, 0, 0, 0, 0]
+    for line in (e.battery_charging, *e.containers.values()):
+        sums[0] += line.energy_mj
+        sums[1] += line.solar_mj
+        sums[2] += line.battery_mj
+        sums[3] += line.grid_mj
+        sums[4] += line.unserved_mj
+        sums[5] += line.carbon_ug
     t = e.total
+    if sums != [t.energy_mj, t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj, t.carbon_ug]:
+        out.append(f"containers + battery_charging {sums} != total {t}")
+    if sums[0] - e.battery_charging.energy_mj != e.demand_mj:
+        out.append("container energy != demand")
     if (t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj) != (
         f.solar_to_load + f.solar_to_battery + f.solar_offered_in,
         f.battery_to_load,
@@ -657,12 +662,18 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     p_carbon = carbon_ug(platform_grid, intensity)
     pc = state.platform
     platform_cum = PlatformCumulative(
-        energy_mj=pc.energy_mj + inp.platform_mj, grid_mj=pc.grid_mj + platform_grid,
-        unserved_mj=pc.unserved_mj + platform_unserved, carbon_ug=pc.carbon_ug + p_carbon,
+        energy_mj=pc.energy_mj + inp.platform_mj,
+        grid_mj=pc.grid_mj + platform_grid,
+        unserved_mj=pc.unserved_mj + platform_unserved,
+        carbon_ug=pc.carbon_ug + p_carbon,
     )
-    platform = PlatformEntry(energy_mj=inp.platform_mj, grid_mj=platform_grid,
-                             unserved_mj=platform_unserved, carbon_ug=p_carbon,
-                             cumulative=platform_cum)
+    platform = PlatformEntry(
+        energy_mj=inp.platform_mj,
+        grid_mj=platform_grid,
+        unserved_mj=platform_unserved,
+        carbon_ug=p_carbon,
+        cumulative=platform_cum,
+    )
 
     totals = _site_totals(entries, inp, unallocated, unalloc_curtailed, unalloc_exported,
                           unalloc_offered, platform)
@@ -692,7 +703,8 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
             alerting = alert
 
     sources = tuple(sorted(set(site_sources).union(*inp.app_estimated_sources.values())))
-    result = SiteTickResult(
+    # entries were validated (and balance-checked) when built: construct, don't re-check
+    result = SiteTickResult.model_construct(
         site=state.site, k=inp.k, t_start=inp.t_start, tick_s=dt,
         intensity_g_per_kwh=intensity, entries=entries, platform=platform, totals=totals,
         cumulative=state.cumulative + totals, controller=controller, drift=drift,
@@ -784,7 +796,9 @@ def site_violations(state_before: SiteState, result: SiteTickResult) -> list[str
         out.append(f"offered {t.solar_offered_mj} != received {offered_in}")
     if t.load_mj != sum(e.demand_mj for e in result.entries.values()) + result.platform.energy_mj:
         out.append("site load != Σ apps + platform")
-    if t.carbon_ug != sum(e.total.carbon_ug for e in result.entries.values()) + \
-            result.platform.carbon_ug:
+    if (
+        t.carbon_ug
+        != sum(e.total.carbon_ug for e in result.entries.values()) + result.platform.carbon_ug
+    ):
         out.append("site carbon != Σ apps + platform")
     return out

@@ -29,8 +29,8 @@ class CarbonRateLimit(BaseModel):
 
     model_config = _FROZEN
 
-    rate_mg_per_s: float = Field(gt=0.0)
-    window_s: float = Field(60.0, gt=0.0, description="sliding window, default 60 s")
+    rate_mg_per_s: float = Field(ge=0.0)
+    window_s: float = Field(60.0, gt=0.0, le=86_400.0, description="sliding window, default 60 s")
 
 
 class CarbonBudget(BaseModel):
@@ -38,7 +38,7 @@ class CarbonBudget(BaseModel):
 
     model_config = _FROZEN
 
-    budget_g: float = Field(gt=0.0)
+    budget_g: float = Field(ge=0.0)
     period_s: float | None = Field(
         None, gt=0.0, description="the budget resets every period; None = never resets"
     )
@@ -211,7 +211,7 @@ class AppFlows(BaseModel):
 
     def __add__(self, other: AppFlows) -> AppFlows:
         a, b = self.__dict__, other.__dict__
-        return AppFlows.model_construct(**{f: a[f] + b[f] for f in a})
+        return AppFlows(**{f: a[f] + b[f] for f in a})
 
 
 class AccountLine(BaseModel):
@@ -235,7 +235,7 @@ class AccountLine(BaseModel):
         return self
 
     def __add__(self, other: AccountLine) -> AccountLine:
-        return AccountLine.model_construct(
+        return AccountLine(
             energy_mj=self.energy_mj + other.energy_mj,
             solar_mj=self.solar_mj + other.solar_mj,
             battery_mj=self.battery_mj + other.battery_mj,
@@ -261,11 +261,15 @@ class Level(StrEnum):
 
 
 class RateWindow(BaseModel):
-    """Carbon of one container over the last ``window_ticks`` ticks (bounded)."""
+    """Carbon of one container over the last ``window_ticks`` ticks, kept as at most
+    600 bucket sums of ``bucket_ticks`` ticks each (exact while the window has at most
+    600 ticks; beyond, the window slides a bucket at a time)."""
 
     model_config = _FROZEN
 
     window_ticks: int = Field(ge=1)
+    bucket_ticks: int = Field(1, ge=1)
+    last_k: int | None = None
     values_ug: tuple[Ug, ...] = ()
     level: Level = Level.ok
 
@@ -371,7 +375,7 @@ class SiteTotals(BaseModel):
 
     def __add__(self, other: SiteTotals) -> SiteTotals:
         a, b = self.__dict__, other.__dict__
-        return SiteTotals.model_construct(**{f: a[f] + b[f] for f in a})
+        return SiteTotals(**{f: a[f] + b[f] for f in a})
 
 
 class SiteState(BaseModel):
