@@ -152,10 +152,12 @@ class HttpStateSource:
             r = await self._http.get(path, params=params)
         except httpx.HTTPError as e:
             raise StateUnavailable(f"ledger state views not reachable at {self.base_url}") from e
-        if r.status_code == 404:
-            raise StateUnavailable(f"ledger has no state for {path} yet (no tick closed?)")
         if r.status_code >= 400:
-            raise StateUnavailable(f"ledger answered {r.status_code} for {path}: {r.text[:200]}")
+            try:
+                why = str(r.json().get("error", r.text))
+            except (ValueError, AttributeError):
+                why = r.text
+            raise StateUnavailable(f"ledger: {why[:200]}")
         return r.json()
 
     async def state(self, app: str) -> LiveState:

@@ -460,3 +460,54 @@ def test_openapi_documents_units() -> None:
     doc = json.dumps(openapi_document())
     for unit in ("gCO2eq/kWh", "Wh", "mg/s"):
         assert re.search(re.escape(unit), doc)
+
+
+def test_http_state_source_reads_the_ledger_views() -> None:
+    import asyncio
+
+    import httpx
+
+    from ecovisor.api import HttpStateSource, StateUnavailable
+
+    view = {
+        "app": "web",
+        "tick": 9,
+        "time": T0.isoformat(),
+        "tick_data": tick_data().model_dump(mode="json"),
+        "app_metrics": {"latency_ms": 55.0, "extra": {"stragglers": 2.0}},
+        "settings": {},
+    }
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/ecovisor/state/web":
+            return httpx.Response(200, json=view)
+        if req.url.path == "/ecovisor/counters/web":
+            assert req.url.params["t1"] == T0.isoformat()
+            return httpx.Response(
+                200,
+                json={
+                    "t1": T0.isoformat(),
+                    "t2": T0.isoformat(),
+                    "energy_j": 1.5,
+                    "carbon_g": 0.25,
+                    "containers": {"web-1": {"energy_j": 1.5, "carbon_g": 0.25}},
+                    "ticks": [1, 1],
+                },
+            )
+        return httpx.Response(404, json={"error": "no state for app 'x'"})
+
+    async def go() -> None:
+        src = HttpStateSource("http://ledger")
+        src._http = httpx.AsyncClient(
+            base_url="http://ledger", transport=httpx.MockTransport(handler)
+        )
+        st = await src.state("web")
+        assert st.tick == 9 and st.data is not None and st.data.solar_w == 6.0
+        assert st.app_metrics == {"latency_ms": 55.0, "stragglers": 2.0}
+        c = await src.counters("web", T0, T0 + timedelta(seconds=1))
+        assert c.containers["web-1"].carbon_g == 0.25
+        with pytest.raises(StateUnavailable, match="no state for app 'x'"):
+            await src.state("x")
+        await src.aclose()
+
+    asyncio.run(go())
