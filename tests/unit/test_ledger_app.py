@@ -234,7 +234,7 @@ def test_containers_split_by_demand_and_sum_to_app():
     assert (c2.energy_mj, c2.grid_mj, c2.solar_mj, c2.battery_mj) == (600_000, 266_667,
                                                                       200_000, 133_333)
     # app load carbon round(400,000/9) = 44,444 split by grid 133,333 : 266,667
-    # quotas 14,814.67 and 29,629.33 -> floors 14,814 + 29,629, the spare unit to c1
+    # quotas 14,814.63 and 29,629.37 -> floors 14,814 + 29,629, the spare unit to c1
     assert (c1.carbon_ug, c2.carbon_ug) == (14_815, 29_629)
     assert e.total.carbon_ug == 44_444
 
