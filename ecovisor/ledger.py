@@ -409,6 +409,13 @@ class _Work:
     grid_cut: int = 0
 
 
+def _discharge_w(share: AppShare, settings: AppSettings) -> float:
+    """Max discharge in force with Rc = 0: Rd clipped to the share's limit."""
+    if settings.max_discharge_w is None:
+        return share.discharge_limit_w
+    return min(share.discharge_limit_w, settings.max_discharge_w)
+
+
 def _check_k(next_k: int | None, k: int, who: str) -> None:
     if next_k is not None and k < next_k:
         raise LedgerError(f"{who}: tick {k} is already accounted (next tick is {next_k})")
@@ -439,11 +446,8 @@ def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
         w.g2l = min(deficit, grid_cap)
         w.g2b = min(max(0, target - w.s2b), grid_cap - w.g2l)
     else:
-        out_cap = limits.discharge_out_mj
-        if settings.max_discharge_w is not None:
-            out_cap = min(out_cap, power_to_mj(settings.max_discharge_w, dt))
-        out_cap = min(out_cap, deliverable(before - limits.reserve_mj,
-                                           limits.discharge_efficiency))
+        out_cap = min(power_to_mj(_discharge_w(share, settings), dt),
+                      deliverable(before - limits.reserve_mj, limits.discharge_efficiency))
         w.b2l = min(deficit, out_cap)
         w.drawn = draw_for(w.b2l, limits.discharge_efficiency)
         w.g2l = min(deficit - w.b2l, grid_cap)
@@ -451,15 +455,12 @@ def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
     return w
 
 
-def _effective_limits(w: _Work, dt: float) -> EffectiveLimits:
+def _effective_limits(w: _Work) -> EffectiveLimits:
     share, st = w.share, w.settings
     if st.charge_rate_w > 0:
         rc, rd = min(st.charge_rate_w, share.charge_limit_w), 0.0
     else:
-        rd = share.discharge_limit_w
-        if st.max_discharge_w is not None:
-            rd = min(rd, st.max_discharge_w)
-        rc = 0.0
+        rc, rd = 0.0, _discharge_w(share, st)
     return EffectiveLimits(charge_limit_w=share.charge_limit_w, charge_rate_w=rc,
                            discharge_w=rd, grid_w=share.grid_w)
 
@@ -535,7 +536,7 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
             before_mj=w.before, after_mj=after, before_wh=w.before / MJ_PER_WH,
             after_wh=after / MJ_PER_WH,
         ),
-        settings=w.settings, limits=_effective_limits(w, dt),
+        settings=w.settings, limits=_effective_limits(w),
         containers=containers, battery_charging=battery_charging, total=total,
         cumulative=cumulative, estimated=bool(sources), estimated_sources=sources,
     )
@@ -766,11 +767,8 @@ def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
             grid_charge += min(st.settings.charge_rate_w, share.charge_limit_w,
                                mj_to_power(room, dt))
         else:
-            rd = share.discharge_limit_w
-            if st.settings.max_discharge_w is not None:
-                rd = min(rd, st.settings.max_discharge_w)
             avail = deliverable(st.battery_mj - b.reserve_mj, share.discharge_efficiency)
-            max_discharge += min(rd, mj_to_power(avail, dt))
+            max_discharge += min(_discharge_w(share, st.settings), mj_to_power(avail, dt))
         f = e.flows
         net_mj += f.solar_to_battery + f.solar_offered_in + f.grid_to_battery - f.battery_to_load
         grid_actual_mj += f.grid_to_battery
