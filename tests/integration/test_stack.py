@@ -1,0 +1,175 @@
+"""`ecovisor up/status/down` on a temp state dir with a tiny site on its own free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from ecovisor import schemas, topics
+from ecovisor.embedded import free_port
+from ecovisor.stack import pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str, timeout: float = 90, check: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECOVISOR_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ecovisor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=check,
+    )
+
+
+@pytest.fixture()
+def site_file(tmp_path: Path) -> Iterator[Path]:
+    ports = {k: free_port() for k in ("kafka", "mqtt", "vm", "api", "web")}
+    p = tmp_path / "tiny.yaml"
+    p.write_text(
+        f"""schema_version: 1
+site:
+  id: tiny
+  shape: {{tick_s: 1.0, solar_nameplate_w: 10, battery_capacity_wh: 10, grid_limit_w: 10}}
+apps:
+  - id: web
+    token: tiny-web-token
+stack:
+  kafka_port: {ports["kafka"]}
+  mqtt_port: {ports["mqtt"]}
+  victoria_metrics_port: {ports["vm"]}
+  api_port: {ports["api"]}
+  ledger_web_port: {ports["web"]}
+  state_dir: {tmp_path / "state"}
+"""
+    )
+    yield p
+    _cli("down", "--config", str(p))  # never leave a stack behind a failed test
+
+
+def _pids(state: Path) -> list[int]:
+    data = json.loads((state / "stack.json").read_text())
+    return [int(p) for p in data["pids"]] + [int(data["supervisord_pid"])]
+
+
+def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if pid_alive(p)]
+        time.sleep(0.1)
+    return alive
+
+
+def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path) -> None:
+    cfg = str(site_file)
+    r = _cli("up", "--detach", "--config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "creating 10 topics" in r.stdout
+    deadline = time.monotonic() + 30
+    st = _cli("status", "--config", cfg)
+    while st.returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        st = _cli("status", "--config", cfg)
+    assert st.returncode == 0, st.stdout
+    rows = {
+        ln.split()[0]: ln.split()[1] for ln in st.stdout.splitlines()[1:] if len(ln.split()) > 1
+    }
+    for svc in ("kafka", "mqtt", "bridge"):
+        assert rows.get(svc) == "RUNNING", st.stdout
+
+    # every topic exists, and the stack's bridge carries telemetry into Kafka
+    text = site_file.read_text()
+    kport = int(text.split("kafka_port: ")[1].split()[0])
+    mport = int(text.split("mqtt_port: ")[1].split()[0])
+    boot = f"127.0.0.1:{kport}"
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    assert set(topics.all_topics(["web"])) <= set(admin.list_topics())
+    admin.close()
+    cons = KafkaConsumer(bootstrap_servers=boot, enable_auto_commit=False)
+    tp = TopicPartition(topics.TELEMETRY, 0)
+    cons.assign([tp])
+    cons.seek_to_beginning(tp)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-pub")
+    pub.connect("127.0.0.1", mport)
+    pub.loop_start()
+    m = schemas.SolarTelemetry(
+        site="tiny", time=datetime(2024, 1, 1, tzinfo=UTC), source="pv", seq=1, power_w=3,
+        energy_j=1,
+    )  # fmt: skip
+    pub.publish(topics.mqtt_telemetry("tiny", "solar", "pv"), m.to_json(), qos=1)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 15
+    while not got and time.monotonic() < deadline:
+        got = [r.value for recs in cons.poll(500).values() for r in recs if r.key == b"tiny"]
+    pub.loop_stop()
+    cons.close()
+    assert got and schemas.parse_telemetry(got[0]) == m
+
+    # a second `up` refuses to start over a running stack
+    again = _cli("up", "--detach", "--config", cfg)
+    assert again.returncode != 0 and "already running" in again.stderr
+
+    state = tmp_path / "state"
+    pids = _pids(state)
+    assert len(pids) >= 4 and all(pid_alive(p) for p in pids)
+    d = _cli("down", "--config", cfg)
+    assert d.returncode == 0, d.stdout + d.stderr
+    assert _wait_gone(pids) == []
+    assert not (state / "supervisord.pid").exists()
+    st = _cli("status", "--config", cfg)
+    assert st.returncode == 1 and "not running" in st.stdout
+
+
+def test_foreground_up_stops_everything_on_sigterm(site_file: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECOVISOR_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ecovisor.cli", "up", "--config", str(site_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    state = tmp_path / "state"
+    deadline = time.monotonic() + 40
+    pids: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            pids = _pids(state)
+            if len(pids) >= 4:
+                break
+        except (OSError, KeyError, ValueError, TypeError):
+            pass
+        time.sleep(0.2)
+    assert len(pids) >= 4 and all(pid_alive(p) for p in pids)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 0, out
+    assert "stopped." in out
+    assert _wait_gone(pids) == []
+
+
+def test_down_cleans_stale_state_of_a_killed_supervisord(site_file: Path, tmp_path: Path) -> None:
+    cfg = str(site_file)
+    assert _cli("up", "--detach", "--config", cfg).returncode == 0
+    state = tmp_path / "state"
+    pids = _pids(state)
+    os.kill(pids[-1], signal.SIGKILL)  # supervisord dies; its children are orphaned
+    assert _wait_gone(pids[-1:]) == []
+    st = _cli("status", "--config", cfg)
+    assert st.returncode == 1 and "stale" in st.stdout
+    assert _wait_gone(pids) == []  # the orphans were killed from the recorded pids
