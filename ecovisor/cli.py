@@ -282,14 +282,14 @@ TERMINAL = ("command_rejected", "command_applied", "command_failed")
 
 
 def publish_command(command: schemas.Command, bootstrap: str, wait: bool, timeout: float) -> int:
-    """Publish one command (key = site id); with wait, print its lifecycle. Exit code:
+    """Publish one command (key = app id); with wait, print its lifecycle. Exit code:
     0 published/applied, 1 rejected/failed, 2 no outcome within the timeout."""
     from kafka import KafkaProducer
 
     cons = assigned_consumer(bootstrap, topics.notifications(command.app), False) if wait else None
     prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
-        prod.send(topics.COMMANDS, key=command.site.encode(), value=command.to_json()).get(15)
+        prod.send(topics.COMMANDS, key=command.app.encode(), value=command.to_json()).get(15)
     finally:
         prod.close()
     typer.echo(command.command_id)

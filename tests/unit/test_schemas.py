@@ -1,0 +1,75 @@
+"""docs/contract.md documents every message of ecovisor.schemas, and its examples are valid."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from ecovisor import schemas, topics
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
+ABSTRACT = {"Message", "Telemetry", "Command"}  # envelopes, documented under Conventions
+EXAMPLE = re.compile(r"<!-- example: (\w+) -->\n```json\n(.*?)\n```", re.S)
+
+
+def _models() -> dict[str, type[pydantic.BaseModel]]:
+    return {
+        n: o
+        for n, o in vars(schemas).items()
+        if inspect.isclass(o)
+        and issubclass(o, pydantic.BaseModel)
+        and o.__module__ == schemas.__name__
+    }
+
+
+def _examples() -> dict[str, str]:
+    return {name: body for name, body in EXAMPLE.findall(DOC)}
+
+
+@pytest.mark.parametrize("name", sorted(_models()))
+def test_every_model_is_documented(name: str) -> None:
+    assert f"`{name}`" in DOC, f"{name} is not described in docs/contract.md"
+    if name not in ABSTRACT:
+        assert name in _examples(), f"{name} has no JSON example in docs/contract.md"
+
+
+@pytest.mark.parametrize("name", sorted(_examples()))
+def test_examples_validate_against_their_model(name: str) -> None:
+    model = _models()[name]
+    body = _examples()[name]
+    parsed = model.model_validate_json(body)
+    # the example shows every field (it was generated from the model)
+    assert set(json.loads(body)) == set(parsed.model_dump())
+
+
+def test_telemetry_and_command_examples_parse_through_the_unions() -> None:
+    ex = _examples()
+    for name in ("SolarTelemetry", "CarbonTelemetry", "BatteryTelemetry", "NodeTelemetry",
+                 "ContainerTelemetry", "AppMetricsTelemetry"):  # fmt: skip
+        assert type(schemas.parse_telemetry(ex[name])).__name__ == name
+    for name, cls in ((c.__name__, c) for c in schemas.COMMAND_TYPES.values()):
+        assert isinstance(schemas.parse_command(ex[name]), cls)
+
+
+def test_every_topic_kind_and_command_type_is_documented() -> None:
+    for t in topics.static_topics():
+        assert f"`{t}`" in DOC, t
+    assert f"`{topics.NOTIFICATIONS_PREFIX}<app>`" in DOC
+    for kind in topics.TELEMETRY_KINDS:
+        assert f"`kind: {kind}`" in DOC, kind
+    for typ in schemas.COMMAND_TYPES:
+        assert f"| `{typ}` |" in DOC, typ
+    for typ in schemas.NotificationType.__args__:  # type: ignore[attr-defined]
+        assert f"`{typ}`" in DOC, typ
+
+
+def test_validation_errors_read_well() -> None:
+    with pytest.raises(pydantic.ValidationError) as e:
+        schemas.parse_telemetry(b'{"kind": "solar", "site": "s", "power_w": -1}')
+    reason = schemas.describe_validation_error(e.value)
+    assert "power_w" in reason and "greater than or equal to 0" in reason
