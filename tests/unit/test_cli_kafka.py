@@ -1,0 +1,122 @@
+"""`ecovisor cmd`, `tail` and `topics` against a real Kafka-protocol broker (tansu)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from typer.testing import CliRunner
+
+from ecovisor import cli, schemas, topics
+from ecovisor.embedded import create_topics
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def _end(bootstrap: str, topic: str) -> tuple[KafkaConsumer, TopicPartition]:
+    cons = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    cons.assign([tp])
+    cons.seek_to_end(tp)
+    cons.position(tp)
+    return cons, tp
+
+
+def test_cmd_publishes_a_valid_command(kafka_bootstrap: str) -> None:
+    cons, _ = _end(kafka_bootstrap, topics.COMMANDS)
+    r = runner.invoke(
+        cli.app,
+        ["cmd", "set-powercap", "--app", "web", "--container", "web-1", "--watts", "3.5",
+         "--token", "web-token-1234", "--site", "s1", "--bootstrap", kafka_bootstrap],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    command_id = r.output.strip().splitlines()[-1]
+    got = []
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got = [rec for recs in cons.poll(500).values() for rec in recs]
+    cons.close()
+    c = schemas.parse_command(got[0].value)
+    assert isinstance(c, schemas.SetContainerPowercap)
+    assert (c.command_id, c.app, c.container, c.watts, c.site) == (
+        command_id, "web", "web-1", 3.5, "s1",
+    )  # fmt: skip
+    assert got[0].key == b"web"
+
+
+def test_cmd_wait_follows_the_lifecycle(kafka_bootstrap: str) -> None:
+    create_topics(kafka_bootstrap, [topics.notifications("waitapp")])
+    cons, _ = _end(kafka_bootstrap, topics.COMMANDS)
+
+    def fake_ledger() -> None:  # answers like the ledger: accepted, then rejected
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            for recs in cons.poll(300).values():
+                for rec in recs:
+                    c = schemas.parse_command(rec.value)
+                    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+                    for typ in ("command_accepted", "command_rejected"):
+                        n = schemas.Notification(
+                            site=c.site, time=datetime.now(UTC), app=c.app, type=typ,
+                            command_id=c.command_id, reason="below idle floor"
+                            if typ == "command_rejected" else None,
+                        )  # fmt: skip
+                        prod.send(topics.notifications(c.app), n.to_json())
+                    prod.flush()
+                    prod.close()
+                    return
+
+    t = threading.Thread(target=fake_ledger)
+    t.start()
+    r = subprocess.run(
+        [sys.executable, "-m", "ecovisor.cli", "cmd", "set-powercap", "--app", "waitapp",
+         "--container", "c1", "--watts", "0.1", "--token", "tok-12345", "--site", "s1",
+         "--bootstrap", kafka_bootstrap, "--wait", "--timeout", "20"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    t.join()
+    cons.close()
+    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 1, r.stdout + r.stderr  # rejected
+    assert "command_accepted" in lines[1] and "command_rejected" in lines[2]
+    assert "below idle floor" in lines[2] and lines[0] in lines[2]
+
+
+def test_tail_json_and_readable(kafka_bootstrap: str) -> None:
+    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    marker = f"tail-{time.monotonic_ns()}"
+    dl = schemas.dead_letter(f"mqtt:{marker}", "broken", b"{x")
+    prod.send(topics.DEADLETTER, dl.model_dump_json().encode()).get(10)
+    prod.close()
+    args = ["tail", "deadletter", "--from-beginning", "--idle-timeout", "2",
+            "--bootstrap", kafka_bootstrap]  # fmt: skip
+    r = runner.invoke(cli.app, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    objs = [json.loads(line) for line in r.output.splitlines()]
+    assert any(o["origin"] == f"mqtt:{marker}" and o["raw"] == "{x" for o in objs)
+    r = runner.invoke(cli.app, args)
+    assert any(marker in ln and "reason='broken'" in ln for ln in r.output.splitlines())
+
+
+def test_tail_needs_app_for_notifications(kafka_bootstrap: str) -> None:
+    r = runner.invoke(cli.app, ["tail", "notifications", "--bootstrap", kafka_bootstrap])
+    assert r.exit_code == 2 and "--app" in r.output
+
+
+def test_topics_lists_and_creates(kafka_bootstrap: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "site: {id: s}\napps: [{id: newapp, token: newapp-token}]\n"
+        f"stack: {{kafka_bootstrap: '{kafka_bootstrap}'}}\n"
+    )
+    r = runner.invoke(cli.app, ["topics", "--config", str(cfg)])
+    assert r.exit_code == 1 and "MISSING ecovisor.notifications.newapp" in r.output
+    r = runner.invoke(cli.app, ["topics", "--create", "--config", str(cfg)])
+    assert r.exit_code == 0 and "ok      ecovisor.notifications.newapp" in r.output
