@@ -195,8 +195,9 @@ class PlatformEntry(BaseModel):
 class ControllerSetpoints(BaseModel):
     """Aggregates for the physical battery controller (paper §3.3), W.
 
-    ``grid_charge_w`` and ``max_discharge_w`` are for the NEXT tick, from the settings
-    and stores after this tick: Σ over apps with Rc > 0 of min(Rc, C-rate, room/Δt),
+    ``grid_charge_w`` and ``max_discharge_w`` are for the NEXT tick, from the stores
+    after this tick and the settings in force next tick (changes still queued that apply
+    then included): Σ over apps with Rc > 0 of min(Rc, C-rate, room/Δt),
     and Σ over apps with Rc = 0 of min(Rd, share limit, deliverable above reserve/Δt).
     ``net_battery_w`` is THIS tick's net battery power at the bus, positive = charging:
     Σ (solar_to_battery + solar_offered_in + grid_to_battery - battery_to_load) / Δt.
@@ -338,6 +339,8 @@ def _settings_in_force(state: AppState, k: int) -> tuple[AppSettings, tuple[Pend
 def validate_site(shape: SiteShape, shares: Mapping[str, AppShare]) -> None:
     """Raise ``ValueError`` naming every problem of a site's shares."""
     problems = []
+    if not math.isfinite(shape.drift_tolerance_wh):
+        problems.append("drift_tolerance_wh must be finite")
     try:
         split_solar(0, shares)
     except ValueError as e:
@@ -446,10 +449,18 @@ def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
         w.g2l = min(deficit, grid_cap)
         w.g2b = min(max(0, target - w.s2b), grid_cap - w.g2l)
     else:
-        out_cap = min(power_to_mj(_discharge_w(share, settings), dt),
-                      deliverable(before - limits.reserve_mj, limits.discharge_efficiency))
-        w.b2l = min(deficit, out_cap)
-        w.drawn = draw_for(w.b2l, limits.discharge_efficiency)
+        above = max(0, before - limits.reserve_mj)
+        can_give = deliverable(above, limits.discharge_efficiency)
+        rd = power_to_mj(_discharge_w(share, settings), dt)
+        w.b2l = min(deficit, rd, can_give)
+        if can_give < min(deficit, rd):
+            # the reserve binds: empty the battery to it. With η_d < 1 the least draw for
+            # floor(above * η_d) can leave up to ceil(1/η_d) - 1 mJ above the reserve that
+            # can never be delivered; it is drawn too (booked as loss) so the store
+            # reaches "empty" and battery_empty fires.
+            w.drawn = above
+        else:
+            w.drawn = draw_for(w.b2l, limits.discharge_efficiency)
         w.g2l = min(deficit - w.b2l, grid_cap)
     w.unserved = deficit - w.b2l - w.g2l
     return w
@@ -678,7 +689,7 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
 
     totals = _site_totals(entries, inp, unallocated, unalloc_curtailed, unalloc_exported,
                           unalloc_offered, platform)
-    controller = _controller(shares, shape, new_apps, entries)
+    controller = _controller(shares, shape, new_apps, entries, inp.k)
 
     alerts: list[SiteAlert] = []
     if totals.grid_cut_mj + platform_unserved:
@@ -753,8 +764,8 @@ def _site_totals(entries: Mapping[str, AppLedgerEntry], inp: SiteTickInput, unal
 
 
 def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
-                new_apps: Mapping[str, AppState], entries: Mapping[str, AppLedgerEntry]
-                ) -> ControllerSetpoints:
+                new_apps: Mapping[str, AppState], entries: Mapping[str, AppLedgerEntry],
+                k: int) -> ControllerSetpoints:
     dt = shape.tick_s
     grid_charge = max_discharge = 0.0
     net_mj = grid_actual_mj = 0
@@ -762,13 +773,16 @@ def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
         share = shares[a]
         e = entries[a]
         b = e.battery
-        if st.settings.charge_rate_w > 0:
+        # setpoints are for tick k+1: use the settings in force then, i.e. including the
+        # changes accepted during tick k that are still queued
+        nxt, _ = _settings_in_force(st, k + 1)
+        if nxt.charge_rate_w > 0:
             room = max_input_for_room(b.usable_mj - st.battery_mj, share.charge_efficiency)
-            grid_charge += min(st.settings.charge_rate_w, share.charge_limit_w,
+            grid_charge += min(nxt.charge_rate_w, share.charge_limit_w,
                                mj_to_power(room, dt))
         else:
             avail = deliverable(st.battery_mj - b.reserve_mj, share.discharge_efficiency)
-            max_discharge += min(_discharge_w(share, st.settings), mj_to_power(avail, dt))
+            max_discharge += min(_discharge_w(share, nxt), mj_to_power(avail, dt))
         f = e.flows
         net_mj += f.solar_to_battery + f.solar_offered_in + f.grid_to_battery - f.battery_to_load
         grid_actual_mj += f.grid_to_battery

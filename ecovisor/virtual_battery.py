@@ -43,8 +43,17 @@ def battery_limits(share: AppShare, shape: SiteShape) -> BatteryLimits:
     """The limits of ``share``'s battery for one tick of ``shape``.
 
     Raises ``ValueError`` if the reserve lies above the usable capacity (the share's
-    battery is too small for its solar headroom plus its reserve).
+    battery is too small for its solar headroom plus its reserve), or if a capacity,
+    grid share, charge/discharge limit or the site's solar nameplate is not finite.
     """
+    for name, value in (("battery_capacity_wh", share.battery_capacity_wh),
+                        ("grid_w", share.grid_w),
+                        ("charge limit W", share.charge_limit_w),
+                        ("discharge limit W", share.discharge_limit_w),
+                        ("site solar_nameplate_w", shape.solar_nameplate_w)):
+        # YAML .inf passes the share's own validation; integer mJ need finite values
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
     dt = shape.tick_s
     capacity = wh_to_mj(share.battery_capacity_wh)
     headroom = power_to_mj(share.solar_fraction * shape.solar_nameplate_w, dt)
