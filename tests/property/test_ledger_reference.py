@@ -108,7 +108,7 @@ def ref_battery(share: AppShare, shape: SiteShape) -> RefBattery | None:
 
 def reference_tick(share: AppShare, shape: SiteShape, bat: RefBattery, before: int,
                    rc_w: float, rd_w: float | None, solar: int, demand: int,
-                   intensity: float) -> dict[str, Fr]:
+                   intensity: float) -> dict[str, Fr | bool]:
     """One app, one tick, exact arithmetic, straight from the brief's rules."""
     dt = Fr(shape.tick_s)
     b = Fr(before)
@@ -122,6 +122,7 @@ def reference_tick(share: AppShare, shape: SiteShape, bat: RefBattery, before: i
     can_take = min(bat.charge_in, room_in)
     s2b = min(spare, can_take)  # solar-side controller, Rc or not (documented decision)
     b2l = g2b = drawn = Fr(0)
+    reserve_binds = False
     if rc_w > 0:
         target = min(Fr(rc_w) * dt * 1000, can_take)
         g2l = min(deficit, grid_cap)
@@ -130,6 +131,7 @@ def reference_tick(share: AppShare, shape: SiteShape, bat: RefBattery, before: i
         rd = bat.discharge_out if rd_w is None else min(bat.discharge_out, Fr(rd_w) * dt * 1000)
         above_reserve = max(Fr(0), b - bat.reserve)
         b2l = min(deficit, rd, above_reserve * bat.eta_d)
+        reserve_binds = above_reserve * bat.eta_d + TOL_MJ < min(deficit, rd)
         drawn = b2l / bat.eta_d
         g2l = min(deficit - b2l, grid_cap)
     unserved = deficit - b2l - g2l
@@ -148,6 +150,7 @@ def reference_tick(share: AppShare, shape: SiteShape, bat: RefBattery, before: i
         "after": after,
         "carbon_ug": (g2l + g2b) * i / 3600,
         "load_carbon_ug": g2l * i / 3600,
+        "reserve_binds": reserve_binds,
     }
 
 
@@ -259,6 +262,8 @@ def check_against_reference(share: AppShare, shape: SiteShape, bat: RefBattery,
     excess = f.solar_excess_curtailed + f.solar_exported
     _close(excess, ref["excess"], TOL_MJ, "excess")
     _close(entry.battery.after_mj, ref["after"], TOL_MJ, "after")
+    if ref["reserve_binds"]:  # "down to the reserve": exactly empty, not a few mJ above
+        assert entry.battery.after_mj == entry.battery.reserve_mj
     i = entry.intensity_g_per_kwh
     _close(entry.total.carbon_ug, ref["carbon_ug"], 2 * TOL_MJ * i / 3600 + 1, "carbon")
     _close(entry.battery.usable_mj, bat.usable, 1, "usable")
