@@ -1,0 +1,318 @@
+"""Ledger worker benchmark on the real embedded servers (own ports, temp dirs).
+
+1. Throughput from a pre-filled Kafka topic: N container samples are written to
+   ``ecovisor.telemetry`` first, then ONE ledger worker (``python -m streams.ledger
+   --clock event``) is started; rate = samples consumed between the first and the last
+   ledger entry / that wall time (so worker start-up and group join are excluded).
+2. Throughput through the MQTT bridge: the same samples published over MQTT (QoS 1) to
+   mosquitto, bridged to Kafka by ``python -m streams.bridge``, worker running.
+3. Tick-close latency at 1 s ticks, real-time clock: every second one sample per
+   container is published over MQTT stamped with the wall clock; latency = the tick
+   notification consumed minus the publish of that tick's last sample (it includes the
+   configured grace, which is the time the ledger waits on purpose), and minus the
+   tick's deadline (end + grace).
+
+Usage: python bench/bench_ledger.py [--containers 1000] [--ticks 60] [--per-tick 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ecovisor import topics  # noqa: E402
+from ecovisor.config import load_config  # noqa: E402
+from ecovisor.embedded import Server, free_port, mqtt_command, tansu_command  # noqa: E402
+from streams.ledger import prepare_topics  # noqa: E402
+
+SITE = "bench"
+
+
+def site_yaml(n: int, bootstrap: str, mqtt_port: int, web: int, state: Path, grace: float) -> str:
+    apps = ""
+    per_app = n // 10
+    for a in range(10):
+        apps += f"  - id: app{a}\n    token: bench-token-{a:04d}\n"
+        apps += "    shares: {solar_fraction: 0.1, battery_capacity_wh: 10.0, grid_w: 1000.0}\n"
+        apps += "    containers:\n"
+        for c in range(per_app):
+            cid = f"c{a}-{c}"
+            apps += (
+                f"      - {{id: {cid}, node: n1, backend: {{type: process, cgroup: b/{cid}}}}}\n"
+            )
+    return f"""schema_version: 1
+site:
+  id: {SITE}
+  shape: {{tick_s: 1.0, solar_nameplate_w: 100.0, battery_capacity_wh: 100.0}}
+  grace_s: {grace}
+  nodes: [{{id: n1, cores: 64}}]
+apps:
+{apps}stack:
+  kafka_bootstrap: "{bootstrap}"
+  mqtt_port: {mqtt_port}
+  ledger_web_port: {web}
+  state_dir: "{state}"
+"""
+
+
+def sample(c: str, app: str, seq: int, t: float, j: float) -> bytes:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}+00:00"
+    return (
+        f'{{"schema_version":1,"site":"{SITE}","time":"{ts}","source":"pm-{c}","seq":{seq},'
+        f'"kind":"container","app":"{app}","container":"{c}","node":"n1","cpu_s":0.0,'
+        f'"energy_j":{j:.3f}}}'
+    ).encode()
+
+
+def workload(n: int, ticks: int, per_tick: int, t0: float) -> list[tuple[str, bytes]]:
+    """(mqtt topic, payload) of n containers over `ticks` ticks, `per_tick` samples each."""
+    out = []
+    per_app = n // 10
+    for i in range(ticks * per_tick):
+        t = t0 + i / per_tick
+        for a in range(10):
+            for c in range(per_app):
+                cid = f"c{a}-{c}"
+                j = (i + 1) * (1.0 + c % 7) / per_tick
+                out.append(
+                    (
+                        topics.mqtt_telemetry(SITE, "container", f"pm-{cid}"),
+                        sample(cid, f"app{a}", i, t, j),
+                    )
+                )
+    return out
+
+
+def start(module: str, cfg: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "--config", str(cfg), *args],
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    p.terminate()
+    try:
+        p.wait(15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float) -> list[float]:
+    """Wall times at which each new record of `topic` was consumed, until `stop_at`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    c.assign([tp])
+    c.seek_to_end(tp)
+    times: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(times) < stop_at and time.monotonic() < deadline:
+        for batch in c.poll(timeout_ms=100).values():
+            now = time.monotonic()
+            times.extend(now for _ in batch)
+    c.close()
+    return times
+
+
+def run_throughput(
+    d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int, per_tick: int, via_mqtt: bool
+) -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    cfg_path = d / ("mqtt.yaml" if via_mqtt else "kafka.yaml")
+    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / "state", 0.5))
+    cfg = load_config(cfg_path)
+    prepare_topics(cfg, bootstrap)
+    t0 = float(int(time.time()) - 100_000 - (3000 if via_mqtt else 0))
+    msgs = workload(n, ticks, per_tick, t0)
+    # the ledger consumer group starts at the committed offset, else the earliest; use a
+    # fresh site per run by starting from what is already in the topic: measure by entries
+    apps = 10
+    if not via_mqtt:
+        p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+        for _, payload in msgs:
+            p.send(topics.TELEMETRY, payload, key=SITE.encode())
+        p.flush()
+        p.close()
+    # samples sit on tick starts: the last two ticks stay open (end + grace not reached)
+    closed = ticks - 2
+    want = apps * closed
+    watch: list[float] = []
+    th = threading.Thread(
+        target=lambda: watch.extend(ledger_watch(bootstrap, topics.LEDGER, want, 300))
+    )
+    th.start()
+    time.sleep(1.0)
+    worker = start("streams.ledger", cfg_path, d / "ledger.log", "--clock", "event")
+    bridge = None
+    try:
+        if via_mqtt:
+            import paho.mqtt.client as mqtt
+
+            bridge = start("streams.bridge", cfg_path, d / "bridge.log")
+            time.sleep(4.0)  # worker joins its group, bridge subscribes
+            cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
+            cl.max_inflight_messages_set(1000)
+            cl.max_queued_messages_set(0)
+            cl.connect("127.0.0.1", mqtt_port)
+            cl.loop_start()
+            infos = [cl.publish(t, pl, qos=1) for t, pl in msgs]
+            for i in infos:
+                i.wait_for_publish(120)
+            cl.loop_stop()
+            cl.disconnect()
+        th.join()
+    finally:
+        if bridge:
+            stop(bridge)
+        stop(worker)
+    if len(watch) < want:
+        return {"error": f"only {len(watch)} of {want} entries; see {d}/ledger.log"}
+    # tick 0 closes once tick 1's samples arrive; the last closes after all samples:
+    # between them the worker consumed (ticks - 2) ticks' worth of samples
+    first, last = watch[apps - 1], watch[-1]
+    samples_between = (ticks - 2) * n * per_tick
+    return {
+        "samples": len(msgs),
+        "ticks_closed": closed,
+        "wall_s": round(last - first, 3),
+        "samples_per_s": round(samples_between / (last - first)),
+        "ticks_per_s": round((closed - 1) / (last - first), 2),
+    }
+
+
+def run_latency(d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int) -> dict[str, Any]:
+    import paho.mqtt.client as mqtt
+    from kafka import KafkaConsumer, TopicPartition
+
+    grace = 0.2
+    cfg_path = d / "latency.yaml"
+    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / "state-l", grace))
+    cfg = load_config(cfg_path)
+    prepare_topics(cfg, bootstrap)
+    worker = start("streams.ledger", cfg_path, d / "ledger-l.log", "--clock", "realtime")
+    bridge = start("streams.bridge", cfg_path, d / "bridge-l.log")
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(topics.notifications("app0"), 0)
+    c.assign([tp])
+    c.seek_to_end(tp)
+    last_pub: dict[int, float] = {}
+    got: dict[int, float] = {}
+    stop_ev = threading.Event()
+
+    def consume() -> None:
+        while not stop_ev.is_set():
+            for batch in c.poll(timeout_ms=50).values():
+                now = time.time()
+                for r in batch:
+                    m = json.loads(r.value)
+                    if m["type"] == "tick" and m["tick"] not in got:
+                        got[m["tick"]] = now
+
+    th = threading.Thread(target=consume)
+    th.start()
+    cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lat")
+    cl.max_inflight_messages_set(1000)
+    cl.connect("127.0.0.1", mqtt_port)
+    cl.loop_start()
+    time.sleep(5.0)  # group join
+    per_app = n // 10
+    try:
+        for i in range(ticks):
+            # publish one sample per container in the middle of each second
+            now = time.time()
+            time.sleep(max(0.0, int(now) + 1.5 - now))
+            k = int(time.time())
+            for a in range(10):
+                for cc in range(per_app):
+                    cid = f"c{a}-{cc}"
+                    t = time.time()
+                    cl.publish(
+                        topics.mqtt_telemetry(SITE, "container", f"pm-{cid}"),
+                        sample(cid, f"app{a}", i, t, (i + 1) * 1.0),
+                        qos=1,
+                    )
+            last_pub[k] = time.time()
+        time.sleep(3.0)
+    finally:
+        stop_ev.set()
+        th.join()
+        cl.loop_stop()
+        c.close()
+        stop(bridge)
+        stop(worker)
+    lat = sorted(got[k] - last_pub[k] for k in last_pub if k in got)
+    ded = sorted(got[k] - (k + 1 + grace) for k in last_pub if k in got)
+    if len(lat) < 3:
+        return {"error": f"only {len(lat)} ticks seen; see {d}"}
+    lat, ded = lat[2:], ded[2:]  # warm-up
+
+    def pct(xs: list[float], p: float) -> float:
+        return round(1000 * xs[min(len(xs) - 1, int(p * len(xs)))], 1)
+
+    return {
+        "ticks": len(lat),
+        "publish_to_notification_ms": {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99)},
+        "deadline_to_notification_ms": {"p50": pct(ded, 0.5), "p99": pct(ded, 0.99)},
+        "grace_ms": grace * 1000,
+        "mean_ms": round(1000 * statistics.mean(lat), 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--containers", type=int, default=1000)
+    ap.add_argument("--ticks", type=int, default=40)
+    ap.add_argument("--per-tick", type=int, default=1, help="samples per container per tick")
+    ap.add_argument("--latency-ticks", type=int, default=20)
+    ap.add_argument("--skip", default="", help="comma list of: kafka,mqtt,latency")
+    a = ap.parse_args()
+    skip = set(a.skip.split(","))
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.platform()}"
+    )
+    print(
+        f"workload: {a.containers} containers in 10 apps of one site, 1 s ticks, "
+        f"{a.per_tick} sample(s) per container per tick, {a.ticks} ticks; one worker"
+    )
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td)
+        kport, mport = free_port(), free_port()
+        tansu = Server(tansu_command(kport), kport, d / "tansu.log").start()
+        mqtt_srv = Server(mqtt_command(mport, d / "mqtt"), mport, d / "mqtt.log").start()
+        bootstrap = f"127.0.0.1:{kport}"
+        try:
+            if "kafka" not in skip:
+                r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, False)
+                print("pre-filled Kafka topic -> ledger:", json.dumps(r))
+            if "mqtt" not in skip:
+                r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, True)
+                print("MQTT -> bridge -> Kafka -> ledger:", json.dumps(r))
+            if "latency" not in skip:
+                r = run_latency(d, bootstrap, mport, a.containers, a.latency_ticks)
+                print("tick-close latency (real-time clock, MQTT):", json.dumps(r))
+        finally:
+            mqtt_srv.stop()
+            tansu.stop()
+
+
+if __name__ == "__main__":
+    main()
