@@ -200,10 +200,42 @@ def config_warnings(cfg: EcovisorConfig) -> list[str]:
     return warns
 
 
+SOURCE_VALIDATORS = {
+    "solar": "collectors.solar",
+    "carbon": "collectors.carbon",
+    "battery": "collectors.battery_device",
+}
+
+
+def source_errors(cfg: EcovisorConfig) -> list[str]:
+    """Type-specific options of site.solar/carbon/battery, checked by their collectors
+    (``validate_options``; skipped for a collector that is not installed)."""
+    from ecovisor.stack import module_exists
+
+    errors = []
+    for section, module in SOURCE_VALIDATORS.items():
+        if getattr(cfg.site, section) is None or not module_exists(module):
+            continue
+        validate = getattr(importlib.import_module(module), "validate_options", None)
+        if validate is None:
+            continue
+        try:
+            validate(getattr(cfg.site, section))
+        except ConfigError as e:
+            errors.append(str(e))
+    return errors
+
+
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
     """Validate a site configuration; print a summary or readable errors (exit 1)."""
     cfg, path = _load(config)
+    errors = source_errors(cfg)
+    if errors:
+        typer.echo(f"error: {path}: invalid configuration:", err=True)
+        for e in errors:
+            typer.echo(f"  - {e}", err=True)
+        raise typer.Exit(1)
     typer.echo(f"{path}: OK")
     typer.echo(config_summary(cfg))
     for w in config_warnings(cfg):

@@ -51,6 +51,15 @@ def test_config_check_reports_readable_errors(tmp_path: Path) -> None:
     assert "unknown node 'nope'" in r.output and "solar fractions" in r.output
 
 
+def test_config_check_validates_source_options(tmp_path: Path) -> None:
+    text = DEMO.read_text().replace("type: synthetic", "type: no-such-carbon-source")
+    bad = tmp_path / "bad-source.yaml"
+    bad.write_text(text)
+    r = runner.invoke(cli.app, ["config", "check", "--config", str(bad)])
+    assert r.exit_code == 1
+    assert "site.carbon.type 'no-such-carbon-source' is unknown" in r.output
+
+
 def test_config_check_missing_file() -> None:
     r = runner.invoke(cli.app, ["config", "check", "--config", "/nonexistent.yaml"])
     assert r.exit_code == 1 and "no such configuration file" in r.output
