@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -404,18 +405,28 @@ def _wait_socket(state_dir: Path, proc: subprocess.Popen[bytes] | None, timeout:
     raise StackError(f"supervisord did not answer within {timeout:.0f} s")
 
 
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
 def start_services(p: Plan, state_dir: Path, say: Printer, timeout: float = 60.0) -> None:
     """Wait for the servers, create every topic, then start the rest in priority order."""
     server = rpc(state_dir)
     for s in p.services:
         if s.server and s.port:
             say(f"  waiting for {s.name} on port {s.port} ...")
-            try:
-                embedded.wait_for_port(s.port, timeout=timeout)
-            except embedded.StackError as e:
-                raise StackError(
-                    f"{s.name} did not come up ({e}); see `ecovisor logs {s.name}`"
-                ) from None
+            deadline = time.monotonic() + timeout
+            while not _port_open(s.port):
+                state = server.supervisor.getProcessInfo(s.name)["statename"]
+                if state in ("FATAL", "EXITED") or time.monotonic() > deadline:
+                    raise StackError(
+                        f"{s.name} did not come up ({state}); see `ecovisor logs {s.name}`"
+                    )
+                time.sleep(0.1)
     say(f"  creating {len(p.topics)} topics on {p.bootstrap} ...")
     try:
         embedded.create_topics(p.bootstrap, p.topics, timeout=timeout)
@@ -471,6 +482,13 @@ def up(
     if clean_stale(state_dir, say):
         say("cleaned stale state of a previous run")
     p = prepare(cfg, config_file, state_dir)
+    busy = [f"{s.name} port {s.port}" for s in p.services if s.server and s.port
+            and _port_open(s.port)]  # fmt: skip
+    if busy:
+        raise StackError(
+            f"already in use: {', '.join(busy)} (another stack or server?); change the "
+            "ports in the configuration's stack section or stop it"
+        )
     for note in p.skipped:
         say(f"  skip {note}")
     say(f"starting supervisord (state in {state_dir}) ...")

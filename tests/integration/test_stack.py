@@ -124,6 +124,12 @@ def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path
     again = _cli("up", "--detach", "--config", cfg)
     assert again.returncode != 0 and "already running" in again.stderr
 
+    # another stack on the same ports is refused up front, with the reason
+    other = tmp_path / "other.yaml"
+    other.write_text(site_file.read_text().replace("/state", "/state-other"))
+    clash = _cli("up", "--detach", "--config", str(other))
+    assert clash.returncode == 1 and f"kafka port {kport}" in clash.stderr
+
     state = tmp_path / "state"
     pids = _pids(state)
     assert len(pids) >= 4 and all(pid_alive(p) for p in pids)
