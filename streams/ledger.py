@@ -573,15 +573,19 @@ def build_app(
     )
     commands = app.topic(topics.COMMANDS, value_type=bytes, key_type=bytes)
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)
-    snapshots = app.Table("snapshots", partitions=1, use_partitioner=True)
-    counters = app.Table("counters", partitions=1, use_partitioner=True)
+    snapshots = app.Table(
+        "snapshots", partitions=1, use_partitioner=True, key_type=bytes, value_type=bytes
+    )
+    counters = app.Table(
+        "counters", partitions=1, use_partitioner=True, key_type=bytes, value_type=bytes
+    )
     site = cfg.site.id
     rt = Runtime(cfg, clock_mode=clock)
     app.ecovisor_runtime = rt  # for tests and the bench
 
     def ensure_loaded() -> SiteLedger:
         if rt.ledger is None:
-            raw = snapshots.get(site)
+            raw = snapshots.get(site.encode())
             rt.ledger = SiteLedger.restore(cfg, raw) if raw else SiteLedger.new(cfg)
             for key, val in counters.items():
                 a, _, k = key.decode().rpartition(":")
@@ -607,7 +611,7 @@ def build_app(
             old = f"{a}:{k - HISTORY_TICKS}".encode()
             if old in counters:
                 del counters[old]
-        snapshots[site] = led.snapshot()
+        snapshots[site.encode()] = led.snapshot()
         rt.persisted += 1
 
     async def after_close(led: SiteLedger, now_us: int) -> None:

@@ -111,7 +111,9 @@ class Reader:
         while time.monotonic() < deadline:
             if pred(self.poll()):
                 return self.items
-        raise AssertionError(f"timed out; have {len(self.items)} items: {self.items[-3:]}")
+        raise AssertionError(
+            f"timed out; have {len(self.items)} items; last: {str(self.items[-1:])[:300]}"
+        )
 
     def close(self) -> None:
         self.c.close()

@@ -1,0 +1,174 @@
+"""SIGKILL the Faust ledger worker mid-stream, restart it: the ledger is identical to an
+uninterrupted run (every entry, hence every cumulative total), duplicates included."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecovisor import topics
+from ecovisor.config import load_config
+from ecovisor.embedded import free_port
+from ecovisor.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from streams.ledger import prepare_topics
+from tests.integration.test_ledger_e2e import Reader, at, start, stop
+
+pytestmark = pytest.mark.integration
+
+N_CONT = 20  # per app
+TICKS = 40
+PER_TICK = 4
+
+
+def config(tmp: Path, site: str, bootstrap: str) -> Path:
+    apps = ""
+    for app in ("a", "b"):
+        apps += f"  - id: {app}\n    token: tok-{site}-{app}-xxxx\n"
+        apps += "    shares: {solar_fraction: 0.5, battery_capacity_wh: 2.0, grid_w: 50.0}\n"
+        apps += "    containers:\n"
+        for c in range(N_CONT):
+            cid = f"{site}-{app}{c}"
+            apps += (
+                f"      - {{id: {cid}, node: n1, backend: {{type: process, cgroup: r/{cid}}}}}\n"
+            )
+    p = tmp / f"{site}.yaml"
+    p.write_text(
+        f"""schema_version: 1
+site:
+  id: {site}
+  shape: {{tick_s: 1.0, solar_nameplate_w: 4.0, battery_capacity_wh: 4.0}}
+  grace_s: 0.5
+  nodes: [{{id: n1, cores: 8}}]
+apps:
+{apps}stack:
+  kafka_bootstrap: "{bootstrap}"
+  ledger_web_port: {free_port()}
+  state_dir: "{tmp / site}"
+"""
+    )
+    return p
+
+
+def workload(site: str, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    out: list[Any] = []
+    energy: dict[str, float] = {}
+    solar_j = 0.0
+    for i in range(TICKS * PER_TICK):
+        t = i / PER_TICK
+        solar_j += rng.uniform(0, 1.5)
+        out.append(
+            SolarTelemetry(site=site, time=at(t), source="pv", seq=i, power_w=3, energy_j=solar_j)
+        )
+        if i % 3 == 0:
+            out.append(
+                CarbonTelemetry(
+                    site=site,
+                    time=at(t),
+                    source="co2",
+                    seq=i,
+                    intensity_g_per_kwh=rng.uniform(100, 400),
+                )
+            )
+        for app in ("a", "b"):
+            for c in range(N_CONT):
+                cid = f"{site}-{app}{c}"
+                energy[cid] = energy.get(cid, 0.0) + rng.uniform(0, 0.6)
+                m = ContainerTelemetry(
+                    site=site,
+                    time=at(t),
+                    source=f"pm-{cid}",
+                    seq=i,
+                    app=app,
+                    container=cid,
+                    node="n1",
+                    cpu_s=0.0,
+                    energy_j=round(energy[cid], 3),
+                )
+                out.append(m)
+                if rng.random() < 0.02:
+                    out.append(m)  # duplicate
+    return [m.to_json() for m in out]
+
+
+def publish(bootstrap: str, payloads: list[bytes], site: str) -> None:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for v in payloads:
+        p.send(topics.TELEMETRY, v, key=site.encode())
+    p.flush()
+    p.close()
+
+
+def entries_of(reader: Reader, site: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for e in reader.items:
+        if e.get("site") == site:
+            out.setdefault((e["app"], e["k"]), []).append(e)
+    return out
+
+
+def normalised(e: dict[str, Any], site: str) -> str:
+    return json.dumps(e, sort_keys=True).replace(site, "SITE")
+
+
+def test_sigkill_restart_gives_identical_ledger(kafka_bootstrap: str, tmp_path: Path) -> None:
+    ref_site, kill_site = "zzref", "zzkil"  # distinct from any other text in an entry
+    want = 2 * (TICKS - 1)  # the last tick stays open
+    reader = Reader(kafka_bootstrap, topics.LEDGER)
+    procs = []
+    try:
+        # uninterrupted reference run
+        ref_cfg = config(tmp_path, ref_site, kafka_bootstrap)
+        prepare_topics(load_config(ref_cfg), kafka_bootstrap)
+        publish(kafka_bootstrap, workload(ref_site), ref_site)
+        ref = start("streams.ledger", ref_cfg, tmp_path / "ref.log", "--clock", "event")
+        procs.append(ref)
+        reader.wait(lambda _: len(entries_of(reader, ref_site)) >= want, timeout=60)
+
+        # interrupted run: publish 60 %, SIGKILL once some ticks are out, publish the rest
+        kill_cfg = config(tmp_path, kill_site, kafka_bootstrap)
+        prepare_topics(load_config(kill_cfg), kafka_bootstrap)
+        payloads = workload(kill_site)
+        cut = int(len(payloads) * 0.6)
+        publish(kafka_bootstrap, payloads[:cut], kill_site)
+        w1 = start("streams.ledger", kill_cfg, tmp_path / "kill1.log", "--clock", "event")
+        procs.append(w1)
+        reader.wait(lambda _: len(entries_of(reader, kill_site)) >= 2 * 10, timeout=60)
+        time.sleep(0.3)  # let it get further than the last snapshot
+        w1.send_signal(signal.SIGKILL)
+        w1.wait(10)
+        before_kill = len(entries_of(reader, kill_site))
+        assert before_kill < want, "the kill must happen mid-stream"
+        publish(kafka_bootstrap, payloads[cut:], kill_site)
+        w2 = start("streams.ledger", kill_cfg, tmp_path / "kill2.log", "--clock", "event")
+        procs.append(w2)
+        reader.wait(lambda _: len(entries_of(reader, kill_site)) >= want, timeout=90)
+        time.sleep(1.0)
+        reader.poll()
+        ref_e = entries_of(reader, ref_site)
+        got = entries_of(reader, kill_site)
+        assert sorted(got) == sorted(ref_e)
+        for key, versions in got.items():
+            # re-sent entries (after the restart) are identical to the first ones
+            assert len({normalised(v, kill_site) for v in versions}) == 1, key
+            assert normalised(versions[0], kill_site) == normalised(ref_e[key][0], ref_site)
+        # the restart resumed from a snapshot (the first ticks were not recomputed)
+        first_k = min(k for _, k in got)
+        assert len(got[("a", first_k)]) == 1
+        last_k = max(k for _, k in got)
+        for app in ("a", "b"):
+            tot = got[(app, last_k)][0]["cumulative"]["total"]
+            assert tot == ref_e[(app, last_k)][0]["cumulative"]["total"]
+            assert tot["energy_mj"] > 0 and tot["carbon_ug"] > 0
+    finally:
+        reader.close()
+        for p in procs:
+            stop(p)
