@@ -6,6 +6,7 @@ tests (directly, on their own ports)."""
 from __future__ import annotations
 
 import contextlib
+import getpass
 import importlib.util
 import shutil
 import socket
@@ -69,6 +70,9 @@ def mosquitto_conf(port: int, state_dir: Path) -> Path:
     conf = state_dir / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
+        # as root, mosquitto would drop to user 'mosquitto', which cannot write the
+        # persistence file in our state dir: stay the invoking user
+        f"user {getpass.getuser()}\n"
         "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {state_dir}/\n"

@@ -225,3 +225,34 @@ def test_sigkill_mid_stream_loses_no_accepted_message(
     assert "session present: True" in bridge.log.read_text()
     assert len(seen) == n, f"lost {sorted(set(range(n)) - seen)[:20]}..."
     print(f"\n{n} QoS1 messages through a SIGKILLed+restarted bridge in {elapsed:.1f} s")
+
+
+def test_bridge_reconnects_after_mqtt_broker_restart(
+    bridge: BridgeProc, site: str, kafka_bootstrap: str, mqtt_server: Server
+) -> None:
+    reader = Reader(kafka_bootstrap, topics.TELEMETRY)
+    pub = _publisher(mqtt_server.port, "pub")
+    _wait_subscribed(pub, reader, site)
+    pub.loop_stop()
+    pub.disconnect()
+    mqtt_server.stop()  # broker gone: the bridge must retry with backoff, not exit
+    time.sleep(1.0)
+    assert bridge.proc is not None and bridge.proc.poll() is None
+    mqtt_server.start()  # same port, same persistence directory
+    pub = _publisher(mqtt_server.port, "pub2")
+    topic = topics.mqtt_telemetry(site, "solar", "pv-9")
+    for seq in range(20):
+        m = schemas.SolarTelemetry(site=site, time=T0, source="pv-9", seq=seq, power_w=1,
+                                   energy_j=seq)  # fmt: skip
+        pub.publish(topic, m.to_json(), qos=1)
+    got: set[int] = set()
+    deadline = time.monotonic() + 20
+    while len(got) < 20 and time.monotonic() < deadline:
+        got |= {g["seq"] for g in reader.read(20, site.encode(), 1) if g["source"] == "pv-9"}
+    pub.loop_stop()
+    reader.close()
+    assert got == set(range(20))
+    log = bridge.log.read_text()
+    assert log.count("MQTT connected") >= 2
+    # the broker kept the bridge's session (and its subscription) across its restart
+    assert "session present: True" in log
