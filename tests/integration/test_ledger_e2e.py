@@ -296,6 +296,31 @@ def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None
         cn = httpx.get(f"{base}/ecovisor/counters/a", params=q, timeout=5).json()
         assert cn["energy_j"] == 6.0 and cn["ticks"] == [k0 + 1, k0 + 1]
         prod.close()
+        # researchers' export: the same two ticks, de-duplicated, as CSV
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ecovisor.cli",
+                "export",
+                "--app",
+                "a",
+                "--from",
+                at(0).isoformat(),
+                "--to",
+                at(5).isoformat(),
+                "--csv",
+                "--config",
+                str(stack["cfg"]),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.splitlines()
+        assert out[0].startswith("site,app,tick") and len(out) == 3
+        assert [float(r.split(",")[6]) for r in out[1:]] == [4.0, 6.0]  # demand_j
     finally:
         pub.close()
         for r in (led_r, na, nb):
