@@ -38,10 +38,12 @@ from ecovisor.config import load_config  # noqa: E402
 from ecovisor.embedded import Server, free_port, mqtt_command, tansu_command  # noqa: E402
 from streams.ledger import prepare_topics  # noqa: E402
 
-SITE = "bench"
+SITE = "bench"  # each run uses its own site (own Faust app, tables and state)
 
 
-def site_yaml(n: int, bootstrap: str, mqtt_port: int, web: int, state: Path, grace: float) -> str:
+def site_yaml(
+    n: int, bootstrap: str, mqtt_port: int, web: int, state: Path, grace: float, site: str
+) -> str:
     apps = ""
     per_app = n // 10
     for a in range(10):
@@ -55,7 +57,7 @@ def site_yaml(n: int, bootstrap: str, mqtt_port: int, web: int, state: Path, gra
             )
     return f"""schema_version: 1
 site:
-  id: {SITE}
+  id: {site}
   shape: {{tick_s: 1.0, solar_nameplate_w: 100.0, battery_capacity_wh: 100.0}}
   grace_s: {grace}
   nodes: [{{id: n1, cores: 64}}]
@@ -68,16 +70,18 @@ apps:
 """
 
 
-def sample(c: str, app: str, seq: int, t: float, j: float) -> bytes:
+def sample(site: str, c: str, app: str, seq: int, t: float, j: float) -> bytes:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}+00:00"
     return (
-        f'{{"schema_version":1,"site":"{SITE}","time":"{ts}","source":"pm-{c}","seq":{seq},'
+        f'{{"schema_version":1,"site":"{site}","time":"{ts}","source":"pm-{c}","seq":{seq},'
         f'"kind":"container","app":"{app}","container":"{c}","node":"n1","cpu_s":0.0,'
         f'"energy_j":{j:.3f}}}'
     ).encode()
 
 
-def workload(n: int, ticks: int, per_tick: int, t0: float) -> list[tuple[str, bytes]]:
+def workload(
+    n: int, ticks: int, per_tick: int, t0: float, site: str = SITE
+) -> list[tuple[str, bytes]]:
     """(mqtt topic, payload) of n containers over `ticks` ticks, `per_tick` samples each."""
     out = []
     per_app = n // 10
@@ -89,8 +93,8 @@ def workload(n: int, ticks: int, per_tick: int, t0: float) -> list[tuple[str, by
                 j = (i + 1) * (1.0 + c % 7) / per_tick
                 out.append(
                     (
-                        topics.mqtt_telemetry(SITE, "container", f"pm-{cid}"),
-                        sample(cid, f"app{a}", i, t, j),
+                        topics.mqtt_telemetry(site, "container", f"pm-{cid}"),
+                        sample(site, cid, f"app{a}", i, t, j),
                     )
                 )
     return out
@@ -136,19 +140,20 @@ def run_throughput(
 ) -> dict[str, Any]:
     from kafka import KafkaProducer
 
-    cfg_path = d / ("mqtt.yaml" if via_mqtt else "kafka.yaml")
-    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / "state", 0.5))
+    site = "bench-mqtt" if via_mqtt else "bench-kafka"
+    cfg_path = d / f"{site}.yaml"
+    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / site, 0.5, site))
     cfg = load_config(cfg_path)
     prepare_topics(cfg, bootstrap)
     t0 = float(int(time.time()) - 100_000 - (3000 if via_mqtt else 0))
-    msgs = workload(n, ticks, per_tick, t0)
+    msgs = workload(n, ticks, per_tick, t0, site)
     # the ledger consumer group starts at the committed offset, else the earliest; use a
     # fresh site per run by starting from what is already in the topic: measure by entries
     apps = 10
     if not via_mqtt:
         p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
         for _, payload in msgs:
-            p.send(topics.TELEMETRY, payload, key=SITE.encode())
+            p.send(topics.TELEMETRY, payload, key=site.encode())
         p.flush()
         p.close()
     # samples sit on tick starts: the last two ticks stay open (end + grace not reached)
@@ -160,13 +165,13 @@ def run_throughput(
     )
     th.start()
     time.sleep(1.0)
-    worker = start("streams.ledger", cfg_path, d / "ledger.log", "--clock", "event")
+    worker = start("streams.ledger", cfg_path, d / f"ledger-{site}.log", "--clock", "event")
     bridge = None
     try:
         if via_mqtt:
             import paho.mqtt.client as mqtt
 
-            bridge = start("streams.bridge", cfg_path, d / "bridge.log")
+            bridge = start("streams.bridge", cfg_path, d / f"bridge-{site}.log")
             time.sleep(4.0)  # worker joins its group, bridge subscribes
             cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
             cl.max_inflight_messages_set(1000)
@@ -184,7 +189,7 @@ def run_throughput(
             stop(bridge)
         stop(worker)
     if len(watch) < want:
-        return {"error": f"only {len(watch)} of {want} entries; see {d}/ledger.log"}
+        return {"error": f"only {len(watch)} of {want} entries; see {d}"}
     # tick 0 closes once tick 1's samples arrive; the last closes after all samples:
     # between them the worker consumed (ticks - 2) ticks' worth of samples
     first, last = watch[apps - 1], watch[-1]
@@ -203,8 +208,9 @@ def run_latency(d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int) -> 
     from kafka import KafkaConsumer, TopicPartition
 
     grace = 0.2
+    site = "bench-latency"
     cfg_path = d / "latency.yaml"
-    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / "state-l", grace))
+    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / site, grace, site))
     cfg = load_config(cfg_path)
     prepare_topics(cfg, bootstrap)
     worker = start("streams.ledger", cfg_path, d / "ledger-l.log", "--clock", "realtime")
@@ -245,8 +251,8 @@ def run_latency(d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int) -> 
                     cid = f"c{a}-{cc}"
                     t = time.time()
                     cl.publish(
-                        topics.mqtt_telemetry(SITE, "container", f"pm-{cid}"),
-                        sample(cid, f"app{a}", i, t, (i + 1) * 1.0),
+                        topics.mqtt_telemetry(site, "container", f"pm-{cid}"),
+                        sample(site, cid, f"app{a}", i, t, (i + 1) * 1.0),
                         qos=1,
                     )
             last_pub[k] = time.time()
@@ -293,7 +299,9 @@ def main() -> None:
         f"workload: {a.containers} containers in 10 apps of one site, 1 s ticks, "
         f"{a.per_tick} sample(s) per container per tick, {a.ticks} ticks; one worker"
     )
-    with tempfile.TemporaryDirectory() as td:
+    td = tempfile.mkdtemp(prefix="bench-ledger-")
+    print(f"logs: {td}")
+    if True:
         d = Path(td)
         kport, mport = free_port(), free_port()
         tansu = Server(tansu_command(kport), kport, d / "tansu.log").start()
