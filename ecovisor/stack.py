@@ -75,6 +75,8 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)
     bootstrap: str = ""
     topics: list[str] = field(default_factory=list)
+    # cgroups of the containers the stack launches (released when the stack stops)
+    cgroups: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def module_exists(module: str) -> bool:
@@ -169,6 +171,10 @@ def plan(
     for c in containers:
         if c.command:
             py(f"container-{c.id}", "actuators.cgexec", PRIO_WORKLOAD, "--container", c.id)
+            if c.backend.type != "lxd":
+                p.cgroups.append(
+                    {"type": c.backend.type, "cgroup": c.backend.cgroup, "root": c.backend.root}
+                )
     py("api", "ecovisor.api", PRIO_API)
     for a in cfg.apps:
         for pol in a.policies:
@@ -356,6 +362,7 @@ def clean_stale(state_dir: Path, say: Printer) -> bool:
     if killed:
         say(f"killed {len(killed)} orphaned process(es) of a dead supervisord: {killed}")
         stale = True
+    release_cgroups(data.get("cgroups", []), say)
     for f in (socket_path(state_dir), state_dir / "supervisord.pid", state_dir / "stack.json"):
         if f.exists():
             f.unlink()
@@ -387,9 +394,32 @@ def prepare(
             "bootstrap": p.bootstrap,
             "services": [asdict(s) for s in p.services],
             "skipped": p.skipped,
+            "cgroups": p.cgroups,
         },
     )
     return p
+
+
+def release_cgroups(cgroups: list[dict[str, Any]], say: Printer) -> None:
+    """Remove the (now empty) cgroups of the containers the stack launched, so a cap,
+    quota or freeze of this run never outlives it: the embedded broker keeps no state,
+    and with an external broker the container actuator re-applies the last setpoints."""
+    from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+
+    for cg in cgroups:
+        path, root = cg.get("cgroup"), cg.get("root")
+        if not path:
+            continue
+        backend = (CgroupV2Backend if cg.get("type") == "cgroup_v2" else CgroupV1Backend)(
+            path, root
+        )
+        try:
+            if backend.exists() and backend.procs():
+                say(f"cgroup {path} still has processes; left in place")
+                continue
+            backend.remove()
+        except (BackendError, OSError) as e:
+            say(f"could not remove cgroup {path}: {e}")
 
 
 def _wait_socket(state_dir: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

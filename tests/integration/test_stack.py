@@ -179,3 +179,41 @@ def test_down_cleans_stale_state_of_a_killed_supervisord(site_file: Path, tmp_pa
     st = _cli("status", "--config", cfg)
     assert st.returncode == 1 and "stale" in st.stdout
     assert _wait_gone(pids) == []  # the orphans were killed from the recorded pids
+
+
+def test_down_releases_the_cgroups_of_launched_containers(site_file: Path) -> None:
+    """A cap written during a run must not outlive it: `down` removes the containers'
+    (empty) cgroups, so the next `up` starts them unlimited."""
+    cg = f"ecovisor-test-stack-{os.getpid()}/c1"
+    cpu_dir = Path("/sys/fs/cgroup/cpu") / cg
+    if not Path("/sys/fs/cgroup/cpu").is_dir() or os.geteuid() != 0:
+        pytest.skip("needs root and a cgroup v1 cpu hierarchy")
+    text = site_file.read_text().replace(
+        "    token: tiny-web-token\n",
+        "    token: tiny-web-token\n"
+        "    containers:\n"
+        f"      - {{id: c1, node: n1, backend: {{type: cgroup_v1, cgroup: {cg}}},"
+        " command: [python, -c, 'import time; time.sleep(120)']}\n",
+    ).replace("  shape:", "  nodes: [{id: n1, cores: 2}]\n  shape:")
+    site_file.write_text(text)
+    cfg = str(site_file)
+    try:
+        r = _cli("up", "--detach", "--config", cfg)
+        assert r.returncode == 0, r.stdout + r.stderr
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            cpu_dir.is_dir() and (cpu_dir / "cgroup.procs").read_text().split()
+        ):
+            time.sleep(0.2)
+        assert (cpu_dir / "cgroup.procs").read_text().split(), "workload not in its cgroup"
+        (cpu_dir / "cpu.cfs_quota_us").write_text("20000")  # as a cap would
+        assert _cli("down", "--config", cfg).returncode == 0
+        for ctl in ("cpu", "cpuacct", "freezer"):
+            assert not (Path("/sys/fs/cgroup") / ctl / cg).exists(), ctl
+    finally:
+        _cli("down", "--config", cfg)
+        for ctl in ("cpu", "cpuacct", "freezer"):
+            leaf = Path("/sys/fs/cgroup") / ctl / cg
+            for d in (leaf, leaf.parent):
+                if d.is_dir():
+                    d.rmdir()
