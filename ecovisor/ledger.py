@@ -778,7 +778,8 @@ def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
         nxt, _ = _settings_in_force(st, k + 1)
         if nxt.charge_rate_w > 0:
             room = max_input_for_room(b.usable_mj - st.battery_mj, share.charge_efficiency)
-            grid_charge += min(nxt.charge_rate_w, share.charge_limit_w,
+            # the grid part of Rc is bounded by the app's grid share, as in the app step
+            grid_charge += min(nxt.charge_rate_w, share.charge_limit_w, share.grid_w,
                                mj_to_power(room, dt))
         else:
             avail = deliverable(st.battery_mj - b.reserve_mj, share.discharge_efficiency)

@@ -480,3 +480,22 @@ def test_controller_uses_the_settings_in_force_next_tick():
     st, res = sstep(SHAPE, shares, st, 6, demand={"a": {"c": 60_000}})
     assert res.entries["a"].flows.battery_to_load == 60_000
     assert res.controller.max_discharge_w == 5.0
+
+
+def test_controller_grid_charge_never_exceeds_the_apps_grid_share():
+    """Rc above the app's grid share: the virtual battery can only take grid_w from the
+    grid, so the physical grid-side setpoint must not ask for more (else drift)."""
+    small = AppShare(solar_fraction=0.5, battery_capacity_wh=10, grid_w=1.0)
+    shares = {"a": small}
+    st = initial_site_state(SHAPE, shares, site="s")
+    st = queue_site_change(st, "a", SetBatteryChargeRate(watts=2.0), accepted_k=3)
+    st, res = sstep(SHAPE, shares, st, 3)
+    assert res.controller.grid_charge_w == 1.0
+    st, res = sstep(SHAPE, shares, st, 4)
+    assert res.entries["a"].flows.grid_to_battery == 60_000  # 1 W x 60 s
+    assert res.controller.grid_charge_actual_w == 1.0
+    no_grid = {"a": small.model_copy(update={"grid_w": 0.0})}
+    st0 = queue_site_change(initial_site_state(SHAPE, no_grid, site="s"), "a",
+                            SetBatteryChargeRate(watts=2.0), accepted_k=1)
+    _, res = sstep(SHAPE, no_grid, st0, 1)
+    assert res.controller.grid_charge_w == 0.0
