@@ -31,6 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from ecovisor import apportion
 from ecovisor.power_model import (
     LinearPowerModel,
     PiecewiseLinearPowerModel,
@@ -82,10 +83,10 @@ class CounterError(ValueError):
 def largest_remainder(total: int, weights: Sequence[Weight]) -> list[int]:
     """Split a non-negative integer ``total`` in proportion to ``weights`` exactly.
 
-    Each part gets floor(total·w/Σw); the units left over go one each to the largest
-    fractional remainders, ties to the lower index. The parts sum to ``total``, are
-    non-negative, and a larger weight never gets a smaller part. Weights are converted
-    to exact fractions (floats included), so the result is reproducible bit for bit.
+    Weights (floats included) are converted to exact fractions and scaled to integers
+    over their common denominator, then split by the ledger's integer apportionment
+    (``ecovisor.apportion``): the parts sum to ``total``, are non-negative, ties go to
+    the lower index, and the result is reproducible bit for bit.
     """
     if total < 0:
         raise ValueError(f"total must be >= 0, got {total}")
@@ -97,18 +98,15 @@ def largest_remainder(total: int, weights: Sequence[Weight]) -> list[int]:
         if f < 0:
             raise ValueError(f"weights must be >= 0, got {w!r}")
         exact.append(f)
-    wsum = sum(exact, Fraction(0))
-    if not exact or wsum == 0:
+    if not exact or not any(exact):
         if total == 0:
             return [0] * len(exact)
         raise ValueError("cannot split a non-zero total over zero weights")
-    quotas = [total * w / wsum for w in exact]
-    parts = [q.numerator // q.denominator for q in quotas]
-    left = total - sum(parts)
-    order = sorted(range(len(exact)), key=lambda i: (-(quotas[i] - parts[i]), i))
-    for i in order[:left]:
-        parts[i] += 1
-    return parts
+    denom = math.lcm(*(f.denominator for f in exact))
+    width = len(str(len(exact)))  # zero-padded keys sort in index order
+    keyed = {f"{i:0{width}d}": int(f * denom) for i, f in enumerate(exact)}
+    parts = apportion.largest_remainder(total, keyed)
+    return [parts[k] for k in keyed]
 
 
 # --- results ---------------------------------------------------------------------------
