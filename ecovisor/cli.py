@@ -14,6 +14,7 @@ import pkgutil
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -666,6 +667,26 @@ def format_notification(n: schemas.Notification) -> str:
     return " ".join(parts)
 
 
+def format_ledger_entry(obj: dict[str, Any]) -> str:
+    """One line per ledger entry: mean powers (W) of the tick's flows, battery, carbon."""
+    from ecovisor.ledger import AppLedgerEntry  # validates the balances too
+
+    e = AppLedgerEntry.model_validate(obj)
+    f, dt = e.flows, e.tick_s
+    w = lambda mj: f"{mj / 1000 / dt:.3g}"  # noqa: E731 - mJ over the tick to W
+    when = datetime.fromtimestamp(e.t_start, UTC).isoformat(timespec="seconds")
+    parts = [
+        when, f"{e.site}/{e.app}", f"k={e.k}", f"demand_w={w(e.demand_mj)}",
+        f"solar_w={w(f.solar_to_load)}+{w(f.solar_to_battery)}b",
+        f"battery_w={w(f.battery_to_load)}", f"grid_w={w(f.grid_to_load)}+{w(f.grid_to_battery)}b",
+        f"unserved_w={w(f.unserved)}", f"battery_wh={e.battery.after_wh:.4g}",
+        f"carbon_mg={e.total.carbon_ug / 1000:.4g}", f"I={e.intensity_g_per_kwh:.4g}",
+    ]  # fmt: skip
+    if e.estimated:
+        parts.append("estimated")
+    return " ".join(parts)
+
+
 def format_record(what: str, value: bytes) -> str:
     """One readable line for a record of a topic; falls back to compact JSON."""
     try:
@@ -680,6 +701,8 @@ def format_record(what: str, value: bytes) -> str:
             raw = d.raw if len(d.raw) <= 120 else d.raw[:117] + "..."
             when = d.time.isoformat(timespec="seconds")
             return f"{when} {d.origin} reason={d.reason!r} raw={raw}"
+        if what == "ledger":
+            return format_ledger_entry(obj)
         if what == "alerts":
             a = schemas.Alert.model_validate(obj)
             return f"{a.time.isoformat(timespec='seconds')} {a.severity} {a.kind}: {a.message}"
