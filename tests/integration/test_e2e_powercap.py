@@ -104,6 +104,7 @@ stack:
     notes = {a: TopicReader(kafka_bootstrap, topics.notifications(a), site) for a in TOKENS}
     actions = TopicReader(kafka_bootstrap, topics.ACTUATOR_CONTAINERS, site)
     bus = Bus(kafka_bootstrap)
+    bus.tail(topics.ACTUATOR_ACKS)  # positioned before the probe, so its ack is not missed
     feeder = CarbonFeeder(kafka_bootstrap, site)
     procs = []
     try:
