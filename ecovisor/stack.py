@@ -404,7 +404,12 @@ def release_cgroups(cgroups: list[dict[str, Any]], say: Printer) -> None:
     """Remove the (now empty) cgroups of the containers the stack launched, so a cap,
     quota or freeze of this run never outlives it: the embedded broker keeps no state,
     and with an external broker the container actuator re-applies the last setpoints."""
-    from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+    from actuators.backends import (
+        V1_CONTROLLERS,
+        BackendError,
+        CgroupV1Backend,
+        CgroupV2Backend,
+    )
 
     for cg in cgroups:
         path, root = cg.get("cgroup"), cg.get("root")
@@ -420,6 +425,17 @@ def release_cgroups(cgroups: list[dict[str, Any]], say: Printer) -> None:
             backend.remove()
         except (BackendError, OSError) as e:
             say(f"could not remove cgroup {path}: {e}")
+            continue
+        # and the parents the launcher created (e.g. ecovisor/<site>), while empty: the
+        # kernel refuses rmdir of a cgroup with children or tasks, so nothing shared goes
+        base = Path(root or "/sys/fs/cgroup")
+        dirs = [base] if cg.get("type") == "cgroup_v2" else [base / c for c in V1_CONTROLLERS]
+        for d in dirs:
+            for parent in list(Path(path.strip("/")).parents)[:-1]:
+                try:
+                    (d / parent).rmdir()
+                except OSError:
+                    break
 
 
 def _wait_socket(state_dir: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

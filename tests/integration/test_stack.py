@@ -210,6 +210,7 @@ def test_down_releases_the_cgroups_of_launched_containers(site_file: Path) -> No
         assert _cli("down", "--config", cfg).returncode == 0
         for ctl in ("cpu", "cpuacct", "freezer"):
             assert not (Path("/sys/fs/cgroup") / ctl / cg).exists(), ctl
+            assert not (Path("/sys/fs/cgroup") / ctl / cg).parent.exists(), f"{ctl} parent"
     finally:
         _cli("down", "--config", cfg)
         for ctl in ("cpu", "cpuacct", "freezer"):
