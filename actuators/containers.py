@@ -40,7 +40,7 @@ from actuators.backends import (
     make_backend,
 )
 from actuators.sitemap import cap_quota, find_template, placement, replica_backend, replica_id
-from actuators.state import UNKNOWN, ActuatorState, Effect, latest_actions
+from actuators.state import UNKNOWN, ActuatorState, Effect, action_key, latest_actions
 from ecovisor import topics
 from ecovisor.config import ConfigError, EcovisorConfig, config_path, kafka_bootstrap, load_config
 from ecovisor.config import ContainerBackend as BackendConfig
@@ -102,9 +102,10 @@ class ContainerActuator:
     def handle(self, action: ContainerAction) -> ActuatorAck | None:
         """Apply one action; the acknowledgement (also published), or None when the
         action is for another site or a duplicate command_id."""
-        if action.site != self.site or self.state.already_seen(action.command_id):
+        key = action_key(action.app, action.command_id)
+        if action.site != self.site or self.state.already_seen(key):
             return None
-        self.state.mark_seen(action.command_id)
+        self.state.mark_seen(key)
         try:
             effect = self.state.fold(action, self.cap_to_cores)
         except (KeyError, ValueError) as e:  # unknown container, cap below idle floor
@@ -235,7 +236,7 @@ class ContainerActuator:
         for ack in acks:
             if ack.actuator != ACTUATOR or ack.site != self.site:
                 continue
-            acked.add(ack.command_id)
+            acked.add(action_key(ack.app, ack.command_id))
             c = ack.applied.get("container")
             if ack.ok and c and "baseline_cpus" in ack.applied:
                 sp = self.state.setpoints(c)
@@ -246,15 +247,15 @@ class ContainerActuator:
         pending: list[ContainerAction] = []
         touched: dict[str, set[Effect]] = {}
         for a in mine:
-            self.state.mark_seen(a.command_id)
+            self.state.mark_seen(action_key(a.app, a.command_id))
             try:
                 effect = self.state.fold(a, self.cap_to_cores)
             except (KeyError, ValueError) as e:
-                if a.command_id not in acked:
+                if action_key(a.app, a.command_id) not in acked:
                     self._ack(a, ok=False, error=_reason(e))
                 continue
             touched.setdefault(a.container, set()).add(effect)
-            if a.command_id not in acked:
+            if action_key(a.app, a.command_id) not in acked:
                 pending.append(a)
         results: dict[tuple[str, Effect], tuple[bool, dict, str | None]] = {}
         # replicas first, so caps on replicas find their containers

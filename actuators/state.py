@@ -96,13 +96,21 @@ class ActuatorState:
         return "none"  # pragma: no cover - the schema forbids other actions
 
 
+def action_key(app: str | None, command_id: str) -> str:
+    """Idempotency key of an action: command ids are chosen by apps, so they are unique
+    per app only (one app reusing another's id must not get that app's action dropped)."""
+    return f"{app}|{command_id}"
+
+
 def latest_actions(actions: Iterable[ContainerAction]) -> list[ContainerAction]:
-    """Actions in order with duplicates (same command_id) dropped: the replay input."""
+    """Actions in order with duplicates (same app and command_id) dropped: the replay
+    input."""
     seen: set[str] = set()
     out = []
     for a in actions:
-        if a.command_id in seen:
+        key = action_key(a.app, a.command_id)
+        if key in seen:
             continue
-        seen.add(a.command_id)
+        seen.add(key)
         out.append(a)
     return out

@@ -76,7 +76,8 @@ class ContainerTemplate(_Strict):
     node: Ident
     backend: ContainerBackend
     command: list[str] | None = None
-    max_replicas: int = Field(8, ge=0)
+    # bounded like ScaleApp.replicas: the actuator walks every replica slot
+    max_replicas: int = Field(8, ge=0, le=256)
 
 
 class PolicyConfig(_Strict):
@@ -157,6 +158,7 @@ class EcovisorConfig(_Strict):
                 seen[c.id] = a.id
                 if c.node not in nodes:
                     errors.append(f"app {a.id!r} container {c.id!r}: unknown node {c.node!r}")
+        errors += _isolation_errors(self)
         solar = sum(a.shares.solar_fraction for a in self.apps)
         if solar > 1 + 1e-9:
             errors.append(f"solar fractions of the apps add up to {solar:.3f} > 1")
@@ -206,6 +208,46 @@ class EcovisorConfig(_Strict):
 
     def shares(self) -> dict[str, AppShare]:
         return {a.id: a.shares for a in self.apps}
+
+
+def _backend_keys(b: ContainerBackend, suffix: str = "") -> list[str]:
+    keys = []
+    if b.cgroup:
+        under = f" under {b.root}" if b.root else ""
+        keys.append(f"cgroup {b.cgroup.strip('/')}{suffix}{under}")
+    if b.instance:
+        keys.append(f"lxd instance {b.instance}{suffix}")
+    return keys
+
+
+def _isolation_errors(cfg: EcovisorConfig) -> list[str]:
+    """Template replicas are named ``<template>-<i>`` (cgroup/instance ``<name>-<i>``) by
+    the actuator, and a container is controlled through its backend: a replica name or a
+    backend shared with another app would let one app stop or cap another's workload."""
+    errors: list[str] = []
+    ids = {c.id: a.id for a in cfg.apps for c in [*a.containers, *a.templates]}
+    backends: dict[str, str] = {}
+
+    def claim(key: str, app: str, what: str) -> None:
+        other = backends.setdefault(key, app)
+        if other != app:
+            errors.append(f"{key} is used by both {other!r} and {app!r} ({what})")
+
+    for a in cfg.apps:
+        for c in a.containers:
+            for key in _backend_keys(c.backend):
+                claim(key, a.id, f"container {c.id!r}")
+        for t in a.templates:
+            for i in range(1, max(t.max_replicas, 1) + 1):
+                rid = f"{t.id}-{i}"
+                if rid in ids:
+                    errors.append(
+                        f"container {rid!r} of {ids[rid]!r} has the name of replica {i} of "
+                        f"template {t.id!r} of {a.id!r}"
+                    )
+                for key in _backend_keys(t.backend, f"-{i}"):
+                    claim(key, a.id, f"replica {rid!r}")
+    return errors
 
 
 _ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")

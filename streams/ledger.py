@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -351,12 +352,12 @@ class SiteLedger:
         """Validate one command; lifecycle notifications, queued settings, actions."""
         d = decide(self.cfg, raw)
         outs: list[Out] = []
-        if d.command_id is not None and d.command_id in self.seen_commands:
+        key = self._dedupe_key(d, raw)
+        if key in self.seen_commands:
             return outs  # re-delivered command: no-op
-        if d.command_id is not None:
-            self.seen_commands[d.command_id] = d.app or ""
-            while len(self.seen_commands) > SEEN_COMMANDS_MAX:
-                self.seen_commands.popitem(last=False)
+        self.seen_commands[key] = d.app or ""
+        while len(self.seen_commands) > SEEN_COMMANDS_MAX:
+            self.seen_commands.popitem(last=False)
         if not d.accepted and not d.notify:
             self.dead += 1
             dl = dead_letter(topics.COMMANDS, d.reason or "rejected", raw)
@@ -377,11 +378,22 @@ class SiteLedger:
                     (s.add if a.action == "suspend" else s.discard)(a.container)
                     self.suspended[d.app] = sorted(s)
             if d.actions:
-                self.pending_acks[d.command_id] = d.app  # type: ignore[index]
+                self.pending_acks[f"{d.app}|{d.command_id}"] = d.app
                 while len(self.pending_acks) > SEEN_COMMANDS_MAX:
                     del self.pending_acks[next(iter(self.pending_acks))]
         outs.extend(self._lifecycle(d, cmd_time))
         return outs
+
+    def _dedupe_key(self, d: Decision, raw: bytes) -> str:
+        """Idempotency key. A command id is only unique within the app that sent it, so
+        the key is the token's (verified) app, the claimed app and the id: nobody can get
+        another app's command dropped as a "re-delivery" by using its id first. Payloads
+        without a valid token (or unparsable) dedupe on their exact bytes only."""
+        if d.command is not None and d.command_id is not None:
+            owner = self.cfg.app_for_token(d.command.token)
+            if owner is not None:
+                return f"{owner.id}|{d.app}|{d.command_id}"
+        return "raw|" + hashlib.sha256(raw).hexdigest()
 
     def _lifecycle(self, d: Decision, when: datetime) -> list[Out]:
         typ = "command_accepted" if d.accepted else "command_rejected"
@@ -409,9 +421,14 @@ class SiteLedger:
         except ValidationError as e:
             dl = dead_letter(topics.ACTUATOR_ACKS, describe_validation_error(e), raw)
             return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
-        app = self.pending_acks.pop(ack.command_id, None) or ack.app
-        if app is None or app not in {a.id for a in self.cfg.apps}:
+        # command ids are per app: the ack's own app decides who is told
+        app = ack.app
+        if app is None:  # an ack without app: only an unambiguous pending command
+            match = [k for k in self.pending_acks if k.endswith(f"|{ack.command_id}")]
+            app = self.pending_acks[match[0]] if len(match) == 1 else None
+        if app is None or app not in self.app_cfg:
             return []  # e.g. a site battery setpoint ack: no app to tell
+        self.pending_acks.pop(f"{app}|{ack.command_id}", None)
         n = Notification(
             site=ack.site,
             time=ack.time,
