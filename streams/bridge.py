@@ -266,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(config_path(args.config))
     except ConfigError as e:
-        print(f"error: {e}".splitlines()[0], file=sys.stderr)
-        for line in str(e).splitlines()[1:]:
-            print(line, file=sys.stderr)
+        # one line, like every other entry point
+        print("streams.bridge: " + " ".join(x.strip() for x in str(e).splitlines()),
+              file=sys.stderr)  # fmt: skip
         return 2
     host, port = mqtt_endpoint(cfg)
     bridge = Bridge(cfg.site.id, host, port, kafka_bootstrap(cfg))
