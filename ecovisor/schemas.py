@@ -383,8 +383,19 @@ class DeadLetter(BaseModel):
         return v if len(v) <= 4000 else v[:3997] + "..."
 
 
-def dead_letter(origin: str, reason: str, raw: bytes | str) -> DeadLetter:
-    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+DEAD_LETTER_RAW_MAX = 65_536  # characters of the raw payload kept in a dead letter
+
+
+def dead_letter(origin: str, reason: str, raw: bytes | str | None) -> DeadLetter:
+    """A dead letter for ``raw`` (``None``: a Kafka tombstone). A long payload is cut to
+    its first DEAD_LETTER_RAW_MAX characters: escaping non-UTF-8 bytes can grow it ~4x,
+    and a dead letter the broker refuses as too large would be lost with its reason."""
+    if raw is None:
+        text = ""
+    else:
+        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    if len(text) > DEAD_LETTER_RAW_MAX:
+        text = text[:DEAD_LETTER_RAW_MAX] + f"...(truncated, {len(raw or '')} bytes in all)"
     return DeadLetter(time=utcnow(), origin=origin, reason=reason, raw=text)
 
 

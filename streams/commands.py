@@ -90,7 +90,7 @@ def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> 
         data = json.loads(raw)
         if isinstance(data, dict):
             app, cid, typ = data.get("app"), data.get("command_id"), data.get("type")
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # pydantic parsed it; json may not
         pass
     known = {a.id for a in cfg.apps}
     ok_app = app if isinstance(app, str) and app in known else None

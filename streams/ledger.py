@@ -75,6 +75,8 @@ log = logging.getLogger("ecovisor.ledger")
 ClockMode = Literal["realtime", "event"]
 SEEN_COMMANDS_MAX = 10_000
 HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views
+# Real-time mode: how far an event time may be ahead of the wall clock (edge clock skew).
+FUTURE_SKEW_S = 30.0
 
 
 class ClockMessage(BaseModel):
@@ -171,6 +173,21 @@ class SiteLedger:
         )
 
     # --- ticks --------------------------------------------------------------------------
+    def refuse_reason(self, t: Any, now_us: int) -> str | None:
+        """Why a telemetry sample must not enter the clock in real-time mode (``now_us``:
+        wall clock), else None. The watermark drives tick closing, so one sample from a
+        clock a day ahead would close a day of ticks at once and then hold every real
+        sample as 'late' in that future tick. Late samples are fine (they roll in)."""
+        t_us = to_us(t.time.timestamp())
+        ahead = max(to_us(FUTURE_SKEW_S), 2 * self.clock.tick_us)
+        if t_us > now_us + ahead:
+            return (
+                f"event time {t.time.isoformat()} is {(t_us - now_us) / 1e6:.0f} s ahead of "
+                f"the ledger's clock (at most {ahead / 1e6:g} s allowed): check the "
+                f"source's clock"
+            )
+        return None
+
     def close(self, now_us: int) -> tuple[list[Out], list[tuple[str, int, dict[str, Any]]]]:
         """Close every tick due at driving time ``now_us``. Returns the messages to send
         and the per-tick counter rows (app, k, row) to persist."""
@@ -350,6 +367,7 @@ class SiteLedger:
     # --- commands -----------------------------------------------------------------------
     def command(self, raw: bytes, now_us: int) -> list[Out]:
         """Validate one command; lifecycle notifications, queued settings, actions."""
+        raw = raw if raw is not None else b""  # a Kafka tombstone: dead-lettered below
         d = decide(self.cfg, raw)
         outs: list[Out] = []
         key = self._dedupe_key(d, raw)
@@ -416,6 +434,7 @@ class SiteLedger:
         return outs
 
     def ack(self, raw: bytes) -> list[Out]:
+        raw = raw if raw is not None else b""  # a Kafka tombstone
         try:
             ack = ActuatorAck.model_validate_json(raw)
         except ValidationError as e:
@@ -652,8 +671,9 @@ def build_app(
         offer = led.clock.offer
         event_mode = rt.clock_mode == "event"
         offsets = led.offsets
+        wall_us = to_us(time.time())
         for r in records:
-            raw = r.value
+            raw = r.value if r.value is not None else b""  # a tombstone: dead-lettered
             offsets[partition] = r.offset
             try:
                 t = parse(raw)
@@ -671,6 +691,12 @@ def build_app(
                 continue
             if t.site != site:
                 continue
+            if not event_mode:
+                why = led.refuse_reason(t, wall_us)
+                if why is not None:
+                    dl = dead_letter(topics.TELEMETRY, why, raw)
+                    await send_all([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
+                    continue
             offer(t)
             rt.samples += 1
             if event_mode:

@@ -247,14 +247,18 @@ class TickClock:
         if self.next_close is None:
             return out
         limit = (now_us - self.grace_us) // self.tick_us  # ticks < limit may close
-        if limit - self.next_close > self.max_gap_ticks:
-            # A jump of the clock beyond any useful range (e.g. a restarted trace): skip
-            # the empty ticks rather than closing a day of nothing one by one.
-            first_open = min(self.open) if self.open else limit
-            self.next_close = min(first_open, limit - 1)
         while self.next_close < limit:
-            out.append(self._close(self.next_close))
-            self.next_close += 1
+            nc = self.next_close
+            if nc not in self.open:
+                # A run of empty ticks longer than max_gap_ticks (a restarted trace, or
+                # one sample far ahead of or behind the others): skip it rather than
+                # closing a day (or decades) of nothing one by one. Checked for every
+                # run, so ticks holding data on either side of the gap still close.
+                nxt = min((k for k in self.open if k > nc), default=limit)
+                if min(nxt, limit) - nc > self.max_gap_ticks:
+                    nc = nxt if nxt < limit else limit - 1
+            out.append(self._close(nc))
+            self.next_close = nc + 1
         return out
 
     def _close(self, k: int) -> ClosedTick:

@@ -1,0 +1,178 @@
+"""Review: bad input gives a clear error (dead letter or command_rejected with a reason),
+never a crash and never silent loss; a single bad timestamp cannot stall or explode the
+tick clock."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ecovisor import topics
+from ecovisor.config import EcovisorConfig, parse_config
+from ecovisor.schemas import (
+    CarbonTelemetry,
+    ContainerTelemetry,
+    DeadLetter,
+    Notification,
+    dead_letter,
+)
+from streams.ledger import SiteLedger
+from streams.tick_clock import TickClock, to_us
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+NOW_US = to_us(T0.timestamp())
+
+
+@pytest.fixture(scope="module")
+def cfg() -> EcovisorConfig:
+    return parse_config(DEMO.read_text())
+
+
+def carbon(t: datetime, seq: int, source: str = "c") -> CarbonTelemetry:
+    return CarbonTelemetry(site="s", time=t, source=source, seq=seq, intensity_g_per_kwh=100.0)
+
+
+def outcome(outs: list) -> tuple[str, str]:
+    """(topic kind, reason) of the single output of a rejected command."""
+    (o,) = outs
+    if o.topic == topics.DEADLETTER:
+        return "deadletter", DeadLetter.model_validate_json(o.value).reason
+    n = Notification.model_validate_json(o.value)
+    assert n.type == "command_rejected"
+    return "rejected", n.reason or ""
+
+
+# --- commands: malformed payloads -----------------------------------------------------
+
+BAD_COMMANDS = {
+    "tombstone": None,
+    "empty": b"",
+    "not-utf8": b'\xff\xfe{"app": "web"}',
+    "array": b"[1, 2]",
+    "deeply-nested": b"[" * 100_000 + b"]" * 100_000,
+    "nul": b"\x00",
+    "wrong-types": b'{"app": 5, "command_id": {"x": 1}, "type": []}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_COMMANDS))
+def test_malformed_command_is_dead_lettered_with_a_reason(cfg, name: str) -> None:
+    led = SiteLedger.new(cfg)
+    kind, reason = outcome(led.command(BAD_COMMANDS[name], NOW_US))  # type: ignore[arg-type]
+    assert kind == "deadletter" and reason.startswith("invalid command")
+
+
+def test_command_with_bad_value_is_rejected_to_the_app_with_the_field(cfg) -> None:
+    led = SiteLedger.new(cfg)
+    for i, watts in enumerate(("-1", "NaN", "1e999", '"lots"')):
+        raw = (
+            '{"type": "set_battery_charge_rate", "site": "demo", "time": "2024-01-01T00:00:00Z",'
+            f' "app": "web", "token": "{cfg.app("web").token}", "watts": {watts},'
+            f' "command_id": "w{i}"}}'
+        ).encode()
+        kind, reason = outcome(led.command(raw, NOW_US))
+        assert kind == "rejected" and "watts" in reason, (watts, reason)
+
+
+def test_huge_command_dead_letter_stays_publishable(cfg) -> None:
+    """A near-1 MB payload of non-UTF-8 bytes escapes to ~4x: the dead letter must stay
+    small enough to publish (a broker refusing it would stop the command agent)."""
+    led = SiteLedger.new(cfg)
+    raw = b'{"app": "web", "x": "' + b"\xff" * 900_000 + b'"}'
+    (o,) = led.command(raw, NOW_US)
+    assert o.topic == topics.DEADLETTER and len(o.value) < 1_000_000
+    dl = DeadLetter.model_validate_json(o.value)
+    assert "truncated" in dl.raw and dl.raw.startswith('{"app": "web"')
+
+
+def test_dead_letter_keeps_small_payloads_verbatim() -> None:
+    assert dead_letter("o", "r", b'{"a": 1}').raw == '{"a": 1}'
+
+
+def test_tombstone_and_bad_ack_are_dead_lettered(cfg) -> None:
+    led = SiteLedger.new(cfg)
+    for raw in (None, b"\xff", b"{}"):
+        (o,) = led.ack(raw)  # type: ignore[arg-type]
+        assert o.topic == topics.DEADLETTER
+
+
+def test_command_for_unknown_app_is_dead_lettered_not_dropped(cfg) -> None:
+    led = SiteLedger.new(cfg)
+    raw = json.dumps(
+        {
+            "type": "set_battery_charge_rate",
+            "site": "demo",
+            "time": "2024-01-01T00:00:00Z",
+            "app": "ghost",
+            "token": "whatever-token",
+            "watts": 1,
+        }
+    ).encode()
+    kind, reason = outcome(led.command(raw, NOW_US))
+    assert kind == "deadletter" and "token" in reason
+
+
+# --- the tick clock: one bad timestamp -------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_far_future_sample_does_not_close_millions_of_ticks() -> None:
+    """With an open tick behind it, a sample 10^6 ticks ahead used to make advance()
+    close every empty tick in between (max_gap_ticks was ignored)."""
+    clk = TickClock(1.0, 0.5, max_gap_ticks=100)
+    clk.offer(carbon(T0, 0))
+    clk.offer(carbon(T0 + timedelta(seconds=10**6), 1))
+    out = clk.advance(to_us((T0 + timedelta(seconds=10**6 + 5)).timestamp()))
+    assert 2 <= len(out) <= 2 * 101 + 2
+    assert out[0].k == to_us(T0.timestamp()) // 1_000_000  # the data-bearing tick closed
+    assert out[0].intensity_g_per_kwh == 100.0
+
+
+@pytest.mark.timeout(30)
+def test_far_past_first_sample_does_not_close_decades_of_ticks() -> None:
+    clk = TickClock(1.0, 0.0, max_gap_ticks=100)
+    clk.offer(carbon(datetime(1971, 1, 1, tzinfo=UTC), 0))
+    out = clk.advance(NOW_US)
+    assert 1 <= len(out) <= 102
+    assert out[-1].k == NOW_US // 1_000_000 - 1  # caught up with the driving time
+
+
+def test_gap_within_max_gap_still_closes_every_tick() -> None:
+    """The bound must not change normal operation: gaps up to max_gap close one by one."""
+    clk = TickClock(1.0, 0.0, max_gap_ticks=100)
+    clk.offer(carbon(T0, 0))
+    clk.offer(carbon(T0 + timedelta(seconds=50), 1))
+    out = clk.advance(to_us((T0 + timedelta(seconds=51)).timestamp()))
+    assert [c.k for c in out] == list(range(NOW_US // 1_000_000, NOW_US // 1_000_000 + 51))
+
+
+def test_realtime_ledger_refuses_telemetry_far_ahead_of_the_wall_clock(cfg) -> None:
+    """In real-time mode the watermark drives tick closing: a sample a day ahead (a bad
+    edge clock) would close a day of ticks at once and then hold every real sample as
+    'late' in that future tick. It is refused with a reason instead."""
+    led = SiteLedger.new(cfg)
+    ok = ContainerTelemetry(
+        site="demo",
+        time=T0,
+        source="p",
+        seq=1,
+        app="web",
+        container="web-1",
+        cpu_s=0,
+        energy_j=1,
+    )
+    bad = ok.model_copy(update={"seq": 2, "time": T0 + timedelta(days=1)})
+    assert led.refuse_reason(ok, now_us=NOW_US) is None
+    assert (
+        led.refuse_reason(ok.model_copy(update={"time": T0 - timedelta(days=3)}), now_us=NOW_US)
+        is None
+    )  # late data is accepted (rolls in)
+    why = led.refuse_reason(bad, now_us=NOW_US)
+    assert why is not None and "ahead" in why
+    # small edge clock skew is tolerated
+    skewed = ok.model_copy(update={"time": T0 + timedelta(seconds=5)})
+    assert led.refuse_reason(skewed, now_us=NOW_US) is None
