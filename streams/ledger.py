@@ -77,6 +77,9 @@ SEEN_COMMANDS_MAX = 10_000
 HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views
 # Real-time mode: how far an event time may be ahead of the wall clock (edge clock skew).
 FUTURE_SKEW_S = 30.0
+# Event times the tick arithmetic supports in every mode: tick indices are >= 0 (epoch
+# based) and a tick's end must still be a datetime (year <= 9999).
+EVENT_TIME_MAX_US = to_us(datetime(9998, 1, 1, tzinfo=UTC).timestamp())
 
 
 class ClockMessage(BaseModel):
@@ -173,12 +176,19 @@ class SiteLedger:
         )
 
     # --- ticks --------------------------------------------------------------------------
-    def refuse_reason(self, t: Any, now_us: int) -> str | None:
-        """Why a telemetry sample must not enter the clock in real-time mode (``now_us``:
-        wall clock), else None. The watermark drives tick closing, so one sample from a
-        clock a day ahead would close a day of ticks at once and then hold every real
-        sample as 'late' in that future tick. Late samples are fine (they roll in)."""
+    def refuse_reason(self, t: Any, now_us: int | None) -> str | None:
+        """Why a telemetry (or clock) message must not enter the clock, else None.
+        Always: an event time before 1970 or in year 9999 (tick arithmetic; such a tick
+        could not be closed, and a replayed poison message would stop the worker).
+        Real-time mode (``now_us``: wall clock): the watermark drives tick closing, so
+        one sample from a clock a day ahead would close a day of ticks at once and then
+        hold every real sample as 'late' in that future tick. Late samples are fine
+        (they roll in)."""
         t_us = to_us(t.time.timestamp())
+        if not 0 <= t_us <= EVENT_TIME_MAX_US:
+            return f"event time {t.time.isoformat()} is outside 1970-01-01..9998-01-01"
+        if now_us is None:
+            return None
         ahead = max(to_us(FUTURE_SKEW_S), 2 * self.clock.tick_us)
         if t_us > now_us + ahead:
             return (
@@ -682,8 +692,12 @@ def build_app(
                 if b'"clock"' in raw:
                     with contextlib.suppress(ValidationError):
                         cm = ClockMessage.model_validate_json(raw)
+                why = describe_validation_error(e)
+                if cm is not None and cm.site == site:
+                    refused = led.refuse_reason(cm, None)
+                    cm, why = (None, refused) if refused else (cm, why)
                 if cm is None:
-                    dl = dead_letter(topics.TELEMETRY, describe_validation_error(e), raw)
+                    dl = dead_letter(topics.TELEMETRY, why, raw)
                     await send_all([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
                 elif cm.site == site:
                     rt.driving_us = max(rt.driving_us, to_us(cm.time.timestamp()))
@@ -691,12 +705,11 @@ def build_app(
                 continue
             if t.site != site:
                 continue
-            if not event_mode:
-                why = led.refuse_reason(t, wall_us)
-                if why is not None:
-                    dl = dead_letter(topics.TELEMETRY, why, raw)
-                    await send_all([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
-                    continue
+            why = led.refuse_reason(t, None if event_mode else wall_us)
+            if why is not None:
+                dl = dead_letter(topics.TELEMETRY, why, raw)
+                await send_all([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
+                continue
             offer(t)
             rt.samples += 1
             if event_mode:

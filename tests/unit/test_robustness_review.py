@@ -176,3 +176,37 @@ def test_realtime_ledger_refuses_telemetry_far_ahead_of_the_wall_clock(cfg) -> N
     # small edge clock skew is tolerated
     skewed = ok.model_copy(update={"time": T0 + timedelta(seconds=5)})
     assert led.refuse_reason(skewed, now_us=NOW_US) is None
+
+
+@pytest.mark.parametrize(
+    "ts", ["0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z", "9999-12-31T23:59:59.9-00:00"]
+)
+def test_event_time_outside_the_tick_range_is_refused_in_every_mode(cfg, ts: str) -> None:
+    """A first sample before 1970 made the close fail (tick index < 0) and one in year
+    9999 overflowed the tick end: a poison message that stopped the worker on every
+    replay. The clock must never see it; the check itself works on such a sample."""
+    from ecovisor.schemas import TELEMETRY_ADAPTER
+
+    t = TELEMETRY_ADAPTER.validate_json(
+        '{"kind": "carbon", "site": "demo", "time": "' + ts + '", "source": "c", "seq": 1,'
+        ' "intensity_g_per_kwh": 1}'
+    )
+    led = SiteLedger.new(cfg)
+    for now in (None, NOW_US):
+        why = led.refuse_reason(t, now)
+        assert why is not None and "outside" in why
+
+
+def test_event_times_inside_the_range_close_normally(cfg) -> None:
+    from ecovisor.schemas import TELEMETRY_ADAPTER
+
+    for ts in ("1970-01-01T00:00:00Z", "9997-12-31T00:00:00Z"):
+        t = TELEMETRY_ADAPTER.validate_json(
+            '{"kind": "carbon", "site": "demo", "time": "' + ts + '", "source": "c", "seq": 1,'
+            ' "intensity_g_per_kwh": 1}'
+        )
+        led = SiteLedger.new(cfg)
+        assert led.refuse_reason(t, None) is None
+        led.clock.offer(t)
+        outs, rows = led.close(to_us(t.time.timestamp()) + 10_000_000)
+        assert rows and outs
