@@ -210,3 +210,58 @@ def test_event_times_inside_the_range_close_normally(cfg) -> None:
         led.clock.offer(t)
         outs, rows = led.close(to_us(t.time.timestamp()) + 10_000_000)
         assert rows and outs
+
+
+# --- REST API bodies ---------------------------------------------------------------------
+
+API_BAD = [
+    ("PUT", "/battery/charge_rate", {"watts": -1}),
+    ("PUT", "/battery/charge_rate", {"watts": "lots"}),
+    ("PUT", "/battery/charge_rate", {"watts": 1, "extra": 1}),
+    ("PUT", "/battery/max_discharge", {}),
+    ("PUT", "/battery/max_discharge", [1]),
+    ("PUT", "/containers/web-1/powercap", {"watts": -0.5}),
+    ("PUT", "/containers/web-1/cpus", {"cpus": 0}),
+    ("PUT", "/containers/web-1/cpus", {"cpus": 1e9}),
+    ("PUT", "/containers/web-1/carbon_rate", {"mg_per_s": 1, "window_s": 0}),
+    ("PUT", "/carbon_budget", {"grams": 1, "period_s": -1}),
+    ("PUT", "/templates/web-worker/replicas", {"replicas": 10**9}),
+    ("PUT", "/templates/web-worker/replicas", {"replicas": 1.5}),
+    ("GET", "/energy?t1=2024-01-01T01:00:00Z&t2=2024-01-01T00:00:00Z", None),
+    ("GET", "/energy?t1=2024-01-01T00:00:00&t2=2024-01-01T01:00:00Z", None),
+    ("GET", "/energy?t1=yesterday&t2=2024-01-01T01:00:00Z", None),
+    ("PUT", "/battery/charge_rate?wait=true&timeout=3600", {"watts": 1}),
+]
+
+
+def test_api_bad_bodies_get_422_with_a_reason_and_publish_nothing(cfg) -> None:
+    import asyncio
+
+    import httpx
+
+    from ecovisor.api import InMemoryBus, InMemoryStateSource, create_app
+
+    bus = InMemoryBus()
+    api = create_app(cfg, InMemoryStateSource(), bus)
+    h = {"Authorization": f"Bearer {cfg.app('web').token}"}
+
+    async def run() -> list[tuple[str, int, str]]:
+        out = []
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            for method, path, body in API_BAD:
+                r = await c.request(method, "/v1/apps/web" + path, json=body, headers=h)
+                out.append((path, r.status_code, r.text))
+            # a non-JSON / non-UTF-8 body
+            r = await c.put(
+                "/v1/apps/web/battery/charge_rate",
+                content=b"\xff\xfe",
+                headers={**h, "Content-Type": "application/json"},
+            )
+            out.append(("raw bytes", r.status_code, r.text))
+        return out
+
+    res = asyncio.run(run())
+    assert [(p, s) for p, s, _ in res if s != 422] == []
+    assert all('"detail"' in t for _, _, t in res)
+    assert bus.published == []
