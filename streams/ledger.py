@@ -120,6 +120,8 @@ class SiteLedger:
     offsets: dict[int, int] = field(default_factory=dict)  # telemetry partition -> offset
     seen_commands: OrderedDict[str, str] = field(default_factory=OrderedDict)
     pending_acks: dict[str, str] = field(default_factory=dict)  # command_id -> app
+    # settings changes the ledger itself applies: "app|command_id" -> {app, k, change}
+    pending_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     suspended: dict[str, list[str]] = field(default_factory=dict)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> state view
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -130,7 +132,14 @@ class SiteLedger:
 
     def __post_init__(self) -> None:
         # lookups done per container per tick: precompute (config lookups are linear)
-        self.owners = {c.id: a.id for a in self.cfg.apps for c in a.containers}
+        # container -> app from the configuration, template replicas (<template>-<i>) too
+        self.owners = {
+            f"{t.id}-{i}": a.id
+            for a in self.cfg.apps
+            for t in a.templates
+            for i in range(1, t.max_replicas + 1)
+        }
+        self.owners.update({c.id: a.id for a in self.cfg.apps for c in a.containers})
         self.shares = self.cfg.shares()
         self.app_cfg = {a.id: a for a in self.cfg.apps}
 
@@ -153,6 +162,7 @@ class SiteLedger:
                 "offsets": self.offsets,
                 "seen_commands": list(self.seen_commands.items()),
                 "pending_acks": self.pending_acks,
+                "pending_settings": self.pending_settings,
                 "suspended": self.suspended,
                 "last": self.last,
                 "metrics": self.metrics,
@@ -170,6 +180,7 @@ class SiteLedger:
             offsets={int(p): o for p, o in d["offsets"].items()},
             seen_commands=OrderedDict((k, v) for k, v in d["seen_commands"]),
             pending_acks=dict(d["pending_acks"]),
+            pending_settings=dict(d.get("pending_settings", {})),
             suspended={a: list(v) for a, v in d["suspended"].items()},
             last=d["last"],
             metrics=d["metrics"],
@@ -213,10 +224,12 @@ class SiteLedger:
         apps = self.app_cfg
         owners = self.owners
         demand: dict[str, dict[str, int]] = {}
-        for app, conts in ct.demand_mj.items():
+        for conts in ct.demand_mj.values():
             for c, mj in conts.items():
-                owner = owners.get(c) or (app if app in apps else None)
-                if owner is None:
+                # the configuration decides who owns a container, never the telemetry:
+                # a replica belongs to the app of its template, anything else is ignored
+                owner = owners.get(c)
+                if owner is None or owner not in apps:
                     continue  # telemetry of a container no configured app owns
                 d = demand.setdefault(owner, {})
                 d[c] = d.get(c, 0) + mj
@@ -286,6 +299,7 @@ class SiteLedger:
                 "settings": entry.settings.model_dump(mode="json"),
                 "estimated": entry.estimated,
             }
+        outs.extend(self._settings_applied(ct.k, t_end, res))
         c = res.controller
         outs.append(
             Out(
@@ -319,6 +333,31 @@ class SiteLedger:
             )
             outs.append(Out(topics.ALERTS, site.encode(), alert.to_json()))
         return outs, rows
+
+    def _settings_applied(self, k: int, when: datetime, res: SiteTickResult) -> list[Out]:
+        """``command_applied`` for settings changes in force from tick ``k`` (the first
+        ledger entry that used them), with the settings that entry records."""
+        outs: list[Out] = []
+        for key, p in list(self.pending_settings.items()):
+            app = p["app"]
+            if p["k"] > k or app not in res.entries:
+                continue
+            del self.pending_settings[key]
+            n = Notification(
+                site=self.cfg.site.id,
+                time=when,
+                app=app,
+                type="command_applied",
+                tick=k,
+                command_id=p["command_id"],
+                data={
+                    "actuator": "ledger",
+                    "applied": p["change"],
+                    "settings": res.entries[app].settings.model_dump(mode="json"),
+                },
+            )
+            outs.append(Out(topics.notifications(app), p["command_id"].encode(), n.to_json()))
+        return outs
 
     def _tick_data(self, app: str, res: SiteTickResult, next_solar_mj: int) -> dict[str, Any]:
         e = res.entries[app]
@@ -399,6 +438,13 @@ class SiteLedger:
             accepted_k = max(0, min(k_cmd, k_now))
             if d.change is not None:
                 self.state = queue_site_change(self.state, d.app, d.change, accepted_k)
+                if not d.actions:  # no actuator will ack it: the ledger does, when in force
+                    self.pending_settings[f"{d.app}|{d.command_id}"] = {
+                        "app": d.app,
+                        "command_id": d.command_id,
+                        "k": accepted_k + 1,
+                        "change": d.change.model_dump(mode="json"),
+                    }
             for a in d.actions:
                 outs.append(Out(topics.ACTUATOR_CONTAINERS, a.container.encode(), a.to_json()))
                 if a.action in ("suspend", "resume"):
