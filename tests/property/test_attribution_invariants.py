@@ -37,8 +37,8 @@ from ecovisor.power_model import (
 )
 from ecovisor.shares import IdleAttribution
 
-settings.register_profile("ecovisor", deadline=None, max_examples=150)
-settings.load_profile("ecovisor")
+# per test, not a global profile: loading one here changed other modules' tests
+_S = settings(deadline=None, max_examples=150)
 
 watts = st.floats(min_value=0.0, max_value=2_000.0, allow_nan=False)
 cores = st.integers(min_value=1, max_value=128)
@@ -103,6 +103,7 @@ def assert_balanced(a) -> None:  # type: ignore[no-untyped-def]
         assert s.total == s.active + s.idle
 
 
+@_S
 @given(node_intervals(), modes)
 def test_energy_attribution_is_exact_and_non_negative(interval: tuple, mode) -> None:  # type: ignore[no-untyped-def]
     model, dt, cpu, node_cpu, sizes = interval
@@ -122,6 +123,7 @@ def test_energy_attribution_is_exact_and_non_negative(interval: tuple, mode) -> 
         assert max(idles) - min(idles) <= 1
 
 
+@_S
 @given(node_intervals(), modes, st.floats(min_value=0.0, max_value=1e7))
 def test_measured_energy_attribution_is_exact(interval: tuple, mode, joules: float) -> None:  # type: ignore[no-untyped-def]
     model, dt, cpu, node_cpu, sizes = interval
@@ -139,6 +141,7 @@ def test_measured_energy_attribution_is_exact(interval: tuple, mode, joules: flo
     assert a.node.idle <= a.node.total
 
 
+@_S
 @given(models, st.dictionaries(names, st.floats(0.0, 16.0), max_size=6), modes)
 def test_power_attribution_is_exact(model, busy: dict, mode) -> None:  # type: ignore[no-untyped-def]
     sizes = dict.fromkeys(busy, 1.0)
@@ -151,6 +154,7 @@ def test_power_attribution_is_exact(model, busy: dict, mode) -> None:  # type: i
         assert r.node.total == a.node.total
 
 
+@_S
 @given(node_intervals(), modes)
 def test_more_cpu_never_gets_less_active(interval: tuple, mode) -> None:  # type: ignore[no-untyped-def]
     model, dt, cpu, node_cpu, sizes = interval
@@ -161,6 +165,7 @@ def test_more_cpu_never_gets_less_active(interval: tuple, mode) -> None:  # type
             assert a.containers[n2].active >= a.containers[n1].active
 
 
+@_S
 @given(st.integers(0, 10**12), st.lists(st.floats(0.0, 1e6), min_size=1, max_size=20))
 def test_largest_remainder_sums_exactly(total: int, weights: list[float]) -> None:
     assume(sum(weights) > 0)
@@ -171,6 +176,7 @@ def test_largest_remainder_sums_exactly(total: int, weights: list[float]) -> Non
     assert all(abs(p - e) < 1 + 1e-6 * max(1.0, e) for p, e in zip(parts, exact, strict=True))
 
 
+@_S
 @given(models, st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_power_models_are_monotone(model, u1: float, u2: float) -> None:  # type: ignore[no-untyped-def]
     lo, hi = sorted((u1, u2))
@@ -181,6 +187,7 @@ def test_power_models_are_monotone(model, u1: float, u2: float) -> None:  # type
     assert model.power_w(u) <= w
 
 
+@_S
 @given(
     models,
     st.floats(0.0, 300.0),
@@ -225,6 +232,7 @@ def test_cap_inverse_never_exceeds_the_cap(
         assert q.quota_us == model.cores * period
 
 
+@_S
 @given(models, st.floats(0.0, 100.0), st.floats(0.0, 2_000.0), st.floats(0.0, 2_000.0))
 def test_cap_inverse_is_monotone(model, idle_share: float, c1: float, c2: float) -> None:  # type: ignore[no-untyped-def]
     lo, hi = sorted((c1, c2))
@@ -237,6 +245,7 @@ def test_cap_inverse_is_monotone(model, idle_share: float, c1: float, c2: float)
     assert q_lo.quota_us <= q_hi.quota_us
 
 
+@_S
 @given(models, st.floats(0.0, 50.0), st.floats(0.0, 200.0), st.floats(0.0, 200.0), st.floats(0, 64))
 def test_forward_power_is_monotone_in_quota(
     model, share: float, a: float, b: float, others: float
@@ -248,6 +257,7 @@ def test_forward_power_is_monotone_in_quota(
     assert p_lo >= share
 
 
+@_S
 @given(linear_models(), st.lists(names, min_size=1, max_size=6, unique=True), modes)
 def test_idle_shares_add_up_to_idle(model, members: list[str], mode) -> None:  # type: ignore[no-untyped-def]
     sizes = {n: float(i + 1) for i, n in enumerate(members)}
@@ -256,6 +266,7 @@ def test_idle_shares_add_up_to_idle(model, members: list[str], mode) -> None:  #
     assert math.isclose(total, expected, rel_tol=1e-9, abs_tol=1e-9)
 
 
+@_S
 @given(
     st.floats(0.0, 500.0),
     st.floats(0.01, 1_000.0),

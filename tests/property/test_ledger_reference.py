@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ecovisor.ledger import (
@@ -296,6 +296,12 @@ def test_core_matches_reference_model_over_random_ticks():
     @settings(max_examples=200, derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(sequences())
+    # a battery share whose usable capacity is all headroom (reserve 0): generated
+    # rarely, so pinned here for the edge check below
+    @example((SiteShape(tick_s=1.0, solar_nameplate_w=3600.0, battery_capacity_wh=1.0),
+              AppShare(solar_fraction=1.0, battery_capacity_wh=1.0, reserve_soc=0.0,
+                       grid_w=10.0),
+              [(0, 1000, 250.0, {"c0": 500}, None), (1, 0, 250.0, {"c0": 800}, None)]))
     def inner(case):
         shape, share, ticks = case
         bat = ref_battery(share, shape)
@@ -380,6 +386,12 @@ def test_site_step_with_one_app_equals_app_step():
     @settings(max_examples=60, derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(sequences())
+    # a battery share whose usable capacity is all headroom (reserve 0): generated
+    # rarely, so pinned here for the edge check below
+    @example((SiteShape(tick_s=1.0, solar_nameplate_w=3600.0, battery_capacity_wh=1.0),
+              AppShare(solar_fraction=1.0, battery_capacity_wh=1.0, reserve_soc=0.0,
+                       grid_w=10.0),
+              [(0, 1000, 250.0, {"c0": 500}, None), (1, 0, 250.0, {"c0": 800}, None)]))
     def inner(case):
         shape, share, ticks = case
         if ref_battery(share, shape) is None:
