@@ -27,13 +27,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import numpy as np
 from pydantic import Field, model_validator
 
+from collectors import trace
 from collectors.common import (
     Options,
     cli_main,
@@ -76,16 +76,10 @@ class SyntheticOptions(_Common):
         return self
 
 
-class CsvOptions(_Common):
+class CsvOptions(_Common, trace.ReplayOptions, trace.CsvColumns):
     path: str | list[str]
-    time_column: str | int = 0
-    value_column: str | int = 1
     unit: Literal["g_per_kwh", "lbs_per_mwh"] = "g_per_kwh"
     signal: Signal = "average"
-    speedup: float = Field(1.0, gt=0)
-    start: datetime | None = None
-    offset_s: float = Field(0.0, ge=0)
-    loop: bool = True
     forecast_points: int = Field(0, ge=0, le=1000, description="next trace points as forecast")
 
 
@@ -174,81 +168,32 @@ class Synthetic(CarbonSource):
 
 
 @dataclass
-class TraceReplay(CarbonSource):
-    """Step replay of (epoch s, gCO2eq/kWh) samples with offset, speed-up and loop."""
+class TraceReplay(trace.TraceReplay, CarbonSource):
+    """Step replay of (epoch s, gCO2eq/kWh) samples with offset, speed-up and loop; the
+    next ``forecast_points`` samples are published as a (perfect) forecast."""
 
-    times_s: np.ndarray
-    values: np.ndarray
-    start_s: float
-    speedup: float = 1.0
-    loop: bool = True
     signal: Signal = "average"
     forecast_points: int = 0
-
-    def trace_time(self, elapsed_s: float) -> float:
-        t = self.start_s + elapsed_s * self.speedup
-        first, last = float(self.times_s[0]), float(self.times_s[-1])
-        # the last sample holds for one more step before looping
-        span = last - first + (last - float(self.times_s[-2]))
-        if t >= first + span and self.loop:
-            t = first + (t - first) % span
-        return t
+    step: bool = field(default=True, kw_only=True)
 
     def read(self, elapsed_s: float, now: datetime) -> Reading:
-        t = self.trace_time(elapsed_s)
-        i = max(0, int(np.searchsorted(self.times_s, t, side="right")) - 1)
-        fc: list[tuple[datetime, float]] = []
-        for j in range(i + 1, min(i + 1 + self.forecast_points, len(self.times_s))):
-            wall = now + timedelta(seconds=(float(self.times_s[j]) - t) / self.speedup)
-            fc.append((wall, float(self.values[j])))
-        return Reading(float(self.values[i]), self.signal, tuple(fc))
+        fc = tuple(
+            (now + timedelta(seconds=s), v)
+            for s, v in self.upcoming(elapsed_s, self.forecast_points)
+        )
+        return Reading(self.value_at(elapsed_s), self.signal, fc)
 
 
 def read_csv_trace(opts: CsvOptions) -> TraceReplay:
-    import pandas as pd
-
-    paths = [opts.path] if isinstance(opts.path, str) else opts.path
-    frames = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise ConfigError(f"site.carbon.options.path: no such file {p}")
-        frames.append(pd.read_csv(p, encoding="utf-8"))
-    df = pd.concat(frames, ignore_index=True)
-    try:
-        tcol = (
-            df.columns[opts.time_column]
-            if isinstance(opts.time_column, int)
-            else (opts.time_column)
-        )
-        vcol = (
-            df.columns[opts.value_column]
-            if isinstance(opts.value_column, int)
-            else (opts.value_column)
-        )
-        times = pd.to_datetime(df[tcol], utc=True)
-        values = df[vcol].to_numpy(dtype=float)
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"site.carbon: cannot read {paths[0]}: {one_line(e)}") from None
-    secs = (pd.DatetimeIndex(times) - pd.Timestamp(0, tz="UTC")).total_seconds().to_numpy()
-    ok = ~np.isnan(values)
-    secs, values = secs[ok], values[ok]
-    order = np.argsort(secs, kind="stable")
-    secs, values = secs[order], values[order]
-    if len(secs) < 2:
-        raise ConfigError("site.carbon: the trace needs at least two samples")
+    secs, values = trace.read_csv("carbon", opts.path, opts)
     if opts.unit == "lbs_per_mwh":
         values = np.array([lbs_per_mwh_to_g_per_kwh(v) for v in values])
     if np.any(values < 0):
         raise ConfigError("site.carbon: negative carbon intensity in the trace")
-    start = float(secs[0])
-    if opts.start is not None:
-        start = pd.Timestamp(opts.start).timestamp()
-        if not secs[0] <= start <= secs[-1]:
-            raise ConfigError(f"site.carbon: start {opts.start} is outside the trace")
     return TraceReplay(
         secs,
         values,
-        start + opts.offset_s,
+        trace.start_time("carbon", secs, opts),
         opts.speedup,
         opts.loop,
         opts.signal,

@@ -25,13 +25,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from collectors import trace
 from collectors.common import (
     Options,
     cli_main,
@@ -51,11 +51,7 @@ log = logging.getLogger("ecovisor.collectors.solar")
 # --------------------------------------------------------------------------------------
 
 
-class _Replay(Options):
-    speedup: float = Field(1.0, gt=0, description="trace seconds per wall second")
-    start: datetime | None = Field(None, description="trace time to start at")
-    offset_s: float = Field(0.0, ge=0, description="seconds into the trace to start at")
-    loop: bool = True
+class _Replay(trace.ReplayOptions):
     scale: float | None = Field(None, gt=0, description="multiply every value")
     nameplate_w: float | None = Field(None, gt=0, description="rescale: trace max -> this W")
     tick_s: float | None = Field(None, gt=0, description="default: site.shape.tick_s")
@@ -67,10 +63,8 @@ class _Replay(Options):
         return self
 
 
-class CsvOptions(_Replay):
+class CsvOptions(_Replay, trace.CsvColumns):
     path: str
-    time_column: str | int = 0
-    value_column: str | int = 1
     unit: Literal["W", "W/m2"] = "W"
     area_m2: float | None = Field(None, gt=0)
     efficiency: float = Field(0.2, gt=0, le=1)
@@ -130,41 +124,20 @@ class SolarSource(ABC):
         wall seconds after the collector started."""
 
 
-@dataclass
-class TraceReplay(SolarSource):
-    """Pure replay of (epoch seconds, W) samples."""
+class TraceReplay(trace.TraceReplay, SolarSource):
+    """Linear replay of (epoch seconds, W) samples; negative values read as 0."""
 
-    times_s: np.ndarray
-    watts: np.ndarray
-    start_s: float
-    speedup: float = 1.0
-    loop: bool = True
-
-    def trace_time(self, elapsed_s: float) -> float:
-        t = self.start_s + elapsed_s * self.speedup
-        first, last = float(self.times_s[0]), float(self.times_s[-1])
-        if t > last and self.loop and last > first:
-            t = first + (t - first) % (last - first)
-        return t
+    @property
+    def watts(self) -> np.ndarray:
+        return self.values
 
     def read(self, elapsed_s: float) -> tuple[float, float | None]:
-        t = self.trace_time(elapsed_s)
-        return max(0.0, float(np.interp(t, self.times_s, self.watts))), None
+        return max(0.0, self.value_at(elapsed_s)), None
 
 
-def replay_from_series(times: object, values: np.ndarray, opts: _Replay) -> TraceReplay:
-    """A TraceReplay from a pandas DatetimeIndex/Series of times and values in W."""
-    import pandas as pd
-
-    idx = pd.DatetimeIndex(times)
-    if idx.tz is None:
-        idx = idx.tz_localize("UTC")
-    secs = (idx - pd.Timestamp(0, tz="UTC")).total_seconds().to_numpy(dtype=float)
-    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
-    order = np.argsort(secs, kind="stable")
-    secs, vals = np.asarray(secs)[order], np.clip(vals[order], 0.0, None)
-    if len(secs) < 2:
-        raise ConfigError("solar trace needs at least two samples")
+def _replay(secs: np.ndarray, watts: np.ndarray, opts: _Replay) -> TraceReplay:
+    """A TraceReplay of sorted samples in W: clipped at 0, scaled, started per ``opts``."""
+    vals = np.clip(watts, 0.0, None)
     if opts.nameplate_w is not None:
         peak = float(vals.max())
         if peak <= 0:
@@ -172,40 +145,23 @@ def replay_from_series(times: object, values: np.ndarray, opts: _Replay) -> Trac
         vals = vals * (opts.nameplate_w / peak)
     elif opts.scale is not None:
         vals = vals * opts.scale
-    start = float(secs[0])
-    if opts.start is not None:
-        start = pd.Timestamp(opts.start).timestamp()
-        if not secs[0] <= start <= secs[-1]:
-            raise ConfigError(f"solar start {opts.start} is outside the trace")
-    return TraceReplay(secs, vals, start + opts.offset_s, opts.speedup, opts.loop)
+    start = trace.start_time("solar", secs, opts)
+    return TraceReplay(secs, vals, start, opts.speedup, opts.loop)
+
+
+def replay_from_series(times: object, values: np.ndarray, opts: _Replay) -> TraceReplay:
+    """A TraceReplay from a pandas DatetimeIndex/Series of times and values in W
+    (a missing value reads as 0 W)."""
+    secs = trace.epoch_seconds(times)
+    return _replay(*trace.sorted_trace("solar", secs, values, fill_nan=0.0), opts)
 
 
 def read_csv_trace(opts: CsvOptions) -> TraceReplay:
-    import pandas as pd
-
-    path = Path(opts.path)
-    if not path.is_file():
-        raise ConfigError(f"site.solar.options.path: no such file {path}")
-    try:
-        df = pd.read_csv(path)
-        tcol = (
-            df.columns[opts.time_column]
-            if isinstance(opts.time_column, int)
-            else (opts.time_column)
-        )
-        vcol = (
-            df.columns[opts.value_column]
-            if isinstance(opts.value_column, int)
-            else (opts.value_column)
-        )
-        times = pd.to_datetime(df[tcol], utc=True)
-        values = df[vcol].to_numpy(dtype=float)
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"site.solar: cannot read {path}: {one_line(e)}") from None
+    secs, values = trace.read_csv("solar", opts.path, opts, fill_nan=0.0)
     if opts.unit == "W/m2":
         assert opts.area_m2 is not None
         values = values * opts.area_m2 * opts.efficiency
-    return replay_from_series(times, values, opts)
+    return _replay(secs, values, opts)
 
 
 def pvanalytics_path(name: str) -> Path:
