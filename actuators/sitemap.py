@@ -46,23 +46,19 @@ def find_template(cfg: EcovisorConfig, template: str) -> tuple[AppConfig, Contai
 
 
 def placement(cfg: EcovisorConfig, container: str) -> Placement:
-    """The placement of a configured container or of a template replica."""
-    for a in cfg.apps:
-        for c in a.containers:
-            if c.id == container:
-                return Placement(c.id, a.id, c.node, c.backend, size=c.size)
-    for a in cfg.apps:
-        for t in a.templates:
-            prefix = t.id + "-"
-            idx = container.removeprefix(prefix)
-            if (
-                container.startswith(prefix)
-                and idx.isdigit()
-                and 1 <= int(idx) <= max(t.max_replicas, 1)
-            ):
-                i = int(idx)
-                return Placement(container, a.id, t.node, replica_backend(t, i), template=t.id)
-    raise KeyError(f"container {container!r} is not in the site configuration")
+    """The placement of a configured container or of a template replica (ownership by
+    the configuration's one rule, ``EcovisorConfig.locate``)."""
+    where = cfg.locate(container)
+    if where is None:
+        raise KeyError(f"container {container!r} is not in the site configuration")
+    if where.template is None:
+        c = cfg.container(container)
+        assert c is not None
+        return Placement(c.id, where.app, c.node, c.backend, size=c.size)
+    _, t = find_template(cfg, where.template)
+    assert where.replica is not None
+    return Placement(container, where.app, t.node, replica_backend(t, where.replica),
+                     template=t.id)  # fmt: skip
 
 
 def node_model(node: NodeConfig) -> PowerModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -83,6 +84,18 @@ class ContainerTemplate(_Strict):
 class PolicyConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
     args: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A container's owner and node (see EcovisorConfig.locate)."""
+
+    container: str
+    app: str
+    node: str
+    template: str | None = None
+    replica: int | None = None
+    size: float = 1.0
 
 
 class AppConfig(_Strict):
@@ -192,6 +205,29 @@ class EcovisorConfig(_Strict):
             if any(c.id == container for c in a.containers):
                 return a.id
         return None
+
+    def locate(self, container: str) -> Placement | None:
+        """Where a container belongs: a configured container, or replica ``<template>-<i>``
+        (1 <= i <= max_replicas) of a template. The one ownership rule of the product."""
+        for a in self.apps:
+            for c in a.containers:
+                if c.id == container:
+                    return Placement(container, a.id, c.node, size=c.size)
+        for a in self.apps:
+            for t in a.templates:
+                idx = container.removeprefix(t.id + "-")
+                if idx != container and idx.isdigit() and 1 <= int(idx) <= t.max_replicas:
+                    return Placement(container, a.id, t.node, template=t.id, replica=int(idx))
+        return None
+
+    def replica_ids(self) -> dict[str, str]:
+        """Every possible replica id -> its app."""
+        return {
+            f"{t.id}-{i}": a.id
+            for a in self.apps
+            for t in a.templates
+            for i in range(1, t.max_replicas + 1)
+        }
 
     def container(self, container: str) -> ContainerConfig | None:
         for a in self.apps:

@@ -110,13 +110,14 @@ def node_power_model(cfg: EcovisorConfig, node_id: str) -> Any:
 
 
 def _check_cap(cfg: EcovisorConfig, container: str, watts: float) -> str | None:
-    c = cfg.container(container)
-    if c is None:  # ownership was checked; a template is not cappable
-        return f"container {container!r} is not a configured container"
-    members = [
-        x.id for a in cfg.apps for x in a.containers if x.node == c.node
-    ]  # containers sharing the node's idle power
+    c = cfg.locate(container)
+    if c is None:  # ownership was checked first
+        return f"container {container!r} is not in the site configuration"
+    # containers sharing the node's idle power (a replica counts itself; the actuator,
+    # which knows the running replicas, may give a slightly lower idle floor)
     sizes = {x.id: x.size for a in cfg.apps for x in a.containers if x.node == c.node}
+    sizes.setdefault(container, c.size)
+    members = list(sizes)
     try:
         quota_for_container_cap(
             node_power_model(cfg, c.node),
@@ -144,7 +145,8 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         )
     app = owner
     container = getattr(cmd, "container", None)
-    if container is not None and cfg.owner_of(container) != app.id:
+    place = cfg.locate(container) if container is not None else None
+    if container is not None and (place is None or place.app != app.id):
         return _reject(cfg, cmd, f"app {app.id!r} does not own container {container!r}")
 
     def ok(change: Any = None, *actions: ContainerAction, **detail: Any) -> Decision:
@@ -218,8 +220,7 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
     if isinstance(cmd, ResumeContainer):
         return ok(None, action(cmd.container, "resume"))
     if isinstance(cmd, ScaleContainer):
-        c = cfg.container(cmd.container)
-        cores = cfg.node(c.node).cores if c else 0
+        cores = cfg.node(place.node).cores if place else 0
         if cmd.cpus > cores:
             return _reject(cfg, cmd, f"cpus {cmd.cpus} above the node's {cores} cores")
         return ok(None, action(cmd.container, "scale", cpus=cmd.cpus))

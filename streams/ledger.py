@@ -133,12 +133,7 @@ class SiteLedger:
     def __post_init__(self) -> None:
         # lookups done per container per tick: precompute (config lookups are linear)
         # container -> app from the configuration, template replicas (<template>-<i>) too
-        self.owners = {
-            f"{t.id}-{i}": a.id
-            for a in self.cfg.apps
-            for t in a.templates
-            for i in range(1, t.max_replicas + 1)
-        }
+        self.owners = self.cfg.replica_ids()
         self.owners.update({c.id: a.id for a in self.cfg.apps for c in a.containers})
         self.shares = self.cfg.shares()
         self.app_cfg = {a.id: a for a in self.cfg.apps}

@@ -113,3 +113,49 @@ def test_unparsable_command(cfg: EcovisorConfig) -> None:
     assert not d.accepted and d.notify == ("web",) and d.reason and "invalid command" in d.reason
     d = decide(cfg, b"not json")
     assert not d.accepted and d.notify == ()
+
+
+REPLICA_SITE = """
+site:
+  id: demo
+  shape: {idle_attribution: equal}
+  nodes: [{id: n1, cores: 2}, {id: n2, cores: 4}]
+apps:
+  - id: web
+    token: web-token-123
+    containers:
+      - {id: web-1, node: n1, backend: {type: cgroup_v1, cgroup: t/web-1}}
+    templates:
+      - {id: worker, node: n2, backend: {type: process, cgroup: t/worker}, max_replicas: 2}
+  - id: batch
+    token: batch-token-123
+    containers:
+      - {id: batch-1, node: n1, backend: {type: cgroup_v1, cgroup: t/batch-1}}
+"""
+
+
+def test_replicas_of_an_apps_template_are_its_containers() -> None:
+    """scale_app starts worker-1..worker-N for web: web may cap and suspend them, batch
+    may not, and ids beyond max_replicas are nobody's."""
+    rcfg = parse_config(REPLICA_SITE)
+
+    def cap(app: str, token: str, container: str, watts: float = 2.0):  # noqa: ANN202
+        return validate(rcfg, SetContainerPowercap(site="demo", time=NOW, app=app,
+                                                   token=token, container=container,
+                                                   watts=watts))  # fmt: skip
+
+    d = cap("web", "web-token-123", "worker-2")
+    assert d.accepted, d.reason
+    assert [(a.action, a.container) for a in d.actions] == [("set_cap", "worker-2")]
+    d = validate(rcfg, SuspendContainer(site="demo", time=NOW, app="web",
+                                        token="web-token-123", container="worker-1"))
+    assert d.accepted and d.actions[0].action == "suspend"
+    d = cap("batch", "batch-token-123", "worker-1")
+    assert not d.accepted and "does not own" in (d.reason or "")
+    d = cap("web", "web-token-123", "worker-3")
+    assert not d.accepted and "does not own" in (d.reason or "")
+    # the idle floor is the template's node's: n2 idles at 1.35 W over 4 cores, split
+    # equally with nothing else there, so a 1 W cap is below it
+    d = cap("web", "web-token-123", "worker-1", watts=1.0)
+    assert not d.accepted and "idle" in (d.reason or "")
+    assert rcfg.locate("worker-1").node == "n2" and rcfg.locate("web-1").node == "n1"
