@@ -164,41 +164,27 @@ def parse_setpoint(raw: bytes) -> BatterySetpoint | None:
 
 
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
-    from actuators.containers import parse_ack
-    from actuators.kafka_io import assigned_consumer, producer, read_to_end
+    from actuators.kafka_io import producer, publisher, read_acks, replay_then_follow
 
     bootstrap = kafka_bootstrap(cfg)
     prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")
-
-    def publish(topic: str, key: str, value: bytes) -> None:
-        prod.send(topic, key=key.encode(), value=value)
-        prod.flush(timeout=10)
-
     host, port = mqtt_endpoint(cfg)
     sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery")
-    act = BatteryActuator(cfg, sender, publish)
-    ack_cons, ack_parts = assigned_consumer(bootstrap, topics.ACTUATOR_ACKS, "actuator-acks")
-    acked = {
-        a.command_id
-        for r in read_to_end(ack_cons, ack_parts)
-        if (a := parse_ack(r.value)) and a.actuator == ACTUATOR
-    }
-    ack_cons.close()
-    cons, parts = assigned_consumer(
-        bootstrap, topics.ACTUATOR_BATTERY, "actuator-battery", fetch_wait_ms
-    )
-    history = [s for r in read_to_end(cons, parts) if (s := parse_setpoint(r.value))]
-    n = act.restore(history, acked)
-    log.info("restored %d setpoints; forwarding to MQTT %s:%d", n, host, port)
+    act = BatteryActuator(cfg, sender, publisher(prod))
+    acked = {a.command_id for a in read_acks(bootstrap) if a.actuator == ACTUATOR}
+    log.info("forwarding setpoints to MQTT %s:%d", host, port)
     try:
-        while not stop.is_set():
-            for records in cons.poll(timeout_ms=200).values():
-                for r in records:
-                    sp = parse_setpoint(r.value)
-                    if sp is not None:
-                        act.handle(sp)
+        replay_then_follow(
+            bootstrap,
+            topics.ACTUATOR_BATTERY,
+            "actuator-battery",
+            fetch_wait_ms,
+            parse_setpoint,
+            lambda history: act.restore(history, acked),
+            act.handle,
+            stop,
+        )
     finally:
-        cons.close()
         sender.close()
         prod.close(timeout=5)
 

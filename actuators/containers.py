@@ -325,46 +325,29 @@ def parse_action(raw: bytes) -> ContainerAction | None:
         return None
 
 
-def parse_ack(raw: bytes) -> ActuatorAck | None:
-    try:
-        return ActuatorAck.model_validate_json(raw)
-    except ValidationError:
-        return None
-
-
 # --- process entry point ---------------------------------------------------------------
 
 
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir: Path | None):
-    from actuators.kafka_io import assigned_consumer, producer, read_to_end
+    from actuators.kafka_io import producer, publisher, read_acks, replay_then_follow
 
     bootstrap = kafka_bootstrap(cfg)
     prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")
-
-    def publish(topic: str, key: str, value: bytes) -> None:
-        prod.send(topic, key=key.encode(), value=value)
-        prod.flush(timeout=10)
-
-    act = ContainerActuator(cfg, publish, log_dir=log_dir)
-    ack_cons, ack_parts = assigned_consumer(bootstrap, topics.ACTUATOR_ACKS, "actuator-acks")
-    acks = [a for r in read_to_end(ack_cons, ack_parts) if (a := parse_ack(r.value))]
-    ack_cons.close()
-    cons, parts = assigned_consumer(
-        bootstrap, topics.ACTUATOR_CONTAINERS, f"actuator-{ACTUATOR}", fetch_wait_ms
-    )
-    history = [a for r in read_to_end(cons, parts) if (a := parse_action(r.value))]
-    n = act.restore(history, acks)
-    log.info("restored %d actions from %s; consuming", n, topics.ACTUATOR_CONTAINERS)
+    act = ContainerActuator(cfg, publisher(prod), log_dir=log_dir)
+    acks = read_acks(bootstrap)
     try:
-        while not stop.is_set():
-            for records in cons.poll(timeout_ms=200).values():
-                for r in records:
-                    action = parse_action(r.value)
-                    if action is not None:
-                        act.handle(action)
+        replay_then_follow(
+            bootstrap,
+            topics.ACTUATOR_CONTAINERS,
+            f"actuator-{ACTUATOR}",
+            fetch_wait_ms,
+            parse_action,
+            lambda history: act.restore(history, acks),
+            act.handle,
+            stop,
+        )
     finally:
         act.shutdown()
-        cons.close()
         prod.close(timeout=5)
 
 

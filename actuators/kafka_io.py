@@ -5,12 +5,21 @@ every command of its site anyway), reading a topic from the beginning to its cur
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
+from pydantic import ValidationError
+
+from ecovisor import topics
+from ecovisor.schemas import ActuatorAck
+
+log = logging.getLogger("actuators.kafka")
+T = TypeVar("T")
 
 
 class KafkaUnavailable(RuntimeError):
@@ -95,3 +104,55 @@ def producer(bootstrap: str, client_id: str, timeout: float = 30.0) -> KafkaProd
             if time.monotonic() > deadline:
                 raise KafkaUnavailable(f"Kafka at {bootstrap} not reachable: {e}") from e
             time.sleep(0.3)
+
+
+def publisher(prod: KafkaProducer) -> Callable[[str, str, bytes], None]:
+    """A synchronous publish (key as text): an ack is on the broker before we go on."""
+
+    def publish(topic: str, key: str, value: bytes) -> None:
+        prod.send(topic, key=key.encode(), value=value)
+        prod.flush(timeout=10)
+
+    return publish
+
+
+def read_acks(bootstrap: str) -> list[ActuatorAck]:
+    """Every acknowledgement so far (what was already applied before a restart)."""
+    cons, parts = assigned_consumer(bootstrap, topics.ACTUATOR_ACKS, "actuator-acks")
+    try:
+        out = []
+        for r in read_to_end(cons, parts):
+            try:
+                out.append(ActuatorAck.model_validate_json(r.value))
+            except (ValidationError, TypeError):
+                continue  # not ours to judge: the ledger dead-letters bad acks
+        return out
+    finally:
+        cons.close()
+
+
+def replay_then_follow(
+    bootstrap: str,
+    topic: str,
+    name: str,
+    fetch_wait_ms: int,
+    parse: Callable[[bytes], T | None],
+    restore: Callable[[list[T]], int],
+    handle: Callable[[T], None],
+    stop: threading.Event,
+) -> None:
+    """Restore from a topic's history (re-apply the latest setpoints), then handle each
+    new message until ``stop``; unparsable messages are skipped by ``parse``."""
+    cons, parts = assigned_consumer(bootstrap, topic, name, fetch_wait_ms)
+    try:
+        history = [m for r in read_to_end(cons, parts) if (m := parse(r.value)) is not None]
+        n = restore(history)
+        log.info("restored %d message(s) from %s; consuming", n, topic)
+        while not stop.is_set():
+            for records in cons.poll(timeout_ms=200).values():
+                for r in records:
+                    m = parse(r.value)
+                    if m is not None:
+                        handle(m)
+    finally:
+        cons.close()
