@@ -38,7 +38,7 @@ from ecovisor.power_model import (
     PolynomialPowerModel,
 )
 from ecovisor.shares import IdleAttribution
-from ecovisor.units import MJ_PER_J, j_to_mj, power_to_mj
+from ecovisor.units import j_to_mj, mj_to_power, power_to_mj
 
 __all__ = [
     "Attribution",
@@ -166,7 +166,7 @@ class Attribution(BaseModel):
         if self.unit == "mW":
             return amount / 1000
         assert self.dt_s is not None
-        return amount / MJ_PER_J / self.dt_s
+        return mj_to_power(amount, self.dt_s)
 
 
 # --- counters --------------------------------------------------------------------------

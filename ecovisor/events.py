@@ -35,7 +35,7 @@ from ecovisor.carbon import (
     window_rate_mg_per_s,
 )
 from ecovisor.tick import AppState, EventTracking, Level, RateWindow
-from ecovisor.units import MJ_PER_WH, UG_PER_G
+from ecovisor.units import MJ_PER_WH, UG_PER_G, mj_to_j, mj_to_power
 
 if TYPE_CHECKING:
     from ecovisor.ledger import AppLedgerEntry
@@ -89,7 +89,7 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
     out: list[Event] = [Event(kind=EventKind.tick, **base)]
 
     # solar and carbon changes
-    solar_w = entry.solar_mj / 1000.0 / dt
+    solar_w = mj_to_power(entry.solar_mj, dt)
     solar_ref = tr.solar_ref_w
     if solar_ref is None:
         solar_ref = solar_w
@@ -117,7 +117,7 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
                          threshold=bat.reserve_mj / MJ_PER_WH, unit="Wh", **base))
 
     if entry.flows.unserved > 0:
-        out.append(Event(kind=EventKind.unserved, value=entry.flows.unserved / 1000.0,
+        out.append(Event(kind=EventKind.unserved, value=mj_to_j(entry.flows.unserved),
                          unit="J", **base))
 
     # carbon rate per container with a limit

@@ -42,7 +42,7 @@ from ecovisor.tick import (
     SiteTickInput,
     SiteTotals,
 )
-from ecovisor.units import MJ_PER_WH, carbon_ug, mj_to_power, power_to_mj, wh_to_mj
+from ecovisor.units import MJ_PER_WH, carbon_ug, mj_to_j, mj_to_power, power_to_mj, wh_to_mj
 from ecovisor.virtual_battery import (
     BatteryLimits,
     battery_limits,
@@ -695,7 +695,7 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     if totals.grid_cut_mj + platform_unserved:
         alerts.append(SiteAlert(kind=SiteAlertKind.grid_limit, site=state.site, k=inp.k,
                                 t_start=inp.t_start,
-                                value=(totals.grid_cut_mj + platform_unserved) / 1000.0,
+                                value=mj_to_j(totals.grid_cut_mj + platform_unserved),
                                 threshold=shape.grid_limit_w, unit="J"))
     drift = None
     alerting = state.drift_alerting

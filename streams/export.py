@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from ecovisor.units import mj_to_j, ug_to_g
+
 CSV_COLUMNS = [
     "site", "app", "tick", "t_start", "tick_s", "intensity_g_per_kwh", "demand_j",
     "solar_j", "battery_j", "grid_j", "grid_to_battery_j", "unserved_j", "curtailed_j",
@@ -47,10 +49,10 @@ def row(e: dict[str, Any]) -> list[Any]:
     f, tot, cum = e["flows"], e["total"], e["cumulative"]["total"]
     return [
         e["site"], e["app"], e["k"], e["t_start"], e["tick_s"], e["intensity_g_per_kwh"],
-        e["demand_mj"] / 1000, tot["solar_mj"] / 1000, f["battery_to_load"] / 1000,
-        tot["grid_mj"] / 1000, f["grid_to_battery"] / 1000, f["unserved"] / 1000,
-        f["solar_excess_curtailed"] / 1000, tot["carbon_ug"] / 1e6,
-        e["battery"]["after_wh"], cum["energy_mj"] / 1000, cum["carbon_ug"] / 1e6,
+        mj_to_j(e["demand_mj"]), mj_to_j(tot["solar_mj"]), mj_to_j(f["battery_to_load"]),
+        mj_to_j(tot["grid_mj"]), mj_to_j(f["grid_to_battery"]), mj_to_j(f["unserved"]),
+        mj_to_j(f["solar_excess_curtailed"]), ug_to_g(tot["carbon_ug"]),
+        e["battery"]["after_wh"], mj_to_j(cum["energy_mj"]), ug_to_g(cum["carbon_ug"]),
         int(bool(e.get("estimated"))),
     ]  # fmt: skip
 

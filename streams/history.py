@@ -40,6 +40,7 @@ from ecovisor.config import (
     kafka_bootstrap,
     load_config,
 )
+from ecovisor.units import mj_to_j, ug_to_g
 
 log = logging.getLogger("ecovisor.history")
 
@@ -70,16 +71,16 @@ def points(entry: dict[str, Any]) -> list[Any]:
         Point("ecovisor_app")
         .tag("site", entry["site"])
         .tag("app", entry["app"])
-        .field("demand_j", entry["demand_mj"] / 1000)
-        .field("solar_j", tot["solar_mj"] / 1000)
-        .field("battery_j", f["battery_to_load"] / 1000)
-        .field("grid_j", tot["grid_mj"] / 1000)
-        .field("unserved_j", f["unserved"] / 1000)
-        .field("carbon_g", tot["carbon_ug"] / 1e6)
+        .field("demand_j", mj_to_j(entry["demand_mj"]))
+        .field("solar_j", mj_to_j(tot["solar_mj"]))
+        .field("battery_j", mj_to_j(f["battery_to_load"]))
+        .field("grid_j", mj_to_j(tot["grid_mj"]))
+        .field("unserved_j", mj_to_j(f["unserved"]))
+        .field("carbon_g", ug_to_g(tot["carbon_ug"]))
         .field("intensity_g_per_kwh", float(entry["intensity_g_per_kwh"]))
         .field("battery_wh", float(entry["battery"]["after_wh"]))
-        .field("cum_energy_j", cum["energy_mj"] / 1000)
-        .field("cum_carbon_g", cum["carbon_ug"] / 1e6)
+        .field("cum_energy_j", mj_to_j(cum["energy_mj"]))
+        .field("cum_carbon_g", ug_to_g(cum["carbon_ug"]))
         .field("estimated", 1 if entry.get("estimated") else 0)
         .time(t_ns, WritePrecision.NS)
     )
@@ -90,8 +91,8 @@ def points(entry: dict[str, Any]) -> list[Any]:
             .tag("site", entry["site"])
             .tag("app", entry["app"])
             .tag("container", c)
-            .field("energy_j", line["energy_mj"] / 1000)
-            .field("carbon_g", line["carbon_ug"] / 1e6)
+            .field("energy_j", mj_to_j(line["energy_mj"]))
+            .field("carbon_g", ug_to_g(line["carbon_ug"]))
             .time(t_ns, WritePrecision.NS)
         )
     return out
