@@ -66,7 +66,7 @@ from ecovisor.schemas import (
 )
 from ecovisor.solar_share import split_solar
 from ecovisor.tick import SiteState, SiteTickInput
-from ecovisor.units import MJ_PER_J, UG_PER_G, wh_to_mj
+from ecovisor.units import mj_to_j, mj_to_power, ug_to_g, wh_to_mj
 from streams.commands import Decision, decide
 from streams.tick_clock import ClosedTick, TickClock, to_us
 
@@ -370,7 +370,7 @@ class SiteLedger:
             line = e.containers.get(c)
             rate = settings.carbon_rates.get(c)
             conts[c] = ContainerTickData(
-                power_w=(line.energy_mj if line else 0) / MJ_PER_J / dt,
+                power_w=mj_to_power(line.energy_mj if line else 0, dt),
                 powercap_w=settings.container_caps_w.get(c),
                 suspended=c in suspended,
                 carbon_mg_per_s=(line.carbon_ug if line else 0) / 1000 / dt,
@@ -378,23 +378,23 @@ class SiteLedger:
             )
         td = TickData(
             tick_s=dt,
-            next_solar_w=next_solar_mj / MJ_PER_J / dt,
-            solar_w=e.solar_mj / MJ_PER_J / dt,
-            grid_w=(f.grid_to_load + f.grid_to_battery) / MJ_PER_J / dt,
+            next_solar_w=mj_to_power(next_solar_mj, dt),
+            solar_w=mj_to_power(e.solar_mj, dt),
+            grid_w=mj_to_power(f.grid_to_load + f.grid_to_battery, dt),
             grid_carbon_g_per_kwh=e.intensity_g_per_kwh,
             battery_charge_level_wh=e.battery.after_wh,
-            battery_discharge_rate_w=f.battery_to_load / MJ_PER_J / dt,
+            battery_discharge_rate_w=mj_to_power(f.battery_to_load, dt),
             battery_charge_rate_setting_w=settings.charge_rate_w,
             battery_max_discharge_setting_w=(
                 settings.max_discharge_w
                 if settings.max_discharge_w is not None
                 else share.discharge_limit_w
             ),
-            app_power_w=e.demand_mj / MJ_PER_J / dt,
-            unserved_w=f.unserved / MJ_PER_J / dt,
-            carbon_g=e.total.carbon_ug / UG_PER_G,
+            app_power_w=mj_to_power(e.demand_mj, dt),
+            unserved_w=mj_to_power(f.unserved, dt),
+            carbon_g=ug_to_g(e.total.carbon_ug),
             carbon_budget_g=budget.budget_g if budget else None,
-            carbon_budget_used_g=tracker.used_ug / UG_PER_G if (budget and tracker) else None,
+            carbon_budget_used_g=ug_to_g(tracker.used_ug) if (budget and tracker) else None,
             containers=conts,
             estimated=e.estimated,
         )
@@ -537,8 +537,8 @@ class SiteLedger:
             },
             "app_metrics": self.metrics.get(app, {}),
             "cumulative": {
-                "energy_j": st.cumulative.total.energy_mj / MJ_PER_J,
-                "carbon_g": st.cumulative.total.carbon_ug / UG_PER_G,
+                "energy_j": mj_to_j(st.cumulative.total.energy_mj),
+                "carbon_g": ug_to_g(st.cumulative.total.carbon_ug),
                 "ticks": st.cumulative.ticks,
                 "estimated_ticks": st.cumulative.estimated_ticks,
             },
@@ -589,12 +589,12 @@ class SiteLedger:
         conts = {}
         for c, (e, g) in hi["containers"].items():
             e0, g0 = lo["containers"].get(c, (0, 0))
-            conts[c] = {"energy_j": (e - e0) / MJ_PER_J, "carbon_g": (g - g0) / UG_PER_G}
+            conts[c] = {"energy_j": mj_to_j(e - e0), "carbon_g": ug_to_g(g - g0)}
         return {
             "t1": _iso((lo_k + 1) * tick_us),
             "t2": _iso((hi_k + 1) * tick_us),
-            "energy_j": (hi["energy_mj"] - lo["energy_mj"]) / MJ_PER_J,
-            "carbon_g": (hi["carbon_ug"] - lo["carbon_ug"]) / UG_PER_G,
+            "energy_j": mj_to_j(hi["energy_mj"] - lo["energy_mj"]),
+            "carbon_g": ug_to_g(hi["carbon_ug"] - lo["carbon_ug"]),
             "containers": conts,
             "ticks": [lo_k + 1, hi_k],
         }
