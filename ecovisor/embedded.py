@@ -50,10 +50,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on host:port now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        if port_open(port, host):
             return
         time.sleep(0.05)
     raise StackError(f"nothing listens on {host}:{port} after {timeout:.0f} s")

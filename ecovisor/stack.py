@@ -19,7 +19,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -451,14 +450,6 @@ def _wait_socket(state_dir: Path, proc: subprocess.Popen[bytes] | None, timeout:
     raise StackError(f"supervisord did not answer within {timeout:.0f} s")
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
 def start_services(p: Plan, state_dir: Path, say: Printer, timeout: float = 60.0) -> None:
     """Wait for the servers, create every topic, then start the rest in priority order."""
     server = rpc(state_dir)
@@ -466,7 +457,7 @@ def start_services(p: Plan, state_dir: Path, say: Printer, timeout: float = 60.0
         if s.server and s.port:
             say(f"  waiting for {s.name} on port {s.port} ...")
             deadline = time.monotonic() + timeout
-            while not _port_open(s.port):
+            while not embedded.port_open(s.port, timeout=0.3):
                 state = server.supervisor.getProcessInfo(s.name)["statename"]
                 if state in ("FATAL", "EXITED") or time.monotonic() > deadline:
                     raise StackError(
@@ -529,7 +520,7 @@ def up(
         say("cleaned stale state of a previous run")
     p = prepare(cfg, config_file, state_dir)
     busy = [f"{s.name} port {s.port}" for s in p.services if s.server and s.port
-            and _port_open(s.port)]  # fmt: skip
+            and embedded.port_open(s.port, timeout=0.3)]  # fmt: skip
     if busy:
         raise StackError(
             f"already in use: {', '.join(busy)} (another stack or server?); change the "
