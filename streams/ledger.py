@@ -182,15 +182,16 @@ class SiteLedger:
         )
 
     # --- ticks --------------------------------------------------------------------------
-    def refuse_reason(self, t: Any, now_us: int | None) -> str | None:
+    def refuse_reason(self, t: Any, now_us: int | None, t_us: int | None = None) -> str | None:
         """Why a telemetry (or clock) message must not enter the clock, else None.
         Always: an event time before 1970 or in year 9999 (tick arithmetic; such a tick
         could not be closed, and a replayed poison message would stop the worker).
         Real-time mode (``now_us``: wall clock): the watermark drives tick closing, so
         one sample from a clock a day ahead would close a day of ticks at once and then
         hold every real sample as 'late' in that future tick. Late samples are fine
-        (they roll in)."""
-        t_us = to_us(t.time.timestamp())
+        (they roll in). ``t_us``: the event time already converted, if the caller has it."""
+        if t_us is None:
+            t_us = to_us(t.time.timestamp())
         if not 0 <= t_us <= EVENT_TIME_MAX_US:
             return f"event time {t.time.isoformat()} is outside 1970-01-01..9998-01-01"
         if now_us is None:
@@ -746,12 +747,13 @@ def build_app(
                 continue
             if t.site != site:
                 continue
-            why = led.refuse_reason(t, None if event_mode else wall_us)
+            t_us = to_us(t.time.timestamp())  # once per sample: refuse_reason and offer
+            why = led.refuse_reason(t, None if event_mode else wall_us, t_us)
             if why is not None:
                 dl = dead_letter(topics.TELEMETRY, why, raw)
                 await send_all([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
                 continue
-            offer(t)
+            offer(t, t_us)
             rt.samples += 1
             if event_mode:
                 wm = led.clock.watermark_us or 0
