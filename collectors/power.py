@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend
 from collectors.common import cli_main, make_publisher, one_line, run_every
 from collectors.publisher import Publisher
 from ecovisor.attribution import CounterSnapshot, PowerModel, attribute_interval
@@ -48,7 +49,6 @@ from ecovisor.units import MJ_PER_J
 
 log = logging.getLogger("ecovisor.collectors.power")
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 POWERCAP_ROOT = "/sys/class/powercap"
 
 # --------------------------------------------------------------------------------------
@@ -64,33 +64,30 @@ class CpuMeter(ABC):
 
 
 class CgroupV1Cpu(CpuMeter):
-    """cgroup v1: ``<root>/cpuacct/<path>/cpuacct.usage`` in nanoseconds."""
+    """cgroup v1: ``<root>/cpuacct/<path>/cpuacct.usage`` in nanoseconds, read by the
+    actuators' backend so the collector and the actuator agree on one reader."""
 
     def __init__(self, path: str, root: str | None = None) -> None:
-        self.file = Path(root or CGROUP_ROOT) / "cpuacct" / path.strip("/") / "cpuacct.usage"
+        self._cg = CgroupV1Backend(path, root)
 
     def cpu_s(self) -> float | None:
         try:
-            return int(self.file.read_text().strip()) / 1e9
-        except (OSError, ValueError):
+            return self._cg.usage_s()
+        except (BackendError, ValueError):
             return None
 
 
 class CgroupV2Cpu(CpuMeter):
-    """cgroup v2: ``usage_usec`` in ``<root>/<path>/cpu.stat``."""
+    """cgroup v2: ``usage_usec`` in ``<root>/<path>/cpu.stat`` (the actuators' reader)."""
 
     def __init__(self, path: str, root: str | None = None) -> None:
-        self.file = Path(root or CGROUP_ROOT) / path.strip("/") / "cpu.stat"
+        self._cg = CgroupV2Backend(path, root)
 
     def cpu_s(self) -> float | None:
         try:
-            for line in self.file.read_text().splitlines():
-                key, _, val = line.partition(" ")
-                if key == "usage_usec":
-                    return int(val) / 1e6
-        except (OSError, ValueError):
+            return self._cg.usage_s()
+        except (BackendError, ValueError):
             return None
-        return None
 
 
 class LxdCpu(CpuMeter):
