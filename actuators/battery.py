@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -27,11 +26,8 @@ from pydantic import ValidationError
 
 from ecovisor import topics
 from ecovisor.config import (
-    ConfigError,
     EcovisorConfig,
-    config_path,
     kafka_bootstrap,
-    load_config,
     mqtt_endpoint,
 )
 from ecovisor.schemas import ActuatorAck, BatterySetpoint, describe_validation_error, utcnow
@@ -190,28 +186,15 @@ def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from actuators.containers import one_line
-    from actuators.kafka_io import KafkaUnavailable
+    from actuators.kafka_io import serve
 
     p = argparse.ArgumentParser(prog="python -m actuators.battery", description=__doc__)
     p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
     p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(config_path(args.config))
-    except ConfigError as e:
-        print(f"actuators.battery: {one_line(e)}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        run(cfg, stop, args.fetch_wait_ms)
-    except KafkaUnavailable as e:
-        print(f"actuators.battery: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return serve(
+        "actuators.battery", args.config, lambda cfg, stop: run(cfg, stop, args.fetch_wait_ms)
+    )
 
 
 if __name__ == "__main__":

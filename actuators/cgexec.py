@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 
-from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend, one_line
 from ecovisor.config import ConfigError, config_path, load_config
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = load_config(config_path(args.config))
         except ConfigError as e:
-            return _fail(" ".join(x.strip() for x in str(e).splitlines()))
+            return _fail(one_line(e))
         c = cfg.container(args.container)
         if c is None:
             return _fail(f"container {args.container!r} is not in the site configuration")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -42,8 +41,8 @@ from actuators.backends import (
 from actuators.sitemap import cap_quota, find_template, placement, replica_backend, replica_id
 from actuators.state import UNKNOWN, ActuatorState, Effect, action_key, latest_actions
 from ecovisor import topics
-from ecovisor.config import ConfigError, EcovisorConfig, config_path, kafka_bootstrap, load_config
 from ecovisor.config import ContainerBackend as BackendConfig
+from ecovisor.config import EcovisorConfig, kafka_bootstrap
 from ecovisor.schemas import (
     ActuatorAck,
     ContainerAction,
@@ -308,10 +307,6 @@ def _effect_of(a: ContainerAction) -> Effect:
     }[a.action]  # type: ignore[return-value]
 
 
-def one_line(e: BaseException) -> str:
-    return " ".join(x.strip() for x in str(e).splitlines() if x.strip())
-
-
 def _reason(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return text or type(e).__name__
@@ -352,28 +347,19 @@ def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from actuators.kafka_io import serve
+
     p = argparse.ArgumentParser(prog="python -m actuators.containers", description=__doc__)
     p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
     p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
     p.add_argument("--log-dir", help="where replica output goes (default: discarded)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(config_path(args.config))
-    except ConfigError as e:
-        print(f"actuators.containers: {one_line(e)}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    from actuators.kafka_io import KafkaUnavailable
-
-    try:
-        run(cfg, stop, args.fetch_wait_ms, Path(args.log_dir) if args.log_dir else None)
-    except KafkaUnavailable as e:
-        print(f"actuators.containers: {e}", file=sys.stderr)
-        return 1
-    return 0
+    log_dir = Path(args.log_dir) if args.log_dir else None
+    return serve(
+        "actuators.containers",
+        args.config,
+        lambda cfg, stop: run(cfg, stop, args.fetch_wait_ms, log_dir),
+    )
 
 
 if __name__ == "__main__":

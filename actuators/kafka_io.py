@@ -6,6 +6,8 @@ every command of its site anyway), reading a topic from the beginning to its cur
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +17,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from actuators.backends import one_line
 from ecovisor import topics
+from ecovisor.config import ConfigError, EcovisorConfig, config_path, load_config
 from ecovisor.schemas import ActuatorAck
 
 log = logging.getLogger("actuators.kafka")
@@ -156,3 +160,25 @@ def replay_then_follow(
                         handle(m)
     finally:
         cons.close()
+
+
+def serve(
+    name: str, config: str | None, run: Callable[[EcovisorConfig, threading.Event], None]
+) -> int:
+    """An actuator service's process entry: load the site configuration (exit 2 with one
+    line on a bad one), stop cleanly on SIGTERM/SIGINT, exit 1 when Kafka is unusable."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(config_path(config))
+    except ConfigError as e:
+        print(f"{name}: {one_line(e)}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run(cfg, stop)
+    except KafkaUnavailable as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 1
+    return 0
