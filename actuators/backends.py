@@ -39,11 +39,6 @@ class BackendError(RuntimeError):
     """A container action that could not be carried out (the reason is the message)."""
 
 
-def one_line(e: BaseException) -> str:
-    """An error as one line, for the actuators' stderr exits and acknowledgements."""
-    return " ".join(x.strip() for x in str(e).splitlines() if x.strip())
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()

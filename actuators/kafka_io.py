@@ -17,9 +17,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from actuators.backends import one_line
 from ecovisor import topics
-from ecovisor.config import ConfigError, EcovisorConfig, config_path, load_config
+from ecovisor.config import ConfigError, EcovisorConfig, config_path, load_config, one_line
 from ecovisor.schemas import ActuatorAck
 
 log = logging.getLogger("actuators.kafka")

@@ -23,6 +23,7 @@ from ecovisor.config import (
     config_path,
     load_config,
     mqtt_endpoint,
+    one_line,
 )
 from ecovisor.schemas import describe_validation_error
 
@@ -51,10 +52,6 @@ def validate_source(
         raise ConfigError(
             f"site.{section}.options (type {source.type}): {describe_validation_error(e)}"
         ) from None
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def make_publisher(

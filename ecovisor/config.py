@@ -24,6 +24,11 @@ class ConfigError(Exception):
     """A site configuration that cannot be used, with readable reasons."""
 
 
+def one_line(err: BaseException) -> str:
+    """An error as one line (every entry point exits with one line, never a traceback)."""
+    return " ".join(str(err).split())
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

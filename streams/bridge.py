@@ -30,7 +30,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecovisor import schemas, topics
-from ecovisor.config import ConfigError, config_path, kafka_bootstrap, load_config, mqtt_endpoint
+from ecovisor.config import (
+    ConfigError,
+    config_path,
+    kafka_bootstrap,
+    load_config,
+    mqtt_endpoint,
+    one_line,
+)
 
 log = logging.getLogger("ecovisor.bridge")
 
@@ -266,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(config_path(args.config))
     except ConfigError as e:
-        # one line, like every other entry point
-        print("streams.bridge: " + " ".join(x.strip() for x in str(e).splitlines()),
-              file=sys.stderr)  # fmt: skip
+        print(f"streams.bridge: {one_line(e)}", file=sys.stderr)
         return 2
     host, port = mqtt_endpoint(cfg)
     bridge = Bridge(cfg.site.id, host, port, kafka_bootstrap(cfg))
