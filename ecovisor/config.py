@@ -211,28 +211,24 @@ class EcovisorConfig(_Strict):
                 return a.id
         return None
 
-    def locate(self, container: str) -> Placement | None:
-        """Where a container belongs: a configured container, or replica ``<template>-<i>``
-        (1 <= i <= max_replicas) of a template. The one ownership rule of the product."""
-        for a in self.apps:
-            for c in a.containers:
-                if c.id == container:
-                    return Placement(container, a.id, c.node, size=c.size)
-        for a in self.apps:
-            for t in a.templates:
-                idx = container.removeprefix(t.id + "-")
-                if idx != container and idx.isdigit() and 1 <= int(idx) <= t.max_replicas:
-                    return Placement(container, a.id, t.node, template=t.id, replica=int(idx))
-        return None
-
-    def replica_ids(self) -> dict[str, str]:
-        """Every possible replica id -> its app."""
-        return {
-            f"{t.id}-{i}": a.id
+    def placements(self) -> dict[str, Placement]:
+        """Every container id the site can have: the configured containers and each
+        replica ``<template>-<i>`` (1 <= i <= max_replicas) of a template. The one
+        ownership rule of the product (ledger telemetry, commands, actuators)."""
+        out = {
+            f"{t.id}-{i}": Placement(f"{t.id}-{i}", a.id, t.node, template=t.id, replica=i)
             for a in self.apps
             for t in a.templates
             for i in range(1, t.max_replicas + 1)
         }
+        for a in self.apps:  # a configured name wins (the validator forbids clashes)
+            for c in a.containers:
+                out[c.id] = Placement(c.id, a.id, c.node, size=c.size)
+        return out
+
+    def locate(self, container: str) -> Placement | None:
+        """Where a container belongs (see ``placements``), or None."""
+        return self.placements().get(container)
 
     def container(self, container: str) -> ContainerConfig | None:
         for a in self.apps:

@@ -128,13 +128,10 @@ class SiteLedger:
     entries: dict[str, deque[tuple[float, bytes]]] = field(default_factory=dict)  # in memory
     counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     dead: int = 0
-    owners: dict[str, str] = field(default_factory=dict)  # container -> app (config)
 
     def __post_init__(self) -> None:
-        # lookups done per container per tick: precompute (config lookups are linear)
-        # container -> app from the configuration, template replicas (<template>-<i>) too
-        self.owners = self.cfg.replica_ids()
-        self.owners.update({c.id: a.id for a in self.cfg.apps for c in a.containers})
+        # derived from the configuration, looked up per container per tick: precomputed
+        self.owners: dict[str, str] = {c: p.app for c, p in self.cfg.placements().items()}
         self.shares = self.cfg.shares()
         self.app_cfg = {a.id: a for a in self.cfg.apps}
 
