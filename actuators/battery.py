@@ -24,13 +24,14 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from ecovisor import topics
-from ecovisor.config import (
-    EcovisorConfig,
-    kafka_bootstrap,
-    mqtt_endpoint,
+from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig, kafka_bootstrap, mqtt_endpoint
+from ecovisor.contract.schemas import (
+    ActuatorAck,
+    BatterySetpoint,
+    describe_validation_error,
+    utcnow,
 )
-from ecovisor.schemas import ActuatorAck, BatterySetpoint, describe_validation_error, utcnow
 
 ACTUATOR = "battery"
 log = logging.getLogger("actuators.battery")
@@ -160,7 +161,8 @@ def parse_setpoint(raw: bytes) -> BatterySetpoint | None:
 
 
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
-    from actuators.kafka_io import producer, publisher, read_acks, replay_then_follow
+    from actuators.kafka_io import read_acks, replay_then_follow
+    from ecovisor.adapters.kafka import producer, publisher
 
     bootstrap = kafka_bootstrap(cfg)
     prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")

@@ -17,8 +17,8 @@ import os
 import shutil
 import sys
 
-from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend
-from ecovisor.config import ConfigError, config_path, load_config, one_line
+from ecovisor.adapters.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+from ecovisor.contract.config import ConfigError, config_path, load_config, one_line
 
 
 def _fail(msg: str) -> int:

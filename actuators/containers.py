@@ -31,19 +31,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from actuators.backends import (
+from actuators.sitemap import cap_quota, find_template, placement, replica_backend, replica_id
+from actuators.state import UNKNOWN, ActuatorState, Effect, action_key, latest_actions
+from ecovisor.adapters.backends import (
     BackendError,
     ContainerBackend,
     LxdBackend,
     ProcessBackend,
     make_backend,
 )
-from actuators.sitemap import cap_quota, find_template, placement, replica_backend, replica_id
-from actuators.state import UNKNOWN, ActuatorState, Effect, action_key, latest_actions
-from ecovisor import topics
-from ecovisor.config import ContainerBackend as BackendConfig
-from ecovisor.config import EcovisorConfig, kafka_bootstrap
-from ecovisor.schemas import (
+from ecovisor.contract import topics
+from ecovisor.contract.config import ContainerBackend as BackendConfig
+from ecovisor.contract.config import EcovisorConfig, kafka_bootstrap
+from ecovisor.contract.schemas import (
     ActuatorAck,
     ContainerAction,
     ContainerEvent,
@@ -324,7 +324,8 @@ def parse_action(raw: bytes) -> ContainerAction | None:
 
 
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir: Path | None):
-    from actuators.kafka_io import producer, publisher, read_acks, replay_then_follow
+    from actuators.kafka_io import read_acks, replay_then_follow
+    from ecovisor.adapters.kafka import producer, publisher
 
     bootstrap = kafka_bootstrap(cfg)
     prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")

@@ -1,7 +1,7 @@
-"""Kafka plumbing shared by the actuator services: a partition-assigned consumer (no
-consumer group: kafka-python groups fail on the tansu broker, and an actuator must see
-every command of its site anyway), reading a topic from the beginning to its current end
-(restoring setpoints after a restart), and a producer for acknowledgements."""
+"""The actuator services' shared loop: restore what was applied (acknowledgements read
+to the end of their topic), then follow the command topic; one service entry (config
+load, SIGTERM stop, exit 1 when Kafka is unavailable). The Kafka clients themselves are
+in ``ecovisor.adapters.kafka``."""
 
 from __future__ import annotations
 
@@ -9,114 +9,22 @@ import logging
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from ecovisor import topics
-from ecovisor.config import ConfigError, EcovisorConfig, config_path, load_config, one_line
-from ecovisor.schemas import ActuatorAck
+from ecovisor.adapters.kafka import (
+    KafkaUnavailable,
+    assigned_consumer,
+    read_to_end,
+)
+from ecovisor.contract import topics
+from ecovisor.contract.config import ConfigError, EcovisorConfig, config_path, load_config, one_line
+from ecovisor.contract.schemas import ActuatorAck
 
 log = logging.getLogger("actuators.kafka")
 T = TypeVar("T")
-
-
-class KafkaUnavailable(RuntimeError):
-    pass
-
-
-def _partitions(consumer: KafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:
-    deadline = time.monotonic() + timeout
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if time.monotonic() > deadline:
-            raise KafkaUnavailable(f"topic {topic!r} does not exist (create topics up front)")
-        time.sleep(0.2)
-
-
-def assigned_consumer(
-    bootstrap: str,
-    topic: str,
-    client_id: str,
-    fetch_max_wait_ms: int = 50,
-    timeout: float = 30.0,
-) -> tuple[KafkaConsumer, list[TopicPartition]]:
-    """A consumer assigned every partition of ``topic`` (positions not yet set)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap,
-                client_id=client_id,
-                enable_auto_commit=False,
-                # short fetch waits keep command-to-quota latency low on brokers that
-                # hold a fetch until the wait expires
-                fetch_max_wait_ms=fetch_max_wait_ms,
-                consumer_timeout_ms=1000,
-            )
-            break
-        except KafkaError as e:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"Kafka at {bootstrap} not reachable: {e}") from e
-            time.sleep(0.3)
-    parts = _partitions(consumer, topic, max(deadline - time.monotonic(), 1.0))
-    consumer.assign(parts)
-    return consumer, parts
-
-
-def read_to_end(
-    consumer: KafkaConsumer, parts: list[TopicPartition], timeout: float = 30.0
-) -> Iterator[Any]:
-    """Records from the beginning of each partition up to its end offset at call time;
-    the consumer is left positioned at that end (so live consumption continues there)."""
-    consumer.seek_to_beginning(*parts)
-    end = consumer.end_offsets(parts)
-    deadline = time.monotonic() + timeout
-    remaining = {tp for tp in parts if end[tp] > consumer.position(tp)}
-    while remaining:
-        if time.monotonic() > deadline:
-            raise KafkaUnavailable(f"could not read {sorted(str(t) for t in remaining)} to end")
-        batch = consumer.poll(timeout_ms=200)
-        for tp, records in batch.items():
-            for r in records:
-                if r.offset < end[tp]:
-                    yield r
-        for tp in list(remaining):
-            if consumer.position(tp) >= end[tp]:
-                remaining.discard(tp)
-    # Records past the snapshot end that arrived in the last batch were already fetched;
-    # rewind so live consumption sees them.
-    for tp in parts:
-        consumer.seek(tp, end[tp])
-
-
-def producer(bootstrap: str, client_id: str, timeout: float = 30.0) -> KafkaProducer:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return KafkaProducer(
-                bootstrap_servers=bootstrap, client_id=client_id, linger_ms=0, acks=1
-            )
-        except KafkaError as e:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"Kafka at {bootstrap} not reachable: {e}") from e
-            time.sleep(0.3)
-
-
-def publisher(prod: KafkaProducer) -> Callable[[str, str, bytes], None]:
-    """A synchronous publish (key as text): an ack is on the broker before we go on."""
-
-    def publish(topic: str, key: str, value: bytes) -> None:
-        prod.send(topic, key=key.encode(), value=value)
-        prod.flush(timeout=10)
-
-    return publish
 
 
 def read_acks(bootstrap: str) -> list[ActuatorAck]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ecovisor.attribution import PowerModel
-from ecovisor.config import AppConfig, ContainerTemplate, EcovisorConfig, NodeConfig
-from ecovisor.config import ContainerBackend as BackendConfig
-from ecovisor.power_cap import CpuQuota, quota_for_container_cap
+from ecovisor.contract.config import AppConfig, ContainerTemplate, EcovisorConfig, NodeConfig
+from ecovisor.contract.config import ContainerBackend as BackendConfig
+from ecovisor.core.attribution import PowerModel
+from ecovisor.core.power_cap import CpuQuota, quota_for_container_cap
 
 
 @dataclass(frozen=True)

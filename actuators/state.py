@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ecovisor.schemas import ContainerAction
+from ecovisor.contract.schemas import ContainerAction
 
 UNKNOWN: Literal["unknown"] = "unknown"
 Effect = Literal["limit", "freezer", "replicas", "none"]

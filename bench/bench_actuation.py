@@ -24,11 +24,12 @@ import uuid
 from pathlib import Path
 
 from actuators.sitemap import modelled_power_w
-from actuators.testkit import Bus, burner_cgroup, start_service, stop_service
-from ecovisor import topics
-from ecovisor.config import load_config
-from ecovisor.embedded import Server, create_topics, free_port, tansu_command
-from ecovisor.schemas import ContainerAction, utcnow
+from ecovisor.adapters.kafka import create_topics
+from ecovisor.contract import topics
+from ecovisor.contract.config import load_config
+from ecovisor.contract.schemas import ContainerAction, utcnow
+from ecovisor.embedded.servers import Server, free_port, tansu_command
+from tests.fakes.actuator_bus import Bus, burner_cgroup, start_service, stop_service
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -19,8 +19,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, TopicPartition
 
-from ecovisor import schemas, topics
-from ecovisor.embedded import Server, create_topics, free_port, mqtt_command, tansu_command
+from ecovisor.adapters.kafka import create_topics
+from ecovisor.contract import schemas, topics
+from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_command
 
 N = int(os.environ.get("BENCH_BRIDGE_N", "20000"))
 

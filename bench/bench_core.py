@@ -23,14 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ecovisor.ledger import apply_settings, initial_site_state, site_step  # noqa: E402
-from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape  # noqa: E402
-from ecovisor.tick import (  # noqa: E402
-    CarbonRateLimit,
-    SetBatteryChargeRate,
-    SetCarbonRate,
-    SiteTickInput,
-)
+from ecovisor.core.settings import apply_settings  # noqa: E402
+from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape  # noqa: E402
+from ecovisor.core.state import CarbonRateLimit, SetBatteryChargeRate, SetCarbonRate, SiteTickInput
+from ecovisor.core.tick import initial_site_state, site_step  # noqa: E402
 
 
 def make_site(n_apps: int):

@@ -33,9 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ecovisor import topics  # noqa: E402
-from ecovisor.config import load_config  # noqa: E402
-from ecovisor.embedded import Server, free_port, mqtt_command, tansu_command  # noqa: E402
+from ecovisor.contract import topics  # noqa: E402
+from ecovisor.contract.config import load_config  # noqa: E402
+from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_command  # noqa: E402
 from streams.ledger import prepare_topics  # noqa: E402
 
 SITE = "bench"  # each run uses its own site (own Faust app, tables and state)

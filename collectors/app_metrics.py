@@ -25,8 +25,8 @@ from typing import Any
 
 from collectors.common import make_publisher
 from collectors.publisher import Publisher
-from ecovisor.config import EcovisorConfig, config_path, load_config
-from ecovisor.schemas import AppMetricsTelemetry
+from ecovisor.contract.config import EcovisorConfig, config_path, load_config
+from ecovisor.contract.schemas import AppMetricsTelemetry
 
 
 class AppMetrics:

@@ -33,9 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import Field, ValidationError
 
 from collectors.common import Options, cli_main, make_publisher, run_every, validate_source
-from ecovisor import topics
-from ecovisor.config import ConfigError, EcovisorConfig, SourceConfig, mqtt_endpoint
-from ecovisor.schemas import BatterySetpoint, BatteryTelemetry, describe_validation_error
+from ecovisor.contract import topics
+from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig, mqtt_endpoint
+from ecovisor.contract.schemas import BatterySetpoint, BatteryTelemetry, describe_validation_error
 
 log = logging.getLogger("ecovisor.collectors.battery_device")
 _EPS_WH = 1e-9

@@ -42,9 +42,9 @@ from collectors.common import (
     run_every,
     validate_source,
 )
-from ecovisor.config import ConfigError, EcovisorConfig, SourceConfig
-from ecovisor.schemas import CarbonTelemetry, utcnow
-from ecovisor.units import lbs_per_mwh_to_g_per_kwh
+from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
+from ecovisor.contract.schemas import CarbonTelemetry, utcnow
+from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 log = logging.getLogger("ecovisor.collectors.carbon")
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from collectors.publisher import Publisher, client_id
-from ecovisor.config import (
+from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
     SourceConfig,
@@ -25,7 +25,7 @@ from ecovisor.config import (
     mqtt_endpoint,
     one_line,
 )
-from ecovisor.schemas import describe_validation_error
+from ecovisor.contract.schemas import describe_validation_error
 
 
 class Options(BaseModel):

@@ -38,14 +38,14 @@ from typing import Any
 
 import httpx
 
-from actuators.backends import BackendError, CgroupV1Backend, CgroupV2Backend
 from collectors.common import cli_main, make_publisher, one_line, run_every
 from collectors.publisher import Publisher
-from ecovisor.attribution import CounterSnapshot, PowerModel, attribute_interval
-from ecovisor.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
-from ecovisor.schemas import ContainerTelemetry, NodeTelemetry
-from ecovisor.shares import IdleAttribution
-from ecovisor.units import MJ_PER_J
+from ecovisor.adapters.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+from ecovisor.contract.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
+from ecovisor.contract.schemas import ContainerTelemetry, NodeTelemetry
+from ecovisor.core.attribution import CounterSnapshot, PowerModel, attribute_interval
+from ecovisor.core.shares import IdleAttribution
+from ecovisor.core.units import MJ_PER_J
 
 log = logging.getLogger("ecovisor.collectors.power")
 

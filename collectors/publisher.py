@@ -21,8 +21,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from ecovisor import topics
-from ecovisor.schemas import Telemetry, utcnow
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import Telemetry, utcnow
 
 log = logging.getLogger("ecovisor.collectors.publisher")
 

@@ -40,8 +40,8 @@ from collectors.common import (
     run_every,
     validate_source,
 )
-from ecovisor.config import ConfigError, EcovisorConfig, SourceConfig
-from ecovisor.schemas import SolarTelemetry
+from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
+from ecovisor.contract.schemas import SolarTelemetry
 
 log = logging.getLogger("ecovisor.collectors.solar")
 

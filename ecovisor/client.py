@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ecovisor.schemas import Notification, TickData, parse_notification
+from ecovisor.contract.schemas import Notification, TickData, parse_notification
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -29,8 +29,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ecovisor import schemas, topics
-from ecovisor.config import (
+from ecovisor.contract import schemas, topics
+from ecovisor.contract.config import (
     ConfigError,
     config_path,
     kafka_bootstrap,

@@ -24,10 +24,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ecovisor import tick as core
-from ecovisor.config import EcovisorConfig
-from ecovisor.power_cap import CapRejected, quota_for_container_cap
-from ecovisor.schemas import (
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.schemas import (
     AnyCommand,
     ContainerAction,
     ResumeContainer,
@@ -42,6 +40,8 @@ from ecovisor.schemas import (
     describe_validation_error,
     parse_command,
 )
+from ecovisor.core import state as core
+from ecovisor.core.power_cap import CapRejected, quota_for_container_cap
 
 # Float slack when comparing a requested rate with a share limit.
 _EPS = 1e-9

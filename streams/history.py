@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ecovisor import topics
-from ecovisor.config import (
+from ecovisor.contract import topics
+from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
     config_path,
@@ -40,7 +40,7 @@ from ecovisor.config import (
     kafka_bootstrap,
     load_config,
 )
-from ecovisor.units import mj_to_j, ug_to_g
+from ecovisor.core.units import mj_to_j, ug_to_g
 
 log = logging.getLogger("ecovisor.history")
 

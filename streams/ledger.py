@@ -44,16 +44,9 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from ecovisor import topics
-from ecovisor.config import ConfigError, EcovisorConfig, config_path, load_config
-from ecovisor.ledger import (
-    SiteAlertKind,
-    SiteTickResult,
-    initial_site_state,
-    queue_site_change,
-    site_step,
-)
-from ecovisor.schemas import (
+from ecovisor.contract import topics
+from ecovisor.contract.config import ConfigError, EcovisorConfig, config_path, load_config
+from ecovisor.contract.schemas import (
     TELEMETRY_ADAPTER,
     ActuatorAck,
     Alert,
@@ -64,11 +57,14 @@ from ecovisor.schemas import (
     dead_letter,
     describe_validation_error,
 )
-from ecovisor.solar_share import split_solar
-from ecovisor.tick import SiteState, SiteTickInput
-from ecovisor.units import mj_to_j, mj_to_power, ug_to_g, wh_to_mj
+from ecovisor.core.entries import SiteAlertKind, SiteTickResult
+from ecovisor.core.settings import queue_site_change
+from ecovisor.core.solar_share import split_solar
+from ecovisor.core.state import SiteState, SiteTickInput
+from ecovisor.core.tick import initial_site_state, site_step
+from ecovisor.core.tick_clock import ClosedTick, TickClock, to_us
+from ecovisor.core.units import mj_to_j, mj_to_power, ug_to_g, wh_to_mj
 from streams.commands import Decision, decide
-from streams.tick_clock import ClosedTick, TickClock, to_us
 
 log = logging.getLogger("ecovisor.ledger")
 
@@ -899,7 +895,7 @@ class Runtime:
 
 def prepare_topics(cfg: EcovisorConfig, bootstrap: str) -> None:
     """Create every topic the worker reads or writes (tansu does not auto-create)."""
-    from ecovisor.embedded import create_topics
+    from ecovisor.adapters.kafka import create_topics
 
     create_topics(
         bootstrap,
@@ -925,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"streams.ledger: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    from ecovisor.config import kafka_bootstrap
+    from ecovisor.contract.config import kafka_bootstrap
 
     bootstrap = kafka_bootstrap(cfg)
     try:

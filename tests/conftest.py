@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor import topics
-from ecovisor.embedded import (
-    Server,
-    create_topics,
-    free_port,
-    mqtt_command,
-    tansu_command,
-)
+from ecovisor.adapters.kafka import create_topics
+from ecovisor.contract import topics
+from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_command
 
 
 @pytest.fixture(scope="session")

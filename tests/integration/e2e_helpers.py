@@ -22,9 +22,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from actuators.backends import CgroupV1Backend
-from ecovisor import topics
-from ecovisor.schemas import CarbonTelemetry, utcnow
+from ecovisor.adapters.backends import CgroupV1Backend
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import CarbonTelemetry, utcnow
 
 ROOT = Path(__file__).resolve().parents[2]
 

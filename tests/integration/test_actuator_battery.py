@@ -11,9 +11,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from actuators.testkit import Bus, start_service, stop_service
-from ecovisor import topics
-from ecovisor.schemas import BatterySetpoint, utcnow
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import BatterySetpoint, utcnow
+from tests.fakes.actuator_bus import Bus, start_service, stop_service
 
 pytestmark = pytest.mark.integration
 

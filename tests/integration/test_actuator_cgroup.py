@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from actuators.backends import CgroupV1Backend, ProcessBackend
 from actuators.sitemap import modelled_power_w
-from actuators.testkit import (
+from ecovisor.adapters.backends import CgroupV1Backend, ProcessBackend
+from ecovisor.contract import topics
+from ecovisor.contract.config import load_config
+from tests.fakes.actuator_bus import (
     Bus,
     burner_cgroup,
     mean_cores,
@@ -25,8 +27,6 @@ from actuators.testkit import (
     start_service,
     stop_service,
 )
-from ecovisor import topics
-from ecovisor.config import load_config
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from actuators.backends import BackendError, LxdBackend
 from actuators.containers import ContainerActuator
-from actuators.lxd_fake import FakeLxd
-from ecovisor.config import parse_config
-from ecovisor.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from ecovisor.adapters.backends import BackendError, LxdBackend
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from tests.fakes.lxd import FakeLxd
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ import pytest
 import uvicorn
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ecovisor import topics
-from ecovisor.api import InMemoryStateSource, KafkaBus, create_app
+from ecovisor.api.app import InMemoryStateSource, KafkaBus, create_app
 from ecovisor.client import EcovisorClient, ForbiddenError, Tick
-from ecovisor.config import parse_config
-from ecovisor.embedded import free_port
-from ecovisor.schemas import Notification, TickData
+from ecovisor.contract import topics
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import Notification, TickData
+from ecovisor.embedded.servers import free_port
 
 pytestmark = pytest.mark.integration
 

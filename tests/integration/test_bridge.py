@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from ecovisor import schemas, topics
-from ecovisor.embedded import Server
+from ecovisor.contract import schemas, topics
+from ecovisor.embedded.servers import Server
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.battery_device import build
-from ecovisor import topics
-from ecovisor.config import parse_config
-from ecovisor.schemas import BatterySetpoint, BatteryTelemetry, parse_telemetry, utcnow
+from ecovisor.contract import topics
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import BatterySetpoint, BatteryTelemetry, parse_telemetry, utcnow
 
 pytestmark = pytest.mark.integration
 

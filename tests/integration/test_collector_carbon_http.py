@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from collectors.carbon import CarbonCollector, build
-from ecovisor.config import ConfigError, SourceConfig
-from ecovisor.units import lbs_per_mwh_to_g_per_kwh
+from ecovisor.contract.config import ConfigError, SourceConfig
+from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 pytestmark = pytest.mark.integration
 

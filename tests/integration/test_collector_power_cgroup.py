@@ -19,7 +19,7 @@ import pytest
 
 from collectors.power import CgroupV1Cpu, PowerCollector
 from collectors.publisher import Publisher
-from ecovisor.config import parse_config
+from ecovisor.contract.config import parse_config
 
 pytestmark = pytest.mark.integration
 

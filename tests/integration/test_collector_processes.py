@@ -12,8 +12,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ecovisor import topics
-from ecovisor.schemas import parse_telemetry
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import parse_telemetry
 
 pytestmark = pytest.mark.integration
 

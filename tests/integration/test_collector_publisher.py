@@ -13,8 +13,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.publisher import Publisher
-from ecovisor import topics
-from ecovisor.schemas import SolarTelemetry, parse_telemetry
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import SolarTelemetry, parse_telemetry
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import yaml
 
-from actuators.backends import V1_CONTROLLERS, CgroupV1Backend
-from actuators.testkit import remove_tree
-from ecovisor import topics
-from ecovisor.embedded import free_port
-from ecovisor.schemas import Notification, TickData
-from ecovisor.stack import pid_alive
+from ecovisor.adapters.backends import V1_CONTROLLERS, CgroupV1Backend
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import Notification, TickData
+from ecovisor.embedded.servers import free_port
+from ecovisor.embedded.stack import pid_alive
+from tests.fakes.actuator_bus import remove_tree
 from tests.integration.e2e_helpers import (
     ROOT,
     LineReader,

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from actuators.sitemap import modelled_power_w
-from actuators.testkit import Bus, burner_cgroup, remove_tree
-from ecovisor import topics
-from ecovisor.cli import publish_command
-from ecovisor.config import EcovisorConfig, load_config
-from ecovisor.embedded import free_port
-from ecovisor.schemas import SetContainerPowercap, utcnow
+from ecovisor.cli.main import publish_command
+from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig, load_config
+from ecovisor.contract.schemas import SetContainerPowercap, utcnow
+from ecovisor.embedded.servers import free_port
 from streams.ledger import prepare_topics
+from tests.fakes.actuator_bus import Bus, burner_cgroup, remove_tree
 from tests.integration.e2e_helpers import (
     CarbonFeeder,
     TopicReader,

@@ -5,7 +5,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ecovisor import topics
+from ecovisor.contract import topics
 
 pytestmark = pytest.mark.integration
 

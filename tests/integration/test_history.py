@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ecovisor import topics
-from ecovisor.config import load_config
-from ecovisor.embedded import (
+from ecovisor.adapters.kafka import create_topics
+from ecovisor.contract import topics
+from ecovisor.contract.config import load_config
+from ecovisor.embedded.servers import (
     Server,
-    create_topics,
     free_port,
     victoria_metrics_command,
     victoria_metrics_path,

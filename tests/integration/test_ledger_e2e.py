@@ -20,15 +20,15 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from ecovisor import topics
-from ecovisor.embedded import Server, free_port
-from ecovisor.schemas import (
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import (
     CarbonTelemetry,
     ContainerTelemetry,
     SetBatteryChargeRate,
     SolarTelemetry,
     SuspendContainer,
 )
+from ecovisor.embedded.servers import Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -216,7 +216,7 @@ def stack(kafka_bootstrap: str, mqtt_server: Server, tmp_path: Path) -> Iterator
 def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None:
     from kafka import KafkaProducer
 
-    from ecovisor.config import load_config
+    from ecovisor.contract.config import load_config
     from streams.ledger import prepare_topics
 
     cfg = load_config(stack["cfg"])

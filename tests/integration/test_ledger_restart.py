@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from ecovisor import topics
-from ecovisor.config import load_config
-from ecovisor.embedded import free_port
-from ecovisor.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from ecovisor.contract import topics
+from ecovisor.contract.config import load_config
+from ecovisor.contract.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from ecovisor.embedded.servers import free_port
 from streams.ledger import prepare_topics
 from tests.integration.test_ledger_e2e import Reader, at, start, stop
 

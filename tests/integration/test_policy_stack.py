@@ -18,10 +18,10 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ecovisor import topics
-from ecovisor.config import load_config
-from ecovisor.embedded import free_port, wait_for_port
-from ecovisor.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from ecovisor.contract import topics
+from ecovisor.contract.config import load_config
+from ecovisor.contract.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from ecovisor.embedded.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

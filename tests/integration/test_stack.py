@@ -17,9 +17,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from ecovisor import schemas, topics
-from ecovisor.embedded import free_port
-from ecovisor.stack import pid_alive
+from ecovisor.contract import schemas, topics
+from ecovisor.embedded.servers import free_port
+from ecovisor.embedded.stack import pid_alive
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import math
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ecovisor.attribution import (
+from ecovisor.core.attribution import (
     ReferenceMethod,
     attribute_energy,
     attribute_power,
@@ -22,20 +22,20 @@ from ecovisor.attribution import (
     idle_share_w,
     largest_remainder,
 )
-from ecovisor.power_cap import (
+from ecovisor.core.power_cap import (
     MIN_QUOTA_US,
     CapRejected,
     CapRejectReason,
     max_power_at_quota,
     quota_for_cap,
 )
-from ecovisor.power_model import (
+from ecovisor.core.power_model import (
     LinearPowerModel,
     PiecewiseLinearPowerModel,
     PolynomialPowerModel,
     calibrate_linear,
 )
-from ecovisor.shares import IdleAttribution
+from ecovisor.core.shares import IdleAttribution
 
 # per test, not a global profile: loading one here changed other modules' tests
 _S = settings(deadline=None, max_examples=150)

@@ -18,15 +18,10 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecovisor.ledger import (
-    entry_violations,
-    initial_site_state,
-    queue_site_change,
-    site_step,
-    site_violations,
-)
-from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape
-from ecovisor.tick import (
+from ecovisor.core.entries import entry_violations
+from ecovisor.core.settings import queue_site_change
+from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.state import (
     AccountLine,
     CarbonBudget,
     CarbonRateLimit,
@@ -37,8 +32,9 @@ from ecovisor.tick import (
     SiteState,
     SiteTickInput,
 )
-from ecovisor.units import carbon_ug, power_to_mj
-from ecovisor.virtual_battery import battery_limits, charge_input_capacity, deliverable
+from ecovisor.core.tick import initial_site_state, site_step, site_violations
+from ecovisor.core.units import carbon_ug, power_to_mj
+from ecovisor.core.virtual_battery import battery_limits, charge_input_capacity, deliverable
 
 APP_NAMES = ["a", "batch", "c", "web"]
 EFFICIENCIES = [1.0, 1.0, 0.95, 0.9, 0.75, 0.5]

@@ -44,21 +44,16 @@ from fractions import Fraction
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ecovisor.ledger import (
-    app_step,
-    initial_app_state,
-    initial_site_state,
-    queue_change,
-    site_step,
-)
-from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape
-from ecovisor.tick import (
+from ecovisor.core.settings import queue_change
+from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.state import (
     AppState,
     AppTickInput,
     SetBatteryChargeRate,
     SetBatteryMaxDischarge,
     SiteTickInput,
 )
+from ecovisor.core.tick import app_step, initial_app_state, initial_site_state, site_step
 
 TOL_MJ = 4
 TOL_C_MJ = 10

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actuators.backends import (
+from ecovisor.adapters.backends import (
     BackendError,
     CgroupV1Backend,
     CgroupV2Backend,

@@ -10,8 +10,8 @@ import pytest
 from actuators.battery import BatteryActuator
 from actuators.containers import ContainerActuator
 from actuators.state import ActuatorState
-from ecovisor.config import parse_config
-from ecovisor.schemas import ActuatorAck, BatterySetpoint, ContainerAction, utcnow
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import ActuatorAck, BatterySetpoint, ContainerAction, utcnow
 
 
 def site(root: Path, idle: str = "none") -> str:

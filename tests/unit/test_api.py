@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ecovisor.api import (
+from ecovisor.api.app import (
     Counters,
     InMemoryBus,
     InMemoryStateSource,
@@ -20,8 +20,8 @@ from ecovisor.api import (
     create_app,
     openapi_document,
 )
-from ecovisor.config import parse_config
-from ecovisor.schemas import (
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import (
     Command,
     ContainerTickData,
     Notification,
@@ -467,7 +467,7 @@ def test_http_state_source_reads_the_ledger_views() -> None:
 
     import httpx
 
-    from ecovisor.api import HttpStateSource, StateUnavailable
+    from ecovisor.api.app import HttpStateSource, StateUnavailable
 
     view = {
         "app": "web",

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from ecovisor.attribution import (
+from ecovisor.core.attribution import (
     CounterError,
     CounterSnapshot,
     ReferenceMethod,
@@ -24,8 +24,8 @@ from ecovisor.attribution import (
     idle_share_w,
     largest_remainder,
 )
-from ecovisor.power_model import get_preset
-from ecovisor.shares import IdleAttribution
+from ecovisor.core.power_model import get_preset
+from ecovisor.core.shares import IdleAttribution
 
 KEPLER = get_preset("kepler-example-16c")
 MICRO = get_preset("ecovisor-microserver")

@@ -2,19 +2,12 @@
 
 import pytest
 
-from ecovisor.carbon import (
-    EmbodiedShare,
-    advance_budget,
-    embodied_ug,
-    level_of,
-    sci,
-    sci_of_entries,
-    ticks_in,
-)
-from ecovisor.ledger import app_step, initial_app_state
-from ecovisor.shares import AppShare, SiteShape
-from ecovisor.tick import AppTickInput, CarbonBudget, Level
-from ecovisor.units import carbon_ug
+from ecovisor.core.carbon_limits import advance_budget, level_of, ticks_in
+from ecovisor.core.sci import EmbodiedShare, embodied_ug, sci, sci_of_entries
+from ecovisor.core.shares import AppShare, SiteShape
+from ecovisor.core.state import AppTickInput, CarbonBudget, Level
+from ecovisor.core.tick import app_step, initial_app_state
+from ecovisor.core.units import carbon_ug
 
 
 def test_carbon_booking_unit():

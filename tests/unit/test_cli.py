@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ecovisor import cli, schemas, stack
-from ecovisor.config import load_config
-from ecovisor.workload import duty_cycle
+from ecovisor.cli import main as cli
+from ecovisor.contract import schemas
+from ecovisor.contract.config import load_config
+from ecovisor.embedded import stack
+from ecovisor.embedded.workload import duty_cycle
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo-site.yaml"
@@ -169,7 +171,8 @@ def test_workload_duty_cycle() -> None:
 def test_workload_holds_its_utilisation() -> None:
     """The burner's CPU time over 1.5 s is about U x 1.5 s (rusage of the child)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ecovisor.workload", "--utilization", "0.4", "--duration", "1.5"]
+        [sys.executable, "-m", "ecovisor.embedded.workload", "--utilization", "0.4",
+         "--duration", "1.5"]
     )
     _, status, ru = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

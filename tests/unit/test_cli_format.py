@@ -2,10 +2,10 @@
 
 import json
 
-from ecovisor.cli import format_record
-from ecovisor.ledger import initial_site_state, site_step
-from ecovisor.shares import AppShare, SiteShape
-from ecovisor.tick import SiteTickInput
+from ecovisor.cli.main import format_record
+from ecovisor.core.shares import AppShare, SiteShape
+from ecovisor.core.state import SiteTickInput
+from ecovisor.core.tick import initial_site_state, site_step
 
 
 def test_ledger_line_shows_flows_as_mean_power() -> None:

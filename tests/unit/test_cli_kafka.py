@@ -13,8 +13,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from typer.testing import CliRunner
 
-from ecovisor import cli, schemas, topics
-from ecovisor.embedded import create_topics
+from ecovisor.adapters.kafka import create_topics
+from ecovisor.cli import main as cli
+from ecovisor.contract import schemas, topics
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import uvicorn
 
-from ecovisor.api import (
+from ecovisor.api.app import (
     Counters,
     InMemoryBus,
     InMemoryStateSource,
@@ -29,9 +29,9 @@ from ecovisor.client import (
     Tick,
     UnavailableError,
 )
-from ecovisor.config import parse_config
-from ecovisor.embedded import free_port
-from ecovisor.schemas import ContainerTickData, Notification, TickData
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
+from ecovisor.embedded.servers import free_port
 
 SITE = """
 site:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from collectors.battery_device import SimulatedBattery, SimulatedOptions, validate_options
-from ecovisor.config import ConfigError, SourceConfig
-from ecovisor.schemas import BatterySetpoint, utcnow
+from ecovisor.contract.config import ConfigError, SourceConfig
+from ecovisor.contract.schemas import BatterySetpoint, utcnow
 
 H = 3600.0  # one hour in seconds
 _n = 0

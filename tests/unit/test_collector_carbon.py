@@ -21,7 +21,7 @@ from collectors.carbon import (
     read_csv_trace,
     validate_options,
 )
-from ecovisor.config import ConfigError, SourceConfig
+from ecovisor.contract.config import ConfigError, SourceConfig
 
 CAISO = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "caiso-emaps-2021-2023"
 NOW = datetime(2024, 1, 1, tzinfo=UTC)

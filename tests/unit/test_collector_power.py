@@ -21,8 +21,8 @@ from collectors.power import (
     read_kepler,
 )
 from collectors.publisher import Publisher
-from ecovisor.config import ConfigError, parse_config
-from ecovisor.power_model import get_preset
+from ecovisor.contract.config import ConfigError, parse_config
+from ecovisor.core.power_model import get_preset
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "collectors"
 

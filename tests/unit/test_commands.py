@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor import tick as core
-from ecovisor.config import EcovisorConfig, parse_config
-from ecovisor.schemas import (
+from ecovisor.contract.config import EcovisorConfig, parse_config
+from ecovisor.contract.schemas import (
     ScaleApp,
     SetBatteryChargeRate,
     SetCarbonBudget,
     SetContainerPowercap,
     SuspendContainer,
 )
+from ecovisor.core import state as core
 from streams.commands import decide, validate
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ecovisor import topics
-from ecovisor.config import ENV_VARS, load_config
-from ecovisor.stack import module_exists
+from ecovisor.contract import topics
+from ecovisor.contract.config import ENV_VARS, load_config
+from ecovisor.embedded.stack import module_exists
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor.config import ConfigError, load_config, parse_config
+from ecovisor.contract.config import ConfigError, load_config, parse_config
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 

@@ -1,11 +1,12 @@
 """Events, hand-computed. Δt = 60 s. An app without battery and a big grid share, at
 I = 3600 g/kWh so that carbon in µg equals grid energy in mJ."""
 
-from ecovisor.carbon import MAX_BUCKETS, push_window, window_rate_mg_per_s
-from ecovisor.events import EventKind, derive_events, significant
-from ecovisor.ledger import app_step, apply_settings, initial_app_state, queue_change
-from ecovisor.shares import AppShare, SiteShape
-from ecovisor.tick import (
+from ecovisor.core.carbon_limits import MAX_BUCKETS, push_window, window_rate_mg_per_s
+from ecovisor.core.entries import EventKind
+from ecovisor.core.events import derive_events, significant
+from ecovisor.core.settings import apply_settings, queue_change
+from ecovisor.core.shares import AppShare, SiteShape
+from ecovisor.core.state import (
     AppTickInput,
     CarbonBudget,
     CarbonRateLimit,
@@ -15,6 +16,7 @@ from ecovisor.tick import (
     SetCarbonRate,
     SetNotifyThresholds,
 )
+from ecovisor.core.tick import app_step, initial_app_state
 
 SHAPE = SiteShape(tick_s=60, solar_nameplate_w=100, battery_capacity_wh=100)
 GRID_ONLY = AppShare(solar_fraction=0.5, grid_w=1000)

@@ -17,10 +17,10 @@ import pytest
 
 from actuators.containers import ContainerActuator
 from actuators.state import latest_actions
-from ecovisor import topics
-from ecovisor.api import InMemoryBus, InMemoryStateSource, app_routes, create_app
-from ecovisor.config import ConfigError, EcovisorConfig, parse_config
-from ecovisor.schemas import (
+from ecovisor.api.app import InMemoryBus, InMemoryStateSource, app_routes, create_app
+from ecovisor.contract import topics
+from ecovisor.contract.config import ConfigError, EcovisorConfig, parse_config
+from ecovisor.contract.schemas import (
     ActuatorAck,
     ContainerAction,
     Notification,

@@ -9,10 +9,10 @@ Carbon at I = 400 g/kWh: µg = mJ * 400 / 3600 = mJ / 9.
 
 import pytest
 
-from ecovisor.events import EventKind
-from ecovisor.ledger import LedgerError, app_step, apply_settings, initial_app_state, queue_change
-from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape
-from ecovisor.tick import (
+from ecovisor.core.entries import EventKind, LedgerError
+from ecovisor.core.settings import apply_settings, queue_change
+from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.state import (
     AppFlows,
     AppState,
     AppTickInput,
@@ -20,6 +20,7 @@ from ecovisor.tick import (
     SetBatteryMaxDischarge,
     SetContainerPowercap,
 )
+from ecovisor.core.tick import app_step, initial_app_state
 
 SHAPE = SiteShape(tick_s=60, solar_nameplate_w=100, battery_capacity_wh=100)
 SHARE = AppShare(solar_fraction=0.5, battery_capacity_wh=10, grid_w=20)

@@ -13,20 +13,10 @@ from fractions import Fraction
 
 import pytest
 
-from ecovisor.ledger import (
-    LedgerError,
-    app_step,
-    entry_violations,
-    initial_app_state,
-    initial_site_state,
-    queue_change,
-    queue_site_change,
-    site_step,
-    site_violations,
-    validate_site,
-)
-from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape
-from ecovisor.tick import (
+from ecovisor.core.entries import LedgerError, entry_violations
+from ecovisor.core.settings import queue_change, queue_site_change
+from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.state import (
     AccountLine,
     AppState,
     AppTickInput,
@@ -39,7 +29,15 @@ from ecovisor.tick import (
     SiteState,
     SiteTickInput,
 )
-from ecovisor.virtual_battery import battery_limits
+from ecovisor.core.tick import (
+    app_step,
+    initial_app_state,
+    initial_site_state,
+    site_step,
+    site_violations,
+    validate_site,
+)
+from ecovisor.core.virtual_battery import battery_limits
 
 SHAPE = SiteShape(tick_s=60, solar_nameplate_w=100, battery_capacity_wh=100)
 A = AppShare(solar_fraction=0.5, battery_capacity_wh=10, grid_w=20)

@@ -10,21 +10,25 @@ reserve 21,600,000), charge 5 W = 300,000, discharge 20 W = 1,200,000, grid 10 W
 import pytest
 from pydantic import ValidationError
 
-from ecovisor.ledger import (
-    LedgerError,
-    SiteAlertKind,
-    SiteTickResult,
+from ecovisor.core.entries import LedgerError, SiteAlertKind, SiteTickResult
+from ecovisor.core.settings import queue_site_change
+from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.solar_share import distribute_offers, split_solar
+from ecovisor.core.state import (
+    AppFlows,
+    AppTickInput,
+    SetBatteryChargeRate,
+    SiteState,
+    SiteTickInput,
+)
+from ecovisor.core.tick import (
     app_step,
     initial_app_state,
     initial_site_state,
-    queue_site_change,
     site_step,
     site_violations,
     validate_site,
 )
-from ecovisor.shares import AppShare, ExcessSolarPolicy, SiteShape
-from ecovisor.solar_share import distribute_offers, split_solar
-from ecovisor.tick import AppFlows, AppTickInput, SetBatteryChargeRate, SiteState, SiteTickInput
 
 SHAPE = SiteShape(tick_s=60, solar_nameplate_w=100, battery_capacity_wh=100)
 SHARES = {

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ecovisor import topics
-from ecovisor.config import parse_config
-from ecovisor.schemas import (
+from ecovisor.contract import topics
+from ecovisor.contract.config import parse_config
+from ecovisor.contract.schemas import (
     CarbonTelemetry,
     ContainerTelemetry,
     Notification,
     SetBatteryChargeRate,
 )
+from ecovisor.core.tick_clock import to_us
 from streams.ledger import SiteLedger
-from streams.tick_clock import to_us
 
 SITE = """
 site:
@@ -52,7 +52,7 @@ def _notes(outs: list, app: str) -> list[Notification]:
 
 
 def _demand(outs: list, app: str) -> dict[str, int]:
-    from ecovisor.ledger import AppLedgerEntry
+    from ecovisor.core.entries import AppLedgerEntry
 
     for o in outs:
         if o.topic == topics.LEDGER:

@@ -8,7 +8,7 @@ import types
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ecovisor.schemas import ContainerTickData, Notification, TickData
+from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
 from policies.base import AppView, PolicyRunner, SetChargeRate, SetPowercap
 
 ROOT = Path(__file__).resolve().parents[2]

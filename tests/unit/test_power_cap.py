@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ecovisor.power_cap import (
+from ecovisor.core.power_cap import (
     DEFAULT_PERIOD_US,
     CapRejected,
     CapRejectReason,
@@ -19,8 +19,8 @@ from ecovisor.power_cap import (
     quota_for_cap,
     quota_for_container_cap,
 )
-from ecovisor.power_model import PolynomialPowerModel, get_preset
-from ecovisor.shares import IdleAttribution
+from ecovisor.core.power_model import PolynomialPowerModel, get_preset
+from ecovisor.core.shares import IdleAttribution
 
 MICRO = get_preset("ecovisor-microserver")  # 0.9125 W per busy core
 KEPLER = get_preset("kepler-example-16c")  # 50 W per busy core

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor import topics
-from ecovisor.config import EcovisorConfig, parse_config
-from ecovisor.schemas import (
+from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig, parse_config
+from ecovisor.contract.schemas import (
     CarbonTelemetry,
     ContainerTelemetry,
     DeadLetter,
     Notification,
     dead_letter,
 )
+from ecovisor.core.tick_clock import TickClock, to_us
 from streams.ledger import SiteLedger
-from streams.tick_clock import TickClock, to_us
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -185,7 +185,7 @@ def test_event_time_outside_the_tick_range_is_refused_in_every_mode(cfg, ts: str
     """A first sample before 1970 made the close fail (tick index < 0) and one in year
     9999 overflowed the tick end: a poison message that stopped the worker on every
     replay. The clock must never see it; the check itself works on such a sample."""
-    from ecovisor.schemas import TELEMETRY_ADAPTER
+    from ecovisor.contract.schemas import TELEMETRY_ADAPTER
 
     t = TELEMETRY_ADAPTER.validate_json(
         '{"kind": "carbon", "site": "demo", "time": "' + ts + '", "source": "c", "seq": 1,'
@@ -198,7 +198,7 @@ def test_event_time_outside_the_tick_range_is_refused_in_every_mode(cfg, ts: str
 
 
 def test_event_times_inside_the_range_close_normally(cfg) -> None:
-    from ecovisor.schemas import TELEMETRY_ADAPTER
+    from ecovisor.contract.schemas import TELEMETRY_ADAPTER
 
     for ts in ("1970-01-01T00:00:00Z", "9997-12-31T00:00:00Z"):
         t = TELEMETRY_ADAPTER.validate_json(
@@ -239,7 +239,7 @@ def test_api_bad_bodies_get_422_with_a_reason_and_publish_nothing(cfg) -> None:
 
     import httpx
 
-    from ecovisor.api import InMemoryBus, InMemoryStateSource, create_app
+    from ecovisor.api.app import InMemoryBus, InMemoryStateSource, create_app
 
     bus = InMemoryBus()
     api = create_app(cfg, InMemoryStateSource(), bus)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from ecovisor import schemas, topics
+from ecovisor.contract import schemas, topics
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
 ABSTRACT = {"Message", "Telemetry", "Command"}  # envelopes, documented under Conventions

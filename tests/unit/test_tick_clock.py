@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecovisor.schemas import (
+from ecovisor.contract.schemas import (
     BatteryTelemetry,
     CarbonTelemetry,
     ContainerTelemetry,
     SolarTelemetry,
 )
-from streams.tick_clock import TickClock, to_us
+from ecovisor.core.tick_clock import TickClock, to_us
 
 T0 = 1_700_000_000.0  # a tick boundary for Δt = 1 s
 

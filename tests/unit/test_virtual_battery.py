@@ -2,9 +2,9 @@
 
 import pytest
 
-from ecovisor.apportion import largest_remainder, split_flows
-from ecovisor.shares import AppShare, SiteShape
-from ecovisor.virtual_battery import (
+from ecovisor.core.apportion import largest_remainder, split_flows
+from ecovisor.core.shares import AppShare, SiteShape
+from ecovisor.core.virtual_battery import (
     battery_limits,
     charge_input_capacity,
     deliverable,

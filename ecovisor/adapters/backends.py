@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from ecovisor.config import ContainerBackend as BackendConfig
+from ecovisor.contract.config import ContainerBackend as BackendConfig
 
 DEFAULT_V1_ROOT = "/sys/fs/cgroup"
 DEFAULT_V2_ROOT = "/sys/fs/cgroup"

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ecovisor.apportion import largest_remainder
-from ecovisor.shares import AppShare
+from ecovisor.core.apportion import largest_remainder
+from ecovisor.core.shares import AppShare
 
 PPB = 1_000_000_000
 UNALLOCATED = "_unallocated"  # not a valid app id, so it never collides

@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ecovisor.shares import AppShare, SiteShape
-from ecovisor.units import power_to_mj, wh_to_mj
+from ecovisor.core.shares import AppShare, SiteShape
+from ecovisor.core.units import power_to_mj, wh_to_mj
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """A CPU burner for demo containers: holds a target utilisation of one core.
 
-``python -m ecovisor.workload --utilization 0.3`` busy-loops for U x period and sleeps for
+``python -m ecovisor.embedded.workload --utilization 0.3`` busy-loops for U x period and sleeps for
 the rest of each period (~100 ms), so a cgroup's CPU counters grow at about U CPU-s/s
 (less when a power cap throttles it). SIGTERM/SIGINT stop it cleanly.
 """
@@ -20,7 +20,7 @@ def duty_cycle(utilization: float, period_s: float) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ecovisor.workload", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m ecovisor.embedded.workload", description=__doc__)
     ap.add_argument("--utilization", type=float, default=0.3, help="fraction of one core, 0..1")
     ap.add_argument("--period", type=float, default=0.1, help="duty-cycle period in seconds")
     ap.add_argument("--duration", type=float, default=0.0, help="stop after N s (0 = forever)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pkgutil
 import sys
 import time
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ecovisor import schemas, topics
-from ecovisor.config import (
+from ecovisor.contract import schemas, topics
+from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
     config_path,
@@ -72,7 +71,7 @@ def _load(config: str | None) -> tuple[EcovisorConfig, Path]:
 
 
 def _state_dir(config: str | None, state_dir: Path | None) -> Path:
-    from ecovisor.stack import state_dir_of
+    from ecovisor.embedded.stack import state_dir_of
 
     if state_dir:
         return state_dir.resolve()
@@ -93,7 +92,7 @@ def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
 ) -> None:
     """Start the embedded stack for a site (foreground: Ctrl-C stops everything)."""
-    from ecovisor import stack
+    from ecovisor.embedded import stack
 
     cfg, path = _load(config)
     sd = stack.state_dir_of(cfg)
@@ -107,7 +106,7 @@ def up(
 @app.command()
 def down(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """Stop every service of the embedded stack (no process is left behind)."""
-    from ecovisor import stack
+    from ecovisor.embedded import stack
 
     raise typer.Exit(stack.down(_state_dir(config, state_dir), say=lambda m: typer.echo(m)))
 
@@ -115,7 +114,7 @@ def down(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
 @app.command()
 def status(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """Each service and its state; exit 1 unless every service is RUNNING."""
-    from ecovisor import stack
+    from ecovisor.embedded import stack
 
     sd = _state_dir(config, state_dir)
     if not stack.is_running(sd):
@@ -142,7 +141,7 @@ def logs(
     state_dir: StateOpt = None,
 ) -> None:
     """Show (and follow) the log of one service."""
-    from ecovisor import stack
+    from ecovisor.embedded import stack
 
     sd = _state_dir(config, state_dir)
     path = sd / "logs" / f"{service}.log"
@@ -191,7 +190,7 @@ def config_summary(cfg: EcovisorConfig) -> str:
 
 
 def config_warnings(cfg: EcovisorConfig) -> list[str]:
-    from ecovisor.stack import module_exists
+    from ecovisor.embedded.stack import module_exists
 
     warns = []
     for a in cfg.apps:
@@ -211,7 +210,7 @@ SOURCE_VALIDATORS = {
 def source_errors(cfg: EcovisorConfig) -> list[str]:
     """Type-specific options of site.solar/carbon/battery, checked by their collectors
     (``validate_options``; skipped for a collector that is not installed)."""
-    from ecovisor.stack import module_exists
+    from ecovisor.embedded.stack import module_exists
 
     errors = []
     for section, module in SOURCE_VALIDATORS.items():
@@ -669,7 +668,7 @@ def format_notification(n: schemas.Notification) -> str:
 
 def format_ledger_entry(obj: dict[str, Any]) -> str:
     """One line per ledger entry: mean powers (W) of the tick's flows, battery, carbon."""
-    from ecovisor.ledger import AppLedgerEntry  # validates the balances too
+    from ecovisor.core.entries import AppLedgerEntry
 
     e = AppLedgerEntry.model_validate(obj)
     f, dt = e.flows, e.tick_s
@@ -779,14 +778,14 @@ def topics_cmd(
     """List the topics the site needs and whether they exist; --create makes them."""
     from kafka.admin import KafkaAdminClient
 
-    from ecovisor.embedded import StackError, create_topics
+    from ecovisor.adapters.kafka import KafkaUnavailable, create_topics
 
     boot, cfg = _bootstrap(config, bootstrap)
     wanted = topics.all_topics([a.id for a in cfg.apps] if cfg else [])
     if create:
         try:
             create_topics(boot, wanted)
-        except StackError as e:
+        except KafkaUnavailable as e:
             raise _fail(str(e)) from None
     try:
         admin = KafkaAdminClient(bootstrap_servers=boot, client_id="ecovisor-cli")
@@ -807,19 +806,14 @@ def topics_cmd(
     raise typer.Exit(1 if missing else 0)
 
 
-def _load_extensions() -> None:
-    """Subcommands contributed by other modules: ecovisor/cli_<name>.py with register(app)."""
-    import ecovisor
+def _register_subcommands() -> None:
+    """Subcommands that live in their own module of this package."""
+    from ecovisor.cli import export
 
-    for mod in pkgutil.iter_modules(ecovisor.__path__):
-        if mod.name.startswith("cli_"):
-            module = importlib.import_module(f"ecovisor.{mod.name}")
-            register = getattr(module, "register", None)
-            if callable(register):
-                register(app)
+    export.register(app)
 
 
-_load_extensions()
+_register_subcommands()
 
 
 def main() -> None:  # pragma: no cover - console entry alternative

@@ -5,14 +5,12 @@ tests (directly, on their own ports)."""
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import importlib.util
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -123,35 +121,6 @@ def victoria_metrics_command(port: int, state_dir: Path) -> list[str] | None:
         "-retentionPeriod=100y",
         "-search.latencyOffset=0s",
     ]
-
-
-def create_topics(
-    bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout: float = 30.0
-) -> None:
-    """Create every topic up front (tansu does not auto-create on subscribe). Idempotent."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ecovisor-admin")
-            break
-        except KafkaError as e:
-            if time.monotonic() > deadline:
-                raise StackError(f"Kafka at {bootstrap} not reachable: {e}") from e
-            time.sleep(0.3)
-    try:
-        existing = set(admin.list_topics())
-        for t in topics:
-            if t in existing:
-                continue
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1)]
-                )
-    finally:
-        admin.close()
 
 
 class Server:

@@ -20,9 +20,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from actuators.backends import CgroupV1Backend, ProcessBackend
-from ecovisor import topics
-from ecovisor.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from ecovisor.adapters.backends import CgroupV1Backend, ProcessBackend
+from ecovisor.contract import topics
+from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 

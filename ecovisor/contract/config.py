@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecovisor.power_model import AnyPowerModel, PowerModelSpec
-from ecovisor.schemas import AppId, Ident
-from ecovisor.shares import AppShare, SiteShape
+from ecovisor.contract.schemas import AppId, Ident
+from ecovisor.core.power_model import AnyPowerModel, PowerModelSpec
+from ecovisor.core.shares import AppShare, SiteShape
 
 
 class ConfigError(Exception):

@@ -32,9 +32,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
-from ecovisor import topics
-from ecovisor.config import AppConfig, ConfigError, EcovisorConfig
-from ecovisor.schemas import (
+from ecovisor.contract import topics
+from ecovisor.contract.config import AppConfig, ConfigError, EcovisorConfig
+from ecovisor.contract.schemas import (
     COMMAND_LIFECYCLE,
     Command,
     Notification,
@@ -245,7 +245,7 @@ class KafkaBus:
 
         names = [topics.notifications(a) for a in self.apps]
         if self._create:  # tansu does not auto-create; idempotent
-            from ecovisor.embedded import create_topics
+            from ecovisor.adapters.kafka import create_topics
 
             await asyncio.to_thread(create_topics, self.bootstrap, [topics.COMMANDS, *names])
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
@@ -907,7 +907,7 @@ def accept_and_apply(cmd: Command) -> list[Notification]:
 
 def openapi_document(cfg: EcovisorConfig | None = None) -> dict[str, Any]:
     """The OpenAPI document (independent of the site: dumped to docs/openapi.json)."""
-    from ecovisor.config import SiteConfig
+    from ecovisor.contract.config import SiteConfig
 
     cfg = cfg or EcovisorConfig(site=SiteConfig(id="site"))
     return create_app(cfg, _NoState(), _NoBus()).openapi()
@@ -919,7 +919,7 @@ def _die(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None, serve: Callable[..., None] | None = None) -> None:
-    from ecovisor.config import config_path, kafka_bootstrap, load_config
+    from ecovisor.contract.config import config_path, kafka_bootstrap, load_config
 
     p = argparse.ArgumentParser(prog="python -m ecovisor.api", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")

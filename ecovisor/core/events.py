@@ -20,12 +20,7 @@ Rules (docs/core.md "Events"):
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING
-
-from pydantic import BaseModel, ConfigDict
-
-from ecovisor.carbon import (
+from ecovisor.core.carbon_limits import (
     advance_budget,
     budget_ug,
     level_of,
@@ -34,43 +29,9 @@ from ecovisor.carbon import (
     ticks_in,
     window_rate_mg_per_s,
 )
-from ecovisor.tick import AppState, EventTracking, Level, RateWindow
-from ecovisor.units import MJ_PER_WH, UG_PER_G, mj_to_j, mj_to_power
-
-if TYPE_CHECKING:
-    from ecovisor.ledger import AppLedgerEntry
-
-
-class EventKind(StrEnum):
-    tick = "tick"
-    solar_change = "solar_change"
-    carbon_change = "carbon_change"
-    battery_full = "battery_full"
-    battery_empty = "battery_empty"
-    unserved = "unserved"
-    carbon_rate_near = "carbon_rate_near"
-    carbon_rate_exceeded = "carbon_rate_exceeded"
-    carbon_budget_near = "carbon_budget_near"
-    carbon_budget_exceeded = "carbon_budget_exceeded"
-
-
-class Event(BaseModel):
-    """One notification for one app. ``value``/``previous``/``threshold`` are in
-    ``unit``: W (solar), gCO2eq/kWh (carbon), Wh (battery), J (unserved), mg/s (carbon
-    rate), g (carbon budget)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: EventKind
-    site: str
-    app: str
-    k: int
-    t_start: float
-    container: str | None = None
-    value: float | None = None
-    previous: float | None = None
-    threshold: float | None = None
-    unit: str | None = None
+from ecovisor.core.entries import AppLedgerEntry, Event, EventKind
+from ecovisor.core.state import AppState, EventTracking, Level, RateWindow
+from ecovisor.core.units import MJ_PER_WH, UG_PER_G, mj_to_j, mj_to_power
 
 
 def significant(new: float, ref: float, abs_th: float, rel_th: float) -> bool:

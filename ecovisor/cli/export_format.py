@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ecovisor.units import mj_to_j, ug_to_g
+from ecovisor.core.units import mj_to_j, ug_to_g
 
 CSV_COLUMNS = [
     "site", "app", "tick", "t_start", "tick_s", "intensity_g_per_kwh", "demand_j",
@@ -74,7 +74,7 @@ def read_ledger(bootstrap: str, idle_s: float = 1.5) -> Iterable[bytes]:
     """Every record of ecovisor.ledger up to its current end."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from ecovisor import topics
+    from ecovisor.contract import topics
 
     cons = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:

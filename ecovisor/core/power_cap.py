@@ -26,8 +26,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ecovisor.attribution import PowerModel, idle_share_w
-from ecovisor.shares import IdleAttribution
+from ecovisor.core.attribution import PowerModel, idle_share_w
+from ecovisor.core.shares import IdleAttribution
 
 __all__ = [
     "DEFAULT_PERIOD_US",

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecovisor.units import j_to_mj
+from ecovisor.core.units import j_to_mj
 
 US = 1_000_000
 

@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         bootstrap: Annotated[str | None, typer.Option("--bootstrap")] = None,
     ) -> None:
         """Export an app's ledger entries (from ecovisor.ledger, de-duplicated by tick)."""
-        from ecovisor.config import ConfigError, config_path, kafka_bootstrap, load_config
-        from streams.export import read_ledger, select, to_csv, to_jsonl
+        from ecovisor.cli.export_format import read_ledger, select, to_csv, to_jsonl
+        from ecovisor.contract.config import ConfigError, config_path, kafka_bootstrap, load_config
 
         try:
             t1, t2 = _time(t_from), _time(t_to)

@@ -31,14 +31,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from ecovisor import apportion
-from ecovisor.power_model import (
+from ecovisor.core import apportion
+from ecovisor.core.power_model import (
     LinearPowerModel,
     PiecewiseLinearPowerModel,
     PolynomialPowerModel,
 )
-from ecovisor.shares import IdleAttribution
-from ecovisor.units import j_to_mj, mj_to_power, power_to_mj
+from ecovisor.core.shares import IdleAttribution
+from ecovisor.core.units import j_to_mj, mj_to_power, power_to_mj
 
 __all__ = [
     "Attribution",

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecovisor import embedded, topics
-from ecovisor.config import (
+from ecovisor.adapters.kafka import KafkaUnavailable, create_topics
+from ecovisor.contract import topics
+from ecovisor.contract.config import (
     DEFAULT_CONFIG_ENV,
     ENV_INFLUXDB_URL,
     ENV_KAFKA_BOOTSTRAP,
@@ -40,6 +41,8 @@ from ecovisor.config import (
     kafka_bootstrap,
     mqtt_endpoint,
 )
+from ecovisor.embedded import servers as embedded
+from ecovisor.embedded.servers import StackError
 
 # Priorities (lower starts first, stops last).
 PRIO_SERVER = 10
@@ -374,10 +377,6 @@ def clean_stale(state_dir: Path, say: Printer) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-class StackError(RuntimeError):
-    pass
-
-
 def prepare(
     cfg: EcovisorConfig, config_file: Path, state_dir: Path, workdir: Path | None = None
 ) -> Plan:
@@ -403,7 +402,7 @@ def release_cgroups(cgroups: list[dict[str, Any]], say: Printer) -> None:
     """Remove the (now empty) cgroups of the containers the stack launched, so a cap,
     quota or freeze of this run never outlives it: the embedded broker keeps no state,
     and with an external broker the container actuator re-applies the last setpoints."""
-    from actuators.backends import (
+    from ecovisor.adapters.backends import (
         V1_CONTROLLERS,
         BackendError,
         CgroupV1Backend,
@@ -466,8 +465,8 @@ def start_services(p: Plan, state_dir: Path, say: Printer, timeout: float = 60.0
                 time.sleep(0.1)
     say(f"  creating {len(p.topics)} topics on {p.bootstrap} ...")
     try:
-        embedded.create_topics(p.bootstrap, p.topics, timeout=timeout)
-    except embedded.StackError as e:
+        create_topics(p.bootstrap, p.topics, timeout=timeout)
+    except KafkaUnavailable as e:
         raise StackError(str(e)) from e
     for s in sorted((s for s in p.services if not s.server), key=lambda s: s.priority):
         say(f"  starting {s.name}")

@@ -1,0 +1,3 @@
+from ecovisor.api.app import main
+
+main()

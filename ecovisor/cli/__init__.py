@@ -1,0 +1,1 @@
+"""The ``ecovisor`` command line (typer). Run: ``ecovisor`` or ``python -m ecovisor.cli``."""

@@ -1,0 +1,3 @@
+from ecovisor.cli.main import app
+
+app()

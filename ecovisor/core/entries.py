@@ -1,0 +1,272 @@
+"""The ledger entry types: one app's tick (``AppLedgerEntry``, the wire format on
+``ecovisor.ledger``), the platform line, the controller setpoints, the drift check, site
+alerts, the events an app tick raises, and everything one site tick produces.
+
+Pure data: every entry is checked for exact conservation when it is built and whenever
+it is validated from JSON (integer mJ and µg). The rules are in docs/core.md.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+
+from ecovisor.core.state import (
+    AccountLine,
+    AppCumulative,
+    AppFlows,
+    AppSettings,
+    PlatformCumulative,
+    SiteTotals,
+)
+from ecovisor.core.units import (
+    carbon_ug,
+)
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerError(ValueError):
+    """An input the ledger refuses (a tick already accounted, an unknown app...)."""
+
+
+
+# --- events (notifications of one app tick; derived in ecovisor.core.events) ----------
+
+
+class EventKind(StrEnum):
+    tick = "tick"
+    solar_change = "solar_change"
+    carbon_change = "carbon_change"
+    battery_full = "battery_full"
+    battery_empty = "battery_empty"
+    unserved = "unserved"
+    carbon_rate_near = "carbon_rate_near"
+    carbon_rate_exceeded = "carbon_rate_exceeded"
+    carbon_budget_near = "carbon_budget_near"
+    carbon_budget_exceeded = "carbon_budget_exceeded"
+
+
+class Event(BaseModel):
+    """One notification for one app. ``value``/``previous``/``threshold`` are in
+    ``unit``: W (solar), gCO2eq/kWh (carbon), Wh (battery), J (unserved), mg/s (carbon
+    rate), g (carbon budget)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: EventKind
+    site: str
+    app: str
+    k: int
+    t_start: float
+    container: str | None = None
+    value: float | None = None
+    previous: float | None = None
+    threshold: float | None = None
+    unit: str | None = None
+
+
+
+# --- ledger entry (wire format) --------------------------------------------------------
+
+
+class BatteryReading(BaseModel):
+    """The app's virtual battery around one tick; Wh fields are the mJ ones / 3.6e6."""
+
+    model_config = _FROZEN
+
+    capacity_mj: NonNegativeInt
+    usable_mj: NonNegativeInt  # "full"
+    reserve_mj: NonNegativeInt  # "empty"
+    before_mj: NonNegativeInt
+    after_mj: NonNegativeInt
+    before_wh: float
+    after_wh: float
+
+
+class EffectiveLimits(BaseModel):
+    """Powers actually in force in the tick, W (settings clipped by the share)."""
+
+    model_config = _FROZEN
+
+    charge_limit_w: float  # the share's C-rate charge limit
+    charge_rate_w: float  # Rc in force, clipped to the C-rate (0 = solar-only charging)
+    discharge_w: float  # max discharge in force (0 while Rc > 0)
+    grid_w: float  # the app's grid share
+
+
+class AppLedgerEntry(BaseModel):
+    """One app's ledger entry for one tick. Published on ``ecovisor.ledger``.
+
+    Lines: one per container present in the tick's demand, ``battery_charging`` (energy
+    into the battery at the bus, carbon of its grid part) and ``total`` = containers +
+    battery_charging, component by component. ``demand_mj`` = Σ container energy.
+    """
+
+    model_config = _FROZEN
+
+    site: str
+    app: str
+    k: int = Field(ge=0)
+    t_start: float
+    tick_s: float = Field(gt=0.0)
+    intensity_g_per_kwh: float = Field(ge=0.0)
+    solar_mj: NonNegativeInt
+    demand_mj: NonNegativeInt
+    flows: AppFlows
+    grid_cut_mj: NonNegativeInt = Field(
+        0, description="grid energy cut by the site grid limit (the load part is unserved)"
+    )
+    battery: BatteryReading
+    settings: AppSettings
+    limits: EffectiveLimits
+    containers: dict[str, AccountLine]
+    battery_charging: AccountLine
+    total: AccountLine
+    cumulative: AppCumulative
+    estimated: bool = False
+    estimated_sources: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    @model_validator(mode="after")
+    def _conserved(self) -> AppLedgerEntry:
+        problems = entry_violations(self)
+        if problems:
+            raise ValueError("ledger entry does not balance: " + "; ".join(problems))
+        return self
+
+
+def entry_violations(e: AppLedgerEntry) -> list[str]:
+    """Every exact balance an entry must satisfy; empty when it balances."""
+    f = e.flows
+    out = []
+    solar_out = (f.solar_to_load + f.solar_to_battery + f.solar_excess_curtailed
+                 + f.solar_excess_offered + f.solar_exported)
+    if solar_out != e.solar_mj:
+        out.append(f"solar {e.solar_mj} != uses {solar_out}")
+    served = f.solar_to_load + f.battery_to_load + f.grid_to_load + f.unserved
+    if served != e.demand_mj:
+        out.append(f"demand {e.demand_mj} != supply {served}")
+    b = e.battery
+    delta = (f.solar_to_battery + f.solar_offered_in + f.grid_to_battery
+             - f.battery_to_load - f.battery_loss)
+    if b.after_mj - b.before_mj != delta:
+        out.append(f"battery {b.before_mj}->{b.after_mj} != net flow {delta}")
+    if (b.reserve_mj <= b.before_mj <= b.usable_mj
+            and not b.reserve_mj <= b.after_mj <= b.usable_mj):
+        out.append(f"battery {b.after_mj} left [{b.reserve_mj}, {b.usable_mj}]")
+    sums = [0, 0, 0, 0, 0, 0]
+    for line in (e.battery_charging, *e.containers.values()):
+        sums[0] += line.energy_mj
+        sums[1] += line.solar_mj
+        sums[2] += line.battery_mj
+        sums[3] += line.grid_mj
+        sums[4] += line.unserved_mj
+        sums[5] += line.carbon_ug
+    t = e.total
+    if sums != [t.energy_mj, t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj, t.carbon_ug]:
+        out.append(f"containers + battery_charging {sums} != total {t}")
+    if sums[0] - e.battery_charging.energy_mj != e.demand_mj:
+        out.append("container energy != demand")
+    if (t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj) != (
+        f.solar_to_load + f.solar_to_battery + f.solar_offered_in,
+        f.battery_to_load,
+        f.grid_to_load + f.grid_to_battery,
+        f.unserved,
+    ):
+        out.append("total line != flows")
+    if (e.battery_charging.grid_mj != f.grid_to_battery
+            or e.battery_charging.solar_mj != f.solar_to_battery + f.solar_offered_in):
+        out.append("battery_charging line != charging flows")
+    i = e.intensity_g_per_kwh
+    if e.battery_charging.carbon_ug != carbon_ug(f.grid_to_battery, i):
+        out.append("battery_charging carbon != carbon_ug(grid_to_battery, I)")
+    if t.carbon_ug != carbon_ug(f.grid_to_load, i) + carbon_ug(f.grid_to_battery, i):
+        out.append("total carbon != carbon_ug(grid_to_load, I) + carbon_ug(grid_to_battery, I)")
+    return out
+
+
+class PlatformEntry(BaseModel):
+    """The site's ``platform`` account: idle energy attributed to no app, from grid."""
+
+    model_config = _FROZEN
+
+    energy_mj: NonNegativeInt
+    grid_mj: NonNegativeInt
+    unserved_mj: NonNegativeInt  # cut by the site grid limit (last resort)
+    carbon_ug: NonNegativeInt
+    cumulative: PlatformCumulative
+
+
+class ControllerSetpoints(BaseModel):
+    """Aggregates for the physical battery controller (paper §3.3), W.
+
+    ``grid_charge_w`` and ``max_discharge_w`` are for the NEXT tick, from the stores
+    after this tick and the settings in force next tick (changes still queued that apply
+    then included): Σ over apps with Rc > 0 of min(Rc, C-rate, room/Δt),
+    and Σ over apps with Rc = 0 of min(Rd, share limit, deliverable above reserve/Δt).
+    ``net_battery_w`` is THIS tick's net battery power at the bus, positive = charging:
+    Σ (solar_to_battery + solar_offered_in + grid_to_battery - battery_to_load) / Δt.
+    ``grid_charge_actual_w`` is this tick's Σ grid_to_battery / Δt.
+    """
+
+    model_config = _FROZEN
+
+    grid_charge_w: float
+    max_discharge_w: float
+    net_battery_w: float
+    grid_charge_actual_w: float
+
+
+class DriftCheck(BaseModel):
+    """Physical battery store vs Σ virtual stores at the tick end."""
+
+    model_config = _FROZEN
+
+    virtual_mj: NonNegativeInt
+    physical_mj: NonNegativeInt
+    diff_mj: int  # physical - virtual
+    diff_wh: float
+    tolerance_wh: float
+    alert: bool  # |diff| > tolerance
+
+
+class SiteAlertKind(StrEnum):
+    battery_drift = "battery_drift"  # drift went beyond the tolerance
+    battery_drift_cleared = "battery_drift_cleared"  # and came back within it
+    grid_limit = "grid_limit"  # Σ grid exceeded the site limit; value = cut, J
+
+
+class SiteAlert(BaseModel):
+    model_config = _FROZEN
+
+    kind: SiteAlertKind
+    site: str
+    k: int
+    t_start: float
+    value: float
+    threshold: float
+    unit: str
+
+
+class SiteTickResult(BaseModel):
+    """Everything one site tick produces (entries in sorted app order)."""
+
+    model_config = _FROZEN
+
+    site: str
+    k: int
+    t_start: float
+    tick_s: float
+    intensity_g_per_kwh: float
+    entries: dict[str, AppLedgerEntry]
+    platform: PlatformEntry
+    totals: SiteTotals
+    cumulative: SiteTotals
+    controller: ControllerSetpoints
+    drift: DriftCheck | None = None
+    alerts: tuple[SiteAlert, ...] = ()
+    estimated: bool = False
+    estimated_sources: tuple[str, ...] = ()
+
