@@ -258,6 +258,9 @@ NotificationType = Literal[
     "command_failed",
 ]
 COMMAND_LIFECYCLE = ("command_accepted", "command_rejected", "command_applied", "command_failed")
+# A command's lifecycle ends with exactly one of these (after an optional accepted).
+COMMAND_OUTCOMES = ("command_rejected", "command_applied", "command_failed")
+COMMAND_SUCCEEDED = "command_applied"
 
 
 class Notification(Message):
