@@ -20,9 +20,9 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ecovisor.contract.schemas import Notification, TickData
 
@@ -70,24 +70,32 @@ class Observation:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+# Actions: one per command of the contract, with the command's name (the wire ``type``,
+# the client method and the CLI subcommand are that name) and its fields, in its order.
+
+
 @dataclass(frozen=True)
-class SetPowercap:
+class SetContainerPowercap:
+    type: ClassVar[str] = "set_container_powercap"
     container: str
     watts: float | None
 
 
 @dataclass(frozen=True)
-class SetChargeRate:
+class SetBatteryChargeRate:
+    type: ClassVar[str] = "set_battery_charge_rate"
     watts: float
 
 
 @dataclass(frozen=True)
-class SetMaxDischarge:
+class SetBatteryMaxDischarge:
+    type: ClassVar[str] = "set_battery_max_discharge"
     watts: float
 
 
 @dataclass(frozen=True)
 class SetCarbonRate:
+    type: ClassVar[str] = "set_carbon_rate"
     container: str
     mg_per_s: float | None
     window_s: float = 60.0
@@ -95,42 +103,47 @@ class SetCarbonRate:
 
 @dataclass(frozen=True)
 class SetCarbonBudget:
+    type: ClassVar[str] = "set_carbon_budget"
     grams: float | None
     period_s: float
 
 
 @dataclass(frozen=True)
-class Suspend:
+class SuspendContainer:
+    type: ClassVar[str] = "suspend_container"
     container: str
 
 
 @dataclass(frozen=True)
-class Resume:
+class ResumeContainer:
+    type: ClassVar[str] = "resume_container"
     container: str
 
 
 @dataclass(frozen=True)
-class ScaleCpus:
+class ScaleContainer:
+    type: ClassVar[str] = "scale_container"
     container: str
     cpus: float
 
 
 @dataclass(frozen=True)
-class ScaleReplicas:
+class ScaleApp:
+    type: ClassVar[str] = "scale_app"
     template: str
     replicas: int
 
 
 Action = (
-    SetPowercap
-    | SetChargeRate
-    | SetMaxDischarge
+    SetContainerPowercap
+    | SetBatteryChargeRate
+    | SetBatteryMaxDischarge
     | SetCarbonRate
     | SetCarbonBudget
-    | Suspend
-    | Resume
-    | ScaleCpus
-    | ScaleReplicas
+    | SuspendContainer
+    | ResumeContainer
+    | ScaleContainer
+    | ScaleApp
 )
 
 
@@ -223,13 +236,13 @@ def set_workers(app: AppView, n: int, template: str | None, running: set[str]) -
     the first n configured containers resumed and the rest suspended. ``running`` is
     the set of containers not suspended (observed)."""
     if template:
-        return [ScaleReplicas(template, max(0, n))]
+        return [ScaleApp(template, max(0, n))]
     out: list[Action] = []
     for i, c in enumerate(app.containers):
         if i < n and c not in running:
-            out.append(Resume(c))
+            out.append(ResumeContainer(c))
         elif i >= n and c in running:
-            out.append(Suspend(c))
+            out.append(SuspendContainer(c))
     return out
 
 
@@ -256,7 +269,7 @@ class Deduper:
 
     @staticmethod
     def key(a: Action) -> tuple[str, str]:
-        if isinstance(a, Suspend | Resume):
+        if isinstance(a, SuspendContainer | ResumeContainer):
             return ("run", a.container)
         target = getattr(a, "container", None) or getattr(a, "template", None) or ""
         return (type(a).__name__, target)
@@ -268,11 +281,11 @@ class Deduper:
         c = data.containers.get(getattr(a, "container", ""), None)
         if c is None:
             return False
-        if isinstance(a, Suspend):
+        if isinstance(a, SuspendContainer):
             return c.suspended
-        if isinstance(a, Resume):
+        if isinstance(a, ResumeContainer):
             return not c.suspended
-        if isinstance(a, SetPowercap):
+        if isinstance(a, SetContainerPowercap):
             if a.watts is None or c.powercap_w is None:
                 return a.watts is None and c.powercap_w is None
             return abs(a.watts - c.powercap_w) < 1e-6
@@ -284,7 +297,7 @@ class Deduper:
         for a in actions:
             k = self.key(a)
             last = self._sent.get(k)
-            if isinstance(a, Suspend | Resume | SetPowercap):
+            if isinstance(a, SuspendContainer | ResumeContainer | SetContainerPowercap):
                 if self._in_force(a, data):
                     self._sent[k] = (a, self._n)
                     continue
@@ -316,25 +329,11 @@ class Deduper:
 
 def apply_action(client: Any, a: Action) -> Any:
     """Issue one action through the client (the paper's function names)."""
-    match a:
-        case SetPowercap(c, w):
-            return client.set_container_powercap(c, w)
-        case SetChargeRate(w):
-            return client.set_battery_charge_rate(w)
-        case SetMaxDischarge(w):
-            return client.set_battery_max_discharge(w)
-        case SetCarbonRate(c, r, win):
-            return client.set_carbon_rate(c, r, window_s=win)
-        case SetCarbonBudget(g, p):
-            return client.set_carbon_budget(g, period_s=p)
-        case Suspend(c):
-            return client.suspend_container(c)
-        case Resume(c):
-            return client.resume_container(c)
-        case ScaleCpus(c, cpus):
-            return client.scale_container(c, cpus)
-        case ScaleReplicas(t, n):
-            return client.scale_app(t, n)
+    # the client method has the action's name and takes its fields in order (the
+    # paper's signatures: set_carbon_rate(container, rate, window_s), ...)
+    method = getattr(client, a.type, None) if is_dataclass(a) else None
+    if method is not None:
+        return method(*(getattr(a, f.name) for f in fields(a)))
     raise TypeError(f"unknown action {a!r}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from policies.base import Action, AppView, Observation, Resume, SetPowercap, main
+from policies.base import Action, AppView, Observation, ResumeContainer, SetContainerPowercap, main
 
 
 class CarbonAgnostic:
@@ -25,9 +25,9 @@ class CarbonAgnostic:
         out: list[Action] = []
         for c, cd in sorted(obs.data.containers.items()):
             if cd.suspended:
-                out.append(Resume(c))
+                out.append(ResumeContainer(c))
             if cd.powercap_w is not None:
-                out.append(SetPowercap(c, None))
+                out.append(SetContainerPowercap(c, None))
         return out
 
 

@@ -21,8 +21,8 @@ from policies.base import (
     Action,
     AppView,
     Observation,
-    SetChargeRate,
-    SetMaxDischarge,
+    SetBatteryChargeRate,
+    SetBatteryMaxDischarge,
     main,
     running_containers,
     set_workers,
@@ -57,7 +57,7 @@ class SolarBattery:
         if not self.template:  # without a template the workers are the configured containers
             self.max_w = min(self.max_w, len(app.containers))
             self.base = min(self.base, self.max_w)
-        return [SetChargeRate(0.0), SetMaxDischarge(self.guaranteed_w)]
+        return [SetBatteryChargeRate(0.0), SetBatteryMaxDischarge(self.guaranteed_w)]
 
     def workers(self, obs: Observation) -> int:
         d = obs.data

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import argparse
 
-from policies.base import Action, AppView, Observation, SetPowercap, main, running_containers
+from policies.base import (
+    Action,
+    AppView,
+    Observation,
+    SetContainerPowercap,
+    main,
+    running_containers,
+)
 
 
 def water_fill(supply: float, demand: dict[str, float]) -> dict[str, float]:
@@ -82,7 +89,7 @@ class SolarFollowingCaps:
         }
 
     def decide(self, obs: Observation) -> list[Action]:
-        return [SetPowercap(c, round(w, 6)) for c, w in sorted(self.caps(obs).items())]
+        return [SetContainerPowercap(c, round(w, 6)) for c, w in sorted(self.caps(obs).items())]
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

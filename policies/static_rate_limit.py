@@ -19,7 +19,7 @@ from policies.base import (
     AppView,
     Observation,
     SetCarbonRate,
-    SetPowercap,
+    SetContainerPowercap,
     grid_w_for_rate,
     main,
     running_containers,
@@ -70,9 +70,9 @@ class StaticRateLimit:
         if not running:
             return []
         if math.isinf(allow):
-            return [SetPowercap(c, None) for c in running]
+            return [SetContainerPowercap(c, None) for c in running]
         cap = max(self.min_cap_w, quantize(allow / len(running)))
-        return [SetPowercap(c, cap) for c in running]
+        return [SetContainerPowercap(c, cap) for c in running]
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

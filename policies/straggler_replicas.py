@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from policies.base import Action, AppView, Observation, ScaleReplicas, main
+from policies.base import Action, AppView, Observation, ScaleApp, main
 
 
 class StragglerReplicas:
@@ -31,7 +31,7 @@ class StragglerReplicas:
         self.app = app
         if self.template not in app.templates:
             raise ValueError(f"app {app.app!r} has no template {self.template!r}")
-        return [ScaleReplicas(self.template, 0)]
+        return [ScaleApp(self.template, 0)]
 
     def decide(self, obs: Observation) -> list[Action]:
         d = obs.data
@@ -47,7 +47,7 @@ class StragglerReplicas:
         if stragglers is not None:
             limit = min(limit, int(stragglers))
         self.replicas = max(0, min(n, limit))
-        return [ScaleReplicas(self.template, self.replicas)]
+        return [ScaleApp(self.template, self.replicas)]
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

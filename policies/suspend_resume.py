@@ -15,8 +15,8 @@ from policies.base import (
     Action,
     AppView,
     Observation,
-    Resume,
-    Suspend,
+    ResumeContainer,
+    SuspendContainer,
     TrailingPercentile,
     main,
 )
@@ -66,9 +66,9 @@ class SuspendResume:
             cd = obs.data.containers.get(c)
             suspended = bool(cd and cd.suspended)
             if high and not suspended:
-                out.append(Suspend(c))
+                out.append(SuspendContainer(c))
             elif not high and suspended:
-                out.append(Resume(c))
+                out.append(ResumeContainer(c))
         return out
 
 

@@ -18,10 +18,10 @@ from policies.base import (
     Action,
     AppView,
     Observation,
-    Resume,
-    ScaleCpus,
-    ScaleReplicas,
-    Suspend,
+    ResumeContainer,
+    ScaleApp,
+    ScaleContainer,
+    SuspendContainer,
     main,
 )
 from policies.suspend_resume import CarbonThreshold, threshold_args, threshold_from
@@ -60,15 +60,15 @@ class WaitAndScale:
             suspended = bool(cd and cd.suspended)
             if high:
                 if not suspended:
-                    out.append(Suspend(c))
+                    out.append(SuspendContainer(c))
             else:
                 if suspended:
-                    out.append(Resume(c))
+                    out.append(ResumeContainer(c))
                 if not self.template:
-                    out.append(ScaleCpus(c, self.base_cpus * self.factor))
+                    out.append(ScaleContainer(c, self.base_cpus * self.factor))
         if self.template:
             n = 0 if high else round(self.base_replicas * self.factor)
-            out.append(ScaleReplicas(self.template, n))
+            out.append(ScaleApp(self.template, n))
         return out
 
 

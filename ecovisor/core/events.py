@@ -20,6 +20,8 @@ Rules (docs/core.md "Events"):
 
 from __future__ import annotations
 
+from typing import Any
+
 from ecovisor.core.carbon_limits import (
     advance_budget,
     budget_ug,
@@ -40,6 +42,18 @@ def significant(new: float, ref: float, abs_th: float, rel_th: float) -> bool:
     return d > 0 and d >= max(abs_th, rel_th * abs(ref))
 
 
+def _change(out: list[Event], kind: EventKind, new: float, ref: float | None, abs_th: float,
+            rel_th: float, unit: str, base: dict[str, Any]) -> float:
+    """Append a ``kind`` event when ``new`` moved significantly from the last notified
+    ``ref``; return the reference to keep (the first value only sets it)."""
+    if ref is None:
+        return new
+    if not significant(new, ref, abs_th, rel_th):
+        return ref
+    out.append(Event(kind=kind, value=new, previous=ref, unit=unit, **base))
+    return new
+
+
 def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking, tuple[Event, ...]]:
     """Events of ``entry`` (computed from ``prev``) and the tracking state after it."""
     tr = prev.tracking
@@ -50,22 +64,10 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
     out: list[Event] = [Event(kind=EventKind.tick, **base)]
 
     # solar and carbon changes
-    solar_w = mj_to_power(entry.solar_mj, dt)
-    solar_ref = tr.solar_ref_w
-    if solar_ref is None:
-        solar_ref = solar_w
-    elif significant(solar_w, solar_ref, th.solar_change_abs_w, th.solar_change_rel):
-        out.append(Event(kind=EventKind.solar_change, value=solar_w, previous=solar_ref,
-                         unit="W", **base))
-        solar_ref = solar_w
-    intensity = entry.intensity_g_per_kwh
-    i_ref = tr.intensity_ref
-    if i_ref is None:
-        i_ref = intensity
-    elif significant(intensity, i_ref, th.carbon_change_abs_g_per_kwh, th.carbon_change_rel):
-        out.append(Event(kind=EventKind.carbon_change, value=intensity, previous=i_ref,
-                         unit="gCO2eq/kWh", **base))
-        i_ref = intensity
+    solar_ref = _change(out, EventKind.solar_change, mj_to_power(entry.solar_mj, dt),
+                        tr.solar_ref_w, th.solar_change_abs_w, th.solar_change_rel, "W", base)
+    i_ref = _change(out, EventKind.carbon_change, entry.intensity_g_per_kwh, tr.intensity_ref,
+                    th.carbon_change_abs_g_per_kwh, th.carbon_change_rel, "gCO2eq/kWh", base)
 
     # battery
     bat = entry.battery

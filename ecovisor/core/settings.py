@@ -6,6 +6,9 @@ Pure: no clocks, no I/O. A command accepted during tick k applies from tick k+1.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 from ecovisor.core.entries import LedgerError
 from ecovisor.core.state import (
     MAX_PENDING,
@@ -22,6 +25,18 @@ from ecovisor.core.state import (
     SiteState,
 )
 
+V = TypeVar("V")
+
+
+def _set(mapping: Mapping[str, V], key: str, value: V | None) -> dict[str, V]:
+    """A copy of ``mapping`` with ``key`` set to ``value`` (``None`` removes it)."""
+    out = dict(mapping)
+    if value is None:
+        out.pop(key, None)
+    else:
+        out[key] = value
+    return out
+
 
 def apply_change(settings: AppSettings, change: SettingsChange) -> AppSettings:
     """The settings after one change (pure)."""
@@ -30,18 +45,10 @@ def apply_change(settings: AppSettings, change: SettingsChange) -> AppSettings:
     if isinstance(change, SetBatteryMaxDischarge):
         return settings.model_copy(update={"max_discharge_w": change.watts})
     if isinstance(change, SetContainerPowercap):
-        caps = dict(settings.container_caps_w)
-        if change.watts is None:
-            caps.pop(change.container, None)
-        else:
-            caps[change.container] = change.watts
+        caps = _set(settings.container_caps_w, change.container, change.watts)
         return settings.model_copy(update={"container_caps_w": caps})
     if isinstance(change, SetCarbonRate):
-        rates = dict(settings.carbon_rates)
-        if change.limit is None:
-            rates.pop(change.container, None)
-        else:
-            rates[change.container] = change.limit
+        rates = _set(settings.carbon_rates, change.container, change.limit)
         return settings.model_copy(update={"carbon_rates": rates})
     if isinstance(change, SetCarbonBudget):
         return settings.model_copy(update={"carbon_budget": change.budget})

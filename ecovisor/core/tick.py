@@ -324,21 +324,19 @@ def _cut_grid(works: dict[str, _Work], platform_mj: int, limit_mj: int | None
     over = sum(w.g2l + w.g2b for w in works.values()) + platform_mj - limit_mj
     if over <= 0:
         return platform_mj, 0
-    to_battery = {a: w.g2b for a, w in works.items()}
-    cut = min(over, sum(to_battery.values()))
-    if cut:
-        for a, part in largest_remainder(cut, to_battery).items():
-            works[a].g2b -= part
-            works[a].grid_cut += part
-        over -= cut
-    to_load = {a: w.g2l for a, w in works.items()}
-    cut = min(over, sum(to_load.values()))
-    if cut:
-        for a, part in largest_remainder(cut, to_load).items():
-            works[a].g2l -= part
-            works[a].unserved += part
-            works[a].grid_cut += part
-        over -= cut
+    # grid->battery first (the cut is booked as grid_cut), then grid->load (the cut is
+    # also unserved), each in proportion to what the apps drew
+    for flow, unserved in (("g2b", False), ("g2l", True)):
+        drawn = {a: getattr(w, flow) for a, w in works.items()}
+        cut = min(over, sum(drawn.values()))
+        if cut:
+            for a, part in largest_remainder(cut, drawn).items():
+                w = works[a]
+                setattr(w, flow, getattr(w, flow) - part)
+                w.grid_cut += part
+                if unserved:
+                    w.unserved += part
+            over -= cut
     return platform_mj - over, over
 
 

@@ -1,7 +1,7 @@
 """The embedded stack: every Ecovisor process of a site, supervised by supervisord.
 
-``plan(cfg)`` turns a site configuration into a list of services (pure, no I/O besides
-locating binaries and modules). ``write_supervisord_conf`` renders them into
+``plan(cfg)`` (``ecovisor.embedded.plan``) turns a site configuration into a list of
+services. ``write_supervisord_conf`` renders them into
 ``<state_dir>/supervisord.conf``. ``up``/``down``/``status`` drive supervisord through its
 XML-RPC interface on a unix socket in the state dir. See docs/embedded-stack.md.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import shlex
@@ -24,173 +23,22 @@ import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ecovisor.adapters.kafka import KafkaUnavailable, create_topics
-from ecovisor.contract import topics
-from ecovisor.contract.config import (
-    DEFAULT_CONFIG_ENV,
-    ENV_INFLUXDB_URL,
-    ENV_KAFKA_BOOTSTRAP,
-    ENV_MQTT_HOST,
-    ENV_MQTT_PORT,
-    EcovisorConfig,
-    influxdb_url,
-    kafka_bootstrap,
-    mqtt_endpoint,
-)
+from ecovisor.contract.config import EcovisorConfig
 from ecovisor.embedded import servers as embedded
+from ecovisor.embedded.plan import (  # noqa: F401 (module_exists, state_dir_of: for the CLI)
+    Plan,
+    module_exists,
+    plan,
+    state_dir_of,
+)
 from ecovisor.embedded.servers import StackError
 
-# Priorities (lower starts first, stops last).
-PRIO_SERVER = 10
-PRIO_BRIDGE = 20
-PRIO_LEDGER = 30
-PRIO_HISTORY = 40
-PRIO_ACTUATOR = 50
-PRIO_COLLECTOR = 60
-PRIO_WORKLOAD = 70
-PRIO_API = 80
-PRIO_POLICY = 90
-
 Printer = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Service:
-    """One supervised program."""
-
-    name: str
-    command: list[str]
-    priority: int
-    server: bool = False  # started by supervisord itself (before topics exist)
-    port: int | None = None  # servers: the port that answers when ready
-    module: str | None = None  # python -m module (product services)
-
-
-@dataclass
-class Plan:
-    services: list[Service] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # readable notes
-    env: dict[str, str] = field(default_factory=dict)
-    bootstrap: str = ""
-    topics: list[str] = field(default_factory=list)
-    # cgroups of the containers the stack launches (released when the stack stops)
-    cgroups: list[dict[str, str | None]] = field(default_factory=list)
-
-
-def module_exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def state_dir_of(cfg: EcovisorConfig, base: Path | None = None) -> Path:
-    p = Path(cfg.stack.state_dir)
-    return p if p.is_absolute() else (base or Path.cwd()) / p
-
-
-def plan(
-    cfg: EcovisorConfig,
-    config_file: Path,
-    state_dir: Path,
-    python: str = sys.executable,
-    exists: Callable[[str], bool] = module_exists,
-) -> Plan:
-    """Every service the site configuration asks for; missing modules are skipped."""
-    p = Plan()
-    st = cfg.stack
-    ext_kafka = bool(os.environ.get(ENV_KAFKA_BOOTSTRAP) or st.kafka_bootstrap)
-    p.bootstrap = kafka_bootstrap(cfg)
-    mqtt_host, mqtt_port = mqtt_endpoint(cfg)
-    p.env = {
-        DEFAULT_CONFIG_ENV: str(config_file),
-        ENV_KAFKA_BOOTSTRAP: p.bootstrap,
-        ENV_MQTT_HOST: mqtt_host,
-        ENV_MQTT_PORT: str(mqtt_port),
-        "PYTHONUNBUFFERED": "1",
-    }
-    data = state_dir / "data"
-
-    if not ext_kafka:
-        kafka = embedded.tansu_command(st.kafka_port)
-        p.services.append(Service("kafka", kafka, PRIO_SERVER, True, st.kafka_port))
-    if st.mqtt_embedded:
-        p.services.append(
-            Service(
-                "mqtt",
-                embedded.mqtt_command(mqtt_port, data / "mqtt"),
-                PRIO_SERVER,
-                True,
-                mqtt_port,
-            )
-        )
-
-    ts_url = influxdb_url(cfg)
-    if st.timeseries in ("auto", "victoria-metrics") and not (st.timeseries == "auto" and ts_url):
-        vm = embedded.victoria_metrics_command(st.victoria_metrics_port, data / "victoria-metrics")
-        if vm:
-            p.services.append(
-                Service("victoria-metrics", vm, PRIO_SERVER, True, st.victoria_metrics_port)
-            )
-            ts_url = f"http://127.0.0.1:{st.victoria_metrics_port}"
-        else:
-            p.skipped.append("victoria-metrics: not installed (no time-series store)")
-            ts_url = None if st.timeseries == "victoria-metrics" else ts_url
-    elif st.timeseries == "none":
-        ts_url = None
-    if ts_url:
-        p.env[ENV_INFLUXDB_URL] = ts_url
-
-    def py(name: str, module: str, prio: int, *args: str) -> None:
-        if not exists(module):
-            p.skipped.append(f"{name}: module {module} is not available yet")
-            return
-        cmd = [python, "-m", module, "--config", str(config_file), *args]
-        p.services.append(Service(name, cmd, prio, module=module))
-
-    py("bridge", "streams.bridge", PRIO_BRIDGE)
-    py("ledger", "streams.ledger", PRIO_LEDGER)
-    if ts_url:
-        py("history", "streams.history", PRIO_HISTORY)
-    else:
-        p.skipped.append("history: no time-series store configured or installed")
-    containers = [c for a in cfg.apps for c in a.containers]
-    if containers or any(a.templates for a in cfg.apps):
-        py("actuator-containers", "actuators.containers", PRIO_ACTUATOR)
-    if cfg.site.battery:
-        py("actuator-battery", "actuators.battery", PRIO_ACTUATOR)
-        py("collector-battery", "collectors.battery_device", PRIO_COLLECTOR)
-    if cfg.site.solar:
-        py("collector-solar", "collectors.solar", PRIO_COLLECTOR)
-    if cfg.site.carbon:
-        py("collector-carbon", "collectors.carbon", PRIO_COLLECTOR)
-    if cfg.site.nodes or containers:
-        py("collector-power", "collectors.power", PRIO_COLLECTOR)
-    for c in containers:
-        if c.command:
-            py(f"container-{c.id}", "actuators.cgexec", PRIO_WORKLOAD, "--container", c.id)
-            if c.backend.type != "lxd":
-                p.cgroups.append(
-                    {"type": c.backend.type, "cgroup": c.backend.cgroup, "root": c.backend.root}
-                )
-    py("api", "ecovisor.api", PRIO_API)
-    for a in cfg.apps:
-        for pol in a.policies:
-            py(
-                f"policy-{a.id}-{pol.name}",
-                f"policies.{pol.name}",
-                PRIO_POLICY,
-                "--app",
-                a.id,
-                *pol.args,
-            )
-    p.topics = topics.all_topics([a.id for a in cfg.apps])
-    return p
-
 
 # ---------------------------------------------------------------------------------------
 # supervisord configuration
@@ -506,6 +354,18 @@ def _supervisord_cmd(state_dir: Path, nodaemon: bool) -> list[str]:
     return [*base, *(["-n"] if nodaemon else []), "-c", str(state_dir / "supervisord.conf")]
 
 
+def _start_all(p: Plan, state_dir: Path, proc: subprocess.Popen[bytes] | None,
+               say: Printer) -> list[dict[str, Any]]:
+    """Once supervisord answers: topics, then every service; the pids are recorded
+    before and after the health wait (so `down` finds them even if the wait fails)."""
+    _wait_socket(state_dir, proc, 20)
+    start_services(p, state_dir, say)
+    _record_pids(state_dir)
+    infos = wait_healthy(state_dir)
+    _record_pids(state_dir)
+    return infos
+
+
 def up(
     cfg: EcovisorConfig,
     config_file: Path,
@@ -539,11 +399,7 @@ def up(
         )
         proc.wait(30)
         try:
-            _wait_socket(state_dir, None, 20)
-            start_services(p, state_dir, say)
-            _record_pids(state_dir)
-            infos = wait_healthy(state_dir)
-            _record_pids(state_dir)
+            infos = _start_all(p, state_dir, None, say)
         except Exception:
             say("start failed; stopping what was started")
             down(state_dir, say=lambda _m: None)
@@ -574,11 +430,7 @@ def up(
     old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         try:
-            _wait_socket(state_dir, proc, 20)
-            start_services(p, state_dir, say)
-            _record_pids(state_dir)
-            infos = wait_healthy(state_dir)
-            _record_pids(state_dir)
+            infos = _start_all(p, state_dir, proc, say)
             say(format_status(infos))
             say(
                 "stack running; Ctrl-C stops everything "

@@ -214,4 +214,4 @@ def test_policy_process_caps_its_own_app_only(stack: dict) -> None:
     # one command was enough: the cap in force is not re-sent every tick
     assert len(mine) == 1, mine
     log = (stack["tmp"] / "policy.log").read_text()
-    assert "SetPowercap" in log and pol.poll() is None
+    assert "SetContainerPowercap" in log and pol.poll() is None

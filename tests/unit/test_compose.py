@@ -16,7 +16,7 @@ import yaml
 
 from ecovisor.contract import topics
 from ecovisor.contract.config import ENV_VARS, load_config
-from ecovisor.embedded.stack import module_exists
+from ecovisor.embedded.plan import module_exists
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

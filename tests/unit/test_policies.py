@@ -12,15 +12,15 @@ from policies.base import (
     BatteryFlags,
     Deduper,
     Observation,
-    Resume,
-    ScaleCpus,
-    ScaleReplicas,
+    ResumeContainer,
+    ScaleApp,
+    ScaleContainer,
+    SetBatteryChargeRate,
+    SetBatteryMaxDischarge,
     SetCarbonBudget,
     SetCarbonRate,
-    SetChargeRate,
-    SetMaxDischarge,
-    SetPowercap,
-    Suspend,
+    SetContainerPowercap,
+    SuspendContainer,
     TrailingPercentile,
     carbon_mg_per_s,
     grid_w_for_rate,
@@ -117,17 +117,17 @@ def test_battery_flags_levels_and_latches() -> None:
 def test_deduper_skips_values_in_force_and_resends_after_rejection() -> None:
     d = Deduper(pending_ticks=3)
     o = obs(caps={"c1": 2.0}, suspended={"c2"})
-    assert d.filter([SetPowercap("c1", 2.0), Suspend("c2")], o.data) == []
-    assert d.filter([ScaleReplicas("w", 3)], o.data) == [ScaleReplicas("w", 3)]
-    d.sent(ScaleReplicas("w", 3), "cmd-1")
-    assert d.filter([ScaleReplicas("w", 3)], o.data) == []
+    assert d.filter([SetContainerPowercap("c1", 2.0), SuspendContainer("c2")], o.data) == []
+    assert d.filter([ScaleApp("w", 3)], o.data) == [ScaleApp("w", 3)]
+    d.sent(ScaleApp("w", 3), "cmd-1")
+    assert d.filter([ScaleApp("w", 3)], o.data) == []
     d.failed("cmd-1")
-    assert d.filter([ScaleReplicas("w", 3)], o.data) == [ScaleReplicas("w", 3)]
+    assert d.filter([ScaleApp("w", 3)], o.data) == [ScaleApp("w", 3)]
     # a cap not yet in force is not re-sent at once, but is after pending_ticks
-    assert d.filter([SetPowercap("c1", 1.0)], o.data) == [SetPowercap("c1", 1.0)]
-    assert d.filter([SetPowercap("c1", 1.0)], o.data) == []
-    assert d.filter([SetPowercap("c1", 1.0)], o.data) == []
-    assert d.filter([SetPowercap("c1", 1.0)], o.data) == [SetPowercap("c1", 1.0)]
+    assert d.filter([SetContainerPowercap("c1", 1.0)], o.data) == [SetContainerPowercap("c1", 1.0)]
+    assert d.filter([SetContainerPowercap("c1", 1.0)], o.data) == []
+    assert d.filter([SetContainerPowercap("c1", 1.0)], o.data) == []
+    assert d.filter([SetContainerPowercap("c1", 1.0)], o.data) == [SetContainerPowercap("c1", 1.0)]
 
 
 # --- carbon agnostic ----------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_carbon_agnostic_undoes_suspensions_and_caps() -> None:
     p.setup(APP)
     assert p.decide(obs(carbon=900)) == []
     out = p.decide(obs(suspended={"c1"}, caps={"c2": 1.0}))
-    assert out == [Resume("c1"), SetPowercap("c2", None)]
+    assert out == [ResumeContainer("c1"), SetContainerPowercap("c2", None)]
 
 
 # --- suspend-resume and wait&scale ----------------------------------------------------
@@ -148,11 +148,12 @@ def test_suspend_resume_fixed_threshold_crossing() -> None:
     p = SuspendResume(CarbonThreshold(fixed_g_per_kwh=250))
     p.setup(APP)
     assert p.decide(obs(0, carbon=200)) == []
-    assert p.decide(obs(1, carbon=251)) == [Suspend("c1"), Suspend("c2")]
+    assert p.decide(obs(1, carbon=251)) == [SuspendContainer("c1"), SuspendContainer("c2")]
     # already suspended and still high: nothing to do
     assert p.decide(obs(2, carbon=300, suspended={"c1", "c2"})) == []
     # falls to exactly the threshold: resume
-    assert p.decide(obs(3, carbon=250, suspended={"c1", "c2"})) == [Resume("c1"), Resume("c2")]
+    assert p.decide(obs(3, carbon=250, suspended={"c1", "c2"})) == [
+        ResumeContainer("c1"), ResumeContainer("c2")]
 
 
 def test_suspend_resume_default_is_30th_percentile_of_trailing_48h() -> None:
@@ -162,32 +163,33 @@ def test_suspend_resume_default_is_30th_percentile_of_trailing_48h() -> None:
     seq = [100.0] * 10 + [300.0, 400.0, 500.0]
     decisions = [p.decide(obs(k, carbon=c, tick_s=3600)) for k, c in enumerate(seq)]
     assert decisions[9] == []  # at the percentile: run
-    assert decisions[10] == [Suspend("c1"), Suspend("c2")]
+    assert decisions[10] == [SuspendContainer("c1"), SuspendContainer("c2")]
     assert p.last_threshold == pytest.approx(100.0)
     # 48 h later the low day has left the window: the threshold follows the trace
     for k in range(13, 13 + 48):
         p.decide(obs(k, carbon=500.0, suspended={"c1", "c2"}, tick_s=3600))
     assert p.last_threshold == pytest.approx(500.0)
     assert p.decide(obs(61, carbon=450.0, suspended={"c1", "c2"}, tick_s=3600)) == [
-        Resume("c1"),
-        Resume("c2"),
+        ResumeContainer("c1"),
+        ResumeContainer("c2"),
     ]
 
 
 def test_wait_and_scale_vertical_scales_up_below_and_suspends_above() -> None:
     p = WaitAndScale(CarbonThreshold(fixed_g_per_kwh=250), factor=2.0, base_cpus=4)
     p.setup(APP)
-    assert p.decide(obs(0, carbon=100)) == [ScaleCpus("c1", 8.0), ScaleCpus("c2", 8.0)]
-    assert p.decide(obs(1, carbon=300)) == [Suspend("c1"), Suspend("c2")]
+    assert p.decide(obs(0, carbon=100)) == [ScaleContainer("c1", 8.0), ScaleContainer("c2", 8.0)]
+    assert p.decide(obs(1, carbon=300)) == [SuspendContainer("c1"), SuspendContainer("c2")]
     out = p.decide(obs(2, carbon=200, suspended={"c1", "c2"}))
-    assert out == [Resume("c1"), ScaleCpus("c1", 8.0), Resume("c2"), ScaleCpus("c2", 8.0)]
+    assert out == [ResumeContainer("c1"), ScaleContainer("c1", 8.0),
+                   ResumeContainer("c2"), ScaleContainer("c2", 8.0)]
 
 
 def test_wait_and_scale_horizontal_factor_3() -> None:
     p = WaitAndScale(CarbonThreshold(fixed_g_per_kwh=250), factor=3, template="w", base_replicas=8)
     p.setup(APP)
-    assert ScaleReplicas("w", 24) in p.decide(obs(0, carbon=100))
-    assert ScaleReplicas("w", 0) in p.decide(obs(1, carbon=400))
+    assert ScaleApp("w", 24) in p.decide(obs(0, carbon=100))
+    assert ScaleApp("w", 0) in p.decide(obs(1, carbon=400))
     with pytest.raises(ValueError, match="no template"):
         WaitAndScale(template="nope").setup(APP)
 
@@ -200,16 +202,17 @@ def test_static_rate_limit_caps_follow_carbon() -> None:
     assert p.setup(APP) == [SetCarbonRate("c1", 0.001), SetCarbonRate("c2", 0.001)]
     # 0.002 mg/s at 200 g/kWh allows 0.036 W of grid; plus 4 W of solar over 2 containers
     assert p.decide(obs(carbon=200, next_solar=4.0)) == [
-        SetPowercap("c1", 2.0),
-        SetPowercap("c2", 2.0),
+        SetContainerPowercap("c1", 2.0),
+        SetContainerPowercap("c2", 2.0),
     ]
     # carbon halves: twice the grid power is allowed
     out = p.decide(obs(carbon=7.2, next_solar=0.0))  # 0.002*3600/7.2 = 1 W
-    assert out == [SetPowercap("c1", 0.5), SetPowercap("c2", 0.5)]
+    assert out == [SetContainerPowercap("c1", 0.5), SetContainerPowercap("c2", 0.5)]
     out = p.decide(obs(carbon=3.6, next_solar=0.0))
-    assert out == [SetPowercap("c1", 1.0), SetPowercap("c2", 1.0)]
+    assert out == [SetContainerPowercap("c1", 1.0), SetContainerPowercap("c2", 1.0)]
     # zero-carbon grid: no limit at all
-    assert p.decide(obs(carbon=0.0)) == [SetPowercap("c1", None), SetPowercap("c2", None)]
+    assert p.decide(obs(carbon=0.0)) == [
+        SetContainerPowercap("c1", None), SetContainerPowercap("c2", None)]
 
 
 def test_static_rate_limit_paper_default_in_workers() -> None:
@@ -217,8 +220,8 @@ def test_static_rate_limit_paper_default_in_workers() -> None:
     p.setup(APP)
     assert p.rate == 20.0
     # 20 mg/s at 250 g/kWh: 288 W -> 5 workers of 50 W
-    assert p.decide(obs(carbon=250)) == [ScaleReplicas("w", 5)]
-    assert p.decide(obs(carbon=500)) == [ScaleReplicas("w", 2)]
+    assert p.decide(obs(carbon=250)) == [ScaleApp("w", 5)]
+    assert p.decide(obs(carbon=500)) == [ScaleApp("w", 2)]
 
 
 def _budget(**kw) -> DynamicBudget:
@@ -237,15 +240,15 @@ def test_dynamic_budget_setup_registers_rate_times_horizon() -> None:
 def test_dynamic_budget_scales_up_when_latency_above_slo_and_down_when_idle() -> None:
     p = _budget()
     assert p.decide(obs(0, carbon=100, latency_ms=90, app_power=1.0)) == [
-        ScaleReplicas("w", 2)
+        ScaleApp("w", 2)
     ]  # 90/60 - 1 = 50 % over: + ceil(0.5) workers
     assert p.decide(obs(1, carbon=100, latency_ms=200, app_power=2.0)) == [
-        ScaleReplicas("w", 7)
+        ScaleApp("w", 7)
     ]  # 233 % over: + ceil(2 * 2.33) = 5
     assert p.decide(obs(2, carbon=100, latency_ms=50, app_power=7.0)) == [
-        ScaleReplicas("w", 7)
+        ScaleApp("w", 7)
     ]  # within [low water, SLO]: hold
-    assert p.decide(obs(3, carbon=100, latency_ms=10, app_power=7.0)) == [ScaleReplicas("w", 6)]
+    assert p.decide(obs(3, carbon=100, latency_ms=10, app_power=7.0)) == [ScaleApp("w", 6)]
 
 
 def test_dynamic_budget_banks_credit_when_carbon_low_and_spends_it_when_high() -> None:
@@ -257,10 +260,10 @@ def test_dynamic_budget_banks_credit_when_carbon_low_and_spends_it_when_high() -
     # high carbon and load: the static rate allows 1*3600/1000 = 3.6 W = 3 workers, the
     # banked credit (3.24 g over 1 h = 0.9 mg/s more) allows 1.9 mg/s = 6.84 W = 6
     out = p.decide(obs(60, carbon=1000, latency_ms=600, app_power=1.0))
-    assert out == [ScaleReplicas("w", 6)]
+    assert out == [ScaleApp("w", 6)]
     fresh = _budget(max_workers=20)
     assert fresh.decide(obs(0, carbon=1000, latency_ms=600, app_power=1.0)) == [
-        ScaleReplicas("w", 3)
+        ScaleApp("w", 3)
     ]
 
 
@@ -270,7 +273,7 @@ def test_dynamic_budget_nearly_spent_falls_back_to_what_remains() -> None:
     # 3.5 of 3.6 g spent in the first tick: what remains (0.1 g over 3540 s) allows
     # 0.028 mg/s -> 0.1 W at 1000 g/kWh: below one worker -> min_workers
     out = p.decide(obs(0, carbon=1000, latency_ms=600, carbon_g=3.5, app_power=6.0))
-    assert out == [ScaleReplicas("w", 1)]
+    assert out == [ScaleApp("w", 1)]
 
     # the ecovisor's carbon_budget_near notification binds even with 1/6 of it left:
     # 0.6 g over the 2540 s left is 0.236 mg/s -> 0.85 W at 1000 g/kWh -> min_workers
@@ -281,9 +284,9 @@ def test_dynamic_budget_nearly_spent_falls_back_to_what_remains() -> None:
 
     near = frozenset({"carbon_budget_near"})
     o = dict(carbon=1000, latency_ms=600, app_power=1.0)
-    assert at_1000s().decide(obs(0, events=near, **o)) == [ScaleReplicas("w", 1)]
+    assert at_1000s().decide(obs(0, events=near, **o)) == [ScaleApp("w", 1)]
     # without it, the plain rate (no credit left) allows 3.6 W -> 3 workers
-    assert at_1000s().decide(obs(0, **o)) == [ScaleReplicas("w", 3)]
+    assert at_1000s().decide(obs(0, **o)) == [ScaleApp("w", 3)]
 
 
 # --- solar + battery --------------------------------------------------------------
@@ -291,7 +294,7 @@ def test_dynamic_budget_nearly_spent_falls_back_to_what_remains() -> None:
 
 def test_solar_battery_setup_is_zero_carbon_with_guaranteed_power() -> None:
     p = SolarBattery(mode="static", base_workers=4, worker_w=2.0, template="w")
-    assert p.setup(APP) == [SetChargeRate(0.0), SetMaxDischarge(8.0)]
+    assert p.setup(APP) == [SetBatteryChargeRate(0.0), SetBatteryMaxDischarge(8.0)]
 
 
 def test_solar_battery_static_keeps_fixed_workers_until_battery_empty() -> None:
@@ -304,28 +307,29 @@ def test_solar_battery_static_keeps_fixed_workers_until_battery_empty() -> None:
         obs(3, next_solar=0.0, battery_empty=True),  # night: wait for the morning
     ]
     assert [p.decide(o) for o in day] == [
-        [ScaleReplicas("w", 4)],
-        [ScaleReplicas("w", 4)],
-        [ScaleReplicas("w", 1)],
-        [ScaleReplicas("w", 0)],
+        [ScaleApp("w", 4)],
+        [ScaleApp("w", 4)],
+        [ScaleApp("w", 1)],
+        [ScaleApp("w", 0)],
     ]
 
 
 def test_solar_battery_dynamic_adds_workers_on_excess_solar_only_when_full() -> None:
     p = SolarBattery(mode="dynamic", base_workers=4, worker_w=2.0, template="w")
     p.setup(APP)
-    assert p.decide(obs(0, next_solar=12.0)) == [ScaleReplicas("w", 4)]  # battery filling
-    assert p.decide(obs(1, next_solar=12.0, battery_full=True)) == [ScaleReplicas("w", 6)]
-    assert p.decide(obs(2, next_solar=40.0, battery_full=True)) == [ScaleReplicas("w", 8)]
-    assert p.decide(obs(3, next_solar=6.0, battery_full=True)) == [ScaleReplicas("w", 4)]
+    assert p.decide(obs(0, next_solar=12.0)) == [ScaleApp("w", 4)]  # battery filling
+    assert p.decide(obs(1, next_solar=12.0, battery_full=True)) == [ScaleApp("w", 6)]
+    assert p.decide(obs(2, next_solar=40.0, battery_full=True)) == [ScaleApp("w", 8)]
+    assert p.decide(obs(3, next_solar=6.0, battery_full=True)) == [ScaleApp("w", 4)]
 
 
 def test_solar_battery_without_template_suspends_containers() -> None:
     p = SolarBattery(mode="static", base_workers=4, worker_w=2.0)
     p.setup(APP)  # only 2 containers: base capped to 2
     assert p.decide(obs(0, next_solar=1.0)) == []
-    assert p.decide(obs(1, next_solar=2.0, battery_empty=True)) == [Suspend("c2")]
-    assert p.decide(obs(2, next_solar=0.0, battery_empty=True, suspended={"c2"})) == [Suspend("c1")]
+    assert p.decide(obs(1, next_solar=2.0, battery_empty=True)) == [SuspendContainer("c2")]
+    assert p.decide(obs(2, next_solar=0.0, battery_empty=True, suspended={"c2"})) == [
+        SuspendContainer("c1")]
 
 
 # --- solar following caps and stragglers ---------------------------------------------
@@ -359,32 +363,32 @@ def test_solar_following_caps_dynamic_moves_power_to_busy_containers() -> None:
     caps = p.caps(obs(next_solar=3.0, power={"c1": 4.0, "c2": 5.0}))
     assert caps == {"c1": pytest.approx(1.5), "c2": pytest.approx(1.5)}
     assert p.decide(obs(next_solar=3.0, power={"c1": 4.0, "c2": 5.0})) == [
-        SetPowercap("c1", 1.5),
-        SetPowercap("c2", 1.5),
+        SetContainerPowercap("c1", 1.5),
+        SetContainerPowercap("c2", 1.5),
     ]
 
 
 def test_straggler_replicas_only_on_solar_that_would_be_curtailed() -> None:
     p = StragglerReplicas(template="w", replica_w=2.0, max_replicas=4)
-    assert p.setup(APP) == [ScaleReplicas("w", 0)]
+    assert p.setup(APP) == [ScaleApp("w", 0)]
     # excess solar while the battery is still charging: it is stored, not curtailed
-    assert p.decide(obs(0, next_solar=9.0)) == [ScaleReplicas("w", 0)]
+    assert p.decide(obs(0, next_solar=9.0)) == [ScaleApp("w", 0)]
     # battery full: 9 - 4 = 5 W of excess -> 2 replicas
-    assert p.decide(obs(1, next_solar=9.0, battery_full=True)) == [ScaleReplicas("w", 2)]
+    assert p.decide(obs(1, next_solar=9.0, battery_full=True)) == [ScaleApp("w", 2)]
     # more sun, replicas drawing 4 W: 14 - 8 = 6 W more -> +3, capped at 4
     assert p.decide(obs(2, next_solar=14.0, battery_full=True, app_power=8.0)) == [
-        ScaleReplicas("w", 4)
+        ScaleApp("w", 4)
     ]
     # solar falls below the app's power: shed ceil(3/2) = 2 replicas
     assert p.decide(obs(3, next_solar=9.0, battery_full=True, app_power=12.0)) == [
-        ScaleReplicas("w", 2)
+        ScaleApp("w", 2)
     ]
     # the app reports a single straggler: no more than one replica
     out = p.decide(obs(4, next_solar=30.0, battery_full=True, metrics={"stragglers": 1.0}))
-    assert out == [ScaleReplicas("w", 1)]
+    assert out == [ScaleApp("w", 1)]
 
 
 def test_straggler_replicas_without_battery_treat_any_excess_as_curtailed() -> None:
     p = StragglerReplicas(template="w")
     p.setup(AppView(app="x", containers=("c1",), templates=("w",)))
-    assert p.decide(obs(0, next_solar=8.0, power={"c1": 4.0})) == [ScaleReplicas("w", 2)]
+    assert p.decide(obs(0, next_solar=8.0, power={"c1": 4.0})) == [ScaleApp("w", 2)]

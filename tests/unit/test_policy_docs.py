@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
-from policies.base import AppView, PolicyRunner, SetChargeRate, SetPowercap
+from policies.base import AppView, PolicyRunner, SetBatteryChargeRate, SetContainerPowercap
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "write-a-policy.md").read_text()
@@ -94,8 +94,8 @@ def test_example_runs_through_the_runner() -> None:
     assert client.calls == []
     assert policy.decide(
         types.SimpleNamespace(data=tick(420), battery_full=False)  # duck-typed observation
-    ) == [SetPowercap("web-1", 2.0), SetPowercap("web-2", 2.0)]
-    assert SetChargeRate(0.0) not in policy.decide(
+    ) == [SetContainerPowercap("web-1", 2.0), SetContainerPowercap("web-2", 2.0)]
+    assert SetBatteryChargeRate(0.0) not in policy.decide(
         types.SimpleNamespace(data=tick(420), battery_full=True)
     )
 
