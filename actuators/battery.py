@@ -15,29 +15,21 @@ and re-sent. See docs/actuators.md.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from pydantic import ValidationError
-
+from actuators.kafka_io import Publish, Service, parser, run_actuator, serve, service_args
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, kafka_bootstrap, mqtt_endpoint
-from ecovisor.contract.schemas import (
-    ActuatorAck,
-    BatterySetpoint,
-    describe_validation_error,
-    utcnow,
-)
+from ecovisor.contract.config import EcovisorConfig, mqtt_endpoint
+from ecovisor.contract.schemas import ActuatorAck, BatterySetpoint, utcnow
 
 ACTUATOR = "battery"
 log = logging.getLogger("actuators.battery")
 
 MqttSend = Callable[[str, bytes], None]  # raises on failure
-Publish = Callable[[str, str, bytes], None]
 
 
 class BatteryActuator:
@@ -152,48 +144,23 @@ class MqttSender:
         self.client.loop_stop()
 
 
-def parse_setpoint(raw: bytes) -> BatterySetpoint | None:
-    try:
-        return BatterySetpoint.model_validate_json(raw)
-    except ValidationError as e:
-        log.warning("ignoring invalid BatterySetpoint: %s", describe_validation_error(e))
-        return None
+parse_setpoint = parser(BatterySetpoint, log)
 
 
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
-    from actuators.kafka_io import read_acks, replay_then_follow
-    from ecovisor.adapters.kafka import producer, publisher
+    def start(publish: Publish, acks: list[ActuatorAck]) -> Service[BatterySetpoint]:
+        host, port = mqtt_endpoint(cfg)
+        sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery")
+        act = BatteryActuator(cfg, sender, publish)
+        acked = {a.command_id for a in acks}
+        log.info("forwarding setpoints to MQTT %s:%d", host, port)
+        return Service(lambda history: act.restore(history, acked), act.handle, sender.close)
 
-    bootstrap = kafka_bootstrap(cfg)
-    prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")
-    host, port = mqtt_endpoint(cfg)
-    sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery")
-    act = BatteryActuator(cfg, sender, publisher(prod))
-    acked = {a.command_id for a in read_acks(bootstrap) if a.actuator == ACTUATOR}
-    log.info("forwarding setpoints to MQTT %s:%d", host, port)
-    try:
-        replay_then_follow(
-            bootstrap,
-            topics.ACTUATOR_BATTERY,
-            "actuator-battery",
-            fetch_wait_ms,
-            parse_setpoint,
-            lambda history: act.restore(history, acked),
-            act.handle,
-            stop,
-        )
-    finally:
-        sender.close()
-        prod.close(timeout=5)
+    run_actuator(cfg, stop, ACTUATOR, topics.ACTUATOR_BATTERY, fetch_wait_ms, parse_setpoint, start)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from actuators.kafka_io import serve
-
-    p = argparse.ArgumentParser(prog="python -m actuators.battery", description=__doc__)
-    p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
-    p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
-    args = p.parse_args(argv)
+    args = service_args("actuators.battery", __doc__).parse_args(argv)
     return serve(
         "actuators.battery", args.config, lambda cfg, stop: run(cfg, stop, args.fetch_wait_ms)
     )

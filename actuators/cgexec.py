@@ -17,7 +17,8 @@ import os
 import shutil
 import sys
 
-from ecovisor.adapters.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+from ecovisor.adapters.backends import BackendError
+from ecovisor.adapters.cgroups import CgroupV1Backend, CgroupV2Backend
 from ecovisor.contract.config import ConfigError, config_path, load_config, one_line
 
 

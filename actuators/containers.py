@@ -4,7 +4,8 @@ Consumes ``ContainerAction`` from Kafka ``ecovisor.actuator.containers`` (routed
 the ledger), applies it through the container's backend (cgroup v1/v2, LXD, process
 group) and publishes an ``ActuatorAck`` to ``ecovisor.actuator.acks``:
 
-* ``set_cap``     W -> CPU quota through the core power model (ecovisor.power_cap);
+* ``set_cap``     writes the CPU quota the ledger computed for the cap (carried in the
+                  action; computed by the same ``EcovisorConfig.cap_quota`` if absent);
 * ``remove_cap``  restores the limit in force before the cap (vertical allowance, else the
                   container's own limit from before Ecovisor touched it);
 * ``scale``       vertical scaling: the CPU allowance in cores (a cap still applies on top);
@@ -20,7 +21,6 @@ crash. See docs/actuators.md.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import threading
@@ -29,32 +29,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from actuators.sitemap import cap_quota, find_template, placement, replica_backend, replica_id
+from actuators.kafka_io import Publish, Service, parser, run_actuator, serve, service_args
 from actuators.state import UNKNOWN, ActuatorState, Effect, action_key, latest_actions
-from ecovisor.adapters.backends import (
-    BackendError,
-    ContainerBackend,
-    LxdBackend,
-    ProcessBackend,
-    make_backend,
-)
+from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
+from ecovisor.adapters.cgroups import ProcessBackend
+from ecovisor.adapters.lxd import LxdBackend
 from ecovisor.contract import topics
 from ecovisor.contract.config import ContainerBackend as BackendConfig
-from ecovisor.contract.config import EcovisorConfig, kafka_bootstrap
-from ecovisor.contract.schemas import (
-    ActuatorAck,
-    ContainerAction,
-    ContainerEvent,
-    describe_validation_error,
-    utcnow,
-)
+from ecovisor.contract.config import EcovisorConfig, Placement
+from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
 
 ACTUATOR = "containers"
 log = logging.getLogger("actuators.containers")
-
-Publish = Callable[[str, str, bytes], None]  # topic, key, value
 
 
 class ContainerActuator:
@@ -79,21 +65,31 @@ class ContainerActuator:
         self._backends: dict[str, ContainerBackend] = {}
 
     # --- lookups -------------------------------------------------------------------------
+    def placement(self, container: str) -> Placement:
+        where = self.cfg.locate(container)
+        if where is None:
+            raise KeyError(f"container {container!r} is not in the site configuration")
+        return where
+
     def backend(self, container: str) -> ContainerBackend:
         b = self._backends.get(container)
         if b is None:
-            b = self.backend_factory(placement(self.cfg, container).backend)
+            b = self.backend_factory(self.placement(container).backend)
             self._backends[container] = b
         return b
 
     def running_replicas(self) -> list[str]:
-        out = []
-        for tpl, n in self.state.replicas.items():
-            out += [replica_id(tpl, i) for i in range(1, n + 1)]
-        return out
+        """Replica ids up to each template's wanted count (templates by their config)."""
+        want = self.state.replicas
+        return [
+            c
+            for c, p in self.cfg.placements().items()
+            if p.template is not None and (p.replica or 0) <= want.get(p.template, 0)
+        ]
 
     def cap_to_cores(self, container: str, watts: float) -> float:
-        q = cap_quota(self.cfg, container, watts, self.running_replicas())
+        """A cap's CPU limit for an action that does not carry the ledger's quota."""
+        q = self.cfg.cap_quota(container, watts)
         assert q.cores is not None
         return q.cores
 
@@ -155,7 +151,7 @@ class ContainerActuator:
         return {"suspended": sp.suspended, "backend": b.describe()}
 
     def _apply_replicas(self, template: str, command_id: str | None) -> dict[str, Any]:
-        app, tpl = find_template(self.cfg, template)
+        app, tpl = self.cfg.template(template)
         want = self.state.replicas.get(template, 0)
         if want > tpl.max_replicas:
             raise BackendError(f"{want} replicas of {template!r} exceed max_replicas")
@@ -165,13 +161,14 @@ class ContainerActuator:
             )
         if tpl.backend.type == "process" and not tpl.command:
             raise BackendError(f"template {template!r} has no command to start")
-        added, removed = [], []
+        added: list[int] = []
+        removed: list[int] = []
         for i in range(1, max(tpl.max_replicas, want) + 1):
-            cid = replica_id(template, i)
+            cid = tpl.replica_id(i)
             b = self.backend(cid)
             if i <= want and not _replica_up(b):
                 self._start_replica(b, tpl.command or [], tpl.backend.instance)
-                added.append(cid)
+                added.append(i)
                 # a replica restarted after a restore gets the setpoints it had
                 if cid in self.state.containers:
                     sp = self.state.containers[cid]
@@ -179,23 +176,26 @@ class ContainerActuator:
                         self._apply_limit(cid)
             elif i > want and _replica_up(b):
                 _stop_replica(b)
-                removed.append(cid)
+                removed.append(i)
                 self.state.containers.pop(cid, None)
-        for cid, event in [(c, "added") for c in added] + [(c, "removed") for c in removed]:
-            i = int(cid.rsplit("-", 1)[1])
+        for i, event in [(i, "added") for i in added] + [(i, "removed") for i in removed]:
             ev = ContainerEvent(
                 site=self.site,
                 time=self.clock(),
                 app=app.id,
-                container=cid,
+                container=tpl.replica_id(i),
                 event=event,  # type: ignore[arg-type]
                 template=template,
                 node=tpl.node,
-                backend=replica_backend(tpl, i).model_dump(exclude_none=True),
+                backend=tpl.replica_backend(i).model_dump(exclude_none=True),
                 command_id=command_id,
             )
             self.publish(topics.CONTAINERS, self.site, ev.to_json())
-        return {"replicas": want, "added": added, "removed": removed}
+        return {
+            "replicas": want,
+            "added": [tpl.replica_id(i) for i in added],
+            "removed": [tpl.replica_id(i) for i in removed],
+        }
 
     def _start_replica(self, b: ContainerBackend, command: list[str], source: str | None) -> None:
         if isinstance(b, ProcessBackend):
@@ -312,47 +312,26 @@ def _reason(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def parse_action(raw: bytes) -> ContainerAction | None:
-    try:
-        return ContainerAction.model_validate_json(raw)
-    except ValidationError as e:
-        log.warning("ignoring invalid ContainerAction: %s", describe_validation_error(e))
-        return None
+parse_action = parser(ContainerAction, log)
 
 
 # --- process entry point ---------------------------------------------------------------
 
 
-def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir: Path | None):
-    from actuators.kafka_io import read_acks, replay_then_follow
-    from ecovisor.adapters.kafka import producer, publisher
+def run(
+    cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir: Path | None
+) -> None:
+    def start(publish: Publish, acks: list[ActuatorAck]) -> Service[ContainerAction]:
+        act = ContainerActuator(cfg, publish, log_dir=log_dir)
+        return Service(lambda history: act.restore(history, acks), act.handle, act.shutdown)
 
-    bootstrap = kafka_bootstrap(cfg)
-    prod = producer(bootstrap, f"ecovisor-actuator-{ACTUATOR}")
-    act = ContainerActuator(cfg, publisher(prod), log_dir=log_dir)
-    acks = read_acks(bootstrap)
-    try:
-        replay_then_follow(
-            bootstrap,
-            topics.ACTUATOR_CONTAINERS,
-            f"actuator-{ACTUATOR}",
-            fetch_wait_ms,
-            parse_action,
-            lambda history: act.restore(history, acks),
-            act.handle,
-            stop,
-        )
-    finally:
-        act.shutdown()
-        prod.close(timeout=5)
+    run_actuator(
+        cfg, stop, ACTUATOR, topics.ACTUATOR_CONTAINERS, fetch_wait_ms, parse_action, start
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from actuators.kafka_io import serve
-
-    p = argparse.ArgumentParser(prog="python -m actuators.containers", description=__doc__)
-    p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
-    p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
+    p = service_args("actuators.containers", __doc__)
     p.add_argument("--log-dir", help="where replica output goes (default: discarded)")
     args = p.parse_args(argv)
     log_dir = Path(args.log_dir) if args.log_dir else None

@@ -1,30 +1,56 @@
-"""The actuator services' shared loop: restore what was applied (acknowledgements read
+"""The actuator services' shared process: restore what was applied (acknowledgements read
 to the end of their topic), then follow the command topic; one service entry (config
-load, SIGTERM stop, exit 1 when Kafka is unavailable). The Kafka clients themselves are
-in ``ecovisor.adapters.kafka``."""
+load, SIGTERM stop, exit 1 when Kafka is unavailable). The Kafka clients themselves
+(connection retries included) are in ``ecovisor.adapters.kafka``."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ecovisor.adapters.kafka import (
     KafkaUnavailable,
     assigned_consumer,
+    producer,
+    publisher,
     read_to_end,
 )
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, EcovisorConfig, config_path, load_config, one_line
-from ecovisor.contract.schemas import ActuatorAck
+from ecovisor.contract.config import (
+    ConfigError,
+    EcovisorConfig,
+    config_path,
+    kafka_bootstrap,
+    load_config,
+    one_line,
+)
+from ecovisor.contract.schemas import ActuatorAck, describe_validation_error
 
 log = logging.getLogger("actuators.kafka")
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+Publish = Callable[[str, str, bytes], None]  # topic, key, value
+
+
+def parser(model: type[M], logger: logging.Logger) -> Callable[[bytes], M | None]:
+    """A command topic's message parser: an invalid message is logged and skipped."""
+
+    def parse(raw: bytes) -> M | None:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as e:
+            logger.warning("ignoring invalid %s: %s", model.__name__, describe_validation_error(e))
+            return None
+
+    return parse
 
 
 def read_acks(bootstrap: str) -> list[ActuatorAck]:
@@ -49,7 +75,7 @@ def replay_then_follow(
     fetch_wait_ms: int,
     parse: Callable[[bytes], T | None],
     restore: Callable[[list[T]], int],
-    handle: Callable[[T], None],
+    handle: Callable[[T], object],
     stop: threading.Event,
 ) -> None:
     """Restore from a topic's history (re-apply the latest setpoints), then handle each
@@ -67,6 +93,57 @@ def replay_then_follow(
                         handle(m)
     finally:
         cons.close()
+
+
+@dataclass(frozen=True)
+class Service(Generic[T]):
+    """An actuator as ``run_actuator`` drives it."""
+
+    restore: Callable[[list[T]], int]  # the topic's history -> how many were replayed
+    handle: Callable[[T], object]
+    close: Callable[[], None]
+
+
+def run_actuator(
+    cfg: EcovisorConfig,
+    stop: threading.Event,
+    actuator: str,
+    topic: str,
+    fetch_wait_ms: int,
+    parse: Callable[[bytes], T | None],
+    start: Callable[[Publish, list[ActuatorAck]], Service[T]],
+) -> None:
+    """Run actuator ``actuator`` until ``stop``: ``start`` gets the acknowledgement
+    publisher and the actuator's own acknowledgements so far, then ``topic`` is replayed
+    and followed."""
+    bootstrap = kafka_bootstrap(cfg)
+    prod = producer(bootstrap, f"ecovisor-actuator-{actuator}")
+    try:
+        acks = [a for a in read_acks(bootstrap) if a.actuator == actuator]
+        svc = start(publisher(prod), acks)
+        try:
+            replay_then_follow(
+                bootstrap,
+                topic,
+                f"actuator-{actuator}",
+                fetch_wait_ms,
+                parse,
+                svc.restore,
+                svc.handle,
+                stop,
+            )
+        finally:
+            svc.close()
+    finally:
+        prod.close(timeout=5)
+
+
+def service_args(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every actuator service has."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
+    p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
+    p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
+    return p
 
 
 def serve(

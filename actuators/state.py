@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ecovisor.contract.schemas import ContainerAction
+from ecovisor.core.power_cap import DEFAULT_PERIOD_US
 
 UNKNOWN: Literal["unknown"] = "unknown"
 Effect = Literal["limit", "freezer", "replicas", "none"]
@@ -66,9 +67,10 @@ class ActuatorState:
     def fold(self, action: ContainerAction, cap_to_cores: Callable[[str, float], float]) -> Effect:
         """Record an action's setpoint; return what has to be (re)applied.
 
-        ``cap_to_cores(container, watts)`` is the power model's cap inverse; it may raise
-        ValueError (e.g. a cap below the container's idle floor), which leaves the
-        state unchanged.
+        A cap's CPU limit is the quota the ledger computed and carried in the action.
+        ``cap_to_cores(container, watts)`` (the same rule, ``EcovisorConfig.cap_quota``)
+        is only for actions without one (older ledgers); it may raise ValueError (e.g. a
+        cap below the container's idle floor), which leaves the state unchanged.
         """
         if action.action == "scale_app":
             self.replicas[action.container] = int(action.replicas or 0)
@@ -77,6 +79,9 @@ class ActuatorState:
         if action.action == "set_cap":
             if action.watts is None:
                 sp.cap_w, sp.cap_cores = None, None
+            elif action.quota_us is not None:
+                period = action.period_us or DEFAULT_PERIOD_US
+                sp.cap_w, sp.cap_cores = action.watts, action.quota_us / period
             else:
                 cores = cap_to_cores(action.container, action.watts)
                 sp.cap_w, sp.cap_cores = action.watts, cores

@@ -23,13 +23,18 @@ import time
 import uuid
 from pathlib import Path
 
-from actuators.sitemap import modelled_power_w
 from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
 from ecovisor.contract.config import load_config
 from ecovisor.contract.schemas import ContainerAction, utcnow
 from ecovisor.embedded.servers import Server, free_port, tansu_command
-from tests.fakes.actuator_bus import Bus, burner_cgroup, start_service, stop_service
+from tests.fakes.actuator_bus import (
+    Bus,
+    burner_cgroup,
+    modelled_power_w,
+    start_service,
+    stop_service,
+)
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -25,16 +25,16 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import Field, ValidationError
 
-from collectors.common import Options, cli_main, make_publisher, run_every, validate_source
+from collectors.common import Options, SourceKind, cli_main, make_publisher, run_every
+from collectors.publisher import connect_in_background, mqtt_client
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig, mqtt_endpoint
+from ecovisor.contract.config import ConfigError, EcovisorConfig, mqtt_endpoint
 from ecovisor.contract.schemas import BatterySetpoint, BatteryTelemetry, describe_validation_error
 
 log = logging.getLogger("ecovisor.collectors.battery_device")
@@ -55,12 +55,8 @@ class SimulatedOptions(Options):
     tick_s: float | None = Field(None, gt=0, description="default: site.shape.tick_s")
 
 
-OPTIONS: dict[str, type[Options]] = {"simulated": SimulatedOptions}
-
-
-def validate_options(source: SourceConfig | None) -> Options:
-    """Used by ``ecovisor config check``; raises ConfigError with one readable line."""
-    return validate_source("battery", source, OPTIONS)
+SOURCE = SourceKind("battery", {"simulated": SimulatedOptions})
+validate_options = SOURCE.validate  # for ``ecovisor config check``
 
 
 # --------------------------------------------------------------------------------------
@@ -70,6 +66,8 @@ def validate_options(source: SourceConfig | None) -> Options:
 
 @dataclass(frozen=True)
 class BatteryState:
+    """What the controller reports: the fields of ``BatteryTelemetry``, by name."""
+
     stored_wh: float
     capacity_wh: float
     power_w: float  # + charging (input), - discharging (output)
@@ -113,16 +111,9 @@ class SimulatedBattery(BatteryController):
 
     @classmethod
     def from_options(cls, opts: SimulatedOptions, capacity_wh: float) -> SimulatedBattery:
-        return cls(
-            capacity_wh=capacity_wh,
-            stored_wh=capacity_wh * opts.initial_soc,
-            min_soc=opts.min_soc,
-            charge_c_rate=opts.charge_c_rate,
-            discharge_c_rate=opts.discharge_c_rate,
-            charge_efficiency=opts.charge_efficiency,
-            discharge_efficiency=opts.discharge_efficiency,
-            latency_s=opts.latency_s,
-        )
+        # the options name the battery's parameters; capacity and initial charge resolved
+        params = opts.model_dump(exclude={"capacity_wh", "initial_soc", "tick_s"})
+        return cls(capacity_wh=capacity_wh, stored_wh=capacity_wh * opts.initial_soc, **params)
 
     @property
     def max_charge_w(self) -> float:
@@ -215,12 +206,7 @@ class BatteryDevice:
         self.rejected = 0
         self.publisher = make_publisher(cfg, "battery_device", device_id)
         self.control_topic = topics.mqtt_battery_control(cfg.site.id, device_id)
-        self._sub = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"ecovisor-{cfg.site.id}-battery-device-{device_id}-control",
-            clean_session=True,
-        )
-        self._sub.reconnect_delay_set(0.2, 10)
+        self._sub = mqtt_client(f"ecovisor-{cfg.site.id}-battery-device-{device_id}-control")
         self._sub.on_connect = lambda c, u, f, rc, p: c.subscribe(self.control_topic, qos=1)
         self._sub.on_message = self._on_setpoint
         self._last = clock()
@@ -240,9 +226,7 @@ class BatteryDevice:
             self.controller.receive(sp, self.clock())
 
     def start(self) -> BatteryDevice:
-        host, port = mqtt_endpoint(self.cfg)
-        self._sub.connect_async(host, port, keepalive=10)
-        self._sub.loop_start()
+        connect_in_background(self._sub, *mqtt_endpoint(self.cfg))
         self.publisher.start()
         return self
 
@@ -251,17 +235,9 @@ class BatteryDevice:
         with self._lock:
             st = self.controller.step(now, now - self._last)
         self._last = now
-        msg = self.publisher.publish(
-            BatteryTelemetry,
-            self.device_id,
-            stored_wh=st.stored_wh,
-            capacity_wh=st.capacity_wh,
-            power_w=st.power_w,
-            charge_setpoint_w=st.charge_setpoint_w,
-            max_discharge_setpoint_w=st.max_discharge_setpoint_w,
-            curtailed_w=st.curtailed_w,
+        return self.publisher.publish(  # type: ignore[return-value]
+            BatteryTelemetry, self.device_id, **asdict(st)
         )
-        return msg  # type: ignore[return-value]
 
     def close(self) -> None:
         self._sub.disconnect()

@@ -8,9 +8,9 @@ Source types (``site.carbon.type``):
   gCO₂eq/kWh (direct)`` / ``(LCA)``); ``csv`` any ``timestamp, value`` file in gCO2eq/kWh
   or lbs/MWh. Hourly values hold until the next sample (step).
 - ``electricitymaps``, ``watttime``, ``ukci``: live APIs polled every ``poll_s`` over
-  HTTP (httpx), retries with exponential backoff, API keys from the environment, the
-  last good value re-published with ``stale: true`` after ``stale_after_s``, forecasts
-  published where the provider has them.
+  HTTP (httpx), retries with exponential backoff (tenacity's ``wait_exponential``), API
+  keys from the environment, the last good value re-published with ``stale: true`` after
+  ``stale_after_s``, forecasts published where the provider has them.
 
 Run: ``python -m collectors.carbon --config site.yaml``. See docs/collectors/carbon.md.
 """
@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -32,16 +32,10 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 from pydantic import Field, model_validator
+from tenacity import RetryCallState, wait_exponential
 
 from collectors import trace
-from collectors.common import (
-    Options,
-    cli_main,
-    make_publisher,
-    one_line,
-    run_every,
-    validate_source,
-)
+from collectors.common import Options, SourceKind, cli_main, one_line, run_source
 from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
 from ecovisor.contract.schemas import CarbonTelemetry, utcnow
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
@@ -105,6 +99,9 @@ class _Live(_Common):
     stale_after_s: float = Field(1800.0, gt=0)
     forecast: bool = True
 
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
 
 class ElectricityMapsOptions(_Live):
     zone: str
@@ -122,19 +119,18 @@ class UkciOptions(_Live):
     pass
 
 
-OPTIONS: dict[str, type[Options]] = {
-    "synthetic": SyntheticOptions,
-    "csv": CsvOptions,
-    "electricitymaps_csv": EmapsCsvOptions,
-    "electricitymaps": ElectricityMapsOptions,
-    "watttime": WattTimeOptions,
-    "ukci": UkciOptions,
-}
-
-
-def validate_options(source: SourceConfig | None) -> Options:
-    """Used by ``ecovisor config check``; raises ConfigError with one readable line."""
-    return validate_source("carbon", source, OPTIONS)
+SOURCE = SourceKind(
+    "carbon",
+    {
+        "synthetic": SyntheticOptions,
+        "csv": CsvOptions,
+        "electricitymaps_csv": EmapsCsvOptions,
+        "electricitymaps": ElectricityMapsOptions,
+        "watttime": WattTimeOptions,
+        "ukci": UkciOptions,
+    },
+)
+validate_options = SOURCE.validate  # for ``ecovisor config check``
 
 
 # --------------------------------------------------------------------------------------
@@ -142,17 +138,23 @@ def validate_options(source: SourceConfig | None) -> Options:
 # --------------------------------------------------------------------------------------
 
 
+Forecast = tuple[tuple[datetime, float], ...]
+
+
 @dataclass(frozen=True)
 class Reading:
     intensity_g_per_kwh: float
     signal: Signal = "average"
-    forecast: tuple[tuple[datetime, float], ...] = ()
+    forecast: Forecast = ()
 
 
 class CarbonSource(ABC):
     @abstractmethod
     def read(self, elapsed_s: float, now: datetime) -> Reading:
         """The current intensity; raises on failure (live sources)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook: only live sources hold a client
+        """Release what the source holds (nothing by default)."""
 
 
 @dataclass
@@ -210,19 +212,40 @@ class LiveError(RuntimeError):
     pass
 
 
-class ElectricityMaps(CarbonSource):
+def optional_forecast(provider: str, fetch: Callable[[], Forecast]) -> Forecast:
+    """A provider's forecast, or none when fetching it fails: logged, not fatal, since
+    the current value was read."""
+    try:
+        return fetch()
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        log.info("%s forecast unavailable: %s", provider, one_line(e))
+        return ()
+
+
+class LiveSource(CarbonSource):
+    """A provider's API over HTTP; its httpx client is closed with the source."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class ElectricityMaps(LiveSource):
     """Electricity Maps API v3: ``/carbon-intensity/latest`` and ``/forecast``
     (``auth-token`` header). Average (flow-traced) intensity."""
 
     def __init__(self, opts: ElectricityMapsOptions, http: httpx.Client) -> None:
-        self.opts, self.http = opts, http
+        super().__init__(http)
+        self.opts = opts
         self.key = os.environ.get(opts.api_key_env)
         if not self.key:
             raise ConfigError(f"site.carbon: environment variable {opts.api_key_env} is not set")
 
     def _get(self, path: str) -> dict[str, Any]:
         r = self.http.get(
-            self.opts.base_url.rstrip("/") + path,
+            self.opts.url(path),
             params={"zone": self.opts.zone},
             headers={"auth-token": self.key or ""},
         )
@@ -234,58 +257,73 @@ class ElectricityMaps(CarbonSource):
         value = latest.get("carbonIntensity")
         if value is None:
             raise LiveError("electricitymaps: no carbonIntensity in the response")
-        fc: tuple[tuple[datetime, float], ...] = ()
-        if self.opts.forecast:
-            try:
-                data = self._get("/carbon-intensity/forecast")
-                fc = tuple(
-                    (_ts(p["datetime"]), float(p["carbonIntensity"]))
-                    for p in data.get("forecast", [])
-                    if p.get("carbonIntensity") is not None
-                )
-            except (httpx.HTTPError, ValueError, KeyError) as e:
-                log.info("electricitymaps forecast unavailable: %s", one_line(e))
+        fc = optional_forecast("electricitymaps", self._forecast) if self.opts.forecast else ()
         return Reading(float(value), "average", fc)
 
+    def _forecast(self) -> Forecast:
+        return tuple(
+            (_ts(p["datetime"]), float(p["carbonIntensity"]))
+            for p in self._get("/carbon-intensity/forecast").get("forecast", [])
+            if p.get("carbonIntensity") is not None
+        )
 
-class WattTime(CarbonSource):
+
+class WattTimeLogin(httpx.Auth):
+    """WattTime's bearer token as an httpx auth flow: log in (basic auth on ``/login``)
+    when there is no token, and once more when a request comes back 401 (tokens expire
+    after 30 min), then resend it."""
+
+    requires_response_body = True
+
+    def __init__(self, login_url: str, user: str, password: str) -> None:
+        self.login_url = login_url
+        self.basic = httpx.BasicAuth(user, password)
+        self.token: str | None = None
+
+    def _login(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        # the original request's extensions carry the client's timeout
+        login = httpx.Request("GET", self.login_url, extensions=request.extensions)
+        response = yield next(self.basic.auth_flow(login))
+        response.raise_for_status()
+        self.token = response.json()["token"]
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self.token is None:
+            yield from self._login(request)
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        response = yield request
+        if response.status_code == 401:
+            yield from self._login(request)
+            request.headers["Authorization"] = f"Bearer {self.token}"
+            yield request
+
+
+class WattTime(LiveSource):
     """WattTime API v3: ``/login`` (basic auth -> bearer token) and ``/v3/forecast``
     (marginal emissions, lbs/MWh, converted to gCO2eq/kWh). The current value is the
     forecast point in force now."""
 
     def __init__(self, opts: WattTimeOptions, http: httpx.Client) -> None:
-        self.opts, self.http = opts, http
-        self.user = os.environ.get(opts.username_env)
-        self.password = os.environ.get(opts.password_env)
-        if not self.user or not self.password:
+        super().__init__(http)
+        self.opts = opts
+        user = os.environ.get(opts.username_env)
+        password = os.environ.get(opts.password_env)
+        if not user or not password:
             raise ConfigError(
                 f"site.carbon: set {opts.username_env} and {opts.password_env} for WattTime"
             )
-        self.token: str | None = None
-
-    def _login(self) -> None:
-        r = self.http.get(
-            self.opts.base_url.rstrip("/") + "/login",
-            auth=(self.user or "", self.password or ""),
-        )
-        r.raise_for_status()
-        self.token = r.json()["token"]
+        self.auth = WattTimeLogin(opts.url("/login"), user, password)
 
     def _forecast(self) -> dict[str, Any]:
-        for attempt in range(2):
-            if self.token is None:
-                self._login()
-            r = self.http.get(
-                self.opts.base_url.rstrip("/") + "/v3/forecast",
-                params={"region": self.opts.region, "signal_type": self.opts.signal_type},
-                headers={"Authorization": f"Bearer {self.token}"},
-            )
-            if r.status_code == 401 and attempt == 0:
-                self.token = None  # expired (tokens last 30 min): log in again
-                continue
-            r.raise_for_status()
-            return r.json()
-        raise LiveError("watttime: unauthorised after a fresh login")
+        r = self.http.get(
+            self.opts.url("/v3/forecast"),
+            params={"region": self.opts.region, "signal_type": self.opts.signal_type},
+            auth=self.auth,
+        )
+        if r.status_code == 401:
+            raise LiveError("watttime: unauthorised after a fresh login")
+        r.raise_for_status()
+        return r.json()
 
     def read(self, elapsed_s: float, now: datetime) -> Reading:
         data = self._forecast()
@@ -306,15 +344,16 @@ class WattTime(CarbonSource):
         return Reading(current, "marginal", future)
 
 
-class UkCarbonIntensity(CarbonSource):
+class UkCarbonIntensity(LiveSource):
     """UK Carbon Intensity API (no key): ``/intensity`` (actual, else forecast) and
     ``/intensity/{from}/fw24h`` for the 24 h forecast. Average intensity of GB."""
 
     def __init__(self, opts: UkciOptions, http: httpx.Client) -> None:
-        self.opts, self.http = opts, http
+        super().__init__(http)
+        self.opts = opts
 
     def _get(self, path: str) -> list[dict[str, Any]]:
-        r = self.http.get(self.opts.base_url.rstrip("/") + path)
+        r = self.http.get(self.opts.url(path))
         r.raise_for_status()
         return r.json()["data"]
 
@@ -326,18 +365,16 @@ class UkCarbonIntensity(CarbonSource):
         value = i.get("actual") if i.get("actual") is not None else i.get("forecast")
         if value is None:
             raise LiveError("ukci: neither actual nor forecast intensity")
-        fc: tuple[tuple[datetime, float], ...] = ()
-        if self.opts.forecast:
-            try:
-                stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
-                fc = tuple(
-                    (_ts(p["from"]), float(p["intensity"]["forecast"]))
-                    for p in self._get(f"/intensity/{stamp}/fw24h")
-                    if p["intensity"].get("forecast") is not None
-                )
-            except (httpx.HTTPError, ValueError, KeyError) as e:
-                log.info("ukci forecast unavailable: %s", one_line(e))
+        fc = optional_forecast("ukci", lambda: self._forecast(now)) if self.opts.forecast else ()
         return Reading(float(value), "average", fc)
+
+    def _forecast(self, now: datetime) -> Forecast:
+        stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+        return tuple(
+            (_ts(p["from"]), float(p["intensity"]["forecast"]))
+            for p in self._get(f"/intensity/{stamp}/fw24h")
+            if p["intensity"].get("forecast") is not None
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -365,9 +402,13 @@ class Poller:
         self.next_at = now + self.poll_s
 
     def failure(self, now: float, reason: str) -> float:
-        """Schedule a retry with exponential backoff; returns the delay."""
-        delay = min(self.retry_max_s, self.retry_min_s * 2**self.failures)
+        """Schedule a retry with tenacity's exponential backoff (``retry_min_s`` doubling
+        per consecutive failure, at most ``retry_max_s``); returns the delay. The retry is
+        scheduled, not slept: the collector keeps publishing the last good value."""
         self.failures += 1
+        attempt = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        attempt.attempt_number = self.failures
+        delay = wait_exponential(multiplier=self.retry_min_s, max=self.retry_max_s)(attempt)
         self.next_at = now + delay
         self.errors = (self.errors + [reason])[-10:]
         return delay
@@ -417,6 +458,9 @@ class CarbonCollector:
             forecast=list(reading.forecast),
         )
 
+    def close(self) -> None:
+        self.source.close()
+
 
 def build(
     src: SourceConfig, http: httpx.Client | None = None
@@ -438,21 +482,15 @@ def build(
     return UkCarbonIntensity(opts, client), poller
 
 
-def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
-    src = cfg.site.carbon
-    opts = validate_options(src)
-    assert src is not None
-    source_id = src.id or "carbon"
+def _collector(
+    src: SourceConfig, publish: Callable[..., object], source_id: str
+) -> CarbonCollector:
     source, poller = build(src)
-    pub = make_publisher(cfg, "carbon", source_id)
-    pub.start()
-    coll = CarbonCollector(source, pub.publish, source_id, poller)
-    period = getattr(opts, "tick_s", None) or cfg.site.shape.tick_s
-    log.info("carbon %s (%s): every %.3g s", source_id, src.type, period)
-    try:
-        run_every(period, stop, coll.tick)
-    finally:
-        pub.close()
+    return CarbonCollector(source, publish, source_id, poller)
+
+
+def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
+    run_source(cfg, stop, SOURCE, _collector)
 
 
 def main(argv: list[str] | None = None) -> int:

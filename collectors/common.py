@@ -1,6 +1,7 @@
 """What every collector process shares: the command line (``--config FILE``), option
 validation with one readable line on error, SIGTERM handling, a drift-free periodic
-loop and the publisher built from the site configuration."""
+loop, the publisher built from the site configuration, and the run of a collector fed
+by one ``site.<section>`` source (solar, carbon)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,24 +36,32 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def validate_source(
-    section: str, source: SourceConfig | None, models: dict[str, type[Options]]
-) -> Options:
-    """Validate ``site.<section>`` against the options model of its type."""
-    if source is None:
-        raise ConfigError(f"site.{section} is not configured")
-    model = models.get(source.type)
-    if model is None:
-        raise ConfigError(
-            f"site.{section}.type {source.type!r} is unknown; expected one of "
-            + ", ".join(sorted(models))
-        )
-    try:
-        return model.model_validate(source.options)
-    except ValidationError as e:
-        raise ConfigError(
-            f"site.{section}.options (type {source.type}): {describe_validation_error(e)}"
-        ) from None
+@dataclass(frozen=True)
+class SourceKind:
+    """One ``site.<section>`` source (solar, carbon, battery): the options model of each
+    of its types (``site.<section>.type``)."""
+
+    section: str
+    options: dict[str, type[Options]]
+
+    def validate(self, source: SourceConfig | None) -> Options:
+        """The source's options, validated by its type's model; a ConfigError of one
+        readable line otherwise. Each such collector exposes it as ``validate_options``
+        for ``ecovisor config check``."""
+        if source is None:
+            raise ConfigError(f"site.{self.section} is not configured")
+        model = self.options.get(source.type)
+        if model is None:
+            raise ConfigError(
+                f"site.{self.section}.type {source.type!r} is unknown; expected one of "
+                + ", ".join(sorted(self.options))
+            )
+        try:
+            return model.model_validate(source.options)
+        except ValidationError as e:
+            raise ConfigError(
+                f"site.{self.section}.options (type {source.type}): {describe_validation_error(e)}"
+            ) from None
 
 
 def make_publisher(
@@ -83,6 +93,41 @@ def run_every(
             nxt = clock()
             delay = 0.0
         stop.wait(max(0.0, delay))
+
+
+class SourceCollector(Protocol):
+    """A collector of one configured source: publishes on each ``tick``."""
+
+    def tick(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def run_source(
+    cfg: EcovisorConfig,
+    stop: threading.Event,
+    kind: SourceKind,
+    collector: Callable[[SourceConfig, Callable[..., object], str], SourceCollector],
+) -> None:
+    """Run the collector of ``site.<section>`` until ``stop``: options validated, source
+    id ``id`` (default the section name), ``collector(source, publish, source_id)``
+    ticked every ``options.tick_s`` (default ``site.shape.tick_s``)."""
+    section = kind.section
+    src = getattr(cfg.site, section)
+    opts = kind.validate(src)
+    source_id = src.id or section
+    pub = make_publisher(cfg, section, source_id)
+    coll = collector(src, pub.publish, source_id)
+    pub.start()
+    period = getattr(opts, "tick_s", None) or cfg.site.shape.tick_s
+    logging.getLogger(f"ecovisor.collectors.{section}").info(
+        "%s %s (%s): every %.3g s", section, source_id, src.type, period
+    )
+    try:
+        run_every(period, stop, coll.tick)
+    finally:
+        pub.close()
+        coll.close()
 
 
 def cli_main(

@@ -1,17 +1,17 @@
 """Server and container power collector (Kepler-style).
 
 Reads cumulative counters and publishes cumulative counters:
-- per container: CPU seconds from cgroup v1 ``cpuacct.usage`` (ns), cgroup v2
-  ``cpu.stat`` ``usage_usec``, or an LXD instance's ``state().cpu['usage']`` (pylxd);
+- per container: CPU seconds read by the container's backend (the actuators' own
+  reader): cgroup v1 ``cpuacct.usage`` (ns), cgroup v2 ``cpu.stat`` ``usage_usec``, or
+  an LXD instance's ``state().cpu['usage']`` (pylxd);
 - per node: busy CPU seconds from ``/proc/stat``; energy from RAPL
   (``/sys/class/powercap/intel-rapl:N/energy_uj``, wrap-around at
   ``max_energy_range_uj``) when the node's meter is ``rapl``, otherwise from the node's
-  power model (ecovisor.power_model);
-- alternatively (meter ``kepler``) a running Kepler exporter's Prometheus metrics:
-  ``kepler_container_joules_total`` (Kepler < 0.10) or ``kepler_container_cpu_joules_total``
-  (0.10+) and the node counters of the same generation.
+  power model (``NodeConfig.model()``, the one the ledger and actuators use);
+- alternatively (meter ``kepler``) a running Kepler exporter's Prometheus metrics
+  (collectors.kepler).
 
-Each tick the node's energy is split over its containers with ecovisor.attribution
+Each tick the node's energy is split over its containers with ecovisor.core.attribution
 (active by CPU-time share, idle by the site's idle attribution mode; what is not
 attributed is the platform's) and the per-container running sums are published as
 ``ContainerTelemetry.energy_j``; the node's as ``NodeTelemetry``.
@@ -34,13 +34,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from collectors.common import cli_main, make_publisher, one_line, run_every
+from collectors.common import cli_main, make_publisher, run_every
+from collectors.kepler import KeplerReading, kepler_keys, scrape_kepler
 from collectors.publisher import Publisher
-from ecovisor.adapters.backends import BackendError, CgroupV1Backend, CgroupV2Backend
+from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
 from ecovisor.contract.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
 from ecovisor.contract.schemas import ContainerTelemetry, NodeTelemetry
 from ecovisor.core.attribution import CounterSnapshot, PowerModel, attribute_interval
@@ -56,71 +56,24 @@ POWERCAP_ROOT = "/sys/class/powercap"
 # --------------------------------------------------------------------------------------
 
 
-class CpuMeter(ABC):
-    """Cumulative CPU seconds of one container."""
+class CpuMeter:
+    """Cumulative CPU seconds of one container, read by the actuators' backend for its
+    type, so the collector and the actuators agree on one reader. None when unreadable
+    (container not running, LXD unreachable): the collector skips it this tick."""
 
-    @abstractmethod
-    def cpu_s(self) -> float | None: ...
-
-
-class CgroupV1Cpu(CpuMeter):
-    """cgroup v1: ``<root>/cpuacct/<path>/cpuacct.usage`` in nanoseconds, read by the
-    actuators' backend so the collector and the actuator agree on one reader."""
-
-    def __init__(self, path: str, root: str | None = None) -> None:
-        self._cg = CgroupV1Backend(path, root)
+    def __init__(self, backend: ContainerBackend) -> None:
+        self.backend = backend
 
     def cpu_s(self) -> float | None:
         try:
-            return self._cg.usage_s()
-        except (BackendError, ValueError):
-            return None
-
-
-class CgroupV2Cpu(CpuMeter):
-    """cgroup v2: ``usage_usec`` in ``<root>/<path>/cpu.stat`` (the actuators' reader)."""
-
-    def __init__(self, path: str, root: str | None = None) -> None:
-        self._cg = CgroupV2Backend(path, root)
-
-    def cpu_s(self) -> float | None:
-        try:
-            return self._cg.usage_s()
-        except (BackendError, ValueError):
-            return None
-
-
-class LxdCpu(CpuMeter):
-    """An LXD instance's CPU usage (ns) through pylxd."""
-
-    def __init__(self, instance: str, endpoint: str | None = None, client: Any = None) -> None:
-        self.instance, self.endpoint, self._client = instance, endpoint, client
-
-    def cpu_s(self) -> float | None:
-        try:
-            if self._client is None:
-                import pylxd
-
-                self._client = (
-                    pylxd.Client(endpoint=self.endpoint) if self.endpoint else (pylxd.Client())
-                )
-            state = self._client.instances.get(self.instance).state()
-            return int(state.cpu["usage"]) / 1e9
-        except Exception as e:  # pylxd raises many types; an absent instance is not fatal
-            log.debug("lxd %s: %s", self.instance, e)
+            return self.backend.usage_s()
+        except (BackendError, ValueError) as e:
+            log.debug("%s: %s", self.backend.name, e)
             return None
 
 
 def cpu_meter(c: ContainerConfig) -> CpuMeter:
-    b = c.backend
-    if b.type in ("cgroup_v1", "process"):
-        assert b.cgroup
-        return CgroupV1Cpu(b.cgroup, b.root)
-    if b.type == "cgroup_v2":
-        assert b.cgroup
-        return CgroupV2Cpu(b.cgroup, b.root)
-    assert b.instance
-    return LxdCpu(b.instance, b.lxd_endpoint)
+    return CpuMeter(make_backend(c.backend))
 
 
 # /proc/stat fields after "cpu": user nice system idle iowait irq softirq steal guest guest_nice
@@ -203,94 +156,8 @@ class Rapl(EnergyMeter):
 
 
 # --------------------------------------------------------------------------------------
-# Kepler exporter (Prometheus text format)
-# --------------------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\d+)?$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) samples of a Prometheus text exposition."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        labels = {
-            k: v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-            for k, v in _LABEL.findall(m.group(3) or "")
-        }
-        try:
-            out.append((m.group(1), labels, float(m.group(4))))
-        except ValueError:
-            continue
-    return out
-
-
-@dataclass
-class KeplerReading:
-    node_energy_j: float | None
-    node_idle_j: float | None
-    containers: dict[str, float]  # cumulative J by container_name label
-    generation: str  # "0.10+" or "<0.10"
-
-
-_ZONES = ("package", "dram")
-
-
-def read_kepler(text: str) -> KeplerReading:
-    """Extract node and per-container cumulative joules from a Kepler scrape."""
-    samples = parse_prometheus(text)
-    names = {n for n, _, _ in samples}
-    containers: dict[str, float] = {}
-    node = idle = None
-    if "kepler_container_cpu_joules_total" in names or "kepler_node_cpu_joules_total" in names:
-        gen = "0.10+"
-        for n, lab, v in samples:
-            zone = lab.get("zone", "package")
-            if zone not in _ZONES:
-                continue
-            if n == "kepler_container_cpu_joules_total":
-                key = lab.get("container_name") or lab.get("container_id", "")
-                containers[key] = containers.get(key, 0.0) + v
-            elif n == "kepler_node_cpu_joules_total":
-                node = (node or 0.0) + v
-            elif n == "kepler_node_cpu_idle_joules_total":
-                idle = (idle or 0.0) + v
-    else:
-        gen = "<0.10"
-        for n, lab, v in samples:
-            if n == "kepler_container_joules_total":
-                key = lab.get("container_name") or lab.get("container_id", "")
-                containers[key] = containers.get(key, 0.0) + v
-            elif n in ("kepler_node_package_joules_total", "kepler_node_dram_joules_total"):
-                node = (node or 0.0) + v
-                if lab.get("mode") == "idle":
-                    idle = (idle or 0.0) + v
-    return KeplerReading(node, idle, containers, gen)
-
-
-def scrape_kepler(url: str, timeout_s: float = 5.0) -> KeplerReading:
-    r = httpx.get(url, timeout=timeout_s)
-    r.raise_for_status()
-    return read_kepler(r.text)
-
-
-# --------------------------------------------------------------------------------------
 # Per-node accounting (pure apart from the meters it is given)
 # --------------------------------------------------------------------------------------
-
-
-def node_model(node: NodeConfig) -> PowerModel:
-    """The node's power model: the one definition the ledger and actuators use too."""
-    try:
-        return node.model()
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"site.nodes[{node.id}].power_model: {one_line(e)}") from None
 
 
 @dataclass
@@ -355,26 +222,6 @@ class NodeAccount:
         return snap, cpu
 
 
-@dataclass
-class KeplerAccount:
-    """Kepler meter: energies come from the exporter's counters (already attributed)."""
-
-    node: NodeConfig
-    containers: list[ContainerRef]
-    url: str
-    node_cpu: Callable[[], float | None]
-    scrape: Callable[[str], KeplerReading] = scrape_kepler
-
-    def keys(self, ref: ContainerRef) -> set[str]:
-        b = ref.config.backend
-        keys = {ref.config.id}
-        if b.instance:
-            keys.add(b.instance)
-        if b.cgroup:
-            keys.add(b.cgroup.rstrip("/").rsplit("/", 1)[-1])
-        return keys
-
-
 class PowerCollector:
     """Publishes NodeTelemetry and ContainerTelemetry for one node every tick."""
 
@@ -389,38 +236,34 @@ class PowerCollector:
         clock: Callable[[], float] = time.monotonic,
         scrape: Callable[[str], KeplerReading] = scrape_kepler,
     ) -> None:
-        self.cfg, self.publisher, self.clock = cfg, publisher, clock
+        self.cfg, self.publisher, self.clock, self.scrape = cfg, publisher, clock, scrape
         self.node = cfg.node(node_id)
         self.proc = proc_stat or ProcStat()
-        refs = [
+        self.refs = [
             ContainerRef(a.id, c, cpu_meter(c))
             for a in cfg.apps
             for c in a.containers
             if c.node == node_id
         ]
-        self.source = f"{node_id}"
         self.meter = self.node.meter
         if self.meter == "kepler":
-            if not self.node.kepler_url:
-                raise ConfigError(f"site.nodes[{node_id}]: meter kepler needs kepler_url")
-            self.kepler = KeplerAccount(self.node, refs, self.node.kepler_url, self._busy, scrape)
-        else:
-            rapl = None
-            if self.meter == "rapl":
-                rapl = Rapl(rapl_root)
-                if not rapl.zones():
-                    raise ConfigError(
-                        f"site.nodes[{node_id}]: meter rapl but no RAPL zones under {rapl_root}"
-                    )
-            self.account = NodeAccount(
-                self.node,
-                node_model(self.node),
-                cfg.site.shape.idle_attribution,
-                refs,
-                self._busy,
-                rapl,
-            )
-        self.refs = refs
+            check_kepler_url(self.node)
+            return
+        rapl = None
+        if self.meter == "rapl":
+            rapl = Rapl(rapl_root)
+            if not rapl.zones():
+                raise ConfigError(
+                    f"site.nodes[{node_id}]: meter rapl but no RAPL zones under {rapl_root}"
+                )
+        self.account = NodeAccount(
+            self.node,
+            self.node.model(),
+            cfg.site.shape.idle_attribution,
+            self.refs,
+            self._busy,
+            rapl,
+        )
 
     def _busy(self) -> float | None:
         try:
@@ -429,74 +272,72 @@ class PowerCollector:
             return None
 
     def tick(self) -> NodeSample:
-        if self.meter == "kepler":
-            return self._tick_kepler()
+        return self._tick_kepler() if self.meter == "kepler" else self._tick_accounted()
+
+    def _tick_accounted(self) -> NodeSample:
         acc = self.account
         snap, cpu = acc.step(self.clock())
-        out: list[ContainerTelemetry] = []
-        node_msg = self.publisher.publish(
+        node_msg = self._publish_node(
+            snap.node_cpu_s, acc.node_mj / MJ_PER_J, acc.idle_mj / MJ_PER_J
+        )
+        out = [
+            self._publish_container(
+                ref, cpu[ref.config.id], acc.energy_mj.get(ref.config.id, 0) / MJ_PER_J
+            )
+            for ref in self.refs
+            if ref.config.id in cpu
+        ]
+        return NodeSample(node_msg, [m for m in out if m is not None])
+
+    def _tick_kepler(self) -> NodeSample:
+        """Kepler's energies are already attributed: published as they are."""
+        url = self.node.kepler_url or ""
+        try:
+            reading = self.scrape(url)
+        except (httpx.HTTPError, OSError) as e:
+            log.warning("kepler %s: %s", url, e)
+            return NodeSample(None, [])
+        node_msg = None
+        if reading.node_energy_j is not None:
+            node_msg = self._publish_node(
+                self._busy(), reading.node_energy_j, reading.node_idle_j or 0.0
+            )
+        out = []
+        for ref in self.refs:
+            keys = kepler_keys(ref.config)
+            found = [v for key, v in reading.containers.items() if key in keys]
+            if found:
+                cpu = ref.meter.cpu_s()
+                cpu_s = cpu if cpu is not None and math.isfinite(cpu) else 0.0
+                out.append(self._publish_container(ref, cpu_s, sum(found)))
+        return NodeSample(node_msg, [m for m in out if m is not None])
+
+    def _publish_node(
+        self, cpu_busy_s: float | None, energy_j: float, idle_energy_j: float
+    ) -> NodeTelemetry | None:
+        return self.publisher.publish(  # type: ignore[return-value]
             NodeTelemetry,
             f"node-{self.node.id}",
             node=self.node.id,
             cores=self.node.cores,
-            cpu_busy_s=snap.node_cpu_s or 0.0,
-            energy_j=acc.node_mj / MJ_PER_J,
-            idle_energy_j=acc.idle_mj / MJ_PER_J,
+            cpu_busy_s=cpu_busy_s or 0.0,
+            energy_j=energy_j,
+            idle_energy_j=idle_energy_j,
             meter=self.meter,
         )
-        for ref in self.refs:
-            if ref.config.id not in cpu:
-                continue
-            m = self.publisher.publish(
-                ContainerTelemetry,
-                f"ctr-{ref.config.id}",
-                app=ref.app,
-                container=ref.config.id,
-                node=self.node.id,
-                cpu_s=cpu[ref.config.id],
-                energy_j=acc.energy_mj.get(ref.config.id, 0) / MJ_PER_J,
-            )
-            if m is not None:
-                out.append(m)  # type: ignore[arg-type]
-        return NodeSample(node_msg, out)  # type: ignore[arg-type]
 
-    def _tick_kepler(self) -> NodeSample:
-        k = self.kepler
-        try:
-            reading = k.scrape(k.url)
-        except (httpx.HTTPError, OSError) as e:
-            log.warning("kepler %s: %s", k.url, e)
-            return NodeSample(None, [])
-        node_msg = None
-        if reading.node_energy_j is not None:
-            node_msg = self.publisher.publish(
-                NodeTelemetry,
-                f"node-{self.node.id}",
-                node=self.node.id,
-                cores=self.node.cores,
-                cpu_busy_s=self._busy() or 0.0,
-                energy_j=reading.node_energy_j,
-                idle_energy_j=reading.node_idle_j or 0.0,
-                meter="kepler",
-            )
-        out = []
-        for ref in self.refs:
-            found = [v for key, v in reading.containers.items() if key in k.keys(ref)]
-            if not found:
-                continue
-            cpu = ref.meter.cpu_s()
-            m = self.publisher.publish(
-                ContainerTelemetry,
-                f"ctr-{ref.config.id}",
-                app=ref.app,
-                container=ref.config.id,
-                node=self.node.id,
-                cpu_s=cpu if cpu is not None and math.isfinite(cpu) else 0.0,
-                energy_j=sum(found),
-            )
-            if m is not None:
-                out.append(m)
-        return NodeSample(node_msg, out)  # type: ignore[arg-type]
+    def _publish_container(
+        self, ref: ContainerRef, cpu_s: float, energy_j: float
+    ) -> ContainerTelemetry | None:
+        return self.publisher.publish(  # type: ignore[return-value]
+            ContainerTelemetry,
+            f"ctr-{ref.config.id}",
+            app=ref.app,
+            container=ref.config.id,
+            node=self.node.id,
+            cpu_s=cpu_s,
+            energy_j=energy_j,
+        )
 
 
 def pick_node(cfg: EcovisorConfig, explicit: str | None) -> str:
@@ -515,13 +356,16 @@ def pick_node(cfg: EcovisorConfig, explicit: str | None) -> str:
     raise ConfigError(f"several nodes ({', '.join(ids)}): pass --node ID")
 
 
+def check_kepler_url(node: NodeConfig) -> None:
+    if node.meter == "kepler" and not node.kepler_url:
+        raise ConfigError(f"site.nodes[{node.id}]: meter kepler needs kepler_url")
+
+
 def validate_options(cfg: EcovisorConfig) -> None:
-    """Used by ``ecovisor config check``: every node's power model resolves and every
-    kepler node has a URL."""
+    """Used by ``ecovisor config check``: every kepler node has a URL. (Power models are
+    checked when the configuration is parsed; ``NodeConfig.model()`` resolves them.)"""
     for n in cfg.site.nodes:
-        node_model(n)
-        if n.meter == "kepler" and not n.kepler_url:
-            raise ConfigError(f"site.nodes[{n.id}]: meter kepler needs kepler_url")
+        check_kepler_url(n)
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -558,17 +402,11 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "CgroupV1Cpu",
-    "CgroupV2Cpu",
     "CpuMeter",
     "EnergyMeter",
-    "KeplerReading",
-    "LxdCpu",
     "NodeAccount",
     "PowerCollector",
     "ProcStat",
     "Rapl",
     "WrappingCounter",
-    "parse_prometheus",
-    "read_kepler",
 ]

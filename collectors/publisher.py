@@ -3,9 +3,10 @@
 It stamps each telemetry message with the event time, the source id and a per-source
 sequence number, publishes it with QoS 1 under ``ecovisor/<site>/telemetry/<kind>/<source>``
 and survives broker loss: unacknowledged messages stay in paho's outgoing queue (bounded
-by ``buffer_max``) and are re-sent after reconnecting (with backoff). A message that does
-not fit in the buffer is dropped and counted; the counts are logged periodically and on
-close. Re-sent messages can arrive twice; consumers ignore duplicates by (source, seq).
+by ``buffer_max``) and are re-sent after reconnecting (paho's own reconnect backoff, set
+in ``mqtt_client``). A message that does not fit in the buffer is dropped and counted; the
+counts are logged periodically and on close. Re-sent messages can arrive twice; consumers
+ignore duplicates by (source, seq).
 """
 
 from __future__ import annotations
@@ -40,6 +41,36 @@ class PublisherStats:
         return self.published - self.acked
 
 
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 10.0
+KEEPALIVE_S = 10
+
+
+def mqtt_client(
+    client_id: str,
+    *,
+    reconnect_min_s: float = RECONNECT_MIN_S,
+    reconnect_max_s: float = RECONNECT_MAX_S,
+) -> mqtt.Client:
+    """A collector's paho client (callback API v2, MQTT 3.1.1, clean session). paho's
+    network thread retries the first connection and every reconnection itself, waiting
+    ``reconnect_min_s`` doubling up to ``reconnect_max_s``: no retry loop of ours."""
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )
+    c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
+    return c
+
+
+def connect_in_background(client: mqtt.Client, host: str, port: int) -> None:
+    """Start paho's network thread, which connects (and reconnects) on its own."""
+    client.connect_async(host, port, keepalive=KEEPALIVE_S)
+    client.loop_start()
+
+
 class Publisher:
     """QoS 1 telemetry publisher with a bounded in-memory buffer (thread-safe)."""
 
@@ -52,8 +83,8 @@ class Publisher:
         client_id: str,
         buffer_max: int = 10_000,
         status_interval_s: float = 60.0,
-        reconnect_min_s: float = 0.2,
-        reconnect_max_s: float = 10.0,
+        reconnect_min_s: float = RECONNECT_MIN_S,
+        reconnect_max_s: float = RECONNECT_MAX_S,
         clock: Callable[[], float] = time.monotonic,
         seq_start: int | None = None,
     ) -> None:
@@ -70,19 +101,14 @@ class Publisher:
         self._seq_start = int(time.time() * 1000) if seq_start is None else seq_start
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stats_lock = threading.Lock()
+        # guards stats; notified on every PUBACK so close() can wait for the last one
+        self._stats_lock = threading.Condition()
         self._connected = threading.Event()
         # A stable client id lets the broker recognise the device across restarts.
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
+        c = mqtt_client(client_id, reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s)
         # The whole buffer may be in flight at once: a reconnect re-sends all of it.
         c.max_queued_messages_set(buffer_max)
         c.max_inflight_messages_set(min(buffer_max, 1000))
-        c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -91,17 +117,15 @@ class Publisher:
     # --- lifecycle -------------------------------------------------------------------
     def start(self, wait_s: float = 0.0) -> Publisher:
         """Connect in the background (retrying with backoff); optionally wait for it."""
-        self._client.connect_async(self.host, self.port, keepalive=10)
-        self._client.loop_start()
+        connect_in_background(self._client, self.host, self.port)
         if wait_s > 0:
             self._connected.wait(wait_s)
         return self
 
     def close(self, flush_s: float = 2.0) -> None:
         """Give pending messages up to ``flush_s`` to be acknowledged, then disconnect."""
-        deadline = time.monotonic() + flush_s
-        while self.stats.pending > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with self._stats_lock:
+            self._stats_lock.wait_for(lambda: self.stats.pending <= 0, timeout=flush_s)
         self.report(final=True)
         self._client.disconnect()
         self._client.loop_stop()
@@ -194,6 +218,7 @@ class Publisher:
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         with self._stats_lock:
             self.stats.acked += 1
+            self._stats_lock.notify_all()
 
 
 def client_id(site: str, collector: str, source: str) -> str:

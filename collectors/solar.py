@@ -32,14 +32,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from collectors import trace
-from collectors.common import (
-    Options,
-    cli_main,
-    make_publisher,
-    one_line,
-    run_every,
-    validate_source,
-)
+from collectors.common import Options, SourceKind, cli_main, one_line, run_source
 from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
 from ecovisor.contract.schemas import SolarTelemetry
 
@@ -99,17 +92,16 @@ class SunSpecOptions(Options):
     tick_s: float | None = Field(None, gt=0)
 
 
-OPTIONS: dict[str, type[Options]] = {
-    "csv": CsvOptions,
-    "pvanalytics": PvanalyticsOptions,
-    "pvlib": PvlibOptions,
-    "sunspec": SunSpecOptions,
-}
-
-
-def validate_options(source: SourceConfig | None) -> Options:
-    """Used by ``ecovisor config check``; raises ConfigError with one readable line."""
-    return validate_source("solar", source, OPTIONS)
+SOURCE = SourceKind(
+    "solar",
+    {
+        "csv": CsvOptions,
+        "pvanalytics": PvanalyticsOptions,
+        "pvlib": PvlibOptions,
+        "sunspec": SunSpecOptions,
+    },
+)
+validate_options = SOURCE.validate  # for ``ecovisor config check``
 
 
 # --------------------------------------------------------------------------------------
@@ -122,6 +114,9 @@ class SolarSource(ABC):
     def read(self, elapsed_s: float) -> tuple[float, float | None]:
         """(AC power W, lifetime energy J if the device counts it) at ``elapsed_s``
         wall seconds after the collector started."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook: only a device holds a connection
+        """Release the source's connection, if any."""
 
 
 class TraceReplay(trace.TraceReplay, SolarSource):
@@ -344,24 +339,17 @@ class SolarCollector:
         energy = self.counter.update(now, w, lifetime_j)
         return self.publish(SolarTelemetry, self.source_id, power_w=w, energy_j=energy)
 
+    def close(self) -> None:
+        self.source.close()
+
 
 def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
-    src = cfg.site.solar
-    opts = validate_options(src)
-    assert src is not None
-    source_id = src.id or "solar"
-    source = build_source(src)
-    pub = make_publisher(cfg, "solar", source_id)
-    pub.start()
-    coll = SolarCollector(source, pub.publish, source_id)
-    period = getattr(opts, "tick_s", None) or cfg.site.shape.tick_s
-    log.info("solar %s (%s): every %.3g s", source_id, src.type, period)
-    try:
-        run_every(period, stop, coll.tick)
-    finally:
-        pub.close()
-        if isinstance(source, SunSpecInverter):
-            source.close()
+    run_source(
+        cfg,
+        stop,
+        SOURCE,
+        lambda src, publish, source_id: SolarCollector(build_source(src), publish, source_id),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,12 @@ A command from ``ecovisor.commands`` is accepted only if, in this order:
    is the command's ``app`` (one app can never command another);
 4. the container (or template) it names is owned by that app;
 5. its values are in range: a power cap must be at least the container's enforceable
-   floor under the node's power model (idle share, kernel minimum quota: ``power_cap``),
-   battery rates within the app's share limits, carbon limits > 0 (``null`` removes).
+   floor under the node's power model (idle share, kernel minimum quota:
+   ``EcovisorConfig.cap_quota``), battery rates within the app's share limits, carbon
+   limits > 0 (``null`` removes).
+
+An accepted cap's ``ContainerAction`` carries the CPU quota computed here (``quota_us``
+per ``period_us``): the actuator writes it, so what was validated is what is enforced.
 
 The result is a ``Decision``: accepted or rejected with a one-line reason, the core
 ``SettingsChange`` to queue (applies from the next tick) and the ``ContainerAction``s to
@@ -41,7 +45,7 @@ from ecovisor.contract.schemas import (
     parse_command,
 )
 from ecovisor.core import state as core
-from ecovisor.core.power_cap import CapRejected, quota_for_container_cap
+from ecovisor.core.power_cap import CapRejected, CpuQuota
 
 # Float slack when comparing a requested rate with a share limit.
 _EPS = 1e-9
@@ -63,20 +67,24 @@ class Decision:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+def _decided(cmd: AnyCommand, accepted: bool, notify: tuple[str, ...], **kw: Any) -> Decision:
+    return Decision(
+        accepted=accepted,
+        command_id=cmd.command_id,
+        app=cmd.app,
+        type=cmd.type,
+        command=cmd,
+        notify=notify,
+        **kw,
+    )
+
+
 def _reject(
     cfg: EcovisorConfig, cmd: AnyCommand, reason: str, token_owner: str | None = None
 ) -> Decision:
     known = {a.id for a in cfg.apps}
     notify = tuple(dict.fromkeys(a for a in (cmd.app, token_owner) if a and a in known))
-    return Decision(
-        accepted=False,
-        command_id=cmd.command_id,
-        app=cmd.app,
-        type=cmd.type,
-        reason=reason,
-        command=cmd,
-        notify=notify,
-    )
+    return _decided(cmd, False, notify, reason=reason)
 
 
 def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> Decision:
@@ -105,31 +113,13 @@ def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> 
     )
 
 
-def node_power_model(cfg: EcovisorConfig, node_id: str) -> Any:
-    return cfg.node(node_id).model()
-
-
-def _check_cap(cfg: EcovisorConfig, container: str, watts: float) -> str | None:
-    c = cfg.locate(container)
-    if c is None:  # ownership was checked first
-        return f"container {container!r} is not in the site configuration"
-    # containers sharing the node's idle power (a replica counts itself; the actuator,
-    # which knows the running replicas, may give a slightly lower idle floor)
-    sizes = {x.id: x.size for a in cfg.apps for x in a.containers if x.node == c.node}
-    sizes.setdefault(container, c.size)
-    members = list(sizes)
+def _cap_quota(cfg: EcovisorConfig, container: str, watts: float) -> CpuQuota | str:
+    """The CPU quota that enforces the cap (``EcovisorConfig.cap_quota``, the one cap ->
+    quota rule; the actuator writes this quota), or why the cap is rejected."""
     try:
-        quota_for_container_cap(
-            node_power_model(cfg, c.node),
-            watts,
-            container=container,
-            members=members,
-            idle_mode=cfg.site.shape.idle_attribution,
-            sizes=sizes,
-        )
+        return cfg.cap_quota(container, watts)
     except CapRejected as e:
         return f"power cap {watts} W rejected ({e.reason}): {e.message}"
-    return None
 
 
 def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
@@ -150,17 +140,7 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         return _reject(cfg, cmd, f"app {app.id!r} does not own container {container!r}")
 
     def ok(change: Any = None, *actions: ContainerAction, **detail: Any) -> Decision:
-        return Decision(
-            accepted=True,
-            command_id=cmd.command_id,
-            app=cmd.app,
-            type=cmd.type,
-            change=change,
-            actions=actions,
-            command=cmd,
-            notify=(cmd.app,),
-            detail=detail,
-        )
+        return _decided(cmd, True, (cmd.app,), change=change, actions=actions, detail=detail)
 
     def action(container_id: str, kind: str, **kw: Any) -> ContainerAction:
         return ContainerAction(
@@ -180,12 +160,18 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
                 core.SetContainerPowercap(container=cmd.container, watts=None),
                 action(cmd.container, "remove_cap"),
             )
-        why = _check_cap(cfg, cmd.container, cmd.watts)
-        if why:
-            return _reject(cfg, cmd, why)
+        quota = _cap_quota(cfg, cmd.container, cmd.watts)
+        if isinstance(quota, str):
+            return _reject(cfg, cmd, quota)
         return ok(
             core.SetContainerPowercap(container=cmd.container, watts=cmd.watts),
-            action(cmd.container, "set_cap", watts=cmd.watts),
+            action(
+                cmd.container,
+                "set_cap",
+                watts=cmd.watts,
+                quota_us=quota.quota_us,
+                period_us=quota.period_us,
+            ),
         )
     if isinstance(cmd, SetBatteryChargeRate):
         limit = share.charge_limit_w

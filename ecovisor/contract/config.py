@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ecovisor.contract.schemas import AppId, Ident
+from ecovisor.core.power_cap import DEFAULT_PERIOD_US, CpuQuota, quota_for_container_cap
 from ecovisor.core.power_model import AnyPowerModel, PowerModelSpec
 from ecovisor.core.shares import AppShare, SiteShape
 
@@ -40,8 +41,15 @@ class NodeConfig(_Strict):
     meter: Literal["model", "rapl", "kepler"] = "model"
     kepler_url: str | None = None
 
+    @model_validator(mode="after")
+    def _resolves(self) -> NodeConfig:
+        self.model()  # a model that cannot be resolved is a configuration error, at load
+        return self
+
     def model(self) -> AnyPowerModel:
-        """The node's resolved power model (its configured cores override the preset's)."""
+        """The node's power model: the one definition the collectors, the ledger's cap
+        validation and the actuators use (its configured cores override the preset's).
+        Never raises for a loaded configuration (checked at load)."""
         return self.power_model.resolve(self.cores)
 
 
@@ -85,6 +93,17 @@ class ContainerTemplate(_Strict):
     # bounded like ScaleApp.replicas: the actuator walks every replica slot
     max_replicas: int = Field(8, ge=0, le=256)
 
+    # The one naming rule of replicas: replica i (1-based) of template T is container
+    # ``T-i``, its backend the template's with the controlled name suffixed ``-i``.
+    def replica_id(self, index: int) -> str:
+        return f"{self.id}-{index}"
+
+    def replica_backend(self, index: int) -> ContainerBackend:
+        b = self.backend
+        if b.type == "lxd":  # a copy of the template instance
+            return b.model_copy(update={"instance": f"{b.instance}-{index}"})
+        return b.model_copy(update={"cgroup": f"{b.cgroup}-{index}"})
+
 
 class PolicyConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
@@ -93,11 +112,12 @@ class PolicyConfig(_Strict):
 
 @dataclass(frozen=True)
 class Placement:
-    """A container's owner and node (see EcovisorConfig.locate)."""
+    """A container's owner, node and backend (see EcovisorConfig.locate)."""
 
     container: str
     app: str
     node: str
+    backend: ContainerBackend
     template: str | None = None
     replica: int | None = None
     size: float = 1.0
@@ -206,24 +226,26 @@ class EcovisorConfig(_Strict):
         return found
 
     def owner_of(self, container: str) -> str | None:
-        for a in self.apps:
-            if any(c.id == container for c in a.containers):
-                return a.id
-        return None
+        """The app of a *configured* container (template replicas are not included: the
+        API tells a replica that is not running from one that is another app's)."""
+        where = self.locate(container)
+        return where.app if where is not None and where.template is None else None
 
     def placements(self) -> dict[str, Placement]:
         """Every container id the site can have: the configured containers and each
         replica ``<template>-<i>`` (1 <= i <= max_replicas) of a template. The one
         ownership rule of the product (ledger telemetry, commands, actuators)."""
         out = {
-            f"{t.id}-{i}": Placement(f"{t.id}-{i}", a.id, t.node, template=t.id, replica=i)
+            t.replica_id(i): Placement(
+                t.replica_id(i), a.id, t.node, t.replica_backend(i), template=t.id, replica=i
+            )
             for a in self.apps
             for t in a.templates
             for i in range(1, t.max_replicas + 1)
         }
         for a in self.apps:  # a configured name wins (the validator forbids clashes)
             for c in a.containers:
-                out[c.id] = Placement(c.id, a.id, c.node, size=c.size)
+                out[c.id] = Placement(c.id, a.id, c.node, c.backend, size=c.size)
         return out
 
     def locate(self, container: str) -> Placement | None:
@@ -237,11 +259,51 @@ class EcovisorConfig(_Strict):
                     return c
         return None
 
+    def template(self, template: str) -> tuple[AppConfig, ContainerTemplate]:
+        """A container template and the app that owns it; KeyError if none."""
+        for a in self.apps:
+            for t in a.templates:
+                if t.id == template:
+                    return a, t
+        raise KeyError(f"no container template {template!r} in the site configuration")
+
     def node(self, node_id: str) -> NodeConfig:
         for n in self.site.nodes:
             if n.id == node_id:
                 return n
         raise KeyError(node_id)
+
+    def idle_sharers(self, container: str) -> dict[str, float]:
+        """The containers a power cap assumes share ``container``'s node idle power, with
+        their sizes: the configured containers on that node, plus ``container`` itself
+        (a template replica counts itself). Other running replicas are not counted: the
+        ledger that validates a cap does not track them, and leaving them out can only
+        raise the idle share, so the cap holds whichever replicas run."""
+        where = self.locate(container)
+        if where is None:
+            raise KeyError(f"container {container!r} is not in the site configuration")
+        out = {c.id: c.size for a in self.apps for c in a.containers if c.node == where.node}
+        out.setdefault(container, where.size)
+        return out
+
+    def cap_quota(
+        self, container: str, watts: float | None, period_us: int = DEFAULT_PERIOD_US
+    ) -> CpuQuota:
+        """A power cap of ``container`` as a CPU quota, through its node's power model and
+        its idle share under the site's idle attribution (``idle_sharers``). The one
+        cap -> quota rule: the ledger computes it when it accepts ``set_container_powercap``
+        and the actuator writes what the ledger computed. Raises KeyError (unknown
+        container) or ``power_cap.CapRejected`` (a ValueError: below the floor)."""
+        sizes = self.idle_sharers(container)  # KeyError for an unknown container
+        return quota_for_container_cap(
+            self.node(self.placements()[container].node).model(),
+            watts,
+            container=container,
+            members=list(sizes),
+            idle_mode=self.site.shape.idle_attribution,
+            sizes=sizes,
+            period_us=period_us,
+        )
 
     def shares(self) -> dict[str, AppShare]:
         return {a.id: a.shares for a in self.apps}
@@ -276,7 +338,7 @@ def _isolation_errors(cfg: EcovisorConfig) -> list[str]:
                 claim(key, a.id, f"container {c.id!r}")
         for t in a.templates:
             for i in range(1, max(t.max_replicas, 1) + 1):
-                rid = f"{t.id}-{i}"
+                rid = t.replica_id(i)
                 if rid in ids:
                     errors.append(
                         f"container {rid!r} of {ids[rid]!r} has the name of replica {i} of "

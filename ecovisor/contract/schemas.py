@@ -327,6 +327,15 @@ class ContainerAction(Message):
     watts: NonNeg | None = None
     cpus: Annotated[float, Field(gt=0)] | None = None
     replicas: Annotated[int, Field(ge=0)] | None = None
+    # set_cap: the CPU quota the ledger computed when it accepted the cap (the one
+    # cap -> quota computation); the actuator writes it as is. Absent from actions of
+    # older ledgers: the actuator then computes it by the same rule.
+    quota_us: Annotated[int, Field(ge=1_000)] | None = Field(
+        None, description="set_cap: CPU µs per period_us that hold the container at the cap"
+    )
+    period_us: Annotated[int, Field(ge=1_000, le=1_000_000)] | None = Field(
+        None, description="set_cap: the CFS period of quota_us (default 100000 µs)"
+    )
 
 
 class BatterySetpoint(Message):

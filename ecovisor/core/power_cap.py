@@ -200,7 +200,7 @@ def quota_for_cap(
             cap_w=None,
             quota_us=None,
             period_us=period_us,
-            max_power_w=f(math.floor(limit * period_us)),
+            max_power_w=f(cores_to_quota_us(limit, period_us)),
             idle_share_w=idle_share_w,
             binding=False,
         )
@@ -229,16 +229,20 @@ def quota_for_cap(
             cap_w=cap_w,
             floor_w=floor,
         )
-    hi = max(math.floor(limit * period_us), MIN_QUOTA_US)
-    if f(hi) <= cap_w:
+
+    def at(quota_us: int, binding: bool) -> CpuQuota:
         return CpuQuota(
             cap_w=cap_w,
-            quota_us=hi,
+            quota_us=quota_us,
             period_us=period_us,
-            max_power_w=f(hi),
+            max_power_w=f(quota_us),
             idle_share_w=idle_share_w,
-            binding=False,
+            binding=binding,
         )
+
+    hi = cores_to_quota_us(limit, period_us)
+    if f(hi) <= cap_w:
+        return at(hi, binding=False)
     lo = MIN_QUOTA_US  # f(lo) <= cap < f(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -246,14 +250,7 @@ def quota_for_cap(
             lo = mid
         else:
             hi = mid
-    return CpuQuota(
-        cap_w=cap_w,
-        quota_us=lo,
-        period_us=period_us,
-        max_power_w=f(lo),
-        idle_share_w=idle_share_w,
-        binding=True,
-    )
+    return at(lo, binding=True)
 
 
 def quota_for_container_cap(
@@ -289,12 +286,19 @@ def _check_quota(quota_us: int | None) -> None:
         raise ValueError(f"CPU quota must be >= {MIN_QUOTA_US} µs per period, got {quota_us}")
 
 
+# Float slack of the rounding below: 0.29 cores is 29000 µs, not 28999 (0.29 * 100000
+# is 28999.999999999996), and quota / period * period gives the quota back exactly.
+_QUOTA_SLACK_US = 1e-6
+
+
 def cores_to_quota_us(cores: float, period_us: int = DEFAULT_PERIOD_US) -> int:
-    """A quota in cores as µs per period (rounded down, at least the kernel minimum)."""
+    """A CPU limit in cores as µs per period: the one rounding rule of every backend
+    (cgroup v1/v2, LXD). Rounded down, so a limit never exceeds what was asked (a cap
+    stays a cap), and at least the kernel minimum."""
     _check_period(period_us)
     if not math.isfinite(cores) or cores <= 0:
         raise ValueError(f"cores must be a finite number > 0, got {cores!r}")
-    return max(math.floor(cores * period_us), MIN_QUOTA_US)
+    return max(math.floor(cores * period_us + _QUOTA_SLACK_US), MIN_QUOTA_US)
 
 
 def cgroup_v1_values(quota_us: int | None, period_us: int = DEFAULT_PERIOD_US) -> tuple[int, int]:

@@ -250,12 +250,8 @@ def release_cgroups(cgroups: list[dict[str, Any]], say: Printer) -> None:
     """Remove the (now empty) cgroups of the containers the stack launched, so a cap,
     quota or freeze of this run never outlives it: the embedded broker keeps no state,
     and with an external broker the container actuator re-applies the last setpoints."""
-    from ecovisor.adapters.backends import (
-        V1_CONTROLLERS,
-        BackendError,
-        CgroupV1Backend,
-        CgroupV2Backend,
-    )
+    from ecovisor.adapters.backends import BackendError
+    from ecovisor.adapters.cgroups import V1_CONTROLLERS, CgroupV1Backend, CgroupV2Backend
 
     for cg in cgroups:
         path, root = cg.get("cgroup"), cg.get("root")

@@ -16,15 +16,28 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ecovisor.adapters.backends import CgroupV1Backend, ProcessBackend
+from ecovisor.adapters.cgroups import CgroupV1Backend, ProcessBackend
 from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from ecovisor.core.power_cap import max_power_at_quota
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
+T = TypeVar("T")
+
+
+def modelled_power_w(cfg: EcovisorConfig, container: str, busy_cores: float) -> float:
+    """Modelled power of a container using ``busy_cores`` alone on its node: its active
+    power under the node model plus its idle share (0 under attribution ``none``), i.e.
+    the cap that the product turns into a quota of ``busy_cores``. States what a cap
+    means in CPU in the tests, the benchmark and the docs' examples."""
+    model = cfg.node(cfg.placements()[container].node).model()
+    idle = cfg.cap_quota(container, None).idle_share_w
+    return max_power_at_quota(model, busy_cores, idle_share_w=idle)
 
 
 def start_service(module: str, config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -119,21 +132,21 @@ class Bus:
         self.send(topics.ACTUATOR_CONTAINERS, site, a.to_json())
         return self.wait_ack(a.command_id, timeout)
 
-    def collect_acks(self, seconds: float) -> list[ActuatorAck]:
-        c = self.tail(topics.ACTUATOR_ACKS)
-        out, deadline = [], time.monotonic() + seconds
+    def collect(self, topic: str, seconds: float, parse: Callable[[bytes], T]) -> list[T]:
+        """Every record on ``topic`` (after the tail was opened) within ``seconds``."""
+        c = self.tail(topic)
+        out: list[T] = []
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for records in c.poll(timeout_ms=100).values():
-                out += [ActuatorAck.model_validate_json(r.value) for r in records]
+                out += [parse(r.value) for r in records]
         return out
 
+    def collect_acks(self, seconds: float) -> list[ActuatorAck]:
+        return self.collect(topics.ACTUATOR_ACKS, seconds, ActuatorAck.model_validate_json)
+
     def events(self, seconds: float) -> list[ContainerEvent]:
-        c = self.tail(topics.CONTAINERS)
-        out, deadline = [], time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for records in c.poll(timeout_ms=100).values():
-                out += [ContainerEvent.model_validate_json(r.value) for r in records]
-        return out
+        return self.collect(topics.CONTAINERS, seconds, ContainerEvent.model_validate_json)
 
     def close(self) -> None:
         for c in self._tails.values():

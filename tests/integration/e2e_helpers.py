@@ -22,7 +22,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ecovisor.adapters.backends import CgroupV1Backend
+from ecovisor.adapters.cgroups import CgroupV1Backend
 from ecovisor.contract import topics
 from ecovisor.contract.schemas import CarbonTelemetry, utcnow
 

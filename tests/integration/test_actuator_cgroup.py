@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from actuators.sitemap import modelled_power_w
-from ecovisor.adapters.backends import CgroupV1Backend, ProcessBackend
+from ecovisor.adapters.cgroups import CgroupV1Backend, ProcessBackend
 from ecovisor.contract import topics
 from ecovisor.contract.config import load_config
 from tests.fakes.actuator_bus import (
     Bus,
     burner_cgroup,
     mean_cores,
+    modelled_power_w,
     remove_tree,
     sample_usage,
     start_service,

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from actuators.containers import ContainerActuator
-from ecovisor.adapters.backends import BackendError, LxdBackend
+from ecovisor.adapters.backends import BackendError
+from ecovisor.adapters.lxd import LxdBackend
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
 from tests.fakes.lxd import FakeLxd

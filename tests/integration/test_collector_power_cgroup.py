@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from collectors.power import CgroupV1Cpu, PowerCollector
+from collectors.power import CpuMeter, PowerCollector
 from collectors.publisher import Publisher
+from ecovisor.adapters.cgroups import CgroupV1Backend
 from ecovisor.contract.config import parse_config
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def real_cgroup() -> Iterator[str]:
 
 
 def test_busy_process_in_real_cgroup_v1(real_cgroup: str) -> None:
-    meter = CgroupV1Cpu(real_cgroup)
+    meter = CpuMeter(CgroupV1Backend(real_cgroup))
     assert meter.cpu_s() == 0.0
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ecovisor.adapters.backends import V1_CONTROLLERS, CgroupV1Backend
+from ecovisor.adapters.cgroups import V1_CONTROLLERS, CgroupV1Backend
 from ecovisor.contract import topics
 from ecovisor.contract.schemas import Notification, TickData
 from ecovisor.embedded.servers import free_port

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from actuators.sitemap import modelled_power_w
-from ecovisor.cli.main import publish_command
+from ecovisor.cli.commands import publish_command
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig, load_config
 from ecovisor.contract.schemas import SetContainerPowercap, utcnow
 from ecovisor.embedded.servers import free_port
 from streams.ledger import prepare_topics
-from tests.fakes.actuator_bus import Bus, burner_cgroup, remove_tree
+from tests.fakes.actuator_bus import Bus, burner_cgroup, modelled_power_w, remove_tree
 from tests.integration.e2e_helpers import (
     CarbonFeeder,
     TopicReader,

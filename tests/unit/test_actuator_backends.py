@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor.adapters.backends import (
-    BackendError,
-    CgroupV1Backend,
-    CgroupV2Backend,
-    allowance_to_cores,
-    cores_to_allowance,
-    cores_to_quota_us,
-)
+from ecovisor.adapters.backends import BackendError
+from ecovisor.adapters.cgroups import CgroupV1Backend, CgroupV2Backend
+from ecovisor.adapters.lxd import allowance_to_cores, cores_to_allowance
+from ecovisor.core.power_cap import cores_to_quota_us
 
 
 def fake_v2(root: Path, path: str, cpu_max: str = "max 100000") -> Path:
@@ -43,6 +39,8 @@ def test_v2_fake_tree_cpu_max_freeze_and_usage(tmp_path: Path) -> None:
     assert b.set_cpu_limit(0.3) == pytest.approx(0.3)
     assert (d / "cpu.max").read_text() == "30000 100000"
     assert b.set_cpu_limit(None) is None and (d / "cpu.max").read_text() == "max 100000"
+    assert b.set_cpu_limit(0.456789) == pytest.approx(0.45678)  # rounded down
+    assert (d / "cpu.max").read_text() == "45678 100000"
     b.freeze()
     assert (d / "cgroup.freeze").read_text() == "1" and b.is_frozen()
     b.thaw()
@@ -59,6 +57,9 @@ def test_v2_missing_cgroup_is_a_backend_error(tmp_path: Path) -> None:
         b.set_cpu_limit(0.5)
     with pytest.raises(BackendError, match="does not exist"):
         b.freeze()
+    fake_v2(tmp_path, "odd", "lots of cpu")
+    with pytest.raises(BackendError, match="unexpected cpu.max"):
+        CgroupV2Backend("odd", str(tmp_path)).get_cpu_limit()
 
 
 def test_v1_fake_tree_quota_uses_the_configured_period(tmp_path: Path) -> None:
@@ -77,7 +78,13 @@ def test_quota_and_allowance_conversions() -> None:
     assert cores_to_quota_us(0.001, 100_000) == 1_000  # the kernel's 1 ms minimum
     with pytest.raises(ValueError):
         cores_to_quota_us(0.0, 100_000)
+    # one rounding rule for every backend: down (a cap stays a cap), float noise absorbed
+    assert cores_to_quota_us(0.29, 100_000) == 29_000  # 0.29 * 100000 = 28999.99...
+    assert cores_to_quota_us(0.456789, 100_000) == 45_678
+    assert cores_to_quota_us(12_345 / 100_000, 100_000) == 12_345  # quota round trip
     assert cores_to_allowance(0.3) == "30ms/100ms"
+    assert cores_to_allowance(0.49999) == "50ms/100ms"  # whole ms, the nearest
+    assert cores_to_allowance(0.0004) == "1ms/100ms"  # the kernel's 1 ms minimum
     assert allowance_to_cores("25ms/100ms") == pytest.approx(0.25)
     assert allowance_to_cores("50%") is None  # a soft share, not a limit
     assert allowance_to_cores(None) is None

@@ -11,7 +11,14 @@ from actuators.battery import BatteryActuator
 from actuators.containers import ContainerActuator
 from actuators.state import ActuatorState
 from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import ActuatorAck, BatterySetpoint, ContainerAction, utcnow
+from ecovisor.contract.schemas import (
+    ActuatorAck,
+    BatterySetpoint,
+    ContainerAction,
+    SetContainerPowercap,
+    utcnow,
+)
+from streams.commands import validate
 
 
 def site(root: Path, idle: str = "none") -> str:
@@ -189,3 +196,60 @@ def test_battery_restore_resends_latest_and_acks_the_unacknowledged(tmp_path: Pa
     assert [BatterySetpoint.model_validate_json(p).command_id for _, p in sent] == ["x3"]
     acks = {a.command_id: a for a in s.acks()}
     assert set(acks) == {"x2", "x3"} and acks["x3"].ok and not acks["x2"].ok
+
+
+TEMPLATE = """    templates:
+      - {id: worker, node: n1, max_replicas: 3,
+         backend: {type: process, cgroup: worker}, command: [sleep, "60"]}
+"""
+
+
+@pytest.mark.parametrize("watts", [0.9, 1.2345, 2.0, 10.0])
+def test_validation_and_enforcement_use_the_same_quota(tmp_path: Path, watts: float) -> None:
+    """The ledger computes the cap's quota once and the actuator writes exactly it; an
+    action without the quota (an older ledger) gets the same one from the same rule,
+    whatever replicas run on the node (one member set: the configured containers)."""
+
+    d = mk(tmp_path, "c1")
+    mk(tmp_path, "c2")
+    cfg = parse_config(site(tmp_path, idle="equal") + TEMPLATE)
+    decision = validate(
+        cfg,
+        SetContainerPowercap(
+            site="s1",
+            time=utcnow(),
+            app="web",
+            token="web-token-123456",
+            container="c1",
+            watts=watts,
+        ),
+    )
+    assert decision.accepted, decision.reason
+    (act_msg,) = decision.actions
+    expected = cfg.cap_quota("c1", watts)
+    assert (act_msg.quota_us, act_msg.period_us) == (expected.quota_us, expected.period_us)
+
+    act = ContainerActuator(cfg, Sink())
+    act.state.replicas["worker"] = 2  # running replicas do not change the quota
+    ack = act.handle(act_msg)
+    assert ack is not None and ack.ok, ack
+    assert quota(d) == act_msg.quota_us  # exactly, not within 1 µs
+
+    (d / "cpu.max").write_text("max 100000")
+    old = act_msg.model_copy(update={"command_id": "old", "quota_us": None, "period_us": None})
+    ack = act.handle(old)
+    assert ack is not None and ack.ok, ack
+    assert quota(d) == act_msg.quota_us
+
+
+def test_a_carried_quota_is_written_as_is(tmp_path: Path) -> None:
+    d = mk(tmp_path, "c1")
+    act = ContainerActuator(parse_config(site(tmp_path)), Sink())
+    # the actuator does not recompute: 12345 µs is what it writes, whatever the watts
+    ack = act.handle(action("q", "set_cap", watts=3.0, quota_us=12_345, period_us=100_000))
+    assert ack is not None and ack.ok and ack.applied["cap_cores"] == pytest.approx(0.12345)
+    assert (d / "cpu.max").read_text() == "12345 100000"
+    # a quota for another period is converted to the cgroup's own period
+    ack = act.handle(action("p", "set_cap", watts=3.0, quota_us=25_000, period_us=50_000))
+    assert ack is not None and ack.ok
+    assert (d / "cpu.max").read_text() == "50000 100000"

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from collectors.kepler import parse_prometheus, read_kepler
 from collectors.power import (
-    CgroupV1Cpu,
-    CgroupV2Cpu,
-    LxdCpu,
+    CpuMeter,
     PowerCollector,
     ProcStat,
     Rapl,
     WrappingCounter,
-    parse_prometheus,
     pick_node,
-    read_kepler,
 )
 from collectors.publisher import Publisher
+from ecovisor.adapters.cgroups import CgroupV1Backend, CgroupV2Backend
+from ecovisor.adapters.lxd import LxdBackend
 from ecovisor.contract.config import ConfigError, parse_config
 from ecovisor.core.power_model import get_preset
+from tests.fakes.lxd import FakeLxd
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "collectors"
 
@@ -34,8 +34,8 @@ def write(p: Path, text: str) -> None:
 
 def test_cgroup_v1_cpuacct_usage(tmp_path: Path) -> None:
     write(tmp_path / "cpuacct/ecovisor/web-1/cpuacct.usage", "2500000000\n")
-    assert CgroupV1Cpu("ecovisor/web-1", str(tmp_path)).cpu_s() == pytest.approx(2.5)
-    assert CgroupV1Cpu("ecovisor/none", str(tmp_path)).cpu_s() is None
+    assert CpuMeter(CgroupV1Backend("ecovisor/web-1", str(tmp_path))).cpu_s() == pytest.approx(2.5)
+    assert CpuMeter(CgroupV1Backend("ecovisor/none", str(tmp_path))).cpu_s() is None
 
 
 def test_cgroup_v2_cpu_stat(tmp_path: Path) -> None:
@@ -43,9 +43,10 @@ def test_cgroup_v2_cpu_stat(tmp_path: Path) -> None:
         tmp_path / "eco.slice/web-1/cpu.stat",
         "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\nnr_periods 0\n",
     )
-    assert CgroupV2Cpu("eco.slice/web-1", str(tmp_path)).cpu_s() == pytest.approx(1.234567)
+    meter = CpuMeter(CgroupV2Backend("eco.slice/web-1", str(tmp_path)))
+    assert meter.cpu_s() == pytest.approx(1.234567)
     write(tmp_path / "bad/cpu.stat", "user_usec 1\n")
-    assert CgroupV2Cpu("bad", str(tmp_path)).cpu_s() is None
+    assert CpuMeter(CgroupV2Backend("bad", str(tmp_path))).cpu_s() is None
 
 
 def test_proc_stat_busy_seconds(tmp_path: Path) -> None:
@@ -117,25 +118,25 @@ def test_parse_prometheus_escapes_and_timestamps() -> None:
     assert s == [("m", {"a": 'q"x', "b": "2"}, 3.5)]
 
 
-def test_lxd_meter_with_fake_client() -> None:
-    class State:
-        cpu = {"usage": 4_000_000_000}
+def test_parse_prometheus_whole_exposition_with_types_and_escapes() -> None:
+    text = '# TYPE c_total counter\nc_total{p="a\\\\b",q="l1\\nl2"} 2\ng 1.5e3\n'
+    assert parse_prometheus(text) == [
+        ("c_total", {"p": "a\\b", "q": "l1\nl2"}, 2.0),
+        ("g", {}, 1500.0),
+    ]
 
-    class Inst:
-        def state(self) -> State:
-            return State()
 
-    class Instances:
-        def get(self, name: str) -> Inst:
-            if name != "web":
-                raise LookupError(name)
-            return Inst()
-
-    class Client:
-        instances = Instances()
-
-    assert LxdCpu("web", client=Client()).cpu_s() == pytest.approx(4.0)
-    assert LxdCpu("gone", client=Client()).cpu_s() is None
+def test_lxd_meter_through_the_lxd_backend() -> None:
+    # the loopback LXD REST stand-in (tests/fakes/lxd.py), read through pylxd
+    fake = FakeLxd()
+    fake.add("web")
+    fake.cpu_usage_ns["web"] = 4_000_000_000
+    url = fake.start()
+    try:
+        assert CpuMeter(LxdBackend("web", url)).cpu_s() == pytest.approx(4.0)
+        assert CpuMeter(LxdBackend("gone", url)).cpu_s() is None
+    finally:
+        fake.stop()
 
 
 SITE = """

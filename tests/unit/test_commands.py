@@ -43,6 +43,9 @@ def test_accepted_cap_routes_action_and_setting(cfg: EcovisorConfig) -> None:
     assert d.change == core.SetContainerPowercap(container="web-1", watts=2.0)
     (a,) = d.actions
     assert (a.action, a.container, a.watts, a.app) == ("set_cap", "web-1", 2.0, "web")
+    # the quota that enforces the cap is computed here, once, and carried to the actuator
+    q = cfg.cap_quota("web-1", 2.0)
+    assert (a.quota_us, a.period_us) == (q.quota_us, q.period_us) and q.binding
 
 
 def test_other_apps_token_rejected_and_both_told(cfg: EcovisorConfig) -> None:
@@ -159,3 +162,7 @@ def test_replicas_of_an_apps_template_are_its_containers() -> None:
     d = cap("web", "web-token-123", "worker-1", watts=1.0)
     assert not d.accepted and "idle" in (d.reason or "")
     assert rcfg.locate("worker-1").node == "n2" and rcfg.locate("web-1").node == "n1"
+    # a replica's idle floor counts the replica itself with the node's configured
+    # containers (none on n2): the full 1.35 W, on 4 cores 0.9125 W per busy core
+    d = cap("web", "web-token-123", "worker-1", watts=1.35 + 0.9125)
+    assert d.accepted and abs(d.actions[0].quota_us - 100_000) <= 1, d

@@ -75,3 +75,46 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         parse_config("site: [")
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_config(tmp_path / "nope.yaml")
+
+
+TEMPLATES = (
+    MINIMAL
+    + """    templates:
+      - {id: w, node: n1, max_replicas: 2, backend: {type: process, cgroup: eco/w}}
+      - {id: x, node: n1, max_replicas: 1, backend: {type: lxd, instance: x}}
+"""
+)
+
+
+def test_placements_are_the_one_placement_and_replica_rule() -> None:
+    cfg = parse_config(TEMPLATES)
+    assert sorted(cfg.placements()) == ["a-1", "w-1", "w-2", "x-1"]
+    w2 = cfg.locate("w-2")
+    assert w2 is not None and (w2.app, w2.node, w2.template, w2.replica) == ("a", "n1", "w", 2)
+    assert (w2.backend.type, w2.backend.cgroup) == ("process", "eco/w-2")
+    x1 = cfg.locate("x-1")
+    assert x1 is not None and x1.backend.instance == "x-1"  # a copy of instance x
+    a1 = cfg.locate("a-1")
+    assert a1 is not None and a1.backend.cgroup == "eco/a-1" and a1.template is None
+    assert cfg.locate("w-3") is None  # beyond max_replicas: nobody's
+    app, tpl = cfg.template("w")
+    assert app.id == "a" and tpl.replica_id(1) == "w-1"
+    with pytest.raises(KeyError):
+        cfg.template("a-1")
+    # owner_of names configured containers only (the API tells a replica apart)
+    assert cfg.owner_of("a-1") == "a" and cfg.owner_of("w-1") is None
+
+
+def test_cap_quota_counts_configured_containers_and_the_container_itself() -> None:
+    text = TEMPLATES.replace(
+        "site:\n  id: s1", "site:\n  id: s1\n  shape: {idle_attribution: equal}"
+    )
+    cfg = parse_config(text)
+    assert cfg.idle_sharers("a-1") == {"a-1": 1.0}
+    assert cfg.idle_sharers("w-2") == {"a-1": 1.0, "w-2": 1.0}
+    with pytest.raises(KeyError):
+        cfg.idle_sharers("nope")
+    # microserver over 2 cores: 1.35 W idle shared by a-1 and w-2
+    q = cfg.cap_quota("w-2", 0.675 + 1.825 * 0.5)
+    assert q.idle_share_w == pytest.approx(0.675) and abs(q.quota_us - 50_000) <= 1
+    assert cfg.node("n1").model() == cfg.site.nodes[0].model()
