@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
+from httpx_sse import connect_sse
 
 from ecovisor.contract.schemas import Notification, TickData, parse_notification
 
@@ -322,31 +324,32 @@ class EcovisorClient:
 
     def notifications(self, types: list[str] | None = None) -> Iterator[Notification]:
         """The app's notifications as they arrive (one SSE connection)."""
-        # a short keep-alive lets stop() take effect within ~ping_s even when idle
         params: dict[str, Any] = {"ping_s": self.ping_s}
         if types:
             params["types"] = ",".join(types)
-        with self._http.stream(
-            "GET", self._p("/notifications"), params=params, timeout=httpx.Timeout(10, read=None)
-        ) as r:
+        with connect_sse(
+            self._http,
+            "GET",
+            self._p("/notifications"),
+            params=params,
+            timeout=httpx.Timeout(10, read=None),
+        ) as source:
+            r = source.response
             if r.status_code >= 400:
                 r.read()
                 self._raise(r)
             self._response = r
-            event, data = "", []
-            for line in r.iter_lines():
-                if self._stop.is_set():
-                    return
-                if line == "":
-                    if data and event not in ("ready", ""):
-                        yield parse_notification("\n".join(data))
-                    event, data = "", []
-                elif line.startswith(":"):
-                    continue  # keep-alive comment
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].lstrip(" "))
+            try:
+                for sse in source.iter_sse():
+                    if self._stop.is_set():
+                        return
+                    if sse.data and sse.event not in ("ready", ""):
+                        yield parse_notification(sse.data)
+            except (httpx.HTTPError, httpx.StreamError):
+                if not self._stop.is_set():
+                    raise  # stop() cuts the stream short: that is the normal end
+            finally:
+                self._response = None
 
     def dispatch(self, n: Notification) -> None:
         """Call the registered handlers for one notification (also used by replays)."""
@@ -382,6 +385,12 @@ class EcovisorClient:
         """Make ``run()`` return (safe from another thread or a handler)."""
         self._stop.set()
         r = self._response
-        if r is not None:
-            with contextlib.suppress(Exception):  # closing a stream from another thread
+        if r is None:
+            return
+        # Closing the response would not wake a read blocked in another thread (it waits
+        # for the next keep-alive); shutting the socket down ends that read at once.
+        try:
+            r.extensions["network_stream"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        except (KeyError, AttributeError, OSError):  # no socket (another transport)
+            with contextlib.suppress(Exception):
                 r.close()

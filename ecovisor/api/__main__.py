@@ -1,3 +1,3 @@
-from ecovisor.api.app import main
+from ecovisor.api.main import main
 
 main()

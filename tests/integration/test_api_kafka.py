@@ -11,15 +11,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-import uvicorn
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ecovisor.api.app import InMemoryStateSource, KafkaBus, create_app
+from ecovisor.api.app import create_app
+from ecovisor.api.command_bus import KafkaBus
 from ecovisor.client import EcovisorClient, ForbiddenError, Tick
 from ecovisor.contract import topics
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import Notification, TickData
-from ecovisor.embedded.servers import free_port
+from tests.fakes.api import InMemoryStateSource, serve
 
 pytestmark = pytest.mark.integration
 
@@ -46,29 +46,16 @@ def served(kafka_bootstrap: str) -> Iterator[dict]:
     a, b = f"apia-{sfx}", f"apib-{sfx}"
     cfg = parse_config(site(a, b))
     api = create_app(cfg, InMemoryStateSource(), KafkaBus(kafka_bootstrap, [a, b]))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            api, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
-        )
-    )
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and th.is_alive(), "API did not start"
-        time.sleep(0.05)
-    commands = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    tp = TopicPartition(topics.COMMANDS, 0)
-    commands.assign([tp])
-    commands.seek_to_end(tp)
-    commands.position(tp)
-    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    yield {"url": f"http://127.0.0.1:{port}", "a": a, "b": b, "commands": commands, "prod": prod}
-    prod.close()
-    commands.close()
-    server.should_exit = True
-    th.join(10)
+    with serve(api) as url:
+        commands = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+        tp = TopicPartition(topics.COMMANDS, 0)
+        commands.assign([tp])
+        commands.seek_to_end(tp)
+        commands.position(tp)
+        prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        yield {"url": url, "a": a, "b": b, "commands": commands, "prod": prod}
+        prod.close()
+        commands.close()
 
 
 def read_commands(c: KafkaConsumer, n: int, timeout: float = 10) -> list[dict]:

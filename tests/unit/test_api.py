@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ecovisor.api.app import (
-    Counters,
-    InMemoryBus,
-    InMemoryStateSource,
-    IntervalCounter,
-    accept_and_apply,
-    app_routes,
-    create_app,
-    openapi_document,
-)
+from ecovisor.api.app import create_app, openapi_document
+from ecovisor.api.state_source import Counters, IntervalCounter
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import (
     Command,
@@ -34,6 +26,13 @@ from ecovisor.contract.schemas import (
     SetContainerPowercap,
     SuspendContainer,
     TickData,
+)
+from tests.fakes.api import (
+    InMemoryBus,
+    InMemoryStateSource,
+    accept_and_apply,
+    app_routes,
+    route_names,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,9 +140,7 @@ ROUTES = app_routes(create_app(parse_config(SITE), InMemoryStateSource(), InMemo
 
 
 def test_route_list_covers_the_paper_api() -> None:
-    names = {
-        r.name for r in create_app(parse_config(SITE), InMemoryStateSource(), InMemoryBus()).routes
-    }
+    names = route_names(create_app(parse_config(SITE), InMemoryStateSource(), InMemoryBus()))
     paper = {
         # Table 1
         "get_solar_power",
@@ -467,7 +464,7 @@ def test_http_state_source_reads_the_ledger_views() -> None:
 
     import httpx
 
-    from ecovisor.api.app import HttpStateSource, StateUnavailable
+    from ecovisor.api.state_source import HttpStateSource, StateUnavailable
 
     view = {
         "app": "web",

@@ -10,16 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import uvicorn
 
-from ecovisor.api.app import (
-    Counters,
-    InMemoryBus,
-    InMemoryStateSource,
-    IntervalCounter,
-    accept_and_apply,
-    create_app,
-)
+from ecovisor.api.app import create_app
+from ecovisor.api.state_source import Counters, IntervalCounter
 from ecovisor.client import (
     AuthenticationError,
     CommandRejected,
@@ -31,7 +24,7 @@ from ecovisor.client import (
 )
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
-from ecovisor.embedded.servers import free_port
+from tests.fakes.api import InMemoryBus, InMemoryStateSource, accept_and_apply, serve
 
 SITE = """
 site:
@@ -105,22 +98,8 @@ def served() -> Iterator[Served]:
         containers={"web-1": IntervalCounter(energy_j=270.0, carbon_g=0.015)},
     )
     bus = LoopBus()
-    api = create_app(parse_config(SITE), state, bus)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            api, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
-        )
-    )
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield Served(f"http://127.0.0.1:{port}", bus, state)
-    server.should_exit = True
-    th.join(10)
+    with serve(create_app(parse_config(SITE), state, bus), start_timeout=10) as url:
+        yield Served(url, bus, state)
 
 
 def test_getters_with_the_papers_names(served: Served) -> None:

@@ -1,0 +1,189 @@
+"""The setters (paper Tables 1 and 2, and container management): each publishes an
+``ecovisor.contract.schemas`` command on ``ecovisor.commands`` with the app's token and
+returns its ``command_id``; ``?wait=true`` waits (bounded) for the lifecycle outcome on
+the app's notification topic. The ledger validates and applies; the API only checks
+that the app addresses its own containers and templates."""
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from ecovisor.api.auth import API_PREFIX as P
+from ecovisor.api.auth import Me, own_container, own_template
+from ecovisor.api.models import (
+    CarbonBudgetBody,
+    CarbonRateBody,
+    CommandResult,
+    CpusBody,
+    PowercapBody,
+    ReplicasBody,
+    WattsBody,
+)
+from ecovisor.api.wiring import Ctx, Wiring
+from ecovisor.contract import schemas
+from ecovisor.contract.config import AppConfig
+from ecovisor.contract.schemas import COMMAND_LIFECYCLE, COMMAND_OUTCOMES, Command, utcnow
+
+MAX_WAIT_S = 30.0
+Wait = Annotated[bool, Query(description="wait for the lifecycle outcome")]
+Timeout = Annotated[float, Query(gt=0, le=MAX_WAIT_S, description="max seconds to wait")]
+
+router = APIRouter()
+
+
+async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> CommandResult:
+    """Publish ``cmd``; with ``wait``, return the last lifecycle step seen within
+    ``timeout`` (``timed_out`` when no outcome came)."""
+    typ = str(getattr(cmd, "type", ""))
+    result = CommandResult(command_id=cmd.command_id, type=typ, status="published")
+    with ctx.bus.hub.subscribe(cmd.app) as q:  # before publishing: no outcome can be missed
+        try:
+            await ctx.bus.publish(cmd)
+        except Exception as e:  # noqa: BLE001 - any broker error is a 503 to the app
+            raise HTTPException(503, f"command bus unavailable: {e}") from e
+        if not wait:
+            return result
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    n = await q.get()
+                    if n.command_id != cmd.command_id or n.type not in COMMAND_LIFECYCLE:
+                        continue
+                    result = CommandResult(
+                        command_id=cmd.command_id,
+                        type=typ,
+                        status=n.type.removeprefix("command_"),  # type: ignore[arg-type]
+                        reason=n.reason,
+                        data=n.data,
+                    )
+                    if n.type in COMMAND_OUTCOMES:
+                        return result
+        except TimeoutError:
+            return result.model_copy(update={"timed_out": True})
+
+
+async def issue(
+    ctx: Wiring,
+    me: AppConfig,
+    kind: type[Command],
+    wait: bool,
+    timeout: float,
+    container: str | None = None,
+    **fields: Any,
+) -> CommandResult:
+    """Build ``kind`` for ``me`` (its site, time and token; ``container`` only if
+    ``me`` owns it) and ``send`` it."""
+    if container is not None:
+        fields["container"] = own_container(ctx.cfg, me, container)
+    envelope = {"site": ctx.cfg.site.id, "time": utcnow(), "app": me.id, "token": me.token}
+    return await send(ctx, kind(**envelope, **fields), wait, timeout)
+
+
+# --- Table 1 ---------------------------------------------------------------------------
+@router.put(P + "/containers/{container}/powercap", tags=["table1"], response_model=CommandResult)
+async def set_container_powercap(
+    me: Me,
+    ctx: Ctx,
+    container: str,
+    body: PowercapBody,
+    wait: Wait = False,
+    timeout: Timeout = 5.0,
+) -> CommandResult:
+    """Set a container's power cap (W); ``null`` removes it."""
+    return await issue(
+        ctx, me, schemas.SetContainerPowercap, wait, timeout, container, watts=body.watts
+    )
+
+
+@router.delete(
+    P + "/containers/{container}/powercap", tags=["table1"], response_model=CommandResult
+)
+async def remove_container_powercap(
+    me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Remove a container's power cap (same as setting null)."""
+    return await issue(ctx, me, schemas.SetContainerPowercap, wait, timeout, container, watts=None)
+
+
+@router.put(P + "/battery/charge_rate", tags=["table1"], response_model=CommandResult)
+async def set_battery_charge_rate(
+    me: Me, ctx: Ctx, body: WattsBody, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Charge the virtual battery at this rate (W) until full; 0 = solar only."""
+    return await issue(ctx, me, schemas.SetBatteryChargeRate, wait, timeout, watts=body.watts)
+
+
+@router.put(P + "/battery/max_discharge", tags=["table1"], response_model=CommandResult)
+async def set_battery_max_discharge(
+    me: Me, ctx: Ctx, body: WattsBody, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Maximum virtual battery discharge rate (W)."""
+    return await issue(ctx, me, schemas.SetBatteryMaxDischarge, wait, timeout, watts=body.watts)
+
+
+# --- Table 2 ---------------------------------------------------------------------------
+@router.put(
+    P + "/containers/{container}/carbon_rate", tags=["table2"], response_model=CommandResult
+)
+async def set_carbon_rate(
+    me: Me,
+    ctx: Ctx,
+    container: str,
+    body: CarbonRateBody,
+    wait: Wait = False,
+    timeout: Timeout = 5.0,
+) -> CommandResult:
+    """A container's carbon rate (mg/s over window_s); the ecovisor tracks and notifies."""
+    rate = {"mg_per_s": body.mg_per_s, "window_s": body.window_s}
+    return await issue(ctx, me, schemas.SetCarbonRate, wait, timeout, container, **rate)
+
+
+@router.put(P + "/carbon_budget", tags=["table2"], response_model=CommandResult)
+async def set_carbon_budget(
+    me: Me, ctx: Ctx, body: CarbonBudgetBody, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """The app's carbon budget (g per period_s); the ecovisor tracks and notifies."""
+    return await issue(
+        ctx, me, schemas.SetCarbonBudget, wait, timeout, grams=body.grams, period_s=body.period_s
+    )
+
+
+# --- container management ----------------------------------------------------------------
+@router.post(
+    P + "/containers/{container}/suspend", tags=["containers"], response_model=CommandResult
+)
+async def suspend_container(
+    me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Suspend (freeze) a container."""
+    return await issue(ctx, me, schemas.SuspendContainer, wait, timeout, container)
+
+
+@router.post(
+    P + "/containers/{container}/resume", tags=["containers"], response_model=CommandResult
+)
+async def resume_container(
+    me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Resume a suspended container."""
+    return await issue(ctx, me, schemas.ResumeContainer, wait, timeout, container)
+
+
+@router.put(P + "/containers/{container}/cpus", tags=["containers"], response_model=CommandResult)
+async def scale_container(
+    me: Me, ctx: Ctx, container: str, body: CpusBody, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Vertical scaling: the container's CPU allowance in cores."""
+    return await issue(ctx, me, schemas.ScaleContainer, wait, timeout, container, cpus=body.cpus)
+
+
+@router.put(P + "/templates/{template}/replicas", tags=["containers"], response_model=CommandResult)
+async def scale_app(
+    me: Me, ctx: Ctx, template: str, body: ReplicasBody, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Horizontal scaling: run this many replicas of a container template."""
+    template = own_template(ctx.cfg, me, template)
+    return await issue(
+        ctx, me, schemas.ScaleApp, wait, timeout, template=template, replicas=body.replicas
+    )

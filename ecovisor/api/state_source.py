@@ -1,0 +1,137 @@
+"""Where the API's answers come from: the ledger worker's per-app state views (latest
+tick, interval counters, ledger entries), behind the small ``StateSource`` interface.
+``HttpStateSource`` reads them over loopback HTTP (docs/ledger.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from ecovisor.contract.schemas import TickData, describe_validation_error
+
+
+class StateUnavailable(Exception):
+    """The live state or counters cannot be read (ledger not reachable, no tick yet)."""
+
+
+class LiveState(BaseModel):
+    """An app's live state as the API needs it, normalised from the ledger's view."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str
+    tick: int | None = Field(None, description="index of the latest closed tick")
+    time: AwareDatetime | None = Field(None, description="end of the latest closed tick")
+    data: TickData | None = Field(None, description="the latest tick's TickData")
+    app_metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="latest app metrics (latency_ms, progress, ...)"
+    )
+    view: dict[str, Any] = Field(default_factory=dict, description="the ledger's raw view")
+
+
+class IntervalCounter(BaseModel):
+    energy_j: float
+    carbon_g: float
+
+
+class Counters(BaseModel):
+    """Energy and carbon of an app and each container between two tick boundaries."""
+
+    app: str
+    t1: AwareDatetime = Field(description="tick boundary actually used for the start")
+    t2: AwareDatetime = Field(description="tick boundary actually used for the end")
+    energy_j: float
+    carbon_g: float
+    containers: dict[str, IntervalCounter] = Field(default_factory=dict)
+
+
+class StateSource(Protocol):
+    """Read access to the ledger's per-app state. The production implementation is
+    ``HttpStateSource``; tests use an in-memory double (tests/fakes/api.py)."""
+
+    async def state(self, app: str) -> LiveState: ...
+
+    async def counters(self, app: str, t1: datetime, t2: datetime) -> Counters: ...
+
+    async def ledger(self, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _first(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if k in d and d[k] is not None:
+            return d[k]
+    return None
+
+
+def live_state_from_view(app: str, view: dict[str, Any]) -> LiveState:
+    """Normalise the ledger's ``/ecovisor/state/{app}`` JSON (docs/ledger.md). Tolerant
+    of where the last TickData sits so the API does not break on an additive change."""
+    data = _first(view, "tick_data", "last_tick_data", "data", "last_tick")
+    tick_data = None
+    if isinstance(data, dict):
+        try:
+            tick_data = TickData.model_validate(data)
+        except ValidationError as e:
+            why = describe_validation_error(e)
+            raise StateUnavailable(f"ledger state of {app!r} has no valid TickData: {why}") from e
+    tick = _first(view, "tick", "last_tick_index")
+    metrics = dict(_first(view, "app_metrics", "metrics") or {})
+    if isinstance(metrics.get("extra"), dict):  # AppMetricsTelemetry.extra, flattened
+        metrics.update(metrics.pop("extra"))
+    return LiveState(
+        app=app,
+        tick=tick if isinstance(tick, int) else None,
+        time=_first(view, "time", "tick_end", "t_end"),
+        data=tick_data,
+        app_metrics={k: v for k, v in metrics.items() if isinstance(v, int | float | None)},
+        view=view,
+    )
+
+
+class HttpStateSource:
+    """The ledger worker's state views over loopback HTTP (no auth: loopback only)."""
+
+    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        try:
+            r = await self._http.get(path, params=params)
+        except httpx.HTTPError as e:
+            raise StateUnavailable(f"ledger state views not reachable at {self.base_url}") from e
+        if r.status_code >= 400:
+            try:
+                why = str(r.json().get("error", r.text))
+            except (ValueError, AttributeError):
+                why = r.text
+            raise StateUnavailable(f"ledger: {why[:200]}")
+        return r.json()
+
+    async def state(self, app: str) -> LiveState:
+        return live_state_from_view(app, await self._get(f"/ecovisor/state/{app}"))
+
+    async def counters(self, app: str, t1: datetime, t2: datetime) -> Counters:
+        raw = await self._get(
+            f"/ecovisor/counters/{app}", {"t1": t1.isoformat(), "t2": t2.isoformat()}
+        )
+        try:
+            return Counters.model_validate({"app": app, **raw})
+        except ValidationError as e:
+            why = describe_validation_error(e)
+            raise StateUnavailable(f"ledger counters for {app!r} unreadable: {why}") from e
+
+    async def ledger(self, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
+        raw = await self._get(
+            f"/ecovisor/ledger/{app}", {"from": t1.isoformat(), "to": t2.isoformat()}
+        )
+        entries = raw.get("entries", raw) if isinstance(raw, dict) else raw
+        return list(entries)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
