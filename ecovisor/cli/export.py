@@ -1,11 +1,24 @@
-"""``ecovisor export``: the ledger of one app between two times (streams/export.py)."""
+"""``ecovisor export``: the ledger entries of one app between two times, read from
+ecovisor.ledger to its current end (formats in ``ecovisor.cli.export_format``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+
+from ecovisor.adapters.kafka import KafkaUnavailable, assigned_consumer, read_to_end
+from ecovisor.cli.export_format import select, to_csv, to_jsonl
+from ecovisor.cli.follow import CLIENT_ID
+from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, load
+from ecovisor.contract import topics
+from ecovisor.contract.config import kafka_bootstrap
+
+# A bound on reading the whole ledger (up to its end offsets when the export starts);
+# generous, since a long run holds many entries.
+LEDGER_READ_TIMEOUT_S = 600.0
 
 
 def _time(v: str) -> datetime:
@@ -13,34 +26,36 @@ def _time(v: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("export")
-    def export(
-        app_id: Annotated[str, typer.Option("--app", help="application id")],
-        t_from: Annotated[str, typer.Option("--from", help="ISO 8601 start (inclusive)")],
-        t_to: Annotated[str, typer.Option("--to", help="ISO 8601 end (exclusive)")],
-        as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON lines")] = False,
-        config: Annotated[
-            str | None, typer.Option("--config", "-c", help="site configuration")
-        ] = None,
-        bootstrap: Annotated[str | None, typer.Option("--bootstrap")] = None,
-    ) -> None:
-        """Export an app's ledger entries (from ecovisor.ledger, de-duplicated by tick)."""
-        from ecovisor.cli.export_format import read_ledger, select, to_csv, to_jsonl
-        from ecovisor.contract.config import ConfigError, config_path, kafka_bootstrap, load_config
+def read_ledger(bootstrap: str) -> Iterator[bytes]:
+    """Every record of ecovisor.ledger up to its end now (KafkaUnavailable if the broker
+    or the topic is missing, or the reading does not finish in time)."""
+    cons, parts = assigned_consumer(bootstrap, topics.LEDGER, CLIENT_ID, timeout=KAFKA_TIMEOUT_S)
+    try:
+        for r in read_to_end(cons, parts, timeout=LEDGER_READ_TIMEOUT_S):
+            yield r.value
+    finally:
+        cons.close()
 
-        try:
-            t1, t2 = _time(t_from), _time(t_to)
-        except ValueError as e:
-            typer.echo(f"error: bad time: {e}", err=True)
-            raise typer.Exit(2) from None
-        site = None
-        if not bootstrap:
-            try:
-                cfg = load_config(config_path(config))
-            except ConfigError as e:
-                typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-                raise typer.Exit(2) from None
-            bootstrap, site = kafka_bootstrap(cfg), cfg.site.id
+
+def export(
+    app_id: Annotated[str, typer.Option("--app", help="application id")],
+    t_from: Annotated[str, typer.Option("--from", help="ISO 8601 start (inclusive)")],
+    t_to: Annotated[str, typer.Option("--to", help="ISO 8601 end (exclusive)")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON lines")] = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Export an app's ledger entries (from ecovisor.ledger, de-duplicated by tick)."""
+    try:
+        t1, t2 = _time(t_from), _time(t_to)
+    except ValueError as e:
+        raise fail(f"bad time: {e}", 2) from None
+    site = None  # with --bootstrap alone, every site's entries of the app
+    if not bootstrap:
+        cfg, _ = load(config, code=2)
+        bootstrap, site = kafka_bootstrap(cfg), cfg.site.id
+    try:
         entries = select(read_ledger(bootstrap), app_id, t1, t2, site)
-        typer.echo(to_csv(entries) if as_csv else to_jsonl(entries), nl=False)
+    except KafkaUnavailable as e:
+        raise fail(str(e)) from None
+    typer.echo(to_csv(entries) if as_csv else to_jsonl(entries), nl=False)

@@ -1,8 +1,8 @@
 """Ledger export for researchers: ``ecovisor export --app A --from T1 --to T2 [--csv]``.
 
-Reads ``ecovisor.ledger`` from the beginning with a partition-assigned consumer, keeps
-the app's entries whose tick starts in [T1, T2), de-duplicates by (site, app, tick) (a
-restarted ledger may re-send identical entries) and prints them in tick order: JSON lines
+Given the records of ``ecovisor.ledger`` (read by ``ecovisor.cli.export``), keeps the
+app's entries whose tick starts in [T1, T2), de-duplicates by (site, app, tick) (a
+restarted ledger may re-send identical entries) and renders them in tick order: JSON lines
 (the full ``AppLedgerEntry``) or CSV (one row per tick, columns ``CSV_COLUMNS``; J, g,
 W h, gCO2eq/kWh).
 """
@@ -68,29 +68,3 @@ def to_csv(entries: list[dict[str, Any]]) -> str:
 
 def to_jsonl(entries: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
-
-
-def read_ledger(bootstrap: str, idle_s: float = 1.5) -> Iterable[bytes]:
-    """Every record of ecovisor.ledger up to its current end."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from ecovisor.contract import topics
-
-    cons = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = cons.partitions_for_topic(topics.LEDGER) or set()
-        tps = [TopicPartition(topics.LEDGER, p) for p in sorted(parts)]
-        if not tps:
-            return
-        cons.assign(tps)
-        cons.seek_to_beginning(*tps)
-        end = cons.end_offsets(tps)
-        while any(cons.position(tp) < end[tp] for tp in tps):
-            batch = cons.poll(timeout_ms=int(idle_s * 1000))
-            if not batch:
-                break
-            for recs in batch.values():
-                for r in recs:
-                    yield r.value
-    finally:
-        cons.close()

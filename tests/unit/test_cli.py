@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ecovisor.cli import main as cli
+from ecovisor.cli.commands import CMD_NAMES, cmd_app
+from ecovisor.cli.format import format_record
+from ecovisor.cli.main import app
 from ecovisor.contract import schemas
 from ecovisor.contract.config import load_config
 from ecovisor.embedded import stack
@@ -25,7 +27,7 @@ runner = CliRunner()
 
 
 def test_config_check_ok_prints_summary_without_tokens() -> None:
-    r = runner.invoke(cli.app, ["config", "check", "--config", str(DEMO)])
+    r = runner.invoke(app, ["config", "check", "--config", str(DEMO)])
     assert r.exit_code == 0, r.output
     cfg = load_config(DEMO)
     for a in cfg.apps:
@@ -43,12 +45,12 @@ def test_config_check_reports_readable_errors(tmp_path: Path) -> None:
         "  - {id: b, token: long-enough-token, shares: {solar_fraction: 0.7},\n"
         "     containers: [{id: c, node: nope, backend: {type: cgroup_v1, cgroup: x}}]}\n"
     )
-    r = runner.invoke(cli.app, ["config", "check", "--config", str(bad)])
+    r = runner.invoke(app, ["config", "check", "--config", str(bad)])
     assert r.exit_code == 1
     assert "apps.0.token" in r.output and "at least 8" in r.output
     assert "Traceback" not in r.output
     bad.write_text(bad.read_text().replace("short", "long-enough-0"))
-    r = runner.invoke(cli.app, ["config", "check", "--config", str(bad)])
+    r = runner.invoke(app, ["config", "check", "--config", str(bad)])
     assert r.exit_code == 1
     assert "unknown node 'nope'" in r.output and "solar fractions" in r.output
 
@@ -57,35 +59,35 @@ def test_config_check_validates_source_options(tmp_path: Path) -> None:
     text = DEMO.read_text().replace("type: synthetic", "type: no-such-carbon-source")
     bad = tmp_path / "bad-source.yaml"
     bad.write_text(text)
-    r = runner.invoke(cli.app, ["config", "check", "--config", str(bad)])
+    r = runner.invoke(app, ["config", "check", "--config", str(bad)])
     assert r.exit_code == 1
     assert "site.carbon.type 'no-such-carbon-source' is unknown" in r.output
 
 
 def test_config_check_missing_file() -> None:
-    r = runner.invoke(cli.app, ["config", "check", "--config", "/nonexistent.yaml"])
+    r = runner.invoke(app, ["config", "check", "--config", "/nonexistent.yaml"])
     assert r.exit_code == 1 and "no such configuration file" in r.output
 
 
 def test_every_command_type_has_a_cmd_subcommand() -> None:
-    assert set(cli.CMD_NAMES) == set(schemas.COMMAND_TYPES)
-    registered = {c.name for c in cli.cmd_app.registered_commands}
-    assert set(cli.CMD_NAMES.values()) == registered
+    assert set(CMD_NAMES) == set(schemas.COMMAND_TYPES)
+    registered = {c.name for c in cmd_app.registered_commands}
+    assert set(CMD_NAMES.values()) == registered
     for name in registered:
-        r = runner.invoke(cli.app, ["cmd", name, "--help"])
+        r = runner.invoke(app, ["cmd", name, "--help"])
         assert r.exit_code == 0 and "--token" in r.output
 
 
 def test_set_powercap_needs_watts_xor_remove() -> None:
     base = ["cmd", "set-powercap", "--app", "web", "--container", "web-1", "--token", "t" * 8]
     for extra in ([], ["--watts", "3", "--remove"]):
-        r = runner.invoke(cli.app, base + extra + ["--bootstrap", "127.0.0.1:1", "--site", "s"])
+        r = runner.invoke(app, base + extra + ["--bootstrap", "127.0.0.1:1", "--site", "s"])
         assert r.exit_code == 2 and "exactly one of --watts or --remove" in r.output
 
 
 def test_token_comes_from_the_environment() -> None:
     r = runner.invoke(
-        cli.app,
+        app,
         ["cmd", "set-charge-rate", "--app", "web", "--watts", "-1", "--site", "s",
          "--bootstrap", "127.0.0.1:1"],
         env={"ECOVISOR_TOKEN": "from-env-token"},
@@ -100,15 +102,15 @@ def test_readable_lines() -> None:
         site="s", time=t, app="web", type="tick", tick=7,
         data={"app_power_w": 2.125, "solar_w": 1.0, "carbon_g": 0.0001},
     )  # fmt: skip
-    line = cli.format_record("notifications", n.to_json())
+    line = format_record("notifications", n.to_json())
     assert line.startswith("2024-06-01T12:00:00+00:00 web tick tick=7")
     assert "app_power_w=2.125" in line and "carbon_g=0.0001" in line
     dl = schemas.dead_letter("mqtt:x", "bad json", b"{oops")
-    line = cli.format_record("deadletter", dl.model_dump_json().encode())
+    line = format_record("deadletter", dl.model_dump_json().encode())
     assert "mqtt:x" in line and "reason='bad json'" in line and "raw={oops" in line
     cmd = schemas.SetBatteryChargeRate(site="s", time=t, app="web", token="secret-token", watts=1)
-    assert "secret-token" not in cli.format_record("commands", cmd.to_json())
-    assert cli.format_record("ledger", b"not json") == "not json"
+    assert "secret-token" not in format_record("commands", cmd.to_json())
+    assert format_record("ledger", b"not json") == "not json"
 
 
 def test_plan_of_demo_site(tmp_path: Path) -> None:
@@ -179,3 +181,30 @@ def test_workload_holds_its_utilisation() -> None:
     assert proc.returncode == 0
     cpu = ru.ru_utime + ru.ru_stime
     assert 0.4 * 1.5 * 0.7 < cpu < 0.4 * 1.5 * 1.3 + 0.15  # + interpreter start-up
+
+
+def test_each_subcommand_builds_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecovisor.cli import commands
+
+    sent: list[schemas.Command] = []
+    monkeypatch.setattr(commands, "publish_command", lambda c, *_a: sent.append(c) or 0)
+    cases = {
+        "set-powercap": (["--container", "c", "--remove"], {"container": "c", "watts": None}),
+        "set-charge-rate": (["--watts", "2"], {"watts": 2.0}),
+        "set-max-discharge": (["--watts", "3"], {"watts": 3.0}),
+        "set-carbon-rate": (["--container", "c", "--mg-per-s", "1.5", "--window-s", "30"],
+                            {"container": "c", "mg_per_s": 1.5, "window_s": 30.0}),
+        "set-carbon-budget": (["--grams", "4"], {"grams": 4.0, "period_s": 3600.0}),
+        "suspend": (["--container", "c"], {"container": "c"}),
+        "resume": (["--container", "c"], {"container": "c"}),
+        "scale": (["--container", "c", "--cpus", "0.5"], {"container": "c", "cpus": 0.5}),
+        "scale-app": (["--template", "t", "--replicas", "2"], {"template": "t", "replicas": 2}),
+    }  # fmt: skip
+    assert set(cases) == set(CMD_NAMES.values())
+    for name, (extra, fields) in cases.items():
+        r = runner.invoke(app, ["cmd", name, "--app", "web", "--token", "t" * 8, "--site", "s",
+                                "--bootstrap", "127.0.0.1:1", *extra])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        c = sent.pop()
+        assert CMD_NAMES[c.type] == name and (c.app, c.site, c.token) == ("web", "s", "t" * 8)
+        assert {k: getattr(c, k) for k in fields} == fields

@@ -2,7 +2,7 @@
 
 import json
 
-from ecovisor.cli.main import format_record
+from ecovisor.cli.format import format_record
 from ecovisor.core.shares import AppShare, SiteShape
 from ecovisor.core.state import SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
