@@ -160,7 +160,7 @@ def publisher(prod: KafkaProducer) -> Callable[[str, str, bytes], None]:
     """A synchronous publish (key as text): an ack is on the broker before we go on."""
 
     def publish(topic: str, key: str, value: bytes) -> None:
-        prod.send(topic, key=key.encode(), value=value)
-        prod.flush(timeout=10)
+        # .get() raises the send's error (flush() alone would not report it)
+        prod.send(topic, key=key.encode(), value=value).get(timeout=10)
 
     return publish
