@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 
 SCHEMA_VERSION = 1
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -235,6 +236,25 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 
 def parse_command(raw: bytes | str) -> AnyCommand:
     return COMMAND_ADAPTER.validate_json(raw)
+
+
+# The envelope every command carries; the rest of a command's fields are its own (what
+# the API body, the CLI options, the client arguments and a policy action hold).
+COMMAND_ENVELOPE = frozenset(("schema_version", "site", "time", "command_id", "app", "token"))
+
+
+def command_type(cls: type[Command]) -> str:
+    """A command's one name: its wire ``type`` (also the client method, the policy
+    action's ``type`` and, with dashes, the CLI subcommand)."""
+    return str(cls.model_fields["type"].default)
+
+
+def command_fields(cls: type[Command]) -> dict[str, FieldInfo]:
+    """The command's own fields (not the envelope, not ``type``), in declaration order."""
+    return {
+        name: f for name, f in cls.model_fields.items()
+        if name not in COMMAND_ENVELOPE and name != "type"
+    }
 
 
 # ---------------------------------------------------------------------------------------
