@@ -168,12 +168,14 @@ class EcovisorClient:
     def _value(self, suffix: str, **params: Any) -> Any:
         return self._request("GET", self._p(suffix), params=params or None)["value"]
 
-    def _command(
-        self, method: str, suffix: str, body: dict[str, Any] | None, wait: bool | None
-    ) -> CommandResult:
+    def command(self, type: str, *, wait: bool | None = None, **fields: Any) -> CommandResult:
+        """Send any command of the contract by its one name (its wire ``type``) with its
+        own fields (docs/contract.md); every setter below is this. Raises
+        CommandRejected when the outcome is rejected or failed."""
         w = self.wait if wait is None else wait
         params = {"wait": "true", "timeout": self.wait_timeout} if w else None
-        raw = self._request(method, self._p(suffix), json=body, params=params)
+        body = {"type": type, **fields}
+        raw = self._request("POST", self._p("/commands"), json=body, params=params)
         res = CommandResult(**raw)
         if not res.ok:
             raise CommandRejected(res)
@@ -224,15 +226,15 @@ class EcovisorClient:
         self, container: str, watts: float | None, *, wait: bool | None = None
     ) -> CommandResult:
         """Cap a container's power, W; ``None`` removes the cap."""
-        return self._command("PUT", f"/containers/{container}/powercap", {"watts": watts}, wait)
+        return self.command("set_container_powercap", container=container, watts=watts, wait=wait)
 
     def set_battery_charge_rate(self, watts: float, *, wait: bool | None = None) -> CommandResult:
         """Charge the virtual battery at this rate until full, W (0: solar only)."""
-        return self._command("PUT", "/battery/charge_rate", {"watts": watts}, wait)
+        return self.command("set_battery_charge_rate", watts=watts, wait=wait)
 
     def set_battery_max_discharge(self, watts: float, *, wait: bool | None = None) -> CommandResult:
         """Maximum virtual battery discharge rate, W."""
-        return self._command("PUT", "/battery/max_discharge", {"watts": watts}, wait)
+        return self.command("set_battery_max_discharge", watts=watts, wait=wait)
 
     # --- Table 2: library functions ------------------------------------------------
     def get_container_energy(self, container: str, t1: datetime, t2: datetime) -> float:
@@ -264,32 +266,31 @@ class EcovisorClient:
         wait: bool | None = None,
     ) -> CommandResult:
         """A container's carbon rate, mg/s over ``window_s`` (tracked and notified)."""
-        body = {"mg_per_s": rate, "window_s": window_s}
-        return self._command("PUT", f"/containers/{container}/carbon_rate", body, wait)
+        return self.command("set_carbon_rate", container=container, mg_per_s=rate,
+                            window_s=window_s, wait=wait)
 
     def set_carbon_budget(
         self, budget: float | None, period_s: float = 3600.0, *, wait: bool | None = None
     ) -> CommandResult:
         """The app's carbon budget, g per ``period_s`` (tracked and notified)."""
-        return self._command("PUT", "/carbon_budget", {"grams": budget, "period_s": period_s}, wait)
+        return self.command("set_carbon_budget", grams=budget, period_s=period_s, wait=wait)
 
     # --- containers ----------------------------------------------------------------
     def suspend_container(self, container: str, *, wait: bool | None = None) -> CommandResult:
-        return self._command("POST", f"/containers/{container}/suspend", None, wait)
+        return self.command("suspend_container", container=container, wait=wait)
 
     def resume_container(self, container: str, *, wait: bool | None = None) -> CommandResult:
-        return self._command("POST", f"/containers/{container}/resume", None, wait)
+        return self.command("resume_container", container=container, wait=wait)
 
     def scale_container(
         self, container: str, cpus: float, *, wait: bool | None = None
     ) -> CommandResult:
         """Vertical scaling: the container's CPU allowance in cores."""
-        return self._command("PUT", f"/containers/{container}/cpus", {"cpus": cpus}, wait)
+        return self.command("scale_container", container=container, cpus=cpus, wait=wait)
 
     def scale_app(self, template: str, replicas: int, *, wait: bool | None = None) -> CommandResult:
         """Horizontal scaling: run this many replicas of a container template."""
-        body = {"replicas": replicas}
-        return self._command("PUT", f"/templates/{template}/replicas", body, wait)
+        return self.command("scale_app", template=template, replicas=replicas, wait=wait)
 
     # --- more ----------------------------------------------------------------------
     def get_app_info(self) -> dict[str, Any]:

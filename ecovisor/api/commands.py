@@ -11,25 +11,32 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me, own_container, own_template
-from ecovisor.api.models import (
-    CarbonBudgetBody,
-    CarbonRateBody,
-    CommandResult,
-    CpusBody,
-    PowercapBody,
-    ReplicasBody,
-    WattsBody,
-)
+from ecovisor.api.models import CommandRequest, CommandResult, command_body
 from ecovisor.api.wiring import Ctx, Wiring
 from ecovisor.contract import schemas
 from ecovisor.contract.config import AppConfig
-from ecovisor.contract.schemas import COMMAND_LIFECYCLE, COMMAND_OUTCOMES, Command, utcnow
+from ecovisor.contract.schemas import (
+    COMMAND_LIFECYCLE,
+    COMMAND_OUTCOMES,
+    COMMAND_TYPES,
+    Command,
+    utcnow,
+)
 
 MAX_WAIT_S = 30.0
 Wait = Annotated[bool, Query(description="wait for the lifecycle outcome")]
 Timeout = Annotated[float, Query(gt=0, le=MAX_WAIT_S, description="max seconds to wait")]
 
 router = APIRouter()
+
+# Route bodies: the command's own fields minus what the path names (contract-derived).
+SetContainerPowercapBody = command_body(schemas.SetContainerPowercap, ("container",))
+SetBatteryChargeRateBody = command_body(schemas.SetBatteryChargeRate)
+SetBatteryMaxDischargeBody = command_body(schemas.SetBatteryMaxDischarge)
+SetCarbonRateBody = command_body(schemas.SetCarbonRate, ("container",))
+SetCarbonBudgetBody = command_body(schemas.SetCarbonBudget)
+ScaleContainerBody = command_body(schemas.ScaleContainer, ("container",))
+ScaleAppBody = command_body(schemas.ScaleApp, ("template",))
 
 
 async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> CommandResult:
@@ -72,10 +79,12 @@ async def issue(
     container: str | None = None,
     **fields: Any,
 ) -> CommandResult:
-    """Build ``kind`` for ``me`` (its site, time and token; ``container`` only if
-    ``me`` owns it) and ``send`` it."""
+    """Build ``kind`` for ``me`` (its site, time and token; a ``container`` or
+    ``template`` only if ``me`` owns it) and ``send`` it."""
     if container is not None:
         fields["container"] = own_container(ctx.cfg, me, container)
+    if "template" in fields:
+        fields["template"] = own_template(ctx.cfg, me, fields["template"])
     envelope = {"site": ctx.cfg.site.id, "time": utcnow(), "app": me.id, "token": me.token}
     return await send(ctx, kind(**envelope, **fields), wait, timeout)
 
@@ -86,7 +95,7 @@ async def set_container_powercap(
     me: Me,
     ctx: Ctx,
     container: str,
-    body: PowercapBody,
+    body: SetContainerPowercapBody,  # type: ignore[valid-type]
     wait: Wait = False,
     timeout: Timeout = 5.0,
 ) -> CommandResult:
@@ -108,7 +117,8 @@ async def remove_container_powercap(
 
 @router.put(P + "/battery/charge_rate", tags=["table1"], response_model=CommandResult)
 async def set_battery_charge_rate(
-    me: Me, ctx: Ctx, body: WattsBody, wait: Wait = False, timeout: Timeout = 5.0
+    me: Me, ctx: Ctx, body: SetBatteryChargeRateBody,  # type: ignore[valid-type]
+    wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Charge the virtual battery at this rate (W) until full; 0 = solar only."""
     return await issue(ctx, me, schemas.SetBatteryChargeRate, wait, timeout, watts=body.watts)
@@ -116,7 +126,8 @@ async def set_battery_charge_rate(
 
 @router.put(P + "/battery/max_discharge", tags=["table1"], response_model=CommandResult)
 async def set_battery_max_discharge(
-    me: Me, ctx: Ctx, body: WattsBody, wait: Wait = False, timeout: Timeout = 5.0
+    me: Me, ctx: Ctx, body: SetBatteryMaxDischargeBody,  # type: ignore[valid-type]
+    wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Maximum virtual battery discharge rate (W)."""
     return await issue(ctx, me, schemas.SetBatteryMaxDischarge, wait, timeout, watts=body.watts)
@@ -130,7 +141,7 @@ async def set_carbon_rate(
     me: Me,
     ctx: Ctx,
     container: str,
-    body: CarbonRateBody,
+    body: SetCarbonRateBody,  # type: ignore[valid-type]
     wait: Wait = False,
     timeout: Timeout = 5.0,
 ) -> CommandResult:
@@ -141,7 +152,8 @@ async def set_carbon_rate(
 
 @router.put(P + "/carbon_budget", tags=["table2"], response_model=CommandResult)
 async def set_carbon_budget(
-    me: Me, ctx: Ctx, body: CarbonBudgetBody, wait: Wait = False, timeout: Timeout = 5.0
+    me: Me, ctx: Ctx, body: SetCarbonBudgetBody,  # type: ignore[valid-type]
+    wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """The app's carbon budget (g per period_s); the ecovisor tracks and notifies."""
     return await issue(
@@ -172,7 +184,8 @@ async def resume_container(
 
 @router.put(P + "/containers/{container}/cpus", tags=["containers"], response_model=CommandResult)
 async def scale_container(
-    me: Me, ctx: Ctx, container: str, body: CpusBody, wait: Wait = False, timeout: Timeout = 5.0
+    me: Me, ctx: Ctx, container: str, body: ScaleContainerBody,  # type: ignore[valid-type]
+    wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Vertical scaling: the container's CPU allowance in cores."""
     return await issue(ctx, me, schemas.ScaleContainer, wait, timeout, container, cpus=body.cpus)
@@ -180,10 +193,24 @@ async def scale_container(
 
 @router.put(P + "/templates/{template}/replicas", tags=["containers"], response_model=CommandResult)
 async def scale_app(
-    me: Me, ctx: Ctx, template: str, body: ReplicasBody, wait: Wait = False, timeout: Timeout = 5.0
+    me: Me, ctx: Ctx, template: str, body: ScaleAppBody,  # type: ignore[valid-type]
+    wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Horizontal scaling: run this many replicas of a container template."""
-    template = own_template(ctx.cfg, me, template)
     return await issue(
         ctx, me, schemas.ScaleApp, wait, timeout, template=template, replicas=body.replicas
     )
+
+
+# --- any command, by its one name -------------------------------------------------------
+@router.post(P + "/commands", tags=["commands"], response_model=CommandResult)
+async def command(
+    me: Me, ctx: Ctx, body: CommandRequest, wait: Wait = False, timeout: Timeout = 5.0
+) -> CommandResult:
+    """Any command of the contract (docs/contract.md), named by its ``type`` with its own
+    fields: the routes above are this for the paper's functions. The client library
+    sends every command here."""
+    fields = body.model_dump(exclude={"type"})  # type: ignore[attr-defined]
+    container = fields.pop("container", None)
+    kind = COMMAND_TYPES[body.type]  # type: ignore[attr-defined]
+    return await issue(ctx, me, kind, wait, timeout, container, **fields)

@@ -4,11 +4,12 @@ Units: W, Wh, J, gCO2eq/kWh, g, mg/s, s."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ecovisor.contract.config import AppConfig, EcovisorConfig
+from ecovisor.contract.schemas import COMMAND_TYPES, Command, command_fields, command_type
 from ecovisor.core.units import mj_to_wh
 from ecovisor.core.virtual_battery import battery_limits
 
@@ -47,40 +48,31 @@ class CommandResult(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class WattsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"watts": 5.0}]})
-    watts: float = Field(ge=0, allow_inf_nan=False, description="W")
+# --- command bodies: derived from the contract, so a command has one definition -------
 
 
-class PowercapBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"watts": 3.0}]})
-    watts: float | None = Field(ge=0, allow_inf_nan=False, description="W; null removes the cap")
-
-
-class CarbonRateBody(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"mg_per_s": 20.0, "window_s": 60.0}]}
+def command_body(cls: type[Command], path_params: tuple[str, ...] = (),
+                 with_type: bool = False) -> type[BaseModel]:
+    """A request body for command ``cls``: its own fields (types, bounds, defaults and
+    descriptions as in the contract) minus those the route takes from its path; with
+    ``with_type`` also its ``type`` tag (the generic ``POST .../commands`` body)."""
+    fields: dict[str, Any] = {
+        name: (f.annotation, f)
+        for name, f in command_fields(cls).items() if name not in path_params
+    }
+    if with_type:
+        fields = {"type": (Literal[command_type(cls)], command_type(cls)), **fields}  # type: ignore[valid-type]
+    suffix = "Request" if with_type else "Body"
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{cls.__name__}{suffix}", __config__=ConfigDict(extra="forbid"), **fields
     )
-    mg_per_s: float | None = Field(ge=0, allow_inf_nan=False, description="null removes it")
-    window_s: float = Field(60.0, gt=0, le=86400)
 
 
-class CarbonBudgetBody(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"grams": 3.5, "period_s": 3600.0}]}
-    )
-    grams: float | None = Field(ge=0, allow_inf_nan=False, description="null removes it")
-    period_s: float = Field(3600.0, gt=0)
-
-
-class CpusBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"cpus": 2.0}]})
-    cpus: float = Field(gt=0, le=1024)
-
-
-class ReplicasBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"replicas": 2}]})
-    replicas: int = Field(ge=0, le=256)
+# The generic endpoint's body: any command of the contract, told apart by ``type``.
+CommandRequest = Annotated[
+    Union[tuple(command_body(c, with_type=True) for c in COMMAND_TYPES.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 
 class AppInfo(BaseModel):

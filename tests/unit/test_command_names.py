@@ -1,0 +1,117 @@
+"""One name per command: the contract's wire ``type`` is the client method, the policy
+action's ``type`` and the CLI subcommand (dashes); the API's generic ``POST
+.../commands`` takes every command of the contract by that name, with the contract's
+bounds, and the same ownership rules as the named routes."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+from fastapi.testclient import TestClient
+
+import policies.base as actions
+from ecovisor.api.app import create_app
+from ecovisor.client import EcovisorClient
+from ecovisor.contract import schemas
+from ecovisor.contract.config import parse_config
+from tests.fakes.api import InMemoryBus, InMemoryStateSource
+
+SITE = """
+site:
+  id: s1
+  nodes: [{id: n1, cores: 2}]
+apps:
+  - id: web
+    token: web-token-123456
+    containers:
+      - {id: web-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-1}}
+    templates:
+      - {id: web-worker, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-worker}}
+  - id: batch
+    token: batch-token-654321
+    containers:
+      - {id: batch-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/batch-1}}
+"""
+WEB = {"Authorization": "Bearer web-token-123456"}
+
+# one valid example of each command's own fields (a new command type must add one)
+EXAMPLES: dict[str, dict[str, object]] = {
+    "set_container_powercap": {"container": "web-1", "watts": 3.0},
+    "set_battery_charge_rate": {"watts": 1.0},
+    "set_battery_max_discharge": {"watts": 2.0},
+    "set_carbon_rate": {"container": "web-1", "mg_per_s": 20.0, "window_s": 30.0},
+    "set_carbon_budget": {"grams": 3.5, "period_s": 600.0},
+    "suspend_container": {"container": "web-1"},
+    "resume_container": {"container": "web-1"},
+    "scale_container": {"container": "web-1", "cpus": 1.5},
+    "scale_app": {"template": "web-worker", "replicas": 2},
+}
+ACTIONS = {
+    c.type: c for c in vars(actions).values()
+    if inspect.isclass(c) and dataclasses.is_dataclass(c)
+    and isinstance(getattr(c, "type", None), str)
+}
+
+
+def test_every_command_has_an_example_here() -> None:
+    assert set(EXAMPLES) == set(schemas.COMMAND_TYPES)
+
+
+@pytest.mark.parametrize("name", sorted(schemas.COMMAND_TYPES))
+def test_the_wire_type_is_the_client_method_and_the_policy_action(name: str) -> None:
+    cls = schemas.COMMAND_TYPES[name]
+    assert schemas.command_type(cls) == name
+    assert callable(getattr(EcovisorClient, name, None)), f"client lacks {name}()"
+    action = ACTIONS.get(name)
+    assert action is not None, f"policies.base has no action of type {name!r}"
+    assert action.__name__ == cls.__name__
+    # the action carries the command's own fields, by the same names, in the same order
+    assert [f.name for f in dataclasses.fields(action)] == list(schemas.command_fields(cls))
+
+
+@pytest.fixture
+def api() -> tuple[TestClient, InMemoryBus]:
+    bus = InMemoryBus()
+    return TestClient(create_app(parse_config(SITE), InMemoryStateSource(), bus)), bus
+
+
+@pytest.mark.parametrize("name", sorted(schemas.COMMAND_TYPES))
+def test_the_generic_endpoint_publishes_each_command(api, name: str) -> None:
+    tc, bus = api
+    r = tc.post("/v1/apps/web/commands", headers=WEB, json={"type": name, **EXAMPLES[name]})
+    assert r.status_code == 200, r.text
+    [cmd] = bus.published
+    assert isinstance(cmd, schemas.COMMAND_TYPES[name])
+    assert cmd.app == "web" and cmd.site == "s1" and cmd.token == "web-token-123456"
+    assert r.json()["command_id"] == cmd.command_id and r.json()["type"] == name
+    for k, v in EXAMPLES[name].items():
+        assert getattr(cmd, k) == v
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"type": "set_container_powercap", "container": "batch-1", "watts": 3.0}, 403),
+        ({"type": "suspend_container", "container": "nowhere"}, 404),
+        ({"type": "scale_app", "template": "nope", "replicas": 1}, 404),
+        ({"type": "set_battery_charge_rate", "watts": -1.0}, 422),
+        ({"type": "set_container_powercap", "container": "web-1"}, 422),  # watts required
+        ({"type": "set_battery_charge_rate", "watts": 1.0, "app": "batch"}, 422),  # envelope
+        ({"type": "no_such_command"}, 422),
+        ({"watts": 1.0}, 422),
+    ],
+)
+def test_the_generic_endpoint_checks_ownership_and_bounds(api, body, status) -> None:
+    tc, bus = api
+    r = tc.post("/v1/apps/web/commands", headers=WEB, json=body)
+    assert r.status_code == status, r.text
+    assert bus.published == []
+
+
+def test_another_apps_path_is_forbidden(api) -> None:
+    tc, bus = api
+    r = tc.post("/v1/apps/batch/commands", headers=WEB,
+                json={"type": "set_battery_charge_rate", "watts": 1.0})
+    assert r.status_code == 403 and bus.published == []
