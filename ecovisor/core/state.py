@@ -11,7 +11,7 @@ No clocks, no I/O, no globals.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
@@ -82,39 +82,39 @@ class AppSettings(BaseModel):
 
 class SetBatteryChargeRate(BaseModel):
     model_config = _FROZEN
-    kind: Literal["set_battery_charge_rate"] = "set_battery_charge_rate"
+    type: Literal["set_battery_charge_rate"] = "set_battery_charge_rate"
     watts: float = Field(ge=0.0)
 
 
 class SetBatteryMaxDischarge(BaseModel):
     model_config = _FROZEN
-    kind: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
+    type: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
     watts: float | None = Field(ge=0.0, description="None = back to the share's limit")
 
 
 class SetContainerPowercap(BaseModel):
     model_config = _FROZEN
-    kind: Literal["set_container_powercap"] = "set_container_powercap"
+    type: Literal["set_container_powercap"] = "set_container_powercap"
     container: str = Field(min_length=1)
     watts: float | None = Field(gt=0.0, description="None removes the cap")
 
 
 class SetCarbonRate(BaseModel):
     model_config = _FROZEN
-    kind: Literal["set_carbon_rate"] = "set_carbon_rate"
+    type: Literal["set_carbon_rate"] = "set_carbon_rate"
     container: str = Field(min_length=1)
     limit: CarbonRateLimit | None = Field(description="None removes the limit")
 
 
 class SetCarbonBudget(BaseModel):
     model_config = _FROZEN
-    kind: Literal["set_carbon_budget"] = "set_carbon_budget"
+    type: Literal["set_carbon_budget"] = "set_carbon_budget"
     budget: CarbonBudget | None = Field(description="None removes the budget")
 
 
 class SetNotifyThresholds(BaseModel):
     model_config = _FROZEN
-    kind: Literal["set_notify_thresholds"] = "set_notify_thresholds"
+    type: Literal["set_notify_thresholds"] = "set_notify_thresholds"
     notify: NotifyThresholds
 
 
@@ -125,7 +125,7 @@ SettingsChange = Annotated[
     | SetCarbonRate
     | SetCarbonBudget
     | SetNotifyThresholds,
-    Field(discriminator="kind"),
+    Field(discriminator="type"),
 ]
 
 
@@ -137,6 +137,17 @@ class PendingChange(BaseModel):
 
     accepted_k: int = Field(ge=0)
     change: SettingsChange
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_was_kind(cls, data: Any) -> Any:
+        """Snapshots written before the change's tag was named ``type`` (as on the
+        wire) call it ``kind``; restore them unchanged."""
+        change = data.get("change") if isinstance(data, dict) else None
+        if isinstance(change, dict) and "kind" in change and "type" not in change:
+            data = {**data, "change": {**{k: v for k, v in change.items() if k != "kind"},
+                                       "type": change["kind"]}}
+        return data
 
 
 # --- inputs of one tick ----------------------------------------------------------------

@@ -115,3 +115,15 @@ def test_another_apps_path_is_forbidden(api) -> None:
     r = tc.post("/v1/apps/batch/commands", headers=WEB,
                 json={"type": "set_battery_charge_rate", "watts": 1.0})
     assert r.status_code == 403 and bus.published == []
+
+
+def test_a_settings_change_has_the_commands_name_and_old_snapshots_restore() -> None:
+    from ecovisor.core import state
+
+    for change in (state.SetBatteryChargeRate(watts=1.0),
+                   state.SetContainerPowercap(container="c", watts=2.0)):
+        assert change.type in schemas.COMMAND_TYPES
+    old = {"accepted_k": 3, "change": {"kind": "set_battery_charge_rate", "watts": 1.5}}
+    p = state.PendingChange.model_validate(old)
+    assert p.change == state.SetBatteryChargeRate(watts=1.5)
+    assert state.PendingChange.model_validate_json(p.model_dump_json()) == p
