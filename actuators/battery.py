@@ -124,14 +124,11 @@ class MqttSender:
     """paho-mqtt client publishing QoS 1 + retain, waiting for the broker's PUBACK."""
 
     def __init__(self, host: str, port: int, client_id: str, timeout: float = 5.0) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 
         self.timeout = timeout
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.reconnect_delay_set(0.2, 5)
-        self.client.connect_async(host, port, keepalive=10)
-        self.client.loop_start()
+        self.client = mqtt_client(client_id, reconnect_min_s=0.2, reconnect_max_s=5)
+        connect_in_background(self.client, host, port)
 
     def __call__(self, topic: str, payload: bytes) -> None:
         info = self.client.publish(topic, payload, qos=1, retain=True)

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from pydantic import Field, ValidationError
 
 from collectors.common import Options, SourceKind, cli_main, make_publisher, run_every
-from collectors.publisher import connect_in_background, mqtt_client
+from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 from ecovisor.contract import topics
 from ecovisor.contract.config import ConfigError, EcovisorConfig, mqtt_endpoint
 from ecovisor.contract.schemas import BatterySetpoint, BatteryTelemetry, describe_validation_error

@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
+from ecovisor.adapters.mqtt import (
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    connect_in_background,
+    mqtt_client,
+)
 from ecovisor.contract import topics
 from ecovisor.contract.schemas import Telemetry, utcnow
 
@@ -39,36 +44,6 @@ class PublisherStats:
     @property
     def pending(self) -> int:
         return self.published - self.acked
-
-
-RECONNECT_MIN_S = 0.2
-RECONNECT_MAX_S = 10.0
-KEEPALIVE_S = 10
-
-
-def mqtt_client(
-    client_id: str,
-    *,
-    reconnect_min_s: float = RECONNECT_MIN_S,
-    reconnect_max_s: float = RECONNECT_MAX_S,
-) -> mqtt.Client:
-    """A collector's paho client (callback API v2, MQTT 3.1.1, clean session). paho's
-    network thread retries the first connection and every reconnection itself, waiting
-    ``reconnect_min_s`` doubling up to ``reconnect_max_s``: no retry loop of ours."""
-    c = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=True,
-        protocol=mqtt.MQTTv311,
-    )
-    c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
-    return c
-
-
-def connect_in_background(client: mqtt.Client, host: str, port: int) -> None:
-    """Start paho's network thread, which connects (and reconnects) on its own."""
-    client.connect_async(host, port, keepalive=KEEPALIVE_S)
-    client.loop_start()
 
 
 class Publisher:
