@@ -2,7 +2,7 @@
 
 ``python -m streams.bridge --config FILE`` subscribes (QoS 1, persistent session, stable
 client id ``ecovisor-bridge-<site>``) to ``ecovisor/+/telemetry/#``, validates each message
-against the contract (ecovisor.schemas) and produces it to ``ecovisor.telemetry`` keyed by
+against the contract (ecovisor.contract.schemas) and produces it to ``ecovisor.telemetry`` keyed by
 site id; anything malformed or invalid goes to ``ecovisor.deadletter`` with the reason and
 the raw payload. Each MQTT message is acknowledged (manual PUBACK) only after Kafka
 confirmed its write (acks=all), strictly in arrival order; so a bridge killed at any point
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import signal
 import sys
@@ -28,6 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    wait_exponential,
+)
 
 from ecovisor.contract import schemas, topics
 from ecovisor.contract.config import (
@@ -115,31 +123,42 @@ class Bridge:
 
     # --- Kafka --------------------------------------------------------------------
     def _connect_kafka(self) -> None:
+        """The producer, retried with backoff (0.5 s doubling up to 15 s) until Kafka
+        answers or the bridge is stopped (then ``self.producer`` stays None)."""
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                self.producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap,
-                    client_id=self.client_id,
-                    acks="all",
-                    linger_ms=5,
-                    batch_size=256 * 1024,
-                    # one request in flight per connection keeps Kafka order on retries
-                    max_in_flight_requests_per_connection=1,
-                    request_timeout_ms=10_000,
-                    delivery_timeout_ms=30_000,
-                    retry_backoff_ms=200,
-                )
-                log.info("connected to Kafka at %s", self.bootstrap)
-                return
-            except KafkaError as e:
-                log.warning("Kafka at %s not reachable (%s); retrying in %.1f s",
-                            self.bootstrap, e, delay)  # fmt: skip
-                self.stop.wait(delay)
-                delay = min(delay * 2, 15.0)
+        def retrying_in(rs: RetryCallState) -> None:
+            err = rs.outcome.exception() if rs.outcome else None
+            delay = rs.next_action.sleep if rs.next_action else 0.0
+            log.warning("Kafka at %s not reachable (%s); retrying in %.1f s",
+                        self.bootstrap, err, delay)  # fmt: skip
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(KafkaError),
+            wait=wait_exponential(multiplier=0.5, max=15.0),
+            stop=lambda _rs: self.stop.is_set(),
+            sleep=self.stop.wait,  # a stop ends the wait at once
+            before_sleep=retrying_in,
+        )
+        with contextlib.suppress(RetryError):  # stopped before Kafka answered
+            for attempt in retrying:
+                with attempt:
+                    if self.stop.is_set():
+                        return
+                    self.producer = KafkaProducer(
+                        bootstrap_servers=self.bootstrap,
+                        client_id=self.client_id,
+                        acks="all",
+                        linger_ms=5,
+                        batch_size=256 * 1024,
+                        # one request in flight per connection keeps Kafka order on retries
+                        max_in_flight_requests_per_connection=1,
+                        request_timeout_ms=10_000,
+                        delivery_timeout_ms=30_000,
+                        retry_backoff_ms=200,
+                    )
+                    log.info("connected to Kafka at %s", self.bootstrap)
 
     def _send(self, r: Routed) -> Any:
         fut = self.producer.send(r.topic, key=r.key, value=r.value)

@@ -27,10 +27,13 @@ import logging
 import os
 import signal
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+from ecovisor.adapters.kafka import KafkaUnavailable, assigned_consumer, create_topics
 from ecovisor.contract import topics
 from ecovisor.contract.config import (
     ConfigError,
@@ -39,6 +42,7 @@ from ecovisor.contract.config import (
     influxdb_url,
     kafka_bootstrap,
     load_config,
+    one_line,
 )
 from ecovisor.core.units import mj_to_j, ug_to_g
 
@@ -98,10 +102,11 @@ def points(entry: dict[str, Any]) -> list[Any]:
     return out
 
 
-def run(cfg: EcovisorConfig, stop: list[bool], idle_exit_s: float | None = None) -> int:
+def run(cfg: EcovisorConfig, stop: threading.Event) -> int:
+    """Copy ledger entries to the time-series store until ``stop``; 1 if a write keeps
+    failing (the positions file still points at the unwritten entries)."""
     from influxdb_client import InfluxDBClient
     from influxdb_client.client.write_api import SYNCHRONOUS
-    from kafka import KafkaConsumer, TopicPartition
 
     tgt = target(cfg)
     if tgt is None:
@@ -112,12 +117,11 @@ def run(cfg: EcovisorConfig, stop: list[bool], idle_exit_s: float | None = None)
     state.mkdir(parents=True, exist_ok=True)
     pos_file = state / f"history-{cfg.site.id}.offsets.json"
     positions: dict[str, int] = json.loads(pos_file.read_text()) if pos_file.exists() else {}
-    consumer = KafkaConsumer(
-        bootstrap_servers=kafka_bootstrap(cfg), enable_auto_commit=False, group_id=None
+    bootstrap = kafka_bootstrap(cfg)
+    create_topics(bootstrap, [topics.LEDGER])  # the sink may start before the ledger
+    consumer, tps = assigned_consumer(
+        bootstrap, topics.LEDGER, f"ecovisor-history-{cfg.site.id}", fetch_max_wait_ms=500
     )
-    parts = consumer.partitions_for_topic(topics.LEDGER) or {0}
-    tps = [TopicPartition(topics.LEDGER, p) for p in sorted(parts)]
-    consumer.assign(tps)
     for tp in tps:
         if str(tp.partition) in positions:
             consumer.seek(tp, positions[str(tp.partition)])
@@ -125,10 +129,18 @@ def run(cfg: EcovisorConfig, stop: list[bool], idle_exit_s: float | None = None)
             consumer.seek_to_beginning(tp)
     client = InfluxDBClient(url=url, token=token or "unused", org=cfg.stack.influxdb_org)
     writer = client.write_api(write_options=SYNCHRONOUS)
+    # a store restarting or briefly overloaded: 5 attempts, 0.5 s doubling up to 5 s
+    write = Retrying(
+        stop=stop_after_attempt(5),
+        wait=wait_exponential(multiplier=0.5, max=5.0),
+        before_sleep=lambda rs: log.warning(
+            "write to %s failed (%s), retrying", url, rs.outcome and rs.outcome.exception()
+        ),
+        reraise=True,
+    )
     log.info("writing ledger entries to %s at %s", kind, url)
-    last_data = time.monotonic()
     try:
-        while not stop[0]:
+        while not stop.is_set():
             batch = consumer.poll(timeout_ms=500, max_records=5000)
             pts: list[Any] = []
             for tp, records in batch.items():
@@ -141,21 +153,14 @@ def run(cfg: EcovisorConfig, stop: list[bool], idle_exit_s: float | None = None)
                         log.warning("skipping malformed ledger record at %s: %s", r.offset, e)
                     positions[str(tp.partition)] = r.offset + 1
             if pts:
-                for attempt in range(5):
-                    try:
-                        writer.write(bucket=bucket, org=cfg.stack.influxdb_org, record=pts)
-                        break
-                    except Exception as e:  # noqa: BLE001 - retried, then reported
-                        log.warning("write to %s failed (%s), retrying", url, e)
-                        time.sleep(min(5.0, 0.5 * 2**attempt))
-                else:
-                    log.error("giving up on %d points; will retry from the same offsets", len(pts))
+                try:
+                    write(writer.write, bucket=bucket, org=cfg.stack.influxdb_org, record=pts)
+                except Exception as e:  # noqa: BLE001 - reported, the entries stay unread
+                    log.error("giving up on %d points (%s); will retry from the same "
+                              "offsets", len(pts), e)  # fmt: skip
                     return 1
             if batch:
                 pos_file.write_text(json.dumps(positions))
-                last_data = time.monotonic()
-            elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
-                break
     finally:
         consumer.close()
         client.close()
@@ -172,16 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(config_path(a.config))
         target(cfg)
     except ConfigError as e:
-        print(f"streams.history: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"streams.history: {one_line(e)}", file=sys.stderr)
         return 2
-    stop = [False]
-
-    def _stop(*_: Any) -> None:
-        stop[0] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    return run(cfg, stop)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        return run(cfg, stop)
+    except KafkaUnavailable as e:
+        print(f"streams.history: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ecovisor.embedded.servers import (
     victoria_metrics_command,
     victoria_metrics_path,
 )
-from streams.ledger import SiteLedger
+from streams.ledger_worker import SiteLedger
 from tests.integration.test_ledger_e2e import SCRIPT, T0, site_yaml, start, stop
 
 pytestmark = pytest.mark.integration

@@ -198,6 +198,25 @@ class MqttPub:
         topic = topics.mqtt_telemetry(m.site, m.kind, m.source)
         self.c.publish(topic, m.to_json(), qos=1).wait_for_publish(10)
 
+    def wait_bridged(self, bootstrap: str, timeout: float = 60.0) -> None:
+        """Publish probes of another site until the bridge forwards one to Kafka: MQTT
+        drops what is published before the bridge's subscription exists (a fixed sleep
+        was not enough on a loaded machine). The ledger ignores other sites."""
+        site = f"probe-{time.time_ns()}"  # a probe of an earlier test is not the answer
+        probe = Reader(bootstrap, topics.TELEMETRY, site)
+        try:
+            deadline = time.monotonic() + timeout
+            seq = 0
+            while time.monotonic() < deadline:
+                seq += 1
+                self.send(CarbonTelemetry(site=site, time=at(0), source="probe", seq=seq,
+                                          intensity_g_per_kwh=1.0))  # fmt: skip
+                if probe.poll():
+                    return
+            raise AssertionError("the bridge forwarded no probe")
+        finally:
+            probe.close()
+
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
@@ -217,7 +236,7 @@ def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None
     from kafka import KafkaProducer
 
     from ecovisor.contract.config import load_config
-    from streams.ledger import prepare_topics
+    from streams.ledger_app import prepare_topics
 
     cfg = load_config(stack["cfg"])
     prepare_topics(cfg, stack["bootstrap"])
@@ -228,7 +247,7 @@ def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None
     nb = Reader(stack["bootstrap"], topics.notifications("b"), "s1")
     pub = MqttPub(stack["mqtt"])
     try:
-        time.sleep(1.0)  # the bridge subscribes
+        pub.wait_bridged(stack["bootstrap"])  # the bridge subscribes
         for m in SCRIPT:
             pub.send(m)
         entries = led_r.wait(lambda xs: len(xs) >= 4, timeout=60)
@@ -295,6 +314,10 @@ def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None
         q = {"t1": at(1).isoformat(), "t2": at(2).isoformat()}
         cn = httpx.get(f"{base}/ecovisor/counters/a", params=q, timeout=5).json()
         assert cn["energy_j"] == 6.0 and cn["ticks"] == [k0 + 1, k0 + 1]
+        q = {"from": at(0).isoformat(), "to": at(2).isoformat()}
+        lv = httpx.get(f"{base}/ecovisor/ledger/a", params=q, timeout=5).json()
+        assert [e["k"] for e in lv["entries"]] == [k0, k0 + 1]
+        assert httpx.get(f"{base}/ecovisor/ledger/zz", timeout=5).status_code == 404
         prod.close()
         # researchers' export: the same two ticks, de-duplicated, as CSV
         out = subprocess.run(

@@ -16,7 +16,7 @@ from ecovisor.contract import topics
 from ecovisor.contract.config import load_config
 from ecovisor.contract.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
 from ecovisor.embedded.servers import free_port
-from streams.ledger import prepare_topics
+from streams.ledger_app import prepare_topics
 from tests.integration.test_ledger_e2e import Reader, at, start, stop
 
 pytestmark = pytest.mark.integration

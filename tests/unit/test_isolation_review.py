@@ -17,7 +17,7 @@ import pytest
 
 from actuators.containers import ContainerActuator
 from actuators.state import latest_actions
-from ecovisor.api.app import InMemoryBus, InMemoryStateSource, app_routes, create_app
+from ecovisor.api.app import create_app
 from ecovisor.contract import topics
 from ecovisor.contract.config import ConfigError, EcovisorConfig, parse_config
 from ecovisor.contract.schemas import (
@@ -28,7 +28,8 @@ from ecovisor.contract.schemas import (
     SuspendContainer,
     utcnow,
 )
-from streams.ledger import SiteLedger
+from streams.ledger_worker import SiteLedger
+from tests.fakes.api import InMemoryBus, InMemoryStateSource, app_routes
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

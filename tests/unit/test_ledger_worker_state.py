@@ -14,7 +14,7 @@ from ecovisor.contract.schemas import (
     SetBatteryChargeRate,
 )
 from ecovisor.core.tick_clock import to_us
-from streams.ledger import SiteLedger
+from streams.ledger_worker import SiteLedger
 
 SITE = """
 site:

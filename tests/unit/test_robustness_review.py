@@ -20,7 +20,7 @@ from ecovisor.contract.schemas import (
     dead_letter,
 )
 from ecovisor.core.tick_clock import TickClock, to_us
-from streams.ledger import SiteLedger
+from streams.ledger_worker import SiteLedger
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -239,7 +239,8 @@ def test_api_bad_bodies_get_422_with_a_reason_and_publish_nothing(cfg) -> None:
 
     import httpx
 
-    from ecovisor.api.app import InMemoryBus, InMemoryStateSource, create_app
+    from ecovisor.api.app import create_app
+    from tests.fakes.api import InMemoryBus, InMemoryStateSource
 
     bus = InMemoryBus()
     api = create_app(cfg, InMemoryStateSource(), bus)

@@ -1,0 +1,179 @@
+"""The ledger worker's state views, served on 127.0.0.1:``stack.ledger_web_port`` (no
+auth: loopback only) and read by the REST API (ecovisor/api/state_source.py):
+
+* ``GET /ecovisor/state/{app}``: settings, last tick data, cumulative totals, clock;
+* ``GET /ecovisor/counters/{app}?t1=&t2=``: exact energy/carbon between tick boundaries;
+* ``GET /ecovisor/ledger/{app}?from=&to=``: the ledger entries kept in memory.
+
+``respond(kind, ledger, app, query)`` answers one request as (JSON body, status), no
+I/O; ``add_pages`` mounts the three on the Faust web server. Formats: docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ecovisor.core.tick_clock import to_us
+from ecovisor.core.units import mj_to_j, ug_to_g
+from streams.ledger_worker import SiteLedger, utc_from_us
+
+ViewKind = Literal["state", "counters", "ledger"]
+Answer = tuple[dict[str, Any], int]  # JSON body, HTTP status
+
+
+def state_view(led: SiteLedger, app: str) -> dict[str, Any] | None:
+    """The app's state now (None: not an app of this site)."""
+    if app not in led.state.apps:
+        return None
+    st = led.state.apps[app]
+    last = led.last.get(app, {})
+    clock = led.clock
+    return {
+        "app": app,
+        "site": led.cfg.site.id,
+        "tick": last.get("tick"),
+        "time": last.get("time"),
+        "tick_s": led.cfg.site.shape.tick_s,
+        "tick_data": last.get("tick_data"),
+        "settings": st.settings.model_dump(mode="json"),
+        "pending_changes": len(st.pending),
+        "battery_wh": st.battery_mj / 3_600_000,
+        "suspended": led.suspended.get(app, []),
+        "carbon": {
+            "budget": st.tracking.budget.model_dump(mode="json") if st.tracking.budget else None,
+            "rate_windows": {
+                c: {"level": w.level.value} for c, w in st.tracking.rate_windows.items()
+            },
+        },
+        "app_metrics": led.metrics.get(app, {}),
+        "cumulative": {
+            "energy_j": mj_to_j(st.cumulative.total.energy_mj),
+            "carbon_g": ug_to_g(st.cumulative.total.carbon_ug),
+            "ticks": st.cumulative.ticks,
+            "estimated_ticks": st.cumulative.estimated_ticks,
+        },
+        "clock": {
+            "next_close": clock.next_close,
+            "watermark": (
+                utc_from_us(clock.watermark_us).isoformat() if clock.watermark_us else None
+            ),
+            "samples": clock.n_samples,
+            "duplicates": clock.n_duplicates,
+            "late": clock.n_late,
+            "estimated": clock.n_estimated,
+        },
+    }
+
+
+def counters_view(
+    tick_us: int, t1: datetime, t2: datetime, rows: dict[int, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Energy and carbon between the tick boundaries nearest inside [t1, t2], exact
+    from the per-tick cumulative counters (``rows``: k -> counter row). None: the
+    interval is outside the kept history."""
+    if not rows:
+        return None
+    k1 = -(-to_us(t1.timestamp()) // tick_us)  # first boundary >= t1
+    k2 = to_us(t2.timestamp()) // tick_us  # last boundary <= t2
+    ks = sorted(rows)
+    # cumulative at boundary b = row of tick b-1 (tick b-1 ends at b)
+    lo_k, hi_k = k1 - 1, k2 - 1
+    lo_k = max(lo_k, ks[0] - 1)
+    hi_k = min(hi_k, ks[-1])
+    if hi_k <= lo_k:
+        b = utc_from_us(max(k1, ks[0]) * tick_us)
+        return {
+            "t1": b.isoformat(),
+            "t2": b.isoformat(),
+            "energy_j": 0.0,
+            "carbon_g": 0.0,
+            "containers": {},
+            "ticks": [None, None],
+        }
+    hi = rows.get(hi_k)
+    lo = rows.get(lo_k, {"energy_mj": 0, "carbon_ug": 0, "containers": {}})
+    if hi is None:
+        return None
+    if lo_k < ks[0]:  # before the first recorded tick: counters start at zero
+        lo = {"energy_mj": 0, "carbon_ug": 0, "containers": {}}
+        first_row = rows[ks[0]]
+        if ks[0] > 0 and first_row is not None and lo_k != ks[0] - 1:
+            return None
+    conts = {}
+    for c, (e, g) in hi["containers"].items():
+        e0, g0 = lo["containers"].get(c, (0, 0))
+        conts[c] = {"energy_j": mj_to_j(e - e0), "carbon_g": ug_to_g(g - g0)}
+    return {
+        "t1": utc_from_us((lo_k + 1) * tick_us).isoformat(),
+        "t2": utc_from_us((hi_k + 1) * tick_us).isoformat(),
+        "energy_j": mj_to_j(hi["energy_mj"] - lo["energy_mj"]),
+        "carbon_g": ug_to_g(hi["carbon_ug"] - lo["carbon_ug"]),
+        "containers": conts,
+        "ticks": [lo_k + 1, hi_k],
+    }
+
+
+def ledger_view(led: SiteLedger, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
+    """The app's kept ledger entries with tick start in [t1, t2)."""
+    a, b = t1.timestamp(), t2.timestamp()
+    return [json.loads(e) for t, e in led.entries.get(app, ()) if a <= t < b]
+
+
+def _time(query: Mapping[str, str], name: str) -> datetime | None:
+    """An ISO 8601 query parameter (``Z`` accepted, naive = UTC); ValueError if bad."""
+    v = query.get(name)
+    if not v:
+        return None
+    t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _interval(kind: ViewKind, query: Mapping[str, str]) -> tuple[datetime, datetime]:
+    """The view's time interval; ValueError (-> 400) with the reason if it is bad."""
+    if kind == "ledger":  # from/to are optional: everything kept so far
+        t1 = _time(query, "from") or datetime.fromtimestamp(0, UTC)
+        return t1, _time(query, "to") or datetime.now(UTC)
+    lo, hi = _time(query, "t1"), _time(query, "t2")
+    if lo is None or hi is None or hi < lo:
+        raise ValueError("give t1 <= t2 as ISO 8601 times")
+    return lo, hi
+
+
+def respond(kind: ViewKind, led: SiteLedger | None, app: str, query: Mapping[str, str]) -> Answer:
+    """One view request: (JSON body, HTTP status). 400 for bad times, 404 for an app
+    without state (or, for counters, an interval outside the kept history)."""
+    unknown = {"error": f"no state for app {app!r}"}, 404
+    if kind == "state":
+        v = state_view(led, app) if led else None
+        return (v, 200) if v is not None else unknown
+    try:
+        t1, t2 = _interval(kind, query)
+    except ValueError as e:
+        return {"error": str(e)}, 400
+    if led is None or app not in led.state.apps:
+        return unknown
+    if kind == "ledger":
+        return {"app": app, "entries": ledger_view(led, app, t1, t2)}, 200
+    v = counters_view(led.clock.tick_us, t1, t2, led.counters.get(app, {}))
+    if v is None:
+        return {"error": "interval outside the kept history"}, 404
+    return v, 200
+
+
+def add_pages(app: Any, ledger: Callable[[], SiteLedger | None]) -> None:
+    """Mount the views on the Faust app ``app``; ``ledger()`` is the site's ledger, or
+    None while it is still loading."""
+    from faust.web import Request, View
+
+    def page(kind: ViewKind) -> Callable[[View, Request, str], Any]:
+        async def get(view: View, request: Request, app_name: str) -> Any:
+            body, status = respond(kind, ledger(), app_name, request.query)
+            return view.json(body, status=status)
+
+        return get
+
+    for kind in ("state", "counters", "ledger"):
+        app.page(f"/ecovisor/{kind}/{{app_name}}", name=f"ecovisor-{kind}")(page(kind))

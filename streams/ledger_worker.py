@@ -1,0 +1,409 @@
+"""The ledger worker's state machine for one site, without I/O: telemetry into the tick
+clock, closed ticks through the pure core (``site_step``) into ledger entries and
+notifications, commands into queued settings and actuator actions, actuator acks into
+command outcomes, and the snapshot that makes a restart exact.
+
+Every step returns the messages to send (``Out``); the Faust wiring
+(streams/ledger_app.py) sends them and persists ``snapshot()``. docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.schemas import (
+    ActuatorAck,
+    Notification,
+    dead_letter,
+    describe_validation_error,
+)
+from ecovisor.core.entries import SiteTickResult
+from ecovisor.core.settings import queue_site_change
+from ecovisor.core.solar_share import split_solar
+from ecovisor.core.state import SiteState, SiteTickInput
+from ecovisor.core.tick import initial_site_state, site_step
+from ecovisor.core.tick_clock import ClosedTick, TickClock, to_us
+from ecovisor.core.units import wh_to_mj
+from streams.commands import Decision, decide
+from streams.tick_notifications import (
+    battery_setpoint,
+    event_notifications,
+    site_alert,
+    tick_data,
+)
+
+SEEN_COMMANDS_MAX = 10_000
+HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views
+# Real-time mode: how far an event time may be ahead of the wall clock (edge clock skew).
+FUTURE_SKEW_S = 30.0
+# Event times the tick arithmetic supports in every mode: tick indices are >= 0 (epoch
+# based) and a tick's end must still be a datetime (year <= 9999).
+EVENT_TIME_MAX_US = to_us(datetime(9998, 1, 1, tzinfo=UTC).timestamp())
+
+CounterRow = tuple[str, int, dict[str, Any]]  # (app, k, cumulative counters after tick k)
+
+
+class ClockMessage(BaseModel):
+    """Virtual-time control on ``ecovisor.telemetry``: advance a site's event-time
+    watermark to ``time`` (closes every tick whose end + grace <= time)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    kind: Literal["clock"] = "clock"
+    site: str
+    time: AwareDatetime
+
+
+@dataclass(frozen=True)
+class Out:
+    """One message to send."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+def utc_from_us(t_us: int) -> datetime:
+    """The inverse of ``to_us``: epoch microseconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(t_us / 1e6, UTC)
+
+
+@dataclass
+class SiteLedger:
+    """Everything the worker keeps for one site; no I/O (the Faust layer sends ``Out``s
+    and persists ``snapshot()``)."""
+
+    cfg: EcovisorConfig
+    clock: TickClock
+    state: SiteState
+    offsets: dict[int, int] = field(default_factory=dict)  # telemetry partition -> offset
+    seen_commands: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    pending_acks: dict[str, str] = field(default_factory=dict)  # "app|command_id" -> app
+    # settings changes the ledger itself applies: "app|command_id" -> {app, k, change}
+    pending_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suspended: dict[str, list[str]] = field(default_factory=dict)
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> state view
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[str, deque[tuple[float, bytes]]] = field(default_factory=dict)  # in memory
+    counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # derived from the configuration, looked up per container per tick: precomputed
+        self.owners: dict[str, str] = {c: p.app for c, p in self.cfg.placements().items()}
+        self.shares = self.cfg.shares()
+        self.app_cfg = {a.id: a for a in self.cfg.apps}
+
+    @classmethod
+    def new(cls, cfg: EcovisorConfig) -> SiteLedger:
+        shape = cfg.site.shape
+        return cls(
+            cfg=cfg,
+            clock=TickClock(shape.tick_s, cfg.site.grace_s),
+            state=initial_site_state(shape, cfg.shares(), site=cfg.site.id),
+        )
+
+    # --- persistence --------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return json.dumps(
+            {
+                "v": 1,
+                "state": self.state.model_dump(mode="json"),
+                "clock": self.clock.snapshot(),
+                "offsets": self.offsets,
+                "seen_commands": list(self.seen_commands.items()),
+                "pending_acks": self.pending_acks,
+                "pending_settings": self.pending_settings,
+                "suspended": self.suspended,
+                "last": self.last,
+                "metrics": self.metrics,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def restore(cls, cfg: EcovisorConfig, raw: bytes) -> SiteLedger:
+        d = json.loads(raw)
+        return cls(
+            cfg=cfg,
+            clock=TickClock.restore(d["clock"]),
+            state=SiteState.model_validate(d["state"]),
+            offsets={int(p): o for p, o in d["offsets"].items()},
+            seen_commands=OrderedDict((k, v) for k, v in d["seen_commands"]),
+            pending_acks=dict(d["pending_acks"]),
+            pending_settings=dict(d.get("pending_settings", {})),
+            suspended={a: list(v) for a, v in d["suspended"].items()},
+            last=d["last"],
+            metrics=d["metrics"],
+        )
+
+    def restore_counters(self, rows: dict[str, dict[int, dict[str, Any]]]) -> None:
+        """Per-tick counters read back from the ``counters`` table (newest kept)."""
+        for app, hist in rows.items():
+            mine = self.counters.setdefault(app, {})
+            for k in sorted(hist)[-HISTORY_TICKS:]:
+                mine[k] = hist[k]
+
+    # --- ticks --------------------------------------------------------------------------
+    def refuse_reason(self, t: Any, now_us: int | None, t_us: int | None = None) -> str | None:
+        """Why a telemetry (or clock) message must not enter the clock, else None.
+        Always: an event time before 1970 or in year 9999 (tick arithmetic; such a tick
+        could not be closed, and a replayed poison message would stop the worker).
+        Real-time mode (``now_us``: wall clock): the watermark drives tick closing, so
+        one sample from a clock a day ahead would close a day of ticks at once and then
+        hold every real sample as 'late' in that future tick. Late samples are fine
+        (they roll in). ``t_us``: the event time already converted, if the caller has it."""
+        if t_us is None:
+            t_us = to_us(t.time.timestamp())
+        if not 0 <= t_us <= EVENT_TIME_MAX_US:
+            return f"event time {t.time.isoformat()} is outside 1970-01-01..9998-01-01"
+        if now_us is None:
+            return None
+        ahead = max(to_us(FUTURE_SKEW_S), 2 * self.clock.tick_us)
+        if t_us > now_us + ahead:
+            return (
+                f"event time {t.time.isoformat()} is {(t_us - now_us) / 1e6:.0f} s ahead of "
+                f"the ledger's clock (at most {ahead / 1e6:g} s allowed): check the "
+                f"source's clock"
+            )
+        return None
+
+    def close(self, now_us: int) -> tuple[list[Out], list[CounterRow]]:
+        """Close every tick due at driving time ``now_us``. Returns the messages to send
+        and the per-tick counter rows (app, k, row) to persist."""
+        outs: list[Out] = []
+        rows: list[CounterRow] = []
+        for ct in self.clock.advance(now_us):
+            o, r = self._account(ct)
+            outs.extend(o)
+            rows.extend(r)
+        return outs, rows
+
+    def _inputs(self, ct: ClosedTick) -> SiteTickInput:
+        apps = self.app_cfg
+        owners = self.owners
+        demand: dict[str, dict[str, int]] = {}
+        for conts in ct.demand_mj.values():
+            for c, mj in conts.items():
+                # the configuration decides who owns a container, never the telemetry:
+                # a replica belongs to the app of its template, anything else is ignored
+                owner = owners.get(c)
+                if owner is None or owner not in apps:
+                    continue  # telemetry of a container no configured app owns
+                d = demand.setdefault(owner, {})
+                d[c] = d.get(c, 0) + mj
+        app_est = {a: v for a, v in ct.app_estimated_sources.items() if a in apps}
+        return SiteTickInput(
+            k=ct.k,
+            t_start=ct.t_start_us / 1e6,
+            site_solar_mj=ct.solar_prev_mj,
+            intensity_g_per_kwh=ct.intensity_g_per_kwh or 0.0,
+            demand_mj=demand,
+            platform_mj=ct.platform_mj,
+            physical_battery_mj=(
+                wh_to_mj(ct.battery_stored_wh) if ct.battery_stored_wh is not None else None
+            ),
+            estimated_sources=ct.estimated_sources,
+            app_estimated_sources=app_est,
+        )
+
+    def _account(self, ct: ClosedTick) -> tuple[list[Out], list[CounterRow]]:
+        """One closed tick through the core: per app its ledger entry, tick notification
+        and events; then settings now in force, the battery setpoint and alerts."""
+        cfg = self.cfg
+        inp = self._inputs(ct)
+        self.state, res = site_step(cfg.site.shape, self.shares, self.state, inp)
+        for app, m in ct.metrics.items():
+            self.metrics[app] = m
+        t_end_us = ct.t_start_us + ct.tick_us
+        t_end = utc_from_us(t_end_us)
+        site = cfg.site.id
+        next_solar, _ = split_solar(ct.solar_mj, self.shares)
+        outs: list[Out] = []
+        rows: list[CounterRow] = []
+        for app, entry in res.entries.items():
+            key = f"{site}:{app}:{ct.k}".encode()
+            entry_json = entry.model_dump_json().encode()
+            outs.append(Out(topics.LEDGER, key, entry_json))
+            data = tick_data(
+                self.app_cfg[app],
+                self.shares[app],
+                self.state.apps[app],
+                self.suspended.get(app, ()),
+                entry,
+                res.tick_s,
+                next_solar.get(app, 0),
+            )
+            note = Notification(site=site, time=t_end, app=app, type="tick", tick=ct.k, data=data)
+            ntopic = topics.notifications(app)
+            outs.append(Out(ntopic, key, note.to_json()))
+            for n in event_notifications(site, t_end, app, ct.k, entry):
+                outs.append(Out(ntopic, key, n.to_json()))
+            cum = entry.cumulative
+            row = {
+                "t_end_us": t_end_us,
+                "energy_mj": cum.total.energy_mj,
+                "carbon_ug": cum.total.carbon_ug,
+                "containers": {
+                    c: [line.energy_mj, line.carbon_ug] for c, line in cum.containers.items()
+                },
+            }
+            rows.append((app, ct.k, row))
+            self._remember(app, ct.k, row, entry.t_start, entry_json)
+            self.last[app] = {
+                "tick": ct.k,
+                "time": t_end.isoformat(),
+                "tick_data": data,
+                "settings": entry.settings.model_dump(mode="json"),
+                "estimated": entry.estimated,
+            }
+        outs.extend(self._settings_applied(ct.k, t_end, res))
+        setpoint = battery_setpoint(cfg, t_end, ct.k, res.controller)
+        outs.append(Out(topics.ACTUATOR_BATTERY, site.encode(), setpoint.to_json()))
+        for a in res.alerts:
+            outs.append(Out(topics.ALERTS, site.encode(), site_alert(site, t_end, a).to_json()))
+        return outs, rows
+
+    def _settings_applied(self, k: int, when: datetime, res: SiteTickResult) -> list[Out]:
+        """``command_applied`` for settings changes in force from tick ``k`` (the first
+        ledger entry that used them), with the settings that entry records."""
+        outs: list[Out] = []
+        for key, p in list(self.pending_settings.items()):
+            app = p["app"]
+            if p["k"] > k or app not in res.entries:
+                continue
+            del self.pending_settings[key]
+            n = Notification(
+                site=self.cfg.site.id,
+                time=when,
+                app=app,
+                type="command_applied",
+                tick=k,
+                command_id=p["command_id"],
+                data={
+                    "actuator": "ledger",
+                    "applied": p["change"],
+                    "settings": res.entries[app].settings.model_dump(mode="json"),
+                },
+            )
+            outs.append(Out(topics.notifications(app), p["command_id"].encode(), n.to_json()))
+        return outs
+
+    def _remember(self, app: str, k: int, row: dict[str, Any], t: float, entry: bytes) -> None:
+        hist = self.counters.setdefault(app, {})
+        hist[k] = row
+        while len(hist) > HISTORY_TICKS:
+            del hist[next(iter(hist))]
+        # raw JSON, parsed only when the ledger view is read
+        self.entries.setdefault(app, deque(maxlen=HISTORY_TICKS)).append((t, entry))
+
+    # --- commands -----------------------------------------------------------------------
+    def command(self, raw: bytes, now_us: int) -> list[Out]:
+        """Validate one command; lifecycle notifications, queued settings, actions."""
+        raw = raw if raw is not None else b""  # a Kafka tombstone: dead-lettered below
+        d = decide(self.cfg, raw)
+        outs: list[Out] = []
+        key = self._dedupe_key(d, raw)
+        if key in self.seen_commands:
+            return outs  # re-delivered command: no-op
+        self.seen_commands[key] = d.app or ""
+        while len(self.seen_commands) > SEEN_COMMANDS_MAX:
+            self.seen_commands.popitem(last=False)
+        if not d.accepted and not d.notify:
+            dl = dead_letter(topics.COMMANDS, d.reason or "rejected", raw)
+            return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
+        cmd_time = d.command.time if d.command is not None else utc_from_us(now_us)
+        if d.accepted:
+            assert d.app is not None and d.command is not None
+            # accepted during the tick of its event time (never later than the clock)
+            k_cmd = self.clock.tick_of(to_us(cmd_time.timestamp()))
+            k_now = self.clock.tick_of(now_us)
+            accepted_k = max(0, min(k_cmd, k_now))
+            if d.change is not None:
+                self.state = queue_site_change(self.state, d.app, d.change, accepted_k)
+                if not d.actions:  # no actuator will ack it: the ledger does, when in force
+                    self.pending_settings[f"{d.app}|{d.command_id}"] = {
+                        "app": d.app,
+                        "command_id": d.command_id,
+                        "k": accepted_k + 1,
+                        "change": d.change.model_dump(mode="json"),
+                    }
+            for a in d.actions:
+                outs.append(Out(topics.ACTUATOR_CONTAINERS, a.container.encode(), a.to_json()))
+                if a.action in ("suspend", "resume"):
+                    s = set(self.suspended.get(d.app, ()))
+                    (s.add if a.action == "suspend" else s.discard)(a.container)
+                    self.suspended[d.app] = sorted(s)
+            if d.actions:
+                self.pending_acks[f"{d.app}|{d.command_id}"] = d.app
+                while len(self.pending_acks) > SEEN_COMMANDS_MAX:
+                    del self.pending_acks[next(iter(self.pending_acks))]
+        outs.extend(self._lifecycle(d, cmd_time))
+        return outs
+
+    def _dedupe_key(self, d: Decision, raw: bytes) -> str:
+        """Idempotency key. A command id is only unique within the app that sent it, so
+        the key is the token's (verified) app, the claimed app and the id: nobody can get
+        another app's command dropped as a "re-delivery" by using its id first. Payloads
+        without a valid token (or unparsable) dedupe on their exact bytes only."""
+        if d.command is not None and d.command_id is not None:
+            owner = self.cfg.app_for_token(d.command.token)
+            if owner is not None:
+                return f"{owner.id}|{d.app}|{d.command_id}"
+        return "raw|" + hashlib.sha256(raw).hexdigest()
+
+    def _lifecycle(self, d: Decision, when: datetime) -> list[Out]:
+        typ = "command_accepted" if d.accepted else "command_rejected"
+        data: dict[str, Any] = {"command_type": d.type}
+        if d.accepted and d.change is not None:
+            data["applies_from"] = "next tick"
+            data["change"] = d.change.model_dump(mode="json")
+        outs = []
+        for app in d.notify:
+            n = Notification(
+                site=self.cfg.site.id,
+                time=when,
+                app=app,
+                type=typ,
+                command_id=d.command_id,
+                reason=d.reason,
+                data=data,
+            )
+            outs.append(Out(topics.notifications(app), (d.command_id or "").encode(), n.to_json()))
+        return outs
+
+    def ack(self, raw: bytes) -> list[Out]:
+        """An actuator's ack -> ``command_applied`` / ``command_failed`` to its app."""
+        raw = raw if raw is not None else b""  # a Kafka tombstone
+        try:
+            ack = ActuatorAck.model_validate_json(raw)
+        except ValidationError as e:
+            dl = dead_letter(topics.ACTUATOR_ACKS, describe_validation_error(e), raw)
+            return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
+        # command ids are per app: the ack's own app decides who is told
+        app = ack.app
+        if app is None:  # an ack without app: only an unambiguous pending command
+            match = [k for k in self.pending_acks if k.endswith(f"|{ack.command_id}")]
+            app = self.pending_acks[match[0]] if len(match) == 1 else None
+        if app is None or app not in self.app_cfg:
+            return []  # e.g. a site battery setpoint ack: no app to tell
+        self.pending_acks.pop(f"{app}|{ack.command_id}", None)
+        n = Notification(
+            site=ack.site,
+            time=ack.time,
+            app=app,
+            type="command_applied" if ack.ok else "command_failed",
+            command_id=ack.command_id,
+            reason=ack.error,
+            data={"actuator": ack.actuator, "applied": ack.applied},
+        )
+        return [Out(topics.notifications(app), ack.command_id.encode(), n.to_json())]

@@ -1,0 +1,140 @@
+"""What the ledger tells the world when a tick closes, built from the core's tick result:
+an app's ``TickData`` (the ``data`` of its ``tick`` notification), its events as
+notifications, the site's aggregate battery setpoint and the site alerts.
+
+Pure: contract messages only; the worker (streams/ledger_worker.py) picks topics and
+keys. Field meanings: docs/ledger.md#notifications.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from ecovisor.contract.config import AppConfig, EcovisorConfig
+from ecovisor.contract.schemas import (
+    Alert,
+    BatterySetpoint,
+    ContainerTickData,
+    Notification,
+    TickData,
+)
+from ecovisor.core.entries import (
+    AppLedgerEntry,
+    ControllerSetpoints,
+    EventKind,
+    SiteAlert,
+    SiteAlertKind,
+)
+from ecovisor.core.shares import AppShare
+from ecovisor.core.state import AppState
+from ecovisor.core.units import mj_to_power, ug_to_g
+
+
+def tick_data(
+    app_cfg: AppConfig,
+    share: AppShare,
+    state: AppState,
+    suspended: Iterable[str],
+    entry: AppLedgerEntry,
+    tick_s: float,
+    next_solar_mj: int,
+) -> dict[str, Any]:
+    """The ``TickData`` of one app's tick as JSON: ``entry`` is its ledger entry,
+    ``state`` its state after the tick (settings in force, budget tracking),
+    ``next_solar_mj`` its share of the solar measured in this tick (used next tick)."""
+    dt = tick_s
+    f = entry.flows
+    settings = state.settings
+    budget = settings.carbon_budget
+    tracker = state.tracking.budget
+    off = set(suspended)
+    conts: dict[str, ContainerTickData] = {}
+    # every configured container, plus replicas that reported in this tick
+    names = {c.id for c in app_cfg.containers} | set(entry.containers)
+    for c in sorted(names):
+        line = entry.containers.get(c)
+        rate = settings.carbon_rates.get(c)
+        conts[c] = ContainerTickData(
+            power_w=mj_to_power(line.energy_mj if line else 0, dt),
+            powercap_w=settings.container_caps_w.get(c),
+            suspended=c in off,
+            carbon_mg_per_s=(line.carbon_ug if line else 0) / 1000 / dt,
+            carbon_rate_limit_mg_per_s=rate.rate_mg_per_s if rate else None,
+        )
+    td = TickData(
+        tick_s=dt,
+        next_solar_w=mj_to_power(next_solar_mj, dt),
+        solar_w=mj_to_power(entry.solar_mj, dt),
+        grid_w=mj_to_power(f.grid_to_load + f.grid_to_battery, dt),
+        grid_carbon_g_per_kwh=entry.intensity_g_per_kwh,
+        battery_charge_level_wh=entry.battery.after_wh,
+        battery_discharge_rate_w=mj_to_power(f.battery_to_load, dt),
+        battery_charge_rate_setting_w=settings.charge_rate_w,
+        battery_max_discharge_setting_w=(
+            settings.max_discharge_w
+            if settings.max_discharge_w is not None
+            else share.discharge_limit_w
+        ),
+        app_power_w=mj_to_power(entry.demand_mj, dt),
+        unserved_w=mj_to_power(f.unserved, dt),
+        carbon_g=ug_to_g(entry.total.carbon_ug),
+        carbon_budget_g=budget.budget_g if budget else None,
+        carbon_budget_used_g=ug_to_g(tracker.used_ug) if (budget and tracker) else None,
+        containers=conts,
+        estimated=entry.estimated,
+    )
+    return td.model_dump(mode="json")
+
+
+def event_notifications(
+    site: str, when: datetime, app: str, k: int, entry: AppLedgerEntry
+) -> list[Notification]:
+    """The core's events of the tick (solar/carbon change, battery full/empty, carbon
+    limits, ...) as notifications; the tick itself is the ``tick`` notification."""
+    return [
+        Notification(
+            site=site,
+            time=when,
+            app=app,
+            type=ev.kind.value,  # type: ignore[arg-type]
+            tick=k,
+            data=ev.model_dump(mode="json", exclude={"site", "app", "k", "kind"}),
+        )
+        for ev in entry.events
+        if ev.kind is not EventKind.tick
+    ]
+
+
+def battery_setpoint(
+    cfg: EcovisorConfig, when: datetime, k: int, c: ControllerSetpoints
+) -> BatterySetpoint:
+    """The site's aggregate battery setpoint of tick ``k`` (Σ of the apps' settings)."""
+    site = cfg.site.id
+    return BatterySetpoint(
+        site=site,
+        time=when,
+        command_id=f"{site}-tick-{k}",
+        device=cfg.site.battery.id if cfg.site.battery else None,
+        charge_rate_w=c.grid_charge_w,
+        max_discharge_w=c.max_discharge_w,
+        net_power_w=c.net_battery_w,
+        tick=k,
+    )
+
+
+def site_alert(site: str, when: datetime, a: SiteAlert) -> Alert:
+    """A core site alert (grid limit, battery drift raised or cleared) as an ``Alert``."""
+    kind = "grid_limit" if a.kind is SiteAlertKind.grid_limit else "battery_drift"
+    cleared = a.kind is SiteAlertKind.battery_drift_cleared
+    return Alert(
+        site=site,
+        time=when,
+        kind=kind,  # type: ignore[arg-type]
+        severity="warning",
+        message=(
+            f"{a.kind.value} at tick {a.k}: {a.value:.4g} {a.unit} (threshold {a.threshold:g})"
+        ),
+        data={**a.model_dump(mode="json"), "cleared": cleared},
+    )
