@@ -203,25 +203,18 @@ class Bridge:
             self.cond.notify()
 
     def _connect_mqtt(self) -> None:
-        import paho.mqtt.client as mqtt
+        from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,  # persistent session: the broker keeps unacked messages
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        c.manual_ack_set(True)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        # persistent session: the broker keeps unacknowledged messages across reconnects
+        c = mqtt_client(self.client_id, reconnect_min_s=1, reconnect_max_s=30,
+                        clean_session=False, manual_ack=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         # an exception in a callback must not kill the network thread; the message stays
         # unacknowledged and the broker redelivers it
         c.suppress_exceptions = True
-        c.connect_async(self.mqtt_host, self.mqtt_port, keepalive=30)
-        c.loop_start()  # reconnects by itself, with the backoff above
+        connect_in_background(c, self.mqtt_host, self.mqtt_port, keepalive_s=30)
         self.client = c
 
     # --- acknowledgements ---------------------------------------------------------
