@@ -2,17 +2,22 @@
 ecovisor.commands, keyed by app id; with ``--wait``, follow the app's notifications
 until the command's outcome.
 
-Each subcommand is a small function that declares its own options and returns the fields
-of its command; ``subcommand`` adds the options every subcommand shares and the one
-publish path (``send``), so a new command type costs one function.
+The subcommands are generated from the contract, so a command has one name from the wire
+to the CLI and a new command class needs no CLI code: one subcommand per
+``schemas.COMMAND_TYPES`` entry, named after its ``type`` with dashes
+(``set_container_powercap`` -> ``set-container-powercap``), with one ``--option`` per own
+field (``schemas.command_fields``), plus the options every subcommand shares and the one
+publish path (``send``). The names used before are kept as hidden aliases (``ALIASES``).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn, TypeVar, Union, get_args, get_origin
 
 import typer
 from kafka.errors import KafkaError
@@ -24,11 +29,6 @@ from ecovisor.cli.format import format_notification
 from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, kafka_of
 from ecovisor.contract import schemas, topics
 
-cmd_app = typer.Typer(
-    help="Publish a command to ecovisor.commands (token from --token or $ECOVISOR_TOKEN).",
-    no_args_is_help=True,
-)
-
 AppOpt = Annotated[str, typer.Option("--app", help="application id")]
 TokenOpt = Annotated[
     str,
@@ -39,11 +39,17 @@ WaitOpt = Annotated[
     bool, typer.Option("--wait", help="follow the app's notifications for the outcome")
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait")]
-ContainerOpt = Annotated[str, typer.Option("--container", help="container id")]
 
-# Command type -> its subcommand, filled by ``subcommand`` (a unit test checks that every
-# command type of the contract has one).
-CMD_NAMES: dict[str, str] = {}
+# Deprecated subcommand names (before they followed the contract) -> command type; each
+# stays a hidden alias of the generated subcommand, with the same options.
+ALIASES: dict[str, str] = {
+    "set-powercap": "set_container_powercap",
+    "set-charge-rate": "set_battery_charge_rate",
+    "set-max-discharge": "set_battery_max_discharge",
+    "suspend": "suspend_container",
+    "resume": "resume_container",
+    "scale": "scale_container",
+}
 
 
 def publish_command(command: schemas.Command, bootstrap: str, wait: bool, timeout: float) -> int:
@@ -130,129 +136,171 @@ _TRAILING = [
     _option("bootstrap", BootstrapOpt, None),
 ]
 _SHARED = [p.name for p in (_APP, _TOKEN, *_TRAILING)]
+# Option names a command's own fields cannot take: the shared ones (--app, --site and
+# --token are envelope fields, never own fields, but a clash would be just as bad),
+# --help, and --remove, the null flag.
+_RESERVED = {"--app", "--token", "--site", "--wait", "--timeout", "--config", "--bootstrap",
+             "--help", "--remove"}  # fmt: skip
 
-FieldsOf = Callable[..., dict[str, Any]]
-
-
-def subcommand(name: str, cls: type[schemas.Command]) -> Callable[[FieldsOf], FieldsOf]:
-    """Register ``fields_of`` as ``ecovisor cmd NAME`` publishing a ``cls`` command.
-
-    Typer reads a command's options from its signature, so the registered function gets
-    ``fields_of``'s own options plus the shared ones as its ``__signature__``; when run,
-    it hands the shared options to ``send`` and the others to ``fields_of``."""
-
-    def register(fields_of: FieldsOf) -> FieldsOf:
-        own = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in inspect.signature(fields_of, eval_str=True).parameters.values()
-        ]
-        required = [p for p in own if p.default is inspect.Parameter.empty]
-        optional = [p for p in own if p.default is not inspect.Parameter.empty]
-        params = [_APP, *required, _TOKEN, *optional, *_TRAILING]
-
-        def run(**opts: Any) -> None:
-            shared = {k: opts.pop(k) for k in _SHARED}
-            send(cls, fields_of(**opts), **shared)
-
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        run.__name__ = run.__qualname__ = fields_of.__name__
-        run.__doc__ = fields_of.__doc__
-        cmd_app.command(name)(run)
-        CMD_NAMES[cls.model_fields["type"].default] = name
-        return fields_of
-
-    return register
+_V = TypeVar("_V")
 
 
-def set_or_remove(value: float | None, remove: bool, option: str) -> float | None:
+def set_or_remove(value: _V | None, remove: bool, option: str,
+                  remove_option: str = "--remove") -> _V | None:  # fmt: skip
     """A setting given as ``OPTION V`` or ``--remove`` (sent as null): exactly one."""
     if (value is None) == (not remove):
-        raise fail(f"give exactly one of {option} or --remove", 2)
+        raise fail(f"give exactly one of {option} or {remove_option}", 2)
     return None if remove else value
 
 
-# ---------------------------------------------------------------------------------------
-# one function per command type, in the order of docs/cli.md
-# ---------------------------------------------------------------------------------------
+def subcommand_name(cls: type[schemas.Command]) -> str:
+    """The CLI name of a command: its wire ``type`` with dashes."""
+    return schemas.command_type(cls).replace("_", "-")
 
 
-@subcommand("set-powercap", schemas.SetContainerPowercap)
-def set_powercap(
-    container: ContainerOpt,
-    watts: Annotated[float | None, typer.Option("--watts", help="cap in W")] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="remove the cap")] = False,
-) -> dict[str, Any]:
-    """set_container_powercap(container, W); --remove sends null."""
-    return {"container": container, "watts": set_or_remove(watts, remove, "--watts")}
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
-@subcommand("set-charge-rate", schemas.SetBatteryChargeRate)
-def set_charge_rate(
-    watts: Annotated[float, typer.Option("--watts", help="charge at this rate until full")],
-) -> dict[str, Any]:
-    """set_battery_charge_rate(W)."""
-    return {"watts": watts}
+# Field types an option can carry as is; anything else needs a CLI rule first, so it is
+# refused when the subcommands are built (and a unit test sees it) rather than guessed.
+_SCALARS: tuple[type, ...] = (str, int, float, bool)
 
 
-@subcommand("set-max-discharge", schemas.SetBatteryMaxDischarge)
-def set_max_discharge(
-    watts: Annotated[float, typer.Option("--watts", help="max discharge rate in W")],
-) -> dict[str, Any]:
-    """set_battery_max_discharge(W)."""
-    return {"watts": watts}
+def _option_type(cls: type[schemas.Command], field: str, annotation: Any) -> tuple[type, bool]:
+    """The option's type for a contract field annotation and whether null is allowed.
+    Pydantic keeps constraints in ``Annotated`` (e.g. ``NonNeg | None``); the contract
+    checks them when the command is built, so the option only needs the base type."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
+    members = [a for a in args if a is not type(None)] if args else [annotation]
+    nullable = len(members) < len(args)
+    if len(members) == 1:
+        base = members[0]
+        if get_origin(base) is Annotated:
+            base = get_args(base)[0]
+        if base in _SCALARS:
+            return base, nullable
+    raise TypeError(
+        f"ecovisor cmd: no option type for {cls.__name__}.{field} ({annotation!r}); "
+        f"supported: {', '.join(t.__name__ for t in _SCALARS)}, optionally nullable"
+    )
 
 
-@subcommand("set-carbon-rate", schemas.SetCarbonRate)
-def set_carbon_rate(
-    container: ContainerOpt,
-    mg_per_s: Annotated[float | None, typer.Option("--mg-per-s", help="rate limit")] = None,
-    window_s: Annotated[float, typer.Option("--window-s")] = 60.0,
-    remove: Annotated[bool, typer.Option("--remove")] = False,
-) -> dict[str, Any]:
-    """set_carbon_rate(container, mg/s) over a window; --remove sends null."""
-    return {
-        "container": container,
-        "mg_per_s": set_or_remove(mg_per_s, remove, "--mg-per-s"),
-        "window_s": window_s,
-    }
+@dataclass(frozen=True)
+class Removable:
+    """A nullable contract field without a default ("null removes it"): its value option
+    is optional and a flag sends null instead; exactly one of the two must be given."""
+
+    field: str
+    option: str  # the value option, e.g. --watts
+    flag: str  # the parameter of the remove flag
+    flag_option: str  # e.g. --remove
 
 
-@subcommand("set-carbon-budget", schemas.SetCarbonBudget)
-def set_carbon_budget(
-    grams: Annotated[float | None, typer.Option("--grams", help="budget per period")] = None,
-    period_s: Annotated[float, typer.Option("--period-s")] = 3600.0,
-    remove: Annotated[bool, typer.Option("--remove")] = False,
-) -> dict[str, Any]:
-    """set_carbon_budget(g) per period for the app; --remove sends null."""
-    return {"grams": set_or_remove(grams, remove, "--grams"), "period_s": period_s}
+def command_params(
+    cls: type[schemas.Command],
+) -> tuple[list[inspect.Parameter], list[Removable]]:
+    """The subcommand's own options for ``cls``, one per own field of the contract, in
+    --help order (required first), and its removable fields (see ``Removable``)."""
+    fields = schemas.command_fields(cls)
+    typed = {name: _option_type(cls, name, f.annotation) for name, f in fields.items()}
+    nullable_required = [n for n, f in fields.items() if f.is_required() and typed[n][1]]
+    required: list[inspect.Parameter] = []
+    optional: list[inspect.Parameter] = []
+    removable: list[Removable] = []
+    for name, f in fields.items():
+        opt = option_name(name)
+        if opt in _RESERVED or name in _SHARED:
+            raise TypeError(f"ecovisor cmd: {cls.__name__}.{name} clashes with {opt}")
+        typ, nullable = typed[name]
+        help_ = f.description
+        if name in nullable_required:
+            # one such field: --remove (as ever); more: one --remove-<field> each
+            flag_opt = "--remove" if len(nullable_required) == 1 else f"--remove-{opt[2:]}"
+            # the flag's parameter: own fields never start with "_" (pydantic), no clash
+            r = Removable(name, opt, "_" + flag_opt[2:].replace("-", "_"), flag_opt)
+            removable.append(r)
+            optional.append(_option(name, Annotated[typ | None, typer.Option(opt, help=help_)],
+                                    None))  # fmt: skip
+        elif f.is_required():
+            required.append(_option(name, Annotated[typ, typer.Option(opt, help=help_)]))
+        else:
+            t: Any = typ | None if nullable else typ
+            default = f.get_default(call_default_factory=True)
+            optional.append(_option(name, Annotated[t, typer.Option(opt, help=help_)], default))
+    flags = [
+        _option(r.flag, Annotated[bool, typer.Option(
+            r.flag_option, help=f"send {r.field}: null instead of {r.option} (removes it)"
+        )], False)
+        for r in removable
+    ]  # fmt: skip
+    return required + optional + flags, removable
 
 
-@subcommand("suspend", schemas.SuspendContainer)
-def suspend(container: ContainerOpt) -> dict[str, Any]:
-    """Suspend (freeze) a container."""
-    return {"container": container}
+def _help(cls: type[schemas.Command], removable: list[Removable]) -> str:
+    """The subcommand's help: the paper-style call, the class docstring if it has one
+    (pydantic models do not inherit docstrings, so only its own), the null rule."""
+    call = f"{schemas.command_type(cls)}({', '.join(schemas.command_fields(cls))})"
+    own = inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
+    text = f"{call}: {own}" if own else f"{call}."
+    for r in removable:
+        text += f" {r.flag_option} sends {r.field}: null."
+    return text
 
 
-@subcommand("resume", schemas.ResumeContainer)
-def resume(container: ContainerOpt) -> dict[str, Any]:
-    """Resume (thaw) a container."""
-    return {"container": container}
+def command_runner(cls: type[schemas.Command]) -> tuple[Any, str]:
+    """The Typer callback publishing a ``cls`` command, and its help.
+
+    Typer reads a command's options from its signature, so the callback gets the
+    command's own options plus the shared ones as its ``__signature__``; when run, it
+    hands the shared options to ``send`` and the others, as the command's fields, to
+    ``cls``."""
+    own, removable = command_params(cls)
+    own_required = [p for p in own if p.default is inspect.Parameter.empty]
+    own_optional = [p for p in own if p.default is not inspect.Parameter.empty]
+    params = [_APP, *own_required, _TOKEN, *own_optional, *_TRAILING]
+
+    def run(**opts: Any) -> None:
+        shared = {k: opts.pop(k) for k in _SHARED}
+        for r in removable:
+            remove = opts.pop(r.flag)
+            opts[r.field] = set_or_remove(opts[r.field], remove, r.option, r.flag_option)
+        send(cls, opts, **shared)
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__name__ = run.__qualname__ = schemas.command_type(cls)
+    return run, _help(cls, removable)
 
 
-@subcommand("scale", schemas.ScaleContainer)
-def scale(
-    container: ContainerOpt,
-    cpus: Annotated[float, typer.Option("--cpus", help="CPU allowance in cores")],
-) -> dict[str, Any]:
-    """Vertical scaling: set a container's CPU allowance."""
-    return {"container": container, "cpus": cpus}
+def build_cmd_app(
+    command_types: Mapping[str, type[schemas.Command]],
+    aliases: Mapping[str, str] = ALIASES,
+) -> tuple[typer.Typer, dict[str, str]]:
+    """The ``ecovisor cmd`` group for a registry of command types (the contract's
+    ``COMMAND_TYPES``; tests pass others), and command type -> its subcommand name.
+    Each alias whose command type is in the registry is registered hidden."""
+    group = typer.Typer(
+        help="Publish a command to ecovisor.commands (token from --token or $ECOVISOR_TOKEN).",
+        no_args_is_help=True,
+    )
+    names: dict[str, str] = {}
+    runners: dict[str, tuple[Any, str]] = {}
+    for typ, cls in command_types.items():
+        runners[typ] = command_runner(cls)
+        names[typ] = subcommand_name(cls)
+        group.command(names[typ], help=runners[typ][1])(runners[typ][0])
+    for old, typ in aliases.items():
+        if typ not in runners:
+            continue
+        if old in names.values():
+            raise ValueError(f"ecovisor cmd: alias {old!r} is also a subcommand name")
+        run, help_ = runners[typ]
+        group.command(old, hidden=True,
+                      help=f"Deprecated alias of '{names[typ]}'. {help_}")(run)  # fmt: skip
+    return group, names
 
 
-@subcommand("scale-app", schemas.ScaleApp)
-def scale_app(
-    template: Annotated[str, typer.Option("--template", help="container template id")],
-    replicas: Annotated[int, typer.Option("--replicas")],
-) -> dict[str, Any]:
-    """Horizontal scaling: run this many replicas of a container template."""
-    return {"template": template, "replicas": replicas}
+# The `ecovisor cmd` group of the contract, and command type -> subcommand name (a unit
+# test checks there is exactly one visible subcommand per command type).
+cmd_app, CMD_NAMES = build_cmd_app(schemas.COMMAND_TYPES)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ecovisor.cli.commands import CMD_NAMES, cmd_app
+from ecovisor.cli.commands import ALIASES, CMD_NAMES, cmd_app
 from ecovisor.cli.format import format_record
 from ecovisor.cli.main import app
 from ecovisor.contract import schemas
@@ -71,18 +71,32 @@ def test_config_check_missing_file() -> None:
 
 def test_every_command_type_has_a_cmd_subcommand() -> None:
     assert set(CMD_NAMES) == set(schemas.COMMAND_TYPES)
-    registered = {c.name for c in cmd_app.registered_commands}
-    assert set(CMD_NAMES.values()) == registered
-    for name in registered:
+    visible = {c.name for c in cmd_app.registered_commands if not c.hidden}
+    hidden = {c.name for c in cmd_app.registered_commands if c.hidden}
+    # exactly one visible subcommand per command type, named after its wire type
+    assert sorted(CMD_NAMES.values()) == sorted(visible)
+    for typ, cls in schemas.COMMAND_TYPES.items():
+        assert CMD_NAMES[typ] == schemas.command_type(cls).replace("_", "-")
+    assert hidden == set(ALIASES)
+    for name in visible | hidden:
         r = runner.invoke(app, ["cmd", name, "--help"])
         assert r.exit_code == 0 and "--token" in r.output
 
 
-def test_set_powercap_needs_watts_xor_remove() -> None:
-    base = ["cmd", "set-powercap", "--app", "web", "--container", "web-1", "--token", "t" * 8]
-    for extra in ([], ["--watts", "3", "--remove"]):
+@pytest.mark.parametrize(
+    ("name", "base", "option"),
+    [
+        ("set-powercap", ["--container", "web-1"], "--watts"),  # the deprecated alias
+        ("set-container-powercap", ["--container", "web-1"], "--watts"),
+        ("set-carbon-rate", ["--container", "web-1"], "--mg-per-s"),
+        ("set-carbon-budget", [], "--grams"),
+    ],
+)
+def test_set_or_remove_needs_value_xor_remove(name: str, base: list[str], option: str) -> None:
+    base = ["cmd", name, "--app", "web", *base, "--token", "t" * 8]
+    for extra in ([], [option, "3", "--remove"]):
         r = runner.invoke(app, base + extra + ["--bootstrap", "127.0.0.1:1", "--site", "s"])
-        assert r.exit_code == 2 and "exactly one of --watts or --remove" in r.output
+        assert r.exit_code == 2 and f"exactly one of {option} or --remove" in r.output
 
 
 def test_token_comes_from_the_environment() -> None:
@@ -183,28 +197,51 @@ def test_workload_holds_its_utilisation() -> None:
     assert 0.4 * 1.5 * 0.7 < cpu < 0.4 * 1.5 * 1.3 + 0.15  # + interpreter start-up
 
 
-def test_each_subcommand_builds_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+# subcommand -> (its own options, the command fields they build)
+BUILDS = {
+    "set-container-powercap": (["--container", "c", "--remove"], {"container": "c", "watts": None}),
+    "set-battery-charge-rate": (["--watts", "2"], {"watts": 2.0}),
+    "set-battery-max-discharge": (["--watts", "3"], {"watts": 3.0}),
+    "set-carbon-rate": (["--container", "c", "--mg-per-s", "1.5", "--window-s", "30"],
+                        {"container": "c", "mg_per_s": 1.5, "window_s": 30.0}),
+    "set-carbon-budget": (["--grams", "4"], {"grams": 4.0, "period_s": 3600.0}),
+    "suspend-container": (["--container", "c"], {"container": "c"}),
+    "resume-container": (["--container", "c"], {"container": "c"}),
+    "scale-container": (["--container", "c", "--cpus", "0.5"], {"container": "c", "cpus": 0.5}),
+    "scale-app": (["--template", "t", "--replicas", "2"], {"template": "t", "replicas": 2}),
+}  # fmt: skip
+
+
+def _built(monkeypatch: pytest.MonkeyPatch, name: str, extra: list[str]) -> schemas.Command:
+    """The command ``ecovisor cmd NAME ...`` would publish."""
     from ecovisor.cli import commands
 
     sent: list[schemas.Command] = []
     monkeypatch.setattr(commands, "publish_command", lambda c, *_a: sent.append(c) or 0)
-    cases = {
-        "set-powercap": (["--container", "c", "--remove"], {"container": "c", "watts": None}),
-        "set-charge-rate": (["--watts", "2"], {"watts": 2.0}),
-        "set-max-discharge": (["--watts", "3"], {"watts": 3.0}),
-        "set-carbon-rate": (["--container", "c", "--mg-per-s", "1.5", "--window-s", "30"],
-                            {"container": "c", "mg_per_s": 1.5, "window_s": 30.0}),
-        "set-carbon-budget": (["--grams", "4"], {"grams": 4.0, "period_s": 3600.0}),
-        "suspend": (["--container", "c"], {"container": "c"}),
-        "resume": (["--container", "c"], {"container": "c"}),
-        "scale": (["--container", "c", "--cpus", "0.5"], {"container": "c", "cpus": 0.5}),
-        "scale-app": (["--template", "t", "--replicas", "2"], {"template": "t", "replicas": 2}),
-    }  # fmt: skip
-    assert set(cases) == set(CMD_NAMES.values())
-    for name, (extra, fields) in cases.items():
-        r = runner.invoke(app, ["cmd", name, "--app", "web", "--token", "t" * 8, "--site", "s",
-                                "--bootstrap", "127.0.0.1:1", *extra])  # fmt: skip
-        assert r.exit_code == 0, r.output
-        c = sent.pop()
-        assert CMD_NAMES[c.type] == name and (c.app, c.site, c.token) == ("web", "s", "t" * 8)
+    r = runner.invoke(app, ["cmd", name, "--app", "web", "--token", "t" * 8, "--site", "s",
+                            "--bootstrap", "127.0.0.1:1", *extra])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (c,) = sent
+    assert (c.app, c.site, c.token) == ("web", "s", "t" * 8)
+    return c
+
+
+def test_each_subcommand_builds_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(BUILDS) == set(CMD_NAMES.values())
+    for name, (extra, fields) in BUILDS.items():
+        c = _built(monkeypatch, name, extra)
+        assert CMD_NAMES[c.type] == name
         assert {k: getattr(c, k) for k in fields} == fields
+        # every own field of the command was set from an option
+        assert set(fields) == set(schemas.command_fields(type(c)))
+
+
+def test_old_names_build_the_same_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    for old, typ in ALIASES.items():
+        new = CMD_NAMES[typ]
+        extra, fields = BUILDS[new]
+        c = _built(monkeypatch, old, extra)
+        assert c.type == typ and {k: getattr(c, k) for k in fields} == fields
+        assert c.model_dump(exclude={"command_id", "time"}) == _built(
+            monkeypatch, new, extra
+        ).model_dump(exclude={"command_id", "time"})
