@@ -152,7 +152,7 @@ class Command(Message):
 
 class SetContainerPowercap(Command):
     type: Literal["set_container_powercap"] = "set_container_powercap"
-    container: Ident
+    container: Ident = Field(description="container id")
     watts: NonNeg | None = Field(description="cap in W; null removes the cap")
 
 
@@ -163,46 +163,50 @@ class SetBatteryChargeRate(Command):
 
 class SetBatteryMaxDischarge(Command):
     type: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
-    watts: NonNeg
+    watts: NonNeg = Field(description="max discharge rate in W")
 
 
 class SetCarbonRate(Command):
     type: Literal["set_carbon_rate"] = "set_carbon_rate"
-    container: Ident
+    container: Ident = Field(description="container id")
     mg_per_s: NonNeg | None = Field(description="carbon rate limit; null removes it")
-    window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    window_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        60.0, description="sliding window of the rate, s"
+    )
 
 
 class SetCarbonBudget(Command):
     type: Literal["set_carbon_budget"] = "set_carbon_budget"
     grams: NonNeg | None = Field(description="app carbon budget per period; null removes it")
-    period_s: Annotated[float, Field(gt=0)] = 3600.0
+    period_s: Annotated[float, Field(gt=0)] = Field(
+        3600.0, description="the budget resets every period, s"
+    )
 
 
 class SuspendContainer(Command):
     type: Literal["suspend_container"] = "suspend_container"
-    container: Ident
+    container: Ident = Field(description="container id")
 
 
 class ResumeContainer(Command):
     type: Literal["resume_container"] = "resume_container"
-    container: Ident
+    container: Ident = Field(description="container id")
 
 
 class ScaleContainer(Command):
     """Vertical scaling: change a container's CPU allowance (cores)."""
 
     type: Literal["scale_container"] = "scale_container"
-    container: Ident
-    cpus: Annotated[float, Field(gt=0, le=1024)]
+    container: Ident = Field(description="container id")
+    cpus: Annotated[float, Field(gt=0, le=1024)] = Field(description="CPU allowance in cores")
 
 
 class ScaleApp(Command):
     """Horizontal scaling: run this many replicas of the app's container template."""
 
     type: Literal["scale_app"] = "scale_app"
-    template: Ident
-    replicas: Annotated[int, Field(ge=0, le=256)]
+    template: Ident = Field(description="container template id")
+    replicas: Annotated[int, Field(ge=0, le=256)] = Field(description="replicas to run")
 
 
 AnyCommand = Annotated[
