@@ -31,10 +31,15 @@ from ecovisor.adapters import kafka_async
 from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig
-from ecovisor.contract.schemas import TELEMETRY_ADAPTER, dead_letter, describe_validation_error
+from ecovisor.contract.schemas import (
+    TELEMETRY_ADAPTER,
+    ClockMessage,
+    dead_letter,
+    describe_validation_error,
+)
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_views import add_pages
-from streams.ledger_worker import HISTORY_TICKS, ClockMessage, CounterRow, Out, SiteLedger
+from streams.ledger_worker import HISTORY_TICKS, CounterRow, Out, SiteLedger
 
 log = logging.getLogger("ecovisor.ledger")
 

@@ -14,9 +14,9 @@ import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig
@@ -50,18 +50,6 @@ FUTURE_SKEW_S = 30.0
 EVENT_TIME_MAX_US = to_us(datetime(9998, 1, 1, tzinfo=UTC).timestamp())
 
 CounterRow = tuple[str, int, dict[str, Any]]  # (app, k, cumulative counters after tick k)
-
-
-class ClockMessage(BaseModel):
-    """Virtual-time control on ``ecovisor.telemetry``: advance a site's event-time
-    watermark to ``time`` (closes every tick whose end + grace <= time)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: Literal[1] = 1
-    kind: Literal["clock"] = "clock"
-    site: str
-    time: AwareDatetime
 
 
 @dataclass(frozen=True)

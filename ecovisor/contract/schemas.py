@@ -130,6 +130,19 @@ AnyTelemetry = Annotated[
 TELEMETRY_ADAPTER: TypeAdapter[AnyTelemetry] = TypeAdapter(AnyTelemetry)
 
 
+class ClockMessage(BaseModel):
+    """Virtual-time control on ``ecovisor.telemetry`` (Kafka only, never MQTT): advance a
+    site's event-time watermark to ``time``, closing every tick whose end + grace <=
+    ``time`` (the ledger's ``--clock event`` mode, for replays)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["clock"] = "clock"
+    site: Ident
+    time: AwareDatetime
+
+
 def parse_telemetry(raw: bytes | str) -> AnyTelemetry:
     """Parse and validate one telemetry payload (raises pydantic.ValidationError)."""
     return TELEMETRY_ADAPTER.validate_json(raw)
