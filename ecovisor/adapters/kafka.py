@@ -73,6 +73,21 @@ def create_topics(
         admin.close()
 
 
+def existing_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
+    """The names of the topics the broker has."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = connect(
+        lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ecovisor-admin"),
+        f"Kafka at {bootstrap}",
+        timeout,
+    )
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
 def producer(bootstrap: str, client_id: str, timeout: float = 30.0) -> KafkaProducer:
     return connect(
         lambda: KafkaProducer(

@@ -7,26 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ecovisor.adapters.kafka import KafkaUnavailable, connect, create_topics
+from ecovisor.adapters.kafka import KafkaUnavailable, create_topics, existing_topics
 from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, kafka_of
 from ecovisor.contract import topics
 
 
 def _existing(bootstrap: str) -> set[str]:
-    from kafka.admin import KafkaAdminClient
-
     try:
-        admin = connect(
-            lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ecovisor-cli"),
-            f"Kafka at {bootstrap}",
-            KAFKA_TIMEOUT_S,
-        )
+        return existing_topics(bootstrap, KAFKA_TIMEOUT_S)
     except KafkaUnavailable as e:
         raise fail(str(e)) from None
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
 
 
 def topics_cmd(
