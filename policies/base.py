@@ -134,8 +134,19 @@ class ScaleApp:
     replicas: int
 
 
+@dataclass(frozen=True)
+class SendCommand:
+    """Any command of the contract by its one name with its own fields, e.g.
+    ``SendCommand("set_carbon_budget", (("grams", 2.0), ("period_s", 600.0)))``: a
+    command type added to the contract is usable before it gets a named action above."""
+
+    type: str
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
 Action = (
-    SetContainerPowercap
+    SendCommand
+    | SetContainerPowercap
     | SetBatteryChargeRate
     | SetBatteryMaxDischarge
     | SetCarbonRate
@@ -329,6 +340,8 @@ class Deduper:
 
 def apply_action(client: Any, a: Action) -> Any:
     """Issue one action through the client (the paper's function names)."""
+    if isinstance(a, SendCommand):
+        return client.command(a.type, **dict(a.fields))
     # the client method has the action's name and takes its fields in order (the
     # paper's signatures: set_carbon_rate(container, rate, window_s), ...)
     method = getattr(client, a.type, None) if is_dataclass(a) else None

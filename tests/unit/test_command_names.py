@@ -127,3 +127,16 @@ def test_a_settings_change_has_the_commands_name_and_old_snapshots_restore() -> 
     p = state.PendingChange.model_validate(old)
     assert p.change == state.SetBatteryChargeRate(watts=1.5)
     assert state.PendingChange.model_validate_json(p.model_dump_json()) == p
+
+
+def test_send_command_issues_any_command_by_its_name() -> None:
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    class Client:
+        def command(self, type: str, **fields: object) -> str:
+            calls.append((type, fields))
+            return "ok"
+
+    a = actions.SendCommand("set_carbon_budget", (("grams", 2.0), ("period_s", 600.0)))
+    assert actions.apply_action(Client(), a) == "ok"
+    assert calls == [("set_carbon_budget", {"grams": 2.0, "period_s": 600.0})]
