@@ -2,16 +2,21 @@
 
 Consumes ``ContainerAction`` from Kafka ``ecovisor.actuator.containers`` (routed there by
 the ledger), applies it through the container's backend (cgroup v1/v2, LXD, process
-group) and publishes an ``ActuatorAck`` to ``ecovisor.actuator.acks``:
+group) and publishes an ``ActuatorAck`` to ``ecovisor.actuator.acks``. An action is
+named by the command that caused it:
 
-* ``set_cap``     writes the CPU quota the ledger computed for the cap (carried in the
-                  action; computed by the same ``EcovisorConfig.cap_quota`` if absent);
-* ``remove_cap``  restores the limit in force before the cap (vertical allowance, else the
-                  container's own limit from before Ecovisor touched it);
-* ``scale``       vertical scaling: the CPU allowance in cores (a cap still applies on top);
-* ``suspend`` / ``resume``  freezer;
-* ``scale_app``   horizontal scaling from a template; each replica started or removed is
-                  announced as a ``ContainerEvent`` on ``ecovisor.containers``.
+* ``set_container_powercap``  writes the CPU quota the ledger computed for the cap
+  (carried in the action; computed by the same ``EcovisorConfig.cap_quota`` if absent);
+  with ``watts`` null it removes the cap: restores the limit in force before it
+  (vertical allowance, else the container's own limit from before Ecovisor touched it);
+* ``scale_container``  vertical scaling: the CPU allowance in cores (a cap still applies
+  on top);
+* ``suspend_container`` / ``resume_container``  freezer;
+* ``scale_app``  horizontal scaling from a template; each replica started or removed is
+  announced as a ``ContainerEvent`` on ``ecovisor.containers``.
+
+Actions that earlier ledgers wrote under older names still parse (replayed on start):
+``ContainerAction`` maps them to these.
 
 Idempotent by command_id. On start it re-reads its acknowledgements and the actuator
 topic from the beginning and re-applies the latest setpoints per container. A missing
@@ -297,14 +302,15 @@ def _stop_replica(b: ContainerBackend) -> None:
 
 
 def _effect_of(a: ContainerAction) -> Effect:
-    return {
-        "set_cap": "limit",
-        "remove_cap": "limit",
-        "scale": "limit",
-        "suspend": "freezer",
-        "resume": "freezer",
+    """The part of the container's state the action changes."""
+    effects: dict[str, Effect] = {
+        "set_container_powercap": "limit",
+        "scale_container": "limit",
+        "suspend_container": "freezer",
+        "resume_container": "freezer",
         "scale_app": "replicas",
-    }[a.action]  # type: ignore[return-value]
+    }
+    return effects[a.action]
 
 
 def _reason(e: BaseException) -> str:

@@ -76,8 +76,8 @@ class ActuatorState:
             self.replicas[action.container] = int(action.replicas or 0)
             return "replicas"
         sp = self.setpoints(action.container)
-        if action.action == "set_cap":
-            if action.watts is None:
+        if action.action == "set_container_powercap":
+            if action.watts is None:  # a null cap removes it
                 sp.cap_w, sp.cap_cores = None, None
             elif action.quota_us is not None:
                 period = action.period_us or DEFAULT_PERIOD_US
@@ -86,16 +86,13 @@ class ActuatorState:
                 cores = cap_to_cores(action.container, action.watts)
                 sp.cap_w, sp.cap_cores = action.watts, cores
             return "limit"
-        if action.action == "remove_cap":
-            sp.cap_w, sp.cap_cores = None, None
-            return "limit"
-        if action.action == "scale":
+        if action.action == "scale_container":
             sp.vertical_cores = action.cpus
             return "limit"
-        if action.action == "suspend":
+        if action.action == "suspend_container":
             sp.suspended = True
             return "freezer"
-        if action.action == "resume":
+        if action.action == "resume_container":
             sp.suspended = False
             return "freezer"
         return "none"  # pragma: no cover - the schema forbids other actions

@@ -2,8 +2,9 @@
 cgroup v1 by the real ``python -m actuators.containers`` process.
 
 Workload: one container (a cgroup v1 with one CPU-burning process) on a private tansu
-broker on a free port; N set_cap commands alternating between 0.2 and 0.4 cores of the
-"ecovisor-microserver" model, sent one at a time (the next after the previous ack).
+broker on a free port; N ``set_container_powercap`` actions alternating between 0.2 and
+0.4 cores of the "ecovisor-microserver" model, sent one at a time (the next after the
+previous ack).
 Latency = the ack's ``time`` (stamped by the actuator right after the quota write) minus
 the wall-clock time just before the producer send; both clocks are this machine's. Each
 quota is also checked in cpu.cfs_quota_us. Needs root and cgroup v1.
@@ -89,7 +90,8 @@ stack: {{kafka_bootstrap: "{bootstrap}"}}
                 command_id="warm",
                 app="web",
                 container="c1",
-                action="remove_cap",
+                action="set_container_powercap",
+                watts=None,  # no cap: restores the baseline
             )
             bus.send(topics.ACTUATOR_CONTAINERS, "bench", warm.to_json())
             bus.wait_ack("warm", timeout=60)
@@ -102,7 +104,7 @@ stack: {{kafka_bootstrap: "{bootstrap}"}}
                     command_id=f"b{i}",
                     app="web",
                     container="c1",
-                    action="set_cap",
+                    action="set_container_powercap",
                     watts=caps[i % 2],
                 )
                 t0 = time.time()
@@ -122,7 +124,10 @@ stack: {{kafka_bootstrap: "{bootstrap}"}}
     ms_ack = [x * 1000 for x in lat_ack]
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}")
     print("workload: 1 cgroup v1 container with 1 busy process; tansu broker (memory)")
-    print(f"          {args.commands} set_cap commands, one in flight, alternating 0.2/0.4 core")
+    print(
+        f"          {args.commands} set_container_powercap actions, one in flight, "
+        "alternating 0.2/0.4 core"
+    )
     print(
         f"published -> quota written: p50 {statistics.median(ms):.1f} ms, "
         f"p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms"

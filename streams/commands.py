@@ -32,6 +32,7 @@ from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.schemas import (
     AnyCommand,
     ContainerAction,
+    ContainerActionName,
     ResumeContainer,
     ScaleApp,
     ScaleContainer,
@@ -142,14 +143,15 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
     def ok(change: Any = None, *actions: ContainerAction, **detail: Any) -> Decision:
         return _decided(cmd, True, (cmd.app,), change=change, actions=actions, detail=detail)
 
-    def action(container_id: str, kind: str, **kw: Any) -> ContainerAction:
+    def action(kind: ContainerActionName, container_id: str, **kw: Any) -> ContainerAction:
+        # kind: the type of the command that caused it (one name, ledger to actuator)
         return ContainerAction(
             site=cmd.site,
             time=cmd.time,
             command_id=cmd.command_id,
             app=cmd.app,
             container=container_id,
-            action=kind,  # type: ignore[arg-type]
+            action=kind,
             **kw,
         )
 
@@ -158,7 +160,7 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         if cmd.watts is None:
             return ok(
                 core.SetContainerPowercap(container=cmd.container, watts=None),
-                action(cmd.container, "remove_cap"),
+                action("set_container_powercap", cmd.container, watts=None),  # null: removes
             )
         quota = _cap_quota(cfg, cmd.container, cmd.watts)
         if isinstance(quota, str):
@@ -166,8 +168,8 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         return ok(
             core.SetContainerPowercap(container=cmd.container, watts=cmd.watts),
             action(
+                "set_container_powercap",
                 cmd.container,
-                "set_cap",
                 watts=cmd.watts,
                 quota_us=quota.quota_us,
                 period_us=quota.period_us,
@@ -202,14 +204,14 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         budget = core.CarbonBudget(budget_g=cmd.grams, period_s=cmd.period_s)
         return ok(core.SetCarbonBudget(budget=budget))
     if isinstance(cmd, SuspendContainer):
-        return ok(None, action(cmd.container, "suspend"))
+        return ok(None, action("suspend_container", cmd.container))
     if isinstance(cmd, ResumeContainer):
-        return ok(None, action(cmd.container, "resume"))
+        return ok(None, action("resume_container", cmd.container))
     if isinstance(cmd, ScaleContainer):
         cores = cfg.node(place.node).cores if place else 0
         if cmd.cpus > cores:
             return _reject(cfg, cmd, f"cpus {cmd.cpus} above the node's {cores} cores")
-        return ok(None, action(cmd.container, "scale", cpus=cmd.cpus))
+        return ok(None, action("scale_container", cmd.container, cpus=cmd.cpus))
     if isinstance(cmd, ScaleApp):
         tpl = next((t for t in app.templates if t.id == cmd.template), None)
         if tpl is None:
@@ -218,7 +220,7 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
             return _reject(
                 cfg, cmd, f"replicas {cmd.replicas} above the template's max {tpl.max_replicas}"
             )
-        return ok(None, action(cmd.template, "scale_app", replicas=cmd.replicas))
+        return ok(None, action("scale_app", cmd.template, replicas=cmd.replicas))
     return _reject(cfg, cmd, f"unsupported command type {cmd.type!r}")  # pragma: no cover
 
 

@@ -327,9 +327,9 @@ class SiteLedger:
                     }
             for a in d.actions:
                 outs.append(Out(topics.ACTUATOR_CONTAINERS, a.container.encode(), a.to_json()))
-                if a.action in ("suspend", "resume"):
+                if a.action in ("suspend_container", "resume_container"):
                     s = set(self.suspended.get(d.app, ()))
-                    (s.add if a.action == "suspend" else s.discard)(a.container)
+                    (s.add if a.action == "suspend_container" else s.discard)(a.container)
                     self.suspended[d.app] = sorted(s)
             if d.actions:
                 self.pending_acks[f"{d.app}|{d.command_id}"] = d.app

@@ -21,6 +21,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -354,25 +355,62 @@ def parse_notification(raw: bytes | str) -> Notification:
 # ---------------------------------------------------------------------------------------
 
 
+ContainerActionName = Literal[
+    "set_container_powercap",
+    "suspend_container",
+    "resume_container",
+    "scale_container",
+    "scale_app",
+]
+
+# Action names written by earlier ledgers. The actuator replays its topic from the
+# beginning on start, so those messages must keep parsing: mapped to the command's name.
+_LEGACY_ACTIONS: dict[str, str] = {
+    "set_cap": "set_container_powercap",
+    "remove_cap": "set_container_powercap",
+    "suspend": "suspend_container",
+    "resume": "resume_container",
+    "scale": "scale_container",
+}
+
+
 class ContainerAction(Message):
-    """An accepted container command routed by the ledger to the actuators."""
+    """An accepted container command routed by the ledger to the actuators. ``action`` is
+    the ``type`` of the command that caused it; ``set_container_powercap`` with ``watts``
+    null removes the cap, as in the command."""
 
     command_id: Ident
     app: AppId
     container: Ident
-    action: Literal["set_cap", "remove_cap", "suspend", "resume", "scale", "scale_app"]
+    action: ContainerActionName
     watts: NonNeg | None = None
     cpus: Annotated[float, Field(gt=0)] | None = None
     replicas: Annotated[int, Field(ge=0)] | None = None
-    # set_cap: the CPU quota the ledger computed when it accepted the cap (the one
-    # cap -> quota computation); the actuator writes it as is. Absent from actions of
-    # older ledgers: the actuator then computes it by the same rule.
+    # set_container_powercap: the CPU quota the ledger computed when it accepted the cap
+    # (the one cap -> quota computation); the actuator writes it as is. Absent from
+    # actions of older ledgers: the actuator then computes it by the same rule.
     quota_us: Annotated[int, Field(ge=1_000)] | None = Field(
-        None, description="set_cap: CPU µs per period_us that hold the container at the cap"
+        None,
+        description="set_container_powercap: CPU µs per period_us that hold the container "
+        "at the cap",
     )
     period_us: Annotated[int, Field(ge=1_000, le=1_000_000)] | None = Field(
-        None, description="set_cap: the CFS period of quota_us (default 100000 µs)"
+        None, description="set_container_powercap: the CFS period of quota_us (default 100000 µs)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_action(cls, data: Any) -> Any:
+        """Map an old action name to the command's; ``remove_cap`` is a null cap."""
+        old = data.get("action") if isinstance(data, dict) else None
+        # anything else (a new name, or garbage such as a list, unhashable) is left to
+        # the field's own validation: a ValidationError, never a crash
+        if not isinstance(old, str) or old not in _LEGACY_ACTIONS:
+            return data
+        data = {**data, "action": _LEGACY_ACTIONS[old]}
+        if old == "remove_cap":
+            data["watts"] = None
+        return data
 
 
 class BatterySetpoint(Message):

@@ -118,8 +118,9 @@ class Bus:
         self, site: str, app: str, container: str, action: str, timeout: float = 10.0, **kw: Any
     ) -> ActuatorAck:
         """Publish a ContainerAction to the actuator topic and wait for its ack. Also the
-        readiness probe for a freshly started service: a ``resume`` of any configured
-        container is harmless and is acknowledged only after the restore from Kafka."""
+        readiness probe for a freshly started service: a ``resume_container`` of any
+        configured container is harmless and is acknowledged only after the restore from
+        Kafka."""
         a = ContainerAction(
             site=site,
             time=utcnow(),

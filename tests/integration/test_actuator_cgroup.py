@@ -73,7 +73,7 @@ stack: {{kafka_bootstrap: "{bootstrap}"}}
             self.bus.tail(t)
         self.proc = start_service("actuators.containers", self.cfg_path, self.log)
         # readiness: a harmless command on a container with no cgroup yields an ack
-        ack = self.send("ghost", "resume", timeout=30)
+        ack = self.send("ghost", "resume_container", timeout=30)
         assert not ack.ok and "does not exist" in (ack.error or ""), ack
 
     def send(self, container: str, action: str, timeout: float = 10.0, **kw):
@@ -103,7 +103,7 @@ def test_power_cap_holds_measured_cpu_and_lifting_it_lets_cpu_rise(rig: Rig) -> 
     with burner_cgroup(f"{rig.top}/burn-1") as cg:
         cap_w = modelled_power_w(rig.cfg, "burn-1", CAP_CORES)  # 0.5475 W on this node
         t_cmd = time.monotonic()
-        ack = rig.send("burn-1", "set_cap", watts=cap_w)
+        ack = rig.send("burn-1", "set_container_powercap", watts=cap_w)
         assert ack.ok, ack
         assert ack.applied["cpu_limit_cores"] == pytest.approx(CAP_CORES, rel=0.01)
         # the quota is in the kernel, written within the first 1-s tick
@@ -119,7 +119,7 @@ def test_power_cap_holds_measured_cpu_and_lifting_it_lets_cpu_rise(rig: Rig) -> 
         assert abs(cores - CAP_CORES) <= 0.1 * CAP_CORES, f"measured {cores:.3f} cores"
         assert abs(power - cap_w) <= 0.1 * cap_w, f"modelled {power:.3f} W vs cap {cap_w:.3f}"
 
-        ack = rig.send("burn-1", "remove_cap")
+        ack = rig.send("burn-1", "set_container_powercap", watts=None)
         assert ack.ok and ack.applied["cpu_limit_cores"] is None  # no limit before the cap
         assert (cg.dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "-1"
         samples = sample_usage(cg, 1.5)
@@ -128,34 +128,36 @@ def test_power_cap_holds_measured_cpu_and_lifting_it_lets_cpu_rise(rig: Rig) -> 
         assert lifted > 1.5 * CAP_CORES, f"after lifting the cap only {lifted:.3f} cores"
 
 
-def test_remove_cap_restores_previous_limit_and_vertical_scaling(rig: Rig) -> None:
+def test_removing_the_cap_restores_previous_limit_and_vertical_scaling(rig: Rig) -> None:
     with burner_cgroup(f"{rig.top}/burn-2") as cg:
         cg.set_cpu_limit(0.8)  # a limit the container had before Ecovisor touched it
-        assert rig.send("burn-2", "set_cap", watts=modelled_power_w(rig.cfg, "burn-2", 0.2)).ok
+        assert rig.send(
+            "burn-2", "set_container_powercap", watts=modelled_power_w(rig.cfg, "burn-2", 0.2)
+        ).ok
         assert cg.get_cpu_limit() == pytest.approx(0.2, rel=0.01)
-        assert rig.send("burn-2", "remove_cap").ok
+        assert rig.send("burn-2", "set_container_powercap", watts=None).ok
         assert cg.get_cpu_limit() == pytest.approx(0.8)
-        ack = rig.send("burn-2", "scale", cpus=0.5)  # vertical: the new allowance
+        ack = rig.send("burn-2", "scale_container", cpus=0.5)  # vertical: the new allowance
         assert ack.ok and cg.get_cpu_limit() == pytest.approx(0.5)
 
 
 def test_suspend_measures_zero_cpu_and_resume_restarts(rig: Rig) -> None:
     with burner_cgroup(f"{rig.top}/group-1", n=2) as cg:
         assert len(cg.procs()) == 2
-        ack = rig.send("group-1", "suspend")
+        ack = rig.send("group-1", "suspend_container")
         assert ack.ok and ack.applied["suspended"] is True
         assert cg.is_frozen()
         s = sample_usage(cg, 1.0)
         assert s[-1].usage_s - s[0].usage_s == 0.0  # not one ns of CPU while frozen
-        assert rig.send("group-1", "resume").ok
+        assert rig.send("group-1", "resume_container").ok
         s = sample_usage(cg, 1.0)
         assert (s[-1].usage_s - s[0].usage_s) / (s[-1].t - s[0].t) > 0.3
 
 
 def test_missing_cgroup_is_a_reported_failure_and_service_survives(rig: Rig) -> None:
-    ack = rig.send("ghost", "set_cap", watts=1.0)
+    ack = rig.send("ghost", "set_container_powercap", watts=1.0)
     assert not ack.ok and "does not exist" in (ack.error or "")
-    ack = rig.send("nobody", "suspend")
+    ack = rig.send("nobody", "suspend_container")
     assert not ack.ok and "not in the site configuration" in (ack.error or "")
     assert rig.proc is not None and rig.proc.poll() is None
 
@@ -179,7 +181,9 @@ def test_horizontal_scaling_starts_stops_replicas_and_announces(rig: Rig) -> Non
 def test_restart_restores_last_setpoint_from_kafka(rig: Rig) -> None:
     with burner_cgroup(f"{rig.top}/burn-1") as cg:
         cg.set_cpu_limit(None)
-        first = rig.send("burn-1", "set_cap", watts=modelled_power_w(rig.cfg, "burn-1", 0.25))
+        first = rig.send(
+            "burn-1", "set_container_powercap", watts=modelled_power_w(rig.cfg, "burn-1", 0.25)
+        )
         assert first.ok
         rig.stop(signal.SIGKILL)  # no clean shutdown
         cg.set_cpu_limit(None)  # the limit is lost meanwhile (e.g. cgroup recreated)
@@ -188,7 +192,7 @@ def test_restart_restores_last_setpoint_from_kafka(rig: Rig) -> None:
         acks = rig.bus.collect_acks(0.5)
         assert first.command_id not in [a.command_id for a in acks]  # not acked twice
         # and the original limit (unlimited) is still what removing the cap restores
-        assert rig.send("burn-1", "remove_cap").ok
+        assert rig.send("burn-1", "set_container_powercap", watts=None).ok
         assert cg.get_cpu_limit() is None
 
 

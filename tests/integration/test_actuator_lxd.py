@@ -53,14 +53,14 @@ def test_cap_writes_allowance_and_removal_restores_soft_share(lxd) -> None:
     out: list[tuple[str, bytes]] = []
     act = ContainerActuator(parse_config(_config(url)), lambda t, k, v: out.append((t, v)))
     # 0.9125 W with the microserver model over 2 cores (1.825 W per busy core) = 0.5 core
-    ack = act.handle(_action(command_id="c1", action="set_cap", watts=0.9125))
+    ack = act.handle(_action(command_id="c1", action="set_container_powercap", watts=0.9125))
     assert ack is not None and ack.ok, ack
     assert fake.instances["web-1"]["config"]["limits.cpu.allowance"] == "50ms/100ms"
     assert fake.instances["web-1"]["config"]["limits.memory"] == "1GiB"  # untouched
     puts = [body for m, p, body in fake.requests if (m, p) == ("PUT", "/1.0/instances/web-1")]
     assert puts and puts[-1]["config"]["limits.cpu.allowance"] == "50ms/100ms"
     assert ack.applied["cpu_limit_cores"] == pytest.approx(0.5)
-    ack = act.handle(_action(command_id="c2", action="remove_cap"))
+    ack = act.handle(_action(command_id="c2", action="set_container_powercap", watts=None))
     assert ack is not None and ack.ok
     # the soft share the instance had before Ecovisor is back, verbatim
     assert fake.instances["web-1"]["config"]["limits.cpu.allowance"] == "50%"
@@ -109,5 +109,5 @@ def test_missing_instance_and_unreachable_lxd_are_reported(lxd) -> None:
     fake.stop()
     out: list[tuple[str, bytes]] = []
     act = ContainerActuator(parse_config(_config(url)), lambda t, k, v: out.append((t, v)))
-    ack = act.handle(_action(command_id="x", action="suspend"))
+    ack = act.handle(_action(command_id="x", action="suspend_container"))
     assert ack is not None and not ack.ok and "unreachable" in (ack.error or "")

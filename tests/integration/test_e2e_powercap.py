@@ -125,7 +125,7 @@ stack:
         notes["web"].wait(
             lambda xs: any(x["type"] == "tick" for x in xs), 45, "the ledger's first tick"
         )
-        ack = bus.send_action(site, "web", "probe", "resume", timeout=45)
+        ack = bus.send_action(site, "web", "probe", "resume_container", timeout=45)
         assert not ack.ok and "does not exist" in (ack.error or ""), ack
         yield Rig(site, top, cfg_path, cfg, kafka_bootstrap, notes, actions, tmp_path)
     finally:
@@ -173,7 +173,9 @@ def test_powercap_command_to_kernel_quota_and_back(rig: Rig) -> None:
         applied = lifecycle(notes, cmd.command_id)[1]["data"]["applied"]
         assert applied["cpu_limit_cores"] == pytest.approx(CAP_CORES, rel=0.01), applied
         routed = [a for a in rig.actions.poll() if a["command_id"] == cmd.command_id]
-        assert [(a["action"], a["container"]) for a in routed] == [("set_cap", "burn-1")]
+        assert [(a["action"], a["container"]) for a in routed] == [
+            ("set_container_powercap", "burn-1")
+        ]
 
         # the quota is in the kernel, and when it got there
         capped = [s for s in samples if s.quota_us != -1]

@@ -3,12 +3,14 @@ tree (temp files), Kafka and MQTT replaced by lists."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from actuators.battery import BatteryActuator
-from actuators.containers import ContainerActuator
+from actuators.containers import ContainerActuator, parse_action
 from actuators.state import ActuatorState
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import (
@@ -72,10 +74,10 @@ def test_cap_through_power_model_and_removal_restores_previous_limit(tmp_path: P
     mk(tmp_path, "c2")
     act = ContainerActuator(parse_config(site(tmp_path)), Sink())
     # microserver over 2 cores: (5 - 1.35) / 2 = 1.825 W per busy core
-    ack = act.handle(action("a", "set_cap", watts=1.825 * 0.4))
+    ack = act.handle(action("a", "set_container_powercap", watts=1.825 * 0.4))
     assert ack is not None and ack.ok
     assert abs(quota(d) - 40000) <= 1
-    ack = act.handle(action("b", "remove_cap"))
+    ack = act.handle(action("b", "set_container_powercap", watts=None))
     assert ack is not None and ack.ok and ack.applied["cpu_limit_cores"] == pytest.approx(1.2)
     assert (d / "cpu.max").read_text() == "120000 100000"
 
@@ -83,13 +85,13 @@ def test_cap_through_power_model_and_removal_restores_previous_limit(tmp_path: P
 def test_vertical_allowance_and_cap_take_the_lower(tmp_path: Path) -> None:
     d = mk(tmp_path, "c1")
     act = ContainerActuator(parse_config(site(tmp_path)), Sink())
-    assert act.handle(action("v", "scale", cpus=0.5)).ok  # type: ignore[union-attr]
+    assert act.handle(action("v", "scale_container", cpus=0.5)).ok  # type: ignore[union-attr]
     assert (d / "cpu.max").read_text() == "50000 100000"
-    assert act.handle(action("c", "set_cap", watts=10.0)).ok  # type: ignore[union-attr]
+    assert act.handle(action("c", "set_container_powercap", watts=10.0)).ok  # type: ignore[union-attr]
     assert (d / "cpu.max").read_text() == "50000 100000"  # cap not binding below 0.5 core
-    assert act.handle(action("c2", "set_cap", watts=1.825 * 0.2)).ok  # type: ignore[union-attr]
+    assert act.handle(action("c2", "set_container_powercap", watts=1.825 * 0.2)).ok  # type: ignore[union-attr]
     assert abs(quota(d) - 20000) <= 1
-    assert act.handle(action("r", "remove_cap")).ok  # type: ignore[union-attr]
+    assert act.handle(action("r", "set_container_powercap", watts=None)).ok  # type: ignore[union-attr]
     assert (d / "cpu.max").read_text() == "50000 100000"  # back to the vertical allowance
 
 
@@ -97,11 +99,11 @@ def test_idempotent_by_command_id_and_other_sites_ignored(tmp_path: Path) -> Non
     d = mk(tmp_path, "c1")
     sink = Sink()
     act = ContainerActuator(parse_config(site(tmp_path)), sink)
-    assert act.handle(action("same", "set_cap", watts=1.825 * 0.3)) is not None
+    assert act.handle(action("same", "set_container_powercap", watts=1.825 * 0.3)) is not None
     (d / "cpu.max").write_text("max 100000")  # if re-applied, this would change
-    assert act.handle(action("same", "set_cap", watts=1.825 * 0.3)) is None
+    assert act.handle(action("same", "set_container_powercap", watts=1.825 * 0.3)) is None
     assert (d / "cpu.max").read_text() == "max 100000"
-    other = action("o", "suspend").model_copy(update={"site": "elsewhere"})
+    other = action("o", "suspend_container").model_copy(update={"site": "elsewhere"})
     assert act.handle(other) is None
     assert [a.command_id for a in sink.acks()] == ["same"]
 
@@ -110,11 +112,11 @@ def test_failures_are_acks_not_exceptions(tmp_path: Path) -> None:
     mk(tmp_path, "c1")
     # idle attribution "equal": each of 2 containers carries 1.35 / 2 W of idle power
     act = ContainerActuator(parse_config(site(tmp_path, idle="equal")), Sink())
-    ack = act.handle(action("low", "set_cap", watts=0.5))
+    ack = act.handle(action("low", "set_container_powercap", watts=0.5))
     assert ack is not None and not ack.ok and "idle floor" in (ack.error or "")
-    ack = act.handle(action("gone", "suspend", container="c2"))  # c2 has no cgroup
+    ack = act.handle(action("gone", "suspend_container", container="c2"))  # c2 has no cgroup
     assert ack is not None and not ack.ok and "does not exist" in (ack.error or "")
-    ack = act.handle(action("unk", "suspend", container="zz"))
+    ack = act.handle(action("unk", "suspend_container", container="zz"))
     assert ack is not None and not ack.ok and "not in the site configuration" in (ack.error or "")
 
 
@@ -122,9 +124,9 @@ def test_restore_replays_latest_setpoints_with_baseline_from_acks(tmp_path: Path
     d = mk(tmp_path, "c1", "80000 100000")
     first = ContainerActuator(parse_config(site(tmp_path)), sink1 := Sink())
     history = [
-        action("1", "set_cap", watts=1.825 * 0.5),
-        action("2", "suspend"),
-        action("3", "set_cap", watts=1.825 * 0.25),
+        action("1", "set_container_powercap", watts=1.825 * 0.5),
+        action("2", "suspend_container"),
+        action("3", "set_container_powercap", watts=1.825 * 0.25),
     ]
     for a in history[:2]:
         first.handle(a)
@@ -138,8 +140,41 @@ def test_restore_replays_latest_setpoints_with_baseline_from_acks(tmp_path: Path
     assert (d / "cgroup.freeze").read_text() == "1"
     assert [a.command_id for a in sink2.acks()] == ["3"]  # only the unacknowledged one
     assert second.handle(history[0]) is None  # replayed ids stay deduplicated
-    second.handle(action("4", "remove_cap"))
+    second.handle(action("4", "set_container_powercap", watts=None))
     assert (d / "cpu.max").read_text() == "80000 100000"  # the original, from the acks
+
+
+def old_action(cid: str, name: str, **kw: Any) -> ContainerAction:
+    """An action as an earlier ledger wrote it to the topic (old name), parsed as the
+    actuator parses what it consumes."""
+    raw = {"site": "s1", "time": "2024-06-01T12:00:00Z", "command_id": cid, "app": "web"}
+    parsed = parse_action(json.dumps({**raw, "container": "c1", "action": name, **kw}).encode())
+    assert parsed is not None
+    return parsed
+
+
+def test_actions_under_old_names_have_the_same_effect(tmp_path: Path) -> None:
+    """The actuator replays its topic from the beginning: actions written under the old
+    names still apply, replayed or live, and are acknowledged under the new ones."""
+    d = mk(tmp_path, "c1", "80000 100000")
+    act = ContainerActuator(parse_config(site(tmp_path)), sink := Sink())
+    history = [old_action("1", "set_cap", watts=1.825 * 0.25), old_action("2", "suspend")]
+    assert act.restore(history, []) == 2
+    assert abs(quota(d) - 25000) <= 1
+    assert (d / "cgroup.freeze").read_text() == "1"
+    assert act.handle(old_action("3", "resume")).ok  # type: ignore[union-attr]
+    assert (d / "cgroup.freeze").read_text() == "0"
+    assert act.handle(old_action("4", "scale", cpus=0.5)).ok  # type: ignore[union-attr]
+    assert abs(quota(d) - 25000) <= 1  # the cap is still the lower
+    assert act.handle(old_action("5", "remove_cap")).ok  # type: ignore[union-attr]
+    assert (d / "cpu.max").read_text() == "50000 100000"  # back to the vertical allowance
+    assert [a.applied["action"] for a in sink.acks()] == [
+        "set_container_powercap",
+        "suspend_container",
+        "resume_container",
+        "scale_container",
+        "set_container_powercap",
+    ]
 
 
 def test_state_fold_leaves_state_unchanged_when_the_cap_is_rejected() -> None:
@@ -148,9 +183,9 @@ def test_state_fold_leaves_state_unchanged_when_the_cap_is_rejected() -> None:
     def reject(container: str, watts: float) -> float:
         raise ValueError("below floor")
 
-    st.fold(action("a", "scale", cpus=1.0), reject)
+    st.fold(action("a", "scale_container", cpus=1.0), reject)
     with pytest.raises(ValueError):
-        st.fold(action("b", "set_cap", watts=0.1), reject)
+        st.fold(action("b", "set_container_powercap", watts=0.1), reject)
     assert st.setpoints("c1").cap_cores is None and st.setpoints("c1").effective_limit() == 1.0
 
 
@@ -246,10 +281,14 @@ def test_a_carried_quota_is_written_as_is(tmp_path: Path) -> None:
     d = mk(tmp_path, "c1")
     act = ContainerActuator(parse_config(site(tmp_path)), Sink())
     # the actuator does not recompute: 12345 µs is what it writes, whatever the watts
-    ack = act.handle(action("q", "set_cap", watts=3.0, quota_us=12_345, period_us=100_000))
+    ack = act.handle(
+        action("q", "set_container_powercap", watts=3.0, quota_us=12_345, period_us=100_000)
+    )
     assert ack is not None and ack.ok and ack.applied["cap_cores"] == pytest.approx(0.12345)
     assert (d / "cpu.max").read_text() == "12345 100000"
     # a quota for another period is converted to the cgroup's own period
-    ack = act.handle(action("p", "set_cap", watts=3.0, quota_us=25_000, period_us=50_000))
+    ack = act.handle(
+        action("p", "set_container_powercap", watts=3.0, quota_us=25_000, period_us=50_000)
+    )
     assert ack is not None and ack.ok
     assert (d / "cpu.max").read_text() == "50000 100000"

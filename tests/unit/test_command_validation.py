@@ -42,7 +42,12 @@ def test_accepted_cap_routes_action_and_setting(cfg: EcovisorConfig) -> None:
     assert d.accepted and d.reason is None
     assert d.change == core.SetContainerPowercap(container="web-1", watts=2.0)
     (a,) = d.actions
-    assert (a.action, a.container, a.watts, a.app) == ("set_cap", "web-1", 2.0, "web")
+    assert (a.action, a.container, a.watts, a.app) == (
+        "set_container_powercap",
+        "web-1",
+        2.0,
+        "web",
+    )
     # the quota that enforces the cap is computed here, once, and carried to the actuator
     q = cfg.cap_quota("web-1", 2.0)
     assert (a.quota_us, a.period_us) == (q.quota_us, q.period_us) and q.binding
@@ -86,7 +91,8 @@ def test_cap_below_idle_floor_rejected(cfg: EcovisorConfig) -> None:
             site="demo", time=NOW, app="web", token=tok(cfg, "web"), container="web-1", watts=None
         ),
     )
-    assert d.accepted and d.actions[0].action == "remove_cap"
+    (a,) = d.actions  # a null cap removes it: same name, watts null
+    assert d.accepted and (a.action, a.watts) == ("set_container_powercap", None)
 
 
 def test_ranges(cfg: EcovisorConfig) -> None:
@@ -149,10 +155,10 @@ def test_replicas_of_an_apps_template_are_its_containers() -> None:
 
     d = cap("web", "web-token-123", "worker-2")
     assert d.accepted, d.reason
-    assert [(a.action, a.container) for a in d.actions] == [("set_cap", "worker-2")]
+    assert [(a.action, a.container) for a in d.actions] == [("set_container_powercap", "worker-2")]
     d = validate(rcfg, SuspendContainer(site="demo", time=NOW, app="web",
                                         token="web-token-123", container="worker-1"))
-    assert d.accepted and d.actions[0].action == "suspend"
+    assert d.accepted and d.actions[0].action == "suspend_container"
     d = cap("batch", "batch-token-123", "worker-1")
     assert not d.accepted and "does not own" in (d.reason or "")
     d = cap("web", "web-token-123", "worker-3")

@@ -161,7 +161,7 @@ apps:
             command_id="x",
             app=app,
             container=container,
-            action="suspend",
+            action="suspend_container",
         )
 
     assert act.handle(a("web", "w1")) is not None

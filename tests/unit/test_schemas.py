@@ -73,3 +73,55 @@ def test_validation_errors_read_well() -> None:
         schemas.parse_telemetry(b'{"kind": "solar", "site": "s", "power_w": -1}')
     reason = schemas.describe_validation_error(e.value)
     assert "power_w" in reason and "greater than or equal to 0" in reason
+
+
+# A ContainerAction as an earlier ledger wrote it: the actuator replays its topic from
+# the beginning on start, so these keep parsing, to the command's name.
+_ACTION = {"site": "s", "time": "2024-06-01T12:00:00Z", "command_id": "c", "app": "web",
+           "container": "web-1"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("old", "extra", "new", "watts"),
+    [
+        ("set_cap", {"watts": 3.5, "quota_us": 191780}, "set_container_powercap", 3.5),
+        ("remove_cap", {}, "set_container_powercap", None),
+        ("remove_cap", {"watts": 3.5}, "set_container_powercap", None),  # removes, whatever
+        ("suspend", {}, "suspend_container", None),
+        ("resume", {}, "resume_container", None),
+        ("scale", {"cpus": 0.5}, "scale_container", None),
+        ("scale_app", {"replicas": 2}, "scale_app", None),
+    ],
+)
+def test_container_action_old_names_parse_to_the_command_names(
+    old: str, extra: dict, new: str, watts: float | None
+) -> None:
+    raw = json.dumps({**_ACTION, "action": old, **extra})
+    a = schemas.ContainerAction.model_validate_json(raw)  # as the actuator reads its topic
+    assert (a.action, a.watts) == (new, watts)
+    # the new form, every other field carried over unchanged
+    assert a == schemas.ContainerAction(**{**_ACTION, **extra, "action": new, "watts": watts})
+    assert a == schemas.ContainerAction.model_validate(json.loads(raw))  # dict input too
+
+
+@pytest.mark.parametrize(
+    ("action", "extra"),
+    [
+        ("set_container_powercap", {"watts": 3.5, "quota_us": 191780, "period_us": 100000}),
+        ("set_container_powercap", {"watts": None}),
+        ("suspend_container", {}),
+        ("resume_container", {}),
+        ("scale_container", {"cpus": 0.5}),
+        ("scale_app", {"replicas": 2}),
+    ],
+)
+def test_container_action_round_trips(action: str, extra: dict) -> None:
+    a = schemas.ContainerAction.model_validate({**_ACTION, "action": action, **extra})
+    assert a.action == action
+    assert schemas.ContainerAction.model_validate_json(a.to_json()) == a
+
+
+@pytest.mark.parametrize("action", ["set_carbon_rate", ["set_cap"], None])
+def test_container_action_rejects_unknown_names(action: object) -> None:
+    with pytest.raises(pydantic.ValidationError):  # a validation error, never a crash
+        schemas.ContainerAction.model_validate({**_ACTION, "action": action})
