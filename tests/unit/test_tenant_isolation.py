@@ -1,4 +1,4 @@
-"""Review: tenant isolation of the command path, the API and the configuration.
+"""Tenant isolation of the command path, the API and the configuration.
 
 An application must read and control only its own virtual energy system: another app's
 command ids, tokens or container names must never let it suppress, re-apply or observe

@@ -1,4 +1,4 @@
-"""Review: bad input gives a clear error (dead letter or command_rejected with a reason),
+"""Bad input gives a clear error (dead letter or command_rejected with a reason),
 never a crash and never silent loss; a single bad timestamp cannot stall or explode the
 tick clock."""
 
