@@ -107,18 +107,27 @@ def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-pub")
     pub.connect("127.0.0.1", mport)
     pub.loop_start()
-    m = schemas.SolarTelemetry(
-        site="tiny", time=datetime(2024, 1, 1, tzinfo=UTC), source="pv", seq=1, power_w=3,
-        energy_j=1,
-    )  # fmt: skip
-    pub.publish(topics.mqtt_telemetry("tiny", "solar", "pv"), m.to_json(), qos=1)
+    # RUNNING does not mean the bridge has subscribed yet: a message published before
+    # its subscription exists is not for it. Publish one a second (new seq each) until
+    # one comes through, and check it arrives exactly as sent.
+    sent: dict[int, schemas.SolarTelemetry] = {}
     got: list[bytes] = []
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 20
     while not got and time.monotonic() < deadline:
-        got = [r.value for recs in cons.poll(500).values() for r in recs if r.key == b"tiny"]
+        seq = len(sent) + 1
+        sent[seq] = schemas.SolarTelemetry(
+            site="tiny", time=datetime(2024, 1, 1, tzinfo=UTC), source="pv", seq=seq,
+            power_w=3, energy_j=seq,
+        )  # fmt: skip
+        pub.publish(topics.mqtt_telemetry("tiny", "solar", "pv"), sent[seq].to_json(), qos=1)
+        until = time.monotonic() + 1.0
+        while not got and time.monotonic() < until:
+            got = [r.value for recs in cons.poll(200).values() for r in recs if r.key == b"tiny"]
     pub.loop_stop()
     cons.close()
-    assert got and schemas.parse_telemetry(got[0]) == m
+    assert got, "no telemetry came through the stack's bridge in 20 s"
+    first = schemas.parse_telemetry(got[0])
+    assert first == sent[first.seq]
 
     # a second `up` refuses to start over a running stack
     again = _cli("up", "--detach", "--config", cfg)
