@@ -141,6 +141,37 @@ class SourceConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class SiteLimits(_Strict):
+    """Bounds at the edge: a message or request outside them is refused (422 or a dead
+    letter) with the reason, so no single message can stop the ledger (docs/reliability.md)."""
+
+    max_carbon_budget_g: float = Field(
+        1.0e6, gt=0, le=1.0e12, description="ceiling of set_carbon_budget grams per period"
+    )
+    max_carbon_rate_mg_per_s: float = Field(
+        1.0e6, gt=0, le=1.0e12, description="ceiling of set_carbon_rate mg/s"
+    )
+    clock_skew_s: float = Field(
+        300.0, gt=0, le=86_400,
+        description="telemetry event time at most this far ahead of the site's clock",
+    )
+    max_message_bytes: int = Field(
+        65_536, ge=1_024, le=900_000, description="largest telemetry or command payload"
+    )
+    max_sources: int = Field(
+        1_000, ge=1, le=100_000, description="telemetry sources the ledger tracks per site"
+    )
+    source_expiry_s: float = Field(
+        3_600.0, gt=0, description="a source silent this long is forgotten (its dedupe state)"
+    )
+    replay_clock_source: Ident | None = Field(
+        None, description="the only source whose clock messages are accepted (None: none)"
+    )
+    clock_max_step_s: float = Field(
+        86_400.0, gt=0, description="largest advance of one clock message"
+    )
+
+
 class SiteConfig(_Strict):
     id: Ident
     shape: SiteShape = SiteShape()
@@ -149,6 +180,7 @@ class SiteConfig(_Strict):
     carbon: SourceConfig | None = None
     battery: SourceConfig | None = None
     grace_s: float = Field(0.5, ge=0, description="a tick closes after tick_s + grace_s")
+    limits: SiteLimits = SiteLimits()
 
 
 class StackConfig(_Strict):

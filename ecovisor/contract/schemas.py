@@ -142,6 +142,9 @@ class ClockMessage(BaseModel):
     kind: Literal["clock"] = "clock"
     site: Ident
     time: AwareDatetime
+    source: Ident | None = Field(
+        None, description="who drives the clock; accepted only from the site's replay source"
+    )
 
 
 def parse_telemetry(raw: bytes | str) -> AnyTelemetry:
