@@ -36,8 +36,11 @@ def main() -> int:
     try:
         create_topics(boot, topics.static_topics())
         cfg = tmp / "site.yaml"
-        cfg.write_text(
-            f"site: {{id: bench}}\nstack: {{kafka_bootstrap: '{boot}', mqtt_port: {mport}}}\n"
+        cfg.write_text(  # the bridge forwards only the site's own containers' telemetry
+            "site: {id: bench, nodes: [{id: n1, cores: 2}]}\n"
+            "apps: [{id: web, token: bench-token, containers: "
+            "[{id: web-1, node: n1, backend: {type: process, cgroup: b/web-1}}]}]\n"
+            f"stack: {{kafka_bootstrap: '{boot}', mqtt_port: {mport}}}\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECOVISOR_")}
         bridge = subprocess.Popen(

@@ -2,17 +2,25 @@
 
 ``python -m streams.bridge --config FILE`` subscribes (QoS 1, persistent session, stable
 client id ``ecovisor-bridge-<site>``) to ``ecovisor/+/telemetry/#``, validates each message
-against the contract (ecovisor.contract.schemas) and produces it to ``ecovisor.telemetry`` keyed by
-site id; anything malformed or invalid goes to ``ecovisor.deadletter`` with the reason and
-the raw payload. Each MQTT message is acknowledged (manual PUBACK) only after Kafka
-confirmed its write (acks=all), strictly in arrival order; so a bridge killed at any point
-loses nothing the MQTT broker accepted: unacknowledged messages are redelivered to the
-persistent session on restart (duplicates are possible; the ledger ignores them by
-(source, seq)).
+against the contract (ecovisor.contract.schemas) and the site (its id, apps, containers
+and template replicas, nodes) and produces it to ``ecovisor.telemetry`` keyed by site id;
+anything too large (checked before parsing), malformed, invalid, for another site or for
+an app, container or node the site does not have goes to ``ecovisor.deadletter`` with the
+reason and the raw payload (truncated). Each MQTT message is acknowledged (manual PUBACK)
+only after Kafka confirmed its write (acks=all), strictly in arrival order; so a bridge
+killed at any point loses nothing the MQTT broker accepted: unacknowledged messages are
+redelivered to the persistent session on restart (duplicates are possible; the ledger
+ignores them by (source, seq)).
+
+Every message is acknowledged in the end: the broker holds back new deliveries while its
+in-flight window (unacknowledged messages) is full, so one message never acknowledged
+would stall every source. A write Kafka refuses for the message itself (too large, an
+invalid record) is dead-lettered instead and acknowledged; a write that fails because
+Kafka is unavailable is sent again (the head blocks later acks until it succeeds), so
+order of acks never breaks.
 
 Throughput: Kafka sends are asynchronous and batched (linger); a deque of pending
-messages is acknowledged from its head as confirmations arrive. A failed write is sent
-again (the head blocks later acks until it succeeds), so order of acks never breaks.
+messages is acknowledged from its head as confirmations arrive.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from kafka import errors as kafka_errors
 from pydantic import ValidationError
 from tenacity import (
     RetryCallState,
@@ -40,6 +49,7 @@ from tenacity import (
 from ecovisor.contract import schemas, topics
 from ecovisor.contract.config import (
     ConfigError,
+    EcovisorConfig,
     config_path,
     kafka_bootstrap,
     load_config,
@@ -48,6 +58,64 @@ from ecovisor.contract.config import (
 )
 
 log = logging.getLogger("ecovisor.bridge")
+
+# Raw payload kept in the dead letter of an oversized message: enough to tell what it
+# was, small enough that the dead letter itself always fits.
+OVERSIZED_RAW_KEEP = 4_096
+# Kafka refuses these for the message itself: sending it again cannot help.
+_REFUSED: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidRecordError,
+    kafka_errors.CorruptRecordError,
+    kafka_errors.InvalidTimestampError,
+    TypeError,
+    ValueError,
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the bridge accepts telemetry for: its site, the largest payload, and the
+    site's apps, containers (configured and every template replica: ``placements``,
+    the ownership rule of the ledger) and nodes; precomputed once."""
+
+    site: str
+    max_bytes: int
+    owners: dict[str, str] = field(default_factory=dict)  # container -> app
+    apps: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, cfg: EcovisorConfig) -> Scope:
+        return cls(
+            site=cfg.site.id,
+            max_bytes=cfg.site.limits.max_message_bytes,
+            owners={c: p.app for c, p in cfg.placements().items()},
+            apps=frozenset(a.id for a in cfg.apps),
+            nodes=frozenset(n.id for n in cfg.site.nodes),
+        )
+
+    def foreign(self, msg: Any) -> str | None:
+        """Why a valid message is not for this site, else None."""
+        if msg.site != self.site:
+            return f"telemetry for site {msg.site!r}; this bridge serves site {self.site!r}"
+        if isinstance(msg, schemas.ContainerTelemetry):
+            owner = self.owners.get(msg.container)
+            if owner is None:
+                return (
+                    f"container {msg.container!r} is not in site {self.site!r} (neither "
+                    f"configured nor a template replica)"
+                )
+            if owner != msg.app:
+                return f"container {msg.container!r} belongs to app {owner!r}, not {msg.app!r}"
+        app = getattr(msg, "app", None)
+        if app is not None and app not in self.apps:
+            return f"app {app!r} is not in site {self.site!r}"
+        node = getattr(msg, "node", None)
+        if node is not None and node not in self.nodes:
+            return f"node {node!r} is not in site {self.site!r}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -59,18 +127,28 @@ class Routed:
     value: bytes
     valid: bool
     reason: str | None = None
+    origin: str = ""
 
 
-def route(mqtt_topic: str, payload: bytes) -> Routed:
+def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
     """Validate one MQTT message; pure (the dead letter's time is the only clock read)."""
     origin = f"mqtt:{mqtt_topic}"
     parsed = topics.parse_mqtt_telemetry(mqtt_topic)
 
-    def dead(reason: str, site: str | None) -> Routed:
-        dl = schemas.dead_letter(origin, reason, payload)
+    def dead(reason: str, site: str | None, keep: int = schemas.DEAD_LETTER_RAW_MAX) -> Routed:
+        dl = schemas.dead_letter(origin, reason, payload, keep)
         value = dl.model_dump_json().encode()
-        return Routed(topics.DEADLETTER, site.encode() if site else None, value, False, reason)
+        key = site.encode() if site else None
+        return Routed(topics.DEADLETTER, key, value, False, reason, origin)
 
+    site = parsed[0] if parsed is not None else None
+    if len(payload) > scope.max_bytes:  # before parsing: a large payload costs nothing more
+        return dead(
+            f"payload of {len(payload)} bytes is larger than site.limits.max_message_bytes "
+            f"({scope.max_bytes})",
+            site,
+            OVERSIZED_RAW_KEEP,
+        )
     if parsed is None:
         return dead(
             "topic is not ecovisor/<site>/telemetry/<kind>/<source> with a known kind", None
@@ -93,7 +171,56 @@ def route(mqtt_topic: str, payload: bytes) -> Routed:
     ]
     if mismatch:
         return dead("payload does not match its topic: " + "; ".join(mismatch), site)
-    return Routed(topics.TELEMETRY, site.encode(), msg.model_dump_json().encode(), True)
+    why = scope.foreign(msg)
+    if why is not None:
+        return dead(why, site)
+    value = msg.model_dump_json().encode()
+    return Routed(topics.TELEMETRY, site.encode(), value, True, None, origin)
+
+
+def refused(r: Routed, err: BaseException) -> Routed:
+    """The dead letter of a message Kafka refused for itself (e.g. too large)."""
+    reason = f"Kafka refused the message: {type(err).__name__}: {err}"
+    dl = schemas.dead_letter(r.origin or r.topic, reason, r.value, OVERSIZED_RAW_KEEP)
+    return Routed(topics.DEADLETTER, r.key, dl.model_dump_json().encode(), False, reason, r.origin)
+
+
+class _Failed:
+    """A send refused before it left (``KafkaProducer.send`` raised): a failed future,
+    so the one acknowledgement path handles it."""
+
+    is_done = True
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+
+    def failed(self) -> bool:
+        return True
+
+
+class RateLimitedLog:
+    """One log line per key per ``interval_s`` (with how many were suppressed), over a
+    bounded number of keys: a flood of bad messages from random topics cannot flood the
+    log or grow this table."""
+
+    def __init__(self, interval_s: float = 60.0, max_keys: int = 1_024) -> None:
+        self.interval_s, self.max_keys = interval_s, max_keys
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (logged at, suppressed since)
+
+    def warn(self, key: str, msg: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        if last is None and len(self._last) >= self.max_keys:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval_s}
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+        more = f" ({last[1]} more since the last report)" if last and last[1] else ""
+        log.warning("%s%s", msg, more)
+        self._last[key] = (now, 0)
+        return True
 
 
 @dataclass
@@ -105,14 +232,18 @@ class _Pending:
 
 
 class Bridge:
-    def __init__(self, site: str, mqtt_host: str, mqtt_port: int, bootstrap: str) -> None:
+    def __init__(
+        self, cfg: EcovisorConfig | Scope, mqtt_host: str, mqtt_port: int, bootstrap: str
+    ) -> None:
+        self.scope = cfg if isinstance(cfg, Scope) else Scope.of(cfg)
         self.site, self.mqtt_host, self.mqtt_port, self.bootstrap = (
-            site,
+            self.scope.site,
             mqtt_host,
             mqtt_port,
             bootstrap,
         )
-        self.client_id = f"ecovisor-bridge-{site}"
+        self.dead_log = RateLimitedLog()
+        self.client_id = f"ecovisor-bridge-{self.site}"
         self.pending: collections.deque[_Pending] = collections.deque()
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -161,7 +292,11 @@ class Bridge:
                     log.info("connected to Kafka at %s", self.bootstrap)
 
     def _send(self, r: Routed) -> Any:
-        fut = self.producer.send(r.topic, key=r.key, value=r.value)
+        """The write's future; a send refused at once is a failed one (``_Failed``)."""
+        try:
+            fut = self.producer.send(r.topic, key=r.key, value=r.value)
+        except Exception as e:  # too large, buffer full, ...: decided by _ack_ready
+            return _Failed(e)
         fut.add_both(self._wake)
         return fut
 
@@ -186,14 +321,20 @@ class Bridge:
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         try:
-            r = route(msg.topic, msg.payload)
+            r = route(self.scope, msg.topic, msg.payload)
         except Exception as e:  # belt and braces: route() must not raise
-            dl = schemas.dead_letter(f"mqtt:{msg.topic}", f"bridge error: {e}", msg.payload)
+            dl = schemas.dead_letter(
+                f"mqtt:{msg.topic}", f"bridge error: {e}", msg.payload, OVERSIZED_RAW_KEEP
+            )
             r = Routed(topics.DEADLETTER, None, dl.model_dump_json().encode(), False, str(e))
         self.counts["received"] += 1
         self.counts["forwarded" if r.valid else "dead_lettered"] += 1
-        if msg.qos == 0:  # nothing to acknowledge; still forwarded
-            self._send(r)
+        if not r.valid:
+            self.dead_log.warn(msg.topic, f"dead-lettered {msg.topic}: {r.reason}")
+        if msg.qos == 0:  # nothing to acknowledge; still forwarded (or its dead letter)
+            fut = self._send(r)
+            if isinstance(fut, _Failed) and isinstance(fut.exception, _REFUSED) and r.valid:
+                self._send(refused(r, fut.exception))
             return
         # send outside the lock: a full producer buffer blocks here, and its sender thread
         # needs the lock to deliver the callbacks that free it
@@ -219,23 +360,41 @@ class Bridge:
 
     # --- acknowledgements ---------------------------------------------------------
     def _ack_ready(self) -> None:
-        """Acknowledge the confirmed head of the queue, in order; resend a failed head."""
+        """Acknowledge the confirmed head of the queue, in order. A failed head is sent
+        again after a pause (Kafka unavailable) or, when Kafka refused the message itself,
+        replaced by its dead letter at once; a refused dead letter is logged and
+        acknowledged: nothing blocks the queue for good."""
         ready: list[_Pending] = []
+        backoff = False
         with self.cond:
             while self.pending:
                 head = self.pending[0]
-                if not head.future.is_done:
+                if head.future is None or not head.future.is_done:
                     break
-                if head.future.failed():
+                if not head.future.failed():
+                    ready.append(self.pending.popleft())
+                    continue
+                err = head.future.exception
+                if not isinstance(err, _REFUSED):
                     self.counts["kafka_retries"] += 1
-                    log.warning("Kafka write failed (%s); sending again", head.future.exception)
-                    head.future = None
+                    log.warning("Kafka write failed (%s); sending again", err)
+                    head.future, backoff = None, True
                     break
+                if head.routed.topic != topics.DEADLETTER:
+                    self.counts["kafka_refused"] += 1
+                    self.dead_log.warn(head.routed.origin, f"Kafka refused a message from "
+                                       f"{head.routed.origin} ({err}); dead-lettered")  # fmt: skip
+                    head.routed, head.future = refused(head.routed, err), None
+                    break
+                self.counts["dead_letter_refused"] += 1
+                log.error("Kafka refused the dead letter of a message from %s (%s); "
+                          "acknowledged without it", head.routed.origin, err)  # fmt: skip
                 ready.append(self.pending.popleft())
             gen = self.gen
             head = self.pending[0] if self.pending else None
         if head is not None and head.future is None:
-            self.stop.wait(0.5)  # broker trouble: back off a little, then retry in order
+            if backoff:
+                self.stop.wait(0.5)  # broker trouble: back off a little, then retry in order
             head.future = self._send(head.routed)
         for p in ready:
             if p.gen == gen:
@@ -252,7 +411,8 @@ class Bridge:
         logged: dict[str, int] = {}
         while not self.stop.is_set():
             with self.cond:
-                if not self.pending or not self.pending[0].future.is_done:
+                head = self.pending[0] if self.pending else None
+                if head is None or (head.future is not None and not head.future.is_done):
                     self.cond.wait(0.5)
             self._ack_ready()
             if time.monotonic() - last_log > 10:
@@ -288,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streams.bridge: {one_line(e)}", file=sys.stderr)
         return 2
     host, port = mqtt_endpoint(cfg)
-    bridge = Bridge(cfg.site.id, host, port, kafka_bootstrap(cfg))
+    bridge = Bridge(cfg, host, port, kafka_bootstrap(cfg))
 
     def stop(_s: int, _f: object) -> None:
         bridge.stop.set()

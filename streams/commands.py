@@ -2,15 +2,19 @@
 
 A command from ``ecovisor.commands`` is accepted only if, in this order:
 
-1. it parses against the contract (``ecovisor.schemas.AnyCommand``);
+1. it parses against the contract (``ecovisor.schemas.AnyCommand``): strict JSON types,
+   finite numbers under the contract's static ceiling;
 2. it is for this site;
 3. its ``token`` is a configured app's credential (``config.app_for_token``) and that app
    is the command's ``app`` (one app can never command another);
 4. the container (or template) it names is owned by that app;
-5. its values are in range: a power cap must be at least the container's enforceable
+5. its values are within the site's bounds (``EcovisorConfig.command_bound_error``, the
+   rule the API answers 422 with): carbon limits within ``site.limits``, a power cap
+   within its node's peak power, cpus within the node's cores, replicas within the
+   template's max; and battery rates within the app's share (``share_bound_error``);
+6. its values are in range: a power cap must be at least the container's enforceable
    floor under the node's power model (idle share, kernel minimum quota:
-   ``EcovisorConfig.cap_quota``), battery rates within the app's share limits, carbon
-   limits > 0 (``null`` removes).
+   ``EcovisorConfig.cap_quota``), carbon limits > 0 (``null`` removes).
 
 An accepted cap's ``ContainerAction`` carries the CPU quota computed here (``quota_us``
 per ``period_us``): the actuator writes it, so what was validated is what is enforced.
@@ -47,9 +51,6 @@ from ecovisor.contract.schemas import (
 )
 from ecovisor.core import state as core
 from ecovisor.core.power_cap import CapRejected, CpuQuota
-
-# Float slack when comparing a requested rate with a share limit.
-_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,11 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
     place = cfg.locate(container) if container is not None else None
     if container is not None and (place is None or place.app != app.id):
         return _reject(cfg, cmd, f"app {app.id!r} does not own container {container!r}")
+    if isinstance(cmd, ScaleApp) and not any(t.id == cmd.template for t in app.templates):
+        return _reject(cfg, cmd, f"app {app.id!r} has no container template {cmd.template!r}")
+    bound = cfg.command_bound_error(cmd) or cfg.share_bound_error(cmd)
+    if bound is not None:
+        return _reject(cfg, cmd, f"{bound[0]}: {bound[1]}")
 
     def ok(change: Any = None, *actions: ContainerAction, **detail: Any) -> Decision:
         return _decided(cmd, True, (cmd.app,), change=change, actions=actions, detail=detail)
@@ -155,7 +161,6 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
             **kw,
         )
 
-    share = app.shares
     if isinstance(cmd, SetContainerPowercap):
         if cmd.watts is None:
             return ok(
@@ -175,19 +180,9 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
                 period_us=quota.period_us,
             ),
         )
-    if isinstance(cmd, SetBatteryChargeRate):
-        limit = share.charge_limit_w
-        if cmd.watts > limit + _EPS:
-            return _reject(
-                cfg, cmd, f"charge rate {cmd.watts} W above the share's limit {limit:g} W"
-            )
+    if isinstance(cmd, SetBatteryChargeRate):  # within the share: share_bound_error
         return ok(core.SetBatteryChargeRate(watts=cmd.watts))
     if isinstance(cmd, SetBatteryMaxDischarge):
-        limit = share.discharge_limit_w
-        if cmd.watts > limit + _EPS:
-            return _reject(
-                cfg, cmd, f"max discharge {cmd.watts} W above the share's limit {limit:g} W"
-            )
         return ok(core.SetBatteryMaxDischarge(watts=cmd.watts))
     if isinstance(cmd, SetCarbonRate):
         if cmd.mg_per_s is None:
@@ -207,25 +202,21 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         return ok(None, action("suspend_container", cmd.container))
     if isinstance(cmd, ResumeContainer):
         return ok(None, action("resume_container", cmd.container))
-    if isinstance(cmd, ScaleContainer):
-        cores = cfg.node(place.node).cores if place else 0
-        if cmd.cpus > cores:
-            return _reject(cfg, cmd, f"cpus {cmd.cpus} above the node's {cores} cores")
+    if isinstance(cmd, ScaleContainer):  # cpus within the node's cores: command_bound_error
         return ok(None, action("scale_container", cmd.container, cpus=cmd.cpus))
-    if isinstance(cmd, ScaleApp):
-        tpl = next((t for t in app.templates if t.id == cmd.template), None)
-        if tpl is None:
-            return _reject(cfg, cmd, f"app {app.id!r} has no container template {cmd.template!r}")
-        if cmd.replicas > tpl.max_replicas:
-            return _reject(
-                cfg, cmd, f"replicas {cmd.replicas} above the template's max {tpl.max_replicas}"
-            )
+    if isinstance(cmd, ScaleApp):  # the app's template, replicas within its max: above
         return ok(None, action("scale_app", cmd.template, replicas=cmd.replicas))
     return _reject(cfg, cmd, f"unsupported command type {cmd.type!r}")  # pragma: no cover
 
 
 def decide(cfg: EcovisorConfig, raw: bytes | str) -> Decision:
-    """Parse and validate one raw command payload."""
+    """Parse and validate one raw command payload; one larger than
+    ``site.limits.max_message_bytes`` is refused unread (dead-lettered)."""
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    limit = cfg.site.limits.max_message_bytes
+    if size > limit:
+        reason = f"payload of {size} bytes is larger than site.limits.max_message_bytes ({limit})"
+        return Decision(False, None, None, None, reason=f"invalid command: {reason}")
     try:
         cmd = parse_command(raw)
     except (ValidationError, ValueError) as e:

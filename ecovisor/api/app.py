@@ -14,10 +14,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from ecovisor.api import commands, readings, stream
 from ecovisor.api.auth import Caller
 from ecovisor.api.command_bus import CommandBus
+from ecovisor.api.errors import BodyLimit, validation_error_handler
 from ecovisor.api.models import AppInfo
 from ecovisor.api.state_source import StateSource
 from ecovisor.api.wiring import Ctx, Wiring
@@ -49,6 +51,8 @@ def _api(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None
     )
     for router in (meta, readings.router, commands.router, stream.router):
         api.include_router(router)
+    # every 422 in the documented shape, serialisable whatever the input was
+    api.add_exception_handler(RequestValidationError, validation_error_handler)
     return api
 
 
@@ -66,6 +70,7 @@ def create_app(cfg: EcovisorConfig, state: StateSource, bus: CommandBus) -> Fast
             await state.aclose()
 
     api = _api(lifespan)
+    api.add_middleware(BodyLimit, max_bytes=cfg.site.limits.max_message_bytes)
     api.state.wiring = Wiring(cfg, state, bus)
     return api
 

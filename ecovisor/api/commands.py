@@ -2,15 +2,19 @@
 ``ecovisor.contract.schemas`` command on ``ecovisor.commands`` with the app's token and
 returns its ``command_id``; ``?wait=true`` waits (bounded) for the lifecycle outcome on
 the app's notification topic. The ledger validates and applies; the API only checks
-that the app addresses its own containers and templates."""
+that the app addresses its own containers and templates, and that every value is within
+the contract and the site's bounds (``EcovisorConfig.command_bound_error``, the rule the
+ledger rejects with): out of bounds is a 422, nothing is published."""
 
 import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
+from pydantic import ValidationError
 
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me, own_container, own_template
+from ecovisor.api.errors import items, unprocessable
 from ecovisor.api.models import CommandRequest, CommandResult, command_body
 from ecovisor.api.wiring import Ctx, Wiring
 from ecovisor.contract import schemas
@@ -86,7 +90,14 @@ async def issue(
     if "template" in fields:
         fields["template"] = own_template(ctx.cfg, me, fields["template"])
     envelope = {"site": ctx.cfg.site.id, "time": utcnow(), "app": me.id, "token": me.token}
-    return await send(ctx, kind(**envelope, **fields), wait, timeout)
+    try:
+        cmd = kind(**envelope, **fields)
+    except ValidationError as e:  # the body passed its own model; keep the 422 anyway
+        raise HTTPException(422, items(e.errors(), ("body",))) from e
+    bound = ctx.cfg.command_bound_error(cmd)
+    if bound is not None:
+        raise unprocessable(("body", bound[0]), bound[1])
+    return await send(ctx, cmd, wait, timeout)
 
 
 # --- Table 1 ---------------------------------------------------------------------------

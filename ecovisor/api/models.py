@@ -63,8 +63,9 @@ def command_body(cls: type[Command], path_params: tuple[str, ...] = (),
     if with_type:
         fields = {"type": (Literal[command_type(cls)], command_type(cls)), **fields}  # type: ignore[valid-type]
     suffix = "Request" if with_type else "Body"
+    # strict like the contract: ``true`` or ``"5"`` is not a number (an int is a float)
     return create_model(  # type: ignore[call-overload,no-any-return]
-        f"{cls.__name__}{suffix}", __config__=ConfigDict(extra="forbid"), **fields
+        f"{cls.__name__}{suffix}", __config__=ConfigDict(extra="forbid", strict=True), **fields
     )
 
 

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime
 
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me, own_container
+from ecovisor.api.errors import unprocessable
 from ecovisor.api.models import AppInfo, IntervalReading, Reading
 from ecovisor.api.state_source import Counters, IntervalCounter, LiveState, StateUnavailable
 from ecovisor.api.wiring import Ctx, Wiring
@@ -107,7 +108,7 @@ async def container_data(
 async def interval(ctx: Wiring, me: AppConfig, t1: datetime, t2: datetime) -> Counters:
     """The ledger's counters between the tick boundaries around t1..t2, or 422/503."""
     if t2 <= t1:
-        raise HTTPException(422, "t2 must be after t1")
+        raise unprocessable(("query", "t2"), "t2 must be after t1")
     try:
         return await ctx.state.counters(me.id, t1, t2)
     except StateUnavailable as e:

@@ -15,10 +15,25 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecovisor.contract.schemas import AppId, Ident
+from ecovisor.contract.schemas import (
+    MAX_MAGNITUDE,
+    AppId,
+    Command,
+    Ident,
+    ScaleApp,
+    ScaleContainer,
+    SetBatteryChargeRate,
+    SetBatteryMaxDischarge,
+    SetCarbonBudget,
+    SetCarbonRate,
+    SetContainerPowercap,
+)
 from ecovisor.core.power_cap import DEFAULT_PERIOD_US, CpuQuota, quota_for_container_cap
 from ecovisor.core.power_model import AnyPowerModel, PowerModelSpec
 from ecovisor.core.shares import AppShare, SiteShape
+
+# Float slack when comparing a requested value with a configured limit.
+_EPS = 1e-9
 
 
 class ConfigError(Exception):
@@ -125,7 +140,7 @@ class Placement:
 
 class AppConfig(_Strict):
     id: AppId
-    token: str = Field(min_length=8, repr=False)
+    token: str = Field(min_length=8, max_length=4096, repr=False)  # as Command.token
     shares: AppShare = AppShare()
     containers: list[ContainerConfig] = Field(default_factory=list)
     templates: list[ContainerTemplate] = Field(default_factory=list)
@@ -145,11 +160,12 @@ class SiteLimits(_Strict):
     """Bounds at the edge: a message or request outside them is refused (422 or a dead
     letter) with the reason, so no single message can stop the ledger (docs/reliability.md)."""
 
+    # at most the contract's static ceiling, which no command can pass anyway
     max_carbon_budget_g: float = Field(
-        1.0e6, gt=0, le=1.0e12, description="ceiling of set_carbon_budget grams per period"
+        1.0e6, gt=0, le=MAX_MAGNITUDE, description="ceiling of set_carbon_budget grams per period"
     )
     max_carbon_rate_mg_per_s: float = Field(
-        1.0e6, gt=0, le=1.0e12, description="ceiling of set_carbon_rate mg/s"
+        1.0e6, gt=0, le=MAX_MAGNITUDE, description="ceiling of set_carbon_rate mg/s"
     )
     clock_skew_s: float = Field(
         300.0, gt=0, le=86_400,
@@ -339,6 +355,73 @@ class EcovisorConfig(_Strict):
 
     def shares(self) -> dict[str, AppShare]:
         return {a.id: a.shares for a in self.apps}
+
+    def command_bound_error(self, cmd: Command) -> tuple[str, str] | None:
+        """``(field, reason)`` when a command's value is beyond this site's bounds, else
+        None: carbon limits within ``site.limits``, a power cap within its node's peak
+        modelled power (no container can draw more), cpus within the node's cores,
+        replicas within the template's max. The one bounds rule: the API answers 422
+        with it, the ledger rejects with it. Who owns what is not checked here (an
+        unknown container or template: None), nor what depends on the app's share
+        (``share_bound_error``, applied by the ledger)."""
+        lim = self.site.limits
+        if isinstance(cmd, SetCarbonBudget) and cmd.grams is not None:
+            if cmd.grams > lim.max_carbon_budget_g:
+                return "grams", (
+                    f"carbon budget {cmd.grams:g} g above the site's limit "
+                    f"{lim.max_carbon_budget_g:g} g (site.limits.max_carbon_budget_g)"
+                )
+        elif isinstance(cmd, SetCarbonRate) and cmd.mg_per_s is not None:
+            if cmd.mg_per_s > lim.max_carbon_rate_mg_per_s:
+                return "mg_per_s", (
+                    f"carbon rate {cmd.mg_per_s:g} mg/s above the site's limit "
+                    f"{lim.max_carbon_rate_mg_per_s:g} mg/s (site.limits.max_carbon_rate_mg_per_s)"
+                )
+        elif isinstance(cmd, SetContainerPowercap | ScaleContainer):
+            return self._container_bound_error(cmd)
+        elif isinstance(cmd, ScaleApp):
+            tpl = next((t for a in self.apps for t in a.templates if t.id == cmd.template), None)
+            if tpl is not None and cmd.replicas > tpl.max_replicas:
+                return "replicas", (
+                    f"replicas {cmd.replicas} above the template's max {tpl.max_replicas}"
+                )
+        return None
+
+    def _container_bound_error(
+        self, cmd: SetContainerPowercap | ScaleContainer
+    ) -> tuple[str, str] | None:
+        where = self.locate(cmd.container)
+        if where is None:
+            return None
+        node = self.node(where.node)
+        if isinstance(cmd, ScaleContainer):
+            if cmd.cpus > node.cores:
+                return "cpus", f"cpus {cmd.cpus:g} above the node's {node.cores} cores"
+            return None
+        peak = node.model().peak_power_w
+        if cmd.watts is not None and cmd.watts > peak + _EPS:
+            return "watts", (
+                f"power cap {cmd.watts:g} W above node {node.id!r}'s peak {peak:g} W (its "
+                f"power model at full load; null removes the cap)"
+            )
+        return None
+
+    def share_bound_error(self, cmd: Command) -> tuple[str, str] | None:
+        """``(field, reason)`` when a battery rate is above the app's share limit (the
+        C-rate of its battery share), else None."""
+        if not isinstance(cmd, SetBatteryChargeRate | SetBatteryMaxDischarge):
+            return None
+        try:
+            share = self.app(cmd.app).shares
+        except KeyError:
+            return None
+        if isinstance(cmd, SetBatteryChargeRate):
+            what, limit = "charge rate", share.charge_limit_w
+        else:
+            what, limit = "max discharge", share.discharge_limit_w
+        if cmd.watts > limit + _EPS:
+            return "watts", f"{what} {cmd.watts:g} W above the share's limit {limit:g} W"
+        return None
 
 
 def _backend_keys(b: ContainerBackend, suffix: str = "") -> list[str]:

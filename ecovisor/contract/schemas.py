@@ -5,6 +5,13 @@ Every message carries ``schema_version``, the ``site`` id and an event ``time`` 
 Telemetry also carries a ``source`` id and a per-source ``seq``; commands carry a
 ``command_id`` (idempotency key) and the app's ``token``. Units: W, Wh, J, gCO2eq/kWh,
 g, mg/s, seconds. See docs/contract.md.
+
+Telemetry, clock messages and commands come from devices and tenants, so they are
+bounded here, whoever publishes them (MQTT, Kafka, the API): strict JSON types (no
+coercion: ``true`` or ``"5"`` is not a number; an int is a float), finite numbers under a
+static ceiling (``MAX_MAGNITUDE``, cumulative counters ``MAX_COUNTER``), bounded lists and
+strings. The site's own, lower limits (``SiteLimits``) are applied by the API and the
+ledger's validation (``EcovisorConfig.command_bound_error``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -29,8 +37,27 @@ SCHEMA_VERSION = 1
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 AppId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Ident = Annotated[str, Field(pattern=_ID)]
+# Outputs of the ledger (notifications, setpoints): finite, unbounded (a bound there
+# could only turn a large but valid tick into a crash).
 NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+# Inputs (telemetry, commands): a static ceiling far above any physical value (1 TW,
+# 1e12 g), low enough that the ledger's integer mJ / µg arithmetic (x1e3, x1e6) stays
+# finite and exact to the unit. Cumulative counters get more room: 1e15 J is 32 years
+# at 1 MW, and 1e18 mJ is still an exact float-to-int conversion away from overflow.
+MAX_MAGNITUDE = 1.0e12
+MAX_COUNTER = 1.0e15
+MAX_SEQ = 2**63 - 1  # an int64: every store (Faust tables, JSON) keeps it exactly
+MAX_PERIOD_S = 366 * 86_400.0  # a carbon budget period: at most a (leap) year
+MAX_LIST = 10_000  # items of any list or dict in one message
+Amount = Annotated[float, Field(ge=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
+Signed = Annotated[float, Field(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE, allow_inf_nan=False)]
+Counter = Annotated[float, Field(ge=0.0, le=MAX_COUNTER, allow_inf_nan=False)]
+# Strict models still read a time from an ISO string (JSON, and Python-side construction).
+Time = Annotated[AwareDatetime, Strict(False)]
+# Strict JSON types: ``true`` and ``"5"`` are not numbers, ``1`` is not a bool.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def utcnow() -> datetime:
@@ -45,7 +72,7 @@ class Message(BaseModel):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     site: Ident
-    time: AwareDatetime = Field(description="event time, timezone-aware (UTC recommended)")
+    time: Time = Field(description="event time, timezone-aware (UTC recommended)")
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -57,43 +84,49 @@ class Message(BaseModel):
 
 
 class Telemetry(Message):
+    model_config = _STRICT
+
     source: Ident = Field(description="stable id of the publishing device or collector")
-    seq: int = Field(ge=0, description="per-source sequence number; duplicates are ignored")
+    seq: int = Field(
+        ge=0, le=MAX_SEQ, description="per-source sequence number; duplicates are ignored"
+    )
 
 
 class SolarTelemetry(Telemetry):
     kind: Literal["solar"] = "solar"
-    power_w: NonNeg = Field(description="instantaneous AC power of the whole site array")
-    energy_j: NonNeg = Field(description="cumulative energy counter since the source started")
+    power_w: Amount = Field(description="instantaneous AC power of the whole site array")
+    energy_j: Counter = Field(description="cumulative energy counter since the source started")
 
 
 class CarbonTelemetry(Telemetry):
     kind: Literal["carbon"] = "carbon"
-    intensity_g_per_kwh: NonNeg
+    intensity_g_per_kwh: Amount
     signal: Literal["average", "marginal"] = "average"
     stale: bool = Field(False, description="true when the last good value is carried forward")
-    forecast: list[tuple[AwareDatetime, NonNeg]] = Field(
-        default_factory=list, description="(time, gCO2eq/kWh) points where the source has them"
+    forecast: list[tuple[Time, Amount]] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="(time, gCO2eq/kWh) points where the source has them",
     )
 
 
 class BatteryTelemetry(Telemetry):
     kind: Literal["battery"] = "battery"
-    stored_wh: NonNeg
-    capacity_wh: NonNeg
-    power_w: Finite = Field(description="net battery power, + charging, - discharging")
-    charge_setpoint_w: NonNeg = 0.0
-    max_discharge_setpoint_w: NonNeg = 0.0
-    curtailed_w: NonNeg = 0.0
+    stored_wh: Amount
+    capacity_wh: Amount
+    power_w: Signed = Field(description="net battery power, + charging, - discharging")
+    charge_setpoint_w: Amount = 0.0
+    max_discharge_setpoint_w: Amount = 0.0
+    curtailed_w: Amount = 0.0
 
 
 class NodeTelemetry(Telemetry):
     kind: Literal["node"] = "node"
     node: Ident
-    cores: int = Field(ge=1)
-    cpu_busy_s: NonNeg = Field(description="cumulative busy CPU seconds, all cores")
-    energy_j: NonNeg = Field(description="cumulative node energy (RAPL or power model)")
-    idle_energy_j: NonNeg = Field(0.0, description="cumulative idle part of energy_j")
+    cores: int = Field(ge=1, le=1_048_576)
+    cpu_busy_s: Counter = Field(description="cumulative busy CPU seconds, all cores")
+    energy_j: Counter = Field(description="cumulative node energy (RAPL or power model)")
+    idle_energy_j: Counter = Field(0.0, description="cumulative idle part of energy_j")
     meter: Literal["model", "rapl", "kepler"] = "model"
 
 
@@ -102,8 +135,8 @@ class ContainerTelemetry(Telemetry):
     app: AppId
     container: Ident
     node: Ident | None = None
-    cpu_s: NonNeg = Field(description="cumulative CPU seconds of the container")
-    energy_j: NonNeg = Field(
+    cpu_s: Counter = Field(description="cumulative CPU seconds of the container")
+    energy_j: Counter = Field(
         description="cumulative energy attributed to the container (active + idle share)"
     )
 
@@ -111,12 +144,14 @@ class ContainerTelemetry(Telemetry):
 class AppMetricsTelemetry(Telemetry):
     kind: Literal["app_metrics"] = "app_metrics"
     app: AppId
-    latency_ms: NonNeg | None = None
+    latency_ms: Amount | None = None
     progress: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    functional_units_total: NonNeg | None = Field(
+    functional_units_total: Counter | None = Field(
         None, description="cumulative functional units R (for SCI), e.g. requests served"
     )
-    extra: dict[str, Finite] = Field(default_factory=dict)
+    extra: dict[Annotated[str, Field(max_length=128)], Signed] = Field(
+        default_factory=dict, max_length=100
+    )
 
 
 AnyTelemetry = Annotated[
@@ -136,12 +171,12 @@ class ClockMessage(BaseModel):
     site's event-time watermark to ``time``, closing every tick whose end + grace <=
     ``time`` (the ledger's ``--clock event`` mode, for replays)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     schema_version: Literal[1] = SCHEMA_VERSION
     kind: Literal["clock"] = "clock"
     site: Ident
-    time: AwareDatetime
+    time: Time
     source: Ident | None = Field(
         None, description="who drives the clock; accepted only from the site's replay source"
     )
@@ -162,41 +197,57 @@ def new_command_id() -> str:
 
 
 class Command(Message):
+    model_config = _STRICT
+
     command_id: Ident = Field(default_factory=new_command_id)
     app: AppId
-    token: str = Field(min_length=1, repr=False, description="the app's credential")
+    token: str = Field(
+        min_length=1, max_length=4096, repr=False, description="the app's credential"
+    )
 
 
+# Every number of a command: finite, under the static ceiling (even a command published
+# straight on Kafka cannot overflow the ledger); the site's limits are lower (SiteLimits).
 class SetContainerPowercap(Command):
     type: Literal["set_container_powercap"] = "set_container_powercap"
     container: Ident = Field(description="container id")
-    watts: NonNeg | None = Field(description="cap in W; null removes the cap")
+    watts: Amount | None = Field(
+        description="cap in W, at most the node's peak modelled power; null removes the cap"
+    )
 
 
 class SetBatteryChargeRate(Command):
     type: Literal["set_battery_charge_rate"] = "set_battery_charge_rate"
-    watts: NonNeg = Field(description="charge at this rate until full (0 = solar-only)")
+    watts: Amount = Field(
+        description="charge at this rate until full (0 = solar-only); at most the share's limit"
+    )
 
 
 class SetBatteryMaxDischarge(Command):
     type: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
-    watts: NonNeg = Field(description="max discharge rate in W")
+    watts: Amount = Field(description="max discharge rate in W; at most the share's limit")
 
 
 class SetCarbonRate(Command):
     type: Literal["set_carbon_rate"] = "set_carbon_rate"
     container: Ident = Field(description="container id")
-    mg_per_s: NonNeg | None = Field(description="carbon rate limit; null removes it")
-    window_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+    mg_per_s: Amount | None = Field(
+        description="carbon rate limit, at most site.limits.max_carbon_rate_mg_per_s; "
+        "null removes it"
+    )
+    window_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = Field(
         60.0, description="sliding window of the rate, s"
     )
 
 
 class SetCarbonBudget(Command):
     type: Literal["set_carbon_budget"] = "set_carbon_budget"
-    grams: NonNeg | None = Field(description="app carbon budget per period; null removes it")
-    period_s: Annotated[float, Field(gt=0)] = Field(
-        3600.0, description="the budget resets every period, s"
+    grams: Amount | None = Field(
+        description="app carbon budget per period, at most site.limits.max_carbon_budget_g; "
+        "null removes it"
+    )
+    period_s: Annotated[float, Field(gt=0, le=MAX_PERIOD_S, allow_inf_nan=False)] = Field(
+        3600.0, description="the budget resets every period, s (at most 366 days)"
     )
 
 
@@ -215,7 +266,9 @@ class ScaleContainer(Command):
 
     type: Literal["scale_container"] = "scale_container"
     container: Ident = Field(description="container id")
-    cpus: Annotated[float, Field(gt=0, le=1024)] = Field(description="CPU allowance in cores")
+    cpus: Annotated[float, Field(gt=0, le=1024, allow_inf_nan=False)] = Field(
+        description="CPU allowance in cores, at most the node's cores"
+    )
 
 
 class ScaleApp(Command):
@@ -223,7 +276,9 @@ class ScaleApp(Command):
 
     type: Literal["scale_app"] = "scale_app"
     template: Ident = Field(description="container template id")
-    replicas: Annotated[int, Field(ge=0, le=256)] = Field(description="replicas to run")
+    replicas: Annotated[int, Field(ge=0, le=256)] = Field(
+        description="replicas to run, at most the template's max_replicas"
+    )
 
 
 AnyCommand = Annotated[
@@ -386,13 +441,14 @@ class ContainerAction(Message):
     app: AppId
     container: Ident
     action: ContainerActionName
-    watts: NonNeg | None = None
-    cpus: Annotated[float, Field(gt=0)] | None = None
-    replicas: Annotated[int, Field(ge=0)] | None = None
+    # bounded like the commands they come from (an actuator reads this topic too)
+    watts: Amount | None = None
+    cpus: Annotated[float, Field(gt=0, le=1024, allow_inf_nan=False)] | None = None
+    replicas: Annotated[int, Field(ge=0, le=256)] | None = None
     # set_container_powercap: the CPU quota the ledger computed when it accepted the cap
     # (the one cap -> quota computation); the actuator writes it as is. Absent from
     # actions of older ledgers: the actuator then computes it by the same rule.
-    quota_us: Annotated[int, Field(ge=1_000)] | None = Field(
+    quota_us: Annotated[int, Field(ge=1_000, le=MAX_SEQ)] | None = Field(
         None,
         description="set_container_powercap: CPU µs per period_us that hold the container "
         "at the cap",
@@ -476,16 +532,21 @@ class DeadLetter(BaseModel):
 DEAD_LETTER_RAW_MAX = 65_536  # characters of the raw payload kept in a dead letter
 
 
-def dead_letter(origin: str, reason: str, raw: bytes | str | None) -> DeadLetter:
+def dead_letter(
+    origin: str, reason: str, raw: bytes | str | None, keep: int = DEAD_LETTER_RAW_MAX
+) -> DeadLetter:
     """A dead letter for ``raw`` (``None``: a Kafka tombstone). A long payload is cut to
-    its first DEAD_LETTER_RAW_MAX characters: escaping non-UTF-8 bytes can grow it ~4x,
-    and a dead letter the broker refuses as too large would be lost with its reason."""
+    its first ``keep`` characters: escaping non-UTF-8 bytes can grow it ~4x, and a dead
+    letter the broker refuses as too large would be lost with its reason."""
     if raw is None:
         text = ""
     else:
-        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-    if len(text) > DEAD_LETTER_RAW_MAX:
-        text = text[:DEAD_LETTER_RAW_MAX] + f"...(truncated, {len(raw or '')} bytes in all)"
+        # decode no more than can be kept (a payload may be megabytes): a byte is at
+        # least a quarter of a character, escaped or not
+        head = raw[: 4 * keep + 4] if isinstance(raw, bytes) else raw
+        text = head.decode("utf-8", "backslashreplace") if isinstance(head, bytes) else head
+    if len(text) > keep:
+        text = text[:keep] + f"...(truncated, {len(raw or '')} bytes in all)"
     return DeadLetter(time=utcnow(), origin=origin, reason=reason, raw=text)
 
 

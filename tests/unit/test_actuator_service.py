@@ -239,7 +239,9 @@ TEMPLATE = """    templates:
 """
 
 
-@pytest.mark.parametrize("watts", [0.9, 1.2345, 2.0, 10.0])
+# 5.0: the node's peak (microserver preset), above what c1 can draw; a cap above the
+# peak is refused by validation (EcovisorConfig.command_bound_error)
+@pytest.mark.parametrize("watts", [0.9, 1.2345, 2.0, 5.0])
 def test_validation_and_enforcement_use_the_same_quota(tmp_path: Path, watts: float) -> None:
     """The ledger computes the cap's quota once and the actuator writes exactly it; an
     action without the quota (an older ledger) gets the same one from the same rule,
