@@ -26,7 +26,6 @@ Where each part lives:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 from ecovisor.contract.config import (
@@ -67,9 +66,18 @@ def main(argv: list[str] | None = None) -> int:
 
     app = build_app(cfg, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts)
     worker = faust.Worker(app, loglevel=a.loglevel, quiet=True, redirect_stdouts=False)
-    with contextlib.suppress(SystemExit):
+    code: object = 0
+    try:
         worker.execute_from_commandline()
-    return 0
+    except SystemExit as e:
+        code = e.code
+    # Faust stops "cleanly" (exit 0) when a task or its producer crashes: a supervisor
+    # would restart a crash loop forever and call it healthy. A crash exits 1.
+    failure = app.ledger_service.failure or getattr(app, "crash_reason", None)
+    if failure is not None:
+        print(f"streams.ledger: stopped by an error: {one_line(failure)}", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else (0 if code is None else 1)
 
 
 if __name__ == "__main__":

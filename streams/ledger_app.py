@@ -81,7 +81,7 @@ class LedgerService:
         self.counters = counters  # Faust table: "app:k" -> counter row (JSON)
         self.clock_mode = clock
         self.ledger: SiteLedger | None = None
-        self.driving_us = 0  # the time that closes ticks (docs/ledger.md#ticks)
+        self.failure: BaseException | None = None  # what stopped the worker, if anything
         self.rows: list[CounterRow] = []  # counter rows not yet persisted
         self.last_persist = 0.0
         self.in_flight: list[Any] = []  # send futures not yet confirmed
@@ -139,10 +139,11 @@ class LedgerService:
 
     async def telemetry(self, led: SiteLedger, partition: int, records: list[Any]) -> None:
         """One fetched batch of telemetry: aggregate in memory, close due ticks. The hot
-        path: per message only parsing, the refusal check and the clock's offer."""
+        path: per message only parsing and ``SiteLedger.ingest`` (bounds, ownership, the
+        clock's offer); whatever it refuses is dead-lettered with the reason."""
         site = self.site
         parse = TELEMETRY_ADAPTER.validate_json
-        offer = led.clock.offer
+        ingest = led.ingest
         event_mode = self.clock_mode == "event"
         offsets = led.offsets
         wall_us = to_us(time.time())
@@ -152,36 +153,52 @@ class LedgerService:
             try:
                 t = parse(raw)
             except ValidationError as e:
-                cm = None
-                if b'"clock"' in raw:
-                    with contextlib.suppress(ValidationError):
-                        cm = ClockMessage.model_validate_json(raw)
-                why = describe_validation_error(e)
-                if cm is not None and cm.site == site:
-                    refused = led.refuse_reason(cm, None)
-                    cm, why = (None, refused) if refused else (cm, why)
-                if cm is None:
-                    await self.dead_letter(why, raw)
-                elif cm.site == site:
-                    self.driving_us = max(self.driving_us, to_us(cm.time.timestamp()))
-                    await self.close_ticks(led, self.driving_us)
+                await self.clock_or_dead_letter(led, raw, e)
                 continue
             if t.site != site:
                 continue
-            t_us = to_us(t.time.timestamp())  # once per sample: refuse_reason and offer
-            why = led.refuse_reason(t, None if event_mode else wall_us, t_us)
+            t_us = to_us(t.time.timestamp())  # once per sample
+            try:
+                why = ingest(t, t_us, led.event_now() if event_mode else wall_us)
+            except Exception as e:  # a bug met by one message: not a stop for every tenant
+                log.exception("telemetry at offset %s failed", r.offset)
+                why = f"internal error on this message: {e!r}"
             if why is not None:
                 await self.dead_letter(why, raw)
-                continue
-            offer(t, t_us)
             if event_mode:
-                wm = led.clock.watermark_us or 0
-                if wm > self.driving_us:
-                    self.driving_us = wm
-                if led.clock.next_close is not None and (
-                    led.clock.closable_until(self.driving_us) > led.clock.next_close
-                ):
-                    await self.close_ticks(led, self.driving_us)
+                now, nc = led.event_now(), led.clock.next_close
+                if now is not None and nc is not None and led.clock.closable_until(now) > nc:
+                    await self.close_ticks(led, now)
+
+    async def clock_or_dead_letter(self, led: SiteLedger, raw: bytes, e: ValidationError) -> None:
+        """A payload that is not telemetry: this site's clock message (accepted only as
+        ``SiteLedger.clock_message`` says), another site's (ignored), or a dead letter."""
+        cm = None
+        if b'"clock"' in raw:
+            with contextlib.suppress(ValidationError):
+                cm = ClockMessage.model_validate_json(raw)
+        if cm is None:
+            await self.dead_letter(describe_validation_error(e), raw)
+        elif cm.site == self.site:
+            why = led.clock_message(cm, self.clock_mode == "event")
+            if why is not None:
+                await self.dead_letter(why, raw)
+            else:
+                await self.close_due(led)
+
+    async def close_due(self, led: SiteLedger) -> None:
+        """Event mode: close the ticks the site's event clock has passed."""
+        now = led.event_now()
+        nc = led.clock.next_close
+        if now is not None and nc is not None and led.clock.closable_until(now) > nc:
+            await self.close_ticks(led, now)
+
+    async def on_timer(self, wall_us: int) -> None:
+        """Real-time mode: close the ticks the wall clock has passed. Only the wall clock:
+        a sample ahead of it (within ``clock_skew_s``) waits in its tick, it does not
+        close the ticks before it early."""
+        led = self.ledger or self.loaded()
+        await self.close_ticks(led, wall_us)
 
     async def consume_telemetry(self, bootstrap: str) -> None:
         """Read ``ecovisor.telemetry`` from the snapshot's position, forever."""
@@ -209,12 +226,36 @@ class LedgerService:
             await consumer.stop()
 
     def driving_now(self, led: SiteLedger) -> int:
-        """The driving time for a command: the clock's, never behind the wall clock in
-        real-time mode."""
-        now = max(self.driving_us, led.clock.watermark_us or 0)
+        """The driving time for a command: the site's clock (the wall clock in real-time
+        mode, ``event_now()`` in event mode)."""
         if self.clock_mode == "realtime":
-            now = max(now, to_us(datetime.now(UTC).timestamp()))
-        return now
+            return to_us(datetime.now(UTC).timestamp())
+        return led.event_now() or 0
+
+    def one_message(self, origin: str, raw: bytes | None, step: Any, *args: Any) -> list[Out]:
+        """``step(*args)`` for one command or ack; an error it raises (a bug met by this
+        message) dead-letters the message with the error instead of stopping the worker
+        for every tenant. Sending and persisting stay outside: their failure is fatal."""
+        try:
+            outs: list[Out] = step(*args)
+            return outs
+        except Exception as e:
+            log.exception("%s message failed", origin)
+            dl = dead_letter(origin, f"internal error on this message: {e!r}", raw)
+            return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
+
+    async def guarded(self, what: str, body: Any) -> None:
+        """Run a task of the worker; an error it does not handle is recorded (the process
+        then exits non-zero, streams/ledger.py) and stops the worker: a supervisor sees
+        the crash instead of a clean exit it would restart forever."""
+        try:
+            await body
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("ledger %s failed; stopping the worker", what)
+            self.failure = self.failure or e
+            await self.app.crash(e)
 
 
 def build_app(
@@ -263,30 +304,35 @@ def build_app(
     @app.task
     async def telemetry_loop() -> None:
         await app.tables.recovery.completed.wait()
-        await svc.consume_telemetry(bootstrap)
+        await svc.guarded("telemetry", svc.consume_telemetry(bootstrap))
 
     if clock == "realtime":
 
         @app.timer(interval=max(0.05, cfg.site.shape.tick_s / 10))
         async def tick_timer() -> None:
-            if not app.tables.recovery.completed.is_set():
-                return
+            if app.tables.recovery.completed.is_set():
+                await svc.guarded("tick timer", svc.on_timer(to_us(time.time())))
+
+    async def commands_loop(stream: Any) -> None:
+        async for raw in stream:
             led = svc.ledger or svc.loaded()
-            now = to_us(datetime.now(UTC).timestamp())
-            await svc.close_ticks(led, max(now, led.clock.watermark_us or 0))
+            outs = svc.one_message(topics.COMMANDS, raw, led.command, raw, svc.driving_now(led))
+            await svc.send(outs)
+            await svc.persist(led)
+
+    async def acks_loop(stream: Any) -> None:
+        async for raw in stream:
+            led = svc.ledger or svc.loaded()
+            await svc.send(svc.one_message(topics.ACTUATOR_ACKS, raw, led.ack, raw))
 
     @app.agent(commands)
     async def on_command(stream: Any) -> None:
-        async for raw in stream:
-            led = svc.ledger or svc.loaded()
-            await svc.send(led.command(raw, svc.driving_now(led)))
-            await svc.persist(led)
+        await svc.guarded("commands", commands_loop(stream))
 
     @app.agent(acks)
     async def on_ack(stream: Any) -> None:
-        async for raw in stream:
-            led = svc.ledger or svc.loaded()
-            await svc.send(led.ack(raw))
+        await svc.guarded("acks", acks_loop(stream))
 
     add_pages(app, lambda: svc.ledger)
+    app.ledger_service = svc  # streams/ledger.py reads .failure for its exit code
     return app

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,9 +29,9 @@ from ecovisor.contract.schemas import (
 from ecovisor.core.entries import SiteTickResult
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.solar_share import split_solar
-from ecovisor.core.state import SiteState, SiteTickInput
+from ecovisor.core.state import MAX_PENDING, SiteState, SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
-from ecovisor.core.tick_clock import ClosedTick, TickClock, to_us
+from ecovisor.core.tick_clock import ClockLimits, ClosedTick, TickClock, to_us
 from ecovisor.core.units import wh_to_mj
 from streams.commands import Decision, decide
 from streams.tick_notifications import (
@@ -41,15 +41,28 @@ from streams.tick_notifications import (
     tick_data,
 )
 
-SEEN_COMMANDS_MAX = 10_000
+# Idempotency: the last command keys remembered per app (and for payloads without a
+# valid token), so the snapshot stays small whatever the traffic (docs/reliability.md).
+SEEN_COMMANDS_PER_APP = 256
+SEEN_BYTES_PER_APP = 16_384
+PENDING_ACKS_PER_APP = 256
+RAW_BUCKET = ""  # seen_commands bucket of payloads without a valid token
 HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views
-# Real-time mode: how far an event time may be ahead of the wall clock (edge clock skew).
-FUTURE_SKEW_S = 30.0
+MAX_EXPIRY_S = 10 * 366 * 86_400.0  # longer configured durations are clamped to this
 # Event times the tick arithmetic supports in every mode: tick indices are >= 0 (epoch
 # based) and a tick's end must still be a datetime (year <= 9999).
 EVENT_TIME_MAX_US = to_us(datetime(9998, 1, 1, tzinfo=UTC).timestamp())
 
 CounterRow = tuple[str, int, dict[str, Any]]  # (app, k, cumulative counters after tick k)
+
+
+def _bucketed(keys: Any) -> dict[str, list[str]]:
+    """v1 idempotency keys ("owner|app|id" or "raw|sha") into v2 buckets, oldest first."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        head, _, rest = key.partition("|")
+        out.setdefault(RAW_BUCKET if head == "raw" else head, []).append(rest)
+    return out
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,32 @@ def utc_from_us(t_us: int) -> datetime:
     return datetime.fromtimestamp(t_us / 1e6, UTC)
 
 
+def clock_limits(cfg: EcovisorConfig) -> ClockLimits:
+    """The tick clock's bounds from the site configuration: ``site.limits`` and what each
+    counter can physically measure (a container or node: its node's peak modelled power;
+    solar: the array's nameplate)."""
+    lim = cfg.site.limits
+    peaks = {n.id: n.model().peak_power_w for n in cfg.site.nodes}
+    places = cfg.placements()
+    container_peak = {c: peaks.get(p.node) for c, p in places.items()}
+    nameplate = cfg.site.shape.solar_nameplate_w
+
+    def max_power_w(key: str) -> float | None:
+        tag, name = key[0], key[2:]
+        if tag == "c":
+            return container_peak.get(name)
+        if tag == "n":
+            return peaks.get(name)
+        return nameplate
+
+    return ClockLimits(
+        max_sources=lim.max_sources,
+        source_expiry_s=min(lim.source_expiry_s, MAX_EXPIRY_S),
+        max_counters=len(places) + len(peaks) + lim.max_sources,
+        max_power_w=max_power_w,
+    )
+
+
 @dataclass
 class SiteLedger:
     """Everything the worker keeps for one site; no I/O (the Faust layer sends ``Out``s
@@ -75,8 +114,10 @@ class SiteLedger:
     clock: TickClock
     state: SiteState
     offsets: dict[int, int] = field(default_factory=dict)  # telemetry partition -> offset
-    seen_commands: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # idempotency keys per app (the token's), oldest first; RAW_BUCKET: no valid token
+    seen_commands: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
     pending_acks: dict[str, str] = field(default_factory=dict)  # "app|command_id" -> app
+    clock_us: int | None = None  # the last accepted clock message (event mode)
     # settings changes the ledger itself applies: "app|command_id" -> {app, k, change}
     pending_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     suspended: dict[str, list[str]] = field(default_factory=dict)
@@ -90,13 +131,17 @@ class SiteLedger:
         self.owners: dict[str, str] = {c: p.app for c, p in self.cfg.placements().items()}
         self.shares = self.cfg.shares()
         self.app_cfg = {a.id: a for a in self.cfg.apps}
+        self.nodes = {n.id for n in self.cfg.site.nodes}
+        lim = self.cfg.site.limits
+        self.skew_us = to_us(lim.clock_skew_s)
+        self.max_step_us = to_us(min(lim.clock_max_step_s, MAX_EXPIRY_S))
 
     @classmethod
     def new(cls, cfg: EcovisorConfig) -> SiteLedger:
         shape = cfg.site.shape
         return cls(
             cfg=cfg,
-            clock=TickClock(shape.tick_s, cfg.site.grace_s),
+            clock=TickClock(shape.tick_s, cfg.site.grace_s, limits=clock_limits(cfg)),
             state=initial_site_state(shape, cfg.shares(), site=cfg.site.id),
         )
 
@@ -104,11 +149,12 @@ class SiteLedger:
     def snapshot(self) -> bytes:
         return json.dumps(
             {
-                "v": 1,
+                "v": 2,
                 "state": self.state.model_dump(mode="json"),
                 "clock": self.clock.snapshot(),
+                "clock_us": self.clock_us,
                 "offsets": self.offsets,
-                "seen_commands": list(self.seen_commands.items()),
+                "seen_commands": {b: list(keys) for b, keys in self.seen_commands.items()},
                 "pending_acks": self.pending_acks,
                 "pending_settings": self.pending_settings,
                 "suspended": self.suspended,
@@ -121,18 +167,25 @@ class SiteLedger:
     @classmethod
     def restore(cls, cfg: EcovisorConfig, raw: bytes) -> SiteLedger:
         d = json.loads(raw)
-        return cls(
+        seen = d["seen_commands"]
+        if isinstance(seen, list):  # v1: [[key, app], ...] in one list, oldest first
+            seen = _bucketed(key for key, _ in seen)
+        led = cls(
             cfg=cfg,
-            clock=TickClock.restore(d["clock"]),
+            clock=TickClock.restore(d["clock"], limits=clock_limits(cfg)),
             state=SiteState.model_validate(d["state"]),
             offsets={int(p): o for p, o in d["offsets"].items()},
-            seen_commands=OrderedDict((k, v) for k, v in d["seen_commands"]),
+            seen_commands={b: OrderedDict.fromkeys(keys) for b, keys in seen.items()},
             pending_acks=dict(d["pending_acks"]),
+            clock_us=d.get("clock_us"),
             pending_settings=dict(d.get("pending_settings", {})),
             suspended={a: list(v) for a, v in d["suspended"].items()},
             last=d["last"],
             metrics=d["metrics"],
         )
+        for bucket in led.seen_commands:  # also when the window was larger then
+            led._trim_seen(bucket)
+        return led
 
     def restore_counters(self, rows: dict[str, dict[int, dict[str, Any]]]) -> None:
         """Per-tick counters read back from the ``counters`` table (newest kept)."""
@@ -146,23 +199,78 @@ class SiteLedger:
         """Why a telemetry (or clock) message must not enter the clock, else None.
         Always: an event time before 1970 or in year 9999 (tick arithmetic; such a tick
         could not be closed, and a replayed poison message would stop the worker).
-        Real-time mode (``now_us``: wall clock): the watermark drives tick closing, so
-        one sample from a clock a day ahead would close a day of ticks at once and then
-        hold every real sample as 'late' in that future tick. Late samples are fine
-        (they roll in). ``t_us``: the event time already converted, if the caller has it."""
+        ``now_us``: the site's clock (real time: the wall clock; event time:
+        ``event_now()``; None: none yet): an event time more than
+        ``site.limits.clock_skew_s`` ahead of it is refused, so one sample from a clock
+        far ahead cannot close ticks early and then hold every real sample as 'late'.
+        Late samples are fine (they roll in). ``t_us``: the event time, if converted."""
         if t_us is None:
             t_us = to_us(t.time.timestamp())
         if not 0 <= t_us <= EVENT_TIME_MAX_US:
             return f"event time {t.time.isoformat()} is outside 1970-01-01..9998-01-01"
-        if now_us is None:
-            return None
-        ahead = max(to_us(FUTURE_SKEW_S), 2 * self.clock.tick_us)
-        if t_us > now_us + ahead:
+        if now_us is not None and t_us > now_us + self.skew_us:
             return (
                 f"event time {t.time.isoformat()} is {(t_us - now_us) / 1e6:.0f} s ahead of "
-                f"the ledger's clock (at most {ahead / 1e6:g} s allowed): check the "
-                f"source's clock"
+                f"the site's clock (at most {self.skew_us / 1e6:g} s, site.limits."
+                f"clock_skew_s): check the source's clock"
             )
+        return None
+
+    def event_now(self) -> int | None:
+        """The site's event-time clock: the newest of the watermark and the last accepted
+        clock message; None before any."""
+        wm = self.clock.watermark_us
+        if self.clock_us is None:
+            return wm
+        return self.clock_us if wm is None else max(wm, self.clock_us)
+
+    def ingest(self, t: Any, t_us: int, now_us: int | None) -> str | None:
+        """Take one telemetry sample of this site into the clock. Returns the reason to
+        dead-letter it, or None. A counter reset is taken (as the new baseline) and
+        reported too. Telemetry of a container, node or app the configuration does not
+        have is refused: nothing could be booked from it, and it must not grow the state."""
+        why = self.refuse_reason(t, now_us, t_us)
+        if why is not None:
+            return why
+        kind = t.kind
+        if kind == "container" and t.container not in self.owners:
+            return f"container {t.container!r} is not in the site configuration (no app owns it)"
+        if kind == "node" and t.node not in self.nodes:
+            return f"node {t.node!r} is not in the site configuration"
+        if kind == "app_metrics" and t.app not in self.app_cfg:
+            return f"app {t.app!r} is not in the site configuration"
+        status = self.clock.offer(t, t_us)
+        return self.clock.reason if status in ("refused", "reset") else None
+
+    def clock_message(self, cm: Any, event_mode: bool) -> str | None:
+        """Accept a clock message (it moves ``event_now()``) or say why not. Only in event
+        mode, only from ``site.limits.replay_clock_source``, only after telemetry (before,
+        there is nothing to close and no reference), never backwards, and at most
+        ``site.limits.clock_max_step_s`` past the site's clock: one record far in the
+        future would otherwise close every tick up to it, for good."""
+        want = self.cfg.site.limits.replay_clock_source
+        if not event_mode:
+            return "clock messages are refused: this ledger runs on the wall clock (realtime)"
+        if want is None:
+            return "clock messages are refused: the site has no site.limits.replay_clock_source"
+        if cm.source != want:
+            return f"clock message from source {cm.source!r}: only {want!r} may drive the clock"
+        t_us = to_us(cm.time.timestamp())
+        why = self.refuse_reason(cm, None, t_us)
+        if why is not None:
+            return why
+        now = self.event_now()
+        if now is None:
+            return "clock message before any telemetry: no tick to close, no reference for it"
+        if self.clock_us is not None and t_us < self.clock_us:
+            return (f"clock goes back from {utc_from_us(self.clock_us).isoformat()} to "
+                    f"{cm.time.isoformat()}")  # fmt: skip
+        if t_us - now > self.max_step_us:
+            return (
+                f"clock advances {(t_us - now) / 1e6:g} s past the site's clock, more than "
+                f"{self.max_step_us / 1e6:g} s (site.limits.clock_max_step_s)"
+            )
+        self.clock_us = t_us
         return None
 
     def close(self, now_us: int) -> tuple[list[Out], list[CounterRow]]:
@@ -300,12 +408,24 @@ class SiteLedger:
         raw = raw if raw is not None else b""  # a Kafka tombstone: dead-lettered below
         d = decide(self.cfg, raw)
         outs: list[Out] = []
-        key = self._dedupe_key(d, raw)
-        if key in self.seen_commands:
+        bucket, key = self._dedupe_key(d, raw)
+        seen = self.seen_commands.setdefault(bucket, OrderedDict())
+        if key in seen:
             return outs  # re-delivered command: no-op
-        self.seen_commands[key] = d.app or ""
-        while len(self.seen_commands) > SEEN_COMMANDS_MAX:
-            self.seen_commands.popitem(last=False)
+        seen[key] = None
+        self._trim_seen(bucket)
+        app_state = self.state.apps.get(d.app or "")
+        if (
+            d.accepted
+            and d.change is not None
+            and app_state is not None
+            and len(app_state.pending) >= MAX_PENDING
+        ):
+            # the core holds at most MAX_PENDING queued changes per app (bounded state):
+            # refused with the reason rather than failing the worker
+            d = replace(d, accepted=False, change=None, actions=(), notify=(d.app,),
+                        reason=f"{MAX_PENDING} settings changes of app {d.app!r} already "
+                        f"wait for the next tick; retry after it")  # fmt: skip
         if not d.accepted and not d.notify:
             dl = dead_letter(topics.COMMANDS, d.reason or "rejected", raw)
             return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
@@ -333,21 +453,31 @@ class SiteLedger:
                     self.suspended[d.app] = sorted(s)
             if d.actions:
                 self.pending_acks[f"{d.app}|{d.command_id}"] = d.app
-                while len(self.pending_acks) > SEEN_COMMANDS_MAX:
-                    del self.pending_acks[next(iter(self.pending_acks))]
+                mine = [k for k, a in self.pending_acks.items() if a == d.app]
+                for k in mine[: max(0, len(mine) - PENDING_ACKS_PER_APP)]:
+                    del self.pending_acks[k]  # oldest first: an ack naming its app still works
         outs.extend(self._lifecycle(d, cmd_time))
         return outs
 
-    def _dedupe_key(self, d: Decision, raw: bytes) -> str:
-        """Idempotency key. A command id is only unique within the app that sent it, so
-        the key is the token's (verified) app, the claimed app and the id: nobody can get
-        another app's command dropped as a "re-delivery" by using its id first. Payloads
-        without a valid token (or unparsable) dedupe on their exact bytes only."""
+    def _dedupe_key(self, d: Decision, raw: bytes) -> tuple[str, str]:
+        """(bucket, idempotency key). A command id is only unique within the app that
+        sent it, so the bucket is the token's (verified) app and the key the claimed app
+        and the id: nobody can get another app's command dropped as a "re-delivery" by
+        using its id first, nor push another app's ids out of its window. Payloads without
+        a valid token (or unparsable) dedupe on their exact bytes only."""
         if d.command is not None and d.command_id is not None:
             owner = self.cfg.app_for_token(d.command.token)
             if owner is not None:
-                return f"{owner.id}|{d.app}|{d.command_id}"
-        return "raw|" + hashlib.sha256(raw).hexdigest()
+                return owner.id, f"{d.app}|{d.command_id}"
+        return RAW_BUCKET, hashlib.sha256(raw).hexdigest()
+
+    def _trim_seen(self, bucket: str) -> None:
+        """Oldest first, down to SEEN_COMMANDS_PER_APP keys and SEEN_BYTES_PER_APP bytes
+        (ids are up to 128 characters)."""
+        seen = self.seen_commands[bucket]
+        size = sum(len(k) for k in seen)
+        while len(seen) > SEEN_COMMANDS_PER_APP or size > SEEN_BYTES_PER_APP:
+            size -= len(seen.popitem(last=False)[0])
 
     def _lifecycle(self, d: Decision, when: datetime) -> list[Out]:
         typ = "command_accepted" if d.accepted else "command_rejected"

@@ -175,7 +175,8 @@ class SiteLimits(_Strict):
         65_536, ge=1_024, le=900_000, description="largest telemetry or command payload"
     )
     max_sources: int = Field(
-        1_000, ge=1, le=100_000, description="telemetry sources the ledger tracks per site"
+        1_000, ge=1, le=1_500,
+        description="telemetry sources the ledger tracks per site (the snapshot stays < 1 MB)",
     )
     source_expiry_s: float = Field(
         3_600.0, gt=0, description="a source silent this long is forgotten (its dedupe state)"
@@ -253,6 +254,12 @@ class EcovisorConfig(_Strict):
             errors.append(
                 f"battery shares add up to {cap} Wh > site battery "
                 f"{self.site.shape.battery_capacity_wh} Wh"
+            )
+        if self.site.solar is not None and self.site.shape.solar_nameplate_w <= 0:
+            # the ledger refuses solar energy beyond the nameplate: at 0 W, all of it
+            errors.append(
+                "site.solar is configured but site.shape.solar_nameplate_w is 0: "
+                "set the array's peak W (solar counters are bounded by it)"
             )
         if errors:
             raise ValueError("; ".join(errors))

@@ -4,27 +4,36 @@ Telemetry is assigned to ticks by its event time: tick ``k`` covers
 ``[k*Δt, (k+1)*Δt)`` (epoch seconds, so every worker agrees on the boundaries). A tick
 closes once the driving time reaches ``(k+1)*Δt + grace``. The driving time is given by
 the caller: the event-time watermark (max event time seen, or a ``clock`` message) in
-virtual-time mode, or ``max(watermark, wall clock)`` in real-time mode. Either way this
-module only sees numbers.
+virtual-time mode, or the wall clock in real-time mode. Either way this module only sees
+numbers.
 
 Samples are aggregated in memory per open tick (never one state write per sample):
 
 * cumulative counters (container, node and solar energy) keep only the newest sample
   (highest ``seq``) of each source per tick; at close the tick's energy is
   ``counter(tick end) - counter(previous close)`` in integer mJ, so energy is never lost
-  or counted twice whatever the sampling, and a counter that goes back with a higher seq
-  is a restart (energy since the restart);
+  or counted twice whatever the sampling;
+* a counter is checked against the last accepted sample of its source when it arrives:
+  an increment beyond what the source can produce in the interval (``max_power_w`` x
+  elapsed x ``COUNTER_MARGIN`` + ``COUNTER_SLACK_S`` of it) is a *fault*, refused and
+  never booked; a counter that goes back is a *reset*: the new value becomes the
+  baseline and nothing is booked for that interval (both counted, both reported);
 * carbon intensity is a time-weighted mean over the tick (piecewise constant from each
   sample, the value carried in from the previous tick at the start);
 * battery telemetry keeps the newest sample.
 
-Rules (the brief's): duplicates (same source and seq) are dropped, with a bounded
-per-source window; a sample older than the oldest open tick is *late* and rolls into the
-oldest open tick (its counter then lands there, charged at that tick's intensity); a
-source silent when a tick closes is carried (counter unchanged, so no new energy until
-it reports again, intensity and battery carried as values), and the tick is marked
-``estimated`` for it and counted. A source silent for ``source_timeout_ticks`` is
-forgotten (no longer estimated).
+Rules (the brief's): duplicates (same source and seq) are dropped; a sample older than
+the oldest open tick is *late* and rolls into the oldest open tick (its counter then
+lands there, charged at that tick's intensity); a source silent when a tick closes is
+carried (counter unchanged, so no new energy until it reports again, intensity and
+battery carried as values), and the tick is marked ``estimated`` for it and counted. A
+source silent for ``source_timeout_ticks`` is no longer estimated.
+
+Bounded state (no single message can grow it): per source O(1) dedupe (highest seq and
+the last ``dedupe_window`` accepted seqs below it), at most ``max_sources`` sources and
+``max_counters`` counters (a new one beyond is refused), sources silent for
+``source_expiry_s`` of event time forgotten, at most ``MAX_INTENSITY_SAMPLES`` carbon
+samples per tick, every value bounded before it becomes integer mJ.
 
 All state is JSON-serialisable (``snapshot``/``restore``) so the ledger can persist it
 at each tick close and continue exactly after a restart.
@@ -32,12 +41,14 @@ at each tick close and continue exactly after a restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecovisor.core.intake import US, CounterGuard, SeqWindow, value_error
 from ecovisor.core.units import j_to_mj
 
-US = 1_000_000
+MAX_INTENSITY_SAMPLES = 1_000  # carbon samples of one tick (one a ms is 1,000 at 1 s)
 
 
 def to_us(seconds: float) -> int:
@@ -45,27 +56,17 @@ def to_us(seconds: float) -> int:
     return round(seconds * US)
 
 
-@dataclass
-class _Dedupe:
-    """Seen seqs of one source: every seq in (hwm - window, hwm] except ``holes``."""
+@dataclass(frozen=True)
+class ClockLimits:
+    """The bounds of one site's clock state (``site.limits`` and the configuration)."""
 
-    hwm: int = -1
-    holes: set[int] = field(default_factory=set)
-
-    def accept(self, seq: int, window: int) -> bool:
-        if seq > self.hwm:
-            lo = max(self.hwm + 1, seq - window + 1)
-            if seq - lo > 0:
-                self.holes.update(range(lo, seq))
-            self.hwm = seq
-            if self.holes and len(self.holes) > window:
-                floor = seq - window
-                self.holes = {h for h in self.holes if h > floor}
-            return True
-        if seq in self.holes:
-            self.holes.discard(seq)
-            return True
-        return False  # a duplicate, or older than the window (treated as one)
+    max_sources: int = 1_000
+    source_expiry_s: float = 3_600.0
+    dedupe_window: int = 16  # accepted seqs kept below the highest (reordering allowed)
+    max_counters: int = 10_000
+    # counter key ("c:<container>", "n:<node>", "s:<source>") -> the most power it can
+    # measure, W; None (or no function): no physical bound known, only resets detected
+    max_power_w: Callable[[str], float | None] | None = None
 
 
 @dataclass
@@ -136,7 +137,7 @@ class TickClock:
         tick_s: float,
         grace_s: float,
         *,
-        dedupe_window: int = 4096,
+        limits: ClockLimits | None = None,
         source_timeout_ticks: int = 60,
         max_gap_ticks: int = 86_400,
     ) -> None:
@@ -144,13 +145,15 @@ class TickClock:
         self.grace_us = to_us(grace_s)
         if self.tick_us <= 0 or self.grace_us < 0:
             raise ValueError("tick_s must be > 0 and grace_s >= 0")
-        self.dedupe_window = dedupe_window
+        self.limits = limits or ClockLimits()
+        self.expiry_us = to_us(self.limits.source_expiry_s)
         self.source_timeout_ticks = source_timeout_ticks
         self.max_gap_ticks = max_gap_ticks
         self.next_close: int | None = None  # oldest open tick
         self.watermark_us: int | None = None
         self.open: dict[int, _Buf] = {}
-        self.dedupe: dict[str, _Dedupe] = {}
+        self.dedupe: dict[str, SeqWindow] = {}
+        self.guard = CounterGuard(self.limits.max_counters, self.limits.max_power_w)
         self.counters: dict[str, _Counter] = {}  # baselines at the last close
         self.container_nodes: dict[str, str] = {}
         self.intensity: tuple[int, float] | None = None  # carried (t_us, value)
@@ -158,57 +161,105 @@ class TickClock:
         self.solar_w: tuple[int, float] | None = None
         self.solar_prev_mj = 0
         self.signals: dict[str, int] = {}  # site signal key -> last tick seen
+        self.reason: str | None = None  # why the last offer was "refused" or a "reset"
         # cumulative statistics
         self.n_samples = 0
         self.n_duplicates = 0
         self.n_late = 0
         self.n_estimated = 0
+        self.n_refused = 0  # refused samples (faults, too old, out of bounds, limits)
 
     # --- ingest ------------------------------------------------------------------------
     def tick_of(self, t_us: int) -> int:
         return t_us // self.tick_us
 
+    def _refuse(self, why: str) -> str:
+        self.reason = why
+        self.n_refused += 1
+        return "refused"
+
     def offer(self, msg: Any, t_us: int | None = None) -> str:
         """Take one telemetry message. Returns "ok", "late" (accepted, rolled into the
-        oldest open tick), "duplicate" or "ignored" (a kind the ledger does not use)."""
+        oldest open tick), "reset" (accepted as a counter's new baseline: ``reason`` says
+        why), "duplicate", "refused" (not taken: ``reason``) or "ignored" (a kind the
+        ledger does not use)."""
+        self.reason = None
         source = msg.source
-        d = self.dedupe.get(source)
-        if d is None:
-            d = self.dedupe[source] = _Dedupe()
-        if not d.accept(msg.seq, self.dedupe_window):
-            self.n_duplicates += 1
-            return "duplicate"
+        kind = msg.kind
+        why = value_error(msg)
+        if why is not None:
+            return self._refuse(why)
         if t_us is None:
             t_us = to_us(msg.time.timestamp())
-        k = t_us // self.tick_us
+        d = self.dedupe.get(source)
+        if d is None:
+            if len(self.dedupe) >= self.limits.max_sources:
+                return self._refuse(
+                    f"new source {source!r} refused: the site already tracks "
+                    f"{len(self.dedupe)} sources (site.limits.max_sources; a source silent "
+                    f"for {self.limits.source_expiry_s:g} s is forgotten)"
+                )
+            d = self.dedupe[source] = SeqWindow(-1, t_us)
+        seen = d.accept(msg.seq, self.limits.dedupe_window)
+        if not seen:
+            if seen is None:
+                return self._refuse(
+                    f"seq {msg.seq} of source {source!r} is older than its last "
+                    f"{self.limits.dedupe_window} accepted seqs (newest {d.hwm}): it cannot "
+                    f"be told from a duplicate"
+                )
+            self.n_duplicates += 1
+            return "duplicate"
+        if t_us > d.last_us:
+            d.last_us = t_us
+        key = ""
+        mj = 0
         status = "ok"
+        if kind == "container":
+            key = "c:" + msg.container
+        elif kind == "node":
+            key = "n:" + msg.node
+        elif kind == "solar":
+            key = "s:" + source
+        if key:
+            booked, why = self.guard.check(key, msg.seq, t_us, j_to_mj(msg.energy_j))
+            if booked is None:
+                return self._refuse(why or "")
+            mj = booked
+            if why is not None:
+                self.reason, status = why, "reset"
+        k = t_us // self.tick_us
         nc = self.next_close
+        late = False
         if nc is None:
-            self.next_close = nc = k
+            nc = k
         elif k < nc:
-            k = nc
-            t_us = k * self.tick_us
-            status = "late"
+            k, t_us, late = nc, nc * self.tick_us, True
+        buf = self.open.get(k)
+        if kind == "carbon" and buf is not None and len(buf.intensity) >= MAX_INTENSITY_SAMPLES:
+            return self._refuse(
+                f"tick {k} already has {MAX_INTENSITY_SAMPLES} carbon intensity samples"
+            )
+        self.next_close = nc
         if self.watermark_us is None or t_us > self.watermark_us:
             self.watermark_us = t_us
-        buf = self.open.get(k)
         if buf is None:
             buf = self.open[k] = _Buf()
         buf.samples += 1
         self.n_samples += 1
-        if status == "late":
+        if late:
             buf.late += 1
             self.n_late += 1
-        kind = msg.kind
+            if status == "ok":
+                status = "late"
         if kind == "container":
-            key = "c:" + msg.container
-            self._counter(buf, key, msg.seq, msg.energy_j, msg.app)
+            self._counter(buf, key, msg.seq, mj, msg.app)
             if msg.node is not None:
                 self.container_nodes[msg.container] = msg.node
         elif kind == "node":
-            self._counter(buf, "n:" + msg.node, msg.seq, msg.energy_j, msg.node)
+            self._counter(buf, key, msg.seq, mj, msg.node)
         elif kind == "solar":
-            self._counter(buf, "s:" + source, msg.seq, msg.energy_j, "")
+            self._counter(buf, key, msg.seq, mj, "")
             if buf.solar_w is None or t_us >= buf.solar_w[0]:
                 buf.solar_w = (t_us, msg.power_w)
         elif kind == "carbon":
@@ -226,15 +277,15 @@ class TickClock:
             return "ignored"
         return status
 
-    def _counter(self, buf: _Buf, key: str, seq: int, energy_j: float, owner: str) -> None:
+    def _counter(self, buf: _Buf, key: str, seq: int, mj: int, owner: str) -> None:
         cur = buf.counters.get(key)
         if cur is None or seq > cur[0]:
-            buf.counters[key] = (seq, j_to_mj(energy_j), owner)
+            buf.counters[key] = (seq, mj, owner)
         if key not in self.counters:
             # no baseline yet: the earliest sample of this tick is the baseline
             first = buf.firsts.get(key)
             if first is None or seq < first[0]:
-                buf.firsts[key] = (seq, j_to_mj(energy_j))
+                buf.firsts[key] = (seq, mj)
 
     # --- closing -------------------------------------------------------------------------
     def closable_until(self, now_us: int) -> int:
@@ -271,14 +322,16 @@ class TickClock:
         counters = self.counters
         for key, (seq, mj, owner) in buf.counters.items():
             base = counters.get(key)
+            # booked values never go back (a reset moves the offset: intake.CounterGuard);
+            # an out-of-order lower one books nothing and leaves the baseline where it is
             if base is None:
                 # first sight: energy since its earliest sample (before it is unknown)
                 _, f_mj = buf.firsts.get(key, (seq, mj))
-                delta = mj - f_mj if mj >= f_mj else mj
-                counters[key] = _Counter(seq, mj, owner, k)
+                delta = max(0, mj - f_mj)
+                counters[key] = _Counter(seq, max(mj, f_mj), owner, k)
             elif seq > base.seq:
-                delta = mj - base.mj if mj >= base.mj else mj  # lower: counter restarted
-                base.seq, base.mj, base.owner, base.last_k = seq, mj, owner, k
+                delta = max(0, mj - base.mj)
+                base.seq, base.mj, base.owner, base.last_k = seq, max(mj, base.mj), owner, k
             else:
                 delta = 0  # an older sample than the baseline (late, out of order)
                 base.last_k = k
@@ -300,6 +353,9 @@ class TickClock:
             base = counters[key]
             if k - base.last_k > timeout:
                 del counters[key]
+                self.guard.forget(key, t0)  # unless a newer sample is open
+                if key[0] == "c" and key not in self.guard.latest:
+                    self.container_nodes.pop(key[2:], None)
                 continue
             tag = key[0]
             if tag == "c":
@@ -340,6 +396,10 @@ class TickClock:
                 del self.signals[key]
             else:
                 site_est.append(key)
+        # sources silent for source_expiry_s of event time are forgotten (bounded state)
+        horizon = t0 + tick_us - self.expiry_us
+        for src in [s for s, d in self.dedupe.items() if d.last_us < horizon]:
+            del self.dedupe[src]
         n_est = len(site_est) + sum(len(v) for v in app_est.values())
         self.n_estimated += n_est
         prev, self.solar_prev_mj = self.solar_prev_mj, solar_mj
@@ -385,7 +445,8 @@ class TickClock:
                 }
                 for k, b in self.open.items()
             },
-            "dedupe": {s: [d.hwm, sorted(d.holes)] for s, d in self.dedupe.items()},
+            "dedupe": {s: d.dump() for s, d in self.dedupe.items()},
+            "latest": self.guard.dump(),
             "counters": {k: [c.seq, c.mj, c.owner, c.last_k] for k, c in self.counters.items()},
             "container_nodes": self.container_nodes,
             "intensity": list(self.intensity) if self.intensity else None,
@@ -393,7 +454,15 @@ class TickClock:
             "solar_w": list(self.solar_w) if self.solar_w else None,
             "solar_prev_mj": self.solar_prev_mj,
             "signals": self.signals,
-            "stats": [self.n_samples, self.n_duplicates, self.n_late, self.n_estimated],
+            "stats": [
+                self.n_samples,
+                self.n_duplicates,
+                self.n_late,
+                self.n_estimated,
+                self.n_refused,
+                self.guard.n_faults,
+                self.guard.n_resets,
+            ],  # fmt: skip
         }
 
     @classmethod
@@ -413,7 +482,9 @@ class TickClock:
                 samples=b["samples"],
                 late=b["late"],
             )
-        clock.dedupe = {s: _Dedupe(v[0], set(v[1])) for s, v in snap["dedupe"].items()}
+        window, wm = clock.limits.dedupe_window, clock.watermark_us or 0
+        clock.dedupe = {s: SeqWindow.load(v, window, wm) for s, v in snap["dedupe"].items()}
+        clock.guard.load(snap.get("latest", {}))
         clock.counters = {k: _Counter(*v) for k, v in snap["counters"].items()}
         clock.container_nodes = dict(snap["container_nodes"])
         clock.intensity = tuple(snap["intensity"]) if snap["intensity"] else None  # type: ignore[assignment]
@@ -421,8 +492,10 @@ class TickClock:
         clock.solar_w = tuple(snap["solar_w"]) if snap["solar_w"] else None  # type: ignore[assignment]
         clock.solar_prev_mj = snap["solar_prev_mj"]
         clock.signals = dict(snap["signals"])
-        clock.n_samples, clock.n_duplicates, clock.n_late, clock.n_estimated = snap["stats"]
+        stats = [*snap["stats"], 0, 0, 0][:7]
+        (clock.n_samples, clock.n_duplicates, clock.n_late, clock.n_estimated,
+         clock.n_refused, clock.guard.n_faults, clock.guard.n_resets) = stats  # fmt: skip
         return clock
 
 
-__all__ = ["ClosedTick", "TickClock", "to_us"]
+__all__ = ["ClockLimits", "ClosedTick", "TickClock", "to_us"]

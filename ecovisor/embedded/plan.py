@@ -37,6 +37,15 @@ PRIO_WORKLOAD = 70
 PRIO_API = 80
 PRIO_POLICY = 90
 
+# supervisord: a program that exits within startsecs of its start, startretries times in
+# a row, ends FATAL (not restarted forever). A product service loads its state and
+# replays its input first (the ledger: ~5-8 s here), so a crash loop there must be
+# caught within 10 s; the servers answer within a second.
+STARTSECS_SERVER = 1
+STARTSECS_SERVICE = 10
+STARTRETRIES = 3
+
+
 @dataclass(frozen=True)
 class Service:
     """One supervised program."""
@@ -47,6 +56,8 @@ class Service:
     server: bool = False  # started by supervisord itself (before topics exist)
     port: int | None = None  # servers: the port that answers when ready
     module: str | None = None  # python -m module (product services)
+    startsecs: int = STARTSECS_SERVER  # alive this long = started (supervisord)
+    startretries: int = STARTRETRIES
 
 
 @dataclass
@@ -129,7 +140,7 @@ def plan(
             p.skipped.append(f"{name}: module {module} is not available yet")
             return
         cmd = [python, "-m", module, "--config", str(config_file), *args]
-        p.services.append(Service(name, cmd, prio, module=module))
+        p.services.append(Service(name, cmd, prio, module=module, startsecs=STARTSECS_SERVICE))
 
     py("bridge", "streams.bridge", PRIO_BRIDGE)
     py("ledger", "streams.ledger", PRIO_LEDGER)

@@ -51,7 +51,7 @@ def site_yaml(bootstrap: str, mqtt_port: int, web_port: int, state_dir: Path, **
     return f"""schema_version: 1
 site:
   id: s1
-  shape: {{tick_s: 1.0, solar_nameplate_w: 0.0, battery_capacity_wh: 0.0}}
+  shape: {{tick_s: 1.0, solar_nameplate_w: 12.0, battery_capacity_wh: 0.0}}
   grace_s: 0.5
   nodes: [{{id: n1, cores: 2}}]
 apps:
@@ -199,11 +199,11 @@ class MqttPub:
         self.c.publish(topic, m.to_json(), qos=1).wait_for_publish(10)
 
     def wait_bridged(self, bootstrap: str, timeout: float = 60.0) -> None:
-        """Publish probes of another site until the bridge forwards one to Kafka: MQTT
-        drops what is published before the bridge's subscription exists (a fixed sleep
-        was not enough on a loaded machine). The ledger ignores other sites."""
+        """Publish probes of another site until the bridge dead-letters one (it only
+        forwards its own site's telemetry): MQTT drops what is published before the
+        bridge's subscription exists (a fixed sleep was not enough on a loaded machine)."""
         site = f"probe-{time.time_ns()}"  # a probe of an earlier test is not the answer
-        probe = Reader(bootstrap, topics.TELEMETRY, site)
+        probe = Reader(bootstrap, topics.DEADLETTER)
         try:
             deadline = time.monotonic() + timeout
             seq = 0
@@ -211,9 +211,9 @@ class MqttPub:
                 seq += 1
                 self.send(CarbonTelemetry(site=site, time=at(0), source="probe", seq=seq,
                                           intensity_g_per_kwh=1.0))  # fmt: skip
-                if probe.poll():
+                if any(f"/{site}/" in d.get("origin", "") for d in probe.poll()):
                     return
-            raise AssertionError("the bridge forwarded no probe")
+            raise AssertionError("the bridge dead-lettered no probe")
         finally:
             probe.close()
 

@@ -118,3 +118,21 @@ def test_cap_quota_counts_configured_containers_and_the_container_itself() -> No
     q = cfg.cap_quota("w-2", 0.675 + 1.825 * 0.5)
     assert q.idle_share_w == pytest.approx(0.675) and abs(q.quota_us - 50_000) <= 1
     assert cfg.node("n1").model() == cfg.site.nodes[0].model()
+
+
+def test_a_solar_source_needs_a_nameplate() -> None:
+    """The ledger bounds solar counters by the nameplate: at 0 W it would refuse all of
+    the array's energy, so the configuration says so up front."""
+    import pytest as _pytest
+
+    from ecovisor.contract.config import ConfigError, parse_config
+
+    site = """
+site:
+  id: s
+  shape: {tick_s: 1.0, solar_nameplate_w: %s}
+  solar: {type: trace}
+"""
+    with _pytest.raises(ConfigError, match="solar_nameplate_w"):
+        parse_config(site % "0")
+    assert parse_config(site % "20").site.shape.solar_nameplate_w == 20

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -175,3 +176,176 @@ def test_snapshot_restore_is_exact(seed: int, cut: int) -> None:
         if m.seq == 0:
             first[m.container] = round(m.energy_j * 1000)
     assert total == sum(last[c] - first[c] for c in last)  # telescoping counters, exact
+
+
+# --- hardening: bounded state, counter faults and resets -----------------------------
+
+EPOCH_MS = 1_700_000_000_000  # a first seq as large as epoch ms
+
+
+def test_dedupe_state_is_o1_per_source_whatever_the_first_seq() -> None:
+    """C1: each new source whose first seq was large added ~4,000 'holes' (~61 kB) to
+    the snapshot; 20 such sources made it 1.15 MB (over Kafka's 1 MB). Now a source
+    costs its highest seq and a small window, and duplicates are still dropped, also
+    after a restart from the snapshot."""
+    import json
+
+    clock = TickClock(1.0, 0.5)
+    for i in range(20):
+        assert clock.offer(carbon_of(f"dev-{i}", EPOCH_MS + i, 0.1)) == "ok"
+    size = len(json.dumps(clock.snapshot()))
+    assert size < 4_000, size  # was 1,150,567 bytes
+    clock = TickClock.restore(json.loads(json.dumps(clock.snapshot())))
+    assert clock.offer(carbon_of("dev-3", EPOCH_MS + 3, 0.2)) == "duplicate"
+    assert clock.offer(carbon_of("dev-3", EPOCH_MS + 1_000, 0.3)) == "ok"
+    assert clock.offer(carbon_of("dev-3", EPOCH_MS + 500, 0.4)) == "ok"  # reordered: new
+    assert clock.offer(carbon_of("dev-3", EPOCH_MS + 500, 0.4)) == "duplicate"
+
+
+def carbon_of(source: str, seq: int, t: float) -> CarbonTelemetry:
+    return CarbonTelemetry(site="s", time=at(t), source=source, seq=seq, intensity_g_per_kwh=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 200),
+    seed=st.integers(0, 10**6),
+    gap=st.sampled_from([1, 7, 1000]),
+    cut=st.integers(0, 400),
+)
+def test_dedupe_window_is_exact(n: int, seed: int, gap: int, cut: int) -> None:
+    """Every seq is accepted exactly once however often it is re-delivered, while
+    reordering stays within the window; a snapshot/restore anywhere changes nothing."""
+    import json
+
+    rng = random.Random(seed)
+    seqs = [EPOCH_MS + i * gap for i in range(n)]
+    stream = []
+    for s in seqs:
+        stream.append(s)
+        if rng.random() < 0.3:  # re-delivered later, within the window
+            stream.insert(len(stream) - rng.randint(0, min(12, len(stream) - 1)), s)
+    clock = TickClock(1.0, 0.5)
+    accepted = []
+    for i, s in enumerate(stream):
+        if i == cut:
+            clock = TickClock.restore(json.loads(json.dumps(clock.snapshot())))
+        if clock.offer(carbon_of("src", s, 0.1)) == "ok":
+            accepted.append(s)
+    assert sorted(accepted) == seqs
+
+
+def test_seq_older_than_the_window_is_refused_with_a_reason() -> None:
+    clock = TickClock(1.0, 0.5)
+    for i in range(100):
+        clock.offer(carbon_of("src", i * 2, 0.1))
+    assert clock.offer(carbon_of("src", 1, 0.1)) == "refused"  # never seen, but too old
+    assert clock.reason is not None and "older than its last 16" in clock.reason
+    assert clock.offer(carbon_of("src", 197, 0.1)) == "ok"  # inside the window
+
+
+def test_sources_are_bounded_and_expire() -> None:
+    from ecovisor.core.tick_clock import ClockLimits
+
+    clock = TickClock(1.0, 0.0, limits=ClockLimits(max_sources=3, source_expiry_s=10))
+    for i in range(3):
+        assert clock.offer(carbon_of(f"d{i}", 1, 0.0)) == "ok"
+    assert clock.offer(carbon_of("d3", 1, 0.5)) == "refused"
+    assert clock.reason is not None and "max_sources" in clock.reason
+    assert set(clock.dedupe) == {"d0", "d1", "d2"}
+    # d0 keeps reporting; d1, d2 fall silent for more than 10 s of event time
+    for s in range(1, 13):
+        clock.offer(carbon_of("d0", 1 + s, float(s)))
+        clock.advance(to_us(T0 + s))
+    assert set(clock.dedupe) == {"d0"}
+    assert clock.offer(carbon_of("d3", 1, 12.5)) == "ok"
+
+
+def solar_of(seq: int, t: float, j: float, source: str = "pv") -> SolarTelemetry:
+    return SolarTelemetry(site="s", time=at(t), source=source, seq=seq, power_w=1, energy_j=j)
+
+
+def _solar_clock(nameplate: float = 20.0) -> TickClock:
+    from ecovisor.core.tick_clock import ClockLimits
+
+    return TickClock(1.0, 0.0, limits=ClockLimits(max_power_w=lambda _k: nameplate))
+
+
+def test_solar_counter_fault_and_resets_book_nothing() -> None:
+    """C3 (B4, ledger side): on a 20 W array a counter going 1000 -> 2000 -> 500 -> 100 J
+    booked +1000, +500, +100 J. The jump is a fault (refused, counted); going back is a
+    reset (new baseline, nothing booked, counted); honest increments still count."""
+    clock = _solar_clock()
+    assert clock.offer(solar_of(1, 0.0, 1000.0)) == "ok"
+    assert clock.offer(solar_of(2, 1.0, 2000.0)) == "refused"
+    assert clock.reason is not None and "more than the source can produce" in clock.reason
+    assert clock.offer(solar_of(3, 2.0, 500.0)) == "reset"
+    assert clock.reason is not None and "went back" in clock.reason
+    assert clock.offer(solar_of(4, 3.0, 100.0)) == "reset"
+    assert clock.offer(solar_of(5, 4.0, 110.0)) == "ok"  # +10 J in 1 s: possible
+    ticks = clock.advance(to_us(T0 + 5.0))
+    assert sum(t.solar_mj for t in ticks) == 10_000
+    assert (clock.guard.n_faults, clock.guard.n_resets, clock.n_refused) == (1, 2, 1)
+
+
+def test_a_jump_confirmed_by_the_next_sample_becomes_the_baseline() -> None:
+    """A counter that really jumped (a replaced meter) is not refused forever: the next
+    sample consistent with the jump makes it the baseline, the jump itself unbooked.
+    A lone spike between honest samples is just refused."""
+    clock = _solar_clock()
+    clock.offer(solar_of(1, 0.0, 100.0))
+    assert clock.offer(solar_of(2, 0.5, 10**6)) == "refused"  # a lone spike
+    assert clock.offer(solar_of(3, 1.0, 110.0)) == "ok"
+    assert clock.offer(solar_of(4, 1.5, 5000.0)) == "refused"
+    assert clock.offer(solar_of(5, 2.0, 5005.0)) == "reset"
+    assert clock.offer(solar_of(6, 2.5, 5015.0)) == "ok"
+    ticks = clock.advance(to_us(T0 + 5.0))
+    assert sum(t.solar_mj for t in ticks) == 20_000  # 100 -> 110 and 5005 -> 5015
+
+
+def test_huge_counter_is_refused_not_an_overflow() -> None:
+    """C3: one solar telemetry from a new source with energy_j = 1e306 raised
+    OverflowError (float -> int mJ) and stopped the ledger on every replay."""
+    for j in (1e306, float("nan"), -1.0):
+        clock = _solar_clock()
+        m = SolarTelemetry.model_construct(
+            site="s", time=at(0), source="pv", seq=1, power_w=1.0, energy_j=j, kind="solar"
+        )
+        assert clock.offer(m) == "refused"
+        assert clock.reason is not None and "energy_j" in clock.reason
+    big = CarbonTelemetry.model_construct(
+        site="s", time=at(0), source="c", seq=1, intensity_g_per_kwh=1e306, kind="carbon"
+    )
+    assert clock.offer(big) == "refused"
+
+
+def test_counter_guard_survives_a_restart() -> None:
+    import json
+
+    clock = _solar_clock()
+    clock.offer(solar_of(1, 0.0, 1000.0))
+    clock.offer(solar_of(2, 0.5, 10.0))  # reset: baseline 10 J, booked value stays
+    clock.advance(to_us(T0 + 1.0))
+    clock = TickClock.restore(json.loads(json.dumps(clock.snapshot())), limits=clock.limits)
+    assert clock.offer(solar_of(3, 1.5, 5000.0)) == "refused"  # still checked vs 10 J
+    assert clock.offer(solar_of(4, 1.6, 15.0)) == "ok"
+    (t,) = clock.advance(to_us(T0 + 2.0))
+    assert t.solar_mj == 5_000
+
+
+@pytest.mark.parametrize(("j", "status"), [(500.0, "refused"), (115.0, "ok"), (0.0, "refused")])
+def test_out_of_order_counter_sample_must_fit_below_the_newer_one(j: float, status: str) -> None:
+    clock = _solar_clock()
+    clock.offer(solar_of(1, 0.0, 100.0))
+    clock.offer(solar_of(3, 2.0, 130.0))
+    assert clock.offer(solar_of(2, 1.0, j)) == status  # 0 J: 130 J in 1 s on 20 W
+
+
+def test_carbon_samples_per_tick_are_bounded() -> None:
+    from ecovisor.core.tick_clock import MAX_INTENSITY_SAMPLES
+
+    clock = TickClock(1.0, 0.0)
+    for i in range(MAX_INTENSITY_SAMPLES):
+        assert clock.offer(carbon_of("c", i, 0.5)) == "ok"
+    assert clock.offer(carbon_of("c", 10**6, 0.5)) == "refused"
+    assert clock.offer(carbon_of("c", 10**6 + 1, 1.5)) == "ok"  # the next tick
