@@ -47,6 +47,7 @@ from ecovisor.contract.schemas import (
     SetContainerPowercap,
     SuspendContainer,
     describe_validation_error,
+    is_ident,
     parse_command,
 )
 from ecovisor.core import state as core
@@ -104,7 +105,8 @@ def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> 
         pass
     known = {a.id for a in cfg.apps}
     ok_app = app if isinstance(app, str) and app in known else None
-    ok_cid = cid if isinstance(cid, str) and 0 < len(cid) <= 128 else None
+    # the rejection notification carries the id, so it must be a valid one (Ident)
+    ok_cid = cid if is_ident(cid) else None
     return Decision(
         accepted=False,
         command_id=ok_cid,

@@ -16,9 +16,13 @@ ledger's validation (``EcovisorConfig.command_bound_error``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -37,6 +41,11 @@ SCHEMA_VERSION = 1
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 AppId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Ident = Annotated[str, Field(pattern=_ID)]
+
+
+def is_ident(value: object) -> bool:
+    """Is ``value`` a valid id (site, source, container, command id): the ``Ident`` rule."""
+    return isinstance(value, str) and re.fullmatch(_ID, value) is not None
 # Outputs of the ledger (notifications, setpoints): finite, unbounded (a bound there
 # could only turn a large but valid tick into a crash).
 NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
@@ -423,6 +432,9 @@ ContainerActionName = Literal[
 
 # Action names written by earlier ledgers. The actuator replays its topic from the
 # beginning on start, so those messages must keep parsing: mapped to the command's name.
+# HMAC-SHA256 of an internal actuator message (hex), keyed by the site's internal key
+Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256, hex")]
+
 _LEGACY_ACTIONS: dict[str, str] = {
     "set_cap": "set_container_powercap",
     "remove_cap": "set_container_powercap",
@@ -456,6 +468,7 @@ class ContainerAction(Message):
     period_us: Annotated[int, Field(ge=1_000, le=1_000_000)] | None = Field(
         None, description="set_container_powercap: the CFS period of quota_us (default 100000 µs)"
     )
+    signature: Signature | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -481,6 +494,7 @@ class BatterySetpoint(Message):
     max_discharge_w: NonNeg = Field(description="Σ max-discharge limits")
     net_power_w: Finite = Field(0.0, description="expected net battery power, + charging")
     tick: int | None = None
+    signature: Signature | None = None
 
 
 class ActuatorAck(Message):
@@ -490,6 +504,32 @@ class ActuatorAck(Message):
     ok: bool
     applied: dict[str, Any] = Field(default_factory=dict, description="value actually applied")
     error: str | None = None
+    signature: Signature | None = None
+
+
+SignedMessage = TypeVar("SignedMessage", "ContainerAction", "BatterySetpoint", "ActuatorAck")
+
+
+def _mac(message: BaseModel, key: str) -> str:
+    """HMAC-SHA256 over the canonical JSON (sorted keys, no spaces) of every field but
+    ``signature``: computed on the parsed message, so both ends agree whatever the bytes."""
+    body = message.model_dump(mode="json", exclude={"signature"})
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key.encode(), canon.encode(), hashlib.sha256).hexdigest()
+
+
+def sign(message: SignedMessage, key: str) -> SignedMessage:
+    """``message`` with its ``signature`` under the site's internal key."""
+    return message.model_copy(update={"signature": _mac(message, key)})
+
+
+def verify(message: ContainerAction | BatterySetpoint | ActuatorAck, key: str) -> bool:
+    """Whether ``message`` carries a valid signature under ``key`` (constant time)."""
+    sig = message.signature
+    return sig is not None and hmac.compare_digest(sig, _mac(message, key))
+
+
+BAD_SIGNATURE = "bad or missing signature"
 
 
 class ContainerEvent(Message):
