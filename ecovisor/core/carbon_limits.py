@@ -8,11 +8,28 @@ Pure functions over integer µg; the tracking state lives in ``AppState.tracking
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from functools import lru_cache
 
-from ecovisor.core.state import BudgetTracker, CarbonBudget, Level, RateWindow
+from ecovisor.core.apportion import largest_remainder
+from ecovisor.core.state import (
+    BudgetTracker,
+    CarbonBudget,
+    CarbonHistory,
+    Level,
+    RateWindow,
+)
 from ecovisor.core.units import UG_PER_G
 
 MAX_BUCKETS = 600  # a rate window keeps at most this many ints
+MAX_WINDOW_S = 86_400.0  # CarbonRateLimit.window_s is at most a day
+# A container's carbon history (``CarbonHistory``): the last HISTORY_EXACT ticks one by
+# one (so every window up to 65 ticks, the default 60 s at Δt = 1 s, starts exactly),
+# then tiers of HISTORY_BUCKETS buckets, each tier's buckets HISTORY_RATIO times longer,
+# back to the largest window. A day at Δt = 1 s is 236 ints instead of 86,400.
+HISTORY_EXACT = 64
+HISTORY_BUCKETS = 32
+HISTORY_RATIO = 4
 
 
 def ticks_in(seconds: float, tick_s: float) -> int:
@@ -43,7 +60,8 @@ def rose(before: Level, after: Level) -> bool:
 
 def push_window(win: RateWindow | None, window_ticks: int, k: int, value_ug: int) -> RateWindow:
     """Add tick ``k``'s carbon. Ticks between the last one pushed and ``k`` count as
-    zero. A new or resized window starts empty (its level is kept).
+    zero. A window of another size is replaced by an empty one (its level is kept);
+    ``seed_window`` first fills a new or resized window from the container's history.
 
     Up to ``MAX_BUCKETS`` ticks the window is exact (one value per tick); a longer one
     keeps ``MAX_BUCKETS`` sums of ``ceil(window_ticks / MAX_BUCKETS)`` ticks, aligned on
@@ -72,6 +90,120 @@ def push_window(win: RateWindow | None, window_ticks: int, k: int, value_ug: int
 def window_rate_mg_per_s(win: RateWindow, tick_s: float) -> float:
     """Mean carbon rate over the whole window (ticks not yet seen count as zero)."""
     return sum(win.values_ug) / 1000.0 / (win.window_ticks * tick_s)
+
+
+# --- a container's recent carbon, to start a window set later -------------------------
+
+
+@lru_cache(maxsize=64)
+def history_tiers(max_ticks: int) -> tuple[tuple[int, int], ...]:
+    """(bucket ticks, buckets kept) of each tier of a history covering ``max_ticks``.
+
+    Tier 0 is one tick per bucket; tier 1's buckets are HISTORY_EXACT * RATIO / BUCKETS
+    ticks (so it reaches about RATIO times further back than tier 0), each further tier
+    RATIO times longer; every bucket length divides the next, so a coarse bucket is a
+    whole number of finer ones. A tier is added until the last covers ``max_ticks``."""
+    tiers = [(1, min(max_ticks, HISTORY_EXACT))]
+    b = HISTORY_EXACT * HISTORY_RATIO // HISTORY_BUCKETS
+    while (tiers[-1][1] - 1) * tiers[-1][0] + 1 < max_ticks:
+        tiers.append((b, min(HISTORY_BUCKETS, -(-max_ticks // b) + 1)))
+        b *= HISTORY_RATIO
+    return tuple(tiers)
+
+
+def push_history(h: CarbonHistory | None, max_ticks: int, k: int, value_ug: int
+                 ) -> CarbonHistory:
+    """Add tick ``k``'s carbon to every tier (ticks skipped since ``last_k`` are zero)."""
+    sched = history_tiers(max_ticks)
+    if h is None or h.max_ticks != max_ticks or len(h.tiers) != len(sched) or k < h.last_k:
+        tiers = tuple((value_ug,) for _ in sched)  # new, or Δt changed: start again
+    else:  # same bucket: add to the newest; a later one: zeros for the gap, then it
+        last = h.last_k
+        tiers = tuple([
+            vals[:-1] + (vals[-1] + value_ug,) if k // b == last // b
+            else (vals + (0,) * min(k // b - last // b - 1, n) + (value_ug,))[-n:]
+            for (b, n), vals in zip(sched, h.tiers, strict=True)
+        ])
+    return CarbonHistory.model_construct(max_ticks=max_ticks, last_k=k, tiers=tiers)
+
+
+def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str, int],
+                   k: int, max_ticks: int) -> dict[str, CarbonHistory]:
+    """Histories after tick ``k``: each container that emitted pushes its carbon; one
+    whose last emission is older than the largest window (and its bucket, windows being
+    bucket-aligned) is dropped, so the state is bounded."""
+    keep = max_ticks + -(-max_ticks // MAX_BUCKETS)
+    out = {c: h for c, h in history.items()
+           if h.max_ticks == max_ticks and h.last_k + keep > k}
+    for c, v in carbon_ug.items():
+        if v:
+            out[c] = push_history(out.get(c), max_ticks, k, v)
+    return out
+
+
+def _segments(h: CarbonHistory) -> list[tuple[int, int, int]]:
+    """The history as (first tick, last tick, carbon) spans that do not overlap: tier
+    0's ticks, then of each coarser tier only the part older than the finer tiers hold
+    (a coarse bucket minus its finer buckets still kept, exact in integers)."""
+    sched = history_tiers(h.max_ticks)
+    out: list[tuple[int, int, int]] = []
+    finer: tuple[int, int, tuple[int, ...]] | None = None  # (bucket ticks, start, values)
+    for (b, _), vals in zip(sched, h.tiers, strict=True):
+        first_q = h.last_k // b - len(vals) + 1
+        for i, v in enumerate(vals):
+            start, end = (first_q + i) * b, min((first_q + i) * b + b - 1, h.last_k)
+            if finer is not None:
+                fb, fstart, fvals = finer
+                if start >= fstart:
+                    break  # this bucket and the later ones are in the finer tiers
+                if end >= fstart:  # (the finer tier's last bucket may be partial)
+                    v -= sum(fvals[:-(-(end + 1 - fstart) // fb)])
+                    end = fstart - 1
+            if v > 0 and end >= 0:
+                out.append((max(start, 0), end, v))
+        start0 = first_q * b
+        if finer is None or start0 < finer[1]:
+            finer = (b, start0, vals)
+    return out
+
+
+def seed_window(h: CarbonHistory | None, window_ticks: int, k: int, level: Level
+                ) -> RateWindow | None:
+    """The rate window of ``window_ticks`` as it would stand after tick ``k - 1`` had the
+    limit always been in force, from the container's history; None when it emitted
+    nothing in that span. Exact while the window lies within tier 0 (up to 65 ticks);
+    further back a coarse bucket's carbon is spread evenly over its ticks, so the carbon
+    in the window is exact but for the one coarse bucket its start cuts (shorter than
+    4/31 of the window; exact for a steady emitter)."""
+    if h is None or k == 0 or h.last_k >= k:
+        return None
+    last = k - 1
+    b = -(-window_ticks // MAX_BUCKETS)
+    nb = -(-window_ticks // b)
+    first = last // b - nb + 1
+    lo = max(0, first * b)
+    sums = [0] * nb
+    for start, end, v in _segments(h):
+        if end < lo or start > last:
+            continue
+        if start == end:
+            sums[start // b - first] += v
+            continue
+        # spread a multi-tick span over the window buckets it overlaps (by ticks), the
+        # ticks outside the window keeping their part
+        s, e = max(start, lo), min(end, last)
+        weights = {"out": (end - start + 1) - (e - s + 1)}
+        for j in range(s // b, e // b + 1):
+            weights[str(j)] = min(e, j * b + b - 1) - max(s, j * b) + 1
+        for key, part in largest_remainder(v, weights).items():
+            if key != "out":
+                sums[int(key) - first] += part
+    while sums and sums[0] == 0:
+        sums.pop(0)
+    if not sums:
+        return None
+    return RateWindow(window_ticks=window_ticks, bucket_ticks=b, last_k=last,
+                      values_ug=tuple(sums), level=level)
 
 
 # --- carbon budget (per app, g per period with reset) -----------------------------------

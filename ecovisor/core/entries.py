@@ -141,8 +141,8 @@ def entry_violations(e: AppLedgerEntry) -> list[str]:
     """Every exact balance an entry must satisfy; empty when it balances."""
     f = e.flows
     out = []
-    solar_out = (f.solar_to_load + f.solar_to_battery + f.solar_excess_curtailed
-                 + f.solar_excess_offered + f.solar_exported)
+    solar_out = (f.solar_to_load + f.solar_to_battery + f.solar_to_platform
+                 + f.solar_excess_curtailed + f.solar_excess_offered + f.solar_exported)
     if solar_out != e.solar_mj:
         out.append(f"solar {e.solar_mj} != uses {solar_out}")
     served = f.solar_to_load + f.battery_to_load + f.grid_to_load + f.unserved
@@ -188,15 +188,24 @@ def entry_violations(e: AppLedgerEntry) -> list[str]:
 
 
 class PlatformEntry(BaseModel):
-    """The site's ``platform`` account: idle energy attributed to no app, from grid."""
+    """The site's ``platform`` account: idle energy attributed to no app, served first by
+    solar no app uses or stores, then by the grid. ``energy = solar + grid + unserved``."""
 
     model_config = _FROZEN
 
     energy_mj: NonNegativeInt
+    solar_mj: NonNegativeInt = 0  # default: entries written before the platform had solar
     grid_mj: NonNegativeInt
     unserved_mj: NonNegativeInt  # cut by the site grid limit (last resort)
     carbon_ug: NonNegativeInt
     cumulative: PlatformCumulative
+
+    @model_validator(mode="after")
+    def _conserved(self) -> PlatformEntry:
+        if self.energy_mj != self.solar_mj + self.grid_mj + self.unserved_mj:
+            raise ValueError(f"platform energy {self.energy_mj} != solar + grid + unserved "
+                             f"{self.solar_mj + self.grid_mj + self.unserved_mj}")
+        return self
 
 
 class ControllerSetpoints(BaseModel):

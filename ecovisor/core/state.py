@@ -199,8 +199,8 @@ class AppFlows(BaseModel):
     """Every energy flow of one app in one tick (or summed over ticks), integer mJ, each
     non-negative. Balances (exact):
 
-    - solar:   S = solar_to_load + solar_to_battery + solar_excess_curtailed
-                   + solar_excess_offered + solar_exported
+    - solar:   S = solar_to_load + solar_to_battery + solar_to_platform
+                   + solar_excess_curtailed + solar_excess_offered + solar_exported
     - load:    D = solar_to_load + battery_to_load + grid_to_load + unserved
     - battery: after - before = solar_to_battery + solar_offered_in + grid_to_battery
                    - battery_to_load - battery_loss
@@ -210,6 +210,9 @@ class AppFlows(BaseModel):
 
     solar_to_load: Mj = 0
     solar_to_battery: Mj = 0
+    # excess solar (neither used nor stored by the app) that served the site's platform
+    # idle load before being curtailed, offered or exported (docs/core.md §9)
+    solar_to_platform: Mj = 0
     solar_excess_curtailed: Mj = 0
     solar_excess_offered: Mj = 0
     solar_offered_in: Mj = 0
@@ -296,15 +299,49 @@ class BudgetTracker(BaseModel):
     level: Level = Level.ok
 
 
+HISTORY_TIERS_MAX = 32  # bounds a restored snapshot; a day at Δt = 1 s needs 7 tiers
+HISTORY_TIER_LEN_MAX = 64
+
+
+class CarbonHistory(BaseModel):
+    """Carbon of one container in its recent ticks, kept for every container that
+    emitted within the largest carbon-rate window (86,400 s), so that a rate limit set
+    (or resized) later starts from what the container actually emitted.
+
+    ``tiers[i]`` holds bucket sums ending at the bucket of ``last_k``, the buckets of
+    tier 0 one tick each, coarser tiers further back (``carbon_limits.history_tiers``
+    gives each tier's bucket length and count for ``max_ticks``). Bounded: at most
+    ``HISTORY_TIERS_MAX`` tiers of ``HISTORY_TIER_LEN_MAX`` values."""
+
+    model_config = _FROZEN
+
+    max_ticks: int = Field(ge=1, description="the largest window in ticks at this Δt")
+    last_k: int = Field(ge=0)
+    tiers: tuple[tuple[Ug, ...], ...] = Field(min_length=1, max_length=HISTORY_TIERS_MAX)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CarbonHistory:
+        if any(not 1 <= len(t) <= HISTORY_TIER_LEN_MAX for t in self.tiers):
+            raise ValueError(f"a history tier holds 1 to {HISTORY_TIER_LEN_MAX} values")
+        return self
+
+
 class EventTracking(BaseModel):
     """What event detection remembers: last notified solar and intensity, carbon rate
-    windows of containers that have a limit, the budget of the current period."""
+    windows of containers that have a limit, the recent carbon of every container that
+    emitted (to start a window set later), the budget of the current period.
+
+    ``solar_ref_mj`` is the exact reference (solar energy per tick) the solar_change
+    rule compares with; ``solar_ref_w`` the same in W, as shown (snapshots written
+    before ``solar_ref_mj`` existed compare with it)."""
 
     model_config = _FROZEN
 
     solar_ref_w: float | None = None
+    solar_ref_mj: Mj | None = None
     intensity_ref: float | None = None
     rate_windows: dict[str, RateWindow] = Field(default_factory=dict)
+    carbon_history: dict[str, CarbonHistory] = Field(default_factory=dict)
     budget: BudgetTracker | None = None
 
 
@@ -347,6 +384,7 @@ class PlatformCumulative(BaseModel):
     model_config = _FROZEN
 
     energy_mj: Mj = 0
+    solar_mj: Mj = 0
     grid_mj: Mj = 0
     unserved_mj: Mj = 0
     carbon_ug: Ug = 0
@@ -358,7 +396,9 @@ class SiteTotals(BaseModel):
     solar + grid + unserved = load + Δstored + battery_loss + curtailed + exported
 
     with ``load = Σ app demand + platform``, ``grid = Σ app grid + platform grid``,
-    ``unserved = Σ app unserved + platform unserved``.
+    ``unserved = Σ app unserved + platform unserved``; the platform is served by
+    ``platform_solar + platform_grid + platform_unserved`` (its solar is part of ``solar``
+    and in none of curtailed, offered, exported).
     """
 
     model_config = _FROZEN
@@ -376,6 +416,7 @@ class SiteTotals(BaseModel):
     grid_to_battery_mj: Mj = 0
     grid_cut_mj: Mj = 0
     platform_mj: Mj = 0
+    platform_solar_mj: Mj = 0
     platform_grid_mj: Mj = 0
     platform_unserved_mj: Mj = 0
     unserved_mj: Mj = 0

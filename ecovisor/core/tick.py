@@ -1,5 +1,5 @@
 """The per-tick virtual energy ledger: ``app_step`` for one app, ``site_step`` for all
-apps of a site (multiplexing) (multiplexing). The entry types are in ``ecovisor.core.entries``.
+apps of a site (multiplexing). The entry types are in ``ecovisor.core.entries``.
 
 Pure: typed data in, typed data out; no clocks, no I/O, no globals. Energy in integer
 mJ, carbon in integer µg; every entry is checked for exact conservation when it is
@@ -136,7 +136,8 @@ class _Work:
     g2b: int = 0
     b2l: int = 0
     drawn: int = 0
-    excess: int = 0  # solar neither used nor stored by the app itself
+    excess: int = 0  # solar neither used nor stored by the app itself (nor the platform)
+    to_platform: int = 0
     offered_out: int = 0
     offered_in: int = 0
     curtailed: int = 0
@@ -219,7 +220,8 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
     after = w.before - w.drawn + gain
     loss = (charge_in - gain) + (w.drawn - w.b2l)
     flows = AppFlows(
-        solar_to_load=w.s2l, solar_to_battery=w.s2b, solar_excess_curtailed=w.curtailed,
+        solar_to_load=w.s2l, solar_to_battery=w.s2b, solar_to_platform=w.to_platform,
+        solar_excess_curtailed=w.curtailed,
         solar_excess_offered=w.offered_out, solar_offered_in=w.offered_in,
         solar_exported=w.exported, battery_to_load=w.b2l, grid_to_load=w.g2l,
         grid_to_battery=w.g2b, unserved=w.unserved, battery_loss=loss,
@@ -314,6 +316,23 @@ def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInp
 # --- one site's tick (multiplexing) -----------------------------------------------------
 
 
+def _platform_solar(works: dict[str, _Work], unallocated: int, platform_mj: int
+                    ) -> tuple[int, int]:
+    """Serve the platform's idle load like a load of its own from solar no app uses or
+    stores, before that solar is curtailed, offered or exported (so booked grid import is
+    what a grid meter reads): the unallocated solar first (it is no app's), then the apps'
+    excess in proportion to it (largest remainder). Returns (platform solar, unallocated
+    left); the apps' ``excess`` is reduced by what they gave."""
+    from_unalloc = min(platform_mj, unallocated)
+    excess = {a: w.excess for a, w in works.items() if w.excess}
+    from_apps = min(platform_mj - from_unalloc, sum(excess.values()))
+    if from_apps:
+        for a, part in largest_remainder(from_apps, excess).items():
+            works[a].to_platform = part
+            works[a].excess -= part
+    return from_unalloc + from_apps, unallocated - from_unalloc
+
+
 def _cut_grid(works: dict[str, _Work], platform_mj: int, limit_mj: int | None
               ) -> tuple[int, int]:
     """Apply the site grid limit: cut grid->battery first (in proportion to each app's
@@ -342,9 +361,9 @@ def _cut_grid(works: dict[str, _Work], platform_mj: int, limit_mj: int | None
 
 def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState,
               inp: SiteTickInput) -> tuple[SiteState, SiteTickResult]:
-    """Account one tick of every app of a site, in sorted app order, then the platform,
-    the site grid limit, excess solar per the site policy, controller aggregates and
-    the battery drift check."""
+    """Account one tick of every app of a site, in sorted app order, then the platform
+    (unused solar, then grid), the site grid limit, excess solar per the site policy,
+    controller aggregates and the battery drift check."""
     _check_k(state.next_k, inp.k, f"site {state.site!r}")
     if set(shares) != set(state.apps):
         raise LedgerError(f"shares {sorted(shares)} do not match state apps {sorted(state.apps)}")
@@ -366,15 +385,17 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
         works[a] = _plan(shares[a], shape, state.apps[a], app_inp,
                          battery_limits(shares[a], shape))
 
+    platform_solar, unalloc_left = _platform_solar(works, unallocated, inp.platform_mj)
     limit_mj = None if math.isinf(shape.grid_limit_w) else power_to_mj(shape.grid_limit_w, dt)
-    platform_grid, platform_unserved = _cut_grid(works, inp.platform_mj, limit_mj)
+    platform_grid, platform_unserved = _cut_grid(works, inp.platform_mj - platform_solar,
+                                                 limit_mj)
 
     policy = shape.excess_solar
     unalloc_curtailed = unalloc_exported = unalloc_offered = 0
     if policy is ExcessSolarPolicy.offer:
         donors = [(a, works[a].excess) for a in apps if works[a].excess]
-        if unallocated:
-            donors.append((UNALLOCATED, unallocated))
+        if unalloc_left:
+            donors.append((UNALLOCATED, unalloc_left))
         capacity = {
             a: charge_input_capacity(w.before - w.drawn, w.s2b + w.g2b, w.limits)
             for a, w in works.items()
@@ -385,15 +406,15 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
             w.curtailed = w.excess - w.offered_out
             w.offered_in = received[a]
         unalloc_offered = given.get(UNALLOCATED, 0)
-        unalloc_curtailed = unallocated - unalloc_offered
+        unalloc_curtailed = unalloc_left - unalloc_offered
     elif policy is ExcessSolarPolicy.net_meter:
         for w in works.values():
             w.exported = w.excess
-        unalloc_exported = unallocated
+        unalloc_exported = unalloc_left
     else:
         for w in works.values():
             w.curtailed = w.excess
-        unalloc_curtailed = unallocated
+        unalloc_curtailed = unalloc_left
 
     site_sources = tuple(sorted(set(inp.estimated_sources)))
     new_apps: dict[str, AppState] = {}
@@ -406,12 +427,14 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     pc = state.platform
     platform_cum = PlatformCumulative(
         energy_mj=pc.energy_mj + inp.platform_mj,
+        solar_mj=pc.solar_mj + platform_solar,
         grid_mj=pc.grid_mj + platform_grid,
         unserved_mj=pc.unserved_mj + platform_unserved,
         carbon_ug=pc.carbon_ug + p_carbon,
     )
     platform = PlatformEntry(
         energy_mj=inp.platform_mj,
+        solar_mj=platform_solar,
         grid_mj=platform_grid,
         unserved_mj=platform_unserved,
         carbon_ug=p_carbon,
@@ -484,6 +507,7 @@ def _site_totals(entries: Mapping[str, AppLedgerEntry], inp: SiteTickInput, unal
         grid_to_battery_mj=f.grid_to_battery,
         grid_cut_mj=grid_cut,
         platform_mj=platform.energy_mj,
+        platform_solar_mj=platform.solar_mj,
         platform_grid_mj=platform.grid_mj,
         platform_unserved_mj=platform.unserved_mj,
         unserved_mj=f.unserved + platform.unserved_mj,
@@ -529,6 +553,10 @@ def site_violations(state_before: SiteState, result: SiteTickResult) -> list[str
     out = []
     before = sum(a.battery_mj for a in state_before.apps.values())
     after = sum(e.battery.after_mj for e in result.entries.values())
+    solar_uses = (t.solar_to_load_mj + t.solar_to_battery_mj + t.platform_solar_mj
+                  + t.solar_curtailed_mj + t.solar_exported_mj)
+    if t.solar_mj != solar_uses:
+        out.append(f"site solar {t.solar_mj} != uses {solar_uses}")
     lhs = t.solar_mj + t.grid_mj + t.unserved_mj
     rhs = (t.load_mj + (after - before) + t.battery_loss_mj + t.solar_curtailed_mj
            + t.solar_exported_mj)

@@ -18,6 +18,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ecovisor.core.carbon_limits import ticks_in
 from ecovisor.core.entries import entry_violations
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
@@ -89,8 +90,9 @@ def changes(app_names):
                 st.integers(0, 40).map(lambda w: SetBatteryChargeRate(watts=float(w))),
                 (st.none() | st.integers(0, 40).map(float)).map(
                     lambda w: SetBatteryMaxDischarge(watts=w)),
-                st.integers(1, 50).map(lambda r: SetCarbonRate(
-                    container="c0", limit=CarbonRateLimit(rate_mg_per_s=r / 10, window_s=120))),
+                st.builds(lambda r, w: SetCarbonRate(container="c0", limit=CarbonRateLimit(
+                    rate_mg_per_s=r / 10, window_s=w)),
+                    st.integers(1, 50), st.sampled_from([60, 120, 120, 600])),
                 st.integers(1, 20).map(lambda g: SetCarbonBudget(
                     budget=CarbonBudget(budget_g=g / 10, period_s=600))),
             ),
@@ -129,7 +131,8 @@ def cases(draw):
 
 
 COVERAGE_KEYS = ("unserved", "curtailed", "offered", "exported", "loss", "rc", "grid_cut",
-                 "battery_full", "battery_empty", "drift_alert", "platform_cut")
+                 "battery_full", "battery_empty", "drift_alert", "platform_cut",
+                 "platform_solar", "platform_app_solar", "platform_solar_and_grid")
 
 
 def coverage(res, cov):
@@ -148,6 +151,9 @@ def coverage(res, cov):
         cov["battery_empty"] += "battery_empty" in kinds
     cov["drift_alert"] += any(a.kind == "battery_drift" for a in res.alerts)
     cov["platform_cut"] += res.platform.unserved_mj > 0
+    cov["platform_solar"] += res.platform.solar_mj > 0
+    cov["platform_app_solar"] += any(e.flows.solar_to_platform for e in res.entries.values())
+    cov["platform_solar_and_grid"] += res.platform.solar_mj > 0 and res.platform.grid_mj > 0
 
 
 def run(shape, shares, ticks, roundtrip_at=None, check=True, cov=None):
@@ -157,6 +163,7 @@ def run(shape, shares, ticks, roundtrip_at=None, check=True, cov=None):
     out = []
     prev_cum: dict[str, object] = {}
     cumulative_sum = None
+    carbon_log: dict[tuple[str, str], dict[int, int]] = {}
     for i, (k, solar, intensity, demand, platform, drift, chg) in enumerate(ticks):
         if i == roundtrip_at:
             state = SiteState.model_validate_json(state.model_dump_json())
@@ -170,6 +177,7 @@ def run(shape, shares, ticks, roundtrip_at=None, check=True, cov=None):
         state, res = site_step(shape, shares, state, inp)
         if check:
             check_tick(shape, shares, before, state, res, prev_cum)
+            check_rate_windows(shape, state, res, carbon_log)
             cumulative_sum = res.totals if cumulative_sum is None else cumulative_sum + res.totals
             assert res.cumulative == cumulative_sum
         if cov is not None:
@@ -178,6 +186,27 @@ def run(shape, shares, ticks, roundtrip_at=None, check=True, cov=None):
             state = queue_site_change(state, a, change, accepted_k=k)
         out.append(res.model_dump(mode="json"))
     return out, state
+
+
+def check_rate_windows(shape, after, res, log) -> None:
+    """A container's carbon-rate window holds its carbon of the trailing window, also
+    when the limit was set after it started emitting (the test's own record of every
+    tick's carbon): exactly up to 65 ticks, within the one coarse history bucket the
+    window's start cuts beyond (less than 4/31 of the window's ticks at the largest
+    per-tick carbon)."""
+    for a, e in res.entries.items():
+        for c, line in e.containers.items():
+            log.setdefault((a, c), {})[e.k] = line.carbon_ug
+        for c, lim in e.settings.carbon_rates.items():
+            n = ticks_in(lim.window_s, shape.tick_s)
+            assert n <= 600  # one value per tick: the window is exactly ticks k-n+1..k
+            mine = log.get((a, c), {})
+            trailing = sum(mine.get(t, 0) for t in range(e.k - n + 1, e.k + 1))
+            got = sum(after.apps[a].tracking.rate_windows[c].values_ug)
+            if n <= 65:
+                assert got == trailing, (a, c, n)
+            else:
+                assert abs(got - trailing) <= 4 / 31 * n * max(mine.values(), default=0)
 
 
 def line_le(a: AccountLine, b: AccountLine) -> bool:
@@ -191,7 +220,18 @@ def check_tick(shape, shares, before, after, res, prev_cum):
     assert t.carbon_ug == sum(e.total.carbon_ug for e in res.entries.values()) + \
         res.platform.carbon_ug
     assert res.platform.carbon_ug == carbon_ug(res.platform.grid_mj, res.intensity_g_per_kwh)
-    assert res.platform.grid_mj + res.platform.unserved_mj == res.platform.energy_mj
+    p = res.platform
+    assert p.solar_mj + p.grid_mj + p.unserved_mj == p.energy_mj
+    # the platform is served by solar no app uses or stores before any of it is
+    # curtailed, offered or exported, so booked grid import is what a meter reads
+    left_over = t.solar_curtailed_mj + t.solar_exported_mj + t.solar_offered_mj
+    if p.solar_mj < p.energy_mj:
+        assert left_over == 0
+    if p.grid_mj:
+        assert left_over == 0
+    assert p.solar_mj == t.platform_solar_mj == sum(
+        e.flows.solar_to_platform for e in res.entries.values()) + min(
+        t.solar_unallocated_mj, p.energy_mj)  # the unallocated solar first
     if not math.isinf(shape.grid_limit_w):
         assert t.grid_mj <= power_to_mj(shape.grid_limit_w, shape.tick_s)
     dt = shape.tick_s

@@ -37,6 +37,7 @@ app's flows in proportion to demand) agree with flow x d_c / D within ``TOL_C_MJ
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -411,3 +412,129 @@ def test_site_step_with_one_app_equals_app_step():
                     site.apps["a"], change, accepted_k=k)}})
 
     inner()
+
+
+# --- the platform account over random multi-app sites (BRIEF "Idle power") -----------
+#
+# "Idle power not attributed to any app is booked to a site platform account ... The
+# platform is served like a load of its own: first from solar that no app uses or stores
+# (before that solar is curtailed, offered or exported), then from the grid; so the
+# site's booked grid import equals what a physical grid meter would read."
+#
+# Reference, exact: every app's flows from ``reference_tick`` with its exact solar share
+# (fraction x site solar); the solar no app uses or stores is the apps' excess plus the
+# unallocated rest; the platform takes min(idle, that), the rest of its idle from the
+# grid, which the site grid limit cuts last (the apps' grid is cut first), so the
+# platform's grid is min(its need, the limit). Whatever unused solar the platform does
+# not take is what the site curtails, offers or exports.
+
+
+def reference_platform(excess: list[Fr], unallocated: Fr, platform: int,
+                       grid_limit_mj: Fr | None, intensity: float) -> dict[str, Fr]:
+    unused = unallocated + sum(excess, Fr(0))
+    solar = min(Fr(platform), unused)
+    need = Fr(platform) - solar
+    grid = need if grid_limit_mj is None else min(need, grid_limit_mj)
+    return {"solar": solar, "grid": grid, "unserved": need - grid, "left_over": unused - solar,
+            "carbon": grid * Fr(intensity) / 3600}
+
+
+@st.composite
+def platform_sites(draw):
+    dt = draw(st.sampled_from([1.0, 60.0, 60.0, 300.0]))
+    nameplate = draw(st.integers(0, 400))
+    n_apps = draw(st.integers(1, 3))
+    left = 100
+    shares = {}
+    for i in range(n_apps):
+        pct = draw(st.integers(0, left))
+        left -= pct
+        frac = pct / 100
+        headroom_wh = frac * nameplate * dt / 3600
+        cap = draw(st.sampled_from([0.0, 1.0, 10.0, 40.0]))
+        cap = 0.0 if cap == 0 else round(headroom_wh / 0.7 + cap, 3)
+        shares[f"app{i}"] = AppShare(
+            solar_fraction=frac, battery_capacity_wh=cap,
+            charge_c_rate=draw(st.sampled_from([0.25, 1.0])),
+            charge_efficiency=draw(st.sampled_from(EFFICIENCIES)),
+            discharge_efficiency=draw(st.sampled_from(EFFICIENCIES)),
+            grid_w=float(draw(st.sampled_from([0, 5, 40, 150]))),
+            initial_soc=draw(st.none() | st.integers(0, 100).map(lambda x: x / 100)),
+        )
+    shape = SiteShape(
+        tick_s=dt, solar_nameplate_w=nameplate,
+        battery_capacity_wh=sum(s.battery_capacity_wh for s in shares.values()) + 1,
+        grid_limit_w=draw(st.sampled_from([math.inf, math.inf, 2.0, 30.0, 200.0])),
+        excess_solar=draw(st.sampled_from(list(ExcessSolarPolicy))),
+    )
+    max_solar = round(nameplate * 1.1 * dt * 1000)
+    ticks = []
+    for k in range(draw(st.integers(15, 30))):
+        demand = {a: {"c0": draw(st.integers(0, round(draw(st.sampled_from([2, 30, 150]))
+                                                       * dt * 1000)))}
+                  for a in shares}
+        ticks.append((k, draw(st.integers(0, max_solar)),
+                      draw(st.sampled_from([0.0, 55.5, 250.0, 401.3])), demand,
+                      draw(st.integers(0, round(draw(st.sampled_from([1, 20, 100])) * dt * 1000)))))
+    return shape, shares, ticks
+
+
+def test_platform_matches_reference_over_random_sites():
+    edges = dict.fromkeys(("platform_unallocated", "platform_app_excess", "platform_grid_too",
+                           "platform_limit_cut", "left_over", "offer", "net_meter"), 0)
+    count = [0]
+
+    @settings(max_examples=80, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(platform_sites())
+    def inner(case):
+        shape, shares, ticks = case
+        bats = {a: ref_battery(s, shape) for a, s in shares.items()}
+        if any(b is None for b in bats.values()):
+            return
+        state = initial_site_state(shape, shares, site="s")
+        limit = None if math.isinf(shape.grid_limit_w) else Fr(shape.grid_limit_w) * \
+            Fr(shape.tick_s) * 1000
+        tol = (TOL_MJ + 1) * len(shares) + 1
+        for k, solar, intensity, demand, platform in ticks:
+            before = state
+            state, res = site_step(shape, shares, state, SiteTickInput(
+                k=k, t_start=float(k), site_solar_mj=solar, intensity_g_per_kwh=intensity,
+                demand_mj=demand, platform_mj=platform))
+            excess = []
+            for a, share in shares.items():
+                own = Fr(share.solar_fraction) * solar
+                ref = reference_tick(share, shape, bats[a], before.apps[a].battery_mj, 0, None,
+                                     own, sum(demand[a].values()), intensity)
+                excess.append(ref["excess"])
+                f = res.entries[a].flows
+                core_excess = (f.solar_to_platform + f.solar_excess_curtailed
+                               + f.solar_excess_offered + f.solar_exported)
+                _close(core_excess, ref["excess"], TOL_MJ + 1, f"{a} excess")
+                _close(f.solar_to_load, ref["solar_to_load"], TOL_MJ + 1, f"{a} solar_to_load")
+                _close(f.solar_to_battery, ref["solar_to_battery"], TOL_MJ + 1,
+                       f"{a} solar_to_battery")
+            unallocated = solar - sum((Fr(s.solar_fraction) * solar for s in shares.values()),
+                                      Fr(0))
+            ref = reference_platform(excess, unallocated, platform, limit, intensity)
+            p, t = res.platform, res.totals
+            _close(p.solar_mj, ref["solar"], tol, "platform solar")
+            _close(p.grid_mj, ref["grid"], tol, "platform grid")
+            _close(p.unserved_mj, ref["unserved"], tol, "platform unserved")
+            _close(p.carbon_ug, ref["carbon"], tol * intensity / 3600 + 1, "platform carbon")
+            _close(t.solar_curtailed_mj + t.solar_exported_mj + t.solar_offered_mj,
+                   ref["left_over"], tol, "solar left over")
+            edges["platform_unallocated"] += p.solar_mj > 0 and unallocated > 0
+            edges["platform_app_excess"] += any(e.flows.solar_to_platform
+                                                for e in res.entries.values())
+            edges["platform_grid_too"] += p.solar_mj > 0 and p.grid_mj > 0
+            edges["platform_limit_cut"] += p.unserved_mj > 0
+            edges["left_over"] += p.solar_mj > 0 and ref["left_over"] > tol
+            edges["offer"] += p.solar_mj > 0 and t.solar_offered_mj > 0
+            edges["net_meter"] += p.solar_mj > 0 and t.solar_exported_mj > 0
+            count[0] += 1
+
+    inner()
+    assert count[0] >= 1_000, count
+    assert all(v > 0 for v in edges.values()), str(edges)
+    print(f"platform reference: {count[0]} ticks; edges {edges}")

@@ -2,10 +2,25 @@
 
 import pytest
 
-from ecovisor.core.carbon_limits import advance_budget, level_of, ticks_in
+from ecovisor.core.carbon_limits import (
+    advance_budget,
+    history_tiers,
+    level_of,
+    push_window,
+    seed_window,
+    ticks_in,
+    update_history,
+)
 from ecovisor.core.sci import EmbodiedShare, embodied_ug, sci, sci_of_entries
 from ecovisor.core.shares import AppShare, SiteShape
-from ecovisor.core.state import AppTickInput, CarbonBudget, Level
+from ecovisor.core.state import (
+    AppState,
+    AppTickInput,
+    CarbonBudget,
+    CarbonHistory,
+    EventTracking,
+    Level,
+)
 from ecovisor.core.tick import app_step, initial_app_state
 from ecovisor.core.units import carbon_ug
 
@@ -86,3 +101,88 @@ def test_sci_of_ledger_entries():
     assert r.interval_s == 120 and r.operational_ug == 200_000
     assert r.embodied_ug == 6_000_000
     assert r.sci_g_per_unit == pytest.approx(1.55)
+
+
+# --- a container's carbon history: a rate window set later starts from it (audit A3) --
+
+
+def _emissions(n: int, seed: int = 7) -> list[int]:
+    """Bursty per-tick carbon with silent stretches (deterministic)."""
+    out, x = [], seed
+    for k in range(n):
+        x = (x * 1_103_515_245 + 12_345) % 2**31
+        out.append(0 if (k // 37) % 5 == 3 else x % 5_000)
+    return out
+
+
+def _windows_both_ways(values: list[int], window: int, max_ticks: int, at: list[int]):
+    """(seeded window, window kept since tick 0) after each tick in ``at``."""
+    hist: dict = {}
+    kept = None
+    out = []
+    for k, v in enumerate(values):
+        if k in at:
+            seeded = seed_window(hist.get("c"), window, k, Level.ok)
+            out.append((push_window(seeded, window, k, v), push_window(kept, window, k, v)))
+        kept = push_window(kept, window, k, v)
+        hist = update_history(hist, {"c": v}, k, max_ticks)
+    return out
+
+
+def test_seeded_window_is_exact_up_to_65_ticks():
+    values = _emissions(3_000)
+    young = [0] * 18 + [9, 0, 0, 0, 256, 0, 44]  # a history that starts off a bucket edge
+    for window in (1, 2, 3, 24, 60, 64, 65):
+        for vals, at in ((values, [1, 5, 64, 200, 2_999]), (young, [19, 23, 24])):
+            for seeded, kept in _windows_both_ways(vals, window, 86_400, at):
+                assert sum(seeded.values_ug) == sum(kept.values_ug), window
+                assert seeded.values_ug == kept.values_ug[-len(seeded.values_ug):]
+
+
+def test_seeded_long_window_is_within_one_coarse_bucket():
+    # beyond 65 ticks the history is coarser: the bucket the window's start cuts is
+    # spread evenly, so the seeded carbon is off by less than 4/31 of the window's ticks
+    values = _emissions(8_000)
+    top = max(values)
+    for window in (66, 100, 250, 601, 3_600, 7_000):
+        for seeded, kept in _windows_both_ways(values, window, 86_400, [300, 4_001, 7_999]):
+            assert abs(sum(seeded.values_ug) - sum(kept.values_ug)) <= window * 4 / 31 * top
+    # a steady emitter is seeded exactly at any length, bucket by bucket
+    for window in (100, 3_600, 86_400):
+        for seeded, kept in _windows_both_ways([7] * 5_000, window, 86_400, [4_999]):
+            assert seeded.values_ug == kept.values_ug
+
+
+def test_history_is_bounded_and_forgets_silent_containers():
+    assert sum(n for _, n in history_tiers(86_400)) == 236  # a day at Δt = 1 s
+    assert history_tiers(24) == ((1, 24),)  # a day at Δt = 3,600 s: one value per tick
+    # a day at Δt = 60 s: 1,440 ticks; the largest window's buckets are 3 ticks, so a
+    # tick stays needed until 1,440 + 3 ticks later
+    values = _emissions(5_000)
+    hist: dict = {}
+    for k, v in enumerate(values):
+        hist = update_history(hist, {"c": v, "d": 1 if k < 10 else 0}, k, 1_440)
+        assert ("d" in hist) == (k < 9 + 1_440 + 3)
+    h = hist["c"]
+    assert [len(t) for t in h.tiers] == [n for _, n in history_tiers(1_440)]
+    assert h.tiers[0] == tuple(values[-64:])
+    # the coarsest tier covers the whole day
+    assert sum(h.tiers[-1]) >= sum(values[-1_440:])
+
+
+def test_tracking_snapshots_without_history_restore():
+    # a snapshot written before the history and the exact solar reference existed
+    old = {"solar_ref_w": 10.0, "intensity_ref": 400.0, "rate_windows": {}, "budget": None}
+    tr = EventTracking.model_validate(old)
+    assert tr.carbon_history == {} and tr.solar_ref_mj is None
+    st = initial_app_state(AppShare(grid_w=100), SiteShape(tick_s=60), site="s", app="x")
+    st = st.model_copy(update={"tracking": tr})
+    # 11 W against the old 10 W reference: +10 %, a change
+    st, e = app_step(AppShare(grid_w=100), SiteShape(tick_s=60), st, AppTickInput(
+        k=0, t_start=0.0, solar_mj=660_000, intensity_g_per_kwh=400.0,
+        demand_mj={"c": 900_000}))
+    assert [x.kind for x in e.events if x.kind == "solar_change"] == ["solar_change"]
+    assert st.tracking.solar_ref_mj == 660_000 and "c" in st.tracking.carbon_history
+    assert AppState.model_validate_json(st.model_dump_json()) == st
+    with pytest.raises(ValueError, match="history tier"):
+        CarbonHistory.model_validate({"max_ticks": 10, "last_k": 0, "tiers": [[1] * 65]})

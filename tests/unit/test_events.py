@@ -173,3 +173,69 @@ def test_events_are_a_pure_function_of_previous_state_and_entry():
     bare = es[0].model_copy(update={"events": ()})
     tracking, events = derive_events(st0, bare)
     assert events == es[0].events and tracking == st1.tracking
+
+
+# --- audit corrections: exact thresholds (A2), trailing carbon when a limit is set (A3) --
+
+
+def test_significant_is_exact_at_the_threshold():
+    # in floats 3.3 - 3.0 = 0.2999... < 0.1 * 3.0 = 0.3000...04: a change of exactly
+    # 10 % must be significant (the thresholds are compared as written)
+    assert significant(3.3, 3.0, 0.0, 0.1)
+    assert significant(212.1, 202.0, 10.0, 0.05)  # 5 % of 202 = 10.1, exactly
+    assert not significant(212.09, 202.0, 10.0, 0.05)
+
+
+def test_solar_change_of_exactly_the_relative_threshold_fires_in_its_tick():
+    # 603,000 mJ / 60 s = 10.05 W; 663,300 mJ = 11.055 W: exactly +10 % (> 1 W abs)
+    ticks = [(0, 603_000, {}, 100.0), (1, 663_300, {}, 100.0), (2, 663_300, {}, 100.0)]
+    _, es = run(new_state(), ticks)
+    assert [len(of_kind(e, EventKind.solar_change)) for e in es] == [0, 1, 0]
+    ev = of_kind(es[1], EventKind.solar_change)[0]
+    assert (ev.value, ev.previous) == (663_300 / 60_000, 603_000 / 60_000)
+    # one mJ short of 10 % is not a change
+    _, es = run(new_state(), [(0, 603_000, {}, 100.0), (1, 663_299, {}, 100.0)])
+    assert [len(of_kind(e, EventKind.solar_change)) for e in es] == [0, 0]
+
+
+def test_carbon_change_of_exactly_the_relative_threshold_fires_in_its_tick():
+    # 202 -> 212.1 g/kWh is exactly +5 % (10.1 > the 10 g/kWh absolute threshold)
+    _, es = run(new_state(), [(0, 0, {}, 202.0), (1, 0, {}, 212.1), (2, 0, {}, 212.1)])
+    assert [len(of_kind(e, EventKind.carbon_change)) for e in es] == [0, 1, 0]
+
+
+def _rate_events(entry):
+    return [(e.kind, e.container) for e in entry.events
+            if e.kind in (EventKind.carbon_rate_near, EventKind.carbon_rate_exceeded)]
+
+
+def test_carbon_rate_set_on_a_container_already_emitting_counts_its_trailing_window():
+    # limit 1 mg/s over 180 s (3 ticks): exceeded above 180,000 µg, near from 162,000.
+    # c1 emitted 100,000 µg per tick before any limit; the limit accepted during tick 2
+    # is in force from tick 3, whose window is ticks 1-3: 300,000 µg -> exceeded now
+    limit = SetCarbonRate(container="c1", limit=CarbonRateLimit(rate_mg_per_s=1.0,
+                                                                 window_s=180))
+    st, _ = run(new_state(), [(k, 0, {"c1": 100_000, "c2": 100_000}, 3600.0)
+                              for k in range(3)])
+    st = queue_change(st, limit, accepted_k=2)
+    st, es = run(st, [(3, 0, {"c1": 100_000}, 3600.0)])
+    assert _rate_events(es[0]) == [(EventKind.carbon_rate_exceeded, "c1")]
+    assert st.tracking.rate_windows["c1"].values_ug == (100_000, 100_000, 100_000)
+    # near: 55,000 per tick = 165,000 µg over the window (0.917 mg/s)
+    st, _ = run(new_state(), [(k, 0, {"c1": 55_000}, 3600.0) for k in range(3)])
+    st = queue_change(st, limit, accepted_k=2)
+    _, es = run(st, [(3, 0, {"c1": 55_000}, 3600.0)])
+    assert _rate_events(es[0]) == [(EventKind.carbon_rate_near, "c1")]
+    assert abs(es[0].events[-1].value - 165 / 180) < 1e-12
+
+
+def test_resized_carbon_rate_window_starts_from_the_trailing_carbon():
+    # a 60 s (1 tick) limit widened to 180 s: the wider window holds the last 3 ticks
+    st = apply_settings(new_state(), SetCarbonRate(
+        container="c1", limit=CarbonRateLimit(rate_mg_per_s=10.0, window_s=60)))
+    st, _ = run(st, [(k, 0, {"c1": 70_000}, 3600.0) for k in range(3)])
+    st = apply_settings(st, SetCarbonRate(
+        container="c1", limit=CarbonRateLimit(rate_mg_per_s=1.0, window_s=180)))
+    st, es = run(st, [(3, 0, {"c1": 70_000}, 3600.0)])
+    assert st.tracking.rate_windows["c1"].values_ug == (70_000, 70_000, 70_000)
+    assert _rate_events(es[0]) == [(EventKind.carbon_rate_exceeded, "c1")]

@@ -228,3 +228,77 @@ def test_result_and_state_json_round_trip_and_tamper_check():
     js["entries"]["a"]["flows"]["grid_to_load"] += 1  # a tampered entry does not balance
     with pytest.raises(ValidationError, match="does not balance"):
         SiteTickResult.model_validate(js)
+
+
+# --- platform idle served from unused solar before the grid (audit A1) -------------------
+
+
+def test_platform_takes_unallocated_solar_then_apps_excess_before_curtailing():
+    # site solar 1,000,000, no app load: a 500,000 (stores 150,000, excess 350,000),
+    # b 300,000 (stores its 300,000 C-rate), unallocated 200,000. Platform 360,000: the
+    # unallocated 200,000, then 160,000 of a's excess; nothing from the grid
+    _, r = step(site(), solar=1_000_000, platform_mj=360_000)
+    a = r.entries["a"]
+    assert a.flows == AppFlows(solar_to_battery=150_000, solar_to_platform=160_000,
+                               solar_excess_curtailed=190_000)
+    assert r.entries["b"].flows == AppFlows(solar_to_battery=300_000)
+    p = r.platform
+    assert (p.solar_mj, p.grid_mj, p.unserved_mj, p.carbon_ug) == (360_000, 0, 0, 0)
+    assert p.cumulative.solar_mj == 360_000
+    t = r.totals
+    assert (t.platform_solar_mj, t.platform_grid_mj, t.grid_mj) == (360_000, 0, 0)
+    assert t.solar_curtailed_mj == 190_000 and t.carbon_ug == 0
+
+
+def test_platform_uses_all_unused_solar_then_the_grid():
+    # 550,000 of unused solar (unallocated 200,000 + a's 350,000) for 1,000,000 of idle
+    _, r = step(site(), solar=1_000_000, platform_mj=1_000_000)
+    p = r.platform
+    assert (p.solar_mj, p.grid_mj, p.carbon_ug) == (550_000, 450_000, 50_000)
+    assert r.entries["a"].flows.solar_to_platform == 350_000
+    assert r.totals.solar_curtailed_mj == 0  # nothing curtailed while the grid serves
+
+
+def test_platform_splits_apps_excess_in_proportion():
+    # a excess 850,000, b excess 300,000, unallocated 400,000; platform 700,000: the
+    # unallocated 400,000, then 300,000 over 850,000 : 300,000 -> 221,739.13 : 78,260.87
+    _, r = step(site(), solar=2_000_000, platform_mj=700_000)
+    assert r.entries["a"].flows.solar_to_platform == 221_739
+    assert r.entries["b"].flows.solar_to_platform == 78_261
+    assert r.platform.solar_mj == 700_000 and r.platform.grid_mj == 0
+
+
+def test_platform_is_served_before_solar_is_offered_or_exported():
+    # docs §7 example: a's excess 850,000, unallocated 800,000; platform 1,000,000 takes
+    # the unallocated 800,000 and 200,000 of a's excess; a offers 300,000 to b's battery
+    # and curtails 350,000 (offer) or exports 650,000 (net_meter)
+    demand = {"a": {"a1": 1_000_000}, "b": {"b1": 1_200_000}}
+    shape = SHAPE.model_copy(update={"excess_solar": ExcessSolarPolicy.offer})
+    _, r = step(site(shape), shape, solar=4_000_000, demand=demand, platform_mj=1_000_000)
+    assert r.entries["a"].flows == AppFlows(
+        solar_to_load=1_000_000, solar_to_battery=150_000, solar_to_platform=200_000,
+        solar_excess_offered=300_000, solar_excess_curtailed=350_000)
+    assert r.entries["b"].flows.solar_offered_in == 300_000
+    assert (r.platform.solar_mj, r.platform.grid_mj) == (1_000_000, 0)
+    assert r.totals.solar_curtailed_mj == 350_000
+    shape = SHAPE.model_copy(update={"excess_solar": ExcessSolarPolicy.net_meter})
+    _, r = step(site(shape), shape, solar=4_000_000, demand=demand, platform_mj=1_000_000)
+    assert r.entries["a"].flows.solar_exported == 650_000
+    assert r.totals.solar_exported_mj == 650_000 and r.totals.grid_mj == 0
+
+
+def test_platform_solar_lowers_its_grid_need_under_the_site_grid_limit():
+    shape = SHAPE.model_copy(update={"grid_limit_w": 1.0})  # 60,000 mJ
+    # site solar 250,000: a stores its 125,000, b its 75,000, unallocated 50,000
+    _, r = step(site(shape), shape, solar=250_000, platform_mj=100_000)
+    p = r.platform
+    assert (p.solar_mj, p.grid_mj, p.unserved_mj) == (50_000, 50_000, 0)
+    assert r.alerts == ()
+
+
+def test_platform_entry_refuses_a_tampered_balance():
+    _, r = step(site(), solar=1_000_000, platform_mj=360_000)
+    js = r.model_dump(mode="json")
+    js["platform"]["grid_mj"] += 1
+    with pytest.raises(ValidationError, match="platform"):
+        SiteTickResult.model_validate(js)
