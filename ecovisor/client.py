@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from httpx_sse import connect_sse
 from ecovisor.contract.schemas import Notification, TickData, parse_notification
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("ecovisor.client")
 
 
 class EcovisorError(Exception):
@@ -125,8 +127,13 @@ class EcovisorClient:
         timeout: float = 10.0,
         http: httpx.Client | None = None,
         ping_s: float = 1.0,
+        last_event_id: str | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        # the id of the last notification handled: sent as Last-Event-ID on (re)connect,
+        # so the stream resumes after it (at-least-once across drops and API restarts)
+        self.last_event_id = last_event_id
+        self._pending_id: str | None = None
         self.wait, self.wait_timeout, self.ping_s = wait, wait_timeout, ping_s
         self._http = http or httpx.Client(base_url=self.api_url, timeout=timeout)
         self._http.headers["Authorization"] = f"Bearer {token}"
@@ -324,15 +331,19 @@ class EcovisorClient:
         return deco
 
     def notifications(self, types: list[str] | None = None) -> Iterator[Notification]:
-        """The app's notifications as they arrive (one SSE connection)."""
+        """The app's notifications as they arrive (one SSE connection), starting after
+        ``last_event_id`` when it is set. The id advances once the consumer asks for the
+        next notification, i.e. after it handled this one: a drop re-delivers, never skips."""
         params: dict[str, Any] = {"ping_s": self.ping_s}
         if types:
             params["types"] = ",".join(types)
+        headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
         with connect_sse(
             self._http,
             "GET",
             self._p("/notifications"),
             params=params,
+            headers=headers,
             timeout=httpx.Timeout(10, read=None),
         ) as source:
             r = source.response
@@ -344,13 +355,26 @@ class EcovisorClient:
                 for sse in source.iter_sse():
                     if self._stop.is_set():
                         return
-                    if sse.data and sse.event not in ("ready", ""):
+                    if sse.event == "gap":  # the server could not replay a part
+                        log.warning("notification stream gap: %s", sse.data)
+                    elif sse.data and sse.event not in ("ready", ""):
+                        self._pending_id = sse.id or None
                         yield parse_notification(sse.data)
+                        self._handled()
+                        continue
+                    if sse.id:
+                        self.last_event_id = sse.id
             except (httpx.HTTPError, httpx.StreamError):
                 if not self._stop.is_set():
                     raise  # stop() cuts the stream short: that is the normal end
             finally:
                 self._response = None
+
+    def _handled(self) -> None:
+        """The notification last yielded was handled: resume after it from now on."""
+        if self._pending_id:
+            self.last_event_id = self._pending_id
+        self._pending_id = None
 
     def dispatch(self, n: Notification) -> None:
         """Call the registered handlers for one notification (also used by replays)."""
@@ -371,12 +395,17 @@ class EcovisorClient:
             try:
                 for n in self.notifications():
                     self.dispatch(n)
+                    self._handled()  # (also when the loop returns right below)
                     handled += 1
                     if self._stop.is_set() or (max_events is not None and handled >= max_events):
                         return handled
             except (AuthenticationError, ForbiddenError, NotFoundError):
                 raise
-            except (httpx.HTTPError, EcovisorError):
+            except EcovisorError as e:
+                if e.status == 422 or self._stop.is_set():  # e.g. a Last-Event-ID refused
+                    raise
+                time.sleep(reconnect_s)
+            except httpx.HTTPError:
                 if self._stop.is_set():
                     break
                 time.sleep(reconnect_s)  # stream dropped or API restarting: reconnect

@@ -243,6 +243,34 @@ class CgroupV2Backend(ContainerBackend):
         return {"backend": "cgroup_v2", "cgroup": self.path, "root": str(self.root)}
 
 
+def backend_of(
+    kind: str | None, path: str, root: str | None = None
+) -> CgroupV1Backend | CgroupV2Backend:
+    """The backend of a cgroup recorded as ``{"type", "cgroup", "root"}``."""
+    return (CgroupV2Backend if kind == "cgroup_v2" else CgroupV1Backend)(path, root)
+
+
+def kill_all(backend: CgroupV1Backend | CgroupV2Backend, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process of a container cgroup until it is empty or ``timeout``;
+    returns the pids still in it ([] when it emptied). A task of a frozen v1 freezer
+    does not die on SIGKILL, so every round thaws first (a suspend still in flight could
+    freeze it again)."""
+    if not backend.exists():
+        return []
+
+    def gone() -> bool:
+        with contextlib.suppress(BackendError):
+            backend.thaw()
+        for pid in backend.procs():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        return not backend.procs()
+
+    if _wait_until(gone, timeout, every=0.05):
+        return []
+    return backend.procs()
+
+
 # --- process group (embedded demo) -------------------------------------------------------
 
 

@@ -25,7 +25,37 @@ from tenacity import (
     wait_fixed,
 )
 
+from ecovisor.contract import topics as names
+
 T = TypeVar("T")
+
+# Bounds of the high-volume topics, set when a topic is created (a topic that exists is
+# left as it is). Apache Kafka enforces them; tansu 0.6, the embedded broker, stores
+# every record in memory for its lifetime whatever the config (docs/reliability.md).
+WEEK_MS = str(7 * 24 * 3600 * 1000)
+GIB = str(1 << 30)
+_RETAINED = {"retention.ms": WEEK_MS, "retention.bytes": GIB}
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    # the ledger replays telemetry from its snapshot's offset: a week covers any restart
+    names.TELEMETRY: _RETAINED,
+    names.DEADLETTER: _RETAINED,
+    names.ALERTS: _RETAINED,
+    names.COMMANDS: _RETAINED,
+    # not bounded here: ecovisor.ledger (the accounting record `ecovisor export` reads)
+    # and the actuator topics (replayed on start to restore every setpoint)
+}
+
+
+def topic_config(topic: str) -> dict[str, str]:
+    """The configs ``create_topics`` gives a new topic: retention for telemetry, dead
+    letters, alerts, commands and the notification streams (SSE resume reaches a week
+    back; older is a `gap` event), compaction for Faust's table changelogs (only a key's
+    latest value is ever read back)."""
+    if topic.endswith("-changelog"):
+        return {"cleanup.policy": "compact"}
+    if topic.startswith(names.NOTIFICATIONS_PREFIX):
+        return dict(_RETAINED)
+    return dict(TOPIC_CONFIGS.get(topic, {}))
 
 
 class KafkaUnavailable(RuntimeError):
@@ -51,7 +81,8 @@ def connect(make: Callable[[], T], what: str, timeout: float = 30.0) -> T:
 def create_topics(
     bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout: float = 30.0
 ) -> None:
-    """Create every topic up front (tansu does not auto-create on subscribe). Idempotent."""
+    """Create every topic up front (tansu does not auto-create on subscribe), with its
+    ``topic_config``. Idempotent: an existing topic is left as it is."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -67,7 +98,14 @@ def create_topics(
                 continue
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1)]
+                    [
+                        NewTopic(
+                            name=t,
+                            num_partitions=partitions,
+                            replication_factor=1,
+                            topic_configs=topic_config(t),
+                        )
+                    ]
                 )
     finally:
         admin.close()

@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
@@ -29,8 +30,16 @@ from typing import Any
 
 from ecovisor.adapters.kafka import KafkaUnavailable, create_topics
 from ecovisor.contract.config import EcovisorConfig
+from ecovisor.embedded import health
 from ecovisor.embedded import servers as embedded
+from ecovisor.embedded.cgroup_cleanup import (
+    cgroup_pids,
+    kill_cgroup_processes,
+    release_cgroups,
+    thaw_cgroups,
+)
 from ecovisor.embedded.plan import (  # noqa: F401 (module_exists, state_dir_of: for the CLI)
+    STARTSECS_SERVICE,
     Plan,
     module_exists,
     plan,
@@ -91,8 +100,8 @@ def render_supervisord_conf(p: Plan, state_dir: Path, workdir: Path) -> str:
             f"priority={s.priority}",
             f"autostart={'true' if s.server else 'false'}",
             "autorestart=true",
-            "startsecs=1",
-            "startretries=5",
+            f"startsecs={s.startsecs}",
+            f"startretries={s.startretries}",
             "stopsignal=TERM",
             "stopwaitsecs=10",
             # the whole process tree goes: no orphans from workers' children
@@ -162,7 +171,31 @@ def _write_state(state_dir: Path, data: dict[str, Any]) -> None:
 
 
 def process_info(state_dir: Path) -> list[dict[str, Any]]:
-    return list(rpc(state_dir).supervisor.getAllProcessInfo())
+    """supervisord's process infos, each with ``restarts``: its exits in the last
+    ``health.RESTART_WINDOW_S`` (from supervisord's log)."""
+    infos = list(rpc(state_dir).supervisor.getAllProcessInfo())
+    log = state_dir / "logs" / "supervisord.log"
+    try:
+        with log.open("rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 512 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    exits = health.recent_exits(text, time.time())
+    for i in infos:
+        i["restarts"] = exits.get(i["name"], 0)
+    return infos
+
+
+def _same_process(pid: int, cmdline: str) -> bool:
+    """The pid is alive and still runs the recorded command line (not reused)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return cmd.strip() == cmdline.strip()
 
 
 def _kill_tree_leftovers(pids: list[int], cmdlines: dict[str, str]) -> list[int]:
@@ -170,14 +203,8 @@ def _kill_tree_leftovers(pids: list[int], cmdlines: dict[str, str]) -> list[int]
     state after supervisord itself died). Returns the pids that were killed."""
     killed = []
     for pid in pids:
-        if not pid_alive(pid):
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if cmd.strip() != cmdlines.get(str(pid), "").strip():
-            continue  # pid reused by an unrelated process
+        if not _same_process(pid, cmdlines.get(str(pid), "")):
+            continue  # gone, or pid reused by an unrelated process
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
@@ -186,10 +213,10 @@ def _kill_tree_leftovers(pids: list[int], cmdlines: dict[str, str]) -> list[int]
     return killed
 
 
-def _record_pids(state_dir: Path) -> None:
+def _record_pids(state_dir: Path, infos: list[dict[str, Any]] | None = None) -> None:
     data = read_state(state_dir)
     pids: dict[str, str] = {}
-    for info in process_info(state_dir):
+    for info in process_info(state_dir) if infos is None else infos:
         pid = int(info.get("pid") or 0)
         if pid:
             with contextlib.suppress(OSError):
@@ -207,12 +234,16 @@ def clean_stale(state_dir: Path, say: Printer) -> bool:
         return False
     stale = False
     data = read_state(state_dir)
+    cgroups = data.get("cgroups", [])
+    thaw_cgroups(cgroups, say)  # a frozen task ignores the SIGKILL below
     pids = [int(p) for p in data.get("pids", {})]
     killed = _kill_tree_leftovers(pids, data.get("pids", {}))
     if killed:
         say(f"killed {len(killed)} orphaned process(es) of a dead supervisord: {killed}")
         stale = True
-    release_cgroups(data.get("cgroups", []), say)
+    if kill_cgroup_processes(cgroups, say):
+        stale = True
+    release_cgroups(cgroups, say)
     for f in (socket_path(state_dir), state_dir / "supervisord.pid", state_dir / "stack.json"):
         if f.exists():
             f.unlink()
@@ -244,40 +275,6 @@ def prepare(
         },
     )
     return p
-
-
-def release_cgroups(cgroups: list[dict[str, Any]], say: Printer) -> None:
-    """Remove the (now empty) cgroups of the containers the stack launched, so a cap,
-    quota or freeze of this run never outlives it: the embedded broker keeps no state,
-    and with an external broker the container actuator re-applies the last setpoints."""
-    from ecovisor.adapters.backends import BackendError
-    from ecovisor.adapters.cgroups import V1_CONTROLLERS, CgroupV1Backend, CgroupV2Backend
-
-    for cg in cgroups:
-        path, root = cg.get("cgroup"), cg.get("root")
-        if not path:
-            continue
-        backend = (CgroupV2Backend if cg.get("type") == "cgroup_v2" else CgroupV1Backend)(
-            path, root
-        )
-        try:
-            if backend.exists() and backend.procs():
-                say(f"cgroup {path} still has processes; left in place")
-                continue
-            backend.remove()
-        except (BackendError, OSError) as e:
-            say(f"could not remove cgroup {path}: {e}")
-            continue
-        # and the parents the launcher created (e.g. ecovisor/<site>), while empty: the
-        # kernel refuses rmdir of a cgroup with children or tasks, so nothing shared goes
-        base = Path(root or "/sys/fs/cgroup")
-        dirs = [base] if cg.get("type") == "cgroup_v2" else [base / c for c in V1_CONTROLLERS]
-        for d in dirs:
-            for parent in list(Path(path.strip("/")).parents)[:-1]:
-                try:
-                    (d / parent).rmdir()
-                except OSError:
-                    break
 
 
 def _wait_socket(state_dir: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -317,7 +314,9 @@ def start_services(p: Plan, state_dir: Path, say: Printer, timeout: float = 60.0
         server.supervisor.startProcess(s.name, False)
 
 
-def wait_healthy(state_dir: Path, timeout: float = 15.0) -> list[dict[str, Any]]:
+def wait_healthy(
+    state_dir: Path, timeout: float = STARTSECS_SERVICE + 15.0
+) -> list[dict[str, Any]]:
     """Wait until no process is STARTING/BACKOFF any more (or timeout); final infos."""
     deadline = time.monotonic() + timeout
     infos = process_info(state_dir)
@@ -333,15 +332,18 @@ def format_status(infos: list[dict[str, Any]]) -> str:
     width = max([len(i["name"]) for i in infos] + [8])
     lines = [f"{'SERVICE':<{width}}  {'STATE':<8}  {'PID':>7}  DETAIL"]
     for i in infos:
+        n = i.get("restarts", 0)
+        again = f" ({n} exits in {health.RESTART_WINDOW_S / 60:g} min)" if n else ""
         lines.append(
             f"{i['name']:<{width}}  {i['statename']:<8}  {i.get('pid') or '-':>7}  "
-            f"{i.get('description', '')}"
+            f"{i.get('description', '')}{again}"
         )
     return "\n".join(lines)
 
 
 def healthy(infos: list[dict[str, Any]]) -> bool:
-    return bool(infos) and all(i["statename"] == "RUNNING" for i in infos)
+    """Every program RUNNING and none in a crash loop (``health.problems``)."""
+    return not health.problems(infos)
 
 
 def _supervisord_cmd(state_dir: Path, nodaemon: bool) -> list[str]:
@@ -445,7 +447,44 @@ def up(
     return 0 if stopping or rc == 0 else 1
 
 
+def _bounded(
+    fn: Callable[[], object], deadline: float, every: Callable[[], None]
+) -> tuple[bool, BaseException | None]:
+    """Run ``fn`` in a daemon thread until it returns or ``deadline`` (monotonic), calling
+    ``every`` twice a second meanwhile: (returned in time, its exception or None). An RPC
+    to a supervisord stuck on a process that never dies would otherwise block forever."""
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # handed to the caller
+            err.append(e)
+
+    th = threading.Thread(target=run, name="ecovisor-down", daemon=True)
+    th.start()
+    while th.is_alive() and time.monotonic() < deadline:
+        every()
+        th.join(0.5)
+    return not th.is_alive(), (err[0] if err else None)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _wait_dead(pid: int, deadline: float, every: Callable[[], None]) -> bool:
+    while pid_alive(pid) and time.monotonic() < deadline:
+        every()
+        time.sleep(0.1)
+    return not pid_alive(pid)
+
+
 def down(state_dir: Path, say: Printer = print, timeout: float = 30.0) -> int:
+    """Stop every service, then kill whatever is left. Every wait is bounded: ``timeout``
+    s for supervisord's orderly stop, then a few seconds each for SIGKILL of supervisord,
+    of the recorded processes and of the container cgroups' processes; exit 1 naming the
+    pids that survived (never a hang)."""
     pid = supervisord_pid(state_dir)
     if pid is None:
         if clean_stale(state_dir, say):
@@ -453,28 +492,56 @@ def down(state_dir: Path, say: Printer = print, timeout: float = 30.0) -> int:
         else:
             say("nothing running")
         return 0
+    deadline = time.monotonic() + timeout
+    # the pids of services restarted since `up`, so a kill below finds them too (the
+    # RPC in a thread, the write here: a late answer must not rewrite the state)
+    infos: list[list[dict[str, Any]]] = []
+    _bounded(lambda: infos.append(process_info(state_dir)), deadline, _nothing)
+    if infos:
+        _record_pids(state_dir, infos[0])
     data = read_state(state_dir)
-    try:
-        say("stopping services ...")
+    cgroups, recorded = data.get("cgroups", []), data.get("pids", {})
+
+    def keep_thawed() -> None:
+        # a suspend still in flight may freeze a container again while services stop
+        thaw_cgroups(cgroups, lambda _m: None)
+
+    def stop_all() -> None:
         server = rpc(state_dir)
         with contextlib.suppress(xmlrpc.client.Fault):
             server.supervisor.stopAllProcesses(True)
         server.supervisor.shutdown()
-    except (OSError, xmlrpc.client.Error) as e:
-        say(f"supervisord did not answer ({e}); sending SIGTERM")
+
+    thaw_cgroups(cgroups, say)  # a frozen container would never stop
+    say("stopping services ...")
+    returned, err = _bounded(stop_all, deadline, keep_thawed)
+    if not returned:
+        say(f"services did not stop within {timeout:.0f} s; killing supervisord and them")
+    elif err is not None:
+        say(f"supervisord did not answer ({err}); sending SIGTERM")
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        say("supervisord still alive; killing it")
+    if not returned or not _wait_dead(pid, deadline, keep_thawed):
+        if returned:
+            say(f"supervisord still alive after {timeout:.0f} s; killing it")
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    left = _kill_tree_leftovers([int(p) for p in data.get("pids", {})], data.get("pids", {}))
+        _wait_dead(pid, time.monotonic() + 5, keep_thawed)
+    keep_thawed()
+    left = _kill_tree_leftovers([int(p) for p in recorded], recorded)
     if left:
         say(f"killed leftover processes: {left}")
-    clean_stale(state_dir, lambda _m: None)
+    kill_cgroup_processes(cgroups, say)
+    clean_stale(state_dir, say)
+    alive = [pid] if pid_alive(pid) else []
+    alive += [int(p) for p, cmd in recorded.items() if _same_process(int(p), cmd)]
+    alive += cgroup_pids(cgroups)
+    if alive:
+        say(
+            f"error: still alive after `ecovisor down`: pids {sorted(set(alive))} (stuck "
+            "in the kernel? see `ps -o pid,stat,wchan,cmd -p <pid>`)"
+        )
+        return 1
     say("stack stopped")
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -65,15 +65,33 @@ class InMemoryStateSource:
 
 class InMemoryBus:
     """The Kafka command bus: records published commands; ``responder`` (a stand-in for
-    the ledger) may answer each command with lifecycle notifications."""
+    the ledger) may answer each command with lifecycle notifications. ``notify`` appends
+    a notification to its app's one-partition log (offsets from 0) and dispatches it with
+    its position, as the Kafka consumer does; ``hub.dispatch(n)`` alone has no position."""
 
     def __init__(self, responder: Callable[[Command], list[Notification]] | None = None) -> None:
         self.hub = NotificationHub()
         self.published: list[Command] = []
         self.responder = responder
+        self.logs: dict[str, list[Notification]] = {}
 
     async def start(self) -> None:
         return None
+
+    def notify(self, n: Notification) -> None:
+        log = self.logs.setdefault(n.app, [])
+        log.append(n)
+        self.hub.dispatch(n, (0, len(log) - 1))
+
+    async def offsets(self, app: str) -> dict[int, tuple[int, int]]:
+        return {0: (0, len(self.logs.get(app, [])))}
+
+    async def replay(
+        self, app: str, partition: int, start: int, end: int
+    ) -> AsyncIterator[tuple[int, Notification]]:
+        for off in range(start, end):
+            await asyncio.sleep(0)
+            yield off, self.logs[app][off]
 
     async def publish(self, cmd: Command) -> None:
         self.published.append(cmd)

@@ -41,3 +41,28 @@ def test_mqtt_qos1_roundtrip(mqtt_server) -> None:  # type: ignore[no-untyped-de
     pub.loop_stop()
     sub.loop_stop()
     assert got == [b'{"x": 1}']
+
+
+def test_tansu_accepts_the_topic_configs_of_create_topics(kafka_bootstrap: str) -> None:
+    """The retention and compaction configs (ecovisor.adapters.kafka.topic_config) do not
+    make the embedded broker refuse a topic: created, written and read back."""
+    import uuid
+
+    from ecovisor.adapters.kafka import create_topics, existing_topics, topic_config
+
+    sfx = uuid.uuid4().hex[:6]
+    names = [topics.notifications(f"cfg-{sfx}"), f"ecovisor-ledger-{sfx}-snapshots-changelog"]
+    assert all(topic_config(t) for t in names)
+    create_topics(kafka_bootstrap, names)
+    assert set(names) <= existing_topics(kafka_bootstrap)
+    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for t in names:
+        prod.send(t, key=b"k", value=b"v").get(timeout=10)
+    prod.close()
+    for t in names:
+        cons = KafkaConsumer(bootstrap_servers=kafka_bootstrap, consumer_timeout_ms=5000)
+        tp = TopicPartition(t, 0)
+        cons.assign([tp])
+        cons.seek_to_beginning(tp)
+        assert [m.value for m in cons] == [b"v"], t
+        cons.close()

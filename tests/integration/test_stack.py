@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -227,3 +228,93 @@ def test_down_releases_the_cgroups_of_launched_containers(site_file: Path) -> No
             for d in (leaf, leaf.parent):
                 if d.is_dir():
                     d.rmdir()
+
+
+V1 = Path("/sys/fs/cgroup")
+# the workload leaves a child in its own session: supervisord's group kill misses it, only
+# the container's cgroup still knows it (a "leftover process" that `down` must end too)
+_FORKING = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+    "start_new_session=True); time.sleep(600)"
+)
+
+
+def _force_clean(cg: str) -> None:
+    """Thaw, kill and remove what a failed test left (a frozen task ignores SIGKILL)."""
+    state = V1 / "freezer" / cg / "freezer.state"
+    with contextlib.suppress(OSError):
+        state.write_text("THAWED")
+    procs = V1 / "cpuacct" / cg / "cgroup.procs"
+    with contextlib.suppress(OSError):
+        for pid in procs.read_text().split():
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.3)
+    for ctl in ("cpu", "cpuacct", "freezer"):
+        leaf = V1 / ctl / cg
+        for d in (leaf, leaf.parent):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+@pytest.mark.parametrize("supervisord", ["alive", "killed"])
+def test_down_ends_a_frozen_container_within_a_bound(
+    site_file: Path, tmp_path: Path, supervisord: str
+) -> None:
+    """D1: a container suspended through the API (cgroup v1 freezer FROZEN) ignores
+    SIGKILL until thawed. `down` thaws the stack's container cgroups, kills their
+    processes (also one outside supervisord's process group) and removes the cgroups,
+    within a bound, whether supervisord is alive or was killed first."""
+    if not (V1 / "freezer").is_dir() or os.geteuid() != 0:
+        pytest.skip("needs root and a cgroup v1 freezer hierarchy")
+    cg = f"ecovisor-test-frozen-{os.getpid()}-{supervisord}/c1"
+    site_file.write_text(
+        site_file.read_text()
+        .replace(
+            "    token: tiny-web-token\n",
+            "    token: tiny-web-token\n"
+            "    containers:\n"
+            f"      - {{id: c1, node: n1, backend: {{type: cgroup_v1, cgroup: {cg}}},"
+            f" command: [python, -c, {json.dumps(_FORKING)}]}}\n",
+        )
+        .replace("  shape:", "  nodes: [{id: n1, cores: 2}]\n  shape:")
+    )
+    cfg = str(site_file)
+    procs_file = V1 / "cpuacct" / cg / "cgroup.procs"
+    try:
+        r = _cli("up", "--detach", "--config", cfg)
+        assert r.returncode == 0, r.stdout + r.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            procs_file.is_file() and len(procs_file.read_text().split()) >= 2
+        ):
+            time.sleep(0.2)
+        workload = [int(p) for p in procs_file.read_text().split()]
+        assert len(workload) >= 2, "workload and its child not in the cgroup"
+        freezer = V1 / "freezer" / cg / "freezer.state"
+        freezer.write_text("FROZEN")  # as the actuator does for suspend_container
+        deadline = time.monotonic() + 5
+        while freezer.read_text().strip() != "FROZEN" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert freezer.read_text().strip() == "FROZEN"
+        state = tmp_path / "state"
+        pids = _pids(state)
+        if supervisord == "killed":
+            os.kill(pids[-1], signal.SIGKILL)
+            assert _wait_gone(pids[-1:]) == []
+        t0 = time.monotonic()
+        try:
+            d = _cli("down", "--config", cfg, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("`ecovisor down` hung for 60 s on a frozen container")
+        took = time.monotonic() - t0
+        assert d.returncode == 0, d.stdout + d.stderr
+        assert took < 30, f"`ecovisor down` took {took:.1f} s"
+        assert _wait_gone(pids + workload, timeout=5) == []
+        for ctl in ("cpu", "cpuacct", "freezer"):
+            assert not (V1 / ctl / cg).exists(), f"{ctl} cgroup left: {d.stdout}"
+    finally:
+        _force_clean(cg)
+        _cli("down", "--config", cfg)
+        _force_clean(cg)
