@@ -21,9 +21,17 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from actuators.kafka_io import Publish, Service, parser, run_actuator, serve, service_args
+from actuators.kafka_io import (
+    Publish,
+    Service,
+    Signer,
+    parser,
+    run_actuator,
+    serve,
+    service_args,
+)
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, mqtt_endpoint
+from ecovisor.contract.config import EcovisorConfig, internal_key, mqtt_endpoint
 from ecovisor.contract.schemas import ActuatorAck, BatterySetpoint, utcnow
 
 ACTUATOR = "battery"
@@ -48,12 +56,20 @@ class BatteryActuator:
         self.send, self.publish, self.clock = send, publish, clock
         self.seen: set[str] = set()
         self.latest: dict[str, BatterySetpoint] = {}
+        self.signer = Signer(internal_key(cfg), ACTUATOR, log)
 
     def device_of(self, sp: BatterySetpoint) -> str:
         return sp.device or self.default_device
 
     def handle(self, sp: BatterySetpoint) -> ActuatorAck | None:
-        if sp.site != self.site or sp.command_id in self.seen:
+        if sp.site != self.site:
+            return None
+        if not self.signer.accepts(sp):
+            # before the dedupe: a forged copy must not shadow the real setpoint
+            log.warning("refusing unsigned/forged setpoint %s", sp.command_id)
+            self.signer.refuse(self.publish, self.site, topics.ACTUATOR_BATTERY, sp)
+            return None
+        if sp.command_id in self.seen:
             return None
         self.seen.add(sp.command_id)
         self.latest[self.device_of(sp)] = sp
@@ -89,6 +105,7 @@ class BatteryActuator:
             applied=applied or {},
             error=error,
         )
+        ack = self.signer.ack(ack)
         self.publish(topics.ACTUATOR_ACKS, self.site, ack.to_json())
         return ack
 
@@ -97,12 +114,18 @@ class BatteryActuator:
         previous run stopped first) are acknowledged now: the latest by forwarding it,
         older ones as superseded (ok=False, they never reached the device)."""
         mine = []
+        refused = 0
         for sp in history:
             if sp.site != self.site or sp.command_id in self.seen:
+                continue
+            if not self.signer.accepts(sp):  # forged, or written before the key
+                refused += 1
                 continue
             self.seen.add(sp.command_id)
             self.latest[self.device_of(sp)] = sp
             mine.append(sp)
+        if refused:
+            log.warning("ignoring %d unsigned/forged setpoint(s) in the topic's history", refused)
         latest_ids = {sp.command_id for sp in self.latest.values()}
         for sp in mine:
             if sp.command_id not in acked and sp.command_id not in latest_ids:

@@ -34,14 +34,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actuators.kafka_io import Publish, Service, parser, run_actuator, serve, service_args
+from actuators.kafka_io import (
+    Publish,
+    Service,
+    Signer,
+    parser,
+    run_actuator,
+    serve,
+    service_args,
+)
 from actuators.state import UNKNOWN, ActuatorState, Effect, action_key, latest_actions
 from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
 from ecovisor.adapters.cgroups import ProcessBackend
 from ecovisor.adapters.lxd import LxdBackend
 from ecovisor.contract import topics
 from ecovisor.contract.config import ContainerBackend as BackendConfig
-from ecovisor.contract.config import EcovisorConfig, Placement
+from ecovisor.contract.config import EcovisorConfig, Placement, internal_key
 from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
 
 ACTUATOR = "containers"
@@ -68,6 +76,7 @@ class ContainerActuator:
         self.log_dir = log_dir
         self.state = ActuatorState()
         self._backends: dict[str, ContainerBackend] = {}
+        self.signer = Signer(internal_key(cfg), ACTUATOR, log)
 
     # --- lookups -------------------------------------------------------------------------
     def placement(self, container: str) -> Placement:
@@ -103,7 +112,15 @@ class ContainerActuator:
         """Apply one action; the acknowledgement (also published), or None when the
         action is for another site or a duplicate command_id."""
         key = action_key(action.app, action.command_id)
-        if action.site != self.site or self.state.already_seen(key):
+        if action.site != self.site:
+            return None
+        if not self.signer.accepts(action):
+            # checked before the dedupe: a forged copy must not shadow the real command
+            log.warning("refusing unsigned/forged action %s on %s", action.command_id,
+                        action.container)  # fmt: skip
+            self.signer.refuse(self.publish, self.site, topics.ACTUATOR_CONTAINERS, action)
+            return None
+        if self.state.already_seen(key):
             return None
         self.state.mark_seen(key)
         try:
@@ -227,6 +244,7 @@ class ContainerActuator:
             applied={"action": action.action, "container": action.container, **(applied or {})},
             error=error,
         )
+        ack = self.signer.ack(ack)
         self.publish(topics.ACTUATOR_ACKS, self.site, ack.to_json())
         return ack
 
@@ -247,7 +265,13 @@ class ContainerActuator:
                 if sp.baseline == UNKNOWN:
                     sp.baseline = ack.applied["baseline_cpus"]
                     sp.baseline_raw = ack.applied.get("baseline")
-        mine = [a for a in latest_actions(actions) if a.site == self.site]
+        mine_all = [a for a in actions if a.site == self.site]
+        # history without a valid signature (forged, or written before the key): refused
+        trusted = [a for a in mine_all if self.signer.accepts(a)]
+        if len(trusted) < len(mine_all):
+            log.warning("ignoring %d unsigned/forged action(s) in the topic's history",
+                        len(mine_all) - len(trusted))  # fmt: skip
+        mine = latest_actions(trusted)
         pending: list[ContainerAction] = []
         touched: dict[str, set[Effect]] = {}
         for a in mine:

@@ -28,11 +28,21 @@ from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
     config_path,
+    internal_key,
     kafka_bootstrap,
     load_config,
     one_line,
 )
-from ecovisor.contract.schemas import ActuatorAck, describe_validation_error
+from ecovisor.contract.schemas import (
+    BAD_SIGNATURE,
+    ActuatorAck,
+    BatterySetpoint,
+    ContainerAction,
+    dead_letter,
+    describe_validation_error,
+    sign,
+    verify,
+)
 
 log = logging.getLogger("actuators.kafka")
 T = TypeVar("T")
@@ -53,16 +63,47 @@ def parser(model: type[M], logger: logging.Logger) -> Callable[[bytes], M | None
     return parse
 
 
-def read_acks(bootstrap: str) -> list[ActuatorAck]:
-    """Every acknowledgement so far (what was already applied before a restart)."""
+class Signer:
+    """The actuator side of the internal key: actions/setpoints must carry the ledger's
+    signature, acknowledgements are signed. Without a key, everything passes unsigned
+    (warned once at start)."""
+
+    def __init__(self, key: str | None, actuator: str, logger: logging.Logger) -> None:
+        self.key = key
+        if key is None:
+            logger.warning(
+                "no internal key: internal topics are not authenticated (any producer "
+                "on %s can act on this site)",
+                actuator,
+            )
+
+    def accepts(self, message: ContainerAction | BatterySetpoint | ActuatorAck) -> bool:
+        return self.key is None or verify(message, self.key)
+
+    def ack(self, ack: ActuatorAck) -> ActuatorAck:
+        return sign(ack, self.key) if self.key else ack
+
+    def refuse(
+        self, publish: Publish, site: str, origin: str, message: ContainerAction | BatterySetpoint
+    ) -> None:
+        """Dead-letter a message without a valid signature (no effect, no ack)."""
+        dl = dead_letter(origin, BAD_SIGNATURE, message.to_json())
+        publish(topics.DEADLETTER, site, dl.model_dump_json().encode())
+
+
+def read_acks(bootstrap: str, key: str | None = None) -> list[ActuatorAck]:
+    """Every acknowledgement so far (what was already applied before a restart); with a
+    key, only signed ones (a forged ack must not pass for an applied baseline)."""
     cons, parts = assigned_consumer(bootstrap, topics.ACTUATOR_ACKS, "actuator-acks")
     try:
         out = []
         for r in read_to_end(cons, parts):
             try:
-                out.append(ActuatorAck.model_validate_json(r.value))
+                ack = ActuatorAck.model_validate_json(r.value)
             except (ValidationError, TypeError):
                 continue  # not ours to judge: the ledger dead-letters bad acks
+            if key is None or verify(ack, key):
+                out.append(ack)
         return out
     finally:
         cons.close()
@@ -119,7 +160,7 @@ def run_actuator(
     bootstrap = kafka_bootstrap(cfg)
     prod = producer(bootstrap, f"ecovisor-actuator-{actuator}")
     try:
-        acks = [a for a in read_acks(bootstrap) if a.actuator == actuator]
+        acks = [a for a in read_acks(bootstrap, internal_key(cfg)) if a.actuator == actuator]
         svc = start(publisher(prod), acks)
         try:
             replay_then_follow(

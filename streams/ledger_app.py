@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from ecovisor.adapters import kafka_async
 from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config import EcovisorConfig, internal_key
 from ecovisor.contract.schemas import (
     TELEMETRY_ADAPTER,
     ClockMessage,
@@ -333,6 +333,13 @@ def build_app(
     async def on_ack(stream: Any) -> None:
         await svc.guarded("acks", acks_loop(stream))
 
-    add_pages(app, lambda: svc.ledger)
+    key = internal_key(cfg)
+    if key is None:  # the site file and environment hold no key: behave as before keys
+        log.warning(
+            "no internal key ($%s): internal topics are not authenticated and the ledger "
+            "views are open to any local process",
+            cfg.site.internal_key_env,
+        )
+    add_pages(app, lambda: svc.ledger, key)
     app.ledger_service = svc  # streams/ledger.py reads .failure for its exit code
     return app

@@ -1,5 +1,8 @@
-"""The ledger worker's state views, served on 127.0.0.1:``stack.ledger_web_port`` (no
-auth: loopback only) and read by the REST API (ecovisor/api/state_source.py):
+"""The ledger worker's state views, served on 127.0.0.1:``stack.ledger_web_port`` and
+read by the REST API (ecovisor/api/state_source.py). When the site has an internal key
+(``ecovisor.contract.config.internal_key``), every request needs
+``Authorization: Bearer <internal key>`` (else 401): loopback alone does not keep other
+local users or apps from reading any app's state.
 
 * ``GET /ecovisor/state/{app}``: settings, last tick data, cumulative totals, clock;
 * ``GET /ecovisor/counters/{app}?t1=&t2=``: exact energy/carbon between tick boundaries;
@@ -11,6 +14,7 @@ I/O; ``add_pages`` mounts the three on the Faust web server. Formats: docs/ledge
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -142,9 +146,28 @@ def _interval(kind: ViewKind, query: Mapping[str, str]) -> tuple[datetime, datet
     return lo, hi
 
 
-def respond(kind: ViewKind, led: SiteLedger | None, app: str, query: Mapping[str, str]) -> Answer:
-    """One view request: (JSON body, HTTP status). 400 for bad times, 404 for an app
-    without state (or, for counters, an interval outside the kept history)."""
+def authorized(authorization: str | None, key: str | None) -> bool:
+    """Whether an ``Authorization`` header carries the internal key (always, without a
+    key: unauthenticated, warned at start). Constant-time compare."""
+    if key is None:
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def respond(
+    kind: ViewKind,
+    led: SiteLedger | None,
+    app: str,
+    query: Mapping[str, str],
+    authorization: str | None = None,
+    key: str | None = None,
+) -> Answer:
+    """One view request: (JSON body, HTTP status). 401 without the internal ``key`` as
+    bearer token (when the site has one), 400 for bad times, 404 for an app without state
+    (or, for counters, an interval outside the kept history)."""
+    if not authorized(authorization, key):
+        return {"error": "missing or wrong internal key (Authorization: Bearer)"}, 401
     unknown = {"error": f"no state for app {app!r}"}, 404
     if kind == "state":
         v = state_view(led, app) if led else None
@@ -163,14 +186,15 @@ def respond(kind: ViewKind, led: SiteLedger | None, app: str, query: Mapping[str
     return v, 200
 
 
-def add_pages(app: Any, ledger: Callable[[], SiteLedger | None]) -> None:
+def add_pages(app: Any, ledger: Callable[[], SiteLedger | None], key: str | None) -> None:
     """Mount the views on the Faust app ``app``; ``ledger()`` is the site's ledger, or
-    None while it is still loading."""
+    None while it is still loading; ``key``: the internal key the requests must carry."""
     from faust.web import Request, View
 
     def page(kind: ViewKind) -> Callable[[View, Request, str], Any]:
         async def get(view: View, request: Request, app_name: str) -> Any:
-            body, status = respond(kind, ledger(), app_name, request.query)
+            auth = request.headers.get("Authorization")
+            body, status = respond(kind, ledger(), app_name, request.query, auth, key)
             return view.json(body, status=status)
 
         return get

@@ -19,12 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config import EcovisorConfig, internal_key
 from ecovisor.contract.schemas import (
+    BAD_SIGNATURE,
     ActuatorAck,
     Notification,
     dead_letter,
     describe_validation_error,
+    sign,
+    verify,
 )
 from ecovisor.core.entries import SiteTickResult
 from ecovisor.core.settings import queue_site_change
@@ -135,6 +138,8 @@ class SiteLedger:
         lim = self.cfg.site.limits
         self.skew_us = to_us(lim.clock_skew_s)
         self.max_step_us = to_us(min(lim.clock_max_step_s, MAX_EXPIRY_S))
+        # signs actions/setpoints, checks acks (None: unauthenticated, as before keys)
+        self.key = internal_key(self.cfg)
 
     @classmethod
     def new(cls, cfg: EcovisorConfig) -> SiteLedger:
@@ -364,6 +369,8 @@ class SiteLedger:
             }
         outs.extend(self._settings_applied(ct.k, t_end, res))
         setpoint = battery_setpoint(cfg, t_end, ct.k, res.controller)
+        if self.key:
+            setpoint = sign(setpoint, self.key)
         outs.append(Out(topics.ACTUATOR_BATTERY, site.encode(), setpoint.to_json()))
         for a in res.alerts:
             outs.append(Out(topics.ALERTS, site.encode(), site_alert(site, t_end, a).to_json()))
@@ -446,7 +453,8 @@ class SiteLedger:
                         "change": d.change.model_dump(mode="json"),
                     }
             for a in d.actions:
-                outs.append(Out(topics.ACTUATOR_CONTAINERS, a.container.encode(), a.to_json()))
+                signed = sign(a, self.key) if self.key else a
+                outs.append(Out(topics.ACTUATOR_CONTAINERS, a.container.encode(), signed.to_json()))
                 if a.action in ("suspend_container", "resume_container"):
                     s = set(self.suspended.get(d.app, ()))
                     (s.add if a.action == "suspend_container" else s.discard)(a.container)
@@ -506,6 +514,10 @@ class SiteLedger:
             ack = ActuatorAck.model_validate_json(raw)
         except ValidationError as e:
             dl = dead_letter(topics.ACTUATOR_ACKS, describe_validation_error(e), raw)
+            return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
+        if self.key and not verify(ack, self.key):
+            # only the actuators hold the key: a forged ack tells no app anything
+            dl = dead_letter(topics.ACTUATOR_ACKS, BAD_SIGNATURE, raw)
             return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
         # command ids are per app: the ack's own app decides who is told
         app = ack.app

@@ -4,12 +4,14 @@ tick, interval counters, ledger entries), behind the small ``StateSource`` inter
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from ecovisor.contract.config import ENV_INTERNAL_KEY
 from ecovisor.contract.schemas import TickData, describe_validation_error
 
 
@@ -94,11 +96,16 @@ def live_state_from_view(app: str, view: dict[str, Any]) -> LiveState:
 
 
 class HttpStateSource:
-    """The ledger worker's state views over loopback HTTP (no auth: loopback only)."""
+    """The ledger worker's state views over loopback HTTP, with the site's internal key
+    as bearer token (the views answer 401 without it when the site has one)."""
 
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 5.0, key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        # the key: given, else the standard environment variable (the API's entry point
+        # passes no key; the embedded stack sets the variable for every service)
+        key = key or os.environ.get(ENV_INTERNAL_KEY)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         try:

@@ -36,6 +36,9 @@ from ecovisor.core.shares import AppShare, SiteShape
 _EPS = 1e-9
 
 
+ENV_INTERNAL_KEY = "ECOVISOR_INTERNAL_KEY"
+
+
 class ConfigError(Exception):
     """A site configuration that cannot be used, with readable reasons."""
 
@@ -198,6 +201,18 @@ class SiteConfig(_Strict):
     battery: SourceConfig | None = None
     grace_s: float = Field(0.5, ge=0, description="a tick closes after tick_s + grace_s")
     limits: SiteLimits = SiteLimits()
+    # The secret of the site's internal services (ledger, actuators, API -> ledger views):
+    # signs actuator messages and guards the ledger views. Read from this environment
+    # variable first; ``internal_key`` (a literal) is for demos and tests only.
+    internal_key_env: str = Field(
+        ENV_INTERNAL_KEY, description="environment variable holding the internal key"
+    )
+    internal_key: str | None = Field(
+        None,
+        min_length=16,
+        repr=False,  # never in logs or error messages
+        description="literal internal key (demo/tests; prefer the env)",
+    )
 
 
 class StackConfig(_Strict):
@@ -535,6 +550,12 @@ def kafka_bootstrap(cfg: EcovisorConfig) -> str:
     if cfg.stack.kafka_bootstrap:
         return cfg.stack.kafka_bootstrap
     return f"127.0.0.1:{cfg.stack.kafka_port}"
+
+
+def internal_key(cfg: EcovisorConfig) -> str | None:
+    """The site's internal key: ``$<site.internal_key_env>``, then ``site.internal_key``;
+    None when neither is set (internal topics and views are then not authenticated)."""
+    return os.environ.get(cfg.site.internal_key_env) or cfg.site.internal_key
 
 
 def mqtt_endpoint(cfg: EcovisorConfig) -> tuple[str, int]:

@@ -1,12 +1,14 @@
 """What the embedded stack runs for a site: ``plan(cfg)`` turns a site configuration into
 the list of supervised services (servers, bridge, ledger, history, actuators, collectors,
 demo workloads, API, policies) with their start priorities and environment. Pure but for
-locating binaries and modules. ``ecovisor.embedded.stack`` renders and drives it."""
+locating binaries and modules and making the site's internal key on first use.
+``ecovisor.embedded.stack`` renders and drives it."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from ecovisor.contract.config import (
     ENV_MQTT_PORT,
     EcovisorConfig,
     influxdb_url,
+    internal_key,
     kafka_bootstrap,
     mqtt_endpoint,
 )
@@ -83,6 +86,28 @@ def state_dir_of(cfg: EcovisorConfig, base: Path | None = None) -> Path:
     return p if p.is_absolute() else (base or Path.cwd()) / p
 
 
+INTERNAL_KEY_FILE = "internal.key"
+
+
+def stack_internal_key(cfg: EcovisorConfig, state_dir: Path) -> str:
+    """The site's internal key for the embedded stack: the configured one (environment or
+    site file), else a random key kept in ``<state_dir>/internal.key`` (mode 0600, made
+    on the first ``ecovisor up``), so the embedded stack always authenticates its internal
+    topics and ledger views."""
+    key = internal_key(cfg)
+    if key:
+        return key
+    path = state_dir / INTERNAL_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
 def plan(
     cfg: EcovisorConfig,
     config_file: Path,
@@ -102,6 +127,8 @@ def plan(
         ENV_MQTT_HOST: mqtt_host,
         ENV_MQTT_PORT: str(mqtt_port),
         "PYTHONUNBUFFERED": "1",
+        # ledger, actuators and API share it (signatures, ledger views); never logged
+        cfg.site.internal_key_env: stack_internal_key(cfg, state_dir),
     }
     data = state_dir / "data"
 
@@ -135,11 +162,13 @@ def plan(
     if ts_url:
         p.env[ENV_INFLUXDB_URL] = ts_url
 
-    def py(name: str, module: str, prio: int, *args: str) -> None:
+    def py(name: str, module: str, prio: int, *args: str, app_code: bool = False) -> None:
         if not exists(module):
             p.skipped.append(f"{name}: module {module} is not available yet")
             return
         cmd = [python, "-m", module, "--config", str(config_file), *args]
+        if app_code:  # workloads and policies are the apps': they do not get the key
+            cmd = ["env", "-u", cfg.site.internal_key_env, *cmd]
         p.services.append(Service(name, cmd, prio, module=module, startsecs=STARTSECS_SERVICE))
 
     py("bridge", "streams.bridge", PRIO_BRIDGE)
@@ -162,7 +191,8 @@ def plan(
         py("collector-power", "collectors.power", PRIO_COLLECTOR)
     for c in containers:
         if c.command:
-            py(f"container-{c.id}", "actuators.cgexec", PRIO_WORKLOAD, "--container", c.id)
+            py(f"container-{c.id}", "actuators.cgexec", PRIO_WORKLOAD, "--container", c.id,
+               app_code=True)  # fmt: skip
             if c.backend.type != "lxd":
                 p.cgroups.append(
                     {"type": c.backend.type, "cgroup": c.backend.cgroup, "root": c.backend.root}
@@ -177,6 +207,7 @@ def plan(
                 "--app",
                 a.id,
                 *pol.args,
+                app_code=True,
             )
     p.topics = topics.all_topics([a.id for a in cfg.apps])
     return p

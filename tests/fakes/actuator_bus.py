@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ecovisor.adapters.cgroups import CgroupV1Backend, ProcessBackend
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig
-from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, sign, utcnow
 from ecovisor.core.power_cap import max_power_at_quota
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
@@ -115,12 +115,19 @@ class Bus:
         return ActuatorAck.model_validate_json(raw)
 
     def send_action(
-        self, site: str, app: str, container: str, action: str, timeout: float = 10.0, **kw: Any
+        self,
+        site: str,
+        app: str,
+        container: str,
+        action: str,
+        timeout: float = 10.0,
+        key: str | None = None,
+        **kw: Any,
     ) -> ActuatorAck:
-        """Publish a ContainerAction to the actuator topic and wait for its ack. Also the
-        readiness probe for a freshly started service: a ``resume_container`` of any
-        configured container is harmless and is acknowledged only after the restore from
-        Kafka."""
+        """Publish a ContainerAction to the actuator topic (signed with ``key``, the
+        site's internal key, if given) and wait for its ack. Also the readiness probe for
+        a freshly started service: a ``resume_container`` of any configured container is
+        harmless and is acknowledged only after the restore from Kafka."""
         a = ContainerAction(
             site=site,
             time=utcnow(),
@@ -130,6 +137,7 @@ class Bus:
             action=action,  # type: ignore[arg-type]
             **kw,
         )
+        a = sign(a, key) if key else a
         self.send(topics.ACTUATOR_CONTAINERS, site, a.to_json())
         return self.wait_ack(a.command_id, timeout)
 

@@ -294,3 +294,81 @@ def test_a_carried_quota_is_written_as_is(tmp_path: Path) -> None:
     )
     assert ack is not None and ack.ok
     assert (d / "cpu.max").read_text() == "50000 100000"
+
+
+# --- authentication on the bus (internal key) -------------------------------------------
+
+KEY = "site-internal-key-0123456789"
+
+
+def keyed(root: Path) -> str:
+    """The site with an internal key: actions must be signed by the ledger."""
+    return site(root).replace("  id: s1\n", f"  id: s1\n  internal_key: {KEY}\n", 1)
+
+
+def dead_letters(sink: Sink) -> list[dict[str, Any]]:
+    return [json.loads(v) for t, v in sink if t == "ecovisor.deadletter"]
+
+
+@pytest.mark.parametrize("signature", [None, "0" * 64, "sign-with-other-key"])
+def test_forged_action_has_no_effect_and_is_dead_lettered(
+    tmp_path: Path, signature: str | None
+) -> None:
+    """B1: an unsigned or wrongly signed action on ecovisor.actuator.containers neither
+    freezes nor re-quotas a container, is not acknowledged ok, and is dead-lettered."""
+    from ecovisor.contract.schemas import sign, verify
+
+    d = mk(tmp_path, "c1", "120000 100000")
+    mk(tmp_path, "c2")
+    sink = Sink()
+    act = ContainerActuator(parse_config(keyed(tmp_path)), sink)
+    forgeries = [("f1", "suspend_container", {}),
+                 ("f2", "set_container_powercap", {"watts": 0.5, "quota_us": 1000})]  # fmt: skip
+    for cid, kind, kw in forgeries:
+        forged = action(cid, kind, **kw)
+        if signature == "sign-with-other-key":
+            forged = sign(forged, "another-key-0123456789")
+        elif signature is not None:
+            forged = forged.model_copy(update={"signature": signature})
+        assert act.handle(forged) is None
+    assert (d / "cgroup.freeze").read_text() == "0"
+    assert (d / "cpu.max").read_text() == "120000 100000"
+    assert sink.acks() == []
+    dls = dead_letters(sink)
+    assert [x["reason"] for x in dls] == ["bad or missing signature"] * 2
+    assert all(x["origin"] == "ecovisor.actuator.containers" for x in dls)
+    # the genuine command with a forged copy's id is not shadowed by it, and is applied
+    ack = act.handle(sign(action("f1", "suspend_container"), KEY))
+    assert ack is not None and ack.ok and verify(ack, KEY)  # acks are signed
+    assert (d / "cgroup.freeze").read_text() == "1"
+
+
+def test_replayed_unsigned_history_is_refused_with_a_key(tmp_path: Path) -> None:
+    """Old (pre-key) or forged actions in the topic's history are not re-applied."""
+    from ecovisor.contract.schemas import sign
+
+    d = mk(tmp_path, "c1", "120000 100000")
+    mk(tmp_path, "c2")
+    sink = Sink()
+    act = ContainerActuator(parse_config(keyed(tmp_path)), sink)
+    history = [action("old", "suspend_container"),
+               sign(action("new", "scale_container", cpus=0.5), KEY)]  # fmt: skip
+    assert act.restore(history, []) == 1
+    assert (d / "cgroup.freeze").read_text() == "0"
+    assert quota(d) == 50000
+    assert [a.command_id for a in sink.acks()] == ["new"]
+
+
+def test_forged_battery_setpoint_is_not_forwarded(tmp_path: Path) -> None:
+    from ecovisor.contract.schemas import sign, verify
+
+    sent: list[tuple[str, bytes]] = []
+    sink = Sink()
+    act = BatteryActuator(parse_config(keyed(tmp_path)), lambda t, p: sent.append((t, p)), sink)
+    sp = BatterySetpoint(site="s1", time=utcnow(), command_id="t1", charge_rate_w=5,
+                         max_discharge_w=9)  # fmt: skip
+    assert act.handle(sp) is None
+    assert sent == [] and sink.acks() == []
+    assert [x["reason"] for x in dead_letters(sink)] == ["bad or missing signature"]
+    ack = act.handle(sign(sp, KEY))
+    assert ack is not None and ack.ok and verify(ack, KEY) and len(sent) == 1

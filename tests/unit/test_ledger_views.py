@@ -57,3 +57,17 @@ def test_counters_are_exact_between_boundaries() -> None:
     assert body["containers"]["web-1"]["energy_j"] == 4.0
     body, _ = respond("ledger", led, "web", {"from": T0.isoformat()})
     assert [e["k"] for e in body["entries"]] == [K0, K0 + 1, K0 + 2]
+
+
+def test_views_need_the_internal_key() -> None:
+    """B3: with a site key, a view answers 401 without the bearer key or with a wrong
+    one, and 200 with it."""
+    led = _ledger(1)
+    key = "site-internal-key-0123456789"
+    for kind, q in (("state", {}), ("ledger", {}),
+                    ("counters", {"t1": T0.isoformat(), "t2": T0.isoformat()})):  # fmt: skip
+        for auth in (None, "", "Bearer wrong-key", f"Basic {key}", key):
+            body, status = respond(kind, led, "web", q, auth, key)  # type: ignore[arg-type]
+            assert status == 401 and "app" not in body, (kind, auth)
+        assert respond(kind, led, "web", q, f"Bearer {key}", key)[1] == 200  # type: ignore[arg-type]
+    assert respond("state", None, "web", {}, None, key)[1] == 401  # even while loading

@@ -110,3 +110,49 @@ def test_settings_change_is_applied_by_the_ledger_when_in_force() -> None:
                                     seq=4, intensity_g_per_kwh=100))  # fmt: skip
     out, _ = led.close(to_us(T0.timestamp()) + 3_600_000)
     assert "command_applied" not in [n.type for n in _notes(out, "web")]
+
+
+# --- authentication on the bus (internal key) -------------------------------------------
+
+KEY = "site-internal-key-0123456789"
+KEYED_SITE = SITE.replace("  id: s\n", f"  id: s\n  internal_key: {KEY}\n", 1)
+
+
+def _suspend(led: SiteLedger) -> list:
+    from ecovisor.contract.schemas import SuspendContainer
+
+    cmd = SuspendContainer(site="s", time=T0, app="web", token="web-token-123",
+                           command_id="sus-1", container="web-1")  # fmt: skip
+    return led.command(cmd.to_json(), to_us(T0.timestamp()) + 200_000)
+
+
+def test_ledger_signs_actions_and_setpoints() -> None:
+    from ecovisor.contract.schemas import BatterySetpoint, ContainerAction, verify
+
+    led = SiteLedger.new(parse_config(KEYED_SITE))
+    acts = [o for o in _suspend(led) if o.topic == topics.ACTUATOR_CONTAINERS]
+    assert len(acts) == 1 and verify(ContainerAction.model_validate_json(acts[0].value), KEY)
+    led.clock.offer(CarbonTelemetry(site="s", time=T0, source="c", seq=1,
+                                    intensity_g_per_kwh=100))  # fmt: skip
+    out, _ = led.close(to_us(T0.timestamp()) + 1_600_000)
+    sps = [BatterySetpoint.model_validate_json(o.value) for o in out
+           if o.topic == topics.ACTUATOR_BATTERY]  # fmt: skip
+    assert sps and all(verify(sp, KEY) for sp in sps)
+
+
+def test_forged_ack_tells_the_app_nothing() -> None:
+    """B2: an ack without the actuators' signature (or a wrong one) is dead-lettered with
+    the reason; no command_failed reaches the app. A signed ack still does."""
+    from ecovisor.contract.schemas import ActuatorAck, sign
+
+    led = SiteLedger.new(parse_config(KEYED_SITE))
+    _suspend(led)
+    ack = ActuatorAck(site="s", time=T0, command_id="sus-1", app="web", actuator="containers",
+                      ok=False, error="forged")  # fmt: skip
+    for forged in (ack, sign(ack, "another-key-0123456789")):
+        out = led.ack(forged.to_json())
+        assert _notes(out, "web") == []
+        assert [o.topic for o in out] == [topics.DEADLETTER]
+        assert b"bad or missing signature" in out[0].value
+    out = led.ack(sign(ack.model_copy(update={"ok": True, "error": None}), KEY).to_json())
+    assert [n.type for n in _notes(out, "web")] == ["command_applied"]

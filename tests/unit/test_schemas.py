@@ -125,3 +125,18 @@ def test_container_action_round_trips(action: str, extra: dict) -> None:
 def test_container_action_rejects_unknown_names(action: object) -> None:
     with pytest.raises(pydantic.ValidationError):  # a validation error, never a crash
         schemas.ContainerAction.model_validate({**_ACTION, "action": action})
+
+
+def test_signature_survives_the_wire_and_binds_every_field() -> None:
+    key = "site-internal-key-0123456789"
+    for name in ("ContainerAction", "BatterySetpoint", "ActuatorAck"):
+        model = _models()[name]
+        msg = model.model_validate_json(_examples()[name]).model_copy(update={"signature": None})
+        assert not schemas.verify(msg, key)  # unsigned
+        signed = schemas.sign(msg, key)
+        # re-parsed from its bytes (and from reformatted JSON): still valid
+        assert schemas.verify(model.model_validate_json(signed.to_json()), key)
+        assert schemas.verify(model.model_validate(json.loads(signed.to_json())), key)
+        assert not schemas.verify(signed, "another-key-0123456789")
+        tampered = signed.model_copy(update={"command_id": "other-id"})
+        assert not schemas.verify(tampered, key)
