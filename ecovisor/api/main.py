@@ -12,6 +12,7 @@ from ecovisor.api.state_source import HttpStateSource
 from ecovisor.contract.config import (
     ConfigError,
     config_path,
+    internal_key,
     kafka_bootstrap,
     load_config,
     one_line,
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None, serve: Callable[..., None] | None = None
         raise SystemExit(2) from None
     ledger_url = a.ledger_url or f"http://127.0.0.1:{cfg.stack.ledger_web_port}"
     bus = KafkaBus(kafka_bootstrap(cfg), [x.id for x in cfg.apps])
-    api = create_app(cfg, HttpStateSource(ledger_url), bus)
+    api = create_app(cfg, HttpStateSource(ledger_url, key=internal_key(cfg)), bus)
     port = a.port or cfg.stack.api_port
     if serve is None:
         import uvicorn

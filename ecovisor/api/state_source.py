@@ -4,14 +4,12 @@ tick, interval counters, ledger entries), behind the small ``StateSource`` inter
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ecovisor.contract.config import ENV_INTERNAL_KEY
 from ecovisor.contract.schemas import TickData, describe_validation_error
 
 
@@ -101,9 +99,7 @@ class HttpStateSource:
 
     def __init__(self, base_url: str, timeout: float = 5.0, key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        # the key: given, else the standard environment variable (the API's entry point
-        # passes no key; the embedded stack sets the variable for every service)
-        key = key or os.environ.get(ENV_INTERNAL_KEY)
+        # the site's internal key (contract.config.internal_key, passed by main())
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
 

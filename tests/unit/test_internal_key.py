@@ -46,8 +46,12 @@ def test_embedded_stack_generates_one_key_and_keeps_it_from_app_code(
     assert by["container-web-1"].command[:3] == ["env", "-u", "ECOVISOR_INTERNAL_KEY"]
 
 
-def test_http_state_source_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ECOVISOR_INTERNAL_KEY", "env-key-0123456789")
+def test_the_api_sends_the_sites_key_to_the_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's entry point hands the site's key (contract.config.internal_key, so any
+    configured variable name or the literal) to its state source, which sends it."""
+    monkeypatch.delenv("ECOVISOR_INTERNAL_KEY", raising=False)
+    monkeypatch.setenv("SITE_KEY", "env-key-0123456789")
+    cfg = parse_config("site: {id: s, internal_key_env: SITE_KEY}\n")
     seen: list[str | None] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -55,7 +59,7 @@ def test_http_state_source_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> Non
         return httpx.Response(200, json={"entries": []})
 
     async def go() -> None:
-        src = HttpStateSource("http://ledger")
+        src = HttpStateSource("http://ledger", key=internal_key(cfg))
         src._http._transport = httpx.MockTransport(handler)
         now = datetime.now(UTC)
         await src.ledger("web", now, now)
