@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from ecovisor.core.apportion import largest_remainder
 from ecovisor.core.state import (
+    AppState,
     BudgetTracker,
     CarbonBudget,
     CarbonHistory,
@@ -125,6 +126,40 @@ def push_history(h: CarbonHistory | None, max_ticks: int, k: int, value_ug: int
             for (b, n), vals in zip(sched, h.tiers, strict=True)
         ])
     return CarbonHistory.model_construct(max_ticks=max_ticks, last_k=k, tiers=tiers)
+
+
+# All carbon histories of a site together keep at most this many values (~7 bytes each
+# in the ledger's snapshot, which must stay far below Kafka's 1 MB message limit). Past
+# it, containers in sorted (app, container) order keep theirs and the others get none:
+# a rate limit set on one of those starts from an empty window (the behaviour before
+# histories existed). Deterministic, so a replay or a restart gives the same events.
+HISTORY_SITE_BUDGET = 40_000
+
+
+def history_size(h: CarbonHistory) -> int:
+    return sum(len(t) for t in h.tiers)
+
+
+def bound_site_histories(apps: Mapping[str, AppState],
+                         budget: int = HISTORY_SITE_BUDGET) -> Mapping[str, AppState]:
+    """``apps`` with their carbon histories cut to ``budget`` values in all."""
+    sizes = {(a, c): history_size(h) for a in sorted(apps)
+             for c, h in sorted(apps[a].tracking.carbon_history.items())}
+    if sum(sizes.values()) <= budget:
+        return apps
+    keep: dict[str, dict[str, CarbonHistory]] = {a: {} for a in apps}
+    used = 0
+    for (a, c), n in sizes.items():
+        if used + n > budget:
+            continue
+        used += n
+        keep[a][c] = apps[a].tracking.carbon_history[c]
+    out = dict(apps)
+    for a, st in apps.items():
+        if len(keep[a]) != len(st.tracking.carbon_history):
+            tracking = st.tracking.model_copy(update={"carbon_history": keep[a]})
+            out[a] = st.model_copy(update={"tracking": tracking})
+    return out
 
 
 def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str, int],

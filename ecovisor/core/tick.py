@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pydantic import ConfigDict
 
 from ecovisor.core.apportion import largest_remainder, split_flows
+from ecovisor.core.carbon_limits import bound_site_histories
 from ecovisor.core.entries import (
     AppLedgerEntry,
     BatteryReading,
@@ -477,7 +478,8 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
         alerts=tuple(alerts), estimated=bool(sources), estimated_sources=sources,
     )
     new_state = SiteState.model_construct(
-        site=state.site, next_k=inp.k + 1, apps=new_apps, platform=platform_cum,
+        site=state.site, next_k=inp.k + 1, apps=dict(bound_site_histories(new_apps)),
+        platform=platform_cum,
         cumulative=result.cumulative, drift_alerting=alerting,
     )
     return new_state, result

@@ -186,3 +186,41 @@ def test_tracking_snapshots_without_history_restore():
     assert AppState.model_validate_json(st.model_dump_json()) == st
     with pytest.raises(ValueError, match="history tier"):
         CarbonHistory.model_validate({"max_ticks": 10, "last_k": 0, "tiers": [[1] * 65]})
+
+
+def test_site_histories_stay_within_their_budget_in_sorted_order() -> None:
+    """A site with many emitting containers keeps carbon histories for at most
+    HISTORY_SITE_BUDGET values (the snapshot must stay under Kafka's 1 MB; at 1,000
+    emitting containers the unbounded histories made a snapshot of > 1 MB); the
+    containers kept are the first in sorted (app, container) order, so it is
+    deterministic."""
+    from ecovisor.core.carbon_limits import (
+        HISTORY_SITE_BUDGET,
+        bound_site_histories,
+        history_size,
+        update_history,
+    )
+
+    share, shape = AppShare(), SiteShape(tick_s=1.0)
+    apps = {}
+    for a in ("b", "a"):
+        st = initial_app_state(share, shape, site="s", app=a)
+        hist: dict = {}
+        for k in range(100):
+            hist = update_history(hist, {f"{a}-{i:03d}": 1000 + k for i in range(40)}, k, 86_400)
+        tracking = st.tracking.model_copy(update={"carbon_history": hist})
+        apps[a] = st.model_copy(update={"tracking": tracking})
+    total = sum(history_size(h) for st in apps.values()
+                for h in st.tracking.carbon_history.values())
+    per = history_size(apps["a"].tracking.carbon_history["a-000"])
+    budget = 50 * per  # room for 50 of the 80 histories
+    assert total > budget
+    out = bound_site_histories(apps, budget)
+    kept = {(a, c) for a, st in out.items() for c in st.tracking.carbon_history}
+    assert sum(history_size(h) for st in out.values()
+               for h in st.tracking.carbon_history.values()) <= budget
+    assert len(kept) == 50
+    assert {c for a, c in kept if a == "a"} == {f"a-{i:03d}" for i in range(40)}
+    assert {c for a, c in kept if a == "b"} == {f"b-{i:03d}" for i in range(10)}
+    assert bound_site_histories(apps, total) is apps  # under the budget: unchanged
+    assert HISTORY_SITE_BUDGET * 8 < 512_000  # ~7 bytes a value in the snapshot
