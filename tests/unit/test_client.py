@@ -25,23 +25,9 @@ from ecovisor.client import (
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, accept_and_apply, serve
+from tests.fakes.sites import TWO_APPS
 
-SITE = """
-site:
-  id: s1
-  nodes: [{id: n1, cores: 2}]
-apps:
-  - id: web
-    token: web-token-123456
-    containers:
-      - {id: web-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-1}}
-    templates:
-      - {id: web-worker, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-worker}}
-  - id: batch
-    token: batch-token-654321
-    containers:
-      - {id: batch-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/batch-1}}
-"""
+SITE = TWO_APPS
 WEB, BATCH = "web-token-123456", "batch-token-654321"
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -17,23 +17,9 @@ from ecovisor.client import EcovisorClient
 from ecovisor.contract import schemas
 from ecovisor.contract.config import parse_config
 from tests.fakes.api import InMemoryBus, InMemoryStateSource
+from tests.fakes.sites import TWO_APPS
 
-SITE = """
-site:
-  id: s1
-  nodes: [{id: n1, cores: 2}]
-apps:
-  - id: web
-    token: web-token-123456
-    containers:
-      - {id: web-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-1}}
-    templates:
-      - {id: web-worker, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-worker}}
-  - id: batch
-    token: batch-token-654321
-    containers:
-      - {id: batch-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/batch-1}}
-"""
+SITE = TWO_APPS
 WEB = {"Authorization": "Bearer web-token-123456"}
 
 # one valid example of each command's own fields (a new command type must add one)

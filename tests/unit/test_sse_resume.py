@@ -23,19 +23,9 @@ from ecovisor.client import EcovisorClient, EcovisorError
 from ecovisor.contract.config import parse_config
 from ecovisor.contract.schemas import Notification
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, serve
+from tests.fakes.sites import TWO_APPS
 
-SITE = """
-site:
-  id: s1
-  nodes: [{id: n1, cores: 2}]
-apps:
-  - id: web
-    token: web-token-123456
-    containers:
-      - {id: web-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-1}}
-  - id: batch
-    token: batch-token-654321
-"""
+SITE = TWO_APPS
 WEB = "web-token-123456"
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
