@@ -58,7 +58,7 @@ def config_summary(cfg: EcovisorConfig) -> str:
 
 
 def config_warnings(cfg: EcovisorConfig) -> list[str]:
-    from ecovisor.embedded.stack import module_exists
+    from ecovisor.embedded.plan import module_exists
 
     warns = []
     for a in cfg.apps:
@@ -71,7 +71,7 @@ def config_warnings(cfg: EcovisorConfig) -> list[str]:
 def source_errors(cfg: EcovisorConfig) -> list[str]:
     """Type-specific options of site.solar/carbon/battery, checked by their collectors
     (``validate_options``; skipped for a collector that is not installed)."""
-    from ecovisor.embedded.stack import module_exists
+    from ecovisor.embedded.plan import module_exists
 
     errors = []
     for section, module in SOURCE_VALIDATORS.items():

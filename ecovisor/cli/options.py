@@ -61,7 +61,7 @@ def has_config(config: str | None) -> bool:
 def stack_state_dir(config: str | None, state_dir: Path | None) -> Path:
     """Where the embedded stack keeps its state: --state-dir, else the configuration's
     stack.state_dir, else ./.ecovisor."""
-    from ecovisor.embedded.stack import state_dir_of
+    from ecovisor.embedded.plan import state_dir_of
 
     if state_dir:
         return state_dir.resolve()

@@ -21,10 +21,11 @@ def up(
 ) -> None:
     """Start the embedded stack for a site (foreground: Ctrl-C stops everything)."""
     from ecovisor.embedded import stack
+    from ecovisor.embedded.plan import state_dir_of
 
     cfg, path = load(config)
     try:
-        rc = stack.up(cfg, path, stack.state_dir_of(cfg), detach, say=_say)
+        rc = stack.up(cfg, path, state_dir_of(cfg), detach, say=_say)
     except stack.StackError as e:
         raise fail(str(e)) from None
     raise typer.Exit(rc)

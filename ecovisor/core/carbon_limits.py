@@ -140,13 +140,15 @@ def history_size(h: CarbonHistory) -> int:
     return sum(len(t) for t in h.tiers)
 
 
-def bound_site_histories(apps: Mapping[str, AppState],
-                         budget: int = HISTORY_SITE_BUDGET) -> Mapping[str, AppState]:
+def bound_site_histories(apps: dict[str, AppState],
+                         budget: int = HISTORY_SITE_BUDGET) -> dict[str, AppState]:
     """``apps`` with their carbon histories cut to ``budget`` values in all."""
+    # every tick: count first, sort only when over the budget
+    if sum(history_size(h) for st in apps.values()
+           for h in st.tracking.carbon_history.values()) <= budget:
+        return apps
     sizes = {(a, c): history_size(h) for a in sorted(apps)
              for c, h in sorted(apps[a].tracking.carbon_history.items())}
-    if sum(sizes.values()) <= budget:
-        return apps
     keep: dict[str, dict[str, CarbonHistory]] = {a: {} for a in apps}
     used = 0
     for (a, c), n in sizes.items():

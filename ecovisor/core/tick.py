@@ -478,7 +478,7 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
         alerts=tuple(alerts), estimated=bool(sources), estimated_sources=sources,
     )
     new_state = SiteState.model_construct(
-        site=state.site, next_k=inp.k + 1, apps=dict(bound_site_histories(new_apps)),
+        site=state.site, next_k=inp.k + 1, apps=bound_site_histories(new_apps),
         platform=platform_cum,
         cumulative=result.cumulative, drift_alerting=alerting,
     )

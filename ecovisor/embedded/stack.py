@@ -38,12 +38,10 @@ from ecovisor.embedded.cgroup_cleanup import (
     release_cgroups,
     thaw_cgroups,
 )
-from ecovisor.embedded.plan import (  # noqa: F401 (module_exists, state_dir_of: for the CLI)
+from ecovisor.embedded.plan import (
     STARTSECS_SERVICE,
     Plan,
-    module_exists,
     plan,
-    state_dir_of,
 )
 from ecovisor.embedded.servers import StackError
 
