@@ -37,7 +37,7 @@ from tenacity import RetryCallState, wait_exponential
 from collectors import trace
 from collectors.common import Options, SourceKind, cli_main, one_line, run_source
 from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
-from ecovisor.contract.schemas import CarbonTelemetry, utcnow
+from ecovisor.contract.schemas import CarbonTelemetry, parse_time, utcnow
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 log = logging.getLogger("ecovisor.collectors.carbon")
@@ -203,11 +203,6 @@ def read_csv_trace(opts: CsvOptions) -> TraceReplay:
     )
 
 
-def _ts(s: str) -> datetime:
-    d = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-
 class LiveError(RuntimeError):
     pass
 
@@ -262,7 +257,7 @@ class ElectricityMaps(LiveSource):
 
     def _forecast(self) -> Forecast:
         return tuple(
-            (_ts(p["datetime"]), float(p["carbonIntensity"]))
+            (parse_time(p["datetime"]), float(p["carbonIntensity"]))
             for p in self._get("/carbon-intensity/forecast").get("forecast", [])
             if p.get("carbonIntensity") is not None
         )
@@ -331,7 +326,7 @@ class WattTime(LiveSource):
         if units != "lbs_co2_per_mwh":
             raise LiveError(f"watttime: unsupported units {units!r}")
         pts = [
-            (_ts(p["point_time"]), lbs_per_mwh_to_g_per_kwh(float(p["value"])))
+            (parse_time(p["point_time"]), lbs_per_mwh_to_g_per_kwh(float(p["value"])))
             for p in data.get("data", [])
         ]
         if not pts:
@@ -371,7 +366,7 @@ class UkCarbonIntensity(LiveSource):
     def _forecast(self, now: datetime) -> Forecast:
         stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
         return tuple(
-            (_ts(p["from"]), float(p["intensity"]["forecast"]))
+            (parse_time(p["from"]), float(p["intensity"]["forecast"]))
             for p in self._get(f"/intensity/{stamp}/fw24h")
             if p["intensity"].get("forecast") is not None
         )

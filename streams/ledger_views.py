@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ecovisor.contract.schemas import parse_time
 from ecovisor.core.tick_clock import to_us
 from ecovisor.core.units import mj_to_j, ug_to_g
 from streams.ledger_worker import SiteLedger, utc_from_us
@@ -131,8 +132,7 @@ def _time(query: Mapping[str, str], name: str) -> datetime | None:
     v = query.get(name)
     if not v:
         return None
-    t = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return parse_time(v)
 
 
 def _interval(kind: ViewKind, query: Mapping[str, str]) -> tuple[datetime, datetime]:

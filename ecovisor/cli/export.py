@@ -4,7 +4,6 @@ ecovisor.ledger to its current end (formats in ``ecovisor.cli.export_format``)."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -15,15 +14,11 @@ from ecovisor.cli.follow import CLIENT_ID
 from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, load
 from ecovisor.contract import topics
 from ecovisor.contract.config import kafka_bootstrap
+from ecovisor.contract.schemas import parse_time
 
 # A bound on reading the whole ledger (up to its end offsets when the export starts);
 # generous, since a long run holds many entries.
 LEDGER_READ_TIMEOUT_S = 600.0
-
-
-def _time(v: str) -> datetime:
-    t = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def read_ledger(bootstrap: str) -> Iterator[bytes]:
@@ -47,7 +42,7 @@ def export(
 ) -> None:
     """Export an app's ledger entries (from ecovisor.ledger, de-duplicated by tick)."""
     try:
-        t1, t2 = _time(t_from), _time(t_to)
+        t1, t2 = parse_time(t_from), parse_time(t_to)
     except ValueError as e:
         raise fail(f"bad time: {e}", 2) from None
     site = None  # with --bootstrap alone, every site's entries of the app

@@ -69,6 +69,12 @@ Time = Annotated[AwareDatetime, Strict(False)]
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as the edge writes it ('Z' allowed); a naive time is UTC."""
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 def utcnow() -> datetime:
     """Wall-clock time for stamping messages at the edge (never used by the ledger)."""
     return datetime.now(UTC)
