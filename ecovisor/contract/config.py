@@ -182,13 +182,14 @@ class SiteLimits(_Strict):
         description="telemetry sources the ledger tracks per site (the snapshot stays < 1 MB)",
     )
     source_expiry_s: float = Field(
-        3_600.0, gt=0, description="a source silent this long is forgotten (its dedupe state)"
+        3_600.0, gt=0, le=604_800,
+        description="a source silent this long is forgotten (its dedupe state)",
     )
     replay_clock_source: Ident | None = Field(
         None, description="the only source whose clock messages are accepted (None: none)"
     )
     clock_max_step_s: float = Field(
-        86_400.0, gt=0, description="largest advance of one clock message"
+        86_400.0, gt=0, le=366 * 86_400, description="largest advance of one clock message"
     )
 
 
@@ -402,8 +403,11 @@ class EcovisorConfig(_Strict):
         elif isinstance(cmd, SetContainerPowercap | ScaleContainer):
             return self._container_bound_error(cmd)
         elif isinstance(cmd, ScaleApp):
-            tpl = next((t for a in self.apps for t in a.templates if t.id == cmd.template), None)
-            if tpl is not None and cmd.replicas > tpl.max_replicas:
+            try:
+                _, tpl = self.template(cmd.template)
+            except KeyError:
+                return None  # ownership is checked elsewhere
+            if cmd.replicas > tpl.max_replicas:
                 return "replicas", (
                     f"replicas {cmd.replicas} above the template's max {tpl.max_replicas}"
                 )

@@ -37,6 +37,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from ecovisor.core.units import MAX_COUNTER, MAX_MAGNITUDE
+
 SCHEMA_VERSION = 1
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 AppId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -55,8 +57,6 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 # 1e12 g), low enough that the ledger's integer mJ / µg arithmetic (x1e3, x1e6) stays
 # finite and exact to the unit. Cumulative counters get more room: 1e15 J is 32 years
 # at 1 MW, and 1e18 mJ is still an exact float-to-int conversion away from overflow.
-MAX_MAGNITUDE = 1.0e12
-MAX_COUNTER = 1.0e15
 MAX_SEQ = 2**63 - 1  # an int64: every store (Faust tables, JSON) keeps it exactly
 MAX_PERIOD_S = 366 * 86_400.0  # a carbon budget period: at most a (leap) year
 MAX_LIST = 10_000  # items of any list or dict in one message

@@ -16,12 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecovisor.core.units import MAX_COUNTER, MAX_MAGNITUDE
+
 US = 1_000_000
-# Largest cumulative counter (J) and any other value (W, Wh, gCO2eq/kWh) taken: x1e3 (mJ)
-# and x3.6e6 (Wh) stay finite floats that convert to int exactly (the contract has the
-# same ceilings; the clock does not rely on its input having been validated).
-MAX_COUNTER_J = 1.0e15
-MAX_VALUE = 1.0e12
 # A counter may rise by at most max_power_w x (elapsed x margin + slack): margin for a
 # meter reading above the model's peak, slack for samples stamped close together.
 COUNTER_MARGIN = 1.5
@@ -38,14 +35,14 @@ def value_error(msg: Any) -> str | None:
     """Why a sample's numbers cannot be taken (NaN, negative or beyond the bounds)."""
     kind = msg.kind
     if kind in ("container", "node", "solar"):
-        checks = [("energy_j", msg.energy_j, MAX_COUNTER_J)]
+        checks = [("energy_j", msg.energy_j, MAX_COUNTER)]
         if kind == "solar":
-            checks.append(("power_w", msg.power_w, MAX_VALUE))
+            checks.append(("power_w", msg.power_w, MAX_MAGNITUDE))
     elif kind == "carbon":
-        checks = [("intensity_g_per_kwh", msg.intensity_g_per_kwh, MAX_VALUE)]
+        checks = [("intensity_g_per_kwh", msg.intensity_g_per_kwh, MAX_MAGNITUDE)]
     elif kind == "battery":
-        checks = [("stored_wh", msg.stored_wh, MAX_VALUE), ("capacity_wh", msg.capacity_wh,
-                                                              MAX_VALUE)]  # fmt: skip
+        checks = [("stored_wh", msg.stored_wh, MAX_MAGNITUDE), ("capacity_wh", msg.capacity_wh,
+                                                              MAX_MAGNITUDE)]  # fmt: skip
     else:
         return None
     for name, v, top in checks:

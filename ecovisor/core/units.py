@@ -53,3 +53,11 @@ def ug_to_g(ug: int) -> float:
 def lbs_per_mwh_to_g_per_kwh(lbs_per_mwh: float) -> float:
     """WattTime-style lbs/MWh to gCO2eq/kWh (1 lb = 453.59237 g)."""
     return lbs_per_mwh * 453.59237 / 1000
+
+
+# The largest value taken at the edge: a cumulative counter (J, CPU s) and any other
+# number (W, Wh, g, gCO2eq/kWh, ...). x1e3 (mJ) and x3.6e6 (Wh) stay finite floats that
+# convert to int exactly. The contract refuses bigger ones; the tick clock re-checks
+# (it does not rely on its input having been validated).
+MAX_COUNTER = 1.0e15
+MAX_MAGNITUDE = 1.0e12
