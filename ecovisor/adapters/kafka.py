@@ -199,12 +199,13 @@ def read_to_end(
         consumer.seek(tp, end[tp])
 
 
-def read_topic(bootstrap: str, topic: str, client_id: str, timeout: float = 30.0
-               ) -> Iterator[Any]:
-    """Every record of ``topic`` so far, then the consumer is closed."""
+def read_topic(bootstrap: str, topic: str, client_id: str, timeout: float = 30.0,
+               read_timeout: float | None = None) -> Iterator[Any]:
+    """Every record of ``topic`` so far, then the consumer is closed. ``timeout`` bounds
+    connecting; ``read_timeout`` (default: the same) bounds reading to the end."""
     cons, parts = assigned_consumer(bootstrap, topic, client_id, timeout=timeout)
     try:
-        yield from read_to_end(cons, parts, timeout=timeout)
+        yield from read_to_end(cons, parts, timeout=read_timeout or timeout)
     finally:
         cons.close()
 

@@ -46,7 +46,7 @@ ScaleAppBody = command_body(schemas.ScaleApp, ("template",))
 async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> CommandResult:
     """Publish ``cmd``; with ``wait``, return the last lifecycle step seen within
     ``timeout`` (``timed_out`` when no outcome came)."""
-    typ = str(getattr(cmd, "type", ""))
+    typ = str(cmd.type)  # type: ignore[attr-defined]
     result = CommandResult(command_id=cmd.command_id, type=typ, status="published")
     with ctx.bus.hub.subscribe(cmd.app) as q:  # before publishing: no outcome can be missed
         try:

@@ -25,7 +25,7 @@ from ecovisor.api.auth import Me
 from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.errors import unprocessable
 from ecovisor.api.wiring import Ctx
-from ecovisor.contract.schemas import Notification
+from ecovisor.contract.schemas import NOTIFICATION_TYPES, Notification
 
 log = logging.getLogger("ecovisor.api.stream")
 router = APIRouter()
@@ -68,7 +68,8 @@ async def notifications(
     me: Me,
     ctx: Ctx,
     types: Annotated[
-        str | None, Query(description="comma-separated notification types to keep")
+        str | None,
+        Query(max_length=512, description="comma-separated notification types to keep"),
     ] = None,
     ping_s: Annotated[
         float, Query(ge=0.2, le=60, description="keep-alive comment interval, s")
@@ -82,6 +83,9 @@ async def notifications(
     notification type, data = the Notification JSON, id = its position); with
     ``Last-Event-ID``, every notification after that id first."""
     keep = {t.strip() for t in types.split(",")} if types else None
+    if keep and not keep <= NOTIFICATION_TYPES:
+        raise unprocessable(("query", "types"),
+                            f"unknown notification types {sorted(keep - NOTIFICATION_TYPES)}")
     resume = parse_event_id(last_event_id) if last_event_id and last_event_id.strip() else None
     bus = ctx.bus
     if resume:

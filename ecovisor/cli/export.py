@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ecovisor.adapters.kafka import KafkaUnavailable, assigned_consumer, read_to_end
+from ecovisor.adapters.kafka import KafkaUnavailable, read_topic
 from ecovisor.cli.export_format import select, to_csv, to_jsonl
 from ecovisor.cli.follow import CLIENT_ID
 from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, load
@@ -24,12 +24,9 @@ LEDGER_READ_TIMEOUT_S = 600.0
 def read_ledger(bootstrap: str) -> Iterator[bytes]:
     """Every record of ecovisor.ledger up to its end now (KafkaUnavailable if the broker
     or the topic is missing, or the reading does not finish in time)."""
-    cons, parts = assigned_consumer(bootstrap, topics.LEDGER, CLIENT_ID, timeout=KAFKA_TIMEOUT_S)
-    try:
-        for r in read_to_end(cons, parts, timeout=LEDGER_READ_TIMEOUT_S):
-            yield r.value
-    finally:
-        cons.close()
+    for r in read_topic(bootstrap, topics.LEDGER, CLIENT_ID, timeout=KAFKA_TIMEOUT_S,
+                        read_timeout=LEDGER_READ_TIMEOUT_S):
+        yield r.value
 
 
 def export(

@@ -546,6 +546,11 @@ ENV_INFLUXDB_URL = "ECOVISOR_INFLUXDB_URL"
 ENV_VARS = (DEFAULT_CONFIG_ENV, ENV_KAFKA_BOOTSTRAP, ENV_MQTT_HOST, ENV_MQTT_PORT, ENV_INFLUXDB_URL)
 
 
+def kafka_is_external(cfg: EcovisorConfig) -> bool:
+    """Does ``kafka_bootstrap`` name a broker outside the embedded stack?"""
+    return bool(os.environ.get(ENV_KAFKA_BOOTSTRAP) or cfg.stack.kafka_bootstrap)
+
+
 def kafka_bootstrap(cfg: EcovisorConfig) -> str:
     """host:port of the Kafka-compatible broker: env, then config, then embedded."""
     env = os.environ.get(ENV_KAFKA_BOOTSTRAP)

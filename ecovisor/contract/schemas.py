@@ -22,7 +22,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -368,6 +368,7 @@ NotificationType = Literal[
     "command_applied",
     "command_failed",
 ]
+NOTIFICATION_TYPES: frozenset[str] = frozenset(get_args(NotificationType))
 COMMAND_LIFECYCLE = ("command_accepted", "command_rejected", "command_applied", "command_failed")
 # A command's lifecycle ends with exactly one of these (after an optional accepted).
 COMMAND_OUTCOMES = ("command_rejected", "command_applied", "command_failed")

@@ -25,6 +25,7 @@ from ecovisor.contract.config import (
     influxdb_url,
     internal_key,
     kafka_bootstrap,
+    kafka_is_external,
     mqtt_endpoint,
 )
 from ecovisor.embedded import servers as embedded
@@ -118,7 +119,7 @@ def plan(
     """Every service the site configuration asks for; missing modules are skipped."""
     p = Plan()
     st = cfg.stack
-    ext_kafka = bool(os.environ.get(ENV_KAFKA_BOOTSTRAP) or st.kafka_bootstrap)
+    ext_kafka = kafka_is_external(cfg)
     p.bootstrap = kafka_bootstrap(cfg)
     mqtt_host, mqtt_port = mqtt_endpoint(cfg)
     p.env = {

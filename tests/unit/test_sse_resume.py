@@ -163,6 +163,16 @@ def test_a_bad_last_event_id_is_a_422_with_the_reason(
     assert item["loc"] == ["header", "last-event-id"] and reason in item["msg"]
 
 
+@pytest.mark.parametrize("types", ["tick,no_such_type", "tick," * 200])
+def test_the_types_filter_is_bounded_and_checked(served: tuple[str, LogBus], types: str) -> None:
+    url, _ = served
+    r = httpx.get(f"{url}/v1/apps/web/notifications", params={"types": types},
+                  headers={"Authorization": f"Bearer {WEB}"})  # fmt: skip
+    assert r.status_code == 422, r.text
+    [item] = r.json()["detail"]
+    assert item["loc"] == ["query", "types"]
+
+
 def test_client_resumes_after_the_last_notification_it_handled(
     served: tuple[str, LogBus],
 ) -> None:
