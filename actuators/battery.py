@@ -31,6 +31,7 @@ from actuators.kafka_io import (
     service_args,
 )
 from ecovisor.contract import topics
+from ecovisor.contract.bus_access import ACTUATOR_BATTERY, mqtt_credentials, site_source_id
 from ecovisor.contract.config import EcovisorConfig, internal_key, mqtt_endpoint
 from ecovisor.contract.schemas import ActuatorAck, BatterySetpoint, utcnow
 
@@ -51,8 +52,7 @@ class BatteryActuator:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.site = cfg.site.id
-        src = cfg.site.battery
-        self.default_device = (src.id if src and src.id else None) or "battery"
+        self.default_device = site_source_id(cfg, "battery")
         self.send, self.publish, self.clock = send, publish, clock
         self.seen: set[str] = set()
         self.latest: dict[str, BatterySetpoint] = {}
@@ -146,11 +146,20 @@ class BatteryActuator:
 class MqttSender:
     """paho-mqtt client publishing QoS 1 + retain, waiting for the broker's PUBACK."""
 
-    def __init__(self, host: str, port: int, client_id: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        timeout: float = 5.0,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 
         self.timeout = timeout
-        self.client = mqtt_client(client_id, reconnect_min_s=0.2, reconnect_max_s=5)
+        self.client = mqtt_client(
+            client_id, reconnect_min_s=0.2, reconnect_max_s=5, credentials=credentials
+        )
         connect_in_background(self.client, host, port)
 
     def __call__(self, topic: str, payload: bytes) -> None:
@@ -170,7 +179,8 @@ parse_setpoint = parser(BatterySetpoint, log)
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
     def start(publish: Publish, acks: list[ActuatorAck]) -> Service[BatterySetpoint]:
         host, port = mqtt_endpoint(cfg)
-        sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery")
+        sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery",
+                            credentials=mqtt_credentials(cfg, ACTUATOR_BATTERY))  # fmt: skip
         act = BatteryActuator(cfg, sender, publish)
         acked = {a.command_id for a in acks}
         log.info("forwarding setpoints to MQTT %s:%d", host, port)

@@ -6,15 +6,18 @@ buffered through broker loss like every collector).
 Usage inside an application::
 
     from collectors.app_metrics import AppMetrics
-    m = AppMetrics.from_config("site.yaml", app="web").start()
+    m = AppMetrics.from_config("site.yaml", app="web", token=WEB_TOKEN).start()
     m.observe_latency(12.5)        # ms, one request
     m.add_units(1)                 # one request served
     m.set_progress(0.4)            # batch job 40 % done
     m.flush()                      # publish now (or call flush() on your own period)
     m.close()
 
-``flush`` publishes the mean latency since the last flush (and its p95 in
-``extra.latency_p95_ms``), the last progress and the cumulative functional units.
+It logs in to the site's MQTT broker as the app's principal (``app-<app>``, its token as
+the password) and may publish only its own source ``app-<app>`` (the broker's ACL; the
+bridge dead-letters app metrics from any other source). ``flush`` publishes the mean
+latency since the last flush (and its p95 in ``extra.latency_p95_ms``), the last progress
+and the cumulative functional units.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from typing import Any
 
 from collectors.common import make_publisher
 from collectors.publisher import Publisher
+from ecovisor.contract.bus_access import app_metrics_source, app_username
 from ecovisor.contract.config import EcovisorConfig, config_path, load_config
 from ecovisor.contract.schemas import AppMetricsTelemetry
 
 
 class AppMetrics:
-    def __init__(self, publisher: Publisher, app: str, source: str | None = None) -> None:
+    def __init__(self, publisher: Publisher, app: str) -> None:
         self.publisher, self.app = publisher, app
-        self.source = source or f"app-{app}"
+        self.source = app_metrics_source(app)
         self._lock = threading.Lock()
         self._latencies: list[float] = []
         self._progress: float | None = None
@@ -45,13 +49,16 @@ class AppMetrics:
         cls,
         path: str | None,
         app: str,
-        source: str | None = None,
+        token: str | None = None,
         cfg: EcovisorConfig | None = None,
     ) -> AppMetrics:
+        """``token``: the app's own token (its MQTT password); default the one in the
+        site file."""
         cfg = cfg or load_config(config_path(path))
         cfg.app(app)  # KeyError for an unknown app
-        src = source or f"app-{app}"
-        return cls(make_publisher(cfg, "app_metrics", src), app, src)
+        src = app_metrics_source(app)
+        pub = make_publisher(cfg, "app_metrics", src, app_username(app), password=token)
+        return cls(pub, app)
 
     def start(self, wait_s: float = 0.0) -> AppMetrics:
         self.publisher.start(wait_s)

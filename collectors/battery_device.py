@@ -34,8 +34,14 @@ from pydantic import Field, ValidationError
 from collectors.common import Options, SourceKind, cli_main, make_publisher, run_every
 from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, EcovisorConfig, mqtt_endpoint
-from ecovisor.contract.schemas import BatterySetpoint, BatteryTelemetry, describe_validation_error
+from ecovisor.contract.bus_access import device_username, mqtt_credentials, site_source_id
+from ecovisor.contract.config import ConfigError, EcovisorConfig, internal_key, mqtt_endpoint
+from ecovisor.contract.schemas import (
+    BatterySetpoint,
+    BatteryTelemetry,
+    describe_validation_error,
+    verify,
+)
 
 log = logging.getLogger("ecovisor.collectors.battery_device")
 _EPS_WH = 1e-9
@@ -204,9 +210,14 @@ class BatteryDevice:
         self.clock = clock
         self._lock = threading.Lock()
         self.rejected = 0
-        self.publisher = make_publisher(cfg, "battery_device", device_id)
+        self.key = internal_key(cfg)  # with a key, only the ledger's signed setpoints act
+        username = device_username(device_id)
+        self.publisher = make_publisher(cfg, "battery_device", device_id, username)
         self.control_topic = topics.mqtt_battery_control(cfg.site.id, device_id)
-        self._sub = mqtt_client(f"ecovisor-{cfg.site.id}-battery-device-{device_id}-control")
+        self._sub = mqtt_client(
+            f"ecovisor-{cfg.site.id}-battery-device-{device_id}-control",
+            credentials=mqtt_credentials(cfg, username),
+        )
         self._sub.on_connect = lambda c, u, f, rc, p: c.subscribe(self.control_topic, qos=1)
         self._sub.on_message = self._on_setpoint
         self._last = clock()
@@ -221,6 +232,12 @@ class BatteryDevice:
         if sp.site != self.cfg.site.id:
             self.rejected += 1
             log.warning("ignored setpoint for site %r", sp.site)
+            return
+        if self.key is not None and not verify(sp, self.key):
+            # only the ledger signs setpoints: whoever else reaches the control topic
+            # cannot drive the battery (docs/reliability.md#authentication-on-the-bus)
+            self.rejected += 1
+            log.warning("ignored setpoint %s: bad or missing signature", sp.command_id)
             return
         with self._lock:
             self.controller.receive(sp, self.clock())
@@ -254,7 +271,7 @@ def build(cfg: EcovisorConfig) -> BatteryDevice:
         raise ConfigError(
             "site.battery: capacity is 0; set options.capacity_wh or site.shape.battery_capacity_wh"
         )
-    device_id = src.id or "battery"
+    device_id = site_source_id(cfg, "battery")
     controller = SimulatedBattery.from_options(opts, capacity)
     return BatteryDevice(cfg, controller, device_id, opts.tick_s or cfg.site.shape.tick_s)
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from collectors.publisher import Publisher, client_id
+from ecovisor.contract.bus_access import device_username, mqtt_credentials, site_source_id
 from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
@@ -65,15 +66,25 @@ class SourceKind:
 
 
 def make_publisher(
-    cfg: EcovisorConfig, collector: str, source: str, buffer_max: int = 10_000
+    cfg: EcovisorConfig,
+    collector: str,
+    source: str,
+    username: str,
+    buffer_max: int = 10_000,
+    password: str | None = None,
 ) -> Publisher:
+    """The publisher of one collector, logged in as the MQTT principal ``username``
+    (``ecovisor.contract.bus_access``): with ``password``, else the site's credential of
+    that principal, else anonymous."""
     host, port = mqtt_endpoint(cfg)
+    creds = (username, password) if password else mqtt_credentials(cfg, username)
     return Publisher(
         cfg.site.id,
         host,
         port,
         client_id=client_id(cfg.site.id, collector, source),
         buffer_max=buffer_max,
+        credentials=creds,
     )
 
 
@@ -115,8 +126,8 @@ def run_source(
     section = kind.section
     src = getattr(cfg.site, section)
     opts = kind.validate(src)
-    source_id = src.id or section
-    pub = make_publisher(cfg, section, source_id)
+    source_id = site_source_id(cfg, section)
+    pub = make_publisher(cfg, section, source_id, device_username(source_id))
     coll = collector(src, pub.publish, source_id)
     pub.start()
     period = getattr(opts, "tick_s", None) or cfg.site.shape.tick_s

@@ -41,6 +41,7 @@ from collectors.common import cli_main, make_publisher, run_every
 from collectors.kepler import KeplerReading, kepler_keys, scrape_kepler
 from collectors.publisher import Publisher
 from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
+from ecovisor.contract.bus_access import container_source, node_source, node_username
 from ecovisor.contract.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
 from ecovisor.contract.schemas import ContainerTelemetry, NodeTelemetry
 from ecovisor.core.attribution import CounterSnapshot, PowerModel, attribute_interval
@@ -317,7 +318,7 @@ class PowerCollector:
     ) -> NodeTelemetry | None:
         return self.publisher.publish(  # type: ignore[return-value]
             NodeTelemetry,
-            f"node-{self.node.id}",
+            node_source(self.node.id),
             node=self.node.id,
             cores=self.node.cores,
             cpu_busy_s=cpu_busy_s or 0.0,
@@ -331,7 +332,7 @@ class PowerCollector:
     ) -> ContainerTelemetry | None:
         return self.publisher.publish(  # type: ignore[return-value]
             ContainerTelemetry,
-            f"ctr-{ref.config.id}",
+            container_source(ref.config.id),
             app=ref.app,
             container=ref.config.id,
             node=self.node.id,
@@ -376,7 +377,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
     validate_options(cfg)
     node_id = pick_node(cfg, args.node)
-    pub = make_publisher(cfg, "power", node_id)
+    pub = make_publisher(cfg, "power", node_id, node_username(node_id))
     coll = PowerCollector(cfg, node_id, pub)
     pub.start()
     period = args.tick_s or cfg.site.shape.tick_s

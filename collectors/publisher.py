@@ -62,6 +62,7 @@ class Publisher:
         reconnect_max_s: float = RECONNECT_MAX_S,
         clock: Callable[[], float] = time.monotonic,
         seq_start: int | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         if buffer_max < 1:
             raise ValueError("buffer_max must be >= 1")
@@ -80,7 +81,8 @@ class Publisher:
         self._stats_lock = threading.Condition()
         self._connected = threading.Event()
         # A stable client id lets the broker recognise the device across restarts.
-        c = mqtt_client(client_id, reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s)
+        c = mqtt_client(client_id, reconnect_min_s=reconnect_min_s,
+                        reconnect_max_s=reconnect_max_s, credentials=credentials)  # fmt: skip
         # The whole buffer may be in flight at once: a reconnect re-sends all of it.
         c.max_queued_messages_set(buffer_max)
         c.max_inflight_messages_set(min(buffer_max, 1000))

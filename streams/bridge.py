@@ -33,7 +33,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from kafka import errors as kafka_errors
@@ -46,7 +48,14 @@ from tenacity import (
     wait_exponential,
 )
 
+from ecovisor.adapters.kafka import kafka_python_options
 from ecovisor.contract import schemas, topics
+from ecovisor.contract.bus_access import (
+    BRIDGE,
+    bus_authenticated,
+    mqtt_credentials,
+    telemetry_source,
+)
 from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
@@ -85,6 +94,9 @@ class Scope:
     owners: dict[str, str] = field(default_factory=dict)  # container -> app
     apps: frozenset[str] = frozenset()
     nodes: frozenset[str] = frozenset()
+    # on an authenticated broker: the one source each message may come from (the
+    # broker's ACL lets a principal publish only its own sources' topics)
+    source_of: Callable[[Any], str | None] | None = None
 
     @classmethod
     def of(cls, cfg: EcovisorConfig) -> Scope:
@@ -94,6 +106,7 @@ class Scope:
             owners={c: p.app for c, p in cfg.placements().items()},
             apps=frozenset(a.id for a in cfg.apps),
             nodes=frozenset(n.id for n in cfg.site.nodes),
+            source_of=partial(telemetry_source, cfg) if bus_authenticated(cfg) else None,
         )
 
     def foreign(self, msg: Any) -> str | None:
@@ -115,6 +128,12 @@ class Scope:
         node = getattr(msg, "node", None)
         if node is not None and node not in self.nodes:
             return f"node {node!r} is not in site {self.site!r}"
+        want = self.source_of(msg) if self.source_of is not None else None
+        if want is not None and msg.source != want:
+            return (
+                f"{msg.kind} telemetry of this subject comes from source {want!r} only, "
+                f"not {msg.source!r} (docs/contract.md#sources)"
+            )
         return None
 
 
@@ -244,6 +263,14 @@ class Bridge:
         )
         self.dead_log = RateLimitedLog()
         self.client_id = f"ecovisor-bridge-{self.site}"
+        self.credentials = None if isinstance(cfg, Scope) else mqtt_credentials(cfg, BRIDGE)
+        # authenticated: the broker lets the bridge read its own site's telemetry only;
+        # anonymous: every site's, so telemetry for another site is dead-lettered
+        self.subscription = (
+            topics.mqtt_site_telemetry(self.site)
+            if self.credentials
+            else topics.MQTT_TELEMETRY_SUBSCRIPTION
+        )
         self.pending: collections.deque[_Pending] = collections.deque()
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -288,6 +315,7 @@ class Bridge:
                         request_timeout_ms=10_000,
                         delivery_timeout_ms=30_000,
                         retry_backoff_ms=200,
+                        **kafka_python_options(),  # SASL when ECOVISOR_KAFKA_* say so
                     )
                     log.info("connected to Kafka at %s", self.bootstrap)
 
@@ -313,7 +341,7 @@ class Bridge:
             self.gen += 1
         log.info("MQTT connected to %s:%d (session present: %s)", self.mqtt_host,
                  self.mqtt_port, getattr(flags, "session_present", "?"))  # fmt: skip
-        client.subscribe(topics.MQTT_TELEMETRY_SUBSCRIPTION, qos=1)
+        client.subscribe(self.subscription, qos=1)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         if not self.stop.is_set():
@@ -347,8 +375,14 @@ class Bridge:
         from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 
         # persistent session: the broker keeps unacknowledged messages across reconnects
-        c = mqtt_client(self.client_id, reconnect_min_s=1, reconnect_max_s=30,
-                        clean_session=False, manual_ack=True)
+        c = mqtt_client(
+            self.client_id,
+            reconnect_min_s=1,
+            reconnect_max_s=30,
+            clean_session=False,
+            manual_ack=True,
+            credentials=self.credentials,
+        )
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message

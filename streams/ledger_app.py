@@ -28,9 +28,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ecovisor.adapters import kafka_async
-from ecovisor.adapters.kafka import create_topics
+from ecovisor.adapters.kafka import create_topics, faust_credentials
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig, internal_key
+from ecovisor.contract.kafka_access import ledger_app_id
 from ecovisor.contract.schemas import (
     TELEMETRY_ADAPTER,
     ClockMessage,
@@ -45,13 +46,18 @@ log = logging.getLogger("ecovisor.ledger")
 
 ClockMode = Literal["realtime", "event"]
 # A replay after a crash recomputes identical ticks, so fewer snapshots cost only replay
-# time (a 300 kB snapshot per tick would cap catch-up speed).
-PERSIST_INTERVAL_S = 0.5
+# time (a 300 kB snapshot per tick would cap catch-up speed) and re-sent identical
+# outputs. Every snapshot stays in the embedded broker's memory (tansu keeps every
+# record): one every 5 s instead of every tick was most of its growth (L1,
+# docs/reliability.md).
+PERSIST_INTERVAL_S = 5.0
 MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the broker
 
 
 def faust_app_id(cfg: EcovisorConfig) -> str:
-    return f"ecovisor-ledger-{cfg.site.id}"
+    """Its consumer group and its topics' prefix, which the Kafka ACLs name
+    (``ecovisor.contract.kafka_access``)."""
+    return ledger_app_id(cfg.site.id)
 
 
 def internal_topics(app_id: str) -> list[str]:
@@ -271,6 +277,7 @@ def build_app(
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(),  # None: PLAINTEXT (ECOVISOR_KAFKA_*)
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",
@@ -291,6 +298,9 @@ def build_app(
         datadir=datadir,
         stream_buffer_maxsize=8192,
         producer_linger_ms=2,
+        # JSON entries, notifications and snapshots compress 5-7x; a broker keeps them
+        # compressed (the embedded one in memory: L1, docs/reliability.md)
+        producer_compression_type="gzip",
     )
     commands = app.topic(topics.COMMANDS, value_type=bytes, key_type=bytes)
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)

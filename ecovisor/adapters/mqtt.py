@@ -22,6 +22,7 @@ def mqtt_client(
     reconnect_max_s: float = RECONNECT_MAX_S,
     clean_session: bool = True,
     manual_ack: bool = False,
+    credentials: tuple[str, str] | None = None,
 ) -> mqtt.Client:
     """A paho client (callback API v2, MQTT 3.1.1). ``clean_session=False`` keeps the
     subscription and unacknowledged QoS 1 messages at the broker across reconnects (the
@@ -34,11 +35,14 @@ def mqtt_client(
         manual_ack=manual_ack,
     )
     c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
+    if credentials is not None:
+        c.username_pw_set(*credentials)
     return c
 
 
-def connect_in_background(client: mqtt.Client, host: str, port: int,
-                          keepalive_s: int = KEEPALIVE_S) -> None:
+def connect_in_background(
+    client: mqtt.Client, host: str, port: int, keepalive_s: int = KEEPALIVE_S
+) -> None:
     """Start paho's network thread, which connects (and reconnects) on its own."""
     client.connect_async(host, port, keepalive=keepalive_s)
     client.loop_start()

@@ -1,10 +1,13 @@
 """``ecovisor config check``: validate a site configuration and summarise it (never the
 tokens). The type-specific options of site.solar/carbon/battery are checked by their
-collectors' ``validate_options``."""
+collectors' ``validate_options``. ``ecovisor config mqtt-auth``: the site's MQTT
+principals, their ACLs and (on request) device passwords, and mosquitto's files."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,6 +16,7 @@ from ecovisor.contract.config import (
     ConfigError,
     EcovisorConfig,
     config_path,
+    internal_key,
     kafka_bootstrap,
     load_config,
     mqtt_endpoint,
@@ -106,3 +110,46 @@ def config_check(config: ConfigOpt = None) -> None:
     typer.echo(config_summary(cfg))
     for w in config_warnings(cfg):
         typer.echo(f"warning: {w}")
+
+
+@config_app.command("mqtt-auth")
+def config_mqtt_auth(
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write mosquitto.passwd and mosquitto.acl (mode 0600) here"),
+    ] = None,
+    show_passwords: Annotated[
+        bool, typer.Option(help="also print each device's password (for its collector)")
+    ] = False,
+) -> None:
+    """The site's MQTT principals and what each may publish and subscribe to; with
+    --out, the password file and ACLs of a mosquitto broker of your own. Needs the site's
+    internal key ($ECOVISOR_INTERNAL_KEY or site.internal_key)."""
+    from ecovisor.contract.bus_access import mqtt_principals
+    from ecovisor.embedded.mqtt_auth import BrokerAuth, write_private
+
+    try:
+        cfg = load_config(config_path(config))
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    key = internal_key(cfg)
+    if not key:
+        raise fail(
+            f"no internal key: set ${cfg.site.internal_key_env} (the MQTT passwords of the "
+            "site's devices and services are derived from it)"
+        )
+    auth = BrokerAuth.of(cfg, key)
+    for p in mqtt_principals(cfg):
+        pw = auth.passwords[p.username]
+        secret = f" password {pw}" if show_passwords and p.app is None else ""
+        typer.echo(f"{p.username}:{secret}")
+        for t in p.publish:
+            typer.echo(f"  publish   {t}")
+        for t in p.subscribe:
+            typer.echo(f"  subscribe {t}")
+    if out is not None:
+        pw_file = write_private(out / "mosquitto.passwd", auth.mosquitto_passwords())
+        acl_file = write_private(out / "mosquitto.acl", auth.mosquitto_acl())
+        typer.echo(f"wrote {pw_file} and {acl_file}; in mosquitto.conf: allow_anonymous false, "
+                   f"password_file {pw_file}, acl_file {acl_file}")  # fmt: skip

@@ -58,6 +58,13 @@ class NodeConfig(_Strict):
     power_model: PowerModelSpec = PowerModelSpec(preset="ecovisor-microserver")
     meter: Literal["model", "rapl", "kepler"] = "model"
     kepler_url: str | None = None
+    credential: str | None = Field(
+        None,
+        min_length=8,
+        max_length=4096,
+        repr=False,
+        description="MQTT password of this device (default: derived from the internal key)",
+    )
 
     @model_validator(mode="after")
     def _resolves(self) -> NodeConfig:
@@ -157,6 +164,13 @@ class SourceConfig(_Strict):
     type: str
     id: Ident | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    credential: str | None = Field(
+        None,
+        min_length=8,
+        max_length=4096,
+        repr=False,
+        description="MQTT password of this device (default: derived from the internal key)",
+    )
 
 
 class SiteLimits(_Strict):
@@ -171,18 +185,24 @@ class SiteLimits(_Strict):
         1.0e6, gt=0, le=MAX_MAGNITUDE, description="ceiling of set_carbon_rate mg/s"
     )
     clock_skew_s: float = Field(
-        300.0, gt=0, le=86_400,
+        300.0,
+        gt=0,
+        le=86_400,
         description="telemetry event time at most this far ahead of the site's clock",
     )
     max_message_bytes: int = Field(
         65_536, ge=1_024, le=900_000, description="largest telemetry or command payload"
     )
     max_sources: int = Field(
-        1_000, ge=1, le=1_500,
+        1_000,
+        ge=1,
+        le=1_500,
         description="telemetry sources the ledger tracks per site (the snapshot stays < 1 MB)",
     )
     source_expiry_s: float = Field(
-        3_600.0, gt=0, le=604_800,
+        3_600.0,
+        gt=0,
+        le=604_800,
         description="a source silent this long is forgotten (its dedupe state)",
     )
     replay_clock_source: Ident | None = Field(
@@ -544,6 +564,21 @@ ENV_MQTT_HOST = "ECOVISOR_MQTT_HOST"
 ENV_MQTT_PORT = "ECOVISOR_MQTT_PORT"
 ENV_INFLUXDB_URL = "ECOVISOR_INFLUXDB_URL"
 ENV_VARS = (DEFAULT_CONFIG_ENV, ENV_KAFKA_BOOTSTRAP, ENV_MQTT_HOST, ENV_MQTT_PORT, ENV_INFLUXDB_URL)
+
+# How every Kafka client authenticates (read by ecovisor.adapters.kafka only; docker compose
+# sets them per service, docs/configuration.md). None set: PLAINTEXT, no authentication.
+ENV_KAFKA_SECURITY_PROTOCOL = "ECOVISOR_KAFKA_SECURITY_PROTOCOL"
+ENV_KAFKA_SASL_MECHANISM = "ECOVISOR_KAFKA_SASL_MECHANISM"
+ENV_KAFKA_USERNAME = "ECOVISOR_KAFKA_USERNAME"
+ENV_KAFKA_PASSWORD = "ECOVISOR_KAFKA_PASSWORD"
+ENV_KAFKA_SSL_CAFILE = "ECOVISOR_KAFKA_SSL_CAFILE"
+KAFKA_CLIENT_ENV_VARS = (
+    ENV_KAFKA_SECURITY_PROTOCOL,
+    ENV_KAFKA_SASL_MECHANISM,
+    ENV_KAFKA_USERNAME,
+    ENV_KAFKA_PASSWORD,
+    ENV_KAFKA_SSL_CAFILE,
+)
 
 
 def kafka_is_external(cfg: EcovisorConfig) -> bool:

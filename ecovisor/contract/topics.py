@@ -60,6 +60,11 @@ MQTT_TELEMETRY_SUBSCRIPTION = f"{MQTT_ROOT}/+/telemetry/#"
 TELEMETRY_KINDS = ("solar", "carbon", "battery", "node", "container", "app_metrics")
 
 
+def mqtt_site_telemetry(site: str) -> str:
+    """The filter of one site's telemetry (what the site's bridge may read)."""
+    return f"{MQTT_ROOT}/{site}/telemetry/#"
+
+
 def mqtt_telemetry(site: str, kind: str, source: str) -> str:
     if kind not in TELEMETRY_KINDS:
         raise ValueError(f"unknown telemetry kind {kind!r}; expected one of {TELEMETRY_KINDS}")

@@ -1,7 +1,8 @@
 """What the embedded stack runs for a site: ``plan(cfg)`` turns a site configuration into
 the list of supervised services (servers, bridge, ledger, history, actuators, collectors,
 demo workloads, API, policies) with their start priorities and environment. Pure but for
-locating binaries and modules and making the site's internal key on first use.
+locating binaries and modules, making the site's internal key on first use and writing
+the embedded MQTT broker's configuration (password file, ACLs).
 ``ecovisor.embedded.stack`` renders and drives it."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ecovisor.contract.config import (
     mqtt_endpoint,
 )
 from ecovisor.embedded import servers as embedded
+from ecovisor.embedded.mqtt_auth import BrokerAuth
 
 # Priorities (lower starts first, stops last).
 PRIO_SERVER = 10
@@ -122,14 +124,16 @@ def plan(
     ext_kafka = kafka_is_external(cfg)
     p.bootstrap = kafka_bootstrap(cfg)
     mqtt_host, mqtt_port = mqtt_endpoint(cfg)
+    key = stack_internal_key(cfg, state_dir)
     p.env = {
         DEFAULT_CONFIG_ENV: str(config_file),
         ENV_KAFKA_BOOTSTRAP: p.bootstrap,
         ENV_MQTT_HOST: mqtt_host,
         ENV_MQTT_PORT: str(mqtt_port),
         "PYTHONUNBUFFERED": "1",
-        # ledger, actuators and API share it (signatures, ledger views); never logged
-        cfg.site.internal_key_env: stack_internal_key(cfg, state_dir),
+        # the product services share it (signatures, ledger views, their MQTT
+        # passwords); never logged, never given to the apps' own processes
+        cfg.site.internal_key_env: key,
     }
     data = state_dir / "data"
 
@@ -140,7 +144,8 @@ def plan(
         p.services.append(
             Service(
                 "mqtt",
-                embedded.mqtt_command(mqtt_port, data / "mqtt"),
+                # authenticated: a password file and ACLs from the site's principals
+                embedded.mqtt_command(mqtt_port, data / "mqtt", BrokerAuth.of(cfg, key)),
                 PRIO_SERVER,
                 True,
                 mqtt_port,

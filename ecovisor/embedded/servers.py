@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ecovisor.embedded.mqtt_auth import BrokerAuth, write_private
+
 
 class StackError(RuntimeError):
     """An embedded server could not be found or did not come up."""
@@ -71,17 +73,24 @@ def tansu_command(port: int) -> list[str]:
     return [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url]
 
 
-def mosquitto_conf(port: int, state_dir: Path) -> Path:
-    """A mosquitto config with persistence, so QoS 1 sessions survive client restarts."""
+def mosquitto_conf(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> Path:
+    """A mosquitto config with persistence, so QoS 1 sessions survive client restarts;
+    with ``auth``, only the site's principals log in, each within its ACL."""
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = state_dir / "mosquitto.conf"
+    if auth is None:
+        access = "allow_anonymous true\n"
+    else:
+        pw = write_private(state_dir / "mosquitto.passwd", auth.mosquitto_passwords())
+        acl = write_private(state_dir / "mosquitto.acl", auth.mosquitto_acl())
+        access = f"allow_anonymous false\npassword_file {pw}\nacl_file {acl}\n"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
         # as root, mosquitto would drop to user 'mosquitto', which cannot write the
         # persistence file in our state dir: stay the invoking user
         f"user {getpass.getuser()}\n"
-        "allow_anonymous true\n"
-        "persistence true\n"
+        + access
+        + "persistence true\n"
         f"persistence_location {state_dir}/\n"
         "autosave_interval 1\n"
         "max_queued_messages 100000\n"
@@ -90,18 +99,24 @@ def mosquitto_conf(port: int, state_dir: Path) -> Path:
     return conf
 
 
-def mqtt_command(port: int, state_dir: Path) -> list[str]:
-    """mosquitto when installed, otherwise the pip-installed amqtt broker."""
+def mqtt_command(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> list[str]:
+    """mosquitto when installed, otherwise the pip-installed amqtt broker; ``auth``: the
+    site's password file and ACLs (None: anonymous, for tests of other parts)."""
     mos = mosquitto_path()
     if mos:
-        return [mos, "-c", str(mosquitto_conf(port, state_dir))]
+        return [mos, "-c", str(mosquitto_conf(port, state_dir, auth))]
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = state_dir / "amqtt.yaml"
-    conf.write_text(
+    if auth is None:
+        plugins = "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+    else:
+        pw = write_private(state_dir / "amqtt.passwd", auth.amqtt_passwords())
+        plugins = auth.amqtt_plugins_yaml(pw)
+    write_private(
+        conf,
         "listeners:\n  default:\n    type: tcp\n"
         f"    bind: 127.0.0.1:{port}\n"
-        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-        "    allow_anonymous: true\n"
+        "plugins:\n" + plugins,
     )
     amqtt = shutil.which("amqtt")
     if not amqtt:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -105,22 +106,36 @@ def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path
     tp = TopicPartition(topics.TELEMETRY, 0)
     cons.assign([tp])
     cons.seek_to_beginning(tp)
+    # the stack's MQTT broker is authenticated: an anonymous client is refused, the app
+    # logs in with its token and publishes its own metrics (docs/reliability.md)
+    refused: list[Any] = []
+    anon = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-anon")
+    anon.on_connect = lambda c, u, f, rc, p: refused.append(rc)
+    anon.connect("127.0.0.1", mport)
+    anon.loop_start()
+    deadline = time.monotonic() + 10
+    while not refused and time.monotonic() < deadline:
+        time.sleep(0.05)
+    anon.loop_stop()
+    assert refused and refused[0].is_failure, refused
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-pub")
+    pub.username_pw_set("app-web", "tiny-web-token")
     pub.connect("127.0.0.1", mport)
     pub.loop_start()
     # RUNNING does not mean the bridge has subscribed yet: a message published before
     # its subscription exists is not for it. Publish one a second (new seq each) until
     # one comes through, and check it arrives exactly as sent.
-    sent: dict[int, schemas.SolarTelemetry] = {}
+    sent: dict[int, schemas.AppMetricsTelemetry] = {}
     got: list[bytes] = []
     deadline = time.monotonic() + 20
     while not got and time.monotonic() < deadline:
         seq = len(sent) + 1
-        sent[seq] = schemas.SolarTelemetry(
-            site="tiny", time=datetime(2024, 1, 1, tzinfo=UTC), source="pv", seq=seq,
-            power_w=3, energy_j=seq,
+        sent[seq] = schemas.AppMetricsTelemetry(
+            site="tiny", time=datetime(2024, 1, 1, tzinfo=UTC), source="app-web", seq=seq,
+            app="web", progress=0.5,
         )  # fmt: skip
-        pub.publish(topics.mqtt_telemetry("tiny", "solar", "pv"), sent[seq].to_json(), qos=1)
+        pub.publish(topics.mqtt_telemetry("tiny", "app_metrics", "app-web"),
+                    sent[seq].to_json(), qos=1)  # fmt: skip
         until = time.monotonic() + 1.0
         while not got and time.monotonic() < until:
             got = [r.value for recs in cons.poll(200).values() for r in recs if r.key == b"tiny"]
