@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig, parse_config
 from ecovisor.contract.schemas import (
@@ -408,3 +410,34 @@ def test_a_snapshot_of_the_previous_format_restores() -> None:
                                 token=cfg.app("web").token, watts=1.0,
                                 command_id="w-1")  # fmt: skip
     assert old.command(mine.to_json(), T0_US) == []  # remembered across the upgrade
+
+
+class CountingTable(dict):  # type: ignore[type-arg]
+    """A Faust table stand-in that counts writes (each is one changelog record)."""
+
+    writes = 0
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        self.writes += 1
+        super().__setitem__(k, v)
+
+
+def test_snapshots_are_written_at_most_every_persist_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """L1: a snapshot per tick was most of the embedded broker's growth (it keeps every
+    record). 120 ticks closed one wall second apart: at most one snapshot per
+    PERSIST_INTERVAL_S (5 s) -> <= 25, was 120."""
+    import streams.ledger_app as la
+
+    wall = [1000.0]
+    monkeypatch.setattr(la.time, "monotonic", lambda: wall[0])
+    w = Wired(demo())
+    snaps = CountingTable()
+    w.svc.snapshots = snaps
+    for s in range(121):
+        w.feed(container("web-1", s + 1, s + 0.5, 0.5 * s))
+        wall[0] += 1.0
+    ticks = len(w.entries())
+    assert ticks >= 115, ticks
+    assert 0 < snaps.writes <= ticks / 5 + 1, (snaps.writes, ticks)
