@@ -6,13 +6,22 @@ Why assigned consumers and not consumer groups: tansu (the embedded broker) fail
 kafka-python's SyncGroup, and every reader here tracks its own position (the actuators
 replay their topic on start, the CLI tails from the end). The asynchronous services
 (ledger, REST API) use aiokafka, which Faust is built on; see docs/architecture.md.
+
+How a client authenticates is decided here too, once, from the ``ECOVISOR_KAFKA_*``
+environment (``kafka_security``): every kafka-python client takes
+``kafka_python_options()``, every aiokafka client ``aiokafka_options()`` and the Faust app
+``faust_credentials()``. Nothing set: PLAINTEXT without authentication, the clients get
+no security argument at all (the embedded broker, tansu, has no SASL).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -26,6 +35,13 @@ from tenacity import (
 )
 
 from ecovisor.contract import topics as names
+from ecovisor.contract.config import (
+    ENV_KAFKA_PASSWORD,
+    ENV_KAFKA_SASL_MECHANISM,
+    ENV_KAFKA_SECURITY_PROTOCOL,
+    ENV_KAFKA_SSL_CAFILE,
+    ENV_KAFKA_USERNAME,
+)
 
 T = TypeVar("T")
 
@@ -62,6 +78,137 @@ class KafkaUnavailable(RuntimeError):
     """The broker did not answer, or a topic is missing, within the timeout."""
 
 
+# --- authentication: the one place every Kafka client's security settings come from ----
+PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+DEFAULT_SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+class KafkaSettingsError(KafkaUnavailable):
+    """The ``ECOVISOR_KAFKA_*`` client settings are unusable (the reason in one line):
+    no client is built, so a service exits as when Kafka is unavailable."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How a client connects: ``PLAINTEXT`` (no authentication) or SASL as ``username``
+    with ``mechanism``, over TLS for ``SASL_SSL`` (``cafile``: the CA bundle, default the
+    system's). The password is never in the repr."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    cafile: str | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+
+def kafka_security(environ: Mapping[str, str] | None = None) -> KafkaSecurity:
+    """The client settings from the environment (default ``os.environ``):
+    ``ECOVISOR_KAFKA_SECURITY_PROTOCOL`` (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL; default
+    PLAINTEXT), ``ECOVISOR_KAFKA_SASL_MECHANISM`` (default SCRAM-SHA-512),
+    ``ECOVISOR_KAFKA_USERNAME``, ``ECOVISOR_KAFKA_PASSWORD`` (both required with SASL),
+    ``ECOVISOR_KAFKA_SSL_CAFILE`` (SASL_SSL only). Credentials with PLAINTEXT are an
+    error, not a silent connection without them (KafkaSettingsError)."""
+    env = os.environ if environ is None else environ
+    protocol = (env.get(ENV_KAFKA_SECURITY_PROTOCOL) or "PLAINTEXT").strip().upper()
+    mechanism = (env.get(ENV_KAFKA_SASL_MECHANISM) or "").strip().upper() or None
+    username = env.get(ENV_KAFKA_USERNAME) or None
+    password = env.get(ENV_KAFKA_PASSWORD) or None
+    cafile = env.get(ENV_KAFKA_SSL_CAFILE) or None
+    if protocol not in PROTOCOLS:
+        raise KafkaSettingsError(
+            f"{ENV_KAFKA_SECURITY_PROTOCOL}={protocol!r}: expected one of {', '.join(PROTOCOLS)}"
+        )
+    if protocol == "PLAINTEXT":
+        given = [
+            name
+            for name, value in (
+                (ENV_KAFKA_SASL_MECHANISM, mechanism),
+                (ENV_KAFKA_USERNAME, username),
+                (ENV_KAFKA_PASSWORD, password),
+                (ENV_KAFKA_SSL_CAFILE, cafile),
+            )
+            if value
+        ]
+        if given:
+            raise KafkaSettingsError(
+                f"{', '.join(given)} set but {ENV_KAFKA_SECURITY_PROTOCOL} is PLAINTEXT (no "
+                "authentication): set it to SASL_PLAINTEXT or SASL_SSL"
+            )
+        return KafkaSecurity()
+    mechanism = mechanism or DEFAULT_SASL_MECHANISM
+    if mechanism not in SASL_MECHANISMS:
+        raise KafkaSettingsError(
+            f"{ENV_KAFKA_SASL_MECHANISM}={mechanism!r}: expected one of "
+            f"{', '.join(SASL_MECHANISMS)}"
+        )
+    missing = [n for n, v in ((ENV_KAFKA_USERNAME, username), (ENV_KAFKA_PASSWORD, password))
+               if not v]  # fmt: skip
+    if missing:
+        raise KafkaSettingsError(f"{protocol} needs {' and '.join(missing)}")
+    if cafile and protocol != "SASL_SSL":
+        raise KafkaSettingsError(f"{ENV_KAFKA_SSL_CAFILE} is for SASL_SSL, not {protocol}")
+    return KafkaSecurity(protocol, mechanism, username, password, cafile)
+
+
+def _ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
+    if sec.protocol != "SASL_SSL":
+        return None
+    try:
+        return ssl.create_default_context(cafile=sec.cafile)
+    except OSError as e:
+        raise KafkaSettingsError(f"{ENV_KAFKA_SSL_CAFILE}={sec.cafile!r}: {e}") from e
+
+
+def _sasl_options(sec: KafkaSecurity) -> dict[str, Any]:
+    if not sec.sasl:
+        return {}  # exactly the arguments a client had before authentication existed
+    opts: dict[str, Any] = {
+        "security_protocol": sec.protocol,
+        "sasl_mechanism": sec.mechanism,
+        "sasl_plain_username": sec.username,  # both libraries use these for SCRAM too
+        "sasl_plain_password": sec.password,
+    }
+    ctx = _ssl_context(sec)
+    if ctx is not None:
+        opts["ssl_context"] = ctx
+    return opts
+
+
+def kafka_python_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The security keyword arguments of every kafka-python client (``KafkaProducer``,
+    ``KafkaConsumer``, ``KafkaAdminClient``); ``{}`` without settings."""
+    return _sasl_options(kafka_security(environ))
+
+
+def aiokafka_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The security keyword arguments of every aiokafka client (``AIOKafkaProducer``,
+    ``AIOKafkaConsumer``); ``{}`` without settings. aiokafka spells them as kafka-python
+    does; for SASL_SSL both take the ``ssl_context`` made here."""
+    return _sasl_options(kafka_security(environ))
+
+
+def faust_credentials(environ: Mapping[str, str] | None = None) -> Any:
+    """The Faust app's ``broker_credentials``: None without settings (Faust's PLAINTEXT),
+    else ``faust.SASLCredentials`` (Faust turns them into its aiokafka clients' SASL
+    arguments; SASL_SSL with the SSL context made here)."""
+    sec = kafka_security(environ)
+    if not sec.sasl:
+        return None
+    import faust
+
+    return faust.SASLCredentials(
+        username=sec.username,
+        password=sec.password,
+        mechanism=sec.mechanism,
+        ssl_context=_ssl_context(sec),
+    )
+
+
 def connect(make: Callable[[], T], what: str, timeout: float = 30.0) -> T:
     """``make()`` retried every 0.3 s on KafkaError until ``timeout``; then
     KafkaUnavailable naming ``what`` and the last error."""
@@ -86,8 +233,11 @@ def create_topics(
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    security = kafka_python_options()
     admin = connect(
-        lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ecovisor-admin"),
+        lambda: KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="ecovisor-admin", **security
+        ),
         f"Kafka at {bootstrap}",
         timeout,
     )
@@ -115,8 +265,11 @@ def existing_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
     """The names of the topics the broker has."""
     from kafka.admin import KafkaAdminClient
 
+    security = kafka_python_options()
     admin = connect(
-        lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ecovisor-admin"),
+        lambda: KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="ecovisor-admin", **security
+        ),
         f"Kafka at {bootstrap}",
         timeout,
     )
@@ -127,9 +280,10 @@ def existing_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
 
 
 def producer(bootstrap: str, client_id: str, timeout: float = 30.0) -> KafkaProducer:
+    security = kafka_python_options()
     return connect(
         lambda: KafkaProducer(
-            bootstrap_servers=bootstrap, client_id=client_id, linger_ms=0, acks=1
+            bootstrap_servers=bootstrap, client_id=client_id, linger_ms=0, acks=1, **security
         ),
         f"Kafka at {bootstrap}",
         timeout,
@@ -165,6 +319,7 @@ def assigned_consumer(
         # fetch until the wait expires
         "fetch_max_wait_ms": fetch_max_wait_ms,
         "consumer_timeout_ms": 1000,
+        **kafka_python_options(),
         **options,
     }
     consumer = connect(lambda: KafkaConsumer(**settings), f"Kafka at {bootstrap}", timeout)

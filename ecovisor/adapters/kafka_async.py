@@ -4,6 +4,9 @@ the services that already run an event loop (the ledger worker, the REST API).
 ``assigned_consumer`` is the async twin of ``ecovisor.adapters.kafka.assigned_consumer``:
 no consumer group, every partition of the given topics assigned, positions left to the
 caller (seek to the beginning, to the end, or to a stored offset).
+
+Both builders authenticate as ``ecovisor.adapters.kafka.aiokafka_options`` says (the
+``ECOVISOR_KAFKA_*`` environment; nothing set: PLAINTEXT).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ecovisor.adapters.kafka import KafkaUnavailable
+from ecovisor.adapters.kafka import KafkaUnavailable, aiokafka_options
 
 
 async def assigned_consumer(
@@ -22,7 +25,10 @@ async def assigned_consumer(
     not exist raises KafkaUnavailable (topics are created up front; tansu does not
     auto-create them)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        **{**aiokafka_options(), **options},
     )
     await consumer.start()
     try:
@@ -43,6 +49,6 @@ async def assigned_consumer(
 async def started_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
     """A started producer; ``acks='all'`` unless the caller says otherwise."""
     options.setdefault("acks", "all")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **{**aiokafka_options(), **options})
     await producer.start()
     return producer
