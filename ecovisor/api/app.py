@@ -19,7 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from ecovisor.api import commands, readings, stream
 from ecovisor.api.auth import Caller
 from ecovisor.api.command_bus import CommandBus
-from ecovisor.api.errors import BodyLimit, validation_error_handler
+from ecovisor.api.errors import (
+    BodyLimit,
+    error_responses,
+    unreadable_body_handler,
+    validation_error_handler,
+)
 from ecovisor.api.models import AppInfo
 from ecovisor.api.state_source import StateSource
 from ecovisor.api.wiring import Ctx, Wiring
@@ -33,7 +38,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@meta.get("/v1/whoami", response_model=AppInfo)
+@meta.get("/v1/whoami", response_model=AppInfo, responses=error_responses(401))
 async def whoami(me: Caller, ctx: Ctx) -> AppInfo:
     """The application the bearer token belongs to."""
     return AppInfo.of(ctx.cfg, me)
@@ -53,6 +58,8 @@ def _api(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None
         api.include_router(router)
     # every 422 in the documented shape, serialisable whatever the input was
     api.add_exception_handler(RequestValidationError, validation_error_handler)
+    # ... also FastAPI's 400 for a body that is not UTF-8 (the API has no 400 of its own)
+    api.add_exception_handler(400, unreadable_body_handler)
     return api
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me, own_container, own_template
-from ecovisor.api.errors import items, unprocessable
+from ecovisor.api.errors import error_responses, items, unprocessable
 from ecovisor.api.models import CommandRequest, CommandResult, command_body
 from ecovisor.api.wiring import Ctx, Wiring
 from ecovisor.contract import schemas
@@ -31,7 +31,9 @@ MAX_WAIT_S = 30.0
 Wait = Annotated[bool, Query(description="wait for the lifecycle outcome")]
 Timeout = Annotated[float, Query(gt=0, le=MAX_WAIT_S, description="max seconds to wait")]
 
-router = APIRouter()
+# every route: the token and its app (401, 403), the command bus (503)
+router = APIRouter(responses=error_responses(401, 403, 503))
+OWNED = error_responses(404)  # routes naming a container or template (path or body)
 
 # Route bodies: the command's own fields minus what the path names (contract-derived).
 SetContainerPowercapBody = command_body(schemas.SetContainerPowercap, ("container",))
@@ -101,7 +103,12 @@ async def issue(
 
 
 # --- Table 1 ---------------------------------------------------------------------------
-@router.put(P + "/containers/{container}/powercap", tags=["table1"], response_model=CommandResult)
+@router.put(
+    P + "/containers/{container}/powercap",
+    tags=["table1"],
+    response_model=CommandResult,
+    responses=OWNED,
+)
 async def set_container_powercap(
     me: Me,
     ctx: Ctx,
@@ -117,7 +124,10 @@ async def set_container_powercap(
 
 
 @router.delete(
-    P + "/containers/{container}/powercap", tags=["table1"], response_model=CommandResult
+    P + "/containers/{container}/powercap",
+    tags=["table1"],
+    response_model=CommandResult,
+    responses=OWNED,
 )
 async def remove_container_powercap(
     me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
@@ -146,7 +156,10 @@ async def set_battery_max_discharge(
 
 # --- Table 2 ---------------------------------------------------------------------------
 @router.put(
-    P + "/containers/{container}/carbon_rate", tags=["table2"], response_model=CommandResult
+    P + "/containers/{container}/carbon_rate",
+    tags=["table2"],
+    response_model=CommandResult,
+    responses=OWNED,
 )
 async def set_carbon_rate(
     me: Me,
@@ -174,7 +187,10 @@ async def set_carbon_budget(
 
 # --- container management ----------------------------------------------------------------
 @router.post(
-    P + "/containers/{container}/suspend", tags=["containers"], response_model=CommandResult
+    P + "/containers/{container}/suspend",
+    tags=["containers"],
+    response_model=CommandResult,
+    responses=OWNED,
 )
 async def suspend_container(
     me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
@@ -184,7 +200,10 @@ async def suspend_container(
 
 
 @router.post(
-    P + "/containers/{container}/resume", tags=["containers"], response_model=CommandResult
+    P + "/containers/{container}/resume",
+    tags=["containers"],
+    response_model=CommandResult,
+    responses=OWNED,
 )
 async def resume_container(
     me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
@@ -193,7 +212,12 @@ async def resume_container(
     return await issue(ctx, me, schemas.ResumeContainer, wait, timeout, container)
 
 
-@router.put(P + "/containers/{container}/cpus", tags=["containers"], response_model=CommandResult)
+@router.put(
+    P + "/containers/{container}/cpus",
+    tags=["containers"],
+    response_model=CommandResult,
+    responses=OWNED,
+)
 async def scale_container(
     me: Me, ctx: Ctx, container: str, body: ScaleContainerBody,  # type: ignore[valid-type]
     wait: Wait = False, timeout: Timeout = 5.0,
@@ -202,7 +226,12 @@ async def scale_container(
     return await issue(ctx, me, schemas.ScaleContainer, wait, timeout, container, cpus=body.cpus)
 
 
-@router.put(P + "/templates/{template}/replicas", tags=["containers"], response_model=CommandResult)
+@router.put(
+    P + "/templates/{template}/replicas",
+    tags=["containers"],
+    response_model=CommandResult,
+    responses=OWNED,
+)
 async def scale_app(
     me: Me, ctx: Ctx, template: str, body: ScaleAppBody,  # type: ignore[valid-type]
     wait: Wait = False, timeout: Timeout = 5.0,
@@ -214,7 +243,12 @@ async def scale_app(
 
 
 # --- any command, by its one name -------------------------------------------------------
-@router.post(P + "/commands", tags=["commands"], response_model=CommandResult)
+@router.post(
+    P + "/commands",
+    tags=["commands"],
+    response_model=CommandResult,
+    responses=OWNED,
+)
 async def command(
     me: Me, ctx: Ctx, body: CommandRequest, wait: Wait = False, timeout: Timeout = 5.0
 ) -> CommandResult:

@@ -1,8 +1,14 @@
 """One shape for every 422 the API answers: FastAPI's documented ``HTTPValidationError``
 (``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``), whether the body failed
-the contract, a route's own check (t2 ≤ t1, a site limit) or the body size
-(``BodyLimit``). Items carry no echo of the input: a non-finite number (``Infinity``)
-would make the error itself unserialisable, and a large body is not worth sending back."""
+the contract, a route's own check (t2 ≤ t1, a site limit), the body size (``BodyLimit``)
+or the body could not be read as JSON at all (not UTF-8: FastAPI's own 400, answered
+as this 422 by ``unreadable_body_handler``). Items carry no echo of the input: a
+non-finite number (``Infinity``) would make the error itself unserialisable, and a large
+body is not worth sending back.
+
+The other refusals (401, 403, 404, 503) are ``{"detail": "<reason>"}`` (``ErrorDetail``);
+``error_responses`` documents them on each route that can answer them, so the OpenAPI
+document lists every status code a route answers (checked by reliability/fuzz_rest.py)."""
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
@@ -10,12 +16,32 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ErrorDetail(BaseModel):
+    """A refusal other than a 422: why, in one line."""
+
+    detail: str
+
+
+_REASONS = {
+    401: "no bearer token, or not the token of any application",
+    403: "the token's application may not address this application, container or template",
+    404: "the token's application has no such container or container template",
+    503: "the ledger's state or the command bus is not available (the reason says which)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the refusals ``codes`` a route answers (``ErrorDetail``)."""
+    return {c: {"model": ErrorDetail, "description": _REASONS[c]} for c in codes}
 
 
 def error_item(loc: Sequence[str | int], msg: str, typ: str = "value_error") -> dict[str, Any]:
@@ -38,6 +64,13 @@ def unprocessable(loc: Sequence[str | int], msg: str) -> HTTPException:
 async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     return JSONResponse(status_code=422, content={"detail": items(errors)})
+
+
+async def unreadable_body_handler(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 400 "There was an error parsing the body" (a JSON body that is not
+    UTF-8; the API raises no 400 of its own) as a 422 of the one shape."""
+    item = error_item(["body"], "JSON decode error: the body is not UTF-8", "json_invalid")
+    return JSONResponse(status_code=422, content={"detail": [item]})
 
 
 class BodyLimit:

@@ -60,8 +60,8 @@ def command_body(cls: type[Command], path_params: tuple[str, ...] = (),
         name: (f.annotation, f)
         for name, f in command_fields(cls).items() if name not in path_params
     }
-    if with_type:
-        fields = {"type": (Literal[command_type(cls)], command_type(cls)), **fields}  # type: ignore[valid-type]
+    if with_type:  # required: the discriminator (the document must not call it optional)
+        fields = {"type": (Literal[command_type(cls)], ...), **fields}  # type: ignore[valid-type]
     suffix = "Request" if with_type else "Body"
     # strict like the contract: ``true`` or ``"5"`` is not a number (an int is a float)
     return create_model(  # type: ignore[call-overload,no-any-return]

@@ -15,7 +15,7 @@ from pydantic import AwareDatetime
 
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me, own_container
-from ecovisor.api.errors import unprocessable
+from ecovisor.api.errors import error_responses, unprocessable
 from ecovisor.api.models import AppInfo, IntervalReading, Reading
 from ecovisor.api.state_source import Counters, IntervalCounter, LiveState, StateUnavailable
 from ecovisor.api.wiring import Ctx, Wiring
@@ -25,7 +25,9 @@ from ecovisor.contract.schemas import ContainerTickData, TickData
 T1 = Annotated[AwareDatetime, Query(description="interval start, ISO 8601 with zone")]
 T2 = Annotated[AwareDatetime, Query(description="interval end, ISO 8601 with zone")]
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 403))  # every route: the token, its app
+STATE = error_responses(503)  # routes answering from the ledger's state views
+CONTAINER = error_responses(404, 503)  # ... for a container of the app
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,13 @@ async def interval(ctx: Wiring, me: AppConfig, t1: datetime, t2: datetime) -> Co
         raise HTTPException(503, str(e)) from e
 
 
-def _add(path: str, g: Getter, endpoint: Callable[..., Awaitable[Any]], model: type) -> None:
+def _add(
+    path: str,
+    g: Getter,
+    endpoint: Callable[..., Awaitable[Any]],
+    model: type,
+    responses: dict[int | str, dict[str, Any]],
+) -> None:
     router.add_api_route(
         path,
         endpoint,
@@ -124,6 +132,7 @@ def _add(path: str, g: Getter, endpoint: Callable[..., Awaitable[Any]], model: t
         description=g.doc,
         tags=[g.tag],
         response_model=model,
+        responses=responses,
     )
 
 
@@ -132,7 +141,7 @@ def _app_reading(g: Getter) -> None:
         s, d = await live(ctx, me)
         return reading(s, d, getattr(d, g.field), g.unit)
 
-    _add(P + g.path, g, endpoint, Reading)
+    _add(P + g.path, g, endpoint, Reading, STATE)
 
 
 def _container_reading(g: Getter) -> None:
@@ -140,7 +149,7 @@ def _container_reading(g: Getter) -> None:
         s, d, c = await container_data(ctx, me, container)
         return reading(s, d, getattr(c, g.field), g.unit, container=container)
 
-    _add(P + "/containers/{container}" + g.path, g, endpoint, Reading)
+    _add(P + "/containers/{container}" + g.path, g, endpoint, Reading, CONTAINER)
 
 
 def _app_interval(g: Getter) -> None:
@@ -148,7 +157,7 @@ def _app_interval(g: Getter) -> None:
         c = await interval(ctx, me, t1, t2)
         return IntervalReading(app=me.id, t1=c.t1, t2=c.t2, value=getattr(c, g.field), unit=g.unit)
 
-    _add(P + g.path, g, endpoint, IntervalReading)
+    _add(P + g.path, g, endpoint, IntervalReading, STATE)
 
 
 def _container_interval(g: Getter) -> None:
@@ -160,7 +169,7 @@ def _container_interval(g: Getter) -> None:
             app=me.id, container=container, t1=c.t1, t2=c.t2, value=getattr(k, g.field), unit=g.unit
         )
 
-    _add(P + "/containers/{container}" + g.path, g, endpoint, IntervalReading)
+    _add(P + "/containers/{container}" + g.path, g, endpoint, IntervalReading, CONTAINER)
 
 
 @router.get(P, tags=["app"], response_model=AppInfo)
@@ -169,7 +178,7 @@ async def get_app_info(me: Me, ctx: Ctx) -> AppInfo:
     return AppInfo.of(ctx.cfg, me)
 
 
-@router.get(P + "/state", tags=["app"], response_model=LiveState)
+@router.get(P + "/state", tags=["app"], response_model=LiveState, responses=STATE)
 async def get_state(me: Me, ctx: Ctx) -> LiveState:
     """The app's full live state (latest TickData, settings, metrics)."""
     s, _ = await live(ctx, me)
@@ -186,7 +195,7 @@ for _g in CONTAINER_INTERVALS:
     _container_interval(_g)
 
 
-@router.get(P + "/ledger", tags=["table2"])
+@router.get(P + "/ledger", tags=["table2"], responses=STATE)
 async def get_ledger(
     me: Me,
     ctx: Ctx,

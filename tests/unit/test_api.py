@@ -462,6 +462,62 @@ def test_openapi_documents_units() -> None:
         assert re.search(re.escape(unit), doc)
 
 
+def _documented(method: str, path: str) -> dict:
+    return openapi_document()["paths"][path][method.lower()]["responses"]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_every_refusal_of_a_route_is_in_the_document(method, path) -> None:
+    """Found by reliability/fuzz_rest.py: the document listed only 200 and 422, so every
+    401, 403, 404 and 503 above was an undocumented status code for a client."""
+    responses = _documented(method, path)
+    names = "{container}" in path or "{template}" in path or path.endswith("/commands")
+    for code in ("401", "403", "404") if names else ("401", "403"):
+        schema = responses[code]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorDetail"}, (code, schema)
+    if not path.endswith("/notifications") and path != "/v1/apps/{app}":
+        assert "503" in responses  # the ledger's state or the command bus
+    # every 422 names its body (the stream's had a description only)
+    schema = responses["422"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/HTTPValidationError"}
+    assert "401" in _documented("GET", "/v1/whoami")
+
+
+def test_a_body_that_is_not_utf8_is_the_one_422(env) -> None:
+    """Found by reliability/fuzz_rest.py: FastAPI answered 400 "There was an error
+    parsing the body", a status the document does not list, in a shape of its own."""
+    _, tc, bus, _ = env
+    for body in (b"\xff", b'{"watts": "\xc3"}'):
+        r = tc.put(
+            "/v1/apps/web/battery/charge_rate",
+            content=body,
+            headers={**h(WEB), "Content-Type": "application/json"},
+        )
+        assert r.status_code == 422, r.text
+        [item] = r.json()["detail"]
+        assert item["loc"] == ["body"] and item["type"] == "json_invalid"
+    assert bus.published == []
+    # the other refusals are answered as before, headers included
+    r = tc.get("/v1/apps/web/solar_power")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+    assert r.json() == {"detail": "missing bearer token"}
+
+
+def test_the_generic_command_body_documents_its_type_as_required(env) -> None:
+    """Found by reliability/fuzz_rest.py (schemathesis' positive_data_acceptance):
+    ``type`` had a default in the document, so ``{"container": "web-1", "watts": 1}``
+    was a valid body there, but the API (a union discriminated by ``type``) refuses it."""
+    body = openapi_document()["paths"]["/v1/apps/{app}/commands"]["post"]["requestBody"]
+    variants = body["content"]["application/json"]["schema"]["oneOf"]
+    schemas = openapi_document()["components"]["schemas"]
+    for ref in variants:
+        variant = schemas[ref["$ref"].rsplit("/", 1)[-1]]
+        assert "type" in variant["required"] and "default" not in variant["properties"]["type"]
+    _, tc, bus, _ = env
+    r = tc.post("/v1/apps/web/commands", headers=h(WEB), json={"container": "web-1", "watts": 1})
+    assert r.status_code == 422 and bus.published == []
+
+
 def test_http_state_source_reads_the_ledger_views() -> None:
     import asyncio
 
