@@ -310,6 +310,9 @@ class Bridge:
                         acks="all",
                         linger_ms=5,
                         batch_size=256 * 1024,
+                        # telemetry JSON compresses ~5x; the embedded broker keeps every
+                        # record in memory (L1, docs/reliability.md)
+                        compression_type="gzip",
                         # one request in flight per connection keeps Kafka order on retries
                         max_in_flight_requests_per_connection=1,
                         request_timeout_ms=10_000,

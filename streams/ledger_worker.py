@@ -50,7 +50,20 @@ SEEN_COMMANDS_PER_APP = 256
 SEEN_BYTES_PER_APP = 16_384
 PENDING_ACKS_PER_APP = 256
 RAW_BUCKET = ""  # seen_commands bucket of payloads without a valid token
-HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views
+HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views, at most
+# ... and at most this many container-ticks per site: an entry and a counter row grow with
+# the app's containers (~300 B of memory per container and tick), so 3,600 ticks at
+# 1,000 containers were ~1.1 GB (the soak, docs/reliability.md); ~120 MB now
+HISTORY_CONTAINER_TICKS = 400_000
+HISTORY_MIN_TICKS = 60
+
+
+def history_ticks(containers: int) -> int:
+    """Ticks of per-tick history the ledger keeps for a site of ``containers``
+    containers (configured and every template replica)."""
+    by_budget = HISTORY_CONTAINER_TICKS // max(1, containers)
+    return max(HISTORY_MIN_TICKS, min(HISTORY_TICKS, by_budget))
+
 MAX_EXPIRY_S = 10 * 366 * 86_400.0  # longer configured durations are clamped to this
 # Event times the tick arithmetic supports in every mode: tick indices are >= 0 (epoch
 # based) and a tick's end must still be a datetime (year <= 9999).
@@ -132,6 +145,7 @@ class SiteLedger:
     def __post_init__(self) -> None:
         # derived from the configuration, looked up per container per tick: precomputed
         self.owners: dict[str, str] = {c: p.app for c, p in self.cfg.placements().items()}
+        self.history_ticks = history_ticks(len(self.owners))
         self.shares = self.cfg.shares()
         self.app_cfg = {a.id: a for a in self.cfg.apps}
         self.nodes = {n.id for n in self.cfg.site.nodes}
@@ -196,7 +210,7 @@ class SiteLedger:
         """Per-tick counters read back from the ``counters`` table (newest kept)."""
         for app, hist in rows.items():
             mine = self.counters.setdefault(app, {})
-            for k in sorted(hist)[-HISTORY_TICKS:]:
+            for k in sorted(hist)[-self.history_ticks :]:
                 mine[k] = hist[k]
 
     # --- ticks --------------------------------------------------------------------------
@@ -404,10 +418,13 @@ class SiteLedger:
     def _remember(self, app: str, k: int, row: dict[str, Any], t: float, entry: bytes) -> None:
         hist = self.counters.setdefault(app, {})
         hist[k] = row
-        while len(hist) > HISTORY_TICKS:
+        while len(hist) > self.history_ticks:
             del hist[next(iter(hist))]
         # raw JSON, parsed only when the ledger view is read
-        self.entries.setdefault(app, deque(maxlen=HISTORY_TICKS)).append((t, entry))
+        kept = self.entries.get(app)
+        if kept is None:
+            kept = self.entries[app] = deque(maxlen=self.history_ticks)
+        kept.append((t, entry))
 
     # --- commands -----------------------------------------------------------------------
     def command(self, raw: bytes, now_us: int) -> list[Out]:

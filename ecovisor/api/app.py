@@ -20,6 +20,7 @@ from ecovisor.api import commands, readings, stream
 from ecovisor.api.auth import Caller
 from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.errors import (
+    TOO_LARGE,
     BodyLimit,
     error_responses,
     unreadable_body_handler,
@@ -33,12 +34,12 @@ from ecovisor.contract.config import EcovisorConfig
 meta = APIRouter(tags=["meta"])
 
 
-@meta.get("/healthz")
+@meta.get("/healthz", responses=TOO_LARGE)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@meta.get("/v1/whoami", response_model=AppInfo, responses=error_responses(401))
+@meta.get("/v1/whoami", response_model=AppInfo, responses={**error_responses(401), **TOO_LARGE})
 async def whoami(me: Caller, ctx: Ctx) -> AppInfo:
     """The application the bearer token belongs to."""
     return AppInfo.of(ctx.cfg, me)

@@ -39,6 +39,19 @@ _REASONS = {
 }
 
 
+VALIDATION_ERROR_REF = "#/components/schemas/HTTPValidationError"  # FastAPI's 422 body
+
+
+def validation_response(description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entry of a 422 a route answers without parameters of its own to
+    validate (the one shape, ``HTTPValidationError``)."""
+    schema = {"schema": {"$ref": VALIDATION_ERROR_REF}}
+    return {422: {"description": description, "content": {"application/json": schema}}}
+
+
+TOO_LARGE = validation_response("a request body larger than site.limits.max_message_bytes")
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the refusals ``codes`` a route answers (``ErrorDetail``)."""
     return {c: {"model": ErrorDetail, "description": _REASONS[c]} for c in codes}

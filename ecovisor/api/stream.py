@@ -23,7 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me
 from ecovisor.api.command_bus import CommandBus
-from ecovisor.api.errors import error_responses, unprocessable
+from ecovisor.api.errors import error_responses, unprocessable, validation_response
 from ecovisor.api.wiring import Ctx
 from ecovisor.contract.schemas import NOTIFICATION_TYPES, Notification
 
@@ -33,7 +33,6 @@ router = APIRouter()
 MAX_EVENT_ID = 256  # characters of a Last-Event-ID (one "p:o" pair per partition)
 _PAIR = re.compile(r"(\d{1,9}):(-1|\d{1,18})", re.ASCII)
 _LOC = ["header", "last-event-id"]
-_VALIDATION_ERROR = "#/components/schemas/HTTPValidationError"  # FastAPI's 422 body
 
 
 def parse_event_id(raw: str) -> dict[int, int]:
@@ -62,10 +61,7 @@ def event_id(sent: dict[int, int]) -> str:
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "SSE stream"},
-        422: {
-            "description": "a Last-Event-ID that is not an event id of this stream",
-            "content": {"application/json": {"schema": {"$ref": _VALIDATION_ERROR}}},
-        },
+        **validation_response("a Last-Event-ID that is not an event id of this stream"),
         **error_responses(401, 403),
     },
 )

@@ -172,3 +172,66 @@ def test_sigkill_restart_gives_identical_ledger(kafka_bootstrap: str, tmp_path: 
         reader.close()
         for p in procs:
             stop(p)
+
+
+def test_a_command_is_anchored_after_the_telemetry_already_in_kafka(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Regression (found by reliability/chaos.py): in event mode a command is anchored to
+    the worker's driving time, capped at its own tick. A worker that had just (re)started
+    took its commands before reading the telemetry already in Kafka: after a SIGKILL the
+    restored snapshot's older tick, on a fresh start none. So a charge rate accepted
+    during tick 9 applied from tick 5 (a restored snapshot of tick 4) or here from tick 1,
+    ticks already emitted were emitted again with other content, and totals changed.
+    Now commands wait until the telemetry replay has caught up with the partition."""
+    from ecovisor.contract.schemas import SetBatteryChargeRate
+
+    site = "zzcmd"
+    k0 = int(at(0).timestamp())
+    cfg_path = config(tmp_path, site, kafka_bootstrap)
+    cfg = load_config(cfg_path)
+    prepare_topics(cfg, kafka_bootstrap)
+
+    def telemetry(ticks: range) -> list[bytes]:
+        out = []
+        for i in ticks:
+            for half in (0.0, 0.5):
+                t, seq = i + half, int(2 * (i + half))
+                out.append(SolarTelemetry(site=site, time=at(t), source="pv", seq=seq,
+                                          power_w=1.0, energy_j=0.5 * seq).to_json())  # fmt: skip
+                for app in ("a", "b"):
+                    c = f"{site}-{app}0"
+                    m = ContainerTelemetry(site=site, time=at(t), source=f"pm-{c}", seq=seq,
+                                           app=app, container=c, node="n1", cpu_s=0.0,
+                                           energy_j=0.4 * seq)  # fmt: skip
+                    out.append(m.to_json())
+        return out
+
+    from kafka import KafkaProducer
+
+    # everything up to tick 9 (its watermark 9.5 closes ticks 0-8) and, in tick 9, the
+    # command: all in Kafka before the worker starts
+    publish(kafka_bootstrap, telemetry(range(10)), site)
+    cmd = SetBatteryChargeRate(site=site, time=at(9.75), app="b", command_id="late-start",
+                               token=cfg.app("b").token, watts=0.5)  # fmt: skip
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    p.send(topics.COMMANDS, cmd.to_json(), key=b"b").get(30)
+    p.close()
+    reader = Reader(kafka_bootstrap, topics.LEDGER, site)
+    notes = Reader(kafka_bootstrap, topics.notifications("b"), site)
+    w = start("streams.ledger", cfg_path, tmp_path / "cmd.log", "--clock", "event")
+    try:
+        notes.wait(lambda ns: any(n["type"] == "command_accepted" for n in ns), timeout=60)
+        publish(kafka_bootstrap, telemetry(range(10, 12)), site)  # closes ticks 9 and 10
+        notes.wait(lambda ns: any(n["type"] == "command_applied" for n in ns), timeout=60)
+        reader.wait(lambda _: ("b", k0 + 10) in entries_of(reader, site), timeout=30)
+        got = entries_of(reader, site)
+        rates = {k - k0: es[0]["settings"]["charge_rate_w"] for (a, k), es in got.items()
+                 if a == "b"}  # fmt: skip
+        assert rates == {**{k: 0.0 for k in range(10)}, 10: 0.5}
+        (applied,) = [n for n in notes.items if n["type"] == "command_applied"]
+        assert applied["tick"] == k0 + 10
+    finally:
+        reader.close()
+        notes.close()
+        stop(w)

@@ -441,3 +441,86 @@ def test_snapshots_are_written_at_most_every_persist_interval(
     ticks = len(w.entries())
     assert ticks >= 115, ticks
     assert 0 < snaps.writes <= ticks / 5 + 1, (snaps.writes, ticks)
+
+
+# --- commands after a (re)start in event mode ----------------------------------------------
+
+
+def test_event_mode_takes_a_command_only_after_the_telemetry_already_in_kafka() -> None:
+    """Regression (found by reliability/chaos.py): a command is anchored to the driving
+    time, capped at its own tick. Right after a (re)start the event clock is the
+    snapshot's (older after a SIGKILL) or none, so a charge rate accepted during tick 9
+    applied from an earlier tick, to ticks the uninterrupted worker had already closed
+    without it. The command now waits until the telemetry consumer has read to the end of
+    its partition (``caught_up``), and then applies from tick 10."""
+    cfg = demo()
+    w = Wired(cfg)
+    k0 = int(T0.timestamp())
+    cmd = SetBatteryChargeRate(site="demo", time=at(9.75), app="web", command_id="c-9",
+                               token=cfg.app("web").token, watts=1.0)  # fmt: skip
+
+    def samples(ticks: range) -> list[Any]:
+        out: list[Any] = []
+        for i in ticks:
+            for half in (0.0, 0.5):
+                n = int(2 * (i + half))
+                out += [solar(n + 1, i + half, 0.5 * n), container("web-1", n + 1, i + half, n)]
+        return out
+
+    async def started() -> None:
+        task = asyncio.ensure_future(w.svc.command(cmd.to_json()))
+        await asyncio.sleep(0.01)
+        assert not task.done()  # nothing read yet: the command waits
+        recs = [Record(m.model_dump_json().encode(), i) for i, m in enumerate(samples(range(10)))]
+        w.offset = len(recs)
+        await w.svc.telemetry(w.led, 0, recs)  # the telemetry already in Kafka (to 9.5)
+        assert not task.done()
+        w.svc.caught_up.set()  # what consume_telemetry does at the partition's end
+        await asyncio.wait_for(task, 5)
+
+    w.run(started())
+    notes = [Notification.model_validate_json(v) for v in w.out(topics.notifications("web"))]
+    assert [n.type for n in notes if n.command_id == "c-9"] == ["command_accepted"]
+    w.feed(*samples(range(10, 12)))  # closes ticks 9 and 10
+    rates = {e.k - k0: e.settings.charge_rate_w for e in w.entries()}
+    assert rates == {**{k: 0.0 for k in range(10)}, 10: 1.0}
+
+
+def test_caught_up_means_at_the_high_watermark_of_every_partition() -> None:
+    from streams.ledger_app import _at_end
+
+    class Consumer:
+        def __init__(self, hw: dict[int, int | None], pos: dict[int, int]) -> None:
+            self.hw, self.pos = hw, pos
+
+        def highwater(self, tp: int) -> int | None:
+            return self.hw[tp]
+
+        async def position(self, tp: int) -> int:
+            return self.pos[tp]
+
+    def at_end(hw: dict[int, int | None], pos: dict[int, int]) -> bool:
+        return asyncio.run(_at_end(Consumer(hw, pos), sorted(hw)))
+
+    assert not at_end({0: None}, {0: 0})  # not fetched yet
+    assert at_end({0: 0}, {0: 0})  # an empty partition
+    assert not at_end({0: 7, 1: 3}, {0: 7, 1: 2})
+    assert at_end({0: 7, 1: 3}, {0: 7, 1: 3})
+
+
+def test_view_history_is_bounded_by_container_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak at 1,000 containers: 3,600 ticks of entries and counter rows per app
+    grew the ledger by ~19 MB/min toward ~1.1 GB. The history is now bounded by
+    container-ticks per site (at least 60 ticks, at most 3,600)."""
+    import streams.ledger_worker as lw
+
+    assert lw.history_ticks(3) == 3_600 and lw.history_ticks(1_000) == 400
+    assert lw.history_ticks(100_000) == lw.HISTORY_MIN_TICKS
+    monkeypatch.setattr(lw, "HISTORY_CONTAINER_TICKS", 300)  # the demo's 3 -> 100 ticks
+    w = Wired(demo())
+    assert w.led.history_ticks == 100
+    for s in range(131):
+        w.feed(container("web-1", s + 1, s + 0.5, 0.5 * s))
+    assert len(w.entries()) >= 125  # every tick was booked and sent
+    assert len(w.led.entries["web"]) == 100 and len(w.led.counters["web"]) == 100
+    assert max(w.led.counters["web"]) - min(w.led.counters["web"]) == 99  # the newest
