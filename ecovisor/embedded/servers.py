@@ -10,6 +10,7 @@ import importlib.util
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def tansu_path() -> str:
     if not path.is_file():
         raise StackError(f"tansu binary missing at {path}")
     return str(path)
+
+
+def amqtt_path() -> str | None:
+    """The pip-installed amqtt broker: on PATH, else beside this interpreter (a venv's
+    bin/ is not on PATH when the venv's python is run directly, as ``make test`` does)."""
+    beside = Path(sys.executable).parent / "amqtt"
+    return shutil.which("amqtt") or (str(beside) if beside.is_file() else None)
 
 
 def mosquitto_path() -> str | None:
@@ -118,7 +126,7 @@ def mqtt_command(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> 
         f"    bind: 127.0.0.1:{port}\n"
         "plugins:\n" + plugins,
     )
-    amqtt = shutil.which("amqtt")
+    amqtt = amqtt_path()
     if not amqtt:
         raise StackError("no MQTT broker: install mosquitto (apt-get) or amqtt (pip)")
     return [amqtt, "-c", str(conf)]
