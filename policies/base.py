@@ -350,6 +350,22 @@ def apply_action(client: Any, a: Action) -> Any:
     raise TypeError(f"unknown action {a!r}")
 
 
+# The notifications besides ``tick`` a runner is given (``main`` subscribes to them; the
+# replay engine, replay/engine.py, delivers the same ones).
+SUBSCRIBED_EVENTS = (
+    "command_rejected",
+    "command_failed",
+    "battery_full",
+    "battery_empty",
+    "solar_change",
+    "carbon_change",
+    "carbon_rate_near",
+    "carbon_rate_exceeded",
+    "carbon_budget_near",
+    "carbon_budget_exceeded",
+)
+
+
 class PolicyRunner:
     """Feeds ``tick`` notifications to a pure policy and issues its actions."""
 
@@ -494,18 +510,7 @@ def main(
     def _tick(t: Any) -> None:
         runner.on_tick(t.notification)
 
-    for typ in (
-        "command_rejected",
-        "command_failed",
-        "battery_full",
-        "battery_empty",
-        "solar_change",
-        "carbon_change",
-        "carbon_rate_near",
-        "carbon_rate_exceeded",
-        "carbon_budget_near",
-        "carbon_budget_exceeded",
-    ):
+    for typ in SUBSCRIBED_EVENTS:
         client.on(typ)(runner.on_notification)
 
     signal.signal(signal.SIGTERM, lambda *_: client.stop())

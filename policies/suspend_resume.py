@@ -84,9 +84,12 @@ def threshold_from(a: argparse.Namespace) -> CarbonThreshold:
     return CarbonThreshold(a.threshold, a.percentile, a.window_h * 3600)
 
 
+add_args = threshold_args  # the module's parser arguments, by the name every policy uses
+
+
 def build(a: argparse.Namespace) -> SuspendResume:
     return SuspendResume(threshold_from(a))
 
 
 if __name__ == "__main__":
-    main("suspend_resume", build, threshold_args)
+    main("suspend_resume", build, add_args)

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("ecovisor", "collectors", "streams", "actuators", "policies")
+PACKAGES = ("ecovisor", "collectors", "streams", "actuators", "policies", "replay")
 
 
 def _imported_top_level() -> set[str]:

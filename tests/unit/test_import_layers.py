@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("ecovisor", "collectors", "streams", "actuators", "policies")
+PACKAGES = ("ecovisor", "collectors", "streams", "actuators", "policies", "replay")
 LINT = Path(sys.executable).with_name("lint-imports")
 
 

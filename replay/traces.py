@@ -1,0 +1,68 @@
+"""Traces for a replay, read by the collectors' own readers (one owner of how a trace
+CSV is read: ``collectors.trace``) and resampled to the site's tick Δt.
+
+* carbon: Electricity Maps data-portal CSVs (``Datetime (UTC)``, direct or LCA
+  gCO2eq/kWh) or any ``time,value`` CSV; hourly values are held through their hour
+  (an Electricity Maps hourly value is that hour's mean); lbs/MWh (WattTime) converted
+  to gCO2eq/kWh by the core's one rule;
+* solar: measured PV shipped with pvanalytics (NREL) or a ``time,value`` CSV in W,
+  linearly interpolated, negative values read as 0, scaled to the nameplate, replayed
+  in whole days from the window's start (looped).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from collectors import trace
+from collectors.carbon import EMAPS_DIRECT, EMAPS_LCA, EMAPS_TIME
+from collectors.solar import pvanalytics_path
+from ecovisor.contract.experiment import CarbonTrace, SolarTrace
+from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
+
+DAY_S = 86_400.0
+SUBSAMPLES = 12  # points per tick averaged when resampling
+
+
+def read_carbon(spec: CarbonTrace) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch seconds, gCO2eq/kWh), sorted."""
+    cols = trace.CsvColumns(time_column=spec.time_column, value_column=spec.value_column)
+    if spec.type == "electricitymaps_csv":
+        value = EMAPS_DIRECT if spec.basis == "direct" else EMAPS_LCA
+        cols = trace.CsvColumns(time_column=EMAPS_TIME, value_column=value)
+    secs, values = trace.read_csv("carbon", spec.path, cols)
+    if spec.unit == "lbs_per_mwh":
+        values = np.array([lbs_per_mwh_to_g_per_kwh(v) for v in values])
+    return secs, values
+
+
+def read_solar(spec: SolarTrace) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch seconds, W >= 0), sorted."""
+    path = str(pvanalytics_path(spec.file)) if spec.type == "pvanalytics" else spec.path
+    if path is None:
+        raise ValueError("a csv solar trace needs 'path'")
+    cols = trace.CsvColumns(time_column=spec.time_column, value_column=spec.value_column)
+    secs, w = trace.read_csv("solar", path, cols, fill_nan=0.0)
+    return secs, np.clip(w, 0.0, None)
+
+
+def hold(secs: np.ndarray, values: np.ndarray, t0: float, n: int, dt: float) -> np.ndarray:
+    """Mean over each tick [t0 + i dt, t0 + (i+1) dt) of the step function that holds
+    each sample until the next (before the first: the first)."""
+    pts = t0 + (np.arange(n * SUBSAMPLES) + 0.5) * (dt / SUBSAMPLES)
+    idx = np.clip(np.searchsorted(secs, pts, side="right") - 1, 0, len(secs) - 1)
+    return values[idx].reshape(n, SUBSAMPLES).mean(axis=1)
+
+
+def linear_daily_loop(
+    secs: np.ndarray, values: np.ndarray, t0: float, n: int, dt: float
+) -> np.ndarray:
+    """Tick means of the linearly interpolated trace, replayed in whole days from the
+    trace's first midnight (UTC) onwards, starting at the day of ``t0`` and looped."""
+    first_day = np.floor(secs[0] / DAY_S) * DAY_S
+    days = max(1, int((secs[-1] - first_day) // DAY_S))
+    span = days * DAY_S
+    pts = t0 + (np.arange(n * SUBSAMPLES) + 0.5) * (dt / SUBSAMPLES)
+    since = (pts - np.floor(t0 / DAY_S) * DAY_S) % span
+    w = np.interp(first_day + since, secs, values, left=0.0, right=0.0)
+    return w.reshape(n, SUBSAMPLES).mean(axis=1)
