@@ -479,6 +479,25 @@ def platform_sites(draw):
     return shape, shares, ticks
 
 
+# app0's excess solar, beyond the platform's 1 J, is offered to app1's empty battery
+OFFER_SITE = (
+    SiteShape(tick_s=60.0, solar_nameplate_w=400, battery_capacity_wh=11.0,
+              excess_solar=ExcessSolarPolicy.offer),
+    {"app0": AppShare(solar_fraction=0.5, grid_w=40.0),
+     "app1": AppShare(solar_fraction=0.0, battery_capacity_wh=10.0, charge_c_rate=1.0,
+                      grid_w=40.0)},
+    [(k, 24_000_000, 250.0, {"app0": {"c0": 0}, "app1": {"c0": 0}}, 1_000) for k in range(15)],
+)
+
+
+# the site's 2 W grid limit cuts the platform's 100 W demand (no solar, an app at 1 W)
+LIMIT_SITE = (
+    SiteShape(tick_s=60.0, solar_nameplate_w=0, battery_capacity_wh=1.0, grid_limit_w=2.0),
+    {"app0": AppShare(solar_fraction=0.0, grid_w=40.0)},
+    [(k, 0, 250.0, {"app0": {"c0": 60_000}}, 6_000_000) for k in range(15)],
+)
+
+
 def test_platform_matches_reference_over_random_sites():
     edges = dict.fromkeys(("platform_unallocated", "platform_app_excess", "platform_grid_too",
                            "platform_limit_cut", "left_over", "offer", "net_meter"), 0)
@@ -487,6 +506,8 @@ def test_platform_matches_reference_over_random_sites():
     @settings(max_examples=80, derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(platform_sites())
+    @example(OFFER_SITE)  # the rarest edges, always reached (random draws alone missed
+    @example(LIMIT_SITE)  # 'offer' in some full-suite runs)
     def inner(case):
         shape, shares, ticks = case
         bats = {a: ref_battery(s, shape) for a, s in shares.items()}
