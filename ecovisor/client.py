@@ -308,6 +308,21 @@ class EcovisorClient:
         """The full live state (latest TickData under ``data``, app metrics)."""
         return dict(self._request("GET", self._p("/state")))
 
+    def get_app_sci(
+        self, t1: datetime, t2: datetime, functional_units: float = 1.0
+    ) -> dict[str, Any]:
+        """The app's Software Carbon Intensity (E·I + M) / R between tick boundaries t1
+        and t2, R = ``functional_units``: ``sci_g_per_unit`` (g CO2eq per unit) with its
+        terms ``operational_g`` (E·I), ``embodied_g`` (M) and ``interval_s``."""
+        params = {"t1": _iso(t1), "t2": _iso(t2), "functional_units": functional_units}
+        return dict(self._request("GET", self._p("/sci"), params=params))
+
+    def get_carbon_forecast(self) -> dict[str, Any]:
+        """The site's carbon-intensity forecast as its carbon source last published it:
+        ``points`` [{time, value gCO2eq/kWh}] (empty: the source publishes none),
+        ``published_at``, ``source``, ``signal``. There is no solar forecast."""
+        return dict(self._request("GET", self._p("/carbon_forecast")))
+
     def get_ledger(self, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
         return list(
             self._request("GET", self._p("/ledger"), params={"from": _iso(t1), "to": _iso(t2)})

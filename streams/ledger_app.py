@@ -39,6 +39,7 @@ from ecovisor.contract.schemas import (
     describe_validation_error,
 )
 from ecovisor.core.tick_clock import to_us
+from streams.ledger_metrics import LedgerHealth, add_metrics_page, ledger_registry
 from streams.ledger_views import add_pages
 from streams.ledger_worker import CounterRow, Out, SiteLedger
 
@@ -94,6 +95,7 @@ class LedgerService:
         # set once the telemetry consumer has read to the end of its partitions after
         # the start: event mode takes commands only then (``command``)
         self.caught_up = asyncio.Event()
+        self.health: LedgerHealth | None = None  # /metrics (streams/ledger_metrics.py)
 
     def loaded(self) -> SiteLedger:
         """The site's ledger: restored from the tables once recovered, else new."""
@@ -112,6 +114,8 @@ class LedgerService:
     async def send(self, outs: list[Out], wait: bool = False) -> None:
         """Send ``outs``; ``wait``: until everything sent so far is confirmed."""
         producer = self.app.producer
+        if self.health is not None:
+            self.health.outputs(outs)
         for o in outs:
             self.in_flight.append(await producer.send(o.topic, o.key, o.value, None, None, None))
         if wait or len(self.in_flight) > MAX_IN_FLIGHT:
@@ -134,6 +138,9 @@ class LedgerService:
     async def close_ticks(self, led: SiteLedger, now_us: int) -> None:
         """Close the ticks due at ``now_us``; snapshot at most every PERSIST_INTERVAL_S."""
         outs, rows = led.close(now_us)
+        if rows and self.health is not None:
+            self.health.closed(rows, time.time(), led.clock.tick_us / 1e6,
+                               self.clock_mode == "realtime")  # fmt: skip
         if rows or outs:
             await self.send(outs)  # outputs first: a crash re-sends identical ones
             self.rows.extend(rows)
@@ -378,5 +385,7 @@ def build_app(
             cfg.site.internal_key_env,
         )
     add_pages(app, lambda: svc.ledger, key)
+    registry, svc.health = ledger_registry(lambda: svc.ledger, cfg.site.id, cfg.site.grace_s)
+    add_metrics_page(app, registry, key)  # GET /metrics (docs/metrics.md)
     app.ledger_service = svc  # streams/ledger.py reads .failure for its exit code
     return app

@@ -141,6 +141,10 @@ class SiteLedger:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     entries: dict[str, deque[tuple[float, bytes]]] = field(default_factory=dict)  # in memory
     counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    # the newest carbon forecast a carbon source published (CarbonTelemetry.forecast):
+    # the site's, the same for every app; served by the state view, not persisted (the
+    # collector re-publishes it with every sample)
+    carbon_forecast: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # derived from the configuration, looked up per container per tick: precomputed
@@ -259,7 +263,23 @@ class SiteLedger:
         if kind == "app_metrics" and t.app not in self.app_cfg:
             return f"app {t.app!r} is not in the site configuration"
         status = self.clock.offer(t, t_us)
+        if kind == "carbon" and t.forecast and status != "refused":
+            self._keep_forecast(t, t_us)
         return self.clock.reason if status in ("refused", "reset") else None
+
+    def _keep_forecast(self, t: Any, t_us: int) -> None:
+        """Keep the newest carbon forecast by publication time (a late sample's older
+        forecast does not replace a newer one). Times in UTC."""
+        kept = self.carbon_forecast
+        if kept is not None and kept["published_us"] > t_us:
+            return
+        self.carbon_forecast = {
+            "published_us": t_us,
+            "published_at": utc_from_us(t_us).isoformat(),
+            "source": t.source,
+            "signal": t.signal,
+            "points": [[at.astimezone(UTC).isoformat(), v] for at, v in sorted(t.forecast)],
+        }
 
     def clock_message(self, cm: Any, event_mode: bool) -> str | None:
         """Accept a clock message (it moves ``event_now()``) or say why not. Only in event

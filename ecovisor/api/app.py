@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from ecovisor.api import commands, readings, stream
+from ecovisor.api import commands, emulation, forecasts, readings, sci, stream
 from ecovisor.api.auth import Caller
 from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.errors import (
@@ -26,6 +26,7 @@ from ecovisor.api.errors import (
     unreadable_body_handler,
     validation_error_handler,
 )
+from ecovisor.api.metrics import instrument as instrument_metrics
 from ecovisor.api.models import AppInfo
 from ecovisor.api.state_source import StateSource
 from ecovisor.api.wiring import Ctx, Wiring
@@ -57,6 +58,9 @@ def _api(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None
     )
     for router in (meta, readings.router, commands.router, stream.router):
         api.include_router(router)
+    api.include_router(sci.router)
+    api.include_router(forecasts.router)
+    api.include_router(emulation.router)
     # every 422 in the documented shape, serialisable whatever the input was
     api.add_exception_handler(RequestValidationError, validation_error_handler)
     # ... also FastAPI's 400 for a body that is not UTF-8 (the API has no 400 of its own)
@@ -79,6 +83,7 @@ def create_app(cfg: EcovisorConfig, state: StateSource, bus: CommandBus) -> Fast
 
     api = _api(lifespan)
     api.add_middleware(BodyLimit, max_bytes=cfg.site.limits.max_message_bytes)
+    instrument_metrics(api)  # GET /metrics (docs/metrics.md)
     api.state.wiring = Wiring(cfg, state, bus)
     return api
 

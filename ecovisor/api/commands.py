@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from ecovisor.api.auth import API_PREFIX as P
 from ecovisor.api.auth import Me, own_container, own_template
 from ecovisor.api.errors import error_responses, items, unprocessable
+from ecovisor.api.metrics import command_published
 from ecovisor.api.models import CommandRequest, CommandResult, command_body
 from ecovisor.api.wiring import Ctx, Wiring
 from ecovisor.contract import schemas
@@ -55,6 +56,7 @@ async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> Command
             await ctx.bus.publish(cmd)
         except Exception as e:  # noqa: BLE001 - any broker error is a 503 to the app
             raise HTTPException(503, f"command bus unavailable: {e}") from e
+        command_published(typ)
         if not wait:
             return result
         try:

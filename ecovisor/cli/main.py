@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from ecovisor.cli import export, kafka_acls, replay, stack, tail, topics
+from ecovisor.cli import export, kafka_acls, replay, sci, stack, tail, topics
 from ecovisor.cli.commands import cmd_app
 from ecovisor.cli.config import config_app
 
@@ -29,6 +29,7 @@ app.command("topics")(topics.topics_cmd)
 app.command("export")(export.export)
 app.command("replay")(replay.replay)
 app.command("evaluate")(replay.evaluate)
+app.command("sci")(sci.sci)
 config_app.command("kafka-acls")(kafka_acls.kafka_acls)
 app.add_typer(config_app, name="config")
 app.add_typer(cmd_app, name="cmd")

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ecovisor.embedded.mqtt_auth import BrokerAuth, write_private
@@ -132,18 +133,57 @@ def mqtt_command(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> 
     return [amqtt, "-c", str(conf)]
 
 
-def victoria_metrics_command(port: int, state_dir: Path) -> list[str] | None:
+SCRAPE_CONFIG_FILE = "scrape.yaml"
+
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One ``/metrics`` endpoint victoria-metrics scrapes (docs/metrics.md)."""
+
+    name: str
+    target: str  # host:port
+    bearer_token: str | None = None  # sent as Authorization: Bearer (from a 0600 file)
+
+
+def scrape_interval_s(tick_s: float) -> float:
+    """The embedded stack's scrape interval: the tick, at least 5 s (a scrape costs
+    the ledger CPU: docs/metrics.md) and at most 60 s (series stay fresh)."""
+    return min(max(tick_s, 5.0), 60.0)
+
+
+def write_scrape_config(state_dir: Path, jobs: list[ScrapeJob], interval_s: float) -> Path:
+    """``<state_dir>/scrape.yaml`` (Prometheus scrape configuration, read by
+    ``-promscrape.config``); a job's bearer token goes to ``<job>.token``, mode 0600."""
+    ms = max(1, round(interval_s * 1000))
+    lines = ["global:", f"  scrape_interval: {ms}ms", "scrape_configs:"]
+    for job in jobs:
+        lines += [f"  - job_name: {job.name}", "    metrics_path: /metrics"]
+        if job.bearer_token:
+            tok = write_private(state_dir / f"{job.name}.token", job.bearer_token)
+            lines.append(f"    bearer_token_file: {tok}")
+        lines += ["    static_configs:", f'      - targets: ["{job.target}"]']
+    return write_private(state_dir / SCRAPE_CONFIG_FILE, "\n".join(lines) + "\n")
+
+
+def victoria_metrics_command(
+    port: int, state_dir: Path, scrape: list[ScrapeJob] | None = None, interval_s: float = 5.0
+) -> list[str] | None:
+    """The victoria-metrics command (None: not installed); ``scrape``: the ``/metrics``
+    endpoints it scrapes every ``interval_s`` (``write_scrape_config``)."""
     vm = victoria_metrics_path()
     if not vm:
         return None
     state_dir.mkdir(parents=True, exist_ok=True)
-    return [
+    cmd = [
         vm,
         f"-httpListenAddr=127.0.0.1:{port}",
         f"-storageDataPath={state_dir}",
         "-retentionPeriod=100y",
         "-search.latencyOffset=0s",
     ]
+    if scrape:
+        cmd.append(f"-promscrape.config={write_scrape_config(state_dir, scrape, interval_s)}")
+    return cmd
 
 
 class Server:
