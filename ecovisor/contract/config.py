@@ -30,6 +30,7 @@ from ecovisor.contract.schemas import (
 )
 from ecovisor.core.power_cap import DEFAULT_PERIOD_US, CpuQuota, quota_for_container_cap
 from ecovisor.core.power_model import AnyPowerModel, PowerModelSpec
+from ecovisor.core.sci import SECONDS_PER_YEAR, EmbodiedShare
 from ecovisor.core.shares import AppShare, SiteShape
 
 # Float slack when comparing a requested value with a configured limit.
@@ -213,6 +214,26 @@ class SiteLimits(_Strict):
     )
 
 
+class EmbodiedHardware(_Strict):
+    """One piece of hardware for the embodied term M of SCI (docs/configuration.md):
+    its embodied carbon, its lifetime (the time share of an interval is
+    interval / lifetime) and how it is shared by the apps (the resource share)."""
+
+    name: Ident
+    node: Ident | None = Field(None, description="the node it is; None: the whole site")
+    embodied_kg: float = Field(ge=0, le=1_000_000, description="kgCO2eq, manufacture")
+    lifetime_years: float = Field(gt=0, le=50)
+    share: Literal["containers", "equal"] = Field(
+        "containers",
+        description="containers: by the app's configured containers on it (its size); "
+        "equal: equally among the apps with a container on it",
+    )
+
+
+class EmbodiedConfig(_Strict):
+    hardware: list[EmbodiedHardware] = Field(default_factory=list, max_length=1024)
+
+
 class SiteConfig(_Strict):
     id: Ident
     shape: SiteShape = SiteShape()
@@ -220,6 +241,7 @@ class SiteConfig(_Strict):
     solar: SourceConfig | None = None
     carbon: SourceConfig | None = None
     battery: SourceConfig | None = None
+    embodied: EmbodiedConfig | None = Field(None, description="hardware for SCI's M term")
     grace_s: float = Field(0.5, ge=0, description="a tick closes after tick_s + grace_s")
     limits: SiteLimits = SiteLimits()
     # The secret of the site's internal services (ledger, actuators, API -> ledger views):
@@ -253,6 +275,9 @@ class StackConfig(_Strict):
     api_port: int = Field(18080, ge=1, le=65535)
     ledger_web_port: int = Field(16066, ge=1, le=65535)
     state_dir: str = ".ecovisor"
+    # supervisord's startsecs of the product services: alive this long = started; a
+    # quicker crash, 3 times in a row, is FATAL (docs/embedded-stack.md#health)
+    service_startsecs: int = Field(10, ge=1, le=300)
 
 
 class EcovisorConfig(_Strict):
@@ -282,6 +307,9 @@ class EcovisorConfig(_Strict):
                 if c.node not in nodes:
                     errors.append(f"app {a.id!r} container {c.id!r}: unknown node {c.node!r}")
         errors += _isolation_errors(self)
+        for h in self.site.embodied.hardware if self.site.embodied else ():
+            if h.node is not None and h.node not in nodes:
+                errors.append(f"embodied hardware {h.name!r}: unknown node {h.node!r}")
         solar = sum(a.shares.solar_fraction for a in self.apps)
         if solar > 1 + 1e-9:
             errors.append(f"solar fractions of the apps add up to {solar:.3f} > 1")
@@ -307,6 +335,25 @@ class EcovisorConfig(_Strict):
             if a.id == app_id:
                 return a
         raise KeyError(app_id)
+
+    def embodied_shares(self, app_id: str) -> list[EmbodiedShare]:
+        """The app's share of each piece of ``site.embodied`` hardware (SCI's M term,
+        ``core.sci``): the resource share by the hardware's ``share`` rule over the
+        configured containers on it (its node, or the whole site)."""
+        out = []
+        for h in self.site.embodied.hardware if self.site.embodied else ():
+            on = [(a.id, c) for a in self.apps for c in a.containers
+                  if h.node is None or c.node == h.node]  # fmt: skip
+            if h.share == "containers":
+                mine = sum(1 for a, _ in on if a == app_id)
+                share = mine / len(on) if on else 0.0
+            else:
+                apps = {a for a, _ in on}
+                share = 1.0 / len(apps) if app_id in apps else 0.0
+            out.append(EmbodiedShare(name=h.name, embodied_kg=h.embodied_kg,
+                                     lifetime_s=h.lifetime_years * SECONDS_PER_YEAR,
+                                     resource_share=share))  # fmt: skip
+        return out
 
     def app_for_token(self, token: str) -> AppConfig | None:
         """The app owning a token (constant-time comparison per app)."""

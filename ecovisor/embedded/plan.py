@@ -48,7 +48,7 @@ PRIO_POLICY = 90
 # replays its input first (the ledger: ~5-8 s here), so a crash loop there must be
 # caught within 10 s; the servers answer within a second.
 STARTSECS_SERVER = 1
-STARTSECS_SERVICE = 10
+STARTSECS_SERVICE = 10  # the default of stack.service_startsecs
 STARTRETRIES = 3
 
 
@@ -154,7 +154,14 @@ def plan(
 
     ts_url = influxdb_url(cfg)
     if st.timeseries in ("auto", "victoria-metrics") and not (st.timeseries == "auto" and ts_url):
-        vm = embedded.victoria_metrics_command(st.victoria_metrics_port, data / "victoria-metrics")
+        scrape = [  # their /metrics (docs/metrics.md); the ledger's needs the internal key
+            embedded.ScrapeJob("ecovisor-ledger", f"127.0.0.1:{st.ledger_web_port}", key),
+            embedded.ScrapeJob("ecovisor-api", f"127.0.0.1:{st.api_port}"),
+        ]
+        vm = embedded.victoria_metrics_command(
+            st.victoria_metrics_port, data / "victoria-metrics", scrape,
+            embedded.scrape_interval_s(cfg.site.shape.tick_s),
+        )  # fmt: skip
         if vm:
             p.services.append(
                 Service("victoria-metrics", vm, PRIO_SERVER, True, st.victoria_metrics_port)
@@ -175,7 +182,7 @@ def plan(
         cmd = [python, "-m", module, "--config", str(config_file), *args]
         if app_code:  # workloads and policies are the apps': they do not get the key
             cmd = ["env", "-u", cfg.site.internal_key_env, *cmd]
-        p.services.append(Service(name, cmd, prio, module=module, startsecs=STARTSECS_SERVICE))
+        p.services.append(Service(name, cmd, prio, module=module, startsecs=st.service_startsecs))
 
     py("bridge", "streams.bridge", PRIO_BRIDGE)
     py("ledger", "streams.ledger", PRIO_LEDGER)

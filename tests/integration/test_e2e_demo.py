@@ -67,6 +67,7 @@ def demo_copy(dst: Path, top: str, state_dir: Path) -> dict[str, Any]:
         "api_port": free_port(),
         "ledger_web_port": free_port(),
         "state_dir": str(state_dir),
+        "service_startsecs": 2,  # RUNNING (and `status` healthy) 2 s after a start
     }
     dst.write_text(yaml.safe_dump(doc, sort_keys=False))
     return doc

@@ -57,6 +57,7 @@ stack:
   api_port: {ports["api"]}
   ledger_web_port: {ports["web"]}
   state_dir: {tmp_path / "state"}
+  service_startsecs: 2
 """
     )
     yield p
