@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from actuators.baselines import BaselineStore
 from actuators.kafka_io import (
     Publish,
     Service,
@@ -67,8 +68,11 @@ class ContainerActuator:
         backend_factory: Callable[[BackendConfig], ContainerBackend] = make_backend,
         clock: Callable[[], datetime] = utcnow,
         log_dir: Path | None = None,
+        baseline_file: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        # each container's limit before its first cap, on disk before the cap is written
+        self.baselines = BaselineStore(baseline_file)
         self.site = cfg.site.id
         self.publish = publish
         self.backend_factory = backend_factory
@@ -147,8 +151,13 @@ class ContainerActuator:
         b = self.backend(container)
         sp = self.state.setpoints(container)
         if sp.baseline == UNKNOWN:
-            sp.baseline_raw = b.snapshot_limit()
-            sp.baseline = b.get_cpu_limit()
+            kept = self.baselines.get(container)
+            if kept is not None:  # recorded before a crash that lost its acknowledgement
+                sp.baseline, sp.baseline_raw = kept
+            else:
+                sp.baseline_raw = b.snapshot_limit()
+                sp.baseline = b.get_cpu_limit()
+                self.baselines.put(container, sp.baseline, sp.baseline_raw)
         if sp.cap_cores is None and sp.vertical_cores is None:
             written = b.restore_limit(sp.baseline_raw)
         else:
@@ -272,6 +281,7 @@ class ContainerActuator:
             log.warning("ignoring %d unsigned/forged action(s) in the topic's history",
                         len(mine_all) - len(trusted))  # fmt: skip
         mine = latest_actions(trusted)
+        self.baselines.keep_only({a.container for a in trusted})
         pending: list[ContainerAction] = []
         touched: dict[str, set[Effect]] = {}
         for a in mine:
@@ -348,11 +358,17 @@ parse_action = parser(ContainerAction, log)
 # --- process entry point ---------------------------------------------------------------
 
 
+def baseline_file(cfg: EcovisorConfig) -> Path:
+    """Where the actuator keeps its baselines: in the stack's state dir (relative to the
+    working directory, as the stack runs every service)."""
+    return Path(cfg.stack.state_dir) / "actuator-containers" / "baselines.json"
+
+
 def run(
     cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int, log_dir: Path | None
 ) -> None:
     def start(publish: Publish, acks: list[ActuatorAck]) -> Service[ContainerAction]:
-        act = ContainerActuator(cfg, publish, log_dir=log_dir)
+        act = ContainerActuator(cfg, publish, log_dir=log_dir, baseline_file=baseline_file(cfg))
         return Service(lambda history: act.restore(history, acks), act.handle, act.shutdown)
 
     run_actuator(

@@ -378,11 +378,6 @@ class Killed(BaseException):
     """The process dying (SIGKILL) at this point."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actuator baseline lost when killed between the quota write and its ack "
-    "(docs/reliability.md#chaos-sigkill-with-the-event-clock)",
-)
 def test_killed_between_the_quota_write_and_its_ack_keeps_the_original_limit(
     tmp_path: Path,
 ) -> None:
@@ -390,19 +385,35 @@ def test_killed_between_the_quota_write_and_its_ack_keeps_the_original_limit(
     in its acknowledgement. Killed after writing the quota but before the ack reached
     Kafka (a window of a few ms, found while building reliability/chaos.py), the
     restarted actuator finds no ack, reads the cap it wrote itself as the baseline, and
-    lifting the cap later restores the cap: the container stays capped."""
+    lifting the cap later restored the cap: the container stayed capped. The baseline is
+    now on disk (actuators/baselines.py) before the cap is written."""
     d = mk(tmp_path, "c1", "80000 100000")
     cap = action("1", "set_container_powercap", watts=1.825 * 0.5)
 
     def dies_on_ack(topic: str, key: str, value: bytes) -> None:
         raise Killed
 
-    first = ContainerActuator(parse_config(site(tmp_path)), dies_on_ack)
+    kept = tmp_path / "state" / "baselines.json"
+    first = ContainerActuator(parse_config(site(tmp_path)), dies_on_ack, baseline_file=kept)
     with pytest.raises(Killed):
         first.handle(cap)
     assert abs(quota(d) - 50000) <= 1  # the cap was written
-    second = ContainerActuator(parse_config(site(tmp_path)), sink := Sink())
+    second = ContainerActuator(parse_config(site(tmp_path)), sink := Sink(), baseline_file=kept)
     assert second.restore([cap], []) == 1
     assert [a.command_id for a in sink.acks()] == ["1"]
     second.handle(action("2", "set_container_powercap", watts=None))
     assert (d / "cpu.max").read_text() == "80000 100000"  # the limit before the cap
+
+
+def test_baselines_of_an_earlier_stack_are_forgotten(tmp_path: Path) -> None:
+    """The file outlives an embedded broker (reset by down/up): a container no action in
+    the topic's history touches gets a fresh baseline at its next first cap."""
+    d = mk(tmp_path, "c1", "80000 100000")
+    kept = tmp_path / "state" / "baselines.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text('{"c1": {"cpus": 0.3, "raw": "30000 100000"}}')
+    act = ContainerActuator(parse_config(site(tmp_path)), Sink(), baseline_file=kept)
+    assert act.restore([], []) == 0
+    act.handle(action("1", "set_container_powercap", watts=1.825 * 0.5))
+    act.handle(action("2", "set_container_powercap", watts=None))
+    assert (d / "cpu.max").read_text() == "80000 100000"
