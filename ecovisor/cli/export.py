@@ -4,7 +4,8 @@ ecovisor.ledger to its current end (formats in ``ecovisor.cli.export_format``)."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -34,6 +35,10 @@ def export(
     t_from: Annotated[str, typer.Option("--from", help="ISO 8601 start (inclusive)")],
     t_to: Annotated[str, typer.Option("--to", help="ISO 8601 end (exclusive)")],
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON lines")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="write a PNG chart of the entries to FILE instead"),
+    ] = None,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
@@ -50,4 +55,20 @@ def export(
         entries = select(read_ledger(bootstrap), app_id, t1, t2, site)
     except KafkaUnavailable as e:
         raise fail(str(e)) from None
+    if plot is not None:
+        write_plot(entries, plot, f"{app_id}  {t1.isoformat()} .. {t2.isoformat()}")
+        return
     typer.echo(to_csv(entries) if as_csv else to_jsonl(entries), nl=False)
+
+
+def write_plot(entries: list[dict[str, Any]], path: Path, title: str) -> None:
+    """The PNG of ``--plot`` and one line saying what it holds; no entries: exit 1."""
+    from ecovisor.cli.export_plot import plot_entries
+
+    if not entries:
+        raise fail(f"no ledger entries in the range: nothing to plot ({path} not written)")
+    try:
+        plot_entries(entries, path, title)
+    except (OSError, ValueError) as e:
+        raise fail(f"cannot write {path}: {e}") from None
+    typer.echo(f"wrote {path}: {len(entries)} ticks")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ecovisor.cli.options import ConfigOpt, StateOpt, fail, load, stack_state_dir
+from ecovisor.cli.options import ConfigOpt, StateOpt, fail, has_config, load, stack_state_dir
 
 
 def _say(msg: str) -> None:
@@ -38,8 +38,38 @@ def down(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     raise typer.Exit(stack.down(stack_state_dir(config, state_dir), say=_say))
 
 
-def status(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
-    """Each service and its state; exit 1 unless every service is RUNNING."""
+def _show_apps(config: str | None, sd: Path, recorded: str | None) -> None:
+    """The apps table after the process table (``--no-apps`` skips it): read from the
+    ledger's state views; one line when they do not answer. Never changes the exit code."""
+    import shutil
+    import sys
+
+    from ecovisor.cli import status_apps
+    from ecovisor.contract.config import ConfigError, config_path, load_config
+
+    try:  # --config / $ECOVISOR_CONFIG, else the configuration the stack was started with
+        cfg = load_config(config_path(config) if has_config(config) or not recorded else recorded)
+    except ConfigError:
+        typer.echo("apps: no site configuration to read them from")
+        return
+    rows = status_apps.fetch(cfg, status_apps.views_key(cfg, sd))
+    line = status_apps.unanswered(rows)
+    if line:
+        typer.echo(line)
+        return
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 160
+    typer.echo(status_apps.render(rows, width), nl=False)
+
+
+def status(
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    no_apps: Annotated[
+        bool, typer.Option("--no-apps", help="skip the table of apps and their latest tick")
+    ] = False,
+) -> None:
+    """Each service and its state, then each app's latest tick; exit 1 unless every
+    service is RUNNING."""
     from ecovisor.embedded import stack
 
     sd = stack_state_dir(config, state_dir)
@@ -55,6 +85,8 @@ def status(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
         typer.echo(f"(not started) {note}")
     ok = stack.healthy(infos)
     typer.echo("healthy" if ok else "NOT healthy")
+    if not no_apps:
+        _show_apps(config, sd, stack.read_state(sd).get("config"))
     raise typer.Exit(0 if ok else 1)
 
 
