@@ -81,31 +81,17 @@ from ecovisor.api.state_source import Counters, IntervalCounter  # noqa: E402
 from ecovisor.contract.config import EcovisorConfig, parse_config  # noqa: E402
 from ecovisor.contract.schemas import ContainerTickData, Notification, TickData  # noqa: E402
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, accept_and_apply  # noqa: E402
+from tests.fakes.sites import BATCH_TOKEN, TWO_APPS, WEB_TOKEN  # noqa: E402
 
 DOC = ROOT / "docs" / "openapi.json"
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 REQUEST_TIMEOUT_S = 5.0  # per request; the stream is cut after its first event before this
 # Two apps on one node, each with a container and a template (tests/fakes/sites.py's
 # TWO_APPS plus a template for batch, so a foreign template can be addressed too).
-SITE = """
-site:
-  id: s1
-  nodes: [{id: n1, cores: 2}]
-apps:
-  - id: web
-    token: web-token-123456
-    containers:
-      - {id: web-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-1}}
-    templates:
-      - {id: web-worker, node: n1, backend: {type: cgroup_v1, cgroup: eco/web-worker}}
-  - id: batch
-    token: batch-token-654321
-    containers:
-      - {id: batch-1, node: n1, backend: {type: cgroup_v1, cgroup: eco/batch-1}}
-    templates:
-      - {id: batch-worker, node: n1, backend: {type: cgroup_v1, cgroup: eco/batch-worker}}
-"""
-WEB_TOKEN, BATCH_TOKEN = "web-token-123456", "batch-token-654321"
+SITE = TWO_APPS + (
+    "    templates:\n"
+    "      - {id: batch-worker, node: n1, backend: {type: cgroup_v1, cgroup: eco/batch-worker}}\n"
+)
 # web's names: a configured container, a replica with data, a replica without (503)
 OWN = {"app": "web", "container": ("web-1", "web-worker-1", "web-worker-2"),
        "template": ("web-worker",)}  # fmt: skip

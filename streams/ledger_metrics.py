@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from ecovisor.contract import topics
 from ecovisor.core.state import AccountLine
+from ecovisor.core.tick import max_discharge_setting_w
 from streams.ledger_worker import CounterRow, Out, SiteLedger
 
 CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -202,11 +203,8 @@ def ledger_families(led: SiteLedger) -> list[Metric]:
         s = st.settings
         a_rc.add_metric([site, app], s.charge_rate_w)
         share = led.shares.get(app)
-        rd = s.max_discharge_w if s.max_discharge_w is not None else (
-            share.discharge_limit_w if share is not None else None
-        )  # fmt: skip
-        if rd is not None:
-            a_rd.add_metric([site, app], rd)
+        if share is not None:
+            a_rd.add_metric([site, app], max_discharge_setting_w(share, s))
         if s.carbon_budget is not None:
             a_budget.add_metric([site, app], s.carbon_budget.budget_g)
             used = st.tracking.budget.used_ug if st.tracking.budget else 0

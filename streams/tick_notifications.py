@@ -29,6 +29,7 @@ from ecovisor.core.entries import (
 )
 from ecovisor.core.shares import AppShare
 from ecovisor.core.state import AppState
+from ecovisor.core.tick import max_discharge_setting_w
 from ecovisor.core.units import mj_to_power, ug_to_g
 
 
@@ -72,11 +73,7 @@ def tick_data(
         battery_charge_level_wh=entry.battery.after_wh,
         battery_discharge_rate_w=mj_to_power(f.battery_to_load, dt),
         battery_charge_rate_setting_w=settings.charge_rate_w,
-        battery_max_discharge_setting_w=(
-            settings.max_discharge_w
-            if settings.max_discharge_w is not None
-            else share.discharge_limit_w
-        ),
+        battery_max_discharge_setting_w=max_discharge_setting_w(share, settings),
         app_power_w=mj_to_power(entry.demand_mj, dt),
         unserved_w=mj_to_power(f.unserved, dt),
         carbon_g=ug_to_g(entry.total.carbon_ug),

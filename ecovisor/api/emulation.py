@@ -159,8 +159,20 @@ def _emaps(zone: str, p: sig.Point, updated: datetime, factor: FactorType) -> Em
     )
 
 
-def _zone(me: AppConfig, zone: str | None) -> str:
-    return zone or me.id
+def _zone(
+    me: EmapsApp,
+    zone: Annotated[str | None, Query(max_length=128)] = None,
+    zone_key: ZoneKey = None,
+    lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
+    lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+) -> str:
+    """The zone a request names (``zone``, the SDK's ``zoneKey``; ``lat``/``lon`` are
+    accepted and bounded): echoed back, the app's id when it names none (one signal per
+    site, docs/emulation.md)."""
+    return zone or zone_key or me.id
+
+
+EmapsZone = Annotated[str, Depends(_zone)]
 
 
 @router.get(EMAPS + "/carbon-intensity/latest", tags=["emulation"],
@@ -168,15 +180,12 @@ def _zone(me: AppConfig, zone: str | None) -> str:
 async def emaps_carbon_intensity_latest(
     me: EmapsApp,
     ctx: Ctx,
-    zone: Annotated[str | None, Query(max_length=128)] = None,
-    zone_key: ZoneKey = None,
-    lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
-    lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+    zone: EmapsZone,
     emission_factor_type: Annotated[FactorType, Query(alias="emissionFactorType")] = "lifecycle",
 ) -> Any:
     """Electricity Maps ``GET /v3/carbon-intensity/latest``: the latest tick's intensity."""
     p, updated = await sig.latest(ctx, me)
-    return _emaps(_zone(me, zone or zone_key), p, updated, emission_factor_type)
+    return _emaps(zone, p, updated, emission_factor_type)
 
 
 @router.get(EMAPS + "/carbon-intensity/history", tags=["emulation"],
@@ -184,10 +193,7 @@ async def emaps_carbon_intensity_latest(
 async def emaps_carbon_intensity_history(
     me: EmapsApp,
     ctx: Ctx,
-    zone: Annotated[str | None, Query(max_length=128)] = None,
-    zone_key: ZoneKey = None,
-    lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
-    lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+    zone: EmapsZone,
     emission_factor_type: Annotated[FactorType, Query(alias="emissionFactorType")] = "lifecycle",
 ) -> Any:
     """Electricity Maps ``GET /v3/carbon-intensity/history``: the 24 hours before the
@@ -195,10 +201,9 @@ async def emaps_carbon_intensity_history(
     p, updated = await sig.latest(ctx, me)
     end = p.start + timedelta(seconds=p.seconds)
     points = await sig.history(ctx, me, end - Day, end)
-    z = _zone(me, zone or zone_key)
     return EmapsHistory(
-        zone=z,
-        history=[_emaps(z, q, updated, emission_factor_type) for q in points],
+        zone=zone,
+        history=[_emaps(zone, q, updated, emission_factor_type) for q in points],
         temporalGranularity=sig.granularity(max(sig.PERIOD_S, p.seconds)),
     )
 
@@ -208,10 +213,7 @@ async def emaps_carbon_intensity_history(
 async def emaps_carbon_intensity_forecast(
     me: EmapsApp,
     ctx: Ctx,
-    zone: Annotated[str | None, Query(max_length=128)] = None,
-    zone_key: ZoneKey = None,
-    lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
-    lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+    zone: EmapsZone,
 ) -> Any:
     """Electricity Maps ``GET /v3/carbon-intensity/forecast``: the points of the carbon
     source's forecast from the latest tick on (``forecast: []`` when it publishes none;
@@ -220,7 +222,7 @@ async def emaps_carbon_intensity_forecast(
     f = await sig.forecast(ctx, me, since=p.start)
     points = [EmapsForecastPoint(carbonIntensity=round(v, 3), datetime=_z(t)) for t, v in f.points]
     return EmapsForecast(
-        zone=_zone(me, zone or zone_key),
+        zone=zone,
         updatedAt=_z(f.published_at or updated),
         forecast=points,
     )

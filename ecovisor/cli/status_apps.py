@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ecovisor.api.state_source import HttpStateSource, LiveState, StateUnavailable
-from ecovisor.contract.config import EcovisorConfig, internal_key
+from ecovisor.contract.config import EcovisorConfig
 
 VIEWS_TIMEOUT_S = 2.0
 
@@ -32,18 +32,11 @@ class AppRow:
 
 
 def views_key(cfg: EcovisorConfig, state_dir: Path) -> str | None:
-    """The key the stack's services use for the views: the configured internal key
-    (environment, then site file), else the embedded stack's ``<state_dir>/internal.key``
-    (read only: ``status`` never makes one)."""
-    from ecovisor.embedded.plan import INTERNAL_KEY_FILE
+    """The key the stack's services use for the views (read only: ``status`` never
+    makes one): ``ecovisor.embedded.plan.existing_stack_key``."""
+    from ecovisor.embedded.plan import existing_stack_key
 
-    key = internal_key(cfg)
-    if key:
-        return key
-    try:
-        return (state_dir / INTERNAL_KEY_FILE).read_text().strip() or None
-    except OSError:
-        return None
+    return existing_stack_key(cfg, state_dir)
 
 
 def fetch(

@@ -147,6 +147,12 @@ class _Work:
     grid_cut: int = 0
 
 
+def max_discharge_setting_w(share: AppShare, settings: AppSettings) -> float:
+    """The max-discharge setting an app sees (tick data, metrics): its own, else the
+    share's limit (unclipped; ``_discharge_w`` is what the tick applies)."""
+    return share.discharge_limit_w if settings.max_discharge_w is None else settings.max_discharge_w
+
+
 def _discharge_w(share: AppShare, settings: AppSettings) -> float:
     """Max discharge in force with Rc = 0: Rd clipped to the share's limit."""
     if settings.max_discharge_w is None:

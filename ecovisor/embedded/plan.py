@@ -22,6 +22,7 @@ from ecovisor.contract.config import (
     ENV_KAFKA_BOOTSTRAP,
     ENV_MQTT_HOST,
     ENV_MQTT_PORT,
+    ConfigError,
     EcovisorConfig,
     influxdb_url,
     internal_key,
@@ -92,17 +93,29 @@ def state_dir_of(cfg: EcovisorConfig, base: Path | None = None) -> Path:
 INTERNAL_KEY_FILE = "internal.key"
 
 
+def existing_stack_key(cfg: EcovisorConfig, state_dir: Path) -> str | None:
+    """The key the stack's services use, if there is one already: the configured one
+    (environment, then site file), else ``<state_dir>/internal.key``. Never makes one."""
+    key = internal_key(cfg)
+    if key:
+        return key
+    try:
+        return (state_dir / INTERNAL_KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def stack_internal_key(cfg: EcovisorConfig, state_dir: Path) -> str:
     """The site's internal key for the embedded stack: the configured one (environment or
     site file), else a random key kept in ``<state_dir>/internal.key`` (mode 0600, made
     on the first ``ecovisor up``), so the embedded stack always authenticates its internal
     topics and ledger views."""
-    key = internal_key(cfg)
+    key = existing_stack_key(cfg, state_dir)
     if key:
         return key
     path = state_dir / INTERNAL_KEY_FILE
-    if path.exists():
-        return path.read_text().strip()
+    if path.exists():  # unreadable or empty: never run unauthenticated on a bad key file
+        raise ConfigError(f"{path}: unreadable or empty; remove it (a new key is made)")
     state_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

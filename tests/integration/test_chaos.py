@@ -9,28 +9,13 @@ figures: docs/reliability.md#chaos-sigkill-with-the-event-clock)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from reliability import chaos  # the script, as a module
+
 pytestmark = pytest.mark.integration
-
-SCRIPT = Path(__file__).resolve().parents[2] / "reliability" / "chaos.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reliability_chaos", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-chaos = _load()
 
 
 @pytest.mark.timeout(240)

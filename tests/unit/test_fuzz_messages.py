@@ -6,30 +6,13 @@ docs/reliability.md#hostile-message-fuzzing)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from ecovisor.contract import topics
 from ecovisor.contract.schemas import DeadLetter, Notification
-
-SCRIPT = Path(__file__).resolve().parents[2] / "reliability" / "fuzz_messages.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reliability_fuzz_messages", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fuzz = _load()
+from reliability import fuzz_messages as fuzz  # the script, as a module
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,16 @@ backends, to show each kind of check fails when it should."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from fastapi import HTTPException
 
-SCRIPT = Path(__file__).resolve().parents[2] / "reliability" / "fuzz_rest.py"
+from reliability import fuzz_rest as fuzz  # the script, as a module
+
 SOLAR = "GET /v1/apps/{app}/solar_power"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reliability_fuzz_rest", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fuzz = _load()
 
 
 @pytest.fixture(scope="module")
