@@ -168,8 +168,10 @@ def plan(
     ts_url = influxdb_url(cfg)
     if st.timeseries in ("auto", "victoria-metrics") and not (st.timeseries == "auto" and ts_url):
         scrape = [  # their /metrics (docs/metrics.md); the ledger's needs the internal key
-            embedded.ScrapeJob("ecovisor-ledger", f"127.0.0.1:{st.ledger_web_port}", key),
-            embedded.ScrapeJob("ecovisor-api", f"127.0.0.1:{st.api_port}"),
+            embedded.ScrapeJob(
+                embedded.LEDGER_SCRAPE_JOB, f"127.0.0.1:{st.ledger_web_port}", key
+            ),
+            embedded.ScrapeJob(embedded.API_SCRAPE_JOB, f"127.0.0.1:{st.api_port}"),
         ]
         vm = embedded.victoria_metrics_command(
             st.victoria_metrics_port, data / "victoria-metrics", scrape,

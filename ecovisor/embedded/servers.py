@@ -134,6 +134,10 @@ def mqtt_command(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> 
 
 
 SCRAPE_CONFIG_FILE = "scrape.yaml"
+# The scrape jobs' names, also those of docker compose's Prometheus
+# (deploy/prometheus/prometheus.yml): the Grafana dashboard's queries work on both.
+LEDGER_SCRAPE_JOB = "ecovisor-ledger"
+API_SCRAPE_JOB = "ecovisor-api"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,25 @@ def _query(base: str, promql: str) -> list[dict[str, Any]]:
     return result
 
 
+def _dashboard_queries_run(base: str, energy_j: float) -> None:
+    """Every query of the Grafana dashboard (docker compose) runs on the real scrape, as
+    Grafana would send it for this site and all apps: none is refused, the per-app ones
+    see app a, and its energy query gives the ledger's total."""
+    from tests.unit.test_compose_monitoring import dashboard_queries
+
+    for q in dashboard_queries():
+        if q.startswith("label_values("):
+            continue  # a Grafana template function, not PromQL
+        promql = q.replace("$site", SITE).replace("$app", ".*")
+        promql = promql.replace("$__rate_interval", "1m")
+        r = httpx.get(f"{base}/api/v1/query", params={"query": promql, "nocache": "1"}, timeout=5)
+        assert r.status_code == 200 and r.json()["status"] == "success", (q, r.text[:300])
+        if "app=~" in q and "carbon_grams_total" in q and "rate(" not in q:
+            assert {x["metric"]["app"] for x in r.json()["data"]["result"]} >= {"a"}, q
+    total = _query(base, f'sum(ecovisor_app_joules_total{{site="{SITE}",app=~".*"}})')
+    assert float(total[0]["value"][1]) >= energy_j
+
+
 @pytest.mark.skipif(
     victoria_metrics_path() is None,
     reason="victoria-metrics is not installed (scripts/install-system-deps.sh installs it)",
@@ -96,6 +115,7 @@ def test_victoria_metrics_scrape_of_the_ledger_equals_its_cumulative_totals(
         cont = last["a"]["cumulative"]["containers"]["a-1"]
         assert by_source == {s: cont[f"{s}_mj"] / 1000
                              for s in ("grid", "solar", "battery", "unserved")}  # fmt: skip
+        _dashboard_queries_run(base, energy_j)
     finally:
         entries.close()
         stop(ledger)
