@@ -74,7 +74,9 @@ class CsvOptions(_Common, trace.ReplayOptions, trace.CsvColumns):
     path: str | list[str]
     unit: Literal["g_per_kwh", "lbs_per_mwh"] = "g_per_kwh"
     signal: Signal = "average"
-    forecast_points: int = Field(0, ge=0, le=1000, description="next trace points as forecast")
+    forecast_points: int = Field(
+        0, ge=0, le=trace.MAX_FORECAST_POINTS, description="next trace points as forecast"
+    )
 
 
 class EmapsCsvOptions(CsvOptions):

@@ -24,7 +24,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,7 @@ from pydantic import Field, model_validator
 from collectors import trace
 from collectors.common import Options, SourceKind, cli_main, one_line, run_source
 from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
-from ecovisor.contract.schemas import SolarTelemetry
+from ecovisor.contract.schemas import SolarTelemetry, utcnow
 
 log = logging.getLogger("ecovisor.collectors.solar")
 
@@ -48,6 +49,9 @@ class _Replay(trace.ReplayOptions):
     scale: float | None = Field(None, gt=0, description="multiply every value")
     nameplate_w: float | None = Field(None, gt=0, description="rescale: trace max -> this W")
     tick_s: float | None = Field(None, gt=0, description="default: site.shape.tick_s")
+    forecast_points: int = Field(
+        0, ge=0, le=trace.MAX_FORECAST_POINTS, description="next trace points as forecast"
+    )
 
     @model_validator(mode="after")
     def _one_scaling(self) -> _Replay:
@@ -115,12 +119,21 @@ class SolarSource(ABC):
         """(AC power W, lifetime energy J if the device counts it) at ``elapsed_s``
         wall seconds after the collector started."""
 
+    def forecast(self, elapsed_s: float) -> list[tuple[float, float]]:
+        """Future (wall seconds from now, W) points where the source has them; a device
+        has none (docs/collectors/solar.md)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook: only a device holds a connection
         """Release the source's connection, if any."""
 
 
+@dataclass
 class TraceReplay(trace.TraceReplay, SolarSource):
-    """Linear replay of (epoch seconds, W) samples; negative values read as 0."""
+    """Linear replay of (epoch seconds, W) samples; negative values read as 0. The next
+    ``forecast_points`` samples are published as a (perfect) forecast."""
+
+    forecast_points: int = field(default=0, kw_only=True)
 
     @property
     def watts(self) -> np.ndarray:
@@ -128,6 +141,9 @@ class TraceReplay(trace.TraceReplay, SolarSource):
 
     def read(self, elapsed_s: float) -> tuple[float, float | None]:
         return max(0.0, self.value_at(elapsed_s)), None
+
+    def forecast(self, elapsed_s: float) -> list[tuple[float, float]]:
+        return [(s, max(0.0, w)) for s, w in self.upcoming(elapsed_s, self.forecast_points)]
 
 
 def _replay(secs: np.ndarray, watts: np.ndarray, opts: _Replay) -> TraceReplay:
@@ -141,7 +157,9 @@ def _replay(secs: np.ndarray, watts: np.ndarray, opts: _Replay) -> TraceReplay:
     elif opts.scale is not None:
         vals = vals * opts.scale
     start = trace.start_time("solar", secs, opts)
-    return TraceReplay(secs, vals, start, opts.speedup, opts.loop)
+    return TraceReplay(
+        secs, vals, start, opts.speedup, opts.loop, forecast_points=opts.forecast_points
+    )
 
 
 def replay_from_series(times: object, values: np.ndarray, opts: _Replay) -> TraceReplay:
@@ -322,8 +340,10 @@ class SolarCollector:
         publish: Callable[..., object],
         source_id: str,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
     ) -> None:
         self.source, self.publish, self.source_id, self.clock = source, publish, source_id, clock
+        self.wall = wall
         self.t0 = clock()
         self.counter = EnergyCounter()
         self.errors = 0
@@ -337,7 +357,11 @@ class SolarCollector:
             log.warning("solar source read failed: %s", one_line(e))
             return None
         energy = self.counter.update(now, w, lifetime_j)
-        return self.publish(SolarTelemetry, self.source_id, power_w=w, energy_j=energy)
+        at = self.wall()
+        fc = [(at + timedelta(seconds=s), v) for s, v in self.source.forecast(now - self.t0)]
+        return self.publish(
+            SolarTelemetry, self.source_id, power_w=w, energy_j=energy, forecast=fc
+        )
 
     def close(self) -> None:
         self.source.close()

@@ -106,6 +106,10 @@ def start_time(section: str, secs: np.ndarray, opts: ReplayOptions) -> float:
     return start + opts.offset_s
 
 
+# the most future trace points a replay publishes as a forecast (carbon and solar)
+MAX_FORECAST_POINTS = 1000
+
+
 @dataclass
 class TraceReplay:
     """Pure replay of sorted (epoch s, value) samples: trace time = ``start_s`` + elapsed

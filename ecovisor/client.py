@@ -320,8 +320,14 @@ class EcovisorClient:
     def get_carbon_forecast(self) -> dict[str, Any]:
         """The site's carbon-intensity forecast as its carbon source last published it:
         ``points`` [{time, value gCO2eq/kWh}] (empty: the source publishes none),
-        ``published_at``, ``source``, ``signal``. There is no solar forecast."""
+        ``published_at``, ``source``, ``signal``."""
         return dict(self._request("GET", self._p("/carbon_forecast")))
+
+    def get_solar_forecast(self) -> dict[str, Any]:
+        """The site array's power forecast as its solar source last published it:
+        ``points`` [{time, value W}] (empty: the source publishes none), ``published_at``,
+        ``source``. The app's part is its solar share of it (``get_app_info``)."""
+        return dict(self._request("GET", self._p("/solar_forecast")))
 
     def get_ledger(self, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
         return list(

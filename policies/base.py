@@ -56,6 +56,15 @@ class AppView:
         )
 
 
+Points = tuple[tuple[datetime, float], ...]
+
+
+@dataclass(frozen=True)
+class Forecasts:
+    carbon: Points = ()
+    solar: Points = ()
+
+
 @dataclass(frozen=True)
 class Observation:
     """What a policy sees at a tick: the tick's TickData plus derived facts."""
@@ -68,6 +77,11 @@ class Observation:
     battery_empty: bool = False
     latency_ms: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # the site's newest published forecasts (policies run with needs_forecasts=True):
+    # (time, gCO2eq/kWh) and (time, W of the whole array) points, in time order; empty
+    # when the source publishes none (docs/api.md#forecasts)
+    carbon_forecast: Points = ()
+    solar_forecast: Points = ()
 
 
 # Actions: one per command of the contract, with the command's name (the wire ``type``,
@@ -375,8 +389,10 @@ class PolicyRunner:
         client: Any,
         app: AppView,
         metrics: Callable[[], dict[str, float]] | None = None,
+        forecasts: Callable[[], Forecasts] | None = None,
     ) -> None:
         self.policy, self.client, self.app, self.metrics = policy, client, app, metrics
+        self.forecasts = forecasts
         self.flags = BatteryFlags(app.battery_full_wh, app.battery_empty_wh)
         self.dedupe = Deduper()
         self._events: set[str] = set()
@@ -396,6 +412,7 @@ class PolicyRunner:
         data = TickData.model_validate(n.data)
         full, empty = self.flags.update(data.battery_charge_level_wh, self._events)
         metrics = self.metrics() if self.metrics else {}
+        fc = self.forecasts() if self.forecasts else Forecasts()
         obs = Observation(
             time=n.time,
             data=data,
@@ -405,6 +422,8 @@ class PolicyRunner:
             battery_empty=empty,
             latency_ms=metrics.get("latency_ms"),
             metrics=metrics,
+            carbon_forecast=fc.carbon,
+            solar_forecast=fc.solar,
         )
         self._events.clear()
         return self._issue(self.policy.decide(obs), data)
@@ -436,6 +455,36 @@ def api_metrics(client: Any) -> Callable[[], dict[str, float]]:
         except Exception:  # noqa: BLE001 - metrics are advisory; the policy copes with none
             return {}
         return {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+
+    return get
+
+
+def forecast_points(answer: Any) -> Points:
+    """The ``points`` of a forecast route's answer as (time, value), in time order;
+    malformed points are left out (a forecast is advisory)."""
+    out = []
+    for p in (answer or {}).get("points") or ():
+        try:
+            at, v = datetime.fromisoformat(p["time"]), float(p["value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if at.tzinfo is not None and math.isfinite(v):
+            out.append((at, v))
+    return tuple(sorted(out))
+
+
+def api_forecasts(client: Any) -> Callable[[], Forecasts]:
+    """The site's carbon and solar forecasts from the API, read each tick; none when a
+    read fails (the policy copes with no forecast, as with no metrics)."""
+
+    def one(read: Callable[[], Any]) -> Points:
+        try:
+            return forecast_points(read())
+        except Exception:  # noqa: BLE001 - advisory
+            return ()
+
+    def get() -> Forecasts:
+        return Forecasts(one(client.get_carbon_forecast), one(client.get_solar_forecast))
 
     return get
 
@@ -480,6 +529,7 @@ def main(
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
     needs_metrics: bool = False,
+    needs_forecasts: bool = False,
 ) -> None:
     """``python -m policies.<name> --app X ...``: connect, set up, run until SIGTERM."""
     from ecovisor.client import EcovisorClient, EcovisorError
@@ -504,7 +554,13 @@ def main(
         raise SystemExit(_err(f"API refused: {e}")) from None
     except Exception as e:  # noqa: BLE001 - connection errors: one clear line
         raise SystemExit(_err(f"API not reachable at {url}: {e}")) from None
-    runner = PolicyRunner(policy, client, view, api_metrics(client) if needs_metrics else None)
+    runner = PolicyRunner(
+        policy,
+        client,
+        view,
+        api_metrics(client) if needs_metrics else None,
+        api_forecasts(client) if needs_forecasts else None,
+    )
 
     @client.on_tick
     def _tick(t: Any) -> None:

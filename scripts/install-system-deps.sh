@@ -3,11 +3,13 @@
 #   mosquitto        MQTT broker (otherwise the pip-installed amqtt broker is used)
 #   victoria-metrics time-series store accepting influxdb-client writes (optional)
 #   docker-compose   validates docker-compose.yml without an engine (tests)
+#   chromium         the headless browser of the dashboard's browser test (playwright)
 set -u
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${need[*]}" >&2

@@ -16,7 +16,16 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from ecovisor.api import commands, emulation, forecasts, readings, sci, stream
+from ecovisor.api import (
+    commands,
+    dashboard,
+    dashboard_site,
+    emulation,
+    forecasts,
+    readings,
+    sci,
+    stream,
+)
 from ecovisor.api.auth import Caller
 from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.errors import (
@@ -61,6 +70,9 @@ def _api(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None
     api.include_router(sci.router)
     api.include_router(forecasts.router)
     api.include_router(emulation.router)
+    api.include_router(dashboard_site.apps_router)  # an app's ticks and command log
+    api.include_router(dashboard_site.router)  # /v1/site: the operator's token
+    dashboard.mount(api)  # GET /dashboard/: the page (docs/dashboard.md)
     # every 422 in the documented shape, serialisable whatever the input was
     api.add_exception_handler(RequestValidationError, validation_error_handler)
     # ... also FastAPI's 400 for a body that is not UTF-8 (the API has no 400 of its own)

@@ -2,7 +2,9 @@
 names exactly one application (``config.app_for_token``); that app, its containers (the
 configured ones and its templates' replicas) and its templates are all it can address.
 No or an unknown token gives 401; another app's name, container or template gives 403;
-a name that exists nowhere in the site gives 404."""
+a name that exists nowhere in the site gives 404. The site operator's token
+(``config.operator_token``) reads the whole site (``operator``, the ``/v1/site`` routes);
+an app's token there is a 403."""
 
 from typing import Annotated
 
@@ -40,6 +42,25 @@ def this_app(app: AppPath, me: Annotated[AppConfig, Depends(authenticate)]) -> A
 
 Caller = Annotated[AppConfig, Depends(authenticate)]
 Me = Annotated[AppConfig, Depends(this_app)]
+
+
+def operator(
+    ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The site operator (``config.operator_token``: every app, the site's sources, the
+    command log), or 401 (no or an unknown token) / 403 (an app's token: it sees only
+    its own app, under ``/v1/apps/{app}``)."""
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    if ctx.cfg.is_operator_token(creds.credentials):
+        return
+    found = ctx.cfg.app_for_token(creds.credentials)
+    if found is not None:
+        raise HTTPException(403, f"this token belongs to app {found.id!r}, not to the operator")
+    raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+
+
+OPERATOR = Depends(operator)  # a route or router dependency: the operator only
 
 
 def _in_site(cfg: EcovisorConfig, name: str) -> bool:

@@ -54,7 +54,7 @@ async def latest(ctx: Wiring, me: AppConfig) -> tuple[Point, datetime]:
 
 @dataclass(frozen=True)
 class Forecast:
-    """The newest carbon forecast the site's carbon source published (gCO2eq/kWh)."""
+    """The newest forecast the site's carbon (gCO2eq/kWh) or solar (W) source published."""
 
     published_at: datetime | None
     source: str | None
@@ -62,8 +62,8 @@ class Forecast:
     points: list[tuple[datetime, float]]
 
 
-def _forecast_of(view: dict[str, Any]) -> Forecast:
-    raw = view.get("carbon_forecast")
+def _forecast_of(view: dict[str, Any], kind: str) -> Forecast:
+    raw = view.get(f"{kind}_forecast")
     if not isinstance(raw, dict):
         return Forecast(None, None, None, [])
     points = []
@@ -83,13 +83,16 @@ def _forecast_of(view: dict[str, Any]) -> Forecast:
                     signal if isinstance(signal, str) else None, sorted(points))  # fmt: skip
 
 
-async def forecast(ctx: Wiring, me: AppConfig, since: datetime | None = None) -> Forecast:
-    """The kept carbon forecast, its points from ``since`` on (503 without state)."""
+async def forecast(
+    ctx: Wiring, me: AppConfig, since: datetime | None = None, kind: str = "carbon"
+) -> Forecast:
+    """The kept ``kind`` (carbon, solar) forecast, its points from ``since`` on (503
+    without state)."""
     try:
         s = await ctx.state.state(me.id)
     except StateUnavailable as e:
         raise HTTPException(503, str(e)) from e
-    f = _forecast_of(s.view)
+    f = _forecast_of(s.view, kind)
     if since is not None:
         f = Forecast(f.published_at, f.source, f.signal, [p for p in f.points if p[0] >= since])
     return f

@@ -1,7 +1,7 @@
-"""The site's carbon-intensity forecast as its carbon source published it
-(``CarbonTelemetry.forecast``, kept by the ledger in every app's state view:
-``emulation_signal.forecast``). Solar: the solar collector publishes no forecast, so
-there is no solar forecast route (only ``next_solar_w``, the next tick, in the state).
+"""The site's carbon-intensity and solar-power forecasts as their sources published them
+(``CarbonTelemetry.forecast``, ``SolarTelemetry.forecast``, kept by the ledger in every
+app's state view: ``emulation_signal.forecast``). The solar forecast is the site array's
+power; the app's share of it follows from its solar share (``/info``).
 docs/api.md#forecasts."""
 
 from fastapi import APIRouter
@@ -41,4 +41,31 @@ async def get_carbon_forecast(me: Me, ctx: Ctx) -> CarbonForecast:
         source=f.source,
         signal=f.signal,
         points=[ForecastPoint(time=t, value=v) for t, v in f.points],
+    )
+
+
+class SolarForecastPoint(BaseModel):
+    time: AwareDatetime
+    value: float = Field(description="W, the site array's AC power")
+
+
+class SolarForecast(BaseModel):
+    """The newest forecast of the site's solar source (empty ``points``: none)."""
+
+    app: str
+    unit: str = "W"
+    published_at: AwareDatetime | None = Field(None, description="its sample's event time")
+    source: str | None = None
+    points: list[SolarForecastPoint]
+
+
+@router.get(API_PREFIX + "/solar_forecast", tags=["forecasts"], response_model=SolarForecast)
+async def get_solar_forecast(me: Me, ctx: Ctx) -> SolarForecast:
+    """The site array's power forecast as its solar source last published it."""
+    f = await sig.forecast(ctx, me, kind="solar")
+    return SolarForecast(
+        app=me.id,
+        published_at=f.published_at,
+        source=f.source,
+        points=[SolarForecastPoint(time=t, value=v) for t, v in f.points],
     )

@@ -284,6 +284,12 @@ class EcovisorConfig(_Strict):
     schema_version: Literal[1] = 1
     site: SiteConfig
     apps: list[AppConfig] = Field(default_factory=list)
+    # The site operator's bearer token (the dashboard's operator view, the /v1/site
+    # routes: every app, the site's sources, the command log); None = no operator access
+    operator_token: str | None = Field(
+        None, min_length=8, max_length=4096, repr=False,  # as an app's token
+        description="bearer token of the site operator (docs/dashboard.md)",
+    )  # fmt: skip
     stack: StackConfig = StackConfig()
 
     @model_validator(mode="after")
@@ -295,6 +301,8 @@ class EcovisorConfig(_Strict):
         tokens = [a.token for a in self.apps]
         if len(set(tokens)) != len(tokens):
             errors.append("two apps share a token; every app needs its own credential")
+        if self.operator_token is not None and self.operator_token in tokens:
+            errors.append("operator_token is also an app's token; the operator needs its own")
         nodes = {n.id for n in self.site.nodes}
         seen: dict[str, str] = {}
         for a in self.apps:
@@ -362,6 +370,11 @@ class EcovisorConfig(_Strict):
             if hmac.compare_digest(a.token.encode(), token.encode()):
                 found = a
         return found
+
+    def is_operator_token(self, token: str) -> bool:
+        """Whether ``token`` is the site's operator token (constant-time comparison)."""
+        op = self.operator_token
+        return op is not None and hmac.compare_digest(op.encode(), token.encode())
 
     def owner_of(self, container: str) -> str | None:
         """The app of a *configured* container (template replicas are not included: the

@@ -119,3 +119,53 @@ def test_official_clients_read_the_published_forecast(monkeypatch: pytest.Monkey
         got = wt.get_forecast_json(region="CAISO_NORTH", horizon_hours=72)
         assert [round(p["value"] / LBS_PER_MWH, 3) for p in got["data"]] == [200.0, 150.0, 100.0]
         assert wt.raised_warnings == []
+
+
+# -- solar: the same path, the site array's power in W ---------------------------------
+
+
+def test_solar_forecast_from_a_trace_through_the_ledger_to_the_route() -> None:
+    """A solar trace with ``forecast_points`` publishes its next points (a perfect
+    forecast from the trace); the ledger keeps the newest; the route and the client
+    serve it to every app, in W."""
+    import numpy as np
+
+    from collectors.solar import SolarCollector, TraceReplay
+    from ecovisor.contract.schemas import SolarTelemetry
+
+    secs = np.array([0.0, 900.0, 1800.0, 2700.0])
+    replay = TraceReplay(secs, np.array([0.0, 100.0, -5.0, 300.0]), 0.0, 1.0, False,
+                         forecast_points=2)  # fmt: skip
+    sent: list[SolarTelemetry] = []
+
+    def publish(cls: type, source: str, **fields: object) -> SolarTelemetry:
+        m = cls(site="s1", time=T, source=source, seq=len(sent), **fields)
+        sent.append(m)
+        return m
+
+    clock = iter([0.0, 450.0]).__next__  # t0, then the tick at trace time 450 s
+    col = SolarCollector(replay, publish, "solar", clock=clock, wall=lambda: T)
+    col.tick()
+    (m,) = sent
+    assert m.power_w == 50.0  # interpolated between 0 and 100
+    # the next two samples after the one in force, negatives read as 0 W
+    assert m.forecast == [(T + timedelta(seconds=450), 100.0), (T + timedelta(seconds=1350), 0.0)]
+    led = SiteLedger.new(parse_config(TWO_APPS))
+    assert state_view(led, "web")["solar_forecast"] is None
+    assert led.ingest(m, to_us(T.timestamp()), None) is None
+    kept = state_view(led, "batch")["solar_forecast"]
+    assert kept["points"] == [["2024-06-01T12:07:30+00:00", 100.0],
+                              ["2024-06-01T12:22:30+00:00", 0.0]]  # fmt: skip
+    assert kept["signal"] is None and kept["source"] == "solar"
+    assert state_view(led, "web")["carbon_forecast"] is None  # kinds kept apart
+    s = InMemoryStateSource()
+    s.states["web"] = LiveState(app="web", tick=1, time=T, data=td(300.0),
+                                view={"solar_forecast": kept})  # fmt: skip
+    with TestClient(create_app(parse_config(TWO_APPS), s, InMemoryBus())) as tc:
+        b = tc.get("/v1/apps/web/solar_forecast", headers=WEB).json()
+        assert (b["unit"], b["source"]) == ("W", "solar")
+        assert [p["value"] for p in b["points"]] == [100.0, 0.0]
+        assert EcovisorClient("http://testserver", WEB_TOKEN, http=tc).get_solar_forecast() == b
+        assert tc.get("/v1/apps/web/carbon_forecast", headers=WEB).json()["points"] == []
+        other = {"Authorization": f"Bearer {BATCH_TOKEN}"}
+        assert tc.get("/v1/apps/web/solar_forecast", headers=other).status_code == 403

@@ -124,3 +124,41 @@ def test_testing_snippet_passes() -> None:
     mod = example_module()
     [snippet] = [b for b in BLOCKS if "p = CarbonCaps(" in b]
     exec(compile(snippet, "snippet", "exec"), {"CarbonCaps": mod.CarbonCaps})
+
+
+def test_runner_gives_the_policy_the_published_forecasts() -> None:
+    """With ``needs_forecasts`` the runner reads both forecast routes each tick and hands
+    their points to ``decide`` in time order; a failing read gives no forecast, not an
+    error; without it the observation carries none."""
+    from policies.base import api_forecasts
+
+    seen = []
+
+    class Watch:
+        def setup(self, app):
+            return []
+
+        def decide(self, obs):
+            seen.append((obs.carbon_forecast, obs.solar_forecast))
+            return []
+
+    class ForecastClient(RecordingClient):
+        def get_carbon_forecast(self):
+            return {"points": [{"time": "2024-06-01T14:00:00+00:00", "value": 150.0},
+                               {"time": "2024-06-01T13:00:00+00:00", "value": 200.0},
+                               {"time": "not a time", "value": 1.0}]}  # fmt: skip
+
+        def get_solar_forecast(self):
+            raise ConnectionError("API down")
+
+    client = ForecastClient()
+    app = AppView(app="web", containers=("web-1",))
+    note = Notification(site="s", time=datetime.now(UTC), app="web", type="tick", tick=1,
+                        data=tick(100).model_dump())  # fmt: skip
+    PolicyRunner(Watch(), client, app, forecasts=api_forecasts(client)).on_tick(note)
+    PolicyRunner(Watch(), client, app).on_tick(note)
+    h = datetime(2024, 6, 1, 13, tzinfo=UTC)
+    assert seen == [
+        (((h, 200.0), (h.replace(hour=14), 150.0)), ()),
+        ((), ()),
+    ]
