@@ -326,6 +326,21 @@ def wait_healthy(
     return infos
 
 
+def addresses(cfg: EcovisorConfig, p: Plan) -> str:
+    """Where a user reaches the running stack: the API, its dashboard, the metrics
+    store (only the services the plan runs)."""
+    names = {s.name for s in p.services}
+    api = f"http://127.0.0.1:{cfg.stack.api_port}"
+    lines = []
+    if "api" in names:
+        lines += [f"  API        {api}/docs", f"  dashboard  {api}/dashboard/ "
+                  "(an app's token, or the site's operator_token)"]  # fmt: skip
+    if "victoria-metrics" in names:
+        lines.append(f"  metrics    http://127.0.0.1:{cfg.stack.victoria_metrics_port} "
+                     "(PromQL; docs/metrics.md)")  # fmt: skip
+    return "\n".join(lines)
+
+
 def format_status(infos: list[dict[str, Any]]) -> str:
     width = max([len(i["name"]) for i in infos] + [8])
     lines = [f"{'SERVICE':<{width}}  {'STATE':<8}  {'PID':>7}  DETAIL"]
@@ -401,6 +416,7 @@ def up(
             down(state_dir, say=lambda _m: None)
             raise
         say(format_status(infos))
+        say(addresses(cfg, p))
         say(
             "stack running in the background: `ecovisor status`, `ecovisor logs <service>`, "
             "`ecovisor down`"
@@ -428,6 +444,7 @@ def up(
         try:
             infos = _start_all(p, state_dir, proc, say)
             say(format_status(infos))
+            say(addresses(cfg, p))
             say(
                 "stack running; Ctrl-C stops everything "
                 "(`ecovisor status`, `ecovisor logs <service> -f` in another shell)"

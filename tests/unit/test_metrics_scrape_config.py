@@ -46,3 +46,18 @@ def test_scrape_interval_is_the_tick_within_5_and_60_seconds() -> None:
     assert [scrape_interval_s(t) for t in (0.5, 1.0, 5.0, 15.0, 300.0)] == [
         5.0, 5.0, 5.0, 15.0, 60.0,
     ]  # fmt: skip
+
+
+def test_up_names_the_addresses_of_what_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(servers, "victoria_metrics_path", lambda: "/opt/vm/victoria-metrics")
+    monkeypatch.delenv("ECOVISOR_INFLUXDB_URL", raising=False)
+    cfg = load_config(DEMO)
+    p = stack.plan(cfg, DEMO, tmp_path, python="py", exists=lambda _m: True)
+    text = stack.addresses(cfg, p)
+    assert f"http://127.0.0.1:{cfg.stack.api_port}/dashboard/" in text
+    assert f"http://127.0.0.1:{cfg.stack.victoria_metrics_port}" in text
+    monkeypatch.setattr(servers, "victoria_metrics_path", lambda: None)
+    p = stack.plan(cfg, DEMO, tmp_path, python="py", exists=lambda _m: True)
+    assert "metrics" not in stack.addresses(cfg, p)  # not installed: not announced
