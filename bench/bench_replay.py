@@ -9,7 +9,11 @@ run, 300 s ticks, 48 h warm-up before each job): wall time and CPU time of the p
 (1 worker, so the CPU time is the engine's, not the machine's other load), then the
 same runs over all cores (wall time only).
 
-Usage: python bench/bench_replay.py [--runs 2] [--workers N]
+``--experiment`` benches another experiment file, e.g. the web service of
+experiments/right-sizing-web.yaml (its policies also read the app metrics back from the
+ledger every tick, and the offline baseline solves its DP once per run).
+
+Usage: python bench/bench_replay.py [--runs 2] [--workers N] [--experiment FILE]
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--experiment", type=Path, default=EXPERIMENT)
     a = ap.parse_args()
-    exp = load_experiment(EXPERIMENT)
+    exp = load_experiment(a.experiment)
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {platform.platform()}; load average "
@@ -50,7 +55,7 @@ def main() -> None:
     )
     pairs = sum(len(x.policies) for x in exp.apps)
     print(
-        f"workload: {EXPERIMENT.name}, {a.runs} runs x {pairs} app/policy pairs, "
+        f"workload: {a.experiment.name}, {a.runs} runs x {pairs} app/policy pairs, "
         f"tick {exp.site.tick_s:g} s, warm-up {exp.arrivals.warmup_h:g} h, one app per site"
     )
     t = time.perf_counter()

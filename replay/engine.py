@@ -17,7 +17,11 @@ Each tick ``i`` of the run:
 4. the notifications go to ``policies.base.PolicyRunner``, the runner of
    ``python -m policies.<name>`` (it builds the ``Observation`` and de-duplicates
    actions); its actions reach ``SiteLedger.command`` as contract commands through
-   ``LedgerClient``, an in-process stand-in for ``ecovisor.client``.
+   ``LedgerClient``, an in-process stand-in for ``ecovisor.client``. A web service
+   also publishes app metrics (``AppMetricsTelemetry``, as ``collectors.app_metrics``
+   does) into the ledger; the runner reads them back as the live one does
+   (``policies.base.api_metrics`` over ``get_state``, answered here from the ledger's
+   own state view and the API's normalisation of it).
 
 docs/evaluation.md.
 """
@@ -39,8 +43,10 @@ import numpy as np
 
 from actuators.state import UNKNOWN, ActuatorState
 from ecovisor.api.models import AppInfo
+from ecovisor.api.state_source import live_state_from_view
 from ecovisor.cli.export_format import to_csv
 from ecovisor.contract import topics
+from ecovisor.contract.bus_access import app_metrics_source
 from ecovisor.contract.experiment import (
     TEMPLATE,
     TOKEN,
@@ -49,10 +55,12 @@ from ecovisor.contract.experiment import (
     Experiment,
     MLTrainingSpec,
     PolicySpec,
+    WebSpec,
     site_config,
 )
 from ecovisor.contract.schemas import (
     COMMAND_TYPES,
+    AppMetricsTelemetry,
     CarbonTelemetry,
     ContainerAction,
     ContainerTelemetry,
@@ -60,8 +68,10 @@ from ecovisor.contract.schemas import (
     SolarTelemetry,
     command_fields,
 )
-from ecovisor.core.workloads import Blast, MLTraining
-from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner
+from ecovisor.core.workloads import Blast, MLTraining, WebService
+from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_metrics
+from replay.baselines import right_sizing_offline
+from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
 
 US = 1_000_000
@@ -85,8 +95,21 @@ def build_policy(spec: PolicySpec) -> Any:
     return mod.build(ns)
 
 
-def make_workload(app: AppSpec) -> MLTraining | Blast:
+def make_workload(app: AppSpec, load_rps: np.ndarray | None = None) -> Workload:
+    """The app's workload model; a web service serves ``load_rps`` (requests/s per tick
+    from its arrival)."""
     w = app.workload
+    if isinstance(w, WebSpec):
+        if load_rps is None:
+            raise ValueError(f"app {app.id}: a web service needs its load trace")
+        return WebService(
+            rates=[float(x) for x in load_rps],
+            demand_s=w.demand_ms / 1000,
+            idle_cores=w.idle_cores,
+            start_core_s=w.start_core_s,
+            max_utilisation=w.max_utilisation,
+            slo_s=w.slo_p95_ms / 1000,
+        )
     if isinstance(w, MLTrainingSpec):
         return MLTraining(
             work_s=w.work_h * 3600, base_cores=w.base_cores, serial_fraction=w.serial_fraction
@@ -134,6 +157,12 @@ class LedgerClient:
         names = list(command_fields(cls))
         return lambda *args: self.command(name, **dict(zip(names, args, strict=False)))
 
+    def get_state(self) -> dict[str, Any]:
+        """``GET /v1/apps/{app}/state``: the ledger's state view as the API normalises
+        it (``LiveState``), app metrics included."""
+        view = state_view(self.led, self.app) or {}
+        return live_state_from_view(self.app, view).model_dump(mode="json")
+
 
 class SimContainers:
     """The app's containers as the actuators would run them: actions folded into the
@@ -169,6 +198,9 @@ class SimContainers:
         return out
 
 
+Workload = MLTraining | Blast | WebService
+
+
 def _no_quota(container: str, watts: float) -> float:
     raise ValueError("the ledger always computes a cap's quota")  # pragma: no cover
 
@@ -194,6 +226,12 @@ class RunResult:
     commands: int
     series: dict[str, list[float]] = field(default_factory=dict)
     entries_sum: dict[str, float] = field(default_factory=dict)
+    # web service only (None / 0 for the batch jobs): ticks violating the SLO, requests
+    # served and dropped, replica start-ups
+    slo_violations: int | None = None
+    served: float = 0.0
+    dropped: float = 0.0
+    replica_starts: int = 0
 
 
 def arrival_tick(exp: Experiment, run: int, first: int, last: int) -> int:
@@ -213,9 +251,11 @@ def run_one(
     arrival_i: int,
     ledger_csv: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    load_rps: np.ndarray | None = None,
 ) -> RunResult:
     """One run: ``carbon`` and ``solar_w`` are per-tick values from the simulation's
-    first tick (``t0_us``, the warm-up's start); the job arrives at tick ``arrival_i``."""
+    first tick (``t0_us``, the warm-up's start); the job arrives at tick ``arrival_i``;
+    a web service serves ``load_rps`` (per tick from the arrival)."""
     cfg = site_config(exp, app)
     led = SiteLedger.new(cfg)
     dt = cfg.site.shape.tick_s
@@ -225,9 +265,12 @@ def run_one(
     model = node.model()
     idle_w = model.idle_power_w
     w = app.workload
-    workload = make_workload(app)
+    workload = make_workload(app, load_rps)
+    web = workload if isinstance(workload, WebService) else None
     if isinstance(w, BlastSpec):
         sim = SimContainers([], w.cores_per_replica, round(w.base_cores / w.cores_per_replica))
+    elif isinstance(w, WebSpec):
+        sim = SimContainers([], w.cores_per_replica, w.replicas)
     else:
         sim = SimContainers([f"{app.id}-1"], w.base_cores, 0)
     ntopic = topics.notifications(app.id)
@@ -242,7 +285,12 @@ def run_one(
     client = LedgerClient(led, app.id, on_out)
     # what the live policy gets from GET /v1/apps/{app}
     info = AppInfo.of(cfg, cfg.apps[0]).model_dump()
-    runner = PolicyRunner(build_policy(app.policies[label]), client, AppView.from_info(info))
+    view = AppView.from_info(info)
+    spec = app.policies[label]
+    policy = build_policy(spec)
+    if spec.offline:
+        policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
+    runner = PolicyRunner(policy, client, view, api_metrics(client) if web else None)
     client.now_us = t0_us
     runner.start()
     energy_j: dict[str, float] = {}
@@ -261,6 +309,8 @@ def run_one(
             "progress",
             "carbon_g",
             "energy_wh",
+            "replicas",
+            "p95_ms",
         )
     }
     entries: list[bytes] = []
@@ -340,6 +390,19 @@ def run_one(
                     start_us,
                     None,
                 )
+        if web is not None and i >= arrival_i:  # the app's own metrics, as a live app
+            led.ingest(
+                AppMetricsTelemetry(
+                    site=site,
+                    time=t_sample,
+                    source=app_metrics_source(app.id),
+                    seq=i - arrival_i,
+                    app=app.id,
+                    **web.metrics(),
+                ),
+                t_sample_us,
+                None,
+            )
         for c in seq:
             b = busy.get(c, 0.0)
             if b > 0:
@@ -388,6 +451,9 @@ def run_one(
                 ser["progress"].append(workload.progress if i >= arrival_i else 0.0)
                 ser["carbon_g"].append(cum[1] / 1e6)
                 ser["energy_wh"].append(cum[0] / 3.6e6)
+                ser["replicas"].append(sum(1 for x in alloc.values() if x > 0))
+                p95 = web.last_p95_s if web is not None and i >= arrival_i else None
+                ser["p95_ms"].append(p95 * 1000 if p95 is not None else 0.0)
                 runner.on_tick(note)
             elif note.type in SUBSCRIBED_EVENTS:
                 runner.on_notification(note)
@@ -413,4 +479,31 @@ def run_one(
         commands=client.n,
         series=ser,
         entries_sum=entries_sum,
+        slo_violations=web.slo_violations if web is not None else None,
+        served=web.served_total if web is not None else 0.0,
+        dropped=web.dropped_total if web is not None else 0.0,
+        replica_starts=web.starts if web is not None else 0,
     )
+
+
+def _offline(
+    spec: PolicySpec,
+    policy: Any,
+    view: AppView,
+    app: AppSpec,
+    workload: Workload,
+    carbon: np.ndarray,
+    arrival_i: int,
+) -> Any:
+    """The offline baseline of ``spec`` (replay/baselines.py): the whole run's offered
+    load (0 before the arrival) and intensity, known in advance."""
+    w = app.workload
+    if spec.policy != "right_sizing" or not isinstance(w, WebSpec):
+        raise ValueError(f"offline: only right_sizing on a web app (not {spec.policy})")
+    assert isinstance(workload, WebService)
+    n = len(carbon)
+    loads = np.zeros(n)
+    r = np.asarray(workload.rates, dtype=float)[: max(0, n - arrival_i)]
+    loads[arrival_i : arrival_i + len(r)] = r
+    return right_sizing_offline(policy, view, loads, np.asarray(carbon, float), w.replicas)
+

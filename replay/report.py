@@ -2,7 +2,8 @@
 over runs), ``runs.csv`` (one row per run), ``ledgers/<app>/<policy>/run-NN.csv`` (every
 ledger entry, the columns of ``ecovisor export --csv``; written by the engine) and PNG
 plots per app of the first run: carbon intensity, solar, power, battery level and
-cores (workers) over time, one line per policy."""
+cores (workers) over time, one line per policy (a web service: replicas and p95
+response time in place of solar and battery; its SLO columns in the table)."""
 
 from __future__ import annotations
 
@@ -35,23 +36,29 @@ def table_md(exp: Experiment, results: list[RunResult]) -> str:
         "Mean ± std over the runs that finished (population std); carbon is the "
         "ledger's cumulative total of the app, energy its containers' (the job's "
         "demand). Relative columns compare the means with the app's first policy. "
-        "SLO violations: none of these workloads has an SLO (n/a).",
+        "SLO violations: ticks whose p95 response time exceeded the SLO or that dropped "
+        "requests, and the requests dropped (% of offered), for web services; n/a for "
+        "the batch jobs (no SLO).",
         "",
         "| app | policy | finished | carbon g | energy Wh | runtime h | carbon vs ref | "
-        "runtime vs ref | SLO violations |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "energy vs ref | runtime vs ref | SLO violations (ticks) | dropped % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = base[r["app"]]
         dc = (r["carbon_g"] / b["carbon_g"] - 1) * 100 if b["carbon_g"] else float("nan")
         rt = r["runtime_h"] / b["runtime_h"] if b["runtime_h"] else float("nan")
+        de = (r["energy_wh"] / b["energy_wh"] - 1) * 100 if b["energy_wh"] else float("nan")
         dc_s = "n/a" if math.isnan(dc) else f"{dc:+.1f} %"
+        de_s = "n/a" if math.isnan(de) else f"{de:+.1f} %"
         rt_s = "n/a" if math.isnan(rt) else f"{rt:.2f}×"
         out.append(
             f"| {r['app']} | {r['policy']} | {r['finished']}/{r['runs']} | "
             f"{_pm(r['carbon_g'], r['carbon_g_std'], 3)} | "
             f"{_pm(r['energy_wh'], r['energy_wh_std'], 2)} | "
-            f"{_pm(r['runtime_h'], r['runtime_h_std'], 2)} | {dc_s} | {rt_s} | n/a |"
+            f"{_pm(r['runtime_h'], r['runtime_h_std'], 2)} | {dc_s} | {de_s} | {rt_s} | "
+            f"{_pm(r['slo_violations'], r['slo_violations_std'], 1)} | "
+            f"{_pm(r['dropped_pct'], r['dropped_pct_std'], 3)} |"
         )
     return "\n".join(out) + "\n"
 
@@ -71,6 +78,10 @@ def runs_csv(results: list[RunResult], path: Path) -> None:
                 "energy_wh",
                 "ticks",
                 "commands",
+                "slo_violations",
+                "served",
+                "dropped",
+                "replica_starts",
             ]
         )
         for r in results:
@@ -86,6 +97,10 @@ def runs_csv(results: list[RunResult], path: Path) -> None:
                     f"{r.energy_wh:.6f}",
                     r.ticks,
                     r.commands,
+                    "" if r.slo_violations is None else r.slo_violations,
+                    f"{r.served:.1f}",
+                    f"{r.dropped:.1f}",
+                    r.replica_starts,
                 ]
             )
 
@@ -113,6 +128,9 @@ def plots(results: list[RunResult], out: Path, run: int = 0) -> list[Path]:
             ("battery_wh", "battery Wh"),
             ("cores", "running cores\n(workers)"),
         ]
+        if any(r.slo_violations is not None for r in rs):  # web: replicas, p95
+            panels[1] = ("replicas", "replicas")
+            panels[3] = ("p95_ms", "p95 response\ntime ms")
         arrival = datetime.fromisoformat(rs[0].arrival)
         since = arrival.timestamp() - PLOT_BEFORE_ARRIVAL_S
         longest = max(rs, key=lambda r: len(r.series["t"]))

@@ -8,13 +8,13 @@ import os
 import statistics
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ecovisor.contract.experiment import Experiment
+from ecovisor.contract.experiment import Experiment, WebSpec
 from replay import traces
 from replay.engine import RunResult, arrival_tick, run_one
 
@@ -33,11 +33,13 @@ class Job:
 
 @dataclass
 class Inputs:
-    """The traces of the whole window at Δt (ticks from the window's aligned start)."""
+    """The traces of the whole window at Δt (ticks from the window's aligned start);
+    per web app (by index) its requests/s per tick from the arrival, one run long."""
 
     t0_us: int
     carbon: np.ndarray
     solar_w: np.ndarray
+    loads: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def load_inputs(exp: Experiment) -> Inputs:
@@ -56,7 +58,13 @@ def load_inputs(exp: Experiment) -> Inputs:
         raw = traces.linear_daily_loop(ssecs, w, start, n, dt)
         peak = float(w.max())
         solar = raw * (exp.site.solar_nameplate_w / peak) if peak > 0 else raw
-    return Inputs(round(start * US), carbon, solar)
+    loads = {}
+    horizon = round(exp.arrivals.max_runtime_h * 3600 / dt)
+    for ai, app in enumerate(exp.apps):
+        w = app.workload
+        if isinstance(w, WebSpec):
+            loads[ai] = traces.load_rates(w.trace, w.peak_rps, horizon, dt)
+    return Inputs(round(start * US), carbon, solar, loads)
 
 
 def jobs(exp: Experiment, inp: Inputs, runs: int) -> list[Job]:
@@ -101,6 +109,7 @@ def _run(job: Job) -> RunResult:
         job.t0_us,
         job.arrival_i,
         ledger_csv=csv,
+        load_rps=inp.loads.get(job.app),
     )
 
 
@@ -170,6 +179,12 @@ class _progress:
 
 
 METRICS = ("carbon_g", "energy_wh", "runtime_h")
+WEB_METRICS = ("slo_violations", "dropped_pct")
+
+
+def dropped_pct(r: RunResult) -> float:
+    offered = r.served + r.dropped
+    return 100 * r.dropped / offered if offered > 0 else 0.0
 
 
 def summary(results: list[RunResult]) -> Iterator[dict[str, Any]]:
@@ -183,6 +198,12 @@ def summary(results: list[RunResult]) -> Iterator[dict[str, Any]]:
         row: dict[str, Any] = {"app": app, "policy": label, "runs": len(rs), "finished": len(done)}
         for m in METRICS:
             xs = [getattr(r, m) for r in done]
+            row[m] = statistics.fmean(xs) if xs else float("nan")
+            row[m + "_std"] = statistics.pstdev(xs) if len(xs) > 1 else 0.0
+        web = [r for r in done if r.slo_violations is not None]
+        for m in WEB_METRICS:  # web services only (nan: no SLO)
+            xs = [float(r.slo_violations or 0) if m == "slo_violations" else dropped_pct(r)
+                  for r in web]  # fmt: skip
             row[m] = statistics.fmean(xs) if xs else float("nan")
             row[m + "_std"] = statistics.pstdev(xs) if len(xs) > 1 else 0.0
         yield row

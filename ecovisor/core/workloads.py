@@ -5,7 +5,8 @@ tick (0 when suspended or not running: what the simulated containers derive from
 actuators' setpoints) and answers how many cores were busy in each container over the
 tick (the power of the tick follows from the node's power model) while it advances its
 own progress. Work is counted in *base-seconds*: one second of the job running at its
-base allocation. A job is done when its progress reaches ``work_s``.
+base allocation. A job is done when its progress reaches ``work_s``; the web service
+is done when its request-rate trace is used up.
 
 Parameters and their sources are listed in docs/evaluation.md (§ Workload models); none
 is fitted to the paper's results.
@@ -13,8 +14,9 @@ is fitted to the paper's results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 def amdahl_speedup(cores: float, serial_fraction: float) -> float:
@@ -104,4 +106,117 @@ class Blast(_Job):
         return {c: n * share * frac for c, n in cores.items()}
 
 
-Workload = MLTraining | Blast
+P95_FACTOR = math.log(20.0)  # -ln(1 - 0.95): the 95th percentile of Exp(1)
+
+
+def mm1_sojourn_p95_s(service_s: float, rho: float) -> float:
+    """95th percentile of the response (sojourn) time of an M/M/1 FCFS queue with mean
+    service time ``service_s`` at utilisation ``rho``: the sojourn time is exponential
+    with rate mu - lambda = (1 - rho)/service_s (a textbook result, e.g. Kleinrock,
+    Queueing Systems Vol. I, 1975), so t95 = service_s * ln 20 / (1 - rho). inf at
+    rho >= 1."""
+    if rho >= 1.0:
+        return math.inf
+    return service_s * P95_FACTOR / (1.0 - max(rho, 0.0))
+
+
+@dataclass
+class WebService:
+    """A request-serving web service, horizontally scaled (replicas of a template).
+
+    ``rates`` is the offered load, requests/s, one value per tick from the arrival; the
+    run is done when the trace is used up. Each running replica keeps ``idle_cores``
+    busy with no request (its runtime: event loop, health checks, GC) and serves with
+    the rest of its cores; a request needs ``demand_s`` CPU seconds. Load is balanced
+    evenly over the serving cores (Poisson splitting keeps each core's arrivals
+    Poisson) and each serving core is an M/M/1 FCFS server: utilisation rho =
+    admitted / (serving cores / demand_s), p95 response time
+    ``mm1_sojourn_p95_s(demand_s, rho)``, mean demand_s / (1 - rho). Requests beyond
+    ``max_utilisation`` of the capacity are **dropped** (admission control keeps the
+    queues stable) and counted. A tick violates the SLO when its p95 exceeds
+    ``slo_s`` or it dropped requests. Busy cores of a replica: idle_cores + rho ×
+    (cores - idle_cores), plus, in the first tick a replica runs (not the ones running
+    at arrival), ``start_core_s`` / dt of start-up work, at most its cores. Fractional
+    serving cores are taken as a continuous number of servers (same rho and p95).
+    ``functional_units_total`` (requests served, cumulative) is the app metric."""
+
+    rates: Sequence[float]
+    demand_s: float = 0.02
+    idle_cores: float = 0.2
+    start_core_s: float = 30.0
+    max_utilisation: float = 0.95
+    slo_s: float = 0.2
+    tick: int = 0
+    elapsed_s: float = 0.0
+    finished_at_s: float | None = None
+    served_total: float = 0.0
+    dropped_total: float = 0.0
+    slo_violations: int = 0
+    starts: int = 0
+    last_p95_s: float | None = None
+    last_mean_s: float | None = None
+    _running: set[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.demand_s <= 0 or self.idle_cores < 0 or self.start_core_s < 0:
+            raise ValueError("need demand_s > 0, idle_cores >= 0, start_core_s >= 0")
+        if not 0 < self.max_utilisation < 1 or self.slo_s <= 0:
+            raise ValueError("need 0 < max_utilisation < 1 and slo_s > 0")
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at_s is not None
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.tick / len(self.rates)) if len(self.rates) else 1.0
+
+    def capacity_rps(self, cores: float) -> float:
+        """Requests/s a replica of ``cores`` serves at utilisation 1."""
+        return max(cores - self.idle_cores, 0.0) / self.demand_s
+
+    def step(self, cores: Mapping[str, float], dt_s: float) -> dict[str, float]:
+        running = {c for c, n in cores.items() if n > 0}
+        new = set() if self._running is None else running - self._running
+        self._running = running
+        self.starts += len(new)
+        offered = float(self.rates[self.tick]) if self.tick < len(self.rates) else 0.0
+        cap = sum(self.capacity_rps(cores[c]) for c in running)
+        admitted = min(offered, self.max_utilisation * cap)
+        dropped = offered - admitted
+        rho = admitted / cap if cap > 0 else 0.0
+        self.served_total += admitted * dt_s
+        self.dropped_total += dropped * dt_s
+        if admitted > 0:
+            self.last_p95_s = mm1_sojourn_p95_s(self.demand_s, rho)
+            self.last_mean_s = self.demand_s / (1.0 - rho)
+        else:
+            self.last_p95_s = self.last_mean_s = None
+        if dropped > 0 or (self.last_p95_s or 0.0) > self.slo_s:
+            self.slo_violations += 1
+        busy: dict[str, float] = {}
+        for c, n in cores.items():
+            if c not in running:
+                busy[c] = 0.0
+                continue
+            idle = min(self.idle_cores, n)
+            b = idle + rho * (n - idle)
+            if c in new:
+                b += self.start_core_s / dt_s
+            busy[c] = min(b, n)
+        self.tick += 1
+        self.elapsed_s += dt_s
+        if self.tick >= len(self.rates):
+            self.finished_at_s = self.elapsed_s
+        return busy
+
+    def metrics(self) -> dict[str, float]:
+        """The app metrics a live service would publish (collectors.app_metrics):
+        cumulative requests served and the mean response time of the tick, ms."""
+        m = {"functional_units_total": self.served_total}
+        if self.last_mean_s is not None:
+            m["latency_ms"] = self.last_mean_s * 1000
+        return m
+
+
+Workload = MLTraining | Blast | WebService
