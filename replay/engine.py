@@ -47,6 +47,7 @@ from ecovisor.api.state_source import live_state_from_view
 from ecovisor.cli.export_format import to_csv
 from ecovisor.contract import topics
 from ecovisor.contract.bus_access import app_metrics_source
+from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.experiment import (
     TEMPLATE,
     TOKEN,
@@ -54,8 +55,11 @@ from ecovisor.contract.experiment import (
     BlastSpec,
     Experiment,
     MLTrainingSpec,
+    ParallelJobSpec,
     PolicySpec,
+    SparkSpec,
     WebSpec,
+    parallel_tasks,
     site_config,
 )
 from ecovisor.contract.schemas import (
@@ -68,6 +72,8 @@ from ecovisor.contract.schemas import (
     SolarTelemetry,
     command_fields,
 )
+from ecovisor.core.parallel_job import ParallelJob
+from ecovisor.core.spark_job import SparkJob
 from ecovisor.core.workloads import Blast, MLTraining, WebService
 from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_metrics
 from replay.baselines import right_sizing_offline
@@ -95,10 +101,19 @@ def build_policy(spec: PolicySpec) -> Any:
     return mod.build(ns)
 
 
-def make_workload(app: AppSpec, load_rps: np.ndarray | None = None) -> Workload:
+def make_workload(app: AppSpec, load_rps: np.ndarray | None = None, seed: int = 0) -> Workload:
     """The app's workload model; a web service serves ``load_rps`` (requests/s per tick
-    from its arrival)."""
+    from its arrival); the parallel job draws its stragglers from ``seed``."""
     w = app.workload
+    if isinstance(w, SparkSpec):
+        return SparkJob(n_tasks=w.n_tasks, task_s=w.task_s, worker_cores=w.worker_cores)
+    if isinstance(w, ParallelJobSpec):
+        return ParallelJob(
+            tasks=parallel_tasks(app.id, w), iterations=w.iterations, compute_s=w.compute_s,
+            io_s=w.io_s, compute_jitter=w.compute_jitter, base_cores=w.base_cores,
+            straggler_p=w.straggler_p,
+            straggler_factor=w.straggler_factor, seed=seed,
+        )  # fmt: skip
     if isinstance(w, WebSpec):
         if load_rps is None:
             raise ValueError(f"app {app.id}: a web service needs its load trace")
@@ -115,6 +130,17 @@ def make_workload(app: AppSpec, load_rps: np.ndarray | None = None) -> Workload:
             work_s=w.work_h * 3600, base_cores=w.base_cores, serial_fraction=w.serial_fraction
         )
     return Blast(work_s=w.work_h * 3600, base_cores=w.base_cores, queue_limit=w.queue_limit)
+
+
+def metrics_fields(m: dict[str, float]) -> dict[str, Any]:
+    """A model's flat metrics as ``AppMetricsTelemetry`` fields: its named fields, the
+    rest in ``extra`` (which the API flattens back, as for a live app)."""
+    named = AppMetricsTelemetry.model_fields
+    out: dict[str, Any] = {k: v for k, v in m.items() if k in named}
+    extra = {k: v for k, v in m.items() if k not in named}
+    if extra:
+        out["extra"] = extra
+    return out
 
 
 @dataclass
@@ -198,11 +224,99 @@ class SimContainers:
         return out
 
 
-Workload = MLTraining | Blast | WebService
+Workload = MLTraining | Blast | WebService | SparkJob | ParallelJob
 
 
 def _no_quota(container: str, watts: float) -> float:
     raise ValueError("the ledger always computes a cap's quota")  # pragma: no cover
+
+
+def sim_for(app: AppSpec) -> SimContainers:
+    """The app's containers at the start of a run (both engines)."""
+    w = app.workload
+    if isinstance(w, SparkSpec):  # no workers until the policy starts them
+        return SimContainers([], w.worker_cores, 0)
+    if isinstance(w, ParallelJobSpec):
+        return SimContainers(parallel_tasks(app.id, w), w.base_cores, 0)
+    if isinstance(w, BlastSpec):
+        return SimContainers([], w.cores_per_replica, round(w.base_cores / w.cores_per_replica))
+    if isinstance(w, WebSpec):
+        return SimContainers([], w.cores_per_replica, w.replicas)
+    return SimContainers([f"{app.id}-1"], w.base_cores, 0)
+
+
+def reporting(workload: Workload) -> Any:
+    """The model when it reports app metrics (published as a live app would), else None."""
+    return workload if isinstance(workload, WebService | SparkJob | ParallelJob) else None
+
+
+class TickTelemetry:
+    """What the collectors would send for a tick, as contract messages with their event
+    time (µs), in the order sent: the carbon intensity at the tick's start; the solar
+    counter (a zero baseline first) and, 1 ms before the tick's end, each container's
+    cumulative energy from the node's power model, P(busy) - P(idle) (a zero baseline at
+    the tick's start when a container is first seen), and the app's metrics. The core
+    engine ingests them into ``SiteLedger``; the pipeline engine publishes them."""
+
+    def __init__(self, cfg: EcovisorConfig, app: str, solar: bool) -> None:
+        node = cfg.site.nodes[0]
+        self.site, self.app, self.node, self.solar = cfg.site.id, app, node.id, solar
+        self.model = node.model()
+        self.dt = cfg.site.shape.tick_s
+        self.energy_j: dict[str, float] = {}
+        self.seq: dict[str, int] = {}
+        self.solar_j = 0.0
+
+    def tick(
+        self,
+        i: int,
+        start_us: int,
+        dt_us: int,
+        intensity: float,
+        solar_w: float,
+        busy: dict[str, float],
+        metrics: dict[str, float] | None,
+        metrics_seq: int,
+    ) -> list[tuple[Any, int]]:
+        site, app, dt = self.site, self.app, self.dt
+        t_start = datetime.fromtimestamp(start_us / US, UTC)
+        t_sample_us = start_us + dt_us - SAMPLE_BEFORE_END_US
+        t_sample = datetime.fromtimestamp(t_sample_us / US, UTC)
+        out: list[tuple[Any, int]] = [
+            (CarbonTelemetry(site=site, time=t_start, source="trace-carbon", seq=i,
+                             intensity_g_per_kwh=intensity), start_us)
+        ]  # fmt: skip
+        if self.solar:
+            if i == 0:
+                out.append((SolarTelemetry(site=site, time=t_start, source="trace-solar", seq=0,
+                                           power_w=0.0, energy_j=0.0), start_us))  # fmt: skip
+            self.solar_j += solar_w * dt
+            sample = SolarTelemetry(site=site, time=t_sample, source="trace-solar", seq=i + 1,
+                                    power_w=solar_w, energy_j=self.solar_j)  # fmt: skip
+            out.append((sample, t_sample_us))
+        seq, energy_j = self.seq, self.energy_j
+        for c in busy:
+            if c not in seq:  # first sight: a zero baseline at the tick's start
+                seq[c] = 0
+                energy_j[c] = 0.0
+                out.append((self._container(c, t_start, 0), start_us))
+        if metrics is not None:  # the app's own metrics, as a live app
+            out.append((AppMetricsTelemetry(site=site, time=t_sample, seq=metrics_seq, app=app,
+                                            source=app_metrics_source(app),
+                                            **metrics_fields(metrics)), t_sample_us))  # fmt: skip
+        idle_w = self.model.idle_power_w
+        for c in seq:
+            b = busy.get(c, 0.0)
+            if b > 0:
+                energy_j[c] += (self.model.power_at_busy_cores(b) - idle_w) * dt
+            seq[c] += 1
+            out.append((self._container(c, t_sample, seq[c]), t_sample_us))
+        return out
+
+    def _container(self, c: str, t: datetime, seq: int) -> ContainerTelemetry:
+        return ContainerTelemetry(site=self.site, time=t, source=f"sim-{c}", seq=seq,
+                                  app=self.app, container=c, node=self.node, cpu_s=0.0,
+                                  energy_j=self.energy_j[c])  # fmt: skip
 
 
 @dataclass
@@ -260,19 +374,10 @@ def run_one(
     led = SiteLedger.new(cfg)
     dt = cfg.site.shape.tick_s
     dt_us = round(dt * US)
-    site = cfg.site.id
-    node = cfg.site.nodes[0]
-    model = node.model()
-    idle_w = model.idle_power_w
-    w = app.workload
-    workload = make_workload(app, load_rps)
+    workload = make_workload(app, load_rps, seed=exp.arrivals.seed + run)
     web = workload if isinstance(workload, WebService) else None
-    if isinstance(w, BlastSpec):
-        sim = SimContainers([], w.cores_per_replica, round(w.base_cores / w.cores_per_replica))
-    elif isinstance(w, WebSpec):
-        sim = SimContainers([], w.cores_per_replica, w.replicas)
-    else:
-        sim = SimContainers([f"{app.id}-1"], w.base_cores, 0)
+    reports = reporting(workload)
+    sim = sim_for(app)
     ntopic = topics.notifications(app.id)
     pending_notes: list[Notification] = []
 
@@ -290,29 +395,12 @@ def run_one(
     policy = build_policy(spec)
     if spec.offline:
         policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
-    runner = PolicyRunner(policy, client, view, api_metrics(client) if web else None)
+    runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None)
     client.now_us = t0_us
     runner.start()
-    energy_j: dict[str, float] = {}
-    seq: dict[str, int] = {}
-    solar_j = 0.0
+    tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0)
     n = len(carbon)
-    ser: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "t",
-            "intensity",
-            "solar_w",
-            "power_w",
-            "battery_wh",
-            "cores",
-            "progress",
-            "carbon_g",
-            "energy_wh",
-            "replicas",
-            "p95_ms",
-        )
-    }
+    ser = new_series()
     entries: list[bytes] = []
     entries_sum = {"energy_mj": 0.0, "carbon_ug": 0.0}
     cum = (0, 0)
@@ -330,99 +418,11 @@ def run_one(
         else:
             busy = dict.fromkeys(alloc, 0.0)
         # --- telemetry of the tick
-        t_start = datetime.fromtimestamp(start_us / US, UTC)
-        t_sample_us = end_us - SAMPLE_BEFORE_END_US
-        t_sample = datetime.fromtimestamp(t_sample_us / US, UTC)
-        led.ingest(
-            CarbonTelemetry(
-                site=site,
-                time=t_start,
-                source="trace-carbon",
-                seq=i,
-                intensity_g_per_kwh=float(carbon[i]),
-            ),
-            start_us,
-            None,
-        )
-        if exp.site.solar_nameplate_w > 0:
-            if i == 0:
-                led.ingest(
-                    SolarTelemetry(
-                        site=site,
-                        time=t_start,
-                        source="trace-solar",
-                        seq=0,
-                        power_w=0.0,
-                        energy_j=0.0,
-                    ),
-                    start_us,
-                    None,
-                )
-            solar_j += float(solar_w[i]) * dt
-            led.ingest(
-                SolarTelemetry(
-                    site=site,
-                    time=t_sample,
-                    source="trace-solar",
-                    seq=i + 1,
-                    power_w=float(solar_w[i]),
-                    energy_j=solar_j,
-                ),
-                t_sample_us,
-                None,
-            )
-        for c in busy:
-            if c not in seq:  # first sight: a zero baseline at the tick's start
-                seq[c] = 0
-                energy_j[c] = 0.0
-                led.ingest(
-                    ContainerTelemetry(
-                        site=site,
-                        time=t_start,
-                        source=f"sim-{c}",
-                        seq=0,
-                        app=app.id,
-                        container=c,
-                        node=node.id,
-                        cpu_s=0.0,
-                        energy_j=0.0,
-                    ),
-                    start_us,
-                    None,
-                )
-        if web is not None and i >= arrival_i:  # the app's own metrics, as a live app
-            led.ingest(
-                AppMetricsTelemetry(
-                    site=site,
-                    time=t_sample,
-                    source=app_metrics_source(app.id),
-                    seq=i - arrival_i,
-                    app=app.id,
-                    **web.metrics(),
-                ),
-                t_sample_us,
-                None,
-            )
-        for c in seq:
-            b = busy.get(c, 0.0)
-            if b > 0:
-                energy_j[c] += (model.power_at_busy_cores(b) - idle_w) * dt
-            seq[c] += 1
-            led.ingest(
-                ContainerTelemetry(
-                    site=site,
-                    time=t_sample,
-                    source=f"sim-{c}",
-                    seq=seq[c],
-                    app=app.id,
-                    container=c,
-                    node=node.id,
-                    cpu_s=0.0,
-                    energy_j=energy_j[c],
-                ),
-                t_sample_us,
-                None,
-            )
+        metrics = reports.metrics() if reports is not None and i >= arrival_i else None
+        sent = tel.tick(i, start_us, dt_us, float(carbon[i]), float(solar_w[i]), busy, metrics,
+                        i - arrival_i)  # fmt: skip
+        for m, t_us in sent:
+            led.ingest(m, t_us, None)
         # --- close the tick in the ledger; its notifications go to the policy
         outs, rows = led.close(end_us)
         for _app, _k, row in rows:
@@ -441,19 +441,9 @@ def run_one(
         while pending_notes:
             note = pending_notes.pop(0)
             if note.type == "tick":
-                d = note.data
-                ser["t"].append(end_us / US)
-                ser["intensity"].append(d["grid_carbon_g_per_kwh"])
-                ser["solar_w"].append(d["solar_w"])
-                ser["power_w"].append(d["app_power_w"])
-                ser["battery_wh"].append(d["battery_charge_level_wh"])
-                ser["cores"].append(sum(alloc.values()))
-                ser["progress"].append(workload.progress if i >= arrival_i else 0.0)
-                ser["carbon_g"].append(cum[1] / 1e6)
-                ser["energy_wh"].append(cum[0] / 3.6e6)
-                ser["replicas"].append(sum(1 for x in alloc.values() if x > 0))
                 p95 = web.last_p95_s if web is not None and i >= arrival_i else None
-                ser["p95_ms"].append(p95 * 1000 if p95 is not None else 0.0)
+                prog = workload.progress if i >= arrival_i else 0.0
+                add_tick(ser, note.data, end_us, alloc, prog, cum, p95)
                 runner.on_tick(note)
             elif note.type in SUBSCRIBED_EVENTS:
                 runner.on_notification(note)
@@ -465,6 +455,55 @@ def run_one(
         ledger_csv.parent.mkdir(parents=True, exist_ok=True)
         ledger_csv.write_text(to_csv([json.loads(r) for r in entries]))
     arrival = datetime.fromtimestamp((t0_us + arrival_i * dt_us) / US, UTC)
+    return run_result(app, label, run, arrival, workload, cum, i + 1, client.n, ser, entries_sum)
+
+
+SERIES = ("t", "intensity", "solar_w", "power_w", "battery_wh", "cores", "progress",
+          "carbon_g", "energy_wh", "replicas", "p95_ms")  # fmt: skip
+
+
+def new_series() -> dict[str, list[float]]:
+    return {k: [] for k in SERIES}
+
+
+def add_tick(
+    ser: dict[str, list[float]],
+    d: dict[str, Any],
+    end_us: int,
+    alloc: dict[str, float],
+    progress: float,
+    cum: tuple[int, int],
+    p95_s: float | None,
+) -> None:
+    """One tick of a run's series: ``d`` the tick notification's data, ``alloc`` the
+    containers' cores, ``cum`` the app's cumulative (container energy mJ, carbon µg)."""
+    ser["t"].append(end_us / US)
+    ser["intensity"].append(d["grid_carbon_g_per_kwh"])
+    ser["solar_w"].append(d["solar_w"])
+    ser["power_w"].append(d["app_power_w"])
+    ser["battery_wh"].append(d["battery_charge_level_wh"])
+    ser["cores"].append(sum(alloc.values()))
+    ser["progress"].append(progress)
+    ser["carbon_g"].append(cum[1] / 1e6)
+    ser["energy_wh"].append(cum[0] / 3.6e6)
+    ser["replicas"].append(sum(1 for x in alloc.values() if x > 0))
+    ser["p95_ms"].append(p95_s * 1000 if p95_s is not None else 0.0)
+
+
+def run_result(
+    app: AppSpec,
+    label: str,
+    run: int,
+    arrival: datetime,
+    workload: Workload,
+    cum: tuple[int, int],
+    ticks: int,
+    commands: int,
+    ser: dict[str, list[float]],
+    entries_sum: dict[str, float],
+) -> RunResult:
+    """A run's result from its workload model and the ledger's cumulative totals."""
+    web = workload if isinstance(workload, WebService) else None
     done_s = workload.finished_at_s
     return RunResult(
         app=app.id,
@@ -475,8 +514,8 @@ def run_one(
         runtime_h=(done_s if done_s is not None else workload.elapsed_s) / 3600,
         carbon_g=cum[1] / 1e6,
         energy_wh=cum[0] / 3.6e6,
-        ticks=i + 1,
-        commands=client.n,
+        ticks=ticks,
+        commands=commands,
         series=ser,
         entries_sum=entries_sum,
         slo_violations=web.slo_violations if web is not None else None,

@@ -169,7 +169,44 @@ class WebSpec(_Strict):
         return self
 
 
-WorkloadSpec = Annotated[MLTrainingSpec | BlastSpec | WebSpec, Field(discriminator="type")]
+class SparkSpec(_Strict):
+    """The §5.3 Spark job (``ecovisor.core.spark_job.SparkJob``): ``n_tasks`` tasks of
+    ``task_s`` seconds on 1 worker each; workers are replicas ``worker-1..n`` of the
+    template ``worker`` (``max_workers``), none running at the start (the policy sets
+    them); a finished task is checkpointed, a stopped worker loses its unfinished one."""
+
+    type: Literal["spark"]
+    n_tasks: int = Field(2000, ge=1, le=10_000_000)
+    task_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    worker_cores: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    max_workers: int = Field(8, ge=1, le=256)
+
+
+class ParallelJobSpec(_Strict):
+    """The §5.4 synthetic parallel job (``ecovisor.core.parallel_job.ParallelJob``):
+    ``tasks`` containers ``<app>-t1..tN`` of ``base_cores`` each run ``iterations``
+    rounds of ``compute_s`` (± ``compute_jitter``, uniform) of work, a barrier and
+    ``io_s`` of I/O; a task straggles
+    (``straggler_factor`` times slower) with probability ``straggler_p`` per round
+    (seeded by the run); replicas ``worker-1..n`` of the template ``worker`` (at most
+    ``max_replicas``) copy stragglers."""
+
+    type: Literal["parallel_job"]
+    tasks: int = Field(10, ge=1, le=256)
+    iterations: int = Field(50, ge=1, le=1_000_000)
+    compute_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    io_s: Annotated[float, Field(ge=0, le=86_400)] = 10.0
+    compute_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    base_cores: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    straggler_p: Annotated[float, Field(ge=0, le=1)] = 0.0
+    straggler_factor: Annotated[float, Field(ge=1, le=1000)] = 3.0
+    max_replicas: int = Field(4, ge=1, le=256)
+
+
+WorkloadSpec = Annotated[
+    MLTrainingSpec | BlastSpec | WebSpec | SparkSpec | ParallelJobSpec,
+    Field(discriminator="type"),
+]
 
 
 class PolicySpec(_Strict):
@@ -264,10 +301,16 @@ TEMPLATE = "worker"  # BLAST's and the web app's template (replicas worker-1, wo
 TOKEN = "replay-token-0000"
 
 
+def parallel_tasks(app_id: str, w: ParallelJobSpec) -> list[str]:
+    """The parallel job's task containers, one per task."""
+    return [f"{app_id}-t{i}" for i in range(1, w.tasks + 1)]
+
+
 def site_config(exp: Experiment, app: AppSpec) -> EcovisorConfig:
     """The site configuration of one application of the experiment (alone on the site):
-    ML training is one container scaled vertically; BLAST and the web service are
-    replicas of a template."""
+    ML training is one container scaled vertically; BLAST, the web service and the
+    Spark job are replicas of a template; the parallel job is one container per task
+    plus a template for straggler replicas."""
     s = exp.site
     w = app.workload
     a: dict[str, Any] = {
@@ -280,12 +323,15 @@ def site_config(exp: Experiment, app: AppSpec) -> EcovisorConfig:
         },
     }
     backend = {"type": "process", "cgroup": f"replay/{app.id}"}
-    if isinstance(w, BlastSpec | WebSpec):
-        a["templates"] = [
-            {"id": TEMPLATE, "node": "n1", "backend": backend, "max_replicas": w.max_replicas}
-        ]
-    else:
+    if isinstance(w, MLTrainingSpec):
         a["containers"] = [{"id": f"{app.id}-1", "node": "n1", "backend": backend}]
+    else:
+        most = w.max_workers if isinstance(w, SparkSpec) else w.max_replicas
+        a["templates"] = [{"id": TEMPLATE, "node": "n1", "backend": backend, "max_replicas": most}]
+    if isinstance(w, ParallelJobSpec):
+        a["containers"] = [
+            {"id": c, "node": "n1", "backend": backend} for c in parallel_tasks(app.id, w)
+        ]
     return EcovisorConfig.model_validate(
         {
             "schema_version": 1,

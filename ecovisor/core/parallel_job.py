@@ -3,9 +3,11 @@ clocks; its randomness is a seeded generator of its own).
 
 One task per node container (``tasks``, 10 in the paper) runs ``iterations`` rounds.
 A round: every task computes ``compute_s`` seconds of work at ``base_cores`` (speed =
-its cores / base_cores, so a power cap that lowers its cores slows it), then waits at a
-barrier for the slowest task, then all do ``io_s`` seconds of I/O together (the paper's
-"periodically synchronizes across tasks and performs I/O"). Waiting and I/O keep no core
+its cores / base_cores, so a power cap that lowers its cores slows it) — times a factor
+drawn uniformly from [1 - compute_jitter, 1 + compute_jitter] per task and round (tasks'
+partitions are rarely equal) — then waits at a barrier for the slowest task, then all
+do ``io_s`` seconds of I/O together (the paper's "periodically synchronizes across tasks
+and performs I/O"). Waiting and I/O keep no core
 busy (what makes a server below its allocation waste energy, §5.4).
 
 Stragglers: in each round each task is, with probability ``straggler_p``, a straggler
@@ -37,6 +39,7 @@ class ParallelJob:
     iterations: int = 50
     compute_s: float = 60.0
     io_s: float = 10.0
+    compute_jitter: float = 0.0
     base_cores: float = 1.0
     straggler_p: float = 0.0
     straggler_factor: float = 3.0
@@ -47,6 +50,7 @@ class ParallelJob:
     replica_wins: int = 0
     wasted_work_s: float = 0.0
     _left: dict[str, float] = field(default_factory=dict, repr=False)  # task -> work left
+    _work: dict[str, float] = field(default_factory=dict, repr=False)
     _slow: set[str] = field(default_factory=set, repr=False)
     _copies: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
     _io_left: float = 0.0
@@ -55,13 +59,18 @@ class ParallelJob:
     def __post_init__(self) -> None:
         if not self.tasks or self.iterations <= 0 or self.compute_s <= 0 or self.io_s < 0:
             raise ValueError("need tasks, iterations > 0, compute_s > 0, io_s >= 0")
+        if not 0 <= self.compute_jitter < 1:
+            raise ValueError("need 0 <= compute_jitter < 1")
         if not 0 <= self.straggler_p <= 1 or self.straggler_factor < 1 or self.base_cores <= 0:
             raise ValueError("need 0 <= straggler_p <= 1, straggler_factor >= 1, base_cores > 0")
         self._rng = random.Random(self.seed)
         self._start_round()
 
     def _start_round(self) -> None:
-        self._left = {t: self.compute_s for t in self.tasks}
+        j = self.compute_jitter
+        rnd = self._rng.random
+        self._left = {t: self.compute_s * (1 + j * (2 * rnd() - 1)) for t in self.tasks}
+        self._work = dict(self._left)  # this round's work of each task
         self._slow = {t for t in self.tasks if self._rng.random() < self.straggler_p}
         self._copies = {}
 
@@ -115,9 +124,9 @@ class ParallelJob:
             for tk, rate in rates.items():
                 if rate > 0:
                     d = min(d, self._left[tk] / rate)
-            for r, (_, done) in self._copies.items():
+            for r, (_tk, done) in self._copies.items():
                 if rep_rates[r] > 0:
-                    d = min(d, (self.compute_s - done) / rep_rates[r])
+                    d = min(d, (self._work[_tk] - done) / rep_rates[r])
             for tk, rate in rates.items():
                 if rate > 0:
                     self._left[tk] -= rate * d
@@ -127,8 +136,8 @@ class ParallelJob:
                 busy_s[r] = busy_s.get(r, 0.0) + cores[r] * d
             t += d
             for r, (tk, done) in list(self._copies.items()):
-                if tk in self._left and done >= self.compute_s - _EPS:
-                    self.wasted_work_s += self.compute_s - self._left[tk]  # the original's
+                if tk in self._left and done >= self._work[tk] - _EPS:
+                    self.wasted_work_s += self._work[tk] - self._left[tk]  # the original's
                     del self._left[tk]
                     del self._copies[r]
                     self.replica_wins += 1

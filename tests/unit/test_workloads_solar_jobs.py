@@ -121,3 +121,14 @@ def test_no_cores_no_progress() -> None:
     job = ParallelJob(tasks=["a"], iterations=1, compute_s=10.0, io_s=0.0)
     assert job.step({"a": 0.0}, 5.0) == {"a": 0.0}
     assert job.progress == 0.0 and not job.done
+
+
+def test_jitter_spreads_the_tasks_work_around_compute_s_and_idles_the_early_ones() -> None:
+    job = ParallelJob(tasks=list("abcdefghij"), iterations=1, compute_s=100.0, io_s=0.0,
+                      compute_jitter=0.3, seed=3)  # fmt: skip
+    work = dict(job._work)
+    assert all(70.0 <= w <= 130.0 for w in work.values()) and len(set(work.values())) == 10
+    busy = run(job, lambda k: dict.fromkeys(job.tasks, 1.0))
+    assert busy == pytest.approx(sum(work.values()))  # only the work itself is busy
+    assert job.finished_at_s == pytest.approx(max(work.values()))  # the barrier
+
