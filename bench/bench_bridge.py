@@ -3,6 +3,8 @@
 Workload: N container-telemetry messages published at QoS 1 as fast as one paho client
 can, through mosquitto, the bridge process and tansu; timed from the first publish until
 the last message is readable in ecovisor.telemetry. Prints messages/s and the machine.
+``BENCH_BRIDGE_BATCH=B`` (B > 0): N node batches (``NodeBatchTelemetry``) of B containers
+each instead, every container placed on the batch's node; prints container samples/s too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ecovisor.contract import schemas, topics
 from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_command
 
 N = int(os.environ.get("BENCH_BRIDGE_N", "20000"))
+BATCH = int(os.environ.get("BENCH_BRIDGE_BATCH", "0"))  # containers per node batch; 0: none
 
 
 def main() -> int:
@@ -36,10 +39,13 @@ def main() -> int:
     try:
         create_topics(boot, topics.static_topics())
         cfg = tmp / "site.yaml"
+        conts = [f"web-{i + 1}" for i in range(max(1, BATCH))]
         cfg.write_text(  # the bridge forwards only the site's own containers' telemetry
             "site: {id: bench, nodes: [{id: n1, cores: 2}]}\n"
-            "apps: [{id: web, token: bench-token, containers: "
-            "[{id: web-1, node: n1, backend: {type: process, cgroup: b/web-1}}]}]\n"
+            "apps: [{id: web, token: bench-token, containers: ["
+            + ", ".join(f"{{id: {c}, node: n1, backend: {{type: process, cgroup: b/{c}}}}}"
+                        for c in conts)  # fmt: skip
+            + "]}]\n"
             f"stack: {{kafka_bootstrap: '{boot}', mqtt_port: {mport}}}\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECOVISOR_")}
@@ -59,12 +65,25 @@ def main() -> int:
         pub.connect("127.0.0.1", mport)
         pub.loop_start()
         t = datetime(2024, 1, 1, tzinfo=UTC)
-        payloads = [
-            schemas.ContainerTelemetry(site="bench", time=t, source="meter", seq=i, app="web",
-                                       container="web-1", cpu_s=i, energy_j=i).to_json()
-            for i in range(N)
-        ]  # fmt: skip
-        topic = topics.mqtt_telemetry("bench", "container", "meter")
+        if BATCH:
+            payloads = [
+                schemas.NodeBatchTelemetry(site="bench", time=t, source="batch-n1", seq=i,
+                    node="n1", containers=[schemas.ContainerCounters(app="web", container=c,
+                    cpu_s=i, energy_j=i) for c in conts]).to_json()
+                for i in range(N)
+            ]  # fmt: skip
+            topic = topics.mqtt_telemetry("bench", "node_batch", "batch-n1")
+            if len(payloads[0]) > 65_536:  # the default site.limits.max_message_bytes
+                raise SystemExit(f"a batch of {BATCH} is {len(payloads[0])} B, over the "
+                                 "bridge's 65,536 B limit: use fewer containers")  # fmt: skip
+        else:
+            payloads = [
+                schemas.ContainerTelemetry(site="bench", time=t, source="meter", seq=i,
+                                           app="web", container="web-1", cpu_s=i,
+                                           energy_j=i).to_json()
+                for i in range(N)
+            ]  # fmt: skip
+            topic = topics.mqtt_telemetry("bench", "container", "meter")
         t0 = time.perf_counter()
         infos = [pub.publish(topic, p, qos=1) for p in payloads]
         got = 0
@@ -78,10 +97,13 @@ def main() -> int:
         mq = Path(broker.cmd[0]).name
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; {mq}, tansu, bridge, client on loopback")  # fmt: skip
-        print(f"workload: {N} ContainerTelemetry messages (~{len(payloads[0])} B), QoS 1, "
+        what = f"NodeBatchTelemetry of {BATCH} containers" if BATCH else "ContainerTelemetry"
+        print(f"workload: {N} {what} messages (~{len(payloads[0])} B), QoS 1, "
               "one publisher, bridge with manual PUBACK after Kafka acks=all")  # fmt: skip
         print(f"bridge throughput: {got / elapsed:,.0f} messages/s "
               f"({got} in Kafka in {elapsed:.2f} s; broker accepted {accepted})")  # fmt: skip
+        if BATCH:
+            print(f"  = {got * BATCH / elapsed:,.0f} container samples/s")
         return 0 if got >= N else 1
     finally:
         if bridge is not None:

@@ -11,8 +11,17 @@
    notification consumed minus the publish of that tick's last sample (it includes the
    configured grace, which is the time the ledger waits on purpose), and minus the
    tick's deadline (end + grace).
+4. and 5. Node batches (``NodeBatchTelemetry``): 1 and 2 again with the containers on
+   nodes of ``--per-node`` containers, each node's counters sent once per tick as the
+   power collector sends them (split under ``site.limits.max_message_bytes`` by
+   ``collectors.power.split_batches``), at each of ``--batch-containers`` containers
+   per site. Rates are container samples/s (entries, not messages). ``intake``: the
+   same batches through parse + ``SiteLedger.ingest_batch`` in this process, timed apart
+   from ``SiteLedger.close``, so the figures say which of the two bounds a worker.
 
 Usage: python bench/bench_ledger.py [--containers 1000] [--ticks 60] [--per-tick 1]
+       [--skip kafka,mqtt,latency,intake,kafka-batch,mqtt-batch]
+       [--batch-containers 1000,10000] [--per-node 1000]
 """
 
 from __future__ import annotations
@@ -41,9 +50,15 @@ from streams.ledger import prepare_topics  # noqa: E402
 SITE = "bench"  # each run uses its own site (own Faust app, tables and state)
 
 
+def node_of(n: int, per_node: int | None, a: int, c: int) -> str:
+    """The node of container ``c<a>-<c>``: n1 only, or ``per_node`` containers a node."""
+    return "n1" if per_node is None else f"n{1 + (a * (n // 10) + c) // per_node}"
+
+
 def site_yaml(
-    n: int, bootstrap: str, mqtt_port: int, web: int, state: Path, grace: float, site: str
-) -> str:
+    n: int, bootstrap: str, mqtt_port: int, web: int, state: Path, grace: float, site: str,
+    per_node: int | None = None,
+) -> str:  # fmt: skip
     apps = ""
     per_app = n // 10
     for a in range(10):
@@ -52,15 +67,19 @@ def site_yaml(
         apps += "    containers:\n"
         for c in range(per_app):
             cid = f"c{a}-{c}"
+            node = node_of(n, per_node, a, c)
             apps += (
-                f"      - {{id: {cid}, node: n1, backend: {{type: process, cgroup: b/{cid}}}}}\n"
+                f"      - {{id: {cid}, node: {node}, backend: {{type: process, "
+                f"cgroup: b/{cid}}}}}\n"
             )
+    k = 1 if per_node is None else -(-n // per_node)
+    nodes = ", ".join(f"{{id: n{i + 1}, cores: 64}}" for i in range(k))
     return f"""schema_version: 1
 site:
   id: {site}
   shape: {{tick_s: 1.0, solar_nameplate_w: 100.0, battery_capacity_wh: 100.0}}
   grace_s: {grace}
-  nodes: [{{id: n1, cores: 64}}]
+  nodes: [{nodes}]
 apps:
 {apps}stack:
   kafka_bootstrap: "{bootstrap}"
@@ -100,6 +119,38 @@ def workload(
     return out
 
 
+def batch_workload(
+    n: int, per_node: int, ticks: int, t0: float, site: str, max_bytes: int
+) -> list[tuple[str, bytes]]:
+    """(mqtt topic, payload) of n containers on nodes of ``per_node``, one node batch (or
+    a few, under ``max_bytes``) per node per tick, with the counters of ``workload``."""
+    from datetime import UTC, datetime
+
+    from collectors.power import split_batches
+    from ecovisor.contract.bus_access import node_batch_source
+    from ecovisor.contract.schemas import ContainerCounters, NodeBatchTelemetry
+
+    by_node: dict[str, list[tuple[str, str, int]]] = {}
+    for a in range(10):
+        for c in range(n // 10):
+            by_node.setdefault(node_of(n, per_node, a, c), []).append((f"c{a}-{c}", f"app{a}", c))
+    out = []
+    seqs: dict[str, int] = {}
+    for i in range(ticks):
+        t = datetime.fromtimestamp(t0 + i, UTC)
+        for node, conts in by_node.items():
+            entries = [ContainerCounters(app=app, container=cid, cpu_s=0.0,
+                                         energy_j=round((i + 1) * (1.0 + c % 7), 3))
+                       for cid, app, c in conts]  # fmt: skip
+            src = node_batch_source(node)
+            for part in split_batches(entries, max_bytes):
+                seq = seqs[src] = seqs.get(src, -1) + 1
+                m = NodeBatchTelemetry(site=site, time=t, source=src, seq=seq, node=node,
+                                       containers=part)  # fmt: skip
+                out.append((topics.mqtt_telemetry(site, "node_batch", src), m.to_json()))
+    return out
+
+
 def start(module: str, cfg: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", module, "--config", str(cfg), *args],
@@ -107,6 +158,15 @@ def start(module: str, cfg: Path, log: Path, *args: str) -> subprocess.Popen[byt
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
+
+
+def wait_log(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no {text!r} in {path} after {timeout} s")
 
 
 def stop(p: subprocess.Popen[bytes]) -> None:
@@ -136,17 +196,26 @@ def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float) -> li
 
 
 def run_throughput(
-    d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int, per_tick: int, via_mqtt: bool
-) -> dict[str, Any]:
+    d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int, per_tick: int, via_mqtt: bool,
+    per_node: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     from kafka import KafkaProducer
 
     site = "bench-mqtt" if via_mqtt else "bench-kafka"
+    if per_node is not None:  # node batches: a site of its own per size
+        site += f"-batch-{n}"
+        per_tick = 1
     cfg_path = d / f"{site}.yaml"
-    cfg_path.write_text(site_yaml(n, bootstrap, mqtt_port, free_port(), d / site, 0.5, site))
+    cfg_path.write_text(
+        site_yaml(n, bootstrap, mqtt_port, free_port(), d / site, 0.5, site, per_node)
+    )
     cfg = load_config(cfg_path)
     prepare_topics(cfg, bootstrap)
-    t0 = float(int(time.time()) - 100_000 - (3000 if via_mqtt else 0))
-    msgs = workload(n, ticks, per_tick, t0, site)
+    t0 = float(int(time.time()) - 100_000 - (3000 if via_mqtt else 0) - (n if per_node else 0))
+    if per_node is None:
+        msgs = workload(n, ticks, per_tick, t0, site)
+    else:
+        msgs = batch_workload(n, per_node, ticks, t0, site, cfg.site.limits.max_message_bytes)
     # the ledger consumer group starts at the committed offset, else the earliest; use a
     # fresh site per run by starting from what is already in the topic: measure by entries
     apps = 10
@@ -172,7 +241,10 @@ def run_throughput(
             import paho.mqtt.client as mqtt
 
             bridge = start("streams.bridge", cfg_path, d / f"bridge-{site}.log")
-            time.sleep(4.0)  # worker joins its group, bridge subscribes
+            # MQTT drops what is published before the bridge subscribed: wait for it (a
+            # site of 10,000 containers took ~14 s to load on a loaded machine)
+            wait_log(d / f"bridge-{site}.log", "MQTT connected", 120)
+            time.sleep(2.0)  # its subscription; the worker joins its group
             cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
             cl.max_inflight_messages_set(1000)
             cl.max_queued_messages_set(0)
@@ -195,7 +267,8 @@ def run_throughput(
     first, last = watch[apps - 1], watch[-1]
     samples_between = (ticks - 2) * n * per_tick
     return {
-        "samples": len(msgs),
+        "messages": len(msgs),
+        "samples": n * ticks * per_tick,
         "ticks_closed": closed,
         "wall_s": round(last - first, 3),
         "samples_per_s": round(samples_between / (last - first)),
@@ -282,13 +355,61 @@ def run_latency(d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int) -> 
     }
 
 
+def run_intake(n: int, per_node: int, ticks: int) -> dict[str, Any]:
+    """In process, no brokers: the worker's per-message path for node batches (parse +
+    ``SiteLedger.ingest_batch``) apart from closing ticks (``SiteLedger.close``), each
+    timed on its own: which of the two bounds a worker."""
+    from ecovisor.contract.config import parse_config
+    from ecovisor.contract.schemas import TELEMETRY_ADAPTER
+    from ecovisor.core.tick_clock import to_us
+    from streams.ledger_worker import SiteLedger
+
+    t0 = 1_700_000_000.0
+    cfg = parse_config(site_yaml(n, "127.0.0.1:1", 1, 1, Path("/tmp/unused"), 0.5, "bi",
+                                 per_node))  # fmt: skip
+    msgs = [p for _, p in batch_workload(n, per_node, ticks, t0, "bi",
+                                         cfg.site.limits.max_message_bytes)]  # fmt: skip
+    led = SiteLedger.new(cfg)
+    parse, ingest = TELEMETRY_ADAPTER.validate_json, led.ingest_batch
+    intake_s = close_s = 0.0
+    k = None
+    for raw in msgs:
+        a = time.perf_counter()
+        b = parse(raw)
+        t_us = to_us(b.time.timestamp())
+        refused = ingest(b, t_us, None)
+        intake_s += time.perf_counter() - a
+        assert not refused, refused[:2]
+        if k != t_us // 1_000_000:  # a new tick: close the ones before it, as event mode
+            k = t_us // 1_000_000
+            a = time.perf_counter()
+            led.close(t_us)
+            close_s += time.perf_counter() - a
+    closed = led.clock.next_close - int(t0)
+    samples = n * ticks
+    return {
+        "messages": len(msgs),
+        "samples": samples,
+        "intake_samples_per_s": round(samples / intake_s),
+        "ticks_closed": closed,
+        "close_ms_per_tick": round(1000 * close_s / max(1, closed), 1),
+        "samples_per_s_with_close": round(samples / (intake_s + close_s)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--containers", type=int, default=1000)
     ap.add_argument("--ticks", type=int, default=40)
     ap.add_argument("--per-tick", type=int, default=1, help="samples per container per tick")
     ap.add_argument("--latency-ticks", type=int, default=20)
-    ap.add_argument("--skip", default="", help="comma list of: kafka,mqtt,latency")
+    ap.add_argument(
+        "--skip", default="",
+        help="comma list of: kafka,mqtt,latency,intake,kafka-batch,mqtt-batch"
+    )
+    ap.add_argument("--batch-containers", default="1000,10000",
+                    help="site sizes of the node-batch modes (comma list)")  # fmt: skip
+    ap.add_argument("--per-node", type=int, default=1000, help="containers per node (batches)")
     a = ap.parse_args()
     skip = set(a.skip.split(","))
     print(
@@ -317,6 +438,19 @@ def main() -> None:
             if "latency" not in skip:
                 r = run_latency(d, bootstrap, mport, a.containers, a.latency_ticks)
                 print("tick-close latency (real-time clock, MQTT):", json.dumps(r))
+            for n in [int(x) for x in a.batch_containers.split(",") if x]:
+                if "intake" not in skip:
+                    r = run_intake(n, a.per_node, a.ticks)
+                    print(f"node batches, {n} containers, in process (parse + intake; "
+                          f"close):", json.dumps(r))  # fmt: skip
+                for mode, via_mqtt in (("kafka-batch", False), ("mqtt-batch", True)):
+                    if mode in skip:
+                        continue
+                    r = run_throughput(d, bootstrap, mport, n, a.ticks, 1, via_mqtt, a.per_node)
+                    path = "MQTT -> bridge -> Kafka -> ledger" if via_mqtt else (
+                        "pre-filled Kafka topic -> ledger")  # fmt: skip
+                    print(f"node batches, {n} containers on {-(-n // a.per_node)} node(s) of "
+                          f"<= {a.per_node}, {path}:", json.dumps(r))  # fmt: skip
         finally:
             mqtt_srv.stop()
             tansu.stop()

@@ -13,10 +13,13 @@ Reads cumulative counters and publishes cumulative counters:
 
 Each tick the node's energy is split over its containers with ecovisor.core.attribution
 (active by CPU-time share, idle by the site's idle attribution mode; what is not
-attributed is the platform's) and the per-container running sums are published as
-``ContainerTelemetry.energy_j``; the node's as ``NodeTelemetry``.
+attributed is the platform's) and the per-container running sums are published, by
+default as one ``NodeBatchTelemetry`` per node per tick (split over several when the
+node's containers would exceed ``site.limits.max_message_bytes``), with
+``--per-container`` as one ``ContainerTelemetry`` per container; the node's own
+counters as ``NodeTelemetry``.
 
-Run: ``python -m collectors.power --config site.yaml [--node ID]``.
+Run: ``python -m collectors.power --config site.yaml [--node ID] [--per-container]``.
 See docs/collectors/power.md.
 """
 
@@ -41,9 +44,20 @@ from collectors.common import cli_main, make_publisher, run_every
 from collectors.kepler import KeplerReading, kepler_keys, scrape_kepler
 from collectors.publisher import Publisher
 from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
-from ecovisor.contract.bus_access import container_source, node_source, node_username
+from ecovisor.contract.bus_access import (
+    container_source,
+    node_batch_source,
+    node_source,
+    node_username,
+)
 from ecovisor.contract.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
-from ecovisor.contract.schemas import ContainerTelemetry, NodeTelemetry
+from ecovisor.contract.schemas import (
+    MAX_LIST,
+    ContainerCounters,
+    ContainerTelemetry,
+    NodeBatchTelemetry,
+    NodeTelemetry,
+)
 from ecovisor.core.attribution import CounterSnapshot, PowerModel, attribute_interval
 from ecovisor.core.shares import IdleAttribution
 from ecovisor.core.units import MJ_PER_J
@@ -171,7 +185,29 @@ class ContainerRef:
 @dataclass
 class NodeSample:
     node: NodeTelemetry | None
-    containers: list[ContainerTelemetry]
+    containers: list[ContainerTelemetry]  # per-container mode
+    batches: list[NodeBatchTelemetry] = field(default_factory=list)  # batch mode
+
+
+# JSON of a batch without its entries (envelope, ids, seq, time), with room to spare
+BATCH_ENVELOPE_BYTES = 512
+
+
+def split_batches(
+    entries: list[ContainerCounters], max_bytes: int
+) -> list[list[ContainerCounters]]:
+    """Entries in order, cut into batches whose JSON stays under ``max_bytes`` (the
+    bridge refuses a larger payload) and ``MAX_LIST`` entries."""
+    out: list[list[ContainerCounters]] = [[]]
+    size = BATCH_ENVELOPE_BYTES
+    for e in entries:
+        n = len(e.model_dump_json()) + 1
+        if out[-1] and (size + n > max_bytes or len(out[-1]) >= MAX_LIST):
+            out.append([])
+            size = BATCH_ENVELOPE_BYTES
+        out[-1].append(e)
+        size += n
+    return [b for b in out if b]
 
 
 @dataclass
@@ -236,8 +272,10 @@ class PowerCollector:
         rapl_root: str = POWERCAP_ROOT,
         clock: Callable[[], float] = time.monotonic,
         scrape: Callable[[str], KeplerReading] = scrape_kepler,
+        batch: bool = True,
     ) -> None:
         self.cfg, self.publisher, self.clock, self.scrape = cfg, publisher, clock, scrape
+        self.batch = batch  # one NodeBatchTelemetry per tick, else one message a container
         self.node = cfg.node(node_id)
         self.proc = proc_stat or ProcStat()
         self.refs = [
@@ -281,14 +319,12 @@ class PowerCollector:
         node_msg = self._publish_node(
             snap.node_cpu_s, acc.node_mj / MJ_PER_J, acc.idle_mj / MJ_PER_J
         )
-        out = [
-            self._publish_container(
-                ref, cpu[ref.config.id], acc.energy_mj.get(ref.config.id, 0) / MJ_PER_J
-            )
+        readings = [
+            (ref, cpu[ref.config.id], acc.energy_mj.get(ref.config.id, 0) / MJ_PER_J)
             for ref in self.refs
             if ref.config.id in cpu
         ]
-        return NodeSample(node_msg, [m for m in out if m is not None])
+        return self._publish_containers(node_msg, readings)
 
     def _tick_kepler(self) -> NodeSample:
         """Kepler's energies are already attributed: published as they are."""
@@ -303,15 +339,37 @@ class PowerCollector:
             node_msg = self._publish_node(
                 self._busy(), reading.node_energy_j, reading.node_idle_j or 0.0
             )
-        out = []
+        readings = []
         for ref in self.refs:
             keys = kepler_keys(ref.config)
             found = [v for key, v in reading.containers.items() if key in keys]
             if found:
                 cpu = ref.meter.cpu_s()
                 cpu_s = cpu if cpu is not None and math.isfinite(cpu) else 0.0
-                out.append(self._publish_container(ref, cpu_s, sum(found)))
-        return NodeSample(node_msg, [m for m in out if m is not None])
+                readings.append((ref, cpu_s, sum(found)))
+        return self._publish_containers(node_msg, readings)
+
+    def _publish_containers(
+        self, node_msg: NodeTelemetry | None, readings: list[tuple[ContainerRef, float, float]]
+    ) -> NodeSample:
+        """The containers' counters of this tick: one batch (or a few, under the size
+        limit), or one message per container."""
+        if not self.batch:
+            out = [self._publish_container(ref, c, e) for ref, c, e in readings]
+            return NodeSample(node_msg, [m for m in out if m is not None])
+        entries = [
+            ContainerCounters(app=ref.app, container=ref.config.id, cpu_s=c, energy_j=e)
+            for ref, c, e in readings
+        ]
+        sent = []
+        for chunk in split_batches(entries, self.cfg.site.limits.max_message_bytes):
+            msg = self.publisher.publish(
+                NodeBatchTelemetry, node_batch_source(self.node.id), node=self.node.id,
+                containers=chunk,
+            )  # fmt: skip
+            if msg is not None:
+                sent.append(msg)
+        return NodeSample(node_msg, [], sent)  # type: ignore[arg-type]
 
     def _publish_node(
         self, cpu_busy_s: float | None, energy_j: float, idle_energy_j: float
@@ -372,21 +430,28 @@ def validate_options(cfg: EcovisorConfig) -> None:
 def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", help="node id in site.nodes (default: hostname or the only one)")
     p.add_argument("--tick-s", type=float, help="publish period (default site.shape.tick_s)")
+    p.add_argument(
+        "--per-container",
+        action="store_true",
+        help="one ContainerTelemetry per container (default: one NodeBatchTelemetry per "
+        "node per tick)",
+    )
 
 
 def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -> None:
     validate_options(cfg)
     node_id = pick_node(cfg, args.node)
     pub = make_publisher(cfg, "power", node_id, node_username(node_id))
-    coll = PowerCollector(cfg, node_id, pub)
+    coll = PowerCollector(cfg, node_id, pub, batch=not args.per_container)
     pub.start()
     period = args.tick_s or cfg.site.shape.tick_s
     log.info(
-        "node %s (%s meter): %d containers, every %.3g s",
+        "node %s (%s meter): %d containers, every %.3g s, %s",
         node_id,
         coll.meter,
         len(coll.refs),
         period,
+        "one batch per tick" if coll.batch else "one message per container",
     )
     try:
         run_every(period, stop, coll.tick)

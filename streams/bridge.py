@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -92,6 +93,7 @@ class Scope:
     site: str
     max_bytes: int
     owners: dict[str, str] = field(default_factory=dict)  # container -> app
+    placed: dict[str, str] = field(default_factory=dict)  # container -> its node
     apps: frozenset[str] = frozenset()
     nodes: frozenset[str] = frozenset()
     # on an authenticated broker: the one source each message may come from (the
@@ -104,10 +106,34 @@ class Scope:
             site=cfg.site.id,
             max_bytes=cfg.site.limits.max_message_bytes,
             owners={c: p.app for c, p in cfg.placements().items()},
+            placed={c: p.node for c, p in cfg.placements().items()},
             apps=frozenset(a.id for a in cfg.apps),
             nodes=frozenset(n.id for n in cfg.site.nodes),
             source_of=partial(telemetry_source, cfg) if bus_authenticated(cfg) else None,
         )
+
+    def foreign_entries(self, b: schemas.NodeBatchTelemetry) -> list[tuple[int, str]]:
+        """(index, reason) of each entry of a node batch this site does not take: a
+        container it does not have, of another app, or not placed on the batch's node (a
+        node's collector reports the containers placed on its node only: the placement
+        the broker's ACLs give each node's principal, ``bus_access.mqtt_principals``)."""
+        bad = []
+        owners, placed, node = self.owners, self.placed, b.node
+        for i, e in enumerate(b.containers):
+            owner = owners.get(e.container)
+            if owner is None:
+                why = (f"container {e.container!r} is not in site {self.site!r} (neither "
+                       f"configured nor a template replica)")  # fmt: skip
+            elif owner != e.app:
+                why = f"container {e.container!r} belongs to app {owner!r}, not {e.app!r}"
+            elif placed.get(e.container) != node:
+                why = (f"container {e.container!r} is placed on node "
+                       f"{placed.get(e.container)!r}, not {node!r}: a node reports its own "
+                       f"containers only")  # fmt: skip
+            else:
+                continue
+            bad.append((i, why))
+        return bad
 
     def foreign(self, msg: Any) -> str | None:
         """Why a valid message is not for this site, else None."""
@@ -147,6 +173,8 @@ class Routed:
     valid: bool
     reason: str | None = None
     origin: str = ""
+    # dead letters of a node batch's entries, sent (and confirmed) before the batch
+    extra: tuple[Routed, ...] = ()
 
 
 def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
@@ -174,7 +202,7 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
         )
     site, kind, source = parsed
     try:
-        msg = schemas.parse_telemetry(payload)
+        msg, bad = schemas.parse_telemetry_entries(payload)
     except ValidationError as e:
         return dead(f"invalid telemetry: {schemas.describe_validation_error(e)}", site)
     except Exception as e:  # never crash on input, whatever it is
@@ -193,8 +221,40 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
     why = scope.foreign(msg)
     if why is not None:
         return dead(why, site)
+    extra: tuple[Routed, ...] = ()
+    if isinstance(msg, schemas.NodeBatchTelemetry):
+        msg, extra = _batch_entries(scope, msg, bad, origin, site)
     value = msg.model_dump_json().encode()
-    return Routed(topics.TELEMETRY, site.encode(), value, True, None, origin)
+    return Routed(topics.TELEMETRY, site.encode(), value, True, None, origin, extra)
+
+
+def _batch_entries(
+    scope: Scope,
+    b: schemas.NodeBatchTelemetry,
+    bad: list[schemas.BadEntry],
+    origin: str,
+    site: str,
+) -> tuple[schemas.NodeBatchTelemetry, tuple[Routed, ...]]:
+    """A node batch without the entries the site does not take, and one dead letter
+    for those (invalid ones: ``bad``, from the parse), each with its index and reason."""
+    foreign = scope.foreign_entries(b)
+    if not bad and not foreign:
+        return b, ()
+    drop = {i for i, _ in foreign}
+    kept = [e for i, e in enumerate(b.containers) if i not in drop]
+    invalid = {i for i, _, _ in bad}  # indices as sent; the parsed batch lacks these
+    sent = [i for i in range(len(b.containers) + len(bad)) if i not in invalid]
+    reasons = [f"entry {i}: {why}" for i, why, _ in bad]
+    reasons += [f"entry {sent[i]}: {why}" for i, why in foreign]
+    raw = json.dumps(
+        [entry for _, _, entry in bad]
+        + [b.containers[i].model_dump(mode="json") for i, _ in foreign]
+    )
+    dl = schemas.dead_letter(origin, f"node_batch: {len(reasons)} entries not taken: "
+                             + "; ".join(reasons), raw)  # fmt: skip
+    note = Routed(topics.DEADLETTER, site.encode(), dl.model_dump_json().encode(), False,
+                  dl.reason, origin)  # fmt: skip
+    return b.model_copy(update={"containers": kept}), (note,)
 
 
 def refused(r: Routed, err: BaseException) -> Routed:
@@ -244,7 +304,7 @@ class RateLimitedLog:
 
 @dataclass
 class _Pending:
-    mid: int
+    mid: int | None  # None: a batch entry's dead letter (its message is acked after it)
     gen: int  # MQTT connection generation: acks only make sense on the same connection
     routed: Routed
     future: Any
@@ -363,15 +423,20 @@ class Bridge:
         if not r.valid:
             self.dead_log.warn(msg.topic, f"dead-lettered {msg.topic}: {r.reason}")
         if msg.qos == 0:  # nothing to acknowledge; still forwarded (or its dead letter)
+            for x in r.extra:
+                self._send(x)
             fut = self._send(r)
             if isinstance(fut, _Failed) and isinstance(fut.exception, _REFUSED) and r.valid:
                 self._send(refused(r, fut.exception))
             return
         # send outside the lock: a full producer buffer blocks here, and its sender thread
-        # needs the lock to deliver the callbacks that free it
-        fut = self._send(r)
+        # needs the lock to deliver the callbacks that free it. A batch's entry dead
+        # letters go first, unacknowledged themselves (mid None): the message's ack
+        # waits for them, in order.
+        sent = [(None, x, self._send(x)) for x in r.extra] + [(msg.mid, r, self._send(r))]
         with self.cond:
-            self.pending.append(_Pending(msg.mid, self.gen, r, fut))
+            for mid, x, fut in sent:
+                self.pending.append(_Pending(mid, self.gen, x, fut))
             self.cond.notify()
 
     def _connect_mqtt(self) -> None:
@@ -434,6 +499,8 @@ class Bridge:
                 self.stop.wait(0.5)  # broker trouble: back off a little, then retry in order
             head.future = self._send(head.routed)
         for p in ready:
+            if p.mid is None:
+                continue
             if p.gen == gen:
                 self.client.ack(p.mid, 1)
                 self.counts["acked"] += 1

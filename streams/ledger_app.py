@@ -34,9 +34,11 @@ from ecovisor.contract.config import EcovisorConfig, internal_key
 from ecovisor.contract.kafka_access import ledger_app_id
 from ecovisor.contract.schemas import (
     TELEMETRY_ADAPTER,
+    BadEntry,
     ClockMessage,
     dead_letter,
     describe_validation_error,
+    parse_telemetry_entries,
 )
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, ledger_registry
@@ -53,6 +55,7 @@ ClockMode = Literal["realtime", "event"]
 # docs/reliability.md).
 PERSIST_INTERVAL_S = 5.0
 MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the broker
+SNAPSHOT_MAX_BYTES = 32 * 1024 * 1024  # uncompressed record size the producer accepts
 
 
 def faust_app_id(cfg: EcovisorConfig) -> str:
@@ -166,16 +169,25 @@ class LedgerService:
         for r in records:
             raw = r.value if r.value is not None else b""  # a tombstone: dead-lettered
             offsets[partition] = r.offset
+            bad: list[BadEntry] = []
             try:
                 t = parse(raw)
             except ValidationError as e:
-                await self.clock_or_dead_letter(led, raw, e)
-                continue
+                salvaged = _salvage_batch(raw)
+                if salvaged is None:
+                    await self.clock_or_dead_letter(led, raw, e)
+                    continue
+                t, bad = salvaged
             if t.site != site:
                 continue
-            t_us = to_us(t.time.timestamp())  # once per sample
+            t_us = to_us(t.time.timestamp())  # once per sample (or batch)
+            now = led.event_now() if event_mode else wall_us
             try:
-                why = ingest(t, t_us, led.event_now() if event_mode else wall_us)
+                if t.kind == "node_batch":
+                    await self.batch_dead_letters(t, bad, led.ingest_batch(t, t_us, now))
+                    why = None
+                else:
+                    why = ingest(t, t_us, now)
             except Exception as e:  # a bug met by one message: not a stop for every tenant
                 log.exception("telemetry at offset %s failed", r.offset)
                 why = f"internal error on this message: {e!r}"
@@ -185,6 +197,28 @@ class LedgerService:
                 now, nc = led.event_now(), led.clock.next_close
                 if now is not None and nc is not None and led.clock.closable_until(now) > nc:
                     await self.close_ticks(led, now)
+
+    async def batch_dead_letters(
+        self, b: Any, bad: list[BadEntry], reports: list[tuple[int, str]]
+    ) -> None:
+        """One dead letter per entry of a node batch not taken (invalid: ``bad``; refused
+        or reset by the ledger: ``reports``), or one for the whole batch (index -1)."""
+        outs = []
+        head = f"node_batch {b.source!r} seq {b.seq}"
+        for i, why, entry in bad:
+            dl = dead_letter(topics.TELEMETRY, f"{head} entry {i}: {why}",
+                             json.dumps(entry, separators=(",", ":")))  # fmt: skip
+            outs.append(Out(topics.DEADLETTER, None, dl.model_dump_json().encode()))
+        for i, why in reports:
+            if i < 0:
+                dl = dead_letter(topics.TELEMETRY, f"{head}: {why}", b.model_dump_json())
+            else:  # i indexes the parsed batch (without invalid entries): name the container
+                e = b.containers[i]
+                dl = dead_letter(topics.TELEMETRY, f"{head} container {e.container!r}: {why}",
+                                 e.model_dump_json())  # fmt: skip
+            outs.append(Out(topics.DEADLETTER, None, dl.model_dump_json().encode()))
+        if outs:
+            await self.send(outs)
 
     async def clock_or_dead_letter(self, led: SiteLedger, raw: bytes, e: ValidationError) -> None:
         """A payload that is not telemetry: this site's clock message (accepted only as
@@ -215,6 +249,22 @@ class LedgerService:
         close the ticks before it early."""
         led = self.ledger or self.loaded()
         await self.close_ticks(led, wall_us)
+
+    async def close_on_deadlines(self) -> None:
+        """Real-time mode: sleep until the oldest open tick's deadline (its end + grace),
+        then close what is due, forever. Event-driven rather than polled, so a tick
+        closes at its deadline, not up to a polling period later (docs/ledger.md)."""
+        idle_s = max(0.05, self.cfg.site.shape.tick_s / 10)  # no tick open yet: look again
+        while True:
+            led = self.ledger or self.loaded()
+            due = led.clock.next_deadline_us()
+            now = to_us(time.time())
+            if due is None or due > now:
+                await asyncio.sleep(idle_s if due is None else (due - now) / 1e6)
+                continue
+            await self.on_timer(now)
+            if led.clock.next_deadline_us() == due:  # nothing closed: never spin
+                await asyncio.sleep(idle_s)
 
     async def consume_telemetry(self, bootstrap: str) -> None:
         """Read ``ecovisor.telemetry`` from the snapshot's position, forever."""
@@ -291,6 +341,16 @@ class LedgerService:
             await self.app.crash(e)
 
 
+def _salvage_batch(raw: bytes) -> tuple[Any, list[BadEntry]] | None:
+    """A node batch with invalid entries: the batch without them (None: not that)."""
+    if b'"node_batch"' not in raw:
+        return None
+    try:
+        return parse_telemetry_entries(raw)
+    except (ValidationError, ValueError):
+        return None
+
+
 async def _at_end(consumer: Any, tps: list[Any]) -> bool:
     """Whether the consumer's position is at the high watermark of its last fetch on
     every partition (None: not fetched yet)."""
@@ -338,6 +398,9 @@ def build_app(
         # JSON entries, notifications and snapshots compress 5-7x; a broker keeps them
         # compressed (the embedded one in memory: L1, docs/reliability.md)
         producer_compression_type="gzip",
+        # the producer checks a record's size before compression: the snapshot of a
+        # site of 10,000 containers is ~3.3 MB as JSON, ~150 kB gzipped on the broker
+        producer_max_request_size=SNAPSHOT_MAX_BYTES,
     )
     commands = app.topic(topics.COMMANDS, value_type=bytes, key_type=bytes)
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)
@@ -355,10 +418,10 @@ def build_app(
 
     if clock == "realtime":
 
-        @app.timer(interval=max(0.05, cfg.site.shape.tick_s / 10))
-        async def tick_timer() -> None:
-            if app.tables.recovery.completed.is_set():
-                await svc.guarded("tick timer", svc.on_timer(to_us(time.time())))
+        @app.task
+        async def tick_closer() -> None:
+            await app.tables.recovery.completed.wait()
+            await svc.guarded("tick closer", svc.close_on_deadlines())
 
     async def commands_loop(stream: Any) -> None:
         async for raw in stream:

@@ -30,12 +30,13 @@ from ecovisor.contract.schemas import (
     verify,
 )
 from ecovisor.core.entries import SiteTickResult
+from ecovisor.core.intake import BatchEntry, offer_batch
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.solar_share import split_solar
 from ecovisor.core.state import MAX_PENDING, SiteState, SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
 from ecovisor.core.tick_clock import ClockLimits, ClosedTick, TickClock, to_us
-from ecovisor.core.units import wh_to_mj
+from ecovisor.core.units import j_to_mj, wh_to_mj
 from streams.commands import Decision, decide
 from streams.tick_notifications import (
     battery_setpoint,
@@ -141,10 +142,11 @@ class SiteLedger:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     entries: dict[str, deque[tuple[float, bytes]]] = field(default_factory=dict)  # in memory
     counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    # the newest carbon forecast a carbon source published (CarbonTelemetry.forecast):
-    # the site's, the same for every app; served by the state view, not persisted (the
-    # collector re-publishes it with every sample)
+    # the newest carbon and solar forecasts their sources published (CarbonTelemetry /
+    # SolarTelemetry.forecast): the site's, the same for every app; served by the state
+    # view, not persisted (the collector re-publishes it with every sample)
     carbon_forecast: dict[str, Any] | None = None
+    solar_forecast: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # derived from the configuration, looked up per container per tick: precomputed
@@ -256,6 +258,9 @@ class SiteLedger:
         if why is not None:
             return why
         kind = t.kind
+        if kind == "node_batch":  # one reason for the whole message (ingest_batch: each)
+            reports = self.ingest_batch(t, t_us, now_us, checked=True)
+            return "; ".join(why for _, why in reports) or None
         if kind == "container" and t.container not in self.owners:
             return f"container {t.container!r} is not in the site configuration (no app owns it)"
         if kind == "node" and t.node not in self.nodes:
@@ -263,23 +268,58 @@ class SiteLedger:
         if kind == "app_metrics" and t.app not in self.app_cfg:
             return f"app {t.app!r} is not in the site configuration"
         status = self.clock.offer(t, t_us)
-        if kind == "carbon" and t.forecast and status != "refused":
+        if kind in ("carbon", "solar") and t.forecast and status != "refused":
             self._keep_forecast(t, t_us)
         return self.clock.reason if status in ("refused", "reset") else None
 
+    def ingest_batch(
+        self, b: Any, t_us: int, now_us: int | None, checked: bool = False
+    ) -> list[tuple[int, str]]:
+        """Take one node batch (``NodeBatchTelemetry``) as one event: the time rules and
+        dedupe once for the batch, then each container's counters into the same state as
+        a ``ContainerTelemetry`` (``ecovisor.core.intake.offer_batch``). Returns
+        (index, reason) per entry to dead-letter, (-1, reason) for the whole batch.
+        ``checked``: ``refuse_reason`` already passed."""
+        why = None if checked else self.refuse_reason(b, now_us, t_us)
+        if why is None and b.node not in self.nodes:
+            why = f"node {b.node!r} is not in the site configuration"
+        if why is not None:
+            return [(-1, why)]
+        owners = self.owners
+        reports: list[tuple[int, str]] = []
+        entries: list[BatchEntry] = []
+        seen: set[str] = set()
+        for i, e in enumerate(b.containers):
+            c = e.container
+            if c not in owners:
+                reports.append((i, f"container {c!r} is not in the site configuration "
+                                   f"(no app owns it)"))  # fmt: skip
+            elif c in seen:
+                reports.append((i, f"container {c!r} is listed twice in the batch: the "
+                                   f"first is taken"))  # fmt: skip
+            else:
+                seen.add(c)
+                entries.append((i, c, e.app, j_to_mj(e.energy_j)))
+        status, refused = offer_batch(self.clock, b, t_us, entries)
+        if status in ("refused", "duplicate"):
+            # a duplicate batch is no error (at-least-once): nothing to report
+            return [(-1, self.clock.reason or "")] if status == "refused" else []
+        return sorted(reports + refused)
+
     def _keep_forecast(self, t: Any, t_us: int) -> None:
-        """Keep the newest carbon forecast by publication time (a late sample's older
-        forecast does not replace a newer one). Times in UTC."""
-        kept = self.carbon_forecast
+        """Keep the newest carbon or solar forecast by publication time (a late sample's
+        older forecast does not replace a newer one). Times in UTC."""
+        attr = f"{t.kind}_forecast"
+        kept = getattr(self, attr)
         if kept is not None and kept["published_us"] > t_us:
             return
-        self.carbon_forecast = {
+        setattr(self, attr, {
             "published_us": t_us,
             "published_at": utc_from_us(t_us).isoformat(),
             "source": t.source,
-            "signal": t.signal,
+            "signal": getattr(t, "signal", None),  # carbon: average or marginal
             "points": [[at.astimezone(UTC).isoformat(), v] for at, v in sorted(t.forecast)],
-        }
+        })  # fmt: skip
 
     def clock_message(self, cm: Any, event_mode: bool) -> str | None:
         """Accept a clock message (it moves ``event_now()``) or say why not. Only in event
@@ -384,12 +424,15 @@ class SiteLedger:
             for n in event_notifications(site, t_end, app, ct.k, entry):
                 outs.append(Out(ntopic, key, n.to_json()))
             cum = entry.cumulative
+            # (energy, carbon) as tuples, not lists (the same JSON in the counters table):
+            # the garbage collector stops tracking tuples of ints, so the ~400k pairs the
+            # history keeps at 1,000 containers do not slow every full collection
             row = {
                 "t_end_us": t_end_us,
                 "energy_mj": cum.total.energy_mj,
                 "carbon_ug": cum.total.carbon_ug,
                 "containers": {
-                    c: [line.energy_mj, line.carbon_ug] for c, line in cum.containers.items()
+                    c: (line.energy_mj, line.carbon_ug) for c, line in cum.containers.items()
                 },
             }
             rows.append((app, ct.k, row))

@@ -49,6 +49,12 @@ def node_source(node: str) -> str:
     return f"node-{node}"
 
 
+def node_batch_source(node: str) -> str:
+    """The source of a node's container batches (``NodeBatchTelemetry``): not the node
+    source, whose seqs count the node's own counters."""
+    return f"batch-{node}"
+
+
 def app_metrics_source(app: str) -> str:
     return f"app-{app}"
 
@@ -68,6 +74,8 @@ def telemetry_source(cfg: EcovisorConfig, msg: object) -> str | None:
         return container_source(msg.container)  # type: ignore[attr-defined]
     if kind == "node":
         return node_source(msg.node)  # type: ignore[attr-defined]
+    if kind == "node_batch":
+        return node_batch_source(msg.node)  # type: ignore[attr-defined]
     if kind == "app_metrics":
         return app_metrics_source(msg.app)  # type: ignore[attr-defined]
     if kind in SOURCE_SECTIONS.values():
@@ -114,7 +122,10 @@ def mqtt_principals(cfg: EcovisorConfig) -> list[MqttPrincipal]:
     for cid, p in sorted(cfg.placements().items()):
         by_node.setdefault(p.node, []).append(cid)
     for node, containers in by_node.items():
-        pub = [topics.mqtt_telemetry(site, "node", node_source(node))]
+        pub = [
+            topics.mqtt_telemetry(site, "node", node_source(node)),
+            topics.mqtt_telemetry(site, "node_batch", node_batch_source(node)),
+        ]
         pub += [topics.mqtt_telemetry(site, "container", container_source(c)) for c in containers]
         out.append(MqttPrincipal(node_username(node), publish=tuple(pub)))
     for a in cfg.apps:

@@ -111,6 +111,11 @@ class SolarTelemetry(Telemetry):
     kind: Literal["solar"] = "solar"
     power_w: Amount = Field(description="instantaneous AC power of the whole site array")
     energy_j: Counter = Field(description="cumulative energy counter since the source started")
+    forecast: list[tuple[Time, Amount]] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="(time, W) points of the array's power where the source has them",
+    )
 
 
 class CarbonTelemetry(Telemetry):
@@ -156,6 +161,36 @@ class ContainerTelemetry(Telemetry):
     )
 
 
+class ContainerCounters(BaseModel):
+    """One container's cumulative counters inside a ``NodeBatchTelemetry``: the fields
+    of ``ContainerTelemetry`` that are the container's own (the batch carries the rest)."""
+
+    model_config = _STRICT
+
+    app: AppId
+    container: Ident
+    cpu_s: Counter = Field(description="cumulative CPU seconds of the container")
+    energy_j: Counter = Field(
+        description="cumulative energy attributed to the container (active + idle share)"
+    )
+
+
+NODE_BATCH_VERSION = 1  # docs/contract.md#node-batches
+
+
+class NodeBatchTelemetry(Telemetry):
+    """Every container of one node in one message per tick (the way Kepler exports per
+    node): one ``source`` + ``seq`` for the whole batch, so the ledger dedupes it once.
+    ``ContainerTelemetry`` (one message per container) stays accepted."""
+
+    kind: Literal["node_batch"] = "node_batch"
+    batch_version: Literal[1] = NODE_BATCH_VERSION
+    node: Ident = Field(description="the node every container of the batch is placed on")
+    containers: list[ContainerCounters] = Field(
+        max_length=MAX_LIST, description="at most 10,000 containers, each at most once"
+    )
+
+
 class AppMetricsTelemetry(Telemetry):
     kind: Literal["app_metrics"] = "app_metrics"
     app: AppId
@@ -175,6 +210,7 @@ AnyTelemetry = Annotated[
     | BatteryTelemetry
     | NodeTelemetry
     | ContainerTelemetry
+    | NodeBatchTelemetry
     | AppMetricsTelemetry,
     Field(discriminator="kind"),
 ]
@@ -200,6 +236,34 @@ class ClockMessage(BaseModel):
 def parse_telemetry(raw: bytes | str) -> AnyTelemetry:
     """Parse and validate one telemetry payload (raises pydantic.ValidationError)."""
     return TELEMETRY_ADAPTER.validate_json(raw)
+
+
+# (index in the batch as sent, reason, the entry as sent) of a batch entry not taken
+BadEntry = tuple[int, str, Any]
+
+
+def parse_telemetry_entries(raw: bytes | str) -> tuple[AnyTelemetry, list[BadEntry]]:
+    """``parse_telemetry``, except that a node batch whose only errors are in some of its
+    entries is taken without them: the batch and, per bad entry, its index, reason and
+    raw value (a dead letter each). Any other error raises ValidationError."""
+    try:
+        return TELEMETRY_ADAPTER.validate_json(raw), []
+    except ValidationError as e:
+        errors = e.errors()
+        bad: dict[int, str] = {}
+        for err in errors:
+            loc = err.get("loc", ())
+            if len(loc) < 3 or loc[:2] != ("node_batch", "containers") or not isinstance(
+                loc[2], int
+            ):
+                raise
+            field_name = ".".join(str(x) for x in loc[3:]) or "<entry>"
+            bad.setdefault(loc[2], f"{field_name}: {err.get('msg')}")
+        body = json.loads(raw)
+        entries = body["containers"]
+        body["containers"] = [x for i, x in enumerate(entries) if i not in bad]
+        msg = TELEMETRY_ADAPTER.validate_json(json.dumps(body))
+        return msg, [(i, why, entries[i]) for i, why in sorted(bad.items())]
 
 
 # ---------------------------------------------------------------------------------------

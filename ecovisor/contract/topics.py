@@ -57,7 +57,9 @@ def all_topics(apps: list[str]) -> list[str]:
 # --- MQTT ----------------------------------------------------------------------------
 MQTT_ROOT = "ecovisor"
 MQTT_TELEMETRY_SUBSCRIPTION = f"{MQTT_ROOT}/+/telemetry/#"
-TELEMETRY_KINDS = ("solar", "carbon", "battery", "node", "container", "app_metrics")
+TELEMETRY_KINDS = (
+    "solar", "carbon", "battery", "node", "container", "node_batch", "app_metrics"
+)  # fmt: skip
 
 
 def mqtt_site_telemetry(site: str) -> str:

@@ -5,6 +5,7 @@
 * ``CounterGuard``: cumulative counters (container, node, solar energy) against what
   their source can physically produce, and counter resets.
 * ``value_error``: every number bounded before it becomes integer mJ.
+* ``offer_batch``: a node batch (``NodeBatchTelemetry``) as ONE event of the clock.
 
 docs/ledger.md#ticks, docs/reliability.md.
 """
@@ -121,13 +122,21 @@ class CounterGuard:
     def __init__(self, max_counters: int, max_power_w: MaxPower | None) -> None:
         self.max_counters = max_counters
         self.max_power_w = max_power_w
+        # max_power_w per counter key, looked up once: it comes from the configuration,
+        # fixed for the guard's life (one cache entry per tracked counter at most)
+        self._max_w: dict[str, float | None] = {}
         self.latest: dict[str, _Latest] = {}
         self.n_faults = 0
         self.n_resets = 0
 
     def allowance(self, key: str, elapsed_us: int) -> float:
         """mJ a counter may rise by in ``elapsed_us`` (inf: no physical bound known)."""
-        max_w = self.max_power_w(key) if self.max_power_w is not None else None
+        try:
+            max_w = self._max_w[key]
+        except KeyError:
+            max_w = self.max_power_w(key) if self.max_power_w is not None else None
+            if key in self.latest:  # tracked: bounded by max_counters
+                self._max_w[key] = max_w
         if max_w is None:
             return float("inf")
         return max_w * (max(0, elapsed_us) / US * COUNTER_MARGIN + COUNTER_SLACK_S) * 1e3
@@ -189,6 +198,7 @@ class CounterGuard:
         last = self.latest.get(key)
         if last is not None and last.t_us < before_us:
             del self.latest[key]
+            self._max_w.pop(key, None)
 
     def dump(self) -> dict[str, list[Any]]:
         return {
@@ -201,4 +211,66 @@ class CounterGuard:
             self.latest[k] = _Latest(v[0], v[1], v[2], v[3], v[4], tuple(v[5]) if v[5] else None)
 
 
-__all__ = ["COUNTER_MARGIN", "COUNTER_SLACK_S", "CounterGuard", "SeqWindow", "value_error"]
+# (index in the batch, container, app, cumulative mJ) of one container in a node batch
+BatchEntry = tuple[int, str, str, int]
+
+
+def offer_batch(
+    clock: Any, batch: Any, t_us: int, entries: list[BatchEntry]
+) -> tuple[str, list[tuple[int, str]]]:
+    """Take a node batch into ``clock`` (a ``tick_clock.TickClock``) as one event.
+
+    The batch itself goes through the clock's ``offer`` like any sample: its one
+    ``source`` + ``seq`` deduped once, the source limits, the event time's tick, the late
+    rule (rolled into the oldest open tick) and the watermark, all exactly as for a
+    per-container message (it books nothing itself: ``offer`` answers "ignored" for a
+    kind without values). Then each entry, already bounded by the batch's parse, is
+    checked by ``CounterGuard`` under the batch's seq and time and lands in the same
+    per-container state (the open tick's counters) a ``ContainerTelemetry`` would.
+
+    Returns the batch's status ("ok", "late", or the clock's "duplicate" / "refused",
+    reason in ``clock.reason``) and (index, reason) of every entry refused (a fault) or
+    taken as a counter reset (reported, as for one message)."""
+    status = clock.offer(batch, t_us)
+    if status != "ignored":
+        return status, []
+    seq, node = batch.seq, batch.node
+    # where ``offer`` put the batch: its event time's tick, or the oldest open one if late
+    k = t_us // clock.tick_us
+    late = k < clock.next_close
+    buf = clock.open[clock.next_close if late else k]
+    check = clock.guard.check
+    put = clock._counter  # the clock's own per-counter aggregation, not a copy of it
+    nodes = clock.container_nodes
+    reports: list[tuple[int, str]] = []
+    taken = 0
+    for i, container, app, mj in entries:
+        key = "c:" + container
+        booked, why = check(key, seq, t_us, mj)
+        if why is not None:
+            reports.append((i, why))
+        if booked is None:
+            clock.n_refused += 1
+            continue
+        put(buf, key, seq, booked, app)
+        nodes[container] = node
+        taken += 1
+    # the clock counted the batch as one sample: count its containers instead
+    more = taken - 1
+    buf.samples += more
+    clock.n_samples += more
+    if late:
+        buf.late += more
+        clock.n_late += more
+    return ("late" if late else "ok"), reports
+
+
+__all__ = [
+    "COUNTER_MARGIN",
+    "COUNTER_SLACK_S",
+    "BatchEntry",
+    "CounterGuard",
+    "SeqWindow",
+    "offer_batch",
+    "value_error",
+]

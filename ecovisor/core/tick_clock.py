@@ -270,8 +270,11 @@ class TickClock:
                 buf.battery = (t_us, msg.stored_wh, msg.capacity_wh)
             buf.seen.add("battery:" + source)
         elif kind == "app_metrics":
+            # extra (bounded by the contract) carries the app's own metrics, e.g. its
+            # latency_p95_ms or stragglers, which policies read
             buf.metrics[msg.app] = msg.model_dump(
-                mode="json", include={"latency_ms", "progress", "functional_units_total"}
+                mode="json",
+                include={"latency_ms", "progress", "functional_units_total", "extra"},
             )
         else:
             return "ignored"
@@ -291,6 +294,13 @@ class TickClock:
     def closable_until(self, now_us: int) -> int:
         """Ticks strictly below this index may close at driving time ``now_us``."""
         return (now_us - self.grace_us) // self.tick_us
+
+    def next_deadline_us(self) -> int | None:
+        """The driving time at which the oldest open tick may close (its end + grace),
+        the inverse of ``closable_until``; None before any sample opened a tick."""
+        if self.next_close is None:
+            return None
+        return (self.next_close + 1) * self.tick_us + self.grace_us
 
     def advance(self, now_us: int) -> list[ClosedTick]:
         """Close every open tick whose end + grace <= ``now_us`` (oldest first)."""

@@ -76,7 +76,7 @@ apps:
 """
     )
     pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)
-    coll = PowerCollector(cfg, "n1", pub)
+    coll = PowerCollector(cfg, "n1", pub, batch=False)
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         (CPUACCT / real_cgroup / "cgroup.procs").write_text(str(child.pid))
@@ -126,7 +126,7 @@ apps:
 """
     )
     try:
-        coll = PowerCollector(cfg, "n1", Publisher("s", "127.0.0.1", 1, client_id="t"))
+        coll = PowerCollector(cfg, "n1", Publisher("s", "127.0.0.1", 1, client_id="t"), batch=False)
         s = coll.tick()
     finally:
         srv.shutdown()

@@ -65,9 +65,11 @@ def test_each_principal_publishes_only_its_own_sources() -> None:
     assert ps["actuator-battery"].publish == (topics.mqtt_battery_control("s1", "bat"),)
     # a node's collector: its node and exactly the containers placed on it (replicas too)
     assert set(ps["node-n1"].publish) == {t("s1", "node", "node-n1"),
+                                          t("s1", "node_batch", "batch-n1"),
                                           t("s1", "container", "ctr-web-1")}  # fmt: skip
     assert set(ps["node-n2"].publish) == {
         t("s1", "node", "node-n2"),
+        t("s1", "node_batch", "batch-n2"),
         t("s1", "container", "ctr-batch-1"),
         t("s1", "container", "ctr-w-1"),
         t("s1", "container", "ctr-w-2"),

@@ -173,7 +173,7 @@ def test_collector_attributes_model_energy(tmp_path: Path) -> None:
     t = [0.0]
     proc = FakeProc()
     pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)  # never connects
-    coll = PowerCollector(cfg, "n1", pub, proc_stat=proc, clock=lambda: t[0])
+    coll = PowerCollector(cfg, "n1", pub, proc_stat=proc, clock=lambda: t[0], batch=False)
     write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
     write(tmp_path / "e/b-1/cpu.stat", "usage_usec 0\n")
     first = coll.tick()
@@ -203,7 +203,7 @@ def test_collector_skips_missing_container(tmp_path: Path) -> None:
     cfg = parse_config(SITE.format(idle="none", root=tmp_path))
     pub = Publisher("s", "127.0.0.1", 1, client_id="t")
     write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
-    coll = PowerCollector(cfg, "n1", pub, proc_stat=FakeProc(), clock=lambda: 0.0)
+    coll = PowerCollector(cfg, "n1", pub, proc_stat=FakeProc(), clock=lambda: 0.0, batch=False)
     s = coll.tick()
     assert [c.container for c in s.containers] == ["web-1"]
 
