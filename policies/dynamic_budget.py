@@ -99,12 +99,13 @@ class DynamicBudget:
         )
         affordable = self.max_w if math.isinf(allowed_w) else int(allowed_w // per)
         wanted = self.workers
-        if obs.latency_ms is not None:
-            if obs.latency_ms > self.slo:
-                wanted = self.workers + max(
-                    1, math.ceil(self.workers * (obs.latency_ms / self.slo - 1))
-                )
-            elif obs.latency_ms < self.low_water * self.slo:
+        # the SLO is on the p95: the app's p95 metric when it reports one
+        # (collectors.app_metrics: latency_p95_ms), else its mean latency
+        lat = obs.metrics.get("latency_p95_ms", obs.latency_ms)
+        if lat is not None:
+            if lat > self.slo:
+                wanted = self.workers + max(1, math.ceil(self.workers * (lat / self.slo - 1)))
+            elif lat < self.low_water * self.slo:
                 wanted = self.workers - 1
         self.workers = max(self.min_w, min(self.max_w, wanted, affordable))
         return set_workers(self.app, self.workers, self.template, running_containers(self.app, d))

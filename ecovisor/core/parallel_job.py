@@ -16,8 +16,8 @@ random). Straggler mitigation (the third policy): any other running container (a
 replica started from the app's template) runs a copy of an unfinished straggler task of
 the round, from the start, at normal speed; the task is done when the first copy
 finishes, and the other copy's work is wasted ("at most one replica task will finish").
-``stragglers`` (unfinished, unreplicated stragglers) is published as an app metric, the
-one the straggler_replicas policy reads.
+``stragglers`` (the round's unfinished stragglers, replicated or not) is published as an
+app metric, the one the straggler_replicas policy reads (no more replicas than that).
 
 Time inside a tick is exact (event by event). Parameters: docs/evaluation.md (§ Workload
 models); the paper states the structure, not the numbers: the defaults are our stated
@@ -154,8 +154,8 @@ class ParallelJob:
 
     def metrics(self) -> dict[str, float]:
         """What a live job would publish as app metrics (collectors.app_metrics)."""
-        replicated = {t for t, _ in self._copies.values()}
-        stragglers = [t for t in self._slow if t in self._left and t not in replicated]
+        # every unfinished straggler, replicated or not: the replicas a policy should keep
+        stragglers = [t for t in self._slow if t in self._left]
         return {
             "functional_units_total": float(self.round),
             "stragglers": float(len(stragglers)),

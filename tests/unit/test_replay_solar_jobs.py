@@ -19,14 +19,15 @@ from replay.runs import run_all
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def traces(tmp: Path) -> dict[str, Any]:
-    """Hourly carbon (flat 200 g/kWh) and 15-minute solar: a half-sine 06-18 UTC."""
+def traces(tmp: Path, steady: bool = False) -> dict[str, Any]:
+    """Hourly carbon (flat 200 g/kWh) and 15-minute solar: a half-sine 06-18 UTC, or
+    ``steady`` (the same all day)."""
     carbon, solar = ["time,value"], ["time,value"]
     for h in range(10 * 24):
         carbon.append(f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:00:00Z,200")
         for q in range(4):
             x = (h % 24 + q / 4 - 6) / 12
-            w = max(0.0, math.sin(math.pi * x)) if 0 <= x <= 1 else 0.0
+            w = 1.0 if steady else max(0.0, math.sin(math.pi * x)) if 0 <= x <= 1 else 0.0
             solar.append(f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:{15 * q:02d}:00Z,{w:.4f}")
     (tmp / "carbon.csv").write_text("\n".join(carbon) + "\n")
     (tmp / "solar.csv").write_text("\n".join(solar) + "\n")
@@ -36,12 +37,14 @@ def traces(tmp: Path) -> dict[str, Any]:
     }
 
 
-def experiment(tmp: Path, site: dict[str, Any], app: dict[str, Any]) -> Experiment:
+def experiment(
+    tmp: Path, site: dict[str, Any], app: dict[str, Any], steady: bool = False
+) -> Experiment:
     return Experiment.model_validate(
         {
             "name": "solar-jobs",
             "site": {"tick_s": 300, "grid_w": 10000, **site},
-            "traces": traces(tmp),
+            "traces": traces(tmp, steady),
             "window": {"start": "2024-01-02T00:00:00Z", "end": "2024-01-09T00:00:00Z"},
             "arrivals": {"warmup_h": 6, "max_runtime_h": 144},
             "runs": 1,
@@ -113,6 +116,7 @@ def test_demand_following_caps_and_straggler_replicas_finish_sooner(tmp_path: Pa
                              "args": [*rep, "--max-replicas", "4"]},  # fmt: skip
             },
         },
+        steady=True,  # excess solar all day: replicas are limited only by stragglers
     )
     s = runs(strag)
     assert max(s["none"].series["replicas"]) == 6  # the tasks only
