@@ -18,13 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo-site.yaml"
 
 
+def demo_plan(tmp: Path, mp: pytest.MonkeyPatch, vm: str | None = "/opt/vm/victoria-metrics"):
+    """The demo site's plan with victoria-metrics installed at ``vm`` (None: not)."""
+    mp.setattr(servers, "victoria_metrics_path", lambda: vm)
+    mp.delenv("ECOVISOR_INFLUXDB_URL", raising=False)
+    cfg = load_config(DEMO)
+    return cfg, stack.plan(cfg, DEMO, tmp, python="py", exists=lambda _m: True)
+
+
 def test_plan_points_victoria_metrics_at_both_metrics_endpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(servers, "victoria_metrics_path", lambda: "/opt/vm/victoria-metrics")
-    monkeypatch.delenv("ECOVISOR_INFLUXDB_URL", raising=False)
-    cfg = load_config(DEMO)
-    p = stack.plan(cfg, DEMO, tmp_path, python="py", exists=lambda _m: True)
+    cfg, p = demo_plan(tmp_path, monkeypatch)
     vm = {s.name: s for s in p.services}["victoria-metrics"].command
     conf = tmp_path / "data" / "victoria-metrics" / "scrape.yaml"
     assert f"-promscrape.config={conf}" in vm
@@ -51,13 +56,9 @@ def test_scrape_interval_is_the_tick_within_5_and_60_seconds() -> None:
 def test_up_names_the_addresses_of_what_it_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(servers, "victoria_metrics_path", lambda: "/opt/vm/victoria-metrics")
-    monkeypatch.delenv("ECOVISOR_INFLUXDB_URL", raising=False)
-    cfg = load_config(DEMO)
-    p = stack.plan(cfg, DEMO, tmp_path, python="py", exists=lambda _m: True)
+    cfg, p = demo_plan(tmp_path, monkeypatch)
     text = stack.addresses(cfg, p)
     assert f"http://127.0.0.1:{cfg.stack.api_port}/dashboard/" in text
     assert f"http://127.0.0.1:{cfg.stack.victoria_metrics_port}" in text
-    monkeypatch.setattr(servers, "victoria_metrics_path", lambda: None)
-    p = stack.plan(cfg, DEMO, tmp_path, python="py", exists=lambda _m: True)
+    cfg, p = demo_plan(tmp_path, monkeypatch, vm=None)
     assert "metrics" not in stack.addresses(cfg, p)  # not installed: not announced
