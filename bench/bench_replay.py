@@ -13,7 +13,15 @@ same runs over all cores (wall time only).
 experiments/right-sizing-web.yaml (its policies also read the app metrics back from the
 ledger every tick, and the offline baseline solves its DP once per run).
 
+Then the pipeline engine (``--engine pipeline``, docs/replay-pipeline.md): one app ×
+policy, run 0, its first ``--pipeline-ticks`` ticks on the real services (own tansu,
+ledger and API processes; lock-step per tick): ticks per second of wall time, the
+services' start-up not counted. ``--pipeline-ticks 0`` skips it; ``--skip-core`` runs
+only it.
+
 Usage: python bench/bench_replay.py [--runs 2] [--workers N] [--experiment FILE]
+       [--pipeline-app ml] [--pipeline-policy suspend-resume] [--pipeline-ticks 300]
+       [--skip-core]
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecovisor.contract.experiment import load_experiment  # noqa: E402
-from replay.runs import load_inputs, run_all  # noqa: E402
+from replay.runs import job_args, jobs, load_inputs, run_all  # noqa: E402
 
 EXPERIMENT = ROOT / "experiments" / "paper-5.1.yaml"
 
@@ -46,6 +55,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--experiment", type=Path, default=EXPERIMENT)
+    ap.add_argument("--pipeline-app", default=None, help="default: the first app")
+    ap.add_argument("--pipeline-policy", default="suspend-resume",
+                    help="a policy label of the app (default suspend-resume, else its first)")
+    ap.add_argument("--pipeline-ticks", type=int, default=300)
+    ap.add_argument("--skip-core", action="store_true")
     a = ap.parse_args()
     exp = load_experiment(a.experiment)
     print(
@@ -61,7 +75,7 @@ def main() -> None:
     t = time.perf_counter()
     load_inputs(exp)
     print(f"traces read and resampled: {time.perf_counter() - t:.2f} s (not counted below)")
-    for workers in (1, a.workers) if a.workers > 1 else (1,):
+    for workers in () if a.skip_core else (1, a.workers) if a.workers > 1 else (1,):
         c0, t0 = _cpu_s(), time.perf_counter()
         rs = run_all(exp, runs=a.runs, workers=workers, show_progress=False)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
@@ -71,6 +85,41 @@ def main() -> None:
             f"{ticks / wall:.0f} app-ticks/s; CPU {cpu:.1f} s = {ticks / cpu:.0f} app-ticks "
             f"per CPU-second (includes reading the traces once per run_all)"
         )
+    if a.pipeline_ticks > 0:
+        bench_pipeline(exp, a.pipeline_app, a.pipeline_policy, a.pipeline_ticks)
+
+
+def bench_pipeline(exp: Any, app_id: str | None, label: str, max_ticks: int) -> None:
+    """Run 0 of one app x policy, cut to ``max_ticks``, through the pipeline engine."""
+    from replay.pipeline import run_pipeline
+
+    inp = load_inputs(exp)
+    ai = next((i for i, x in enumerate(exp.apps) if x.id == app_id), 0)
+    app = exp.apps[ai]
+    if label not in app.policies:
+        label = next(iter(app.policies))
+    job = next(j for j in jobs(exp, inp, 1) if j.app == ai and j.label == label)
+    args = job_args(exp, inp, job, None)
+    # the run from a quarter of max_ticks before the job's arrival (warm-up cut short)
+    keep = min(job.arrival_i, max_ticks // 4)
+    cut = slice(job.arrival_i - keep, job.arrival_i - keep + max_ticks)
+    args["carbon"], args["solar_w"] = args["carbon"][cut], args["solar_w"][cut]
+    args["t0_us"] += (job.arrival_i - keep) * round(exp.site.tick_s * 1_000_000)
+    args["arrival_i"] = keep
+    print(
+        f"pipeline: app {app.id} ({app.workload.type}), policy {label}, run 0, at most "
+        f"{max_ticks} ticks (the job arrives at tick {keep}); own tansu + ledger + API "
+        f"processes on this machine; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    t = time.perf_counter()
+    r = run_pipeline(**args)
+    total = time.perf_counter() - t
+    print(
+        f"pipeline: {r.result.ticks} ticks, {r.result.commands} commands in {r.wall_s:.1f} s "
+        f"= {r.result.ticks / r.wall_s:.1f} ticks/s (lock-step; start-up and stop of the "
+        f"services {total - r.wall_s:.1f} s not counted)"
+    )
 
 
 if __name__ == "__main__":

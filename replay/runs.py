@@ -90,27 +90,21 @@ def _init(exp: Experiment, inp: Inputs, out: Path | None) -> None:
     _CTX.update(exp=exp, inp=inp, out=out)
 
 
-def _run(job: Job) -> RunResult:
-    exp: Experiment = _CTX["exp"]
-    inp: Inputs = _CTX["inp"]
-    out: Path | None = _CTX["out"]
+def job_args(exp: Experiment, inp: Inputs, job: Job, out: Path | None) -> dict[str, Any]:
+    """The arguments of one run (``run_one``, or the pipeline engine's ``run_pipeline``)."""
     app = exp.apps[job.app]
     dt = exp.site.tick_s
     n = round((exp.arrivals.warmup_h + exp.arrivals.max_runtime_h) * 3600 / dt)
     sl = slice(job.first, job.first + n)
     csv = out / "ledgers" / app.id / job.label / f"run-{job.run:02d}.csv" if out else None
-    return run_one(
-        exp,
-        app,
-        job.label,
-        job.run,
-        inp.carbon[sl],
-        inp.solar_w[sl],
-        job.t0_us,
-        job.arrival_i,
-        ledger_csv=csv,
-        load_rps=inp.loads.get(job.app),
-    )
+    return {"exp": exp, "app": app, "label": job.label, "run": job.run,
+            "carbon": inp.carbon[sl], "solar_w": inp.solar_w[sl], "t0_us": job.t0_us,
+            "arrival_i": job.arrival_i, "ledger_csv": csv,
+            "load_rps": inp.loads.get(job.app)}  # fmt: skip
+
+
+def _run(job: Job) -> RunResult:
+    return run_one(**job_args(_CTX["exp"], _CTX["inp"], job, _CTX["out"]))
 
 
 def run_all(

@@ -23,6 +23,7 @@ from ecovisor.contract.schemas import Command, Notification, parse_notification
 Position = tuple[int, int]  # (partition, offset) of a notification in its app's topic
 REPLAY_BATCH = 200  # records per fetch of a replay: memory stays bounded, whatever the gap
 REPLAY_STALL_S = 30.0  # a replay that makes no progress this long ends the stream
+NOTIFY_FETCH_WAIT_MS = 20  # the live consumer's longest wait for an empty fetch
 
 
 class Subscription:
@@ -130,7 +131,12 @@ class KafkaBus:
             await asyncio.to_thread(kafka.create_topics, self.bootstrap, [topics.COMMANDS, *names])
         try:
             self._producer = await started_producer(self.bootstrap)
-            self._consumer, tps = await assigned_consumer(self.bootstrap, names)
+            # a short fetch wait: the embedded broker (tansu) does not always answer a
+            # waiting fetch when a record arrives, so a notification could wait up to
+            # the whole fetch wait (aiokafka's default 500 ms; docs/replay-pipeline.md)
+            self._consumer, tps = await assigned_consumer(
+                self.bootstrap, names, fetch_max_wait_ms=NOTIFY_FETCH_WAIT_MS
+            )
             if tps:  # (seek_to_end() without partitions means "all assigned")
                 await self._consumer.seek_to_end(*tps)
             for tp in tps:  # resolve positions now: nothing published after start is missed

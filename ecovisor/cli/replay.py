@@ -1,5 +1,6 @@
 """``ecovisor replay`` and ``ecovisor evaluate``: run an experiment file (docs/
-evaluation.md) over real traces with the core engine. The engine drives the services'
+evaluation.md) over real traces with the core engine (or the pipeline engine: the real
+services, docs/replay-pipeline.md). The core engine drives the services'
 pure parts (the ledger's state machine, the policies, the actuators' bookkeeping), so it
 lives above them in the top-level ``replay`` package and is loaded here by module name
 at run time (like ``ecovisor config check`` loads the collectors): not an import the
@@ -22,6 +23,14 @@ WorkersOpt = Annotated[
     int | None, typer.Option("--workers", min=1, max=512, help="processes (default: CPU cores)")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bar")]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="core (in-process, parallel) or pipeline (the real ledger, API and policy "
+        "runner on the embedded broker, event-time clock, one run at a time)",
+    ),
+]
 
 
 def _impl() -> Any:
@@ -31,7 +40,7 @@ def _impl() -> Any:
 def replay(
     experiment: Annotated[str, typer.Argument(help="experiment file (YAML)")],
     runs: RunsOpt = None,
-    engine: Annotated[str, typer.Option("--engine", help="core (in-process)")] = "core",
+    engine: EngineOpt = "core",
     out: Annotated[str | None, typer.Option("--out", help="folder for results and ledgers")] = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
@@ -41,6 +50,8 @@ def replay(
         typer.echo(_impl().replay(experiment, runs, engine, out, workers, not quiet), nl=False)
     except (ConfigError, ValueError) as e:
         raise fail(str(e), 2) from None
+    except RuntimeError as e:  # the pipeline engine's services failed (their logs named)
+        raise fail(str(e), 1) from None
 
 
 def evaluate(
@@ -49,9 +60,12 @@ def evaluate(
     runs: RunsOpt = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
+    engine: EngineOpt = "core",
 ) -> None:
     """Run an experiment and write a report: table.md, runs.csv, ledger CSVs, PNG plots."""
     try:
-        typer.echo(_impl().evaluate(experiment, runs, out, workers, not quiet), nl=False)
+        typer.echo(_impl().evaluate(experiment, runs, out, workers, not quiet, engine), nl=False)
     except (ConfigError, ValueError) as e:
         raise fail(str(e), 2) from None
+    except RuntimeError as e:
+        raise fail(str(e), 1) from None

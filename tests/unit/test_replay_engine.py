@@ -214,8 +214,8 @@ def test_cli_replay_and_evaluate(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["replay", str(f), "--runs", "1", "--workers", "1", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "| ml | sr | 1/1 |" in r.output
-    r = CliRunner().invoke(app, ["replay", str(f), "--engine", "pipeline", "--quiet"])
-    assert r.exit_code == 2
+    r = CliRunner().invoke(app, ["replay", str(f), "--engine", "warp", "--quiet"])
+    assert r.exit_code == 2 and "core, pipeline" in r.output
     out = tmp_path / "rep"
     r = CliRunner().invoke(app, ["evaluate", str(f), "--out", str(out), "--workers", "1",
                                  "--quiet"])  # fmt: skip

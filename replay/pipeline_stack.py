@@ -1,0 +1,151 @@
+"""The services a pipeline replay runs on (replay/pipeline.py): the embedded broker
+(tansu, started on a free port unless a bootstrap is given), the real ledger worker
+(``python -m streams.ledger --clock event``) and the real REST API
+(``python -m ecovisor.api``), as processes, for one app's site; and the site's
+configuration file they read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ecovisor.adapters.kafka import create_topics
+from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig, load_config
+from ecovisor.contract.experiment import AppSpec, Experiment, site_config
+from ecovisor.embedded.servers import Server, StackError, free_port, tansu_command, wait_for_port
+from streams.ledger import prepare_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCK_SOURCE = "replay-pipeline"  # the site's replay clock source (site.limits)
+
+
+def pipeline_config(
+    exp: Experiment, app: AppSpec, bootstrap: str, workdir: Path, unique: bool
+) -> tuple[EcovisorConfig, Path]:
+    """``site_config`` of the app (the core engine's site) with what the live services
+    need: the stack's endpoints, an internal key (actions and acks signed, as on the
+    embedded stack) and the replay clock source. ``unique``: a fresh site id, for a
+    broker shared with other runs (the ledger's Faust tables live in changelog topics
+    named after the site: a second run of the same site would restore the first's)."""
+    cfg = site_config(exp, app)
+    site = cfg.site.id + (f"-{uuid.uuid4().hex[:8]}" if unique else "")
+    limits = cfg.site.limits.model_copy(update={"replay_clock_source": CLOCK_SOURCE})
+    stack = cfg.stack.model_copy(
+        update={
+            "kafka_bootstrap": bootstrap,
+            "api_port": free_port(),
+            "ledger_web_port": free_port(),
+            "mqtt_port": free_port(),
+            "state_dir": str(workdir / "state"),
+        }
+    )
+    site_cfg = cfg.site.model_copy(
+        update={"id": site, "limits": limits, "internal_key": secrets.token_hex(16)}
+    )
+    full = cfg.model_copy(update={"site": site_cfg, "stack": stack})
+    path = workdir / "site.yaml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the key
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(full.model_dump(mode="json", exclude_none=True), f, sort_keys=False)
+    return load_config(path), path  # validated as the services will read it
+
+
+def _env() -> dict[str, str]:
+    # no ECOVISOR_* of the caller's shell: the services read only the file given
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECOVISOR_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class PipelineStack:
+    """Broker (own or given), ledger and API for one site; a context manager that
+    stops what it started (process groups, SIGTERM then SIGKILL)."""
+
+    def __init__(self, workdir: Path, bootstrap: str | None = None) -> None:
+        self.workdir = workdir
+        self.own_broker = bootstrap is None
+        self.bootstrap = bootstrap or ""
+        self.broker: Server | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start_broker(self) -> str:
+        if self.own_broker and self.broker is None:
+            port = free_port()
+            log = self.workdir / "tansu.log"
+            self.broker = Server(tansu_command(port), port, log).start()
+            self.bootstrap = f"127.0.0.1:{port}"
+            create_topics(self.bootstrap, topics.static_topics())
+        return self.bootstrap
+
+    def start_services(self, cfg: EcovisorConfig, path: Path) -> str:
+        """The ledger (event clock) and the API on ``cfg``; the API's URL once it listens."""
+        prepare_topics(cfg, self.bootstrap)
+        self._spawn("ledger", "streams.ledger", "--config", str(path), "--clock", "event",
+                    "--timeouts", "1")  # fmt: skip
+        self._spawn("api", "ecovisor.api", "--config", str(path))
+        try:
+            wait_for_port(cfg.stack.api_port, timeout=60)
+        except StackError:
+            raise StackError(f"the API did not start; see {self.workdir / 'api.log'}") from None
+        return f"http://127.0.0.1:{cfg.stack.api_port}"
+
+    def _spawn(self, name: str, module: str, *args: str) -> None:
+        with (self.workdir / f"{name}.log").open("ab") as fh:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module, *args],
+                    cwd=ROOT,
+                    env=_env(),
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    def check(self) -> None:
+        """Raise if a service process has exited (its log names why)."""
+        for p in self.procs:
+            if p.poll() is not None:
+                name = "ledger" if "streams.ledger" in p.args else "api"  # type: ignore[operator]
+                raise StackError(
+                    f"the {name} process exited ({p.returncode}); see "
+                    f"{self.workdir / (name + '.log')}"
+                )
+
+    def stop_services(self) -> None:
+        for p in reversed(self.procs):
+            _stop(p)
+        self.procs.clear()
+
+    def __enter__(self) -> PipelineStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_services()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+
+def _stop(p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
