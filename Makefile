@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SITE ?= examples/demo-site.yaml
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench evaluate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,13 @@ lint: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The paper's §5 experiments (needs ../shared/data beside the clone for the CAISO traces):
+# one report folder per experiment under reports/ (docs/evaluation.md).
+evaluate: setup
+	@$(BIN)/pip install -q -e '.[experiments]'
+	@for e in experiments/paper-5.*.yaml; do n=$$(basename $$e .yaml); echo "== $$e"; \
+	  $(BIN)/ecovisor evaluate $$e --out reports/$$n || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ecovisor
