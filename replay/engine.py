@@ -33,6 +33,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +77,7 @@ from ecovisor.core.parallel_job import ParallelJob
 from ecovisor.core.spark_job import SparkJob
 from ecovisor.core.workloads import Blast, MLTraining, WebService
 from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_metrics
-from replay.baselines import right_sizing_offline
+from replay.baselines import ScheduledSuspend, lowest_carbon_ticks, right_sizing_offline
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
 
@@ -537,8 +538,15 @@ def _offline(
     """The offline baseline of ``spec`` (replay/baselines.py): the whole run's offered
     load (0 before the arrival) and intensity, known in advance."""
     w = app.workload
+    if spec.policy == "suspend_resume" and isinstance(workload, MLTraining | Blast):
+        # base-allocation ticks the work needs (a job ends inside its last tick)
+        need = math.ceil(workload.work_s / (view.tick_s or 1.0) - 1e-9)
+        return ScheduledSuspend(lowest_carbon_ticks(np.asarray(carbon, float), arrival_i, need))
     if spec.policy != "right_sizing" or not isinstance(w, WebSpec):
-        raise ValueError(f"offline: only right_sizing on a web app (not {spec.policy})")
+        raise ValueError(
+            "offline: right_sizing on a web app, or suspend_resume on ML training or "
+            f"BLAST (not {spec.policy} on {w.type})"
+        )
     assert isinstance(workload, WebService)
     n = len(carbon)
     loads = np.zeros(n)

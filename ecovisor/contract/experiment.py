@@ -218,7 +218,9 @@ class PolicySpec(_Strict):
     offline: bool = Field(
         False,
         description="replay the policy's offline optimum, computed from the whole run's "
-        "traces in advance (sees the future; a baseline). right_sizing only",
+        "traces in advance (sees the future; a baseline): right_sizing on a web app; "
+        "suspend_resume on ML training or BLAST (the clairvoyant suspend-resume: the "
+        "lowest-carbon ticks the work needs, at base allocation)",
     )
 
 

@@ -246,3 +246,35 @@ def test_the_shipped_experiments_are_valid() -> None:
         for app in exp.apps:
             for spec in app.policies.values():
                 build_policy(spec)
+
+
+def test_the_clairvoyant_suspend_resume_emits_least(tmp_path: Path) -> None:
+    """``offline: true`` on suspend_resume runs the job in the lowest-carbon ticks it
+    needs: below the online policy (which takes the first dip under its threshold) and
+    the agnostic one, and it finishes."""
+    hourly = [300.0] * 6 + [150.0] * 3 + [300.0] * 12 + [50.0] * 3 + [300.0] * 24
+    p = tmp_path / "dip.csv"
+    p.write_text("time,value\n" + "".join(
+        f"2024-01-{2 + h // 24:02d}T{h % 24:02d}:00:00Z,{v}\n" for h, v in enumerate(hourly)))
+    exp = experiment(
+        tmp_path,
+        traces={"carbon": {"type": "csv", "path": [str(p)]}},
+        window={"start": "2024-01-02T00:00:00Z", "end": "2024-01-04T00:00:00Z"},
+        arrivals={"warmup_h": 0, "max_runtime_h": 48},
+        apps=[{
+            "id": "ml",
+            "workload": {"type": "ml_training", "work_h": 3, "base_cores": 4},
+            "policies": {
+                "agnostic": {"policy": "carbon_agnostic"},
+                "sr": {"policy": "suspend_resume", "args": ["--threshold", "200"]},
+                "oracle": {"policy": "suspend_resume", "offline": True},
+            },
+        }],
+    )  # fmt: skip
+    rs = {r.label: r for r in run_all(exp, workers=1, show_progress=False)}
+    assert all(r.finished for r in rs.values())
+    energy = rs["agnostic"].energy_wh
+    assert rs["oracle"].energy_wh == pytest.approx(energy)  # same work, base allocation
+    # the agnostic job runs at 300, the online one in the 150 dip, the oracle at 50
+    assert rs["oracle"].carbon_g == pytest.approx(energy * 50 / 1000, rel=1e-3)
+    assert rs["oracle"].carbon_g < rs["sr"].carbon_g < rs["agnostic"].carbon_g
