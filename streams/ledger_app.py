@@ -194,9 +194,7 @@ class LedgerService:
             if why is not None:
                 await self.dead_letter(why, raw)
             if event_mode:
-                now, nc = led.event_now(), led.clock.next_close
-                if now is not None and nc is not None and led.clock.closable_until(now) > nc:
-                    await self.close_ticks(led, now)
+                await self.close_due(led)
 
     async def batch_dead_letters(
         self, b: Any, bad: list[BadEntry], reports: list[tuple[int, str]]
