@@ -7,7 +7,7 @@ parts always sum to the whole exactly and the result depends only on the inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 def largest_remainder(total: int, weights: Mapping[str, int]) -> dict[str, int]:
@@ -24,31 +24,49 @@ def largest_remainder(total: int, weights: Mapping[str, int]) -> dict[str, int]:
 
     With ``W == 0`` nothing can be apportioned: ``total`` must then be 0.
     """
+    keys = list(weights)
+    return dict(zip(keys, apportion(total, list(weights.values()), keys), strict=True))
+
+
+def key_order(keys: Sequence[str]) -> list[int]:
+    """Indices of ``keys`` in ascending key order (the tie-break of every split)."""
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def apportion(total: int, weights: Sequence[int], keys: Sequence[str],
+              order: list[int] | None = None) -> list[int]:
+    """``largest_remainder`` over parallel sequences (``keys[i]`` names ``weights[i]``
+    and breaks ties): the form of the per-container hot path, which keeps its
+    containers in lists rather than building a dict per flow. ``order``:
+    ``key_order(keys)`` if the caller has it (it is sorted once per set of keys)."""
     if total < 0:
         raise ValueError(f"cannot apportion a negative total {total}")
-    wsum = 0
-    for w in weights.values():
-        if w < 0:
-            raise ValueError(f"negative weight in {dict(weights)}")
-        wsum += w
+    if weights and min(weights) < 0:
+        raise ValueError(f"negative weight in {dict(zip(keys, weights, strict=True))}")
+    wsum = sum(weights)
     if wsum == 0:
         if total:
             raise ValueError(f"cannot apportion {total} over zero weights")
-        return dict.fromkeys(weights, 0)
-    out: dict[str, int] = {}
-    rems: list[tuple[int, str]] = []
-    given = 0
-    for key, w in weights.items():
-        q, r = divmod(total * w, wsum)
-        out[key] = q
-        given += q
-        if r:
-            rems.append((-r, key))
-    missing = total - given
+        return [0] * len(weights)
+    if total == 0:
+        return [0] * len(weights)
+    scaled = [total * w for w in weights]
+    out = [x // wsum for x in scaled]
+    missing = total - sum(out)
     if missing:
-        rems.sort()
-        for _, key in rems[:missing]:
-            out[key] += 1
+        # largest remainder first, ties by key: one int per part, -remainder * n + the
+        # key's rank (rank < n), sorts in exactly that order without a tuple per part
+        if order is None:
+            order = key_order(keys)
+        n = len(order)
+        sort_keys = []
+        for rank, i in enumerate(order):
+            r = scaled[i] % wsum
+            if r:
+                sort_keys.append(-r * n + rank)
+        sort_keys.sort()
+        for sk in sort_keys[:missing]:
+            out[order[sk % n]] += 1
     return out
 
 
@@ -66,22 +84,32 @@ def split_flows(
 
     Returns ``{container: {flow: mJ}}``.
     """
-    total = sum(demand.values())
-    if sum(flows.values()) != total:
-        raise ValueError(f"flows {dict(flows)} do not sum to demand {total}")
-    remaining = dict(demand)
-    out: dict[str, dict[str, int]] = {c: {} for c in demand}
+    keys = list(demand)
     names = list(flows)
-    for i, name in enumerate(names):
-        f = flows[name]
-        if i == len(names) - 1:
-            part = remaining
+    parts = split_flow_lists(keys, list(demand.values()), list(flows.values()))
+    return {c: {name: parts[j][i] for j, name in enumerate(names)} for i, c in enumerate(keys)}
+
+
+def split_flow_lists(keys: Sequence[str], demand: Sequence[int], flows: Sequence[int],
+                     order: list[int] | None = None) -> list[list[int]]:
+    """``split_flows`` over parallel sequences: ``demand[i]`` is container ``keys[i]``'s;
+    returns one list of parts per flow, in the containers' order. ``order``: as in
+    ``apportion``."""
+    total = sum(demand)
+    if sum(flows) != total:
+        raise ValueError(f"flows {list(flows)} do not sum to demand {total}")
+    remaining = list(demand)
+    out: list[list[int]] = []
+    last = len(flows) - 1
+    for i, f in enumerate(flows):
+        if i == last:
+            out.append(remaining)
         elif f == 0:
-            part = dict.fromkeys(remaining, 0)
+            out.append([0] * len(remaining))
         else:
-            part = largest_remainder(f, remaining)
-        for c, v in part.items():
-            out[c][name] = v
-        if i < len(names) - 1 and f:
-            remaining = {c: remaining[c] - part[c] for c in remaining}
+            if order is None:
+                order = key_order(keys)
+            part = apportion(f, remaining, keys, order)
+            out.append(part)
+            remaining = [r - p for r, p in zip(remaining, part, strict=True)]
     return out

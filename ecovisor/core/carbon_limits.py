@@ -13,12 +13,15 @@ from functools import lru_cache
 
 from ecovisor.core.apportion import largest_remainder
 from ecovisor.core.state import (
+    HISTORY_TIER_LEN_MAX,
+    HISTORY_TIERS_MAX,
     AppState,
     BudgetTracker,
     CarbonBudget,
     CarbonHistory,
     Level,
     RateWindow,
+    unchecked,
 )
 from ecovisor.core.units import UG_PER_G
 
@@ -83,9 +86,8 @@ def push_window(win: RateWindow | None, window_ticks: int, k: int, value_ug: int
             values = values[:-1] + (values[-1] + value_ug,)
         else:
             values = values + (0,) * min(gap - 1, nb) + (value_ug,)
-    return RateWindow(
-        window_ticks=window_ticks, bucket_ticks=b, last_k=k, values_ug=values[-nb:], level=win.level
-    )
+    return unchecked(RateWindow, {"window_ticks": window_ticks, "bucket_ticks": b,
+                                  "last_k": k, "values_ug": values[-nb:], "level": win.level})
 
 
 def window_rate_mg_per_s(win: RateWindow, tick_s: float) -> float:
@@ -120,12 +122,18 @@ def push_history(h: CarbonHistory | None, max_ticks: int, k: int, value_ug: int
         tiers = tuple((value_ug,) for _ in sched)  # new, or Δt changed: start again
     else:  # same bucket: add to the newest; a later one: zeros for the gap, then it
         last = h.last_k
-        tiers = tuple([
-            vals[:-1] + (vals[-1] + value_ug,) if k // b == last // b
-            else (vals + (0,) * min(k // b - last // b - 1, n) + (value_ug,))[-n:]
-            for (b, n), vals in zip(sched, h.tiers, strict=True)
-        ])
-    return CarbonHistory.model_construct(max_ticks=max_ticks, last_k=k, tiers=tiers)
+        out = []
+        for (b, n), vals in zip(sched, h.tiers, strict=True):
+            gap = k // b - last // b
+            if gap == 0:
+                out.append(vals[:-1] + (vals[-1] + value_ug,))
+            elif gap == 1:  # the next bucket (every tick for tier 0): one copy, not two
+                out.append(vals[max(0, len(vals) + 1 - n):] + (value_ug,))
+            else:
+                out.append((vals + (0,) * min(gap - 1, n) + (value_ug,))[-n:])
+        tiers = tuple(out)
+    # built unchecked: bounded by construction (each tier keeps at most its n values)
+    return unchecked(CarbonHistory, {"max_ticks": max_ticks, "last_k": k, "tiers": tiers})
 
 
 # All carbon histories of a site together keep at most this many values (~7 bytes each
@@ -143,9 +151,13 @@ def history_size(h: CarbonHistory) -> int:
 def bound_site_histories(apps: dict[str, AppState],
                          budget: int = HISTORY_SITE_BUDGET) -> dict[str, AppState]:
     """``apps`` with their carbon histories cut to ``budget`` values in all."""
-    # every tick: count first, sort only when over the budget
-    if sum(history_size(h) for st in apps.values()
-           for h in st.tracking.carbon_history.values()) <= budget:
+    # every tick: a bound first (a history holds at most TIERS_MAX x TIER_LEN_MAX values),
+    # then a count (one flat pass), sort only when over the budget
+    most = HISTORY_TIERS_MAX * HISTORY_TIER_LEN_MAX
+    if sum(len(st.tracking.carbon_history) for st in apps.values()) * most <= budget:
+        return apps
+    if sum([len(t) for st in apps.values() for h in st.tracking.carbon_history.values()
+            for t in h.tiers]) <= budget:
         return apps
     sizes = {(a, c): history_size(h) for a in sorted(apps)
              for c, h in sorted(apps[a].tracking.carbon_history.items())}

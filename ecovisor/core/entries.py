@@ -156,14 +156,16 @@ def entry_violations(e: AppLedgerEntry) -> list[str]:
     if (b.reserve_mj <= b.before_mj <= b.usable_mj
             and not b.reserve_mj <= b.after_mj <= b.usable_mj):
         out.append(f"battery {b.after_mj} left [{b.reserve_mj}, {b.usable_mj}]")
-    sums = [0, 0, 0, 0, 0, 0]
+    energy = solar = battery = grid = unserved = carbon = 0
     for line in (e.battery_charging, *e.containers.values()):
-        sums[0] += line.energy_mj
-        sums[1] += line.solar_mj
-        sums[2] += line.battery_mj
-        sums[3] += line.grid_mj
-        sums[4] += line.unserved_mj
-        sums[5] += line.carbon_ug
+        d = line.__dict__  # locals and the field dict: this loop runs per container
+        energy += d["energy_mj"]
+        solar += d["solar_mj"]
+        battery += d["battery_mj"]
+        grid += d["grid_mj"]
+        unserved += d["unserved_mj"]
+        carbon += d["carbon_ug"]
+    sums = [energy, solar, battery, grid, unserved, carbon]
     t = e.total
     if sums != [t.energy_mj, t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj, t.carbon_ug]:
         out.append(f"containers + battery_charging {sums} != total {t}")

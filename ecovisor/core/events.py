@@ -43,7 +43,7 @@ from ecovisor.core.carbon_limits import (
     window_rate_mg_per_s,
 )
 from ecovisor.core.entries import AppLedgerEntry, Event, EventKind
-from ecovisor.core.state import AppState, EventTracking, Level, RateWindow
+from ecovisor.core.state import AppState, EventTracking, Level, RateWindow, unchecked
 from ecovisor.core.units import MJ_PER_J, MJ_PER_WH, UG_PER_G, mj_to_j, mj_to_power
 
 Number = int | float | Fraction
@@ -86,6 +86,18 @@ def _decide(new: float, ref: float, abs_th: Number, rel_th: Number,
     return de > 0 and de >= max(_exact(abs_th), _exact(rel_th) * abs(r))
 
 
+def _event(kind: EventKind, base: dict[str, Any], *, container: str | None = None,
+           value: float | None = None, previous: float | None = None,
+           threshold: float | None = None, unit: str | None = None) -> Event:
+    """An event of this tick, built unchecked (``state.unchecked``): its fields come from
+    a checked entry; the figures are made floats as validation would."""
+    return unchecked(Event, {
+        "kind": kind, **base, "container": container,
+        "value": None if value is None else float(value),
+        "previous": None if previous is None else float(previous),
+        "threshold": None if threshold is None else float(threshold), "unit": unit})
+
+
 def _change(out: list[Event], kind: EventKind, new: float, ref: float | None, abs_th: float,
             rel_th: float, unit: str, base: dict[str, Any]) -> float:
     """Append a ``kind`` event when ``new`` moved significantly from the last notified
@@ -94,7 +106,7 @@ def _change(out: list[Event], kind: EventKind, new: float, ref: float | None, ab
         return new
     if not significant(new, ref, abs_th, rel_th):
         return ref
-    out.append(Event(kind=kind, value=new, previous=ref, unit=unit, **base))
+    out.append(_event(kind, base, value=new, previous=ref, unit=unit))
     return new
 
 
@@ -117,8 +129,8 @@ def _solar_change(out: list[Event], tr: EventTracking, entry: AppLedgerEntry,
 
     if not _decide(mj_to_power(mj, dt), mj_to_power(ref_mj, dt), abs_w, rel, exact):
         return ref_mj
-    out.append(Event(kind=EventKind.solar_change, value=mj_to_power(mj, dt),
-                     previous=mj_to_power(ref_mj, dt), unit="W", **base))
+    out.append(_event(EventKind.solar_change, base, value=mj_to_power(mj, dt),
+                      previous=mj_to_power(ref_mj, dt), unit="W"))
     return mj
 
 
@@ -129,7 +141,7 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
     th = st.notify
     dt = entry.tick_s
     base = {"site": entry.site, "app": entry.app, "k": entry.k, "t_start": entry.t_start}
-    out: list[Event] = [Event(kind=EventKind.tick, **base)]
+    out: list[Event] = [_event(EventKind.tick, base)]
 
     # solar and carbon changes
     solar_ref = _solar_change(out, tr, entry, th.solar_change_abs_w, th.solar_change_rel, base)
@@ -140,15 +152,15 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
     bat = entry.battery
     full = bat.after_mj >= bat.usable_mj
     if full and (bat.before_mj < bat.usable_mj or st.charge_rate_w > 0):
-        out.append(Event(kind=EventKind.battery_full, value=bat.after_mj / MJ_PER_WH,
-                         threshold=bat.usable_mj / MJ_PER_WH, unit="Wh", **base))
+        out.append(_event(EventKind.battery_full, base, value=bat.after_mj / MJ_PER_WH,
+                          threshold=bat.usable_mj / MJ_PER_WH, unit="Wh"))
     if bat.after_mj <= bat.reserve_mj < bat.before_mj:
-        out.append(Event(kind=EventKind.battery_empty, value=bat.after_mj / MJ_PER_WH,
-                         threshold=bat.reserve_mj / MJ_PER_WH, unit="Wh", **base))
+        out.append(_event(EventKind.battery_empty, base, value=bat.after_mj / MJ_PER_WH,
+                          threshold=bat.reserve_mj / MJ_PER_WH, unit="Wh"))
 
     if entry.flows.unserved > 0:
-        out.append(Event(kind=EventKind.unserved, value=mj_to_j(entry.flows.unserved),
-                         unit="J", **base))
+        out.append(_event(EventKind.unserved, base, value=mj_to_j(entry.flows.unserved),
+                          unit="J"))
 
     # carbon rate per container with a limit
     windows: dict[str, RateWindow] = {}
@@ -167,9 +179,9 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
         if rose(win.level, level):
             kind = (EventKind.carbon_rate_exceeded if level is Level.exceeded
                     else EventKind.carbon_rate_near)
-            out.append(Event(kind=kind, container=c, value=rate, threshold=lim.rate_mg_per_s,
-                             unit="mg/s", **base))
-        windows[c] = win.model_copy(update={"level": level})
+            out.append(_event(kind, base, container=c, value=rate,
+                              threshold=lim.rate_mg_per_s, unit="mg/s"))
+        windows[c] = unchecked(RateWindow, {**win.__dict__, "level": level})
 
     # carbon budget of the app
     budget = None
@@ -180,14 +192,15 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
         if rose(budget.level, level):
             kind = (EventKind.carbon_budget_exceeded if level is Level.exceeded
                     else EventKind.carbon_budget_near)
-            out.append(Event(kind=kind, value=budget.used_ug / UG_PER_G,
-                             threshold=st.carbon_budget.budget_g, unit="g", **base))
+            out.append(_event(kind, base, value=budget.used_ug / UG_PER_G,
+                              threshold=st.carbon_budget.budget_g, unit="g"))
         budget = budget.model_copy(update={"level": level})
 
     history = update_history(tr.carbon_history,
                              {c: line.carbon_ug for c, line in entry.containers.items()},
                              entry.k, ticks_in(MAX_WINDOW_S, dt))
-    tracking = EventTracking.model_construct(
-        solar_ref_w=mj_to_power(solar_ref, dt), solar_ref_mj=solar_ref, intensity_ref=i_ref,
-        rate_windows=windows, carbon_history=history, budget=budget)
+    tracking = unchecked(EventTracking, {
+        "solar_ref_w": mj_to_power(solar_ref, dt), "solar_ref_mj": solar_ref,
+        "intensity_ref": i_ref, "rate_windows": windows, "carbon_history": history,
+        "budget": budget})
     return tracking, tuple(out)

@@ -53,16 +53,23 @@ def distribute_offers(
     order = sorted(room)
     given: dict[str, int] = {}
     received: dict[str, int] = dict.fromkeys(order, 0)
+    # only recipients with room left, still in sorted order: a full one is dropped once
+    # instead of being skipped by every later donor (donors x apps at 100 apps a site)
+    open_ = [r for r in order if room[r] > 0]
     for donor, excess in donors:
         left = excess
-        for r in order:
+        filled = False
+        for r in open_:
             if left == 0:
                 break
-            if r == donor or room[r] == 0:
+            if r == donor:
                 continue
             take = min(left, room[r])
             room[r] -= take
             received[r] += take
             left -= take
+            filled = filled or room[r] == 0
         given[donor] = excess - left
+        if filled:
+            open_ = [r for r in open_ if room[r] > 0]
     return given, received

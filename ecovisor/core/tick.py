@@ -12,10 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydantic import ConfigDict
 
-from ecovisor.core.apportion import largest_remainder, split_flows
+from ecovisor.core.apportion import (
+    apportion,
+    key_order,
+    largest_remainder,
+    split_flow_lists,
+)
 from ecovisor.core.carbon_limits import bound_site_histories
 from ecovisor.core.entries import (
     AppLedgerEntry,
@@ -28,12 +34,14 @@ from ecovisor.core.entries import (
     SiteAlert,
     SiteAlertKind,
     SiteTickResult,
+    entry_violations,
 )
 from ecovisor.core.events import derive_events
 from ecovisor.core.settings import settings_in_force
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
 from ecovisor.core.solar_share import UNALLOCATED, distribute_offers, split_solar
 from ecovisor.core.state import (
+    ZERO_FLOWS,
     AccountLine,
     AppCumulative,
     AppFlows,
@@ -45,6 +53,7 @@ from ecovisor.core.state import (
     SiteState,
     SiteTickInput,
     SiteTotals,
+    unchecked,
 )
 from ecovisor.core.units import (
     MJ_PER_WH,
@@ -90,6 +99,13 @@ def validate_site(shape: SiteShape, shares: Mapping[str, AppShare]) -> None:
             problems.append(f"{app}: {e}")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+@lru_cache(maxsize=4096)
+def _limits(share: AppShare, shape: SiteShape) -> BatteryLimits:
+    """``battery_limits``, computed once per (share, site shape), not per app and tick:
+    both are frozen, so equal values give the same limits."""
+    return battery_limits(share, shape)
 
 
 def initial_app_state(share: AppShare, shape: SiteShape, *, site: str, app: str,
@@ -213,53 +229,49 @@ def _effective_limits(w: _Work) -> EffectiveLimits:
         rc, rd = min(st.charge_rate_w, share.charge_limit_w), 0.0
     else:
         rc, rd = 0.0, _discharge_w(share, st)
-    return EffectiveLimits(charge_limit_w=share.charge_limit_w, charge_rate_w=rc,
-                           discharge_w=rd, grid_w=share.grid_w)
+    return unchecked(EffectiveLimits, {"charge_limit_w": share.charge_limit_w,
+                                       "charge_rate_w": rc, "discharge_w": rd,
+                                       "grid_w": share.grid_w})
 
 
 def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
               ) -> tuple[AppState, AppLedgerEntry]:
-    """Freeze a planned app tick into its ledger entry and the app's next state."""
+    """Freeze a planned app tick into its ledger entry and the app's next state.
+
+    The models are built unchecked (``state.unchecked``): every figure is an integer the
+    plan computed, and the entry's exact balances and non-negative flows are checked
+    here, once, instead of by validating every model (each container line as built and
+    again as its cumulative sum). docs/ledger.md "Core step performance"."""
     inp, lim, state = w.inp, w.limits, w.state
     intensity = inp.intensity_g_per_kwh
     charge_in = w.s2b + w.g2b + w.offered_in
     gain = stored_gain(charge_in, lim.charge_efficiency)
     after = w.before - w.drawn + gain
     loss = (charge_in - gain) + (w.drawn - w.b2l)
-    flows = AppFlows(
-        solar_to_load=w.s2l, solar_to_battery=w.s2b, solar_to_platform=w.to_platform,
-        solar_excess_curtailed=w.curtailed,
-        solar_excess_offered=w.offered_out, solar_offered_in=w.offered_in,
-        solar_exported=w.exported, battery_to_load=w.b2l, grid_to_load=w.g2l,
-        grid_to_battery=w.g2b, unserved=w.unserved, battery_loss=loss,
-    )
+    flow_values = {
+        "solar_to_load": w.s2l, "solar_to_battery": w.s2b, "solar_to_platform": w.to_platform,
+        "solar_excess_curtailed": w.curtailed,
+        "solar_excess_offered": w.offered_out, "solar_offered_in": w.offered_in,
+        "solar_exported": w.exported, "battery_to_load": w.b2l, "grid_to_load": w.g2l,
+        "grid_to_battery": w.g2b, "unserved": w.unserved, "battery_loss": loss,
+    }
+    if min(flow_values.values()) < 0 or after < 0:
+        raise ValueError(f"ledger entry of {state.app!r} tick {inp.k}: negative flow or store "
+                         f"{flow_values}, after {after}")
+    flows = unchecked(AppFlows, flow_values)
 
     # per-container lines: split each load flow by demand, both margins exact
     c_load = carbon_ug(w.g2l, intensity)
     c_charge = carbon_ug(w.g2b, intensity)
-    demand_by_c = inp.demand_mj
-    containers: dict[str, AccountLine] = {}
-    if demand_by_c:
-        if w.demand:
-            parts = split_flows(demand_by_c, {"grid": w.g2l, "solar": w.s2l,
-                                              "battery": w.b2l, "unserved": w.unserved})
-            carbon_parts = (largest_remainder(c_load, {c: p["grid"] for c, p in parts.items()})
-                            if c_load else dict.fromkeys(parts, 0))
-        else:
-            parts = {c: {"grid": 0, "solar": 0, "battery": 0, "unserved": 0} for c in demand_by_c}
-            carbon_parts = dict.fromkeys(parts, 0)
-        for c in sorted(parts):
-            p = parts[c]
-            containers[c] = AccountLine(energy_mj=demand_by_c[c], solar_mj=p["solar"],
-                                        battery_mj=p["battery"], grid_mj=p["grid"],
-                                        unserved_mj=p["unserved"], carbon_ug=carbon_parts[c])
-    battery_charging = AccountLine(energy_mj=charge_in, solar_mj=w.s2b + w.offered_in,
-                                   grid_mj=w.g2b, carbon_ug=c_charge)
-    total = AccountLine(
-        energy_mj=w.demand + charge_in, solar_mj=w.s2l + w.s2b + w.offered_in,
-        battery_mj=w.b2l, grid_mj=w.g2l + w.g2b, unserved_mj=w.unserved,
-        carbon_ug=c_load + c_charge,
-    )
+    containers = _container_lines(inp.demand_mj, w.demand,
+                                  (w.g2l, w.s2l, w.b2l, w.unserved), c_load)
+    battery_charging = unchecked(AccountLine, {
+        "energy_mj": charge_in, "solar_mj": w.s2b + w.offered_in, "battery_mj": 0,
+        "grid_mj": w.g2b, "unserved_mj": 0, "carbon_ug": c_charge})
+    total = unchecked(AccountLine, {
+        "energy_mj": w.demand + charge_in, "solar_mj": w.s2l + w.s2b + w.offered_in,
+        "battery_mj": w.b2l, "grid_mj": w.g2l + w.g2b, "unserved_mj": w.unserved,
+        "carbon_ug": c_load + c_charge})
 
     sources = tuple(sorted(set(site_estimated) | set(inp.estimated_sources)))
     cum = state.cumulative
@@ -267,42 +279,68 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
     for c, line in containers.items():
         prev = cum_containers.get(c)
         cum_containers[c] = line if prev is None else prev + line
-    cumulative = AppCumulative(
-        ticks=cum.ticks + 1,
-        estimated_ticks=cum.estimated_ticks + (1 if sources else 0),
-        unserved_ticks=cum.unserved_ticks + (1 if w.unserved else 0),
-        solar_mj=cum.solar_mj + inp.solar_mj,
-        demand_mj=cum.demand_mj + w.demand,
-        grid_cut_mj=cum.grid_cut_mj + w.grid_cut,
-        flows=cum.flows + flows,
-        total=cum.total + total,
-        battery_charging=cum.battery_charging + battery_charging,
-        containers=cum_containers,
-    )
+    cumulative = unchecked(AppCumulative, {
+        "ticks": cum.ticks + 1,
+        "estimated_ticks": cum.estimated_ticks + (1 if sources else 0),
+        "unserved_ticks": cum.unserved_ticks + (1 if w.unserved else 0),
+        "solar_mj": cum.solar_mj + inp.solar_mj,
+        "demand_mj": cum.demand_mj + w.demand,
+        "grid_cut_mj": cum.grid_cut_mj + w.grid_cut,
+        "flows": cum.flows + flows,
+        "total": cum.total + total,
+        "battery_charging": cum.battery_charging + battery_charging,
+        "containers": cum_containers,
+    })
     dt = shape.tick_s
-    entry = AppLedgerEntry(
-        site=state.site, app=state.app, k=inp.k, t_start=inp.t_start, tick_s=dt,
-        intensity_g_per_kwh=intensity, solar_mj=inp.solar_mj, demand_mj=w.demand,
-        flows=flows, grid_cut_mj=w.grid_cut,
-        battery=BatteryReading(
-            capacity_mj=lim.capacity_mj, usable_mj=lim.usable_mj, reserve_mj=lim.reserve_mj,
-            before_mj=w.before, after_mj=after, before_wh=w.before / MJ_PER_WH,
-            after_wh=after / MJ_PER_WH,
-        ),
-        settings=w.settings, limits=_effective_limits(w),
-        containers=containers, battery_charging=battery_charging, total=total,
-        cumulative=cumulative, estimated=bool(sources), estimated_sources=sources,
-    )
+    values = {
+        "site": state.site, "app": state.app, "k": inp.k, "t_start": inp.t_start,
+        "tick_s": dt, "intensity_g_per_kwh": intensity, "solar_mj": inp.solar_mj,
+        "demand_mj": w.demand, "flows": flows, "grid_cut_mj": w.grid_cut,
+        "battery": unchecked(BatteryReading, {
+            "capacity_mj": lim.capacity_mj, "usable_mj": lim.usable_mj,
+            "reserve_mj": lim.reserve_mj, "before_mj": w.before, "after_mj": after,
+            "before_wh": w.before / MJ_PER_WH, "after_wh": after / MJ_PER_WH}),
+        "settings": w.settings, "limits": _effective_limits(w),
+        "containers": containers, "battery_charging": battery_charging, "total": total,
+        "cumulative": cumulative, "estimated": bool(sources), "estimated_sources": sources,
+        "events": (),
+    }
+    entry = unchecked(AppLedgerEntry, values)
+    problems = entry_violations(entry)
+    if problems:
+        raise ValueError("ledger entry does not balance: " + "; ".join(problems))
     tracking, events = derive_events(state, entry)
-    entry = entry.model_copy(update={"events": events})
+    entry = unchecked(AppLedgerEntry, {**values, "events": events})
     settings = w.settings
     if settings.charge_rate_w > 0 and after >= lim.usable_mj:
         settings = settings.model_copy(update={"charge_rate_w": 0.0})  # Rc until full
-    new_state = AppState.model_construct(
-        site=state.site, app=state.app, next_k=inp.k + 1, battery_mj=after, settings=settings,
-        pending=w.pending, cumulative=cumulative, tracking=tracking,
-    )
+    new_state = unchecked(AppState, {
+        "site": state.site, "app": state.app, "next_k": inp.k + 1, "battery_mj": after,
+        "settings": settings, "pending": w.pending, "cumulative": cumulative,
+        "tracking": tracking})
     return new_state, entry
+
+
+def _container_lines(demand: Mapping[str, int], total: int, flows: tuple[int, int, int, int],
+                     c_load: int) -> dict[str, AccountLine]:
+    """Each container's line, in sorted order: the load flows (grid, solar, battery,
+    unserved) split by demand with both margins exact (``split_flow_lists``), the load
+    carbon by grid energy. Lists, not a dict per flow and container, and the lines built
+    unchecked: their energy is the sum of their parts by construction of the split."""
+    if not demand:
+        return {}
+    names = list(demand)
+    energy = list(demand.values())
+    order = key_order(names)  # the lines' order and every split's tie-break
+    if total:
+        grid, solar, battery, unserved = split_flow_lists(names, energy, flows, order)
+        carbon = apportion(c_load, grid, names, order) if c_load else [0] * len(names)
+    else:
+        grid = solar = battery = unserved = carbon = [0] * len(names)
+    return {names[i]: unchecked(AccountLine, {
+        "energy_mj": energy[i], "solar_mj": solar[i], "battery_mj": battery[i],
+        "grid_mj": grid[i], "unserved_mj": unserved[i], "carbon_ug": carbon[i],
+    }) for i in order}
 
 
 def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput
@@ -312,7 +350,7 @@ def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInp
     (``offer`` has no one to offer to here and curtails). The site grid limit is not
     applied (that needs every app: use ``site_step``)."""
     _check_k(state.next_k, inp.k, f"app {state.app!r}")
-    w = _plan(share, shape, state, inp, battery_limits(share, shape))
+    w = _plan(share, shape, state, inp, _limits(share, shape))
     if shape.excess_solar is ExcessSolarPolicy.net_meter:
         w.exported = w.excess
     else:
@@ -383,14 +421,14 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
 
     works: dict[str, _Work] = {}
     for a in apps:
-        app_inp = AppTickInput.model_construct(
-            k=inp.k, t_start=inp.t_start, solar_mj=solar_by_app[a],
-            intensity_g_per_kwh=inp.intensity_g_per_kwh,
-            demand_mj=inp.demand_mj.get(a, {}),
-            estimated_sources=inp.app_estimated_sources.get(a, ()),
-        )
+        app_inp = unchecked(AppTickInput, {
+            "k": inp.k, "t_start": inp.t_start, "solar_mj": solar_by_app[a],
+            "intensity_g_per_kwh": inp.intensity_g_per_kwh,
+            "demand_mj": inp.demand_mj.get(a, {}),
+            "estimated_sources": inp.app_estimated_sources.get(a, ()),
+        })
         works[a] = _plan(shares[a], shape, state.apps[a], app_inp,
-                         battery_limits(shares[a], shape))
+                         _limits(shares[a], shape))
 
     platform_solar, unalloc_left = _platform_solar(works, unallocated, inp.platform_mj)
     limit_mj = None if math.isinf(shape.grid_limit_w) else power_to_mj(shape.grid_limit_w, dt)
@@ -432,13 +470,13 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     intensity = inp.intensity_g_per_kwh
     p_carbon = carbon_ug(platform_grid, intensity)
     pc = state.platform
-    platform_cum = PlatformCumulative(
-        energy_mj=pc.energy_mj + inp.platform_mj,
-        solar_mj=pc.solar_mj + platform_solar,
-        grid_mj=pc.grid_mj + platform_grid,
-        unserved_mj=pc.unserved_mj + platform_unserved,
-        carbon_ug=pc.carbon_ug + p_carbon,
-    )
+    platform_cum = unchecked(PlatformCumulative, {
+        "energy_mj": pc.energy_mj + inp.platform_mj,
+        "solar_mj": pc.solar_mj + platform_solar,
+        "grid_mj": pc.grid_mj + platform_grid,
+        "unserved_mj": pc.unserved_mj + platform_unserved,
+        "carbon_ug": pc.carbon_ug + p_carbon,
+    })
     platform = PlatformEntry(
         energy_mj=inp.platform_mj,
         solar_mj=platform_solar,
@@ -477,53 +515,55 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
 
     sources = tuple(sorted(set(site_sources).union(*inp.app_estimated_sources.values())))
     # entries were validated (and balance-checked) when built: construct, don't re-check
-    result = SiteTickResult.model_construct(
-        site=state.site, k=inp.k, t_start=inp.t_start, tick_s=dt,
-        intensity_g_per_kwh=intensity, entries=entries, platform=platform, totals=totals,
-        cumulative=state.cumulative + totals, controller=controller, drift=drift,
-        alerts=tuple(alerts), estimated=bool(sources), estimated_sources=sources,
-    )
-    new_state = SiteState.model_construct(
-        site=state.site, next_k=inp.k + 1, apps=bound_site_histories(new_apps),
-        platform=platform_cum,
-        cumulative=result.cumulative, drift_alerting=alerting,
-    )
+    result = unchecked(SiteTickResult, {
+        "site": state.site, "k": inp.k, "t_start": inp.t_start, "tick_s": dt,
+        "intensity_g_per_kwh": intensity, "entries": entries, "platform": platform,
+        "totals": totals, "cumulative": state.cumulative + totals, "controller": controller,
+        "drift": drift, "alerts": tuple(alerts), "estimated": bool(sources),
+        "estimated_sources": sources,
+    })
+    new_state = unchecked(SiteState, {
+        "site": state.site, "next_k": inp.k + 1, "apps": bound_site_histories(new_apps),
+        "platform": platform_cum, "cumulative": result.cumulative,
+        "drift_alerting": alerting,
+    })
     return new_state, result
 
 
 def _site_totals(entries: Mapping[str, AppLedgerEntry], inp: SiteTickInput, unallocated: int,
                  unalloc_curtailed: int, unalloc_exported: int, unalloc_offered: int,
                  platform: PlatformEntry) -> SiteTotals:
-    f = AppFlows()
+    f = ZERO_FLOWS
     demand = grid_cut = carbon = 0
     for e in entries.values():
         f = f + e.flows
         demand += e.demand_mj
         grid_cut += e.grid_cut_mj
         carbon += e.total.carbon_ug
-    return SiteTotals(
-        solar_mj=inp.site_solar_mj,
-        solar_unallocated_mj=unallocated,
-        solar_to_load_mj=f.solar_to_load,
-        solar_to_battery_mj=f.solar_to_battery + f.solar_offered_in,
-        solar_offered_mj=f.solar_excess_offered + unalloc_offered,
-        solar_curtailed_mj=f.solar_excess_curtailed + unalloc_curtailed,
-        solar_exported_mj=f.solar_exported + unalloc_exported,
-        battery_to_load_mj=f.battery_to_load,
-        battery_loss_mj=f.battery_loss,
-        grid_to_load_mj=f.grid_to_load,
-        grid_to_battery_mj=f.grid_to_battery,
-        grid_cut_mj=grid_cut,
-        platform_mj=platform.energy_mj,
-        platform_solar_mj=platform.solar_mj,
-        platform_grid_mj=platform.grid_mj,
-        platform_unserved_mj=platform.unserved_mj,
-        unserved_mj=f.unserved + platform.unserved_mj,
-        demand_mj=demand,
-        load_mj=demand + platform.energy_mj,
-        grid_mj=f.grid_to_load + f.grid_to_battery + platform.grid_mj,
-        carbon_ug=carbon + platform.carbon_ug,
-    )
+    # sums of the entries' checked, non-negative flows: built unchecked
+    return unchecked(SiteTotals, {
+        "solar_mj": inp.site_solar_mj,
+        "solar_unallocated_mj": unallocated,
+        "solar_to_load_mj": f.solar_to_load,
+        "solar_to_battery_mj": f.solar_to_battery + f.solar_offered_in,
+        "solar_offered_mj": f.solar_excess_offered + unalloc_offered,
+        "solar_curtailed_mj": f.solar_excess_curtailed + unalloc_curtailed,
+        "solar_exported_mj": f.solar_exported + unalloc_exported,
+        "battery_to_load_mj": f.battery_to_load,
+        "battery_loss_mj": f.battery_loss,
+        "grid_to_load_mj": f.grid_to_load,
+        "grid_to_battery_mj": f.grid_to_battery,
+        "grid_cut_mj": grid_cut,
+        "platform_mj": platform.energy_mj,
+        "platform_solar_mj": platform.solar_mj,
+        "platform_grid_mj": platform.grid_mj,
+        "platform_unserved_mj": platform.unserved_mj,
+        "unserved_mj": f.unserved + platform.unserved_mj,
+        "demand_mj": demand,
+        "load_mj": demand + platform.energy_mj,
+        "grid_mj": f.grid_to_load + f.grid_to_battery + platform.grid_mj,
+        "carbon_ug": carbon + platform.carbon_ug,
+    })
 
 
 def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
@@ -550,9 +590,10 @@ def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
         f = e.flows
         net_mj += f.solar_to_battery + f.solar_offered_in + f.grid_to_battery - f.battery_to_load
         grid_actual_mj += f.grid_to_battery
-    return ControllerSetpoints(grid_charge_w=grid_charge, max_discharge_w=max_discharge,
-                               net_battery_w=mj_to_power(net_mj, dt),
-                               grid_charge_actual_w=mj_to_power(grid_actual_mj, dt))
+    return unchecked(ControllerSetpoints, {
+        "grid_charge_w": float(grid_charge), "max_discharge_w": float(max_discharge),
+        "net_battery_w": mj_to_power(net_mj, dt),
+        "grid_charge_actual_w": mj_to_power(grid_actual_mj, dt)})
 
 
 def site_violations(state_before: SiteState, result: SiteTickResult) -> list[str]:

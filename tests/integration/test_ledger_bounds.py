@@ -105,7 +105,7 @@ if sys.argv[1] == "task":
         raise RuntimeError("injected failure")
     la.LedgerService.telemetry = broken
 else:  # the C1 failure: Faust's producer refuses the snapshot record
-    lw.SiteLedger.snapshot = lambda self: b"x" * 1_500_000
+    lw.SiteLedger.snapshot = lambda self: b"x" * (la.SNAPSHOT_MAX_BYTES + 1)
 from streams.ledger import main
 sys.exit(main(sys.argv[2:]))
 """
