@@ -52,6 +52,10 @@ def test_prometheus_scrapes_the_ledger_and_the_api_in_the_ledgers_namespace() ->
     services = _services()
     prom = services["prometheus"]
     assert prom["network_mode"] == "service:ledger"  # both listen on its 127.0.0.1
+    # and so does Prometheus: its answers name every app's energy, so no other
+    # container (an app's own policy among them) may query it
+    assert "--web.listen-address=127.0.0.1:9090" in prom["command"]
+    assert not any("9090" in str(p) for s in services.values() for p in s.get("ports", []))
     assert any("deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in v
                for v in prom["volumes"])  # fmt: skip
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
@@ -71,15 +75,16 @@ def test_grafana_reads_that_prometheus_and_provisions_the_dashboard() -> None:
     services = _services()
     graf = services["grafana"]
     assert graf["image"].startswith("grafana/grafana:")
+    assert graf["network_mode"] == "service:ledger"  # reaches Prometheus on the loopback
     assert graf["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     mounts = " ".join(graf["volumes"])
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning" in mounts
     assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards" in mounts
     ds = yaml.safe_load((GRAFANA / "provisioning/datasources/ecovisor.yaml").read_text())
     (source,) = ds["datasources"]
-    # Prometheus listens on 9090 in the ledger's namespace, which publishes that port
-    assert source["url"] == "http://ledger:9090" and source["type"] == "prometheus"
-    assert any(str(p).endswith(":9090") for p in services["ledger"]["ports"])
+    assert source["url"] == "http://127.0.0.1:9090" and source["type"] == "prometheus"
+    # Grafana's port is published by the namespace it runs in, on the host's loopback
+    assert "127.0.0.1:3000:3000" in services["ledger"]["ports"]
     prov = yaml.safe_load((GRAFANA / "provisioning/dashboards/ecovisor.yaml").read_text())
     assert prov["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     dash = json.loads(DASHBOARD.read_text())
