@@ -99,6 +99,10 @@ class LedgerService:
         # the start: event mode takes commands only then (``command``)
         self.caught_up = asyncio.Event()
         self.health: LedgerHealth | None = None  # /metrics (streams/ledger_metrics.py)
+        # held by a state change (a tick close, a command, an ack) until its outputs are
+        # handed to the producer, and by a snapshot: a snapshot must never count a change
+        # whose outputs another task is still sending (a crash then would lose them)
+        self.lock = asyncio.Lock()
 
     def loaded(self) -> SiteLedger:
         """The site's ledger: restored from the tables once recovered, else new."""
@@ -127,7 +131,7 @@ class LedgerService:
 
     async def persist(self, led: SiteLedger) -> None:
         """Counter rows and the snapshot; outputs first: they must be durable before the
-        snapshot that makes a restart skip them."""
+        snapshot that makes a restart skip them. Call with ``self.lock`` held."""
         await self.send([], wait=True)
         counters = self.counters
         for a, k, row in self.rows:
@@ -140,17 +144,18 @@ class LedgerService:
 
     async def close_ticks(self, led: SiteLedger, now_us: int) -> None:
         """Close the ticks due at ``now_us``; snapshot at most every PERSIST_INTERVAL_S."""
-        outs, rows = led.close(now_us)
-        if rows and self.health is not None:
-            self.health.closed(rows, time.time(), led.clock.tick_us / 1e6,
-                               self.clock_mode == "realtime")  # fmt: skip
-        if rows or outs:
-            await self.send(outs)  # outputs first: a crash re-sends identical ones
-            self.rows.extend(rows)
-            mono = time.monotonic()
-            if mono - self.last_persist >= PERSIST_INTERVAL_S:
-                self.last_persist = mono
-                await self.persist(led)
+        async with self.lock:
+            outs, rows = led.close(now_us)
+            if rows and self.health is not None:
+                self.health.closed(rows, time.time(), led.clock.tick_us / 1e6,
+                                   self.clock_mode == "realtime")  # fmt: skip
+            if rows or outs:
+                self.rows.extend(rows)
+                await self.send(outs)  # outputs first: a crash re-sends identical ones
+                mono = time.monotonic()
+                if mono - self.last_persist >= PERSIST_INTERVAL_S:
+                    self.last_persist = mono
+                    await self.persist(led)
 
     async def dead_letter(self, why: str, raw: bytes) -> None:
         dl = dead_letter(topics.TELEMETRY, why, raw)
@@ -302,9 +307,17 @@ class LedgerService:
         if self.clock_mode == "event":
             await self.caught_up.wait()
         led = self.ledger or self.loaded()
-        outs = self.one_message(topics.COMMANDS, raw, led.command, raw, self.driving_now(led))
-        await self.send(outs)
-        await self.persist(led)
+        async with self.lock:
+            outs = self.one_message(topics.COMMANDS, raw, led.command, raw, self.driving_now(led))
+            await self.send(outs)
+            await self.persist(led)
+
+    async def ack(self, raw: bytes) -> None:
+        """One actuator acknowledgement: decided and its outputs sent (snapshotted with
+        the next tick or command)."""
+        led = self.ledger or self.loaded()
+        async with self.lock:
+            await self.send(self.one_message(topics.ACTUATOR_ACKS, raw, led.ack, raw))
 
     def driving_now(self, led: SiteLedger) -> int:
         """The driving time for a command: the site's clock (the wall clock in real-time
@@ -427,8 +440,7 @@ def build_app(
 
     async def acks_loop(stream: Any) -> None:
         async for raw in stream:
-            led = svc.ledger or svc.loaded()
-            await svc.send(svc.one_message(topics.ACTUATOR_ACKS, raw, led.ack, raw))
+            await svc.ack(raw)
 
     @app.agent(commands)
     async def on_command(stream: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -484,6 +485,50 @@ def test_event_mode_takes_a_command_only_after_the_telemetry_already_in_kafka() 
     w.feed(*samples(range(10, 12)))  # closes ticks 9 and 10
     rates = {e.k - k0: e.settings.charge_rate_w for e in w.entries()}
     assert rates == {**{k: 0.0 for k in range(10)}, 10: 1.0}
+
+
+def test_a_snapshot_never_counts_a_close_whose_outputs_are_still_being_sent() -> None:
+    """A command's snapshot (persist) while a tick close is still handing its outputs to
+    the producer would mark those ticks closed with outputs unsent: a crash then loses
+    them (the restart will not close them again). The service's lock orders them: the
+    snapshot comes after every output of the close (found in review)."""
+    cfg = demo()
+    w = Wired(cfg, mode="realtime")
+    sent = w.app.producer.sent
+    inner = w.app.producer.send
+
+    async def slow_send(*a: Any) -> Any:
+        await asyncio.sleep(0)  # a real producer yields while it enqueues
+        return await inner(*a)
+
+    w.app.producer.send = slow_send  # type: ignore[method-assign]
+    w.feed(carbon("co2", 1, 0.0), container("web-1", 1, 0.0, 0.0),
+           container("web-1", 2, 0.9, 4.0))  # fmt: skip
+    seen_at_snapshot: list[int] = []
+
+    class Table(dict):  # type: ignore[type-arg]
+        def __setitem__(self, k: Any, v: Any) -> None:
+            seen_at_snapshot.append(len(sent))
+            super().__setitem__(k, v)
+
+    w.svc.snapshots = Table()
+    w.svc.last_persist = time.monotonic()  # the close itself does not snapshot now
+    cmd = SetBatteryChargeRate(site="demo", time=at(1.2), app="web", command_id="c-1",
+                               token=cfg.app("web").token, watts=1.0)  # fmt: skip
+    close_done: list[int] = []
+
+    async def close() -> None:
+        await w.svc.close_ticks(w.led, T0_US + 1_600_000)
+        close_done.append(len(sent))
+
+    async def both() -> None:
+        await asyncio.gather(close(), w.svc.command(cmd.to_json()))
+
+    w.run(both())
+    assert any(t == topics.LEDGER for t, _, _ in sent)  # the close booked tick 0
+    assert len(seen_at_snapshot) == 1  # the command's snapshot
+    # it counted the closed tick only after the close had handed over every output
+    assert close_done and seen_at_snapshot[0] >= close_done[0]
 
 
 def test_caught_up_means_at_the_high_watermark_of_every_partition() -> None:
