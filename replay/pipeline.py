@@ -263,10 +263,14 @@ def _lockstep(
     site, dt = cfg.site.id, cfg.site.shape.tick_s
     dt_us = round(dt * US)
     io = _Io(cfg, stack.bootstrap, app.id)
-    # the stream resumes after the topic's current end: nothing the ledger sends from
-    # now on is missed, however late the SSE connection is made
-    start = _end_offset(stack.bootstrap, topics.notifications(app.id))
-    client = _Client(url, TOKEN, app=app.id)
+    try:
+        # the stream resumes after the topic's current end: nothing the ledger sends
+        # from now on is missed, however late the SSE connection is made
+        start = _end_offset(stack.bootstrap, topics.notifications(app.id))
+        client = _Client(url, TOKEN, app=app.id)
+    except BaseException:
+        io.close()  # its producer and consumers: not left open by a failed start
+        raise
     stream = EcovisorClient(url, TOKEN, app=app.id, last_event_id=f"0:{start - 1}")
     notes: queue.Queue[Any] = queue.Queue()
     pump = threading.Thread(target=_stream, args=(stream, notes), daemon=True)

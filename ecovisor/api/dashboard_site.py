@@ -289,7 +289,22 @@ async def get_app_command_log(
     return await command_log(ctx.bus, [me.id], limit, scan)
 
 
+# command-log scans at once per API process: each reads up to ``scan`` records per
+# partition from the broker, so one token's burst of requests must not load the API and
+# the broker for every tenant (the others queue)
+MAX_CONCURRENT_SCANS = 2
+_scans: asyncio.Semaphore | None = None
+
+
 async def command_log(bus: CommandBus, apps: list[str], limit: int, scan: int) -> CommandLog:
+    global _scans
+    if _scans is None:
+        _scans = asyncio.Semaphore(MAX_CONCURRENT_SCANS)
+    async with _scans:
+        return await _command_log(bus, apps, limit, scan)
+
+
+async def _command_log(bus: CommandBus, apps: list[str], limit: int, scan: int) -> CommandLog:
     found: list[Notification] = []
     scanned = 0
     try:

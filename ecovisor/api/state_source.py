@@ -82,7 +82,8 @@ def live_state_from_view(app: str, view: dict[str, Any]) -> LiveState:
     tick = _first(view, "tick", "last_tick_index")
     metrics = dict(_first(view, "app_metrics", "metrics") or {})
     if isinstance(metrics.get("extra"), dict):  # AppMetricsTelemetry.extra, flattened
-        metrics.update(metrics.pop("extra"))
+        # the named metrics win over an extra of the same name (one name, one value)
+        metrics = {**metrics.pop("extra"), **metrics}
     return LiveState(
         app=app,
         tick=tick if isinstance(tick, int) else None,
