@@ -6,10 +6,8 @@ configuration file they read."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import uuid
@@ -22,7 +20,14 @@ from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig, load_config
 from ecovisor.contract.experiment import AppSpec, Experiment, site_config
-from ecovisor.embedded.servers import Server, StackError, free_port, tansu_command, wait_for_port
+from ecovisor.embedded.servers import (
+    Server,
+    StackError,
+    free_port,
+    stop_process,
+    tansu_command,
+    wait_for_port,
+)
 from streams.ledger import prepare_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +130,7 @@ class PipelineStack:
 
     def stop_services(self) -> None:
         for p in reversed(self.procs):
-            _stop(p)
+            stop_process(p)
         self.procs.clear()
 
     def __enter__(self) -> PipelineStack:
@@ -139,13 +144,3 @@ class PipelineStack:
             self.broker = None
 
 
-def _stop(p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if p.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()

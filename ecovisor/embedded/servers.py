@@ -5,9 +5,12 @@ tests (directly, on their own ports)."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import importlib.util
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -131,6 +134,21 @@ def mqtt_command(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> 
     if not amqtt:
         raise StackError("no MQTT broker: install mosquitto (apt-get) or amqtt (pip)")
     return [amqtt, "-c", str(conf)]
+
+
+def stop_process(p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL of its whole process group (started with
+    ``start_new_session=True``) if it does not exit within ``timeout``."""
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.kill()
+            p.wait()
 
 
 SCRAPE_CONFIG_FILE = "scrape.yaml"

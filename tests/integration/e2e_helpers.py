@@ -6,11 +6,9 @@ and a cgroup sampler that records CPU usage and the CFS quota together."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ecovisor.adapters.cgroups import CgroupV1Backend
 from ecovisor.contract import topics
 from ecovisor.contract.schemas import CarbonTelemetry, utcnow
+from ecovisor.embedded.servers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,16 +49,7 @@ def start_module(module: str, cfg: Path, log: Path, *args: str) -> subprocess.Po
 
 def stop_proc(p: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL of its whole process group if it does not exit in time."""
-    if p.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.kill()
-            p.wait()
+    stop_process(p, timeout)
 
 
 def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
