@@ -30,7 +30,7 @@ from ecovisor.contract.schemas import (
     verify,
 )
 from ecovisor.core.entries import SiteTickResult
-from ecovisor.core.intake import BatchEntry, offer_batch
+from ecovisor.core.intake import BatchEntry
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.solar_share import split_solar
 from ecovisor.core.state import MAX_PENDING, SiteState, SiteTickInput
@@ -277,7 +277,7 @@ class SiteLedger:
     ) -> list[tuple[int, str]]:
         """Take one node batch (``NodeBatchTelemetry``) as one event: the time rules and
         dedupe once for the batch, then each container's counters into the same state as
-        a ``ContainerTelemetry`` (``ecovisor.core.intake.offer_batch``). Returns
+        a ``ContainerTelemetry`` (``TickClock.offer_batch``). Returns
         (index, reason) per entry to dead-letter, (-1, reason) for the whole batch.
         ``checked``: ``refuse_reason`` already passed."""
         why = None if checked else self.refuse_reason(b, now_us, t_us)
@@ -300,7 +300,7 @@ class SiteLedger:
             else:
                 seen.add(c)
                 entries.append((i, c, e.app, j_to_mj(e.energy_j)))
-        status, refused = offer_batch(self.clock, b, t_us, entries)
+        status, refused = self.clock.offer_batch(b, t_us, entries)
         if status in ("refused", "duplicate"):
             # a duplicate batch is no error (at-least-once): nothing to report
             return [(-1, self.clock.reason or "")] if status == "refused" else []

@@ -5,7 +5,6 @@
 * ``CounterGuard``: cumulative counters (container, node, solar energy) against what
   their source can physically produce, and counter resets.
 * ``value_error``: every number bounded before it becomes integer mJ.
-* ``offer_batch``: a node batch (``NodeBatchTelemetry``) as ONE event of the clock.
 
 docs/ledger.md#ticks, docs/reliability.md.
 """
@@ -215,62 +214,11 @@ class CounterGuard:
 BatchEntry = tuple[int, str, str, int]
 
 
-def offer_batch(
-    clock: Any, batch: Any, t_us: int, entries: list[BatchEntry]
-) -> tuple[str, list[tuple[int, str]]]:
-    """Take a node batch into ``clock`` (a ``tick_clock.TickClock``) as one event.
-
-    The batch itself goes through the clock's ``offer`` like any sample: its one
-    ``source`` + ``seq`` deduped once, the source limits, the event time's tick, the late
-    rule (rolled into the oldest open tick) and the watermark, all exactly as for a
-    per-container message (it books nothing itself: ``offer`` answers "ignored" for a
-    kind without values). Then each entry, already bounded by the batch's parse, is
-    checked by ``CounterGuard`` under the batch's seq and time and lands in the same
-    per-container state (the open tick's counters) a ``ContainerTelemetry`` would.
-
-    Returns the batch's status ("ok", "late", or the clock's "duplicate" / "refused",
-    reason in ``clock.reason``) and (index, reason) of every entry refused (a fault) or
-    taken as a counter reset (reported, as for one message)."""
-    status = clock.offer(batch, t_us)
-    if status != "ignored":
-        return status, []
-    seq, node = batch.seq, batch.node
-    # where ``offer`` put the batch: its event time's tick, or the oldest open one if late
-    k = t_us // clock.tick_us
-    late = k < clock.next_close
-    buf = clock.open[clock.next_close if late else k]
-    check = clock.guard.check
-    put = clock._counter  # the clock's own per-counter aggregation, not a copy of it
-    nodes = clock.container_nodes
-    reports: list[tuple[int, str]] = []
-    taken = 0
-    for i, container, app, mj in entries:
-        key = "c:" + container
-        booked, why = check(key, seq, t_us, mj)
-        if why is not None:
-            reports.append((i, why))
-        if booked is None:
-            clock.n_refused += 1
-            continue
-        put(buf, key, seq, booked, app)
-        nodes[container] = node
-        taken += 1
-    # the clock counted the batch as one sample: count its containers instead
-    more = taken - 1
-    buf.samples += more
-    clock.n_samples += more
-    if late:
-        buf.late += more
-        clock.n_late += more
-    return ("late" if late else "ok"), reports
-
-
 __all__ = [
     "COUNTER_MARGIN",
     "COUNTER_SLACK_S",
     "BatchEntry",
     "CounterGuard",
     "SeqWindow",
-    "offer_batch",
     "value_error",
 ]

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecovisor.core.intake import US, CounterGuard, SeqWindow, value_error
+from ecovisor.core.intake import US, BatchEntry, CounterGuard, SeqWindow, value_error
 from ecovisor.core.units import j_to_mj
 
 MAX_INTENSITY_SAMPLES = 1_000  # carbon samples of one tick (one a ms is 1,000 at 1 s)
@@ -150,6 +150,7 @@ class TickClock:
         self.source_timeout_ticks = source_timeout_ticks
         self.max_gap_ticks = max_gap_ticks
         self.next_close: int | None = None  # oldest open tick
+        self._placed = 0  # the tick ``offer`` booked its last accepted sample into
         self.watermark_us: int | None = None
         self.open: dict[int, _Buf] = {}
         self.dedupe: dict[str, SeqWindow] = {}
@@ -252,6 +253,7 @@ class TickClock:
             self.n_late += 1
             if status == "ok":
                 status = "late"
+        self._placed = k  # the tick the sample was booked into (offer_batch's entries)
         if kind == "container":
             self._counter(buf, key, msg.seq, mj, msg.app)
             if msg.node is not None:
@@ -276,9 +278,48 @@ class TickClock:
                 mode="json",
                 include={"latency_ms", "progress", "functional_units_total", "extra"},
             )
-        else:
+        elif kind != "node_batch":  # a batch's entries: ``offer_batch``
             return "ignored"
         return status
+
+    def offer_batch(
+        self, batch: Any, t_us: int, entries: list[BatchEntry]
+    ) -> tuple[str, list[tuple[int, str]]]:
+        """Take a node batch (``NodeBatchTelemetry``) as one event. The batch goes through
+        ``offer`` like any sample — its one source + seq deduped once, the source limits,
+        its event time's tick, the late rule and the watermark — then each entry (already
+        bounded by the batch's parse) is checked by the counter guard under the batch's
+        seq and time and lands in the tick ``offer`` chose, as a ``ContainerTelemetry``'s
+        counter would. Returns the batch's status ("ok", "late", or "duplicate" /
+        "refused" with ``reason``) and (index, reason) of every entry refused (a fault)
+        or taken as a counter reset. Samples count entries: a batch whose entries are
+        all refused counts none (it still opened its tick and moved the watermark)."""
+        status = self.offer(batch, t_us)
+        if status not in ("ok", "late"):
+            return status, []
+        buf = self.open[self._placed]
+        seq, node = batch.seq, batch.node
+        check = self.guard.check
+        reports: list[tuple[int, str]] = []
+        taken = 0
+        for i, container, app, mj in entries:
+            key = "c:" + container
+            booked, why = check(key, seq, t_us, mj)
+            if why is not None:
+                reports.append((i, why))
+            if booked is None:
+                self.n_refused += 1
+                continue
+            self._counter(buf, key, seq, booked, app)
+            self.container_nodes[container] = node
+            taken += 1
+        more = taken - 1  # ``offer`` counted the batch as one sample: count its entries
+        buf.samples += more
+        self.n_samples += more
+        if status == "late":
+            buf.late += more
+            self.n_late += more
+        return status, reports
 
     def _counter(self, buf: _Buf, key: str, seq: int, mj: int, owner: str) -> None:
         cur = buf.counters.get(key)
