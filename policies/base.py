@@ -529,7 +529,7 @@ def main(
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
     needs_metrics: bool = False,
-    needs_forecasts: bool = False,
+    needs_forecasts: bool | Callable[[argparse.Namespace], bool] = False,
 ) -> None:
     """``python -m policies.<name> --app X ...``: connect, set up, run until SIGTERM."""
     from ecovisor.client import EcovisorClient, EcovisorError
@@ -543,6 +543,7 @@ def main(
         level=a.log_level.upper(), format=f"%(asctime)s {name}[{a.app}] %(message)s"
     )
     url, token = connect(a)
+    wants_forecasts = needs_forecasts(a) if callable(needs_forecasts) else needs_forecasts
     try:
         policy = build(a)
     except ValueError as e:
@@ -559,7 +560,7 @@ def main(
         client,
         view,
         api_metrics(client) if needs_metrics else None,
-        api_forecasts(client) if needs_forecasts else None,
+        api_forecasts(client) if wants_forecasts else None,
     )
 
     @client.on_tick

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from actuators.state import UNKNOWN, ActuatorState
+from ecovisor.api.emulation_signal import forecast_of_view
+from ecovisor.api.forecasts import carbon_answer, solar_answer
 from ecovisor.api.models import AppInfo
 from ecovisor.api.state_source import live_state_from_view
 from ecovisor.cli.export_format import to_csv
@@ -76,7 +78,7 @@ from ecovisor.contract.schemas import (
 from ecovisor.core.parallel_job import ParallelJob
 from ecovisor.core.spark_job import SparkJob
 from ecovisor.core.workloads import Blast, MLTraining, WebService
-from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_metrics
+from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_forecasts, api_metrics
 from replay.baselines import ScheduledSuspend, lowest_carbon_ticks, right_sizing_offline
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
@@ -184,6 +186,17 @@ class LedgerClient:
         names = list(command_fields(cls))
         return lambda *args: self.command(name, **dict(zip(names, args, strict=False)))
 
+    def get_carbon_forecast(self) -> dict[str, Any]:
+        """``GET /v1/apps/{app}/carbon_forecast``: the route's answer from the ledger's
+        kept forecast (the whole forecast: the route's own, not an emulation's window)."""
+        f = forecast_of_view(state_view(self.led, self.app) or {}, "carbon")
+        return carbon_answer(self.app, f).model_dump(mode="json")
+
+    def get_solar_forecast(self) -> dict[str, Any]:
+        """``GET /v1/apps/{app}/solar_forecast``, as ``get_carbon_forecast``."""
+        f = forecast_of_view(state_view(self.led, self.app) or {}, "solar")
+        return solar_answer(self.app, f).model_dump(mode="json")
+
     def get_state(self) -> dict[str, Any]:
         """``GET /v1/apps/{app}/state``: the ledger's state view as the API normalises
         it (``LiveState``), app metrics included."""
@@ -259,8 +272,21 @@ class TickTelemetry:
     the tick's start when a container is first seen), and the app's metrics. The core
     engine ingests them into ``SiteLedger``; the pipeline engine publishes them."""
 
-    def __init__(self, cfg: EcovisorConfig, app: str, solar: bool) -> None:
+    def __init__(
+        self,
+        cfg: EcovisorConfig,
+        app: str,
+        solar: bool,
+        carbon: np.ndarray | None = None,
+        forecast_h: float = 0.0,
+    ) -> None:
         node = cfg.site.nodes[0]
+        # the carbon forecast published with each tick: the trace's next ``forecast_h``
+        # hours, one point an hour (or a tick, if longer), each at its tick's start
+        self.carbon = carbon
+        dt_s = cfg.site.shape.tick_s
+        self.fc_step = max(1, round(3600 / dt_s))
+        self.fc_ticks = int(forecast_h * 3600 // dt_s) if carbon is not None else 0
         self.site, self.app, self.node, self.solar = cfg.site.id, app, node.id, solar
         self.model = node.model()
         self.dt = cfg.site.shape.tick_s
@@ -283,9 +309,15 @@ class TickTelemetry:
         t_start = datetime.fromtimestamp(start_us / US, UTC)
         t_sample_us = start_us + dt_us - SAMPLE_BEFORE_END_US
         t_sample = datetime.fromtimestamp(t_sample_us / US, UTC)
+        fc: list[tuple[datetime, float]] = []
+        if self.fc_ticks and self.carbon is not None:
+            last = min(len(self.carbon) - 1, i + self.fc_ticks)
+            fc = [(datetime.fromtimestamp((start_us + j * dt_us) / US, UTC),
+                   float(self.carbon[i + j]))
+                  for j in range(self.fc_step, last - i + 1, self.fc_step)]  # fmt: skip
         out: list[tuple[Any, int]] = [
             (CarbonTelemetry(site=site, time=t_start, source="trace-carbon", seq=i,
-                             intensity_g_per_kwh=intensity), start_us)
+                             intensity_g_per_kwh=intensity, forecast=fc), start_us)
         ]  # fmt: skip
         if self.solar:
             if i == 0:
@@ -396,10 +428,13 @@ def run_one(
     policy = build_policy(spec)
     if spec.offline:
         policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
-    runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None)
+    forecasts = api_forecasts(client) if exp.traces.carbon.forecast_h else None
+    runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None,
+                          forecasts)  # fmt: skip
     client.now_us = t0_us
     runner.start()
-    tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0)
+    tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0, carbon,
+                        exp.traces.carbon.forecast_h)  # fmt: skip
     n = len(carbon)
     ser = new_series()
     entries: list[bytes] = []

@@ -56,7 +56,7 @@ from ecovisor.contract.schemas import (
     verify,
 )
 from ecovisor.core.workloads import WebService
-from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_metrics
+from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_forecasts, api_metrics
 from replay.engine import (
     US,
     RunResult,
@@ -284,9 +284,12 @@ def _lockstep(
         policy = build_policy(spec)
         if spec.offline:
             policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
-        runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None)
+        forecasts = api_forecasts(client) if exp.traces.carbon.forecast_h else None
+        runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None,
+                              forecasts)  # fmt: skip
         pump.start()
-        tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0)
+        tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0, carbon,
+                            exp.traces.carbon.forecast_h)  # fmt: skip
         outcome: dict[str, Notification] = {}  # command id -> accepted / rejected
 
         def take(n: Notification, want_tick: int | None) -> bool:

@@ -62,7 +62,8 @@ class Forecast:
     points: list[tuple[datetime, float]]
 
 
-def _forecast_of(view: dict[str, Any], kind: str) -> Forecast:
+def forecast_of_view(view: dict[str, Any], kind: str) -> Forecast:
+    """The kept ``kind`` forecast of a ledger state view (malformed points left out)."""
     raw = view.get(f"{kind}_forecast")
     if not isinstance(raw, dict):
         return Forecast(None, None, None, [])
@@ -92,7 +93,7 @@ async def forecast(
         s = await ctx.state.state(me.id)
     except StateUnavailable as e:
         raise HTTPException(503, str(e)) from e
-    f = _forecast_of(s.view, kind)
+    f = forecast_of_view(s.view, kind)
     if since is not None:
         f = Forecast(f.published_at, f.source, f.signal, [p for p in f.points if p[0] >= since])
     return f

@@ -34,9 +34,13 @@ class CarbonForecast(BaseModel):
 @router.get(API_PREFIX + "/carbon_forecast", tags=["forecasts"], response_model=CarbonForecast)
 async def get_carbon_forecast(me: Me, ctx: Ctx) -> CarbonForecast:
     """The site's carbon-intensity forecast as its carbon source last published it."""
-    f = await sig.forecast(ctx, me)
+    return carbon_answer(me.id, await sig.forecast(ctx, me))
+
+
+def carbon_answer(app: str, f: sig.Forecast) -> CarbonForecast:
+    """The route's answer for a kept carbon forecast (also the replay's LedgerClient)."""
     return CarbonForecast(
-        app=me.id,
+        app=app,
         published_at=f.published_at,
         source=f.source,
         signal=f.signal,
@@ -62,9 +66,13 @@ class SolarForecast(BaseModel):
 @router.get(API_PREFIX + "/solar_forecast", tags=["forecasts"], response_model=SolarForecast)
 async def get_solar_forecast(me: Me, ctx: Ctx) -> SolarForecast:
     """The site array's power forecast as its solar source last published it."""
-    f = await sig.forecast(ctx, me, kind="solar")
+    return solar_answer(me.id, await sig.forecast(ctx, me, kind="solar"))
+
+
+def solar_answer(app: str, f: sig.Forecast) -> SolarForecast:
+    """The route's answer for a kept solar forecast (also the replay's LedgerClient)."""
     return SolarForecast(
-        app=me.id,
+        app=app,
         published_at=f.published_at,
         source=f.source,
         points=[SolarForecastPoint(time=t, value=v) for t, v in f.points],

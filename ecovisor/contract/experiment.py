@@ -63,6 +63,12 @@ class CarbonTrace(_Strict):
     unit: Literal["g_per_kwh", "lbs_per_mwh"] = "g_per_kwh"
     time_column: str | int = 0
     value_column: str | int = 1
+    forecast_h: Annotated[float, Field(ge=0, le=168)] = Field(
+        0.0,
+        description="publish the trace's next hours with each tick's intensity as a "
+        "(perfect) forecast, hourly points, as a carbon collector with forecast_points "
+        "does; policies get it in Observation.carbon_forecast (0: none)",
+    )
 
 
 class SolarTrace(_Strict):

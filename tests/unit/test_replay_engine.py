@@ -278,3 +278,36 @@ def test_the_clairvoyant_suspend_resume_emits_least(tmp_path: Path) -> None:
     # the agnostic job runs at 300, the online one in the 150 dip, the oracle at 50
     assert rs["oracle"].carbon_g == pytest.approx(energy * 50 / 1000, rel=1e-3)
     assert rs["oracle"].carbon_g < rs["sr"].carbon_g < rs["agnostic"].carbon_g
+
+
+def test_a_forecast_reaches_the_policy_and_suspend_resume_does_not_wait_for_nothing(
+    tmp_path: Path,
+) -> None:
+    """With ``forecast_h`` the replayed carbon source publishes the trace's next hours
+    (as a collector with ``forecast_points``): the ledger keeps it, the runner hands it to
+    the policy, and ``suspend_resume --forecast-h`` runs at once on a rising grid where the
+    plain one waits (nothing cleaner ever comes within its horizon)."""
+    hourly = [100.0] * 24 + [200.0 + 5 * h for h in range(96)]
+    p = tmp_path / "rising.csv"
+    p.write_text("time,value\n" + "".join(
+        f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:00:00Z,{v}\n" for h, v in enumerate(hourly)))
+    exp = experiment(
+        tmp_path,
+        traces={"carbon": {"type": "csv", "path": [str(p)], "forecast_h": 6}},
+        window={"start": "2024-01-01T00:00:00Z", "end": "2024-01-04T00:00:00Z"},
+        arrivals={"warmup_h": 24, "max_runtime_h": 48},
+        apps=[{
+            "id": "ml",
+            "workload": {"type": "ml_training", "work_h": 3, "base_cores": 4},
+            "policies": {
+                "sr": {"policy": "suspend_resume", "args": ["--window-h", "24"]},
+                "sr-fc": {"policy": "suspend_resume",
+                          "args": ["--window-h", "24", "--forecast-h", "6"]},
+            },
+        }],
+    )  # fmt: skip
+    rs = {r.label: r for r in run_all(exp, workers=1, show_progress=False)}
+    assert rs["sr-fc"].finished and rs["sr-fc"].runtime_h == pytest.approx(3.0)
+    assert not rs["sr"].finished or rs["sr"].runtime_h > 6.0
+    # it ran on the lowest part of the rise: less carbon than any later 3 hours
+    assert rs["sr-fc"].carbon_g <= rs["sr"].carbon_g or not rs["sr"].finished
