@@ -424,13 +424,7 @@ def run_one(
     # what the live policy gets from GET /v1/apps/{app}
     info = AppInfo.of(cfg, cfg.apps[0]).model_dump()
     view = AppView.from_info(info)
-    spec = app.policies[label]
-    policy = build_policy(spec)
-    if spec.offline:
-        policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
-    forecasts = api_forecasts(client) if exp.traces.carbon.forecast_h else None
-    runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None,
-                          forecasts)  # fmt: skip
+    runner = policy_runner(exp, app, label, client, view, workload, carbon, arrival_i)
     client.now_us = t0_us
     runner.start()
     tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0, carbon,
@@ -559,6 +553,28 @@ def run_result(
         dropped=web.dropped_total if web is not None else 0.0,
         replica_starts=web.starts if web is not None else 0,
     )
+
+
+def policy_runner(
+    exp: Experiment,
+    app: AppSpec,
+    label: str,
+    client: Any,
+    view: AppView,
+    workload: Workload,
+    carbon: np.ndarray,
+    arrival_i: int,
+) -> PolicyRunner:
+    """The runner of the run's policy (both engines): the policy ``python -m
+    policies.<name>`` builds (or its offline baseline), with the app's metrics when the
+    workload reports them and the forecasts when the experiment publishes one."""
+    spec = app.policies[label]
+    policy = build_policy(spec)
+    if spec.offline:
+        policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
+    metrics = api_metrics(client) if reporting(workload) is not None else None
+    forecasts = api_forecasts(client) if exp.traces.carbon.forecast_h else None
+    return PolicyRunner(policy, client, view, metrics, forecasts)
 
 
 def _offline(

@@ -56,16 +56,15 @@ from ecovisor.contract.schemas import (
     verify,
 )
 from ecovisor.core.workloads import WebService
-from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_forecasts, api_metrics
+from policies.base import SUBSCRIBED_EVENTS, AppView
 from replay.engine import (
     US,
     RunResult,
     TickTelemetry,
-    _offline,
     add_tick,
-    build_policy,
     make_workload,
     new_series,
+    policy_runner,
     reporting,
     run_result,
     sim_for,
@@ -280,13 +279,7 @@ def _lockstep(
         reports = reporting(workload)
         sim = sim_for(app)
         view = AppView.from_info(client.get_app_info())  # GET /v1/apps/{app}
-        spec = app.policies[label]
-        policy = build_policy(spec)
-        if spec.offline:
-            policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
-        forecasts = api_forecasts(client) if exp.traces.carbon.forecast_h else None
-        runner = PolicyRunner(policy, client, view, api_metrics(client) if reports else None,
-                              forecasts)  # fmt: skip
+        runner = policy_runner(exp, app, label, client, view, workload, carbon, arrival_i)
         pump.start()
         tel = TickTelemetry(cfg, app.id, exp.site.solar_nameplate_w > 0, carbon,
                             exp.traces.carbon.forecast_h)  # fmt: skip
