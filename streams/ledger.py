@@ -1,6 +1,13 @@
 """The Faust ledger worker: per-tick virtual energy ledgers, notifications, commands.
 
-``python -m streams.ledger --config FILE [--clock realtime|event]``
+``python -m streams.ledger --config FILE|DIR [--group NAME] [--partitions N]
+[--web-port PORT] [--clock realtime|event]``
+
+One site file: a worker of that site (its own group, one partition, as before groups).
+A directory of site files (``*.yaml``): a worker of the group of those sites; start as
+many as you like with the same arguments (and distinct ``--web-port``s on one host): they
+share the sites' partitions, and a rebalance moves sites between them (docs/ledger.md,
+Partitioning).
 
 Data path (docs/ledger.md):
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ecovisor.contract.config import (
     ConfigError,
@@ -35,12 +43,38 @@ from ecovisor.contract.config import (
     load_config,
     one_line,
 )
-from streams.ledger_app import build_app, prepare_topics
+from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
+from streams.ledger_group import SiteGroup
+
+DIRECTORY_PARTITIONS = 16
+
+
+def load_group(path: str, name: str | None, partitions: int | None) -> SiteGroup:
+    """The sites of ``path`` (a site file, or a directory of ``*.yaml`` site files)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml"))
+        if not files:
+            raise ConfigError(f"{p}: no site files (*.yaml) in this directory")
+        cfgs = [load_config(f) for f in files]
+        return SiteGroup.of(cfgs, name or p.resolve().name,
+                            DIRECTORY_PARTITIONS if partitions is None else partitions)  # fmt: skip
+    return SiteGroup.of([load_config(p)], name, partitions)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m streams.ledger", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
+    p.add_argument("--config", help="a site file, or a directory of site files (*.yaml) "
+                   "served by a group of workers (default $ECOVISOR_CONFIG)")  # fmt: skip
+    p.add_argument("--group", help="the group's name (several sites; default: the "
+                   "directory's name)")  # fmt: skip
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions of the site-keyed topics: the most workers that can share "
+                   "the sites (default 1 for one site file, 16 for a directory); fixed once "
+                   "the topics exist")  # fmt: skip
+    p.add_argument("--web-port", type=int, default=None,
+                   help="port of the views and /metrics (default the first site's "
+                   "stack.ledger_web_port; give each worker on one host its own)")  # fmt: skip
     p.add_argument(
         "--clock",
         choices=["realtime", "event"],
@@ -52,19 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loglevel", default="warning")
     a = p.parse_args(argv)
     try:
-        cfg = load_config(config_path(a.config))
+        group = load_group(config_path(a.config), a.group, a.partitions)
     except ConfigError as e:
         print(f"streams.ledger: {one_line(e)}", file=sys.stderr)
         return 2
-    bootstrap = kafka_bootstrap(cfg)
+    bootstrap = kafka_bootstrap(next(iter(group.sites.values())))
     try:
-        prepare_topics(cfg, bootstrap)
+        prepare_topics(group, bootstrap)
+    except PartitionMismatch as e:
+        print(f"streams.ledger: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - one clear line, not a traceback
         print(f"streams.ledger: cannot prepare Kafka topics at {bootstrap}: {e}", file=sys.stderr)
         return 3
     import faust
 
-    app = build_app(cfg, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts)
+    app = build_app(group, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts,
+                    web_port=a.web_port)  # fmt: skip
     worker = faust.Worker(app, loglevel=a.loglevel, quiet=True, redirect_stdouts=False)
     code: object = 0
     try:
@@ -73,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         code = e.code
     # Faust stops "cleanly" (exit 0) when a task or its producer crashes: a supervisor
     # would restart a crash loop forever and call it healthy. A crash exits 1.
-    failure = app.ledger_service.failure or getattr(app, "crash_reason", None)
+    failure = app.ledger_service.services_failure() or getattr(app, "crash_reason", None)
     if failure is not None:
         print(f"streams.ledger: stopped by an error: {one_line(failure)}", file=sys.stderr)
         return 1

@@ -1,17 +1,24 @@
-"""The Faust wiring of the ledger worker for one site: where the pure worker
-(streams/ledger_worker.py) meets Kafka.
+"""The Faust wiring of the ledger worker: where the pure per-site ledger
+(streams/ledger_worker.py) meets Kafka, for one site or a group of sites shared by
+several workers (streams/ledger_group.py).
 
-* ``ecovisor.telemetry``: read in batches by an aiokafka consumer on assigned partitions
-  (``ecovisor.adapters.kafka_async``) inside the Faust app, not by a Faust agent: Faust's
-  per-event path costs ~65 µs a message here (an empty agent ran ~15,000 events/s). Its
-  position is the offset stored in the site snapshot (seeked to offset + 1 on start),
-  not a group commit, so a restart replays exactly the messages after the snapshot.
-* ``ecovisor.commands`` and ``ecovisor.actuator.acks``: Faust agents.
+* ``ecovisor.telemetry``, ``ecovisor.commands``, ``ecovisor.actuator.acks``: Faust agents.
+  All three are keyed by site and have the group's number of partitions, so a site's
+  messages are on one partition number in each (co-partitioned) and Faust hands them to
+  the worker that owns it. Telemetry is one event per node batch (hundreds of samples),
+  so Faust's per-event cost (~65 µs here) no longer bounds the samples a worker takes.
 * State: the Faust tables ``snapshots`` (key site: ``SiteLedger.snapshot()``) and
   ``counters`` (key ``app:k``: per-tick cumulative counters for the views), both with
-  changelogs. Outputs are made durable before each snapshot; a snapshot is written at
-  most every ``PERSIST_INTERVAL_S`` while ticks close, and after every command.
-* The state views (streams/ledger_views.py) on the Faust web server.
+  changelogs, partitioned by site like the topics. Outputs are made durable before each
+  snapshot; a snapshot is written at most every ``PERSIST_INTERVAL_S`` while ticks close,
+  after every command, and when ``MAX_UNACKED`` telemetry events wait for one.
+* Exactness across restarts and rebalances: telemetry events are acknowledged (so their
+  offsets committed) only once a snapshot that reflects them is written; a snapshot
+  holds the offset of the last telemetry event it reflects, and events at or below it
+  are skipped when delivered again. A new owner restores the snapshot and receives every
+  event after the committed offset: none lost, none booked twice.
+* The state views (streams/ledger_views.py) and /metrics on the Faust web server; a view
+  for a site another worker owns is routed to that worker.
 """
 
 from __future__ import annotations
@@ -27,11 +34,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ecovisor.adapters import kafka_async
-from ecovisor.adapters.kafka import create_topics, faust_credentials
+from ecovisor.adapters import faust_transport
+from ecovisor.adapters.kafka import create_topics, existing_partitions, faust_credentials
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig, internal_key
-from ecovisor.contract.kafka_access import ledger_app_id
 from ecovisor.contract.schemas import (
     TELEMETRY_ADAPTER,
     BadEntry,
@@ -41,8 +47,9 @@ from ecovisor.contract.schemas import (
     parse_telemetry_entries,
 )
 from ecovisor.core.tick_clock import to_us
-from streams.ledger_metrics import LedgerHealth, add_metrics_page, ledger_registry
-from streams.ledger_views import add_pages
+from streams.ledger_group import LedgerGroup, SiteGroup
+from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
+from streams.ledger_views import Target, add_pages
 from streams.ledger_worker import CounterRow, Out, SiteLedger
 
 log = logging.getLogger("ecovisor.ledger")
@@ -56,12 +63,15 @@ ClockMode = Literal["realtime", "event"]
 PERSIST_INTERVAL_S = 5.0
 MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the broker
 SNAPSHOT_MAX_BYTES = 32 * 1024 * 1024  # uncompressed record size the producer accepts
+# Telemetry events a site holds unacknowledged (their offsets uncommitted) before it
+# writes a snapshot to release them: bounds the worker's memory when ticks close rarely.
+MAX_UNACKED = 20_000
 
 
-def faust_app_id(cfg: EcovisorConfig) -> str:
+def faust_app_id(cfg: EcovisorConfig | SiteGroup) -> str:
     """Its consumer group and its topics' prefix, which the Kafka ACLs name
     (``ecovisor.contract.kafka_access``)."""
-    return ledger_app_id(cfg.site.id)
+    return cfg.app_id if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg]).app_id
 
 
 def internal_topics(app_id: str) -> list[str]:
@@ -69,12 +79,32 @@ def internal_topics(app_id: str) -> list[str]:
     return [f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"]
 
 
-def prepare_topics(cfg: EcovisorConfig, bootstrap: str) -> None:
-    """Create every topic the worker reads or writes (tansu does not auto-create)."""
-    create_topics(
-        bootstrap,
-        topics.all_topics([a.id for a in cfg.apps]) + internal_topics(faust_app_id(cfg)),
-    )
+# keyed by site and read by the group: the group's partition count
+KEYED_BY_SITE = (topics.TELEMETRY, topics.COMMANDS, topics.ACTUATOR_ACKS)
+
+
+class PartitionMismatch(RuntimeError):
+    """A site-keyed topic exists with another partition count than the group's."""
+
+
+def prepare_topics(cfg: EcovisorConfig | SiteGroup, bootstrap: str) -> None:
+    """Create every topic the worker reads or writes (tansu does not auto-create): the
+    site-keyed ones and the changelogs with the group's partitions. A site-keyed topic
+    that already exists with another partition count raises ``PartitionMismatch`` (a
+    site would be looked for on the wrong partition)."""
+    group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])
+    apps = [a.id for c in group.sites.values() for a in c.apps]
+    keyed = [*KEYED_BY_SITE, *internal_topics(group.app_id)]
+    create_topics(bootstrap, keyed, partitions=group.partitions)
+    create_topics(bootstrap, [t for t in topics.all_topics(apps) if t not in keyed])
+    have = existing_partitions(bootstrap, keyed)
+    wrong = {t: n for t, n in have.items() if n != group.partitions}
+    if wrong:
+        raise PartitionMismatch(
+            f"the group has {group.partitions} partition(s) but "
+            + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+            + ": use --partitions to match, or a broker without these topics"
+        )
 
 
 class LedgerService:
@@ -82,7 +112,8 @@ class LedgerService:
     feeding it telemetry batches. Lives inside the Faust app ``build_app`` makes."""
 
     def __init__(
-        self, cfg: EcovisorConfig, app: Any, snapshots: Any, counters: Any, clock: ClockMode
+        self, cfg: EcovisorConfig, app: Any, snapshots: Any, counters: Any, clock: ClockMode,
+        ack: Any = None,
     ) -> None:
         self.cfg = cfg
         self.site = cfg.site.id
@@ -103,6 +134,11 @@ class LedgerService:
         # handed to the producer, and by a snapshot: a snapshot must never count a change
         # whose outputs another task is still sending (a crash then would lose them)
         self.lock = asyncio.Lock()
+        # telemetry events whose effect no snapshot holds yet: acknowledged (``ack``, the
+        # Faust stream's) once one does, so a new owner is delivered them again
+        self.unacked: list[Any] = []
+        self.ack_events = ack
+        self.apps = {a.id for a in cfg.apps}
 
     def loaded(self) -> SiteLedger:
         """The site's ledger: restored from the tables once recovered, else new."""
@@ -112,7 +148,8 @@ class LedgerService:
             rows: dict[str, dict[int, dict[str, Any]]] = {}
             for key, val in self.counters.items():
                 a, _, k = key.decode().rpartition(":")
-                rows.setdefault(a, {})[int(k)] = json.loads(val)
+                if a in self.apps:  # the table holds the rows of every site of the group
+                    rows.setdefault(a, {})[int(k)] = json.loads(val)
             led.restore_counters(rows)
             self.ledger = led
             log.info("ledger for site %s loaded (restored=%s)", self.site, bool(raw))
@@ -141,6 +178,10 @@ class LedgerService:
                 del counters[old]
         self.rows = []
         self.snapshots[self.site.encode()] = led.snapshot()
+        events, self.unacked = self.unacked, []
+        if self.ack_events is not None:
+            for ev in events:
+                await self.ack_events(ev)
 
     async def close_ticks(self, led: SiteLedger, now_us: int) -> None:
         """Close the ticks due at ``now_us``; snapshot at most every PERSIST_INTERVAL_S."""
@@ -172,6 +213,9 @@ class LedgerService:
         offsets = led.offsets
         wall_us = to_us(time.time())
         for r in records:
+            done = offsets.get(partition)
+            if done is not None and r.offset <= done:
+                continue  # delivered again (a restart, a rebalance): the snapshot has it
             raw = r.value if r.value is not None else b""  # a tombstone: dead-lettered
             offsets[partition] = r.offset
             bad: list[BadEntry] = []
@@ -200,6 +244,9 @@ class LedgerService:
                 await self.dead_letter(why, raw)
             if event_mode:
                 await self.close_due(led)
+        if len(self.unacked) >= MAX_UNACKED:
+            async with self.lock:
+                await self.persist(led)
 
     async def batch_dead_letters(
         self, b: Any, bad: list[BadEntry], reports: list[tuple[int, str]]
@@ -253,57 +300,14 @@ class LedgerService:
         led = self.ledger or self.loaded()
         await self.close_ticks(led, wall_us)
 
-    async def close_on_deadlines(self) -> None:
-        """Real-time mode: sleep until the oldest open tick's deadline (its end + grace),
-        then close what is due, forever. Event-driven rather than polled, so a tick
-        closes at its deadline, not up to a polling period later (docs/ledger.md)."""
-        idle_s = max(0.05, self.cfg.site.shape.tick_s / 10)  # no tick open yet: look again
-        while True:
-            led = self.ledger or self.loaded()
-            due = led.clock.next_deadline_us()
-            now = to_us(time.time())
-            if due is None or due > now:
-                await asyncio.sleep(idle_s if due is None else (due - now) / 1e6)
-                continue
-            await self.on_timer(now)
-            if led.clock.next_deadline_us() == due:  # nothing closed: never spin
-                await asyncio.sleep(idle_s)
-
-    async def consume_telemetry(self, bootstrap: str) -> None:
-        """Read ``ecovisor.telemetry`` from the snapshot's position, forever."""
-        led = self.ledger or self.loaded()
-        consumer, tps = await kafka_async.assigned_consumer(
-            bootstrap,
-            [topics.TELEMETRY],
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            request_timeout_ms=30_000,
-        )
-        try:
-            for tp in tps:
-                off = led.offsets.get(tp.partition)
-                if off is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, off + 1)  # the snapshot covers everything up to off
-            while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
-                for tp, records in batch.items():
-                    await self.telemetry(led, tp.partition, records)
-                if not self.caught_up.is_set() and await _at_end(consumer, tps):
-                    self.caught_up.set()
-        finally:
-            await consumer.stop()
-
     async def command(self, raw: bytes) -> None:
         """One command from ``ecovisor.commands``: decided, its outputs sent, the snapshot
         written. In event mode only once the telemetry already in Kafka has been read
-        (``caught_up``): a command is anchored to the driving time (capped at its own
-        tick), and a worker that has just started would take it from its snapshot (older
-        after a crash) or from nothing (a fresh start), so the setting applied to ticks
-        the uninterrupted worker had already closed without it (found by
-        reliability/chaos.py; docs/ledger.md, Guarantees)."""
+        (``caught_up``, set by the group): a command is anchored to the driving time
+        (capped at its own tick), and a worker that has just started would take it from
+        its snapshot (older after a crash) or from nothing (a fresh start), so the setting
+        applied to ticks the uninterrupted worker had already closed without it (found
+        by reliability/chaos.py; docs/ledger.md, Guarantees)."""
         if self.clock_mode == "event":
             await self.caught_up.wait()
         led = self.ledger or self.loaded()
@@ -339,17 +343,23 @@ class LedgerService:
             return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
 
     async def guarded(self, what: str, body: Any) -> None:
-        """Run a task of the worker; an error it does not handle is recorded (the process
-        then exits non-zero, streams/ledger.py) and stops the worker: a supervisor sees
-        the crash instead of a clean exit it would restart forever."""
-        try:
-            await body
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.exception("ledger %s failed; stopping the worker", what)
-            self.failure = self.failure or e
-            await self.app.crash(e)
+        """Run ``body``, a task of the worker (``run_guarded``)."""
+        await run_guarded(self, what, body)
+
+
+async def run_guarded(owner: Any, what: str, body: Any) -> None:
+    """Run a task of the worker; an error it does not handle is recorded in
+    ``owner.failure`` (the process then exits non-zero, streams/ledger.py) and stops the
+    worker (``owner.app.crash``): a supervisor sees the crash instead of a clean exit it
+    would restart forever."""
+    try:
+        await body
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.exception("ledger %s failed; stopping the worker", what)
+        owner.failure = owner.failure or e
+        await owner.app.crash(e)
 
 
 def _salvage_batch(raw: bytes) -> tuple[Any, list[BadEntry]] | None:
@@ -362,34 +372,166 @@ def _salvage_batch(raw: bytes) -> tuple[Any, list[BadEntry]] | None:
         return None
 
 
-async def _at_end(consumer: Any, tps: list[Any]) -> bool:
-    """Whether the consumer's position is at the high watermark of its last fetch on
-    every partition (None: not fetched yet)."""
-    for tp in tps:
-        hw = consumer.highwater(tp)
-        if hw is None or await consumer.position(tp) < hw:
-            return False
-    return True
+class GroupService:
+    """The I/O of a worker of a group: routes each message to its site's
+    ``LedgerService`` (``LedgerGroup``), closes every owned site's ticks on their
+    deadlines, tracks the telemetry catch-up of event mode."""
+
+    def __init__(self, group: SiteGroup, app: Any, snapshots: Any, counters: Any,
+                 clock: ClockMode) -> None:  # fmt: skip
+        self.group = group
+        self.app = app
+        self.clock_mode = clock
+        self.failure: BaseException | None = None
+        self.ack: Any = None  # the telemetry stream's ack, set when the agent starts
+        self.health: dict[str, LedgerHealth] = {}
+
+        def make(cfg: EcovisorConfig) -> LedgerService:
+            svc = LedgerService(cfg, app, snapshots, counters, clock, ack=self.ack_event)
+            svc.health = self.health.get(cfg.site.id)
+            return svc
+
+        self.sites = LedgerGroup(group, self.active_partitions, make)
+
+    def active_partitions(self) -> set[int]:
+        """Telemetry partitions assigned to this worker and recovered (0 until then)."""
+        if not self.app.tables.recovery.completed.is_set():
+            return set()
+        return {tp.partition for tp in self.app.assignor.assigned_actives()
+                if tp.topic == topics.TELEMETRY}  # fmt: skip
+
+    async def ack_event(self, event: Any) -> None:
+        if self.ack is not None:
+            await self.ack(event)
+
+    async def telemetry(self, event: Any) -> None:
+        """One telemetry event (a sample, a node batch or a clock message) to its site."""
+        msg = event.message
+        part, off = msg.partition, msg.offset
+        raw = event.value if event.value is not None else b""
+        site = self.sites.site_of_key(event.key, raw, by_app=False)
+        svc = self.sites.service(site) if site is not None else None
+        if svc is None:  # another group's site, or none: nothing of ours to hold it for
+            await self.ack_event(event)
+        else:
+            svc.unacked.append(event)
+            led = svc.ledger or svc.loaded()
+            await svc.telemetry(led, part, [_Record(raw, off)])
+        self.sites.note_offset(part, off)
+
+    async def command(self, key: bytes | None, raw: bytes, partition: int) -> None:
+        site = self.sites.site_of_key(key, raw, by_app=True)
+        svc = self.sites.service(site) if site is not None else None
+        if svc is None:
+            await self._misrouted(topics.COMMANDS, site, partition, raw)
+        else:
+            await svc.command(raw)
+
+    async def actuator_ack(self, key: bytes | None, raw: bytes, partition: int) -> None:
+        site = self.sites.site_of_key(key, raw, by_app=False)
+        svc = self.sites.service(site) if site is not None else None
+        if svc is None:
+            await self._misrouted(topics.ACTUATOR_ACKS, site, partition, raw)
+        else:
+            await svc.ack(raw)
+
+    async def _misrouted(self, origin: str, site: str | None, partition: int, raw: bytes) -> None:
+        o = self.sites.misrouted(origin, site, partition, raw)
+        fut = await self.app.producer.send(o.topic, o.key, o.value, None, None, None)
+        await fut
+
+    async def close_on_deadlines(self) -> None:
+        """Real-time mode: sleep until the earliest deadline (end + grace) of an owned
+        site's oldest open tick, close what is due, forever. Event-driven rather than
+        polled, so a tick closes at its deadline, not up to a polling period later
+        (docs/ledger.md); it looks again at least every Δt/10 for sites newly assigned."""
+        idle_s = max(0.05, min(c.site.shape.tick_s for c in self.group.sites.values()) / 10)
+        while True:
+            now = to_us(time.time())
+            due: list[tuple[int, LedgerService]] = []
+            nxt: int | None = None
+            for svc in self.sites.owned():
+                d = (svc.ledger or svc.loaded()).clock.next_deadline_us()
+                if d is None:
+                    continue
+                if d <= now:
+                    due.append((d, svc))
+                else:
+                    nxt = d if nxt is None else min(nxt, d)
+            stuck = True
+            for d, svc in due:
+                await svc.on_timer(now)
+                led = svc.ledger
+                stuck = stuck and led is not None and led.clock.next_deadline_us() == d
+            if due and not stuck:
+                continue
+            wait = idle_s if nxt is None else min(idle_s, (nxt - now) / 1e6)
+            await asyncio.sleep(max(0.0, wait) if not due else idle_s)  # nothing closed: never spin
+
+    async def watch_catch_up(self) -> None:
+        """Event mode: a partition's sites take commands once the worker has read the
+        telemetry that was in it when the partition was assigned (``LedgerService.command``)."""
+        while True:
+            for part in self.active_partitions():
+                if part in self.sites.caught_up:
+                    continue
+                tp = next(tp for tp in self.app.assignor.assigned_actives()
+                          if tp.topic == topics.TELEMETRY and tp.partition == part)  # fmt: skip
+                if part not in self.sites.catch_up_to:
+                    ends = await self.app.consumer.highwaters(tp)
+                    self.sites.catch_up_to[part] = int(ends.get(tp) or 0)
+                # Faust's committed offset of the partition (what it resumed from)
+                committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
+                self.sites.check_caught_up(part, committed)
+            await asyncio.sleep(0.05)
+
+    async def guarded(self, what: str, body: Any) -> None:
+        """Run ``body``, a task of the worker (``run_guarded``)."""
+        await run_guarded(self, what, body)
+
+    def services_failure(self) -> BaseException | None:
+        return self.failure or next(
+            (s.failure for s in self.sites.services.values() if s.failure is not None), None
+        )
+
+
+class _Record:
+    """A telemetry event as ``LedgerService.telemetry`` reads it."""
+
+    __slots__ = ("offset", "value")
+
+    def __init__(self, value: bytes, offset: int) -> None:
+        self.value, self.offset = value, offset
 
 
 def build_app(
-    cfg: EcovisorConfig, *, bootstrap: str, clock: ClockMode = "realtime", timeouts: float = 3.0
+    cfg: EcovisorConfig | SiteGroup,
+    *,
+    bootstrap: str,
+    clock: ClockMode = "realtime",
+    timeouts: float = 3.0,
+    web_port: int | None = None,
 ) -> Any:
-    """The Faust app of the ledger worker for one site (``timeouts``: broker session and
-    rebalance timeouts in s)."""
+    """The Faust app of a ledger worker for one site or a group of sites (``timeouts``:
+    broker session and rebalance timeouts in s; ``web_port``: its views and /metrics,
+    default the first site's ``stack.ledger_web_port``)."""
     import faust
 
-    app_id = faust_app_id(cfg)
-    datadir = f"{cfg.stack.state_dir}/faust-{app_id}"
+    group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])
+    first = next(iter(group.sites.values()))
+    app_id = group.app_id
+    port = web_port or first.stack.ledger_web_port
+    datadir = f"{first.stack.state_dir}/faust-{app_id}" + ("" if web_port is None else f"-{port}")
     Path(datadir).mkdir(parents=True, exist_ok=True)
+    faust_transport.register()
     app = faust.App(
         app_id,
-        broker=f"kafka://{bootstrap}",
+        broker=f"{faust_transport.BROKER_SCHEME}://{bootstrap}",
         broker_credentials=faust_credentials(),  # None: PLAINTEXT (ECOVISOR_KAFKA_*)
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",
-        topic_partitions=1,
+        topic_partitions=group.partitions,
         topic_allow_declare=False,
         topic_disable_leader=True,
         stream_wait_empty=False,
@@ -402,7 +544,7 @@ def build_app(
         web_enabled=True,
         web_host="127.0.0.1",
         web_bind="127.0.0.1",
-        web_port=cfg.stack.ledger_web_port,
+        web_port=port,
         datadir=datadir,
         stream_buffer_maxsize=8192,
         producer_linger_ms=2,
@@ -413,34 +555,41 @@ def build_app(
         # site of 10,000 containers is ~3.3 MB as JSON, ~150 kB gzipped on the broker
         producer_max_request_size=SNAPSHOT_MAX_BYTES,
     )
+    telemetry = app.topic(topics.TELEMETRY, value_type=bytes, key_type=bytes)
     commands = app.topic(topics.COMMANDS, value_type=bytes, key_type=bytes)
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)
+    app_sites = group.app_sites()
 
-    def table(name: str) -> Any:
-        return app.Table(name, partitions=1, use_partitioner=True, key_type=bytes,
-                         value_type=bytes)  # fmt: skip
+    def site_of_row(key: bytes) -> str:  # counters keys: "app:k"
+        return app_sites.get(key.decode("utf-8", "replace").rpartition(":")[0], "")
 
-    svc = LedgerService(cfg, app, table("snapshots"), table("counters"), clock)
+    def table(name: str, site_of: Any) -> Any:
+        t = _site_table_class()(app, name=name, partitions=group.partitions, key_type=bytes,
+                      value_type=bytes, help=None)  # fmt: skip
+        t.partition_of = lambda key: group.partition(site_of(key))
+        return app.tables.add(t)
 
-    @app.task
-    async def telemetry_loop() -> None:
-        await app.tables.recovery.completed.wait()
-        await svc.guarded("telemetry", svc.consume_telemetry(bootstrap))
+    snapshots = table("snapshots", lambda key: key.decode("utf-8", "replace"))
+    counters = table("counters", site_of_row)
+    svc = GroupService(group, app, snapshots, counters, clock)
 
-    if clock == "realtime":
-
-        @app.task
-        async def tick_closer() -> None:
-            await app.tables.recovery.completed.wait()
-            await svc.guarded("tick closer", svc.close_on_deadlines())
+    async def telemetry_loop(stream: Any) -> None:
+        manual = stream.noack()
+        svc.ack = manual.ack
+        async for event in manual.events():
+            await svc.telemetry(event)
 
     async def commands_loop(stream: Any) -> None:
-        async for raw in stream:
-            await svc.command(raw)
+        async for event in stream.events():
+            await svc.command(event.key, event.value, event.message.partition)
 
     async def acks_loop(stream: Any) -> None:
-        async for raw in stream:
-            await svc.ack(raw)
+        async for event in stream.events():
+            await svc.actuator_ack(event.key, event.value, event.message.partition)
+
+    @app.agent(telemetry)
+    async def on_telemetry(stream: Any) -> None:
+        await svc.guarded("telemetry", telemetry_loop(stream))
 
     @app.agent(commands)
     async def on_command(stream: Any) -> None:
@@ -450,15 +599,66 @@ def build_app(
     async def on_ack(stream: Any) -> None:
         await svc.guarded("acks", acks_loop(stream))
 
-    key = internal_key(cfg)
-    if key is None:  # the site file and environment hold no key: behave as before keys
-        log.warning(
-            "no internal key ($%s): internal topics are not authenticated and the ledger "
-            "views are open to any local process",
-            cfg.site.internal_key_env,
-        )
-    add_pages(app, lambda: svc.ledger, key)
-    registry, svc.health = ledger_registry(lambda: svc.ledger, cfg.site.id, cfg.site.grace_s)
-    add_metrics_page(app, registry, key)  # GET /metrics (docs/metrics.md)
+    if clock == "realtime":
+
+        @app.task
+        async def tick_closer() -> None:
+            await app.tables.recovery.completed.wait()
+            await svc.guarded("tick closer", svc.close_on_deadlines())
+    else:
+
+        @app.task
+        async def catch_up() -> None:
+            await svc.guarded("catch-up", svc.watch_catch_up())
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        svc.sites.revoke({tp.partition for tp in revoked if tp.topic == topics.TELEMETRY})
+
+    keys = {s: internal_key(c) for s, c in group.sites.items()}
+    for s, k in keys.items():
+        if k is None:  # the site file and environment hold no key: behave as before keys
+            log.warning(
+                "no internal key for site %s ($%s): internal topics are not authenticated "
+                "and the ledger views are open to any local process",
+                s, group.sites[s].site.internal_key_env,
+            )  # fmt: skip
+
+    def target(app_name: str) -> Target:
+        site = app_sites.get(app_name)
+        if site is None:  # unknown app: 404 (one site: its ledger answers as before)
+            only = next(iter(group.sites)) if len(group.sites) == 1 else None
+            one = svc.sites.services.get(only) if only else None
+            return Target(one.ledger if one else None, keys.get(only) if only else None)
+        own = svc.sites.services.get(site)
+        if own is None and svc.sites.owns(site):
+            own = svc.sites.service(site)
+        if own is None:
+            return Target(None, keys[site], forward=site)
+        return Target(own.ledger, keys[site])
+
+    add_pages(app, target)
+    registry, svc.health = sites_registry(
+        lambda: [s.ledger for s in list(svc.sites.services.values()) if s.ledger is not None],
+        {s: c.site.grace_s for s, c in group.sites.items()},
+    )
+    # /metrics: one key for the page; several sites: the first site's (docs/metrics.md)
+    add_metrics_page(app, registry, keys[next(iter(group.sites))])
     app.ledger_service = svc  # streams/ledger.py reads .failure for its exit code
     return app
+
+
+def _site_table_class() -> Any:
+    import faust
+
+    class SiteTable(faust.Table):  # type: ignore[misc]
+        """A table whose rows go to the partition of their site (``partition_of``),
+        whichever task writes them (the tick closer has no current event)."""
+
+        partition_of: Any = None
+
+        def partition_for_key(self, key: Any) -> int | None:
+            return int(self.partition_of(key))
+
+    return SiteTable
+

@@ -271,38 +271,46 @@ def ledger_families(led: SiteLedger) -> list[Metric]:
 
 
 class LedgerHealth:
-    """The worker's own health metrics, in ``registry``."""
+    """The worker's own health metrics of one site, in ``registry`` (``shared``: the
+    families another site's ``LedgerHealth`` already registered there)."""
 
-    def __init__(self, site: str, registry: CollectorRegistry, grace_s: float) -> None:
+    def __init__(self, site: str, registry: CollectorRegistry, grace_s: float,
+                 shared: LedgerHealth | None = None) -> None:  # fmt: skip
         self.site = site
         self.grace_s = grace_s
-        self.latency = Histogram(
-            "ecovisor_ledger_tick_close_latency_seconds",
-            "Wall time from a tick's close deadline (its end + grace) to its closing "
-            "(real-time clock only)",
-            ["site"],
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
-        ).labels(site)
-        self.ticks = Counter(
-            "ecovisor_ledger_ticks_closed",
-            "Ticks this worker process closed",
-            ["site"],
-            registry=registry,
-        ).labels(site)
-        self.dead = Counter(
-            "ecovisor_ledger_dead_letters",
-            "Dead letters this worker process wrote, by origin topic and reason class",
-            ["site", "origin", "reason"],
-            registry=registry,
-        )
-        self.outcomes = Counter(
-            "ecovisor_ledger_command_outcomes",
-            "Command lifecycle notifications sent (outcome: accepted, rejected, applied, "
-            "failed), by command type",
-            ["site", "command_type", "outcome"],
-            registry=registry,
-        )
+        if shared is not None:
+            self.latency_family, self.ticks_family = shared.latency_family, shared.ticks_family
+            self.dead, self.outcomes = shared.dead, shared.outcomes
+        else:
+            self.latency_family = Histogram(
+                "ecovisor_ledger_tick_close_latency_seconds",
+                "Wall time from a tick's close deadline (its end + grace) to its closing "
+                "(real-time clock only)",
+                ["site"],
+                registry=registry,
+                buckets=LATENCY_BUCKETS,
+            )
+            self.ticks_family = Counter(
+                "ecovisor_ledger_ticks_closed",
+                "Ticks this worker process closed",
+                ["site"],
+                registry=registry,
+            )
+            self.dead = Counter(
+                "ecovisor_ledger_dead_letters",
+                "Dead letters this worker process wrote, by origin topic and reason class",
+                ["site", "origin", "reason"],
+                registry=registry,
+            )
+            self.outcomes = Counter(
+                "ecovisor_ledger_command_outcomes",
+                "Command lifecycle notifications sent (outcome: accepted, rejected, applied, "
+                "failed), by command type",
+                ["site", "command_type", "outcome"],
+                registry=registry,
+            )
+        self.latency = self.latency_family.labels(site)
+        self.ticks = self.ticks_family.labels(site)
         # command id -> type, to label applied/failed (an ack does not carry the type)
         self.types: dict[str, str] = {}
 
@@ -357,6 +365,44 @@ def ledger_registry(ledger: Callable[[], SiteLedger | None], site: str,
     reg = CollectorRegistry(auto_describe=False)
     reg.register(LedgerCollector(ledger))
     return reg, LedgerHealth(site, reg, grace_s)
+
+
+def sites_registry(
+    ledgers: Callable[[], Iterable[SiteLedger]], sites: dict[str, float]
+) -> tuple[CollectorRegistry, dict[str, LedgerHealth]]:
+    """A registry for a worker of several sites (``sites``: site -> grace_s): the state
+    of every site it owns now (one family per metric, a ``site`` label per sample) and
+    each site's health metrics."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SitesCollector(ledgers))
+    health: dict[str, LedgerHealth] = {}
+    first: LedgerHealth | None = None
+    for site, grace in sites.items():
+        health[site] = LedgerHealth(site, reg, grace, shared=first)
+        first = first or health[site]
+    return reg, health
+
+
+class SitesCollector(Collector):
+    """``LedgerCollector`` over several ledgers: their families merged by name (the text
+    format allows one HELP/TYPE per metric)."""
+
+    def __init__(self, ledgers: Callable[[], Iterable[SiteLedger]]) -> None:
+        self.ledgers = ledgers
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for led in self.ledgers():
+            for fam in ledger_families(led):
+                have = merged.get(fam.name)
+                if have is None:
+                    merged[fam.name] = fam
+                else:
+                    have.samples.extend(fam.samples)
+        yield from merged.values()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

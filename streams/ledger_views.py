@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -188,15 +189,45 @@ def respond(
     return v, 200
 
 
-def add_pages(app: Any, ledger: Callable[[], SiteLedger | None], key: str | None) -> None:
-    """Mount the views on the Faust app ``app``; ``ledger()`` is the site's ledger, or
-    None while it is still loading; ``key``: the internal key the requests must carry."""
+@dataclass(frozen=True)
+class Target:
+    """Where a view request for an app goes: ``ledger`` (this worker owns its site; None
+    while loading or for an unknown app), the site's internal ``key``, and ``forward``:
+    the site's id when another worker of the group owns it (the request is routed there)."""
+
+    ledger: SiteLedger | None
+    key: str | None
+    forward: str | None = None
+
+
+def add_pages(app: Any, target: Callable[[str], Target]) -> None:
+    """Mount the views on the Faust app ``app``; ``target(app_name)`` says which ledger
+    answers. A site owned by another worker of the group: the request is routed to it
+    (Faust's table router, by the ``snapshots`` table's key: the site); 503 while no
+    worker owns it (a rebalance)."""
+    from faust.exceptions import SameNode
     from faust.web import Request, View
+    from faust.web.exceptions import ServiceUnavailable
 
     def page(kind: ViewKind) -> Callable[[View, Request, str], Any]:
         async def get(view: View, request: Request, app_name: str) -> Any:
             auth = request.headers.get("Authorization")
-            body, status = respond(kind, ledger(), app_name, request.query, auth, key)
+            t = target(app_name)
+            if t.forward is not None:
+                if not authorized(auth, t.key):
+                    return view.json(
+                        {"error": "missing or wrong internal key (Authorization: Bearer)"},
+                        status=401,
+                    )
+                try:
+                    return await app.router.route_req(
+                        "snapshots", t.forward.encode(), view.web, request
+                    )
+                except (SameNode, ServiceUnavailable, KeyError):
+                    return view.json(
+                        {"error": f"site {t.forward!r} is moving between ledger workers; "
+                                  "retry"}, status=503)  # fmt: skip
+            body, status = respond(kind, t.ledger, app_name, request.query, auth, t.key)
             return view.json(body, status=status)
 
         return get

@@ -279,6 +279,30 @@ def existing_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
         admin.close()
 
 
+def existing_partitions(
+    bootstrap: str, names: Iterable[str], timeout: float = 30.0
+) -> dict[str, int]:
+    """The partition count of each of ``names`` the broker has (absent: not listed)."""
+    from kafka.admin import KafkaAdminClient
+
+    security = kafka_python_options()
+    admin = connect(
+        lambda: KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="ecovisor-admin", **security
+        ),
+        f"Kafka at {bootstrap}",
+        timeout,
+    )
+    try:
+        out: dict[str, int] = {}
+        for d in admin.describe_topics(list(names)):
+            if not d.get("error_code") and d.get("partitions"):
+                out[d.get("topic") or d.get("name")] = len(d["partitions"])
+        return out
+    finally:
+        admin.close()
+
+
 def producer(bootstrap: str, client_id: str, timeout: float = 30.0) -> KafkaProducer:
     security = kafka_python_options()
     return connect(

@@ -157,7 +157,7 @@ class KafkaBus:
 
     async def publish(self, cmd: Command) -> None:
         await self._producer.send_and_wait(
-            topics.COMMANDS, value=cmd.to_json(), key=cmd.app.encode()
+            topics.COMMANDS, value=cmd.to_json(), key=cmd.site.encode()  # by site: its partition
         )
 
     async def offsets(self, app: str) -> dict[int, tuple[int, int]]:

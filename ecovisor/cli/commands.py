@@ -87,7 +87,7 @@ def _publish(command: schemas.Command, bootstrap: str) -> None:
         raise fail(str(e)) from None
     try:
         # wait for the broker's ack: exit 0 means the command is on the topic
-        sent = prod.send(topics.COMMANDS, key=command.app.encode(), value=command.to_json())
+        sent = prod.send(topics.COMMANDS, key=command.site.encode(), value=command.to_json())
         sent.get(KAFKA_TIMEOUT_S)
     except KafkaError as e:
         raise fail(f"could not publish to {topics.COMMANDS} on {bootstrap}: {e}") from None

@@ -34,6 +34,47 @@ def notifications(app: str) -> str:
     return NOTIFICATIONS_PREFIX + app
 
 
+def site_partition(site: str, partitions: int) -> int:
+    """The partition of ``site`` in a topic of ``partitions`` partitions keyed by site
+    (telemetry, commands, acks, the ledger's tables): Kafka's default partitioner
+    (murmur2 of the key), the one every producer here uses, so a site's messages and
+    state meet on one partition number everywhere (docs/ledger.md, Partitioning)."""
+    if partitions <= 1:
+        return 0
+    return (murmur2(site.encode()) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``), unsigned 32-bit.
+    Here rather than imported from a Kafka client so the contract stays free of one
+    (services that never touch Kafka import this module); a unit test checks it against
+    aiokafka's partitioner."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    n4 = length // 4
+    for i in range(n4):
+        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    rest = length % 4
+    tail = data[4 * n4 :]
+    if rest == 3:
+        h ^= tail[2] << 16
+    if rest >= 2:
+        h ^= tail[1] << 8
+    if rest >= 1:
+        h ^= tail[0]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
 def static_topics() -> list[str]:
     """Topics that exist independently of the configured applications."""
     return [

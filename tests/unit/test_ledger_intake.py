@@ -7,6 +7,7 @@ producer and tables: what it would send is what these tests read."""
 from __future__ import annotations
 
 import asyncio
+import types
 import json
 import time
 import weakref
@@ -308,6 +309,7 @@ def test_one_far_future_clock_record_does_not_stop_the_ledger() -> None:
     w2.svc.snapshots[b"demo"] = w.led.snapshot()
     w2.led = w2.svc.ledger = None  # type: ignore[assignment]
     w2.led = w2.svc.loaded()
+    w2.offset = w.offset  # a restart reads on after the snapshot's offset
     w2.feed(clock_msg(at(2.0)), clock_msg(at(7200.0)), carbon("co2", 2, 3.0), clock_msg(at(4.6)))
     assert len(w2.dead()) == 2
     assert [e.k - T0_US // 1_000_000 for e in w2.entries()] == [2, 3]
@@ -531,26 +533,35 @@ def test_a_snapshot_never_counts_a_close_whose_outputs_are_still_being_sent() ->
     assert close_done and seen_at_snapshot[0] >= close_done[0]
 
 
-def test_caught_up_means_at_the_high_watermark_of_every_partition() -> None:
-    from streams.ledger_app import _at_end
+def test_caught_up_means_the_end_offset_taken_at_assignment_was_read() -> None:
+    """Event mode: a partition's sites take commands once the worker has handed on the
+    telemetry event just below the partition's end offset taken when it was assigned
+    (``LedgerGroup.note_offset``); a site made later on that partition starts caught up."""
+    from streams.ledger_group import LedgerGroup, SiteGroup
 
-    class Consumer:
-        def __init__(self, hw: dict[int, int | None], pos: dict[int, int]) -> None:
-            self.hw, self.pos = hw, pos
+    cfg = demo()
+    made: list[Any] = []
 
-        def highwater(self, tp: int) -> int | None:
-            return self.hw[tp]
+    def make(c: Any) -> Any:
+        svc = types.SimpleNamespace(caught_up=asyncio.Event(), loaded=lambda: None,
+                                    unacked=[])  # fmt: skip
+        made.append(svc)
+        return svc
 
-        async def position(self, tp: int) -> int:
-            return self.pos[tp]
-
-    def at_end(hw: dict[int, int | None], pos: dict[int, int]) -> bool:
-        return asyncio.run(_at_end(Consumer(hw, pos), sorted(hw)))
-
-    assert not at_end({0: None}, {0: 0})  # not fetched yet
-    assert at_end({0: 0}, {0: 0})  # an empty partition
-    assert not at_end({0: 7, 1: 3}, {0: 7, 1: 2})
-    assert at_end({0: 7, 1: 3}, {0: 7, 1: 3})
+    active: set[int] = set()
+    g = LedgerGroup(SiteGroup.of([cfg]), lambda: active, make)
+    assert g.service("demo") is None  # not assigned: not owned
+    active.add(0)
+    svc = g.service("demo")
+    g.catch_up_to[0] = 7
+    g.note_offset(0, 5)
+    assert not svc.caught_up.is_set()
+    g.note_offset(0, 6)
+    assert svc.caught_up.is_set()
+    g.revoke({0})
+    assert g.services == {} and 0 not in g.caught_up
+    g.mark_caught_up(0)
+    assert g.service("demo").caught_up.is_set() and len(made) == 2
 
 
 def test_view_history_is_bounded_by_container_ticks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,196 @@
+"""The sites one ledger worker serves, and which of them it owns now.
+
+Every ``streams.ledger`` worker started with the same site files joins one Faust consumer
+group (``SiteGroup.app_id``). Telemetry, commands and actuator acks are keyed by site, so
+all of a site's messages, and its rows in the ``snapshots`` and ``counters`` tables, are
+on partition ``site_partition(site, partitions)`` of their topics (co-partitioned). Faust
+assigns each partition to one worker: that worker owns the partition's sites, restores
+their state from the tables' changelogs and serves them; a rebalance (a worker added,
+stopped or killed) moves partitions, and with them sites (docs/ledger.md, Partitioning).
+
+``LedgerGroup`` holds the ``LedgerService`` of each owned site, made on first use from the
+recovered tables, dropped when its partition is revoked, and routes each message to its
+site. No Faust import here: the wiring (streams/ledger_app.py) passes what it needs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ecovisor.contract import topics
+from ecovisor.contract.config import ConfigError, EcovisorConfig
+from ecovisor.contract.kafka_access import ledger_app_id
+from streams.ledger_worker import Out
+
+_SITE_FIELD = re.compile(rb'"site"\s*:\s*"([^"\\]{1,128})"')
+_APP_FIELD = re.compile(rb'"app"\s*:\s*"([^"\\]{1,128})"')
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    """The configuration of a worker group: its sites, its name, its partitions."""
+
+    name: str  # the group's Faust app id is ledger_app_id(name)
+    sites: dict[str, EcovisorConfig]
+    partitions: int
+
+    @classmethod
+    def of(cls, cfgs: list[EcovisorConfig], name: str | None = None,
+           partitions: int | None = None) -> SiteGroup:  # fmt: skip
+        """One site: named after it, one partition (as before groups). Several: ``name``
+        is required, every site id and app id must be unique across the files (an
+        app's notification topic is named after it alone)."""
+        if not cfgs:
+            raise ConfigError("no site configuration")
+        sites: dict[str, EcovisorConfig] = {}
+        apps: dict[str, str] = {}
+        for c in cfgs:
+            if c.site.id in sites:
+                raise ConfigError(f"site {c.site.id!r} is configured twice")
+            sites[c.site.id] = c
+            for a in c.apps:
+                if a.id in apps:
+                    raise ConfigError(
+                        f"app {a.id!r} is in sites {apps[a.id]!r} and {c.site.id!r}: app ids "
+                        "must be unique across a group (one notification topic per app)"
+                    )
+                apps[a.id] = c.site.id
+        if name is None:
+            if len(sites) > 1:
+                raise ConfigError("several sites: name the group (--group NAME)")
+            name = cfgs[0].site.id
+        n = partitions if partitions is not None else 1
+        if not 1 <= n <= 1024:
+            raise ConfigError(f"partitions must be in 1..1024, got {n}")
+        return cls(name=name, sites=sites, partitions=n)
+
+    @property
+    def app_id(self) -> str:
+        return ledger_app_id(self.name)
+
+    def partition(self, site: str) -> int:
+        return topics.site_partition(site, self.partitions)
+
+    def app_sites(self) -> dict[str, str]:
+        return {a.id: s for s, c in self.sites.items() for a in c.apps}
+
+
+class LedgerGroup:
+    """The services of the sites this worker owns now. ``active()``: the partitions of
+    ``ecovisor.telemetry`` Faust assigned to this worker (and recovered); ``make(cfg)``:
+    a new ``LedgerService`` for a site (restored from the tables)."""
+
+    def __init__(
+        self,
+        group: SiteGroup,
+        active: Callable[[], set[int]],
+        make: Callable[[EcovisorConfig], Any],
+    ) -> None:
+        self.group = group
+        self.active = active
+        self.make = make
+        self.services: dict[str, Any] = {}
+        self.app_site = group.app_sites()
+        self.by_partition: dict[int, list[str]] = {}
+        for s in group.sites:
+            self.by_partition.setdefault(group.partition(s), []).append(s)
+        # event mode: partition -> end offset the worker must read before it takes commands
+        self.catch_up_to: dict[int, int] = {}
+        self.caught_up: set[int] = set()
+        self.reached: dict[int, int] = {}  # partition -> next offset after the last handed on
+
+    # --- ownership ------------------------------------------------------------------------
+    def owns(self, site: str) -> bool:
+        return site in self.group.sites and self.group.partition(site) in self.active()
+
+    def service(self, site: str) -> Any | None:
+        """The site's service if this worker owns the site now (made on first use)."""
+        svc = self.services.get(site)
+        if svc is not None:
+            return svc
+        if not self.owns(site):
+            return None
+        svc = self.make(self.group.sites[site])
+        svc.loaded()
+        if self.group.partition(site) in self.caught_up:
+            svc.caught_up.set()
+        self.services[site] = svc
+        return svc
+
+    def owned(self) -> Iterator[Any]:
+        """Every owned site's service (made now if not yet: a restored site must close its
+        ticks in real time even before new telemetry arrives)."""
+        for part in sorted(self.active()):
+            for site in self.by_partition.get(part, ()):
+                svc = self.service(site)
+                if svc is not None:
+                    yield svc
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Partitions taken away: forget their sites (the next owner restores them from
+        the tables; their unacknowledged telemetry is delivered to it again)."""
+        for part in partitions:
+            self.caught_up.discard(part)
+            self.catch_up_to.pop(part, None)
+            self.reached.pop(part, None)
+            for site in self.by_partition.get(part, ()):
+                svc = self.services.pop(site, None)
+                if svc is not None:
+                    svc.unacked.clear()
+
+    # --- routing ----------------------------------------------------------------------------
+    def site_of_key(self, key: bytes | None, raw: bytes, by_app: bool) -> str | None:
+        """The configured site a message is for: its key (the site; for commands also an
+        app, as before groups), else the payload's ``site`` (or ``app``) field; one site
+        configured: that one (its ledger decides)."""
+        if key:
+            k = key.decode("utf-8", "replace")
+            if k in self.group.sites:
+                return k
+            if by_app and k in self.app_site:
+                return self.app_site[k]
+        if len(self.group.sites) == 1:
+            return next(iter(self.group.sites))
+        m = (_APP_FIELD if by_app else _SITE_FIELD).search(raw[:4096])
+        if m is None:
+            return None
+        name = m.group(1).decode("utf-8", "replace")
+        return self.app_site.get(name) if by_app else (name if name in self.group.sites else None)
+
+    def misrouted(self, origin: str, site: str | None, partition: int, raw: bytes) -> Out:
+        """A dead letter for a command or ack this worker cannot hand to its site."""
+        from ecovisor.contract.schemas import dead_letter
+
+        if site is None:
+            why = "no configured site or app: key it by its site id"
+        else:
+            why = (f"site {site!r} is on partition {self.group.partition(site)}, this message "
+                   f"was on partition {partition}: key it by its site id")  # fmt: skip
+        dl = dead_letter(origin, why, raw)
+        return Out(topics.DEADLETTER, None, dl.model_dump_json().encode())
+
+    # --- event mode: commands wait for the telemetry already in Kafka -------------------------
+    def note_offset(self, partition: int, offset: int) -> None:
+        """The agent handed telemetry at ``offset`` of ``partition`` to its site."""
+        self.reached[partition] = offset + 1
+        self.check_caught_up(partition)
+
+    def check_caught_up(self, partition: int, committed: int | None = None) -> None:
+        """Caught up: the end offset taken at assignment is reached, by the events handed
+        on or by the committed offset the worker resumed from."""
+        end = self.catch_up_to.get(partition)
+        if end is None or partition in self.caught_up:
+            return
+        done = max(self.reached.get(partition, 0), committed or 0)
+        if end == 0 or done >= end:
+            self.mark_caught_up(partition)
+
+    def mark_caught_up(self, partition: int) -> None:
+        self.caught_up.add(partition)
+        for site in self.by_partition.get(partition, ()):
+            svc = self.services.get(site)
+            if svc is not None:
+                svc.caught_up.set()
