@@ -16,6 +16,7 @@ site. No Faust import here: the wiring (streams/ledger_app.py) passes what it ne
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,17 +102,26 @@ class LedgerGroup:
         self.catch_up_to: dict[int, int] = {}
         self.caught_up: set[int] = set()
         self.reached: dict[int, int] = {}  # partition -> next offset after the last handed on
+        # partitions whose first event since their assignment was checked against the
+        # restored snapshots' offsets, and those waiting for the event a seek went back to
+        self.expect: dict[int, int] = {}  # partition -> the next offset in sequence
+        self.resync: dict[int, tuple[int, int]] = {}  # partition -> (offset wanted, gap at)
+        self.last_event: dict[int, float] = {}  # partition -> monotonic time of its last event
 
     # --- ownership ------------------------------------------------------------------------
     def owns(self, site: str) -> bool:
         return site in self.group.sites and self.group.partition(site) in self.active()
 
-    def service(self, site: str) -> Any | None:
-        """The site's service if this worker owns the site now (made on first use)."""
+    def service(self, site: str, delivered_on: int | None = None) -> Any | None:
+        """The site's service if this worker owns the site now (made on first use).
+        ``delivered_on``: the partition of the message asking; Faust delivers a partition's
+        messages only to its owner, once its tables are recovered, so a message on the
+        site's own partition proves ownership (the assignor's view may lag it)."""
         svc = self.services.get(site)
         if svc is not None:
             return svc
-        if not self.owns(site):
+        proven = delivered_on is not None and delivered_on == self.group.partition(site)
+        if not (proven and site in self.group.sites) and not self.owns(site):
             return None
         svc = self.make(self.group.sites[site])
         svc.loaded()
@@ -136,10 +146,66 @@ class LedgerGroup:
             self.caught_up.discard(part)
             self.catch_up_to.pop(part, None)
             self.reached.pop(part, None)
+            self.expect.pop(part, None)
+            self.resync.pop(part, None)
+            self.last_event.pop(part, None)
             for site in self.by_partition.get(part, ()):
                 svc = self.services.pop(site, None)
                 if svc is not None:
                     svc.unacked.clear()
+
+    def resume_offset(self, partition: int) -> int:
+        """The offset a partition must be read from so that no site on it misses an event:
+        the oldest of its sites' snapshot offsets + 1 (0 for a site without one)."""
+        start: int | None = None
+        for site in self.by_partition.get(partition, ()):
+            svc = self.service(site, delivered_on=partition)
+            if svc is None:
+                continue
+            done = (svc.ledger or svc.loaded()).offsets.get(partition)
+            nxt = 0 if done is None else done + 1
+            start = nxt if start is None else min(start, nxt)
+        return 0 if start is None else start
+
+    # --- reading each partition in sequence ---------------------------------------------
+    def position(self, part: int, off: int) -> bool | int | str:
+        """Whether the telemetry event at ``off`` of ``part`` may be handed on: True; False
+        (drop it: read before a seek, it comes again); an offset to seek back to (a gap:
+        the events in between could be a site's, e.g. Faust seeked to a committed offset
+        past the restored snapshot); "first": the partition's first event since its
+        assignment (``position_first`` decides). Offsets of a partition are contiguous
+        (no compaction, no transactions), so a gap is never expected; one that stays
+        after a seek back (the broker skipped those offsets) is accepted."""
+        self.last_event[part] = time.monotonic()
+        rs = self.resync.get(part)
+        if rs is not None:
+            want, gap_at = rs
+            # ``gap_at`` again: delivered anew after the seek (the one that showed the gap
+            # is not seen twice), so the broker had nothing from ``want`` up to it
+            if off in (want, gap_at):
+                del self.resync[part]
+                self.expect[part] = off + 1
+                return True
+            return False
+        exp = self.expect.get(part)
+        if exp is None:
+            return "first"
+        if off > exp:
+            self.resync[part] = (exp, off)
+            return exp
+        self.expect[part] = max(exp, off + 1)  # at or behind: the sites skip what they hold
+        return True
+
+    def position_first(self, part: int, off: int, earliest: int) -> bool | int:
+        """The first event since the assignment must not be past the oldest offset the
+        partition's sites' restored snapshots reflect (``resume_offset``, at least the
+        partition's ``earliest`` offset): else seek back there."""
+        start = max(self.resume_offset(part), earliest)
+        if off <= start:
+            self.expect[part] = off + 1
+            return True
+        self.resync[part] = (start, off)
+        return start
 
     # --- routing ----------------------------------------------------------------------------
     def site_of_key(self, key: bytes | None, raw: bytes, by_app: bool) -> str | None:

@@ -7,9 +7,9 @@ producer and tables: what it would send is what these tests read."""
 from __future__ import annotations
 
 import asyncio
-import types
 import json
 import time
+import types
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta

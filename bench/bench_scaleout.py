@@ -1,0 +1,358 @@
+"""Ledger scale-out benchmark: many sites on one and on two workers of one group, and a
+worker SIGKILLed mid-run (docs/ledger.md, Partitioning).
+
+Workload: ``--sites`` sites of ``--containers`` containers each (10 apps a site, one
+node a site whose collector sends one node batch per tick, split under the site's
+``max_message_bytes``), ``--ticks`` ticks of 1 s event time, on the embedded broker
+(tansu, own port) with ``--partitions`` partitions. Every run is a new group (its own
+consumer group and changelogs) reading the same telemetry, with ``--clock event``.
+
+1. ``one``: the telemetry is in Kafka first, then ONE worker starts; rate = container
+   samples of the ticks closed between the first and the last ledger entry / that time.
+2. ``two``: the same with TWO workers of one group: the sites each owns (its /metrics),
+   each worker's rate over its own sites, the total.
+3. ``kill``: two workers; the telemetry is published tick by tick (``--pace`` s a tick,
+   all sites) while they run; once half is out one worker is SIGKILLed. Reported: the
+   time from the kill until each of its sites has a new ledger entry (from the
+   survivor), and whether every site's entries equal run 1's (the fault-free ledger),
+   entries sent twice included.
+4. State in the tables: the newest ``snapshots`` record of each site (bytes per
+   configured container) and the ``counters`` rows (bytes per container per tick).
+
+Usage: python bench/bench_scaleout.py [--sites 10] [--containers 1000] [--ticks 30]
+       [--partitions 16] [--pace 0.25] [--skip one,two,kill]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ecovisor.contract import topics  # noqa: E402
+from ecovisor.embedded.servers import Server, free_port, tansu_command  # noqa: E402
+from streams.ledger import load_group  # noqa: E402
+from streams.ledger_app import prepare_topics  # noqa: E402
+
+APPS = 10
+
+
+def site_yaml(site: str, n: int, bootstrap: str, state: Path) -> str:
+    apps = ""
+    for a in range(APPS):
+        apps += f"  - id: {site}-app{a}\n    token: {site}-bench-token-{a:04d}\n"
+        apps += "    shares: {solar_fraction: 0.1, battery_capacity_wh: 10.0, grid_w: 1000.0}\n"
+        apps += "    containers:\n"
+        for c in range(n // APPS):
+            cid = f"{site}-c{a}-{c}"
+            apps += (f"      - {{id: {cid}, node: n1, backend: {{type: process, "
+                     f"cgroup: b/{cid}}}}}\n")  # fmt: skip
+    return f"""schema_version: 1
+site:
+  id: {site}
+  shape: {{tick_s: 1.0, solar_nameplate_w: 100.0, battery_capacity_wh: 100.0}}
+  grace_s: 0.5
+  nodes: [{{id: n1, cores: 64}}]
+apps:
+{apps}stack:
+  kafka_bootstrap: "{bootstrap}"
+  state_dir: "{state}"
+"""
+
+
+def batches(site: str, n: int, ticks: int, t0: float, max_bytes: int) -> list[list[bytes]]:
+    """Per tick, the node batches of one site (cumulative counters)."""
+    from collectors.power import split_batches
+    from ecovisor.contract.schemas import ContainerCounters, NodeBatchTelemetry
+
+    out = []
+    seq = -1
+    for i in range(ticks):
+        t = datetime.fromtimestamp(t0 + i, UTC)
+        entries = [ContainerCounters(app=f"{site}-app{a}", container=f"{site}-c{a}-{c}",
+                                     cpu_s=0.0, energy_j=round((i + 1) * (1.0 + c % 7), 3))
+                   for a in range(APPS) for c in range(n // APPS)]  # fmt: skip
+        tick = []
+        for part in split_batches(entries, max_bytes):
+            seq += 1
+            tick.append(NodeBatchTelemetry(site=site, time=t, source="node-n1", seq=seq,
+                                           node="n1", containers=part).to_json())  # fmt: skip
+        out.append(tick)
+    return out
+
+
+class Entries:
+    """Every ledger entry written from now on, with the wall time it was read."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        tp = TopicPartition(topics.LEDGER, 0)
+        self.c.assign([tp])
+        self.c.seek_to_end(tp)
+        self.c.position(tp)
+        self.items: list[tuple[float, dict[str, Any]]] = []
+        self.stop = False
+        self.th = threading.Thread(target=self.run, daemon=True)
+        self.th.start()
+
+    def run(self) -> None:
+        while not self.stop:
+            for recs in self.c.poll(timeout_ms=100).values():
+                now = time.monotonic()
+                self.items.extend((now, json.loads(r.value)) for r in recs)
+
+    def wait(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.items) < n:
+            time.sleep(0.05)
+        return len(self.items) >= n
+
+    def close(self) -> None:
+        self.stop = True
+        self.th.join()
+        self.c.close()
+
+
+def start_worker(d: Path, group: str, partitions: int, port: int, log: Path) -> Any:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ECOVISOR_KAFKA_BOOTSTRAP", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.ledger", "--config", str(d), "--group", group,
+         "--partitions", str(partitions), "--web-port", str(port), "--clock", "event"],
+        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def stop(p: Any) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def owned(port: int) -> set[str]:
+    """The sites a worker has closed ticks of (its /metrics)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return set()
+    return {line.split('site="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+            if line.startswith("ecovisor_ledger_ticks_closed_total{")
+            and float(line.rsplit(" ", 1)[1]) > 0}  # fmt: skip
+
+
+def publish(bootstrap: str, msgs: list[tuple[str, bytes]]) -> None:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024,
+                      max_request_size=8 * 1024 * 1024)  # fmt: skip
+    for site, v in msgs:
+        p.send(topics.TELEMETRY, v, key=site.encode())
+    p.flush()
+    p.close()
+
+
+def rate(items: list[tuple[float, dict[str, Any]]], sites: set[str], n: int) -> dict[str, Any]:
+    """Samples/s of ``sites``' closed ticks between their first and last entry."""
+    mine = [(t, e) for t, e in items if e["site"] in sites]
+    if len(mine) < 2:
+        return {"error": "no entries"}
+    ks = {e["k"] for _, e in mine}
+    first, last = mine[APPS - 1][0], mine[-1][0]
+    samples = (len(ks) - 1) * n * len(sites)
+    return {"sites": len(sites), "ticks_closed": len(ks), "wall_s": round(last - first, 2),
+            "samples_per_s": round(samples / max(1e-9, last - first))}  # fmt: skip
+
+
+def run_group(d: Path, bootstrap: str, name: str, workers: int, parts: int, sites: list[str],
+              n: int, ticks: int, logs: Path) -> dict[str, Any]:  # fmt: skip
+    want = len(sites) * APPS * (ticks - 2)  # the last tick stays open; tick 0 with tick 1
+    ent = Entries(bootstrap)
+    ports = [free_port() for _ in range(workers)]
+    procs = [start_worker(d, name, parts, p, logs / f"{name}-{i}.log")
+             for i, p in enumerate(ports)]  # fmt: skip
+    try:
+        ok = ent.wait(want, 600)
+        split = [owned(p) for p in ports]
+    finally:
+        for p in procs:
+            stop(p)
+        ent.close()
+    out: dict[str, Any] = {"complete": ok, "entries": len(ent.items)}
+    out["total"] = rate(ent.items, set(sites), n)
+    if workers > 1:
+        out["workers"] = [{"sites": sorted(s), **rate(ent.items, s, n)} for s in split]
+    out["_entries"] = ent.items
+    return out
+
+
+def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
+             ticks: list[list[tuple[str, bytes]]], pace: float, logs: Path,
+             reference: dict[tuple[str, str, int], dict[str, Any]] | None,
+             ) -> dict[str, Any]:  # fmt: skip
+    ent = Entries(bootstrap)
+    ports = [free_port(), free_port()]
+    procs = [start_worker(d, "kill", parts, p, logs / f"kill-{i}.log")
+             for i, p in enumerate(ports)]  # fmt: skip
+    out: dict[str, Any] = {}
+    try:
+        half = len(ticks) // 2
+        split: list[set[str]] = [set(), set()]
+        for i, tick in enumerate(ticks):
+            publish(bootstrap, tick)
+            time.sleep(pace)
+            if i == half:
+                split = [owned(p) for p in ports]
+                victim = 1 if split[1] else 0
+                killed_at = time.monotonic()
+                procs[victim].send_signal(signal.SIGKILL)
+                procs[victim].wait(10)
+                out["killed_worker_sites"] = sorted(split[victim])
+                out["survivor_sites"] = sorted(split[1 - victim])
+        want = len(sites) * APPS * (len(ticks) - 2)
+        keys = lambda: {(e["site"], e["app"], e["k"]) for _, e in ent.items}  # noqa: E731
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(keys()) < want:
+            time.sleep(0.2)
+        out["complete"] = len(keys()) >= want
+        back = {}
+        for s in out.get("killed_worker_sites", []):
+            after = [t for t, e in ent.items if e["site"] == s and t > killed_at]
+            back[s] = round(min(after) - killed_at, 2) if after else None
+        out["ticking_again_after_s"] = back
+        if reference is not None:
+            diff = 0
+            for _, e in ent.items:
+                ref = reference.get((e["site"], e["app"], e["k"]))
+                if ref is None or ref != e:
+                    diff += 1
+            out["entries_differing_from_fault_free"] = diff
+            out["entries_checked"] = len(ent.items)
+    finally:
+        for p in procs:
+            stop(p)
+        ent.close()
+    return out
+
+
+def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[str, Any]:
+    """The newest snapshot per site and the counters rows, read from the changelogs."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                      auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
+    snaps: dict[str, int] = {}
+    rows = 0
+    row_bytes = 0
+    app_id = f"ecovisor-ledger-{group}"
+    c.subscribe([f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"])
+    for r in c:
+        if r.value is None:
+            continue
+        if r.topic.endswith("snapshots-changelog"):
+            snaps[r.key.decode()] = len(r.value)
+        else:
+            rows += 1
+            row_bytes += len(r.value)
+    c.close()
+    per = [v / n for v in snaps.values()]
+    per_app = n // APPS
+    return {
+        "snapshot_bytes_per_container": round(max(per), 1) if per else None,
+        "snapshot_bytes_max": max(snaps.values()) if snaps else None,
+        "counters_bytes_per_container_tick": round(row_bytes / rows / per_app, 1) if rows else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sites", type=int, default=10)
+    ap.add_argument("--containers", type=int, default=1000)
+    ap.add_argument("--ticks", type=int, default=30)
+    ap.add_argument("--partitions", type=int, default=16)
+    ap.add_argument("--pace", type=float, default=0.25)
+    ap.add_argument("--skip", default="")
+    a = ap.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}")  # fmt: skip
+    print(f"workload: {a.sites} sites x {a.containers} containers (10 apps, 1 node each), "
+          f"{a.ticks} ticks of 1 s event time, node batches, {a.partitions} partitions, "
+          "embedded broker (tansu), --clock event")  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
+    port = free_port()
+    broker = Server(tansu_command(port), port, tmp / "tansu.log").start()
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        d = tmp / "sites"
+        d.mkdir()
+        sites = [f"s{i:02d}" for i in range(a.sites)]
+        for s in sites:
+            (d / f"{s}.yaml").write_text(site_yaml(s, a.containers, bootstrap, tmp / "state"))
+        group = load_group(str(d), "one", a.partitions)
+        prepare_topics(group, bootstrap)
+        max_bytes = next(iter(group.sites.values())).site.limits.max_message_bytes
+        t0 = float(int(time.time()) - 200_000)
+        per_site = {s: batches(s, a.containers, a.ticks, t0, max_bytes) for s in sites}
+        ticks = [[(s, m) for s in sites for m in per_site[s][i]] for i in range(a.ticks)]
+        results: dict[str, Any] = {}
+        reference = None
+        if "one" not in skip or "two" not in skip:
+            publish(bootstrap, [m for tick in ticks for m in tick])
+        if "one" not in skip:
+            r = run_group(d, bootstrap, "one", 1, a.partitions, sites, a.containers, a.ticks, tmp)
+            reference = {(e["site"], e["app"], e["k"]): e for _, e in r.pop("_entries")}
+            results["one_worker"] = r
+            results["state"] = table_state(bootstrap, "one", sites, a.containers)
+            print("one worker:", json.dumps(r), flush=True)
+            print("state:", json.dumps(results["state"]), flush=True)
+        if "two" not in skip:
+            r = run_group(d, bootstrap, "two", 2, a.partitions, sites, a.containers, a.ticks, tmp)
+            r.pop("_entries")
+            results["two_workers"] = r
+            print("two workers:", json.dumps(r), flush=True)
+        if "kill" not in skip:
+            # a broker of its own, the same telemetry published tick by tick while the
+            # workers run: its ledger must equal run 1's
+            port2 = free_port()
+            broker2 = Server(tansu_command(port2), port2, tmp / "tansu2.log").start()
+            try:
+                b2 = f"127.0.0.1:{port2}"
+                d2 = tmp / "sites2"
+                d2.mkdir()
+                for s in sites:
+                    (d2 / f"{s}.yaml").write_text(site_yaml(s, a.containers, b2, tmp / "state2"))
+                prepare_topics(load_group(str(d2), "kill", a.partitions), b2)
+                r = run_kill(d2, b2, a.partitions, sites, a.containers, ticks, a.pace, tmp,
+                             reference)  # fmt: skip
+            finally:
+                broker2.stop()
+            results["kill"] = r
+            print("kill:", json.dumps(r), flush=True)
+    finally:
+        broker.stop()
+    print(f"logs and state: {tmp}")
+
+
+if __name__ == "__main__":
+    main()

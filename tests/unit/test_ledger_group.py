@@ -1,0 +1,125 @@
+"""A group of sites across ledger workers: the partition of a site, the group's
+configuration rules, which offsets a worker hands on (streams/ledger_group.py)."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ecovisor.contract.config import ConfigError, EcovisorConfig, parse_config
+from ecovisor.contract.topics import murmur2, site_partition
+from streams.ledger_group import LedgerGroup, SiteGroup
+
+
+@given(st.text(min_size=0, max_size=60), st.integers(min_value=1, max_value=512))
+def test_site_partition_is_kafkas_default_partitioner(site: str, n: int) -> None:
+    key = site.encode()
+    parts = list(range(n))
+    assert site_partition(site, n) == DefaultPartitioner()(key, parts, parts)
+    assert 0 <= murmur2(key) < 2**32
+
+
+def site(sid: str, apps: tuple[str, ...]) -> EcovisorConfig:
+    body = "".join(f"  - id: {a}\n    token: tok-{a}-xxxxxxxx\n" for a in apps)
+    return parse_config(f"site: {{id: {sid}}}\napps:\n{body}")
+
+
+def test_a_group_needs_unique_sites_and_apps_and_a_name() -> None:
+    g = SiteGroup.of([site("s1", ("a",))])
+    assert (g.name, g.partitions, g.app_id) == ("s1", 1, "ecovisor-ledger-s1")
+    with pytest.raises(ConfigError, match="name the group"):
+        SiteGroup.of([site("s1", ("a",)), site("s2", ("b",))])
+    with pytest.raises(ConfigError, match="app 'a' is in sites"):
+        SiteGroup.of([site("s1", ("a",)), site("s2", ("a",))], "g", 4)
+    with pytest.raises(ConfigError, match="configured twice"):
+        SiteGroup.of([site("s1", ("a",)), site("s1", ("b",))], "g", 4)
+    with pytest.raises(ConfigError, match="partitions"):
+        SiteGroup.of([site("s1", ("a",))], None, 0)
+    g = SiteGroup.of([site("s1", ("a",)), site("s2", ("b",))], "g", 8)
+    assert g.app_sites() == {"a": "s1", "b": "s2"}
+    assert g.partition("s2") == site_partition("s2", 8)
+
+
+def group(sites: dict[str, int], active: set[int]) -> tuple[LedgerGroup, dict[str, Any]]:
+    """A LedgerGroup over sites with restored snapshot offsets (site -> last offset on
+    its partition, -1: no snapshot); services are stand-ins."""
+    cfgs = [site(s, (f"{s}-app",)) for s in sites]
+    g = SiteGroup.of(cfgs, "g", 4)
+    made: dict[str, Any] = {}
+
+    def make(cfg: EcovisorConfig) -> Any:
+        sid = cfg.site.id
+        p = g.partition(sid)
+        offs = {} if sites[sid] < 0 else {p: sites[sid]}
+        led = types.SimpleNamespace(offsets=offs)
+        svc = types.SimpleNamespace(ledger=led, loaded=lambda: led, unacked=[],
+                                    caught_up=types.SimpleNamespace(set=lambda: None))  # fmt: skip
+        made[sid] = svc
+        return svc
+
+    return LedgerGroup(g, lambda: active, make), made
+
+
+def two_sites_on_one_partition() -> tuple[str, str, int]:
+    by: dict[int, list[str]] = {}
+    i = 0
+    while True:
+        s = f"x{i}"
+        p = site_partition(s, 4)
+        by.setdefault(p, []).append(s)
+        if len(by[p]) == 2:
+            return by[p][0], by[p][1], p
+        i += 1
+
+
+def test_a_partition_is_read_from_its_sites_oldest_snapshot() -> None:
+    s1, s2, p = two_sites_on_one_partition()
+    g, _ = group({s1: 40, s2: 9}, {p})
+    assert g.resume_offset(p) == 10
+    assert g.position(p, 25) == "first"
+    assert g.position_first(p, 25, earliest=0) == 10  # past it: seek back to 10
+    assert g.position(p, 26) is False  # read before the seek: dropped
+    assert g.position(p, 10) is True and g.position(p, 11) is True
+    g.revoke({p})
+    assert g.services == {} and g.position(p, 5) == "first"
+    assert g.position_first(p, 5, earliest=0) is True  # behind: the sites skip it
+
+
+def test_a_gap_in_a_partition_seeks_back_and_a_lasting_one_is_accepted() -> None:
+    s1, _, p = two_sites_on_one_partition()
+    g, _ = group({s1: -1}, {p})
+    assert g.position_first(p, 0, earliest=0) is True
+    assert g.position(p, 1) is True
+    assert g.position(p, 7) == 2  # offsets 2..6 never delivered: seek back to 2
+    assert g.position(p, 8) is False  # fetched before the seek
+    assert g.position(p, 7) is True  # 7 again after the seek: the broker has no 2..6
+    assert g.position(p, 8) is True
+    assert g.position(p, 12) == 9
+    assert g.position(p, 9) is True  # the seek brought the gap back
+
+
+def test_the_earliest_offset_bounds_the_seek_back() -> None:
+    s1, _, p = two_sites_on_one_partition()
+    g, _ = group({s1: -1}, {p})  # no snapshot: from 0, but the log starts at 50
+    assert g.position_first(p, 60, earliest=50) == 50
+    assert g.position(p, 50) is True
+
+
+def test_ownership_follows_assignment_or_a_delivered_message() -> None:
+    s1, s2, p = two_sites_on_one_partition()
+    active: set[int] = set()
+    g, made = group({s1: -1, s2: -1}, active)
+    assert g.service(s1) is None and not list(g.owned())
+    assert g.service(s1, delivered_on=(p + 1) % 4) is None  # another partition: no proof
+    assert g.service(s1, delivered_on=p) is made[s1]
+    active.add(p)
+    assert {id(s) for s in g.owned()} == {id(made[s1]), id(made[s2])}
+    assert g.site_of_key(s2.encode(), b"{}", by_app=False) == s2
+    assert g.site_of_key(f"{s1}-app".encode(), b"{}", by_app=True) == s1
+    assert g.site_of_key(None, b'{"site":"%s"}' % s2.encode(), by_app=False) == s2
+    assert g.site_of_key(b"nope", b"{}", by_app=False) is None
