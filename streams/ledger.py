@@ -25,14 +25,16 @@ Where each part lives:
 * streams/ledger_worker.py: ``SiteLedger``, the state machine (no I/O) and its snapshot;
 * streams/tick_notifications.py: ``TickData``, events, battery setpoint, alerts of a tick;
 * streams/ledger_views.py: the HTTP state views the REST API reads;
-* streams/ledger_app.py: the Faust app (telemetry batches, agents, tables, persistence)
-  and ``prepare_topics``, every topic it uses;
+* streams/ledger_app.py: the Faust app (agents, tables, persistence, reading each
+  partition in sequence) and ``prepare_topics``, every topic it uses;
+* streams/ledger_group.py: the group's sites and which of them this worker owns;
 * this module: the process entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
@@ -75,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--web-port", type=int, default=None,
                    help="port of the views and /metrics (default the first site's "
                    "stack.ledger_web_port; give each worker on one host its own)")  # fmt: skip
+    p.add_argument("--web-bind", default="127.0.0.1",
+                   help="address the views and /metrics listen on (default the loopback; "
+                   "another address needs the sites' internal key: docs/ledger.md)")  # fmt: skip
+    p.add_argument("--web-host", default="127.0.0.1",
+                   help="host name the group's other workers reach this one at, to route a "
+                   "view request to its site's owner ('hostname': this machine's)")  # fmt: skip
     p.add_argument(
         "--clock",
         choices=["realtime", "event"],
@@ -101,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     import faust
 
+    web_host = socket.gethostname() if a.web_host == "hostname" else a.web_host
     app = build_app(group, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts,
-                    web_port=a.web_port)  # fmt: skip
+                    web_port=a.web_port, web_bind=a.web_bind, web_host=web_host)  # fmt: skip
     worker = faust.Worker(app, loglevel=a.loglevel, quiet=True, redirect_stdouts=False)
     code: object = 0
     try:

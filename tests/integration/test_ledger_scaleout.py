@@ -214,7 +214,16 @@ def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Pa
                     have[e["site"]].add((e["app"], e["k"]))
             return all(have[s] >= set(want[s]) for s in sites)
 
-        reader.wait(complete, timeout=120)
+        try:
+            reader.wait(complete, timeout=120)
+        except AssertionError:
+            have: dict[str, set[tuple[str, int]]] = {s: set() for s in sites}
+            for e in reader.items:
+                if e.get("site") in have:
+                    have[e["site"]].add((e["app"], e["k"]))
+            missing = {s: sorted(k for _, k in set(want[s]) - have[s])[:4] for s in sites}
+            raise AssertionError(f"incomplete after the kill (survivor had {split[0]}): "
+                                 f"missing ticks per site {missing}") from None
         time.sleep(1.0)
         reader.poll()
         assert sites_ticking(ports[0]) >= split[1], "the survivor took the killed sites over"
