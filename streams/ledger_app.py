@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import time
@@ -688,19 +687,6 @@ def build_app(
             await svc.unstall()
         except Exception as e:  # noqa: BLE001 - a missed check is retried, not fatal
             log.warning("telemetry watchdog: %s", e)
-
-    @app.task
-    async def dump_tasks_on_sigusr1() -> None:
-        # `kill -USR1 <pid>`: every task's stack in the log (what is a worker waiting on)
-        import signal
-
-        def dump() -> None:
-            for t in asyncio.all_tasks():
-                buf = io.StringIO()
-                t.print_stack(limit=12, file=buf)
-                log.warning("task %s:\n%s", t.get_name(), buf.getvalue())
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
