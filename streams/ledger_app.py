@@ -539,6 +539,8 @@ class GroupService:
         """Event mode: a partition's sites take commands once the worker has read the
         telemetry that was in it when the partition was assigned (``LedgerService.command``)."""
         while True:
+            for _ in self.sites.owned():  # every owned site loaded (and logged) at once
+                pass
             for part in self.active_partitions():
                 if part in self.sites.caught_up:
                     continue

@@ -225,13 +225,11 @@ def connect(make: Callable[[], T], what: str, timeout: float = 30.0) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def create_topics(
-    bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout: float = 30.0
-) -> None:
-    """Create every topic up front (tansu does not auto-create on subscribe), with its
-    ``topic_config``. Idempotent: an existing topic is left as it is."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+@contextlib.contextmanager
+def admin_client(bootstrap: str, timeout: float = 30.0) -> Iterator[Any]:
+    """A connected kafka-python admin client (authenticated as the environment says),
+    closed on exit."""
+    from kafka.admin import KafkaAdminClient
 
     security = kafka_python_options()
     admin = connect(
@@ -242,6 +240,20 @@ def create_topics(
         timeout,
     )
     try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def create_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout: float = 30.0
+) -> None:
+    """Create every topic up front (tansu does not auto-create on subscribe), with its
+    ``topic_config``. Idempotent: an existing topic is left as it is."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    with admin_client(bootstrap, timeout) as admin:
         existing = set(admin.list_topics())
         for t in topics:
             if t in existing:
@@ -257,50 +269,24 @@ def create_topics(
                         )
                     ]
                 )
-    finally:
-        admin.close()
 
 
 def existing_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
     """The names of the topics the broker has."""
-    from kafka.admin import KafkaAdminClient
-
-    security = kafka_python_options()
-    admin = connect(
-        lambda: KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="ecovisor-admin", **security
-        ),
-        f"Kafka at {bootstrap}",
-        timeout,
-    )
-    try:
+    with admin_client(bootstrap, timeout) as admin:
         return set(admin.list_topics())
-    finally:
-        admin.close()
 
 
 def existing_partitions(
     bootstrap: str, names: Iterable[str], timeout: float = 30.0
 ) -> dict[str, int]:
     """The partition count of each of ``names`` the broker has (absent: not listed)."""
-    from kafka.admin import KafkaAdminClient
-
-    security = kafka_python_options()
-    admin = connect(
-        lambda: KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="ecovisor-admin", **security
-        ),
-        f"Kafka at {bootstrap}",
-        timeout,
-    )
-    try:
+    with admin_client(bootstrap, timeout) as admin:
         out: dict[str, int] = {}
         for d in admin.describe_topics(list(names)):
             if not d.get("error_code") and d.get("partitions"):
                 out[d.get("topic") or d.get("name")] = len(d["partitions"])
         return out
-    finally:
-        admin.close()
 
 
 def producer(bootstrap: str, client_id: str, timeout: float = 30.0) -> KafkaProducer:

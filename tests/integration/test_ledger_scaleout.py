@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 N_CONT = 4  # per app
-TICKS = 24
+TICKS = 16
 PER_TICK = 2
 
 

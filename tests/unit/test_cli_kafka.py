@@ -49,7 +49,8 @@ def test_cmd_publishes_a_valid_command(kafka_bootstrap: str) -> None:
     assert (c.command_id, c.app, c.container, c.watts, c.site) == (
         command_id, "web", "web-1", 3.5, "s1",
     )  # fmt: skip
-    assert got[0].key == b"web"
+    # keyed by site: a group of ledger workers finds a site's commands on its partition
+    assert got[0].key == b"s1"
 
 
 def test_cmd_wait_follows_the_lifecycle(kafka_bootstrap: str) -> None:
