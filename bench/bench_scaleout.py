@@ -221,6 +221,10 @@ def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
         for i, tick in enumerate(ticks):
             publish(bootstrap, tick)
             time.sleep(pace)
+            if i == 2:  # both workers up and ticking before the pace matters
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and not all(owned(p) for p in ports):
+                    time.sleep(0.2)
             if i == half:
                 split = [owned(p) for p in ports]
                 victim = 1 if split[1] else 0
