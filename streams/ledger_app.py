@@ -418,10 +418,9 @@ class GroupService:
         site = self.sites.site_of_key(event.key, raw, by_app=False)
         svc = self.sites.service(site, delivered_on=part) if site is not None else None
         if svc is None:  # another group's site, or none: nothing of ours to hold it for
-            if site is not None:
-                log.warning("telemetry of site %s on partition %s (offset %s) while this "
-                            "worker does not own the site: left to its owner", site, part, off)
-                return  # not acknowledged: its owner reads it
+            if site is not None:  # a site of the group on another partition: its key is
+                # not its site id, so its owner never reads it; say so rather than drop it
+                await self._misrouted(topics.TELEMETRY, site, part, raw)
             await self.ack_event(event)
         else:
             svc.unacked.append(event)

@@ -123,3 +123,17 @@ def test_ownership_follows_assignment_or_a_delivered_message() -> None:
     assert g.site_of_key(f"{s1}-app".encode(), b"{}", by_app=True) == s1
     assert g.site_of_key(None, b'{"site":"%s"}' % s2.encode(), by_app=False) == s2
     assert g.site_of_key(b"nope", b"{}", by_app=False) is None
+
+
+def test_a_message_keyed_to_another_partition_is_dead_lettered_with_the_reason() -> None:
+    from ecovisor.contract import topics
+    from ecovisor.contract.schemas import DeadLetter
+
+    s1, _, p = two_sites_on_one_partition()
+    g, _ = group({s1: -1}, {p})
+    out = g.misrouted(topics.TELEMETRY, s1, (p + 1) % 4, b'{"site": "x"}')
+    dl = DeadLetter.model_validate_json(out.value)
+    assert out.topic == topics.DEADLETTER and dl.origin == topics.TELEMETRY
+    assert f"site {s1!r} is on partition {p}" in dl.reason and "key it by its site" in dl.reason
+    unknown = DeadLetter.model_validate_json(g.misrouted(topics.COMMANDS, None, 0, b"{}").value)
+    assert "no configured site or app" in unknown.reason
