@@ -53,7 +53,8 @@ DEMO = ROOT / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SNAPSHOT_LIMIT = 1_000_000
 HOSTILE_PER_SECOND = 20  # hostile messages per simulated second (one tick of the demo)
-TELEMETRY_KINDS = ("solar", "carbon", "battery", "node", "container", "app_metrics")
+TELEMETRY_KINDS = ("solar", "carbon", "battery", "node", "container", "node_batch",
+                   "app_metrics")  # fmt: skip
 INPUT_KINDS = (*TELEMETRY_KINDS, "clock", "command", "ack", "random_bytes", "truncated")
 # the honest sources: containers no hostile message names (except exact replays of the
 # honest messages themselves), so their booked energy can be checked exactly
@@ -123,6 +124,12 @@ def base_telemetry(kind: str, t: datetime, seq: int, source: str) -> dict[str, A
         d.update(node="node-1", cores=2, cpu_busy_s=10.0, energy_j=50.0, idle_energy_j=5.0)
     elif kind == "container":
         d.update(app="web", container="web-1", node="node-1", cpu_s=3.0, energy_j=20.0)
+    elif kind == "node_batch":  # cumulative counters of node-1's containers (not the
+        # honest ones, as for the per-container kind)
+        d.update(node="node-1", batch_version=1, containers=[
+            {"app": "web", "container": "web-1", "cpu_s": 3.0, "energy_j": 20.0},
+            {"app": "web", "container": "web-worker-1", "cpu_s": 1.0,
+             "energy_j": 10.0}])  # fmt: skip
     elif kind == "app_metrics":
         d.update(app="web", latency_ms=12.0, progress=0.5, functional_units_total=7.0,
                  extra={"q": 1.0})  # fmt: skip
@@ -197,6 +204,13 @@ def mutate(rng: random.Random, d: dict[str, Any], t: datetime) -> dict[str, Any]
                 d[rng.choice(["extra_field", "schema_version", "kind", "type"])] = rng.choice(
                     EXTREME + [2, "clock", "container"]
                 )
+        elif what == 8 and isinstance(d.get("containers"), list) and d["containers"]:
+            # a node batch: hostile values inside one of its entries (dead-lettered alone)
+            entries = [dict(e) if isinstance(e, dict) else e for e in d["containers"]]
+            i = rng.randrange(len(entries))
+            if isinstance(entries[i], dict) and entries[i]:
+                entries[i][rng.choice(list(entries[i]))] = rng.choice(EXTREME + IDS)
+            d["containers"] = entries
         else:  # large containers of junk
             d[rng.choice(keys)] = rng.choice(
                 [
