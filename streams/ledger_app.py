@@ -96,9 +96,7 @@ def prepare_topics(cfg: EcovisorConfig | SiteGroup, bootstrap: str) -> None:
     group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])
     apps = [a.id for c in group.sites.values() for a in c.apps]
     keyed = [*KEYED_BY_SITE, *internal_topics(group.app_id)]
-    create_topics(bootstrap, keyed, partitions=group.partitions)
-    create_topics(bootstrap, [t for t in topics.all_topics(apps) if t not in keyed])
-    have = existing_partitions(bootstrap, keyed)
+    have = existing_partitions(bootstrap, keyed)  # checked before anything is created
     wrong = {t: n for t, n in have.items() if n != group.partitions}
     if wrong:
         raise PartitionMismatch(
@@ -106,6 +104,8 @@ def prepare_topics(cfg: EcovisorConfig | SiteGroup, bootstrap: str) -> None:
             + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
             + ": use --partitions to match, or a broker without these topics"
         )
+    create_topics(bootstrap, keyed, partitions=group.partitions)
+    create_topics(bootstrap, [t for t in topics.all_topics(apps) if t not in keyed])
 
 
 class LedgerService:

@@ -245,3 +245,26 @@ def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Pa
         reader.close()
         for p in procs:
             stop(p)
+
+
+def test_a_partition_count_other_than_the_topics_is_refused(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The session's broker has the site-keyed topics with one partition: a group of four
+    partitions would look for sites on the wrong partitions, so the worker exits 2."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "sites"
+    d.mkdir()
+    for s in ("pm1", "pm2"):
+        write_site(d, s, kafka_bootstrap)
+    r = subprocess.run(
+        [sys.executable, "-m", "streams.ledger", "--config", str(d), "--partitions", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "the group has 4 partition(s) but" in r.stderr and "ecovisor.telemetry has 1" in r.stderr
+    from ecovisor.adapters.kafka import existing_topics
+
+    assert "ecovisor-ledger-sites-snapshots-changelog" not in existing_topics(kafka_bootstrap)
