@@ -46,7 +46,7 @@ from ecovisor.core.entries import AppLedgerEntry  # noqa: E402
 from ecovisor.core.tick_clock import to_us  # noqa: E402
 from streams.bridge import Scope, route  # noqa: E402
 from streams.commands import decide  # noqa: E402
-from streams.ledger_app import LedgerService  # noqa: E402
+from streams.ledger_service import LedgerService  # noqa: E402
 from streams.ledger_worker import SiteLedger  # noqa: E402
 
 DEMO = ROOT / "examples" / "demo-site.yaml"
@@ -289,7 +289,7 @@ class _App:
 
 
 class _SimTime:
-    """``time`` for streams.ledger_app: the wall clock is the simulated time."""
+    """``time`` for streams.ledger_service: the wall clock is the simulated time."""
 
     def __init__(self) -> None:
         self.now_s = T0.timestamp()
@@ -500,7 +500,7 @@ def run(messages: int = 10_000, seed: int = 1, cfg: EcovisorConfig | None = None
     started = time.perf_counter()
     sent = 0
     sec = 0
-    with mock.patch("streams.ledger_app.time", fz.sim):
+    with mock.patch("streams.ledger_service.time", fz.sim):
         while sent < messages:
             t = T0 + timedelta(seconds=sec + 0.25)
             fz.sim.now_s = t.timestamp()

@@ -25,8 +25,9 @@ Where each part lives:
 * streams/ledger_worker.py: ``SiteLedger``, the state machine (no I/O) and its snapshot;
 * streams/tick_notifications.py: ``TickData``, events, battery setpoint, alerts of a tick;
 * streams/ledger_views.py: the HTTP state views the REST API reads;
-* streams/ledger_app.py: the Faust app (agents, tables, persistence, reading each
-  partition in sequence) and ``prepare_topics``, every topic it uses;
+* streams/ledger_service.py: ``LedgerService``, the I/O around one site's ledger;
+* streams/ledger_app.py: the Faust app (agents, tables, reading each partition in
+  sequence) and ``prepare_topics``, every topic it uses;
 * streams/ledger_group.py: the group's sites and which of them this worker owns;
 * this module: the process entry.
 """

@@ -99,11 +99,12 @@ def test_many_new_sources_with_epoch_ms_seqs_do_not_stop_the_ledger(
 INJECT = """
 import sys
 import streams.ledger_app as la
+import streams.ledger_service as ls
 import streams.ledger_worker as lw
 if sys.argv[1] == "task":
     async def broken(self, led, partition, records):
         raise RuntimeError("injected failure")
-    la.LedgerService.telemetry = broken
+    ls.LedgerService.telemetry = broken
 else:  # the C1 failure: Faust's producer refuses the snapshot record
     lw.SiteLedger.snapshot = lambda self: b"x" * (la.SNAPSHOT_MAX_BYTES + 1)
 from streams.ledger import main

@@ -22,7 +22,8 @@ from ecovisor.contract.schemas import CarbonTelemetry, NodeBatchTelemetry, Solar
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.embedded.servers import Server, free_port, tansu_command
 from streams.ledger import load_group
-from streams.ledger_app import LedgerService, prepare_topics
+from streams.ledger_app import prepare_topics
+from streams.ledger_service import LedgerService
 from tests.integration.test_ledger_e2e import ROOT, Reader, at, stop
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from ecovisor.contract.schemas import (
 )
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.tick_clock import to_us
-from streams.ledger_app import LedgerService
+from streams.ledger_service import LedgerService
 from streams.ledger_worker import SEEN_COMMANDS_PER_APP, SiteLedger
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
@@ -431,7 +431,7 @@ def test_snapshots_are_written_at_most_every_persist_interval(
     """L1: a snapshot per tick was most of the embedded broker's growth (it keeps every
     record). 120 ticks closed one wall second apart: at most one snapshot per
     PERSIST_INTERVAL_S (5 s) -> <= 25, was 120."""
-    import streams.ledger_app as la
+    import streams.ledger_service as la
 
     wall = [1000.0]
     monkeypatch.setattr(la.time, "monotonic", lambda: wall[0])

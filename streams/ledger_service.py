@@ -1,0 +1,313 @@
+"""The I/O around one site's ``SiteLedger`` (streams/ledger_worker.py): feeding it
+telemetry, commands and actuator acks, sending its outputs, persisting its snapshot in
+the Faust tables, closing its ticks. One per site a worker owns; the group's wiring
+(streams/ledger_app.py) makes them and hands each one its messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from ecovisor.contract import topics
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.schemas import (
+    TELEMETRY_ADAPTER,
+    BadEntry,
+    ClockMessage,
+    dead_letter,
+    describe_validation_error,
+    parse_telemetry_entries,
+)
+from ecovisor.core.tick_clock import to_us
+from streams.ledger_metrics import LedgerHealth
+from streams.ledger_worker import CounterRow, Out, SiteLedger
+
+log = logging.getLogger("ecovisor.ledger")
+
+ClockMode = Literal["realtime", "event"]
+# A replay after a crash recomputes identical ticks, so fewer snapshots cost only replay
+# time (a 300 kB snapshot per tick would cap catch-up speed) and re-sent identical
+# outputs. Every snapshot stays in the embedded broker's memory (tansu keeps every
+# record): one every 5 s instead of every tick was most of its growth (L1,
+# docs/reliability.md).
+PERSIST_INTERVAL_S = 5.0
+MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the broker
+# Telemetry events a site holds unacknowledged (their offsets uncommitted) before it
+# writes a snapshot to release them: bounds the worker's memory when ticks close rarely.
+MAX_UNACKED = 20_000
+
+
+class LedgerService:
+    """The I/O around one site's ``SiteLedger``: sending its outputs, persisting it,
+    feeding it telemetry batches. Lives inside the Faust app ``build_app`` makes."""
+
+    def __init__(
+        self, cfg: EcovisorConfig, app: Any, snapshots: Any, counters: Any, clock: ClockMode,
+        ack: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.site = cfg.site.id
+        self.app = app
+        self.snapshots = snapshots  # Faust table: site -> SiteLedger.snapshot()
+        self.counters = counters  # Faust table: "app:k" -> counter row (JSON)
+        self.clock_mode = clock
+        self.ledger: SiteLedger | None = None
+        self.failure: BaseException | None = None  # what stopped the worker, if anything
+        self.rows: list[CounterRow] = []  # counter rows not yet persisted
+        self.last_persist = 0.0
+        self.in_flight: list[Any] = []  # send futures not yet confirmed
+        # set once the telemetry consumer has read to the end of its partitions after
+        # the start: event mode takes commands only then (``command``)
+        self.caught_up = asyncio.Event()
+        self.health: LedgerHealth | None = None  # /metrics (streams/ledger_metrics.py)
+        # held by a state change (a tick close, a command, an ack) until its outputs are
+        # handed to the producer, and by a snapshot: a snapshot must never count a change
+        # whose outputs another task is still sending (a crash then would lose them)
+        self.lock = asyncio.Lock()
+        # telemetry events whose effect no snapshot holds yet: acknowledged (``ack``, the
+        # Faust stream's) once one does, so a new owner is delivered them again
+        self.unacked: list[Any] = []
+        self.ack_events = ack
+        self.apps = {a.id for a in cfg.apps}
+
+    def loaded(self) -> SiteLedger:
+        """The site's ledger: restored from the tables once recovered, else new."""
+        if self.ledger is None:
+            raw = self.snapshots.get(self.site.encode())
+            led = SiteLedger.restore(self.cfg, raw) if raw else SiteLedger.new(self.cfg)
+            rows: dict[str, dict[int, dict[str, Any]]] = {}
+            for key, val in self.counters.items():
+                a, _, k = key.decode().rpartition(":")
+                if a in self.apps:  # the table holds the rows of every site of the group
+                    rows.setdefault(a, {})[int(k)] = json.loads(val)
+            led.restore_counters(rows)
+            self.ledger = led
+            log.info("ledger for site %s loaded (restored=%s)", self.site, bool(raw))
+        return self.ledger
+
+    async def send(self, outs: list[Out], wait: bool = False) -> None:
+        """Send ``outs``; ``wait``: until everything sent so far is confirmed."""
+        producer = self.app.producer
+        if self.health is not None:
+            self.health.outputs(outs)
+        for o in outs:
+            self.in_flight.append(await producer.send(o.topic, o.key, o.value, None, None, None))
+        if wait or len(self.in_flight) > MAX_IN_FLIGHT:
+            futs, self.in_flight = self.in_flight, []
+            await asyncio.gather(*futs)
+
+    async def persist(self, led: SiteLedger) -> None:
+        """Counter rows and the snapshot; outputs first: they must be durable before the
+        snapshot that makes a restart skip them. Call with ``self.lock`` held."""
+        await self.send([], wait=True)
+        counters = self.counters
+        for a, k, row in self.rows:
+            counters[f"{a}:{k}".encode()] = json.dumps(row, separators=(",", ":")).encode()
+            old = f"{a}:{k - led.history_ticks}".encode()
+            if old in counters:
+                del counters[old]
+        self.rows = []
+        self.snapshots[self.site.encode()] = led.snapshot()
+        events, self.unacked = self.unacked, []
+        if self.ack_events is not None:
+            # the snapshot durable before the offsets it covers may be committed: a commit
+            # past a lost snapshot would hide events from the next owner
+            await self.app.producer.flush()
+            for ev in events:
+                await self.ack_events(ev)
+
+    async def close_ticks(self, led: SiteLedger, now_us: int) -> None:
+        """Close the ticks due at ``now_us``; snapshot at most every PERSIST_INTERVAL_S."""
+        async with self.lock:
+            outs, rows = led.close(now_us)
+            if rows and self.health is not None:
+                self.health.closed(rows, time.time(), led.clock.tick_us / 1e6,
+                                   self.clock_mode == "realtime")  # fmt: skip
+            if rows or outs:
+                self.rows.extend(rows)
+                await self.send(outs)  # outputs first: a crash re-sends identical ones
+                mono = time.monotonic()
+                if mono - self.last_persist >= PERSIST_INTERVAL_S:
+                    self.last_persist = mono
+                    await self.persist(led)
+
+    async def dead_letter(self, why: str, raw: bytes) -> None:
+        dl = dead_letter(topics.TELEMETRY, why, raw)
+        await self.send([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
+
+    async def telemetry(self, led: SiteLedger, partition: int, records: list[Any]) -> None:
+        """One fetched batch of telemetry: aggregate in memory, close due ticks. The hot
+        path: per message only parsing and ``SiteLedger.ingest`` (bounds, ownership, the
+        clock's offer); whatever it refuses is dead-lettered with the reason."""
+        site = self.site
+        parse = TELEMETRY_ADAPTER.validate_json
+        ingest = led.ingest
+        event_mode = self.clock_mode == "event"
+        offsets = led.offsets
+        wall_us = to_us(time.time())
+        for r in records:
+            done = offsets.get(partition)
+            if done is not None and r.offset <= done:
+                continue  # delivered again (a restart, a rebalance): the snapshot has it
+            raw = r.value if r.value is not None else b""  # a tombstone: dead-lettered
+            offsets[partition] = r.offset
+            bad: list[BadEntry] = []
+            try:
+                t = parse(raw)
+            except ValidationError as e:
+                salvaged = _salvage_batch(raw)
+                if salvaged is None:
+                    await self.clock_or_dead_letter(led, raw, e)
+                    continue
+                t, bad = salvaged
+            if t.site != site:
+                continue
+            t_us = to_us(t.time.timestamp())  # once per sample (or batch)
+            now = led.event_now() if event_mode else wall_us
+            try:
+                if t.kind == "node_batch":
+                    await self.batch_dead_letters(t, bad, led.ingest_batch(t, t_us, now))
+                    why = None
+                else:
+                    why = ingest(t, t_us, now)
+            except Exception as e:  # a bug met by one message: not a stop for every tenant
+                log.exception("telemetry at offset %s failed", r.offset)
+                why = f"internal error on this message: {e!r}"
+            if why is not None:
+                await self.dead_letter(why, raw)
+            if event_mode:
+                await self.close_due(led)
+        if len(self.unacked) >= MAX_UNACKED:
+            async with self.lock:
+                await self.persist(led)
+
+    async def batch_dead_letters(
+        self, b: Any, bad: list[BadEntry], reports: list[tuple[int, str]]
+    ) -> None:
+        """One dead letter per entry of a node batch not taken (invalid: ``bad``; refused
+        or reset by the ledger: ``reports``), or one for the whole batch (index -1)."""
+        outs = []
+        head = f"node_batch {b.source!r} seq {b.seq}"
+        for i, why, entry in bad:
+            dl = dead_letter(topics.TELEMETRY, f"{head} entry {i}: {why}",
+                             json.dumps(entry, separators=(",", ":")))  # fmt: skip
+            outs.append(Out(topics.DEADLETTER, None, dl.model_dump_json().encode()))
+        for i, why in reports:
+            if i < 0:
+                dl = dead_letter(topics.TELEMETRY, f"{head}: {why}", b.model_dump_json())
+            else:  # i indexes the parsed batch (without invalid entries): name the container
+                e = b.containers[i]
+                dl = dead_letter(topics.TELEMETRY, f"{head} container {e.container!r}: {why}",
+                                 e.model_dump_json())  # fmt: skip
+            outs.append(Out(topics.DEADLETTER, None, dl.model_dump_json().encode()))
+        if outs:
+            await self.send(outs)
+
+    async def clock_or_dead_letter(self, led: SiteLedger, raw: bytes, e: ValidationError) -> None:
+        """A payload that is not telemetry: this site's clock message (accepted only as
+        ``SiteLedger.clock_message`` says), another site's (ignored), or a dead letter."""
+        cm = None
+        if b'"clock"' in raw:
+            with contextlib.suppress(ValidationError):
+                cm = ClockMessage.model_validate_json(raw)
+        if cm is None:
+            await self.dead_letter(describe_validation_error(e), raw)
+        elif cm.site == self.site:
+            why = led.clock_message(cm, self.clock_mode == "event")
+            if why is not None:
+                await self.dead_letter(why, raw)
+            else:
+                await self.close_due(led)
+
+    async def close_due(self, led: SiteLedger) -> None:
+        """Event mode: close the ticks the site's event clock has passed."""
+        now = led.event_now()
+        nc = led.clock.next_close
+        if now is not None and nc is not None and led.clock.closable_until(now) > nc:
+            await self.close_ticks(led, now)
+
+    async def on_timer(self, wall_us: int) -> None:
+        """Real-time mode: close the ticks the wall clock has passed. Only the wall clock:
+        a sample ahead of it (within ``clock_skew_s``) waits in its tick, it does not
+        close the ticks before it early."""
+        led = self.ledger or self.loaded()
+        await self.close_ticks(led, wall_us)
+
+    async def command(self, raw: bytes) -> None:
+        """One command from ``ecovisor.commands``: decided, its outputs sent, the snapshot
+        written. In event mode only once the telemetry already in Kafka has been read
+        (``caught_up``, set by the group): a command is anchored to the driving time
+        (capped at its own tick), and a worker that has just started would take it from
+        its snapshot (older after a crash) or from nothing (a fresh start), so the setting
+        applied to ticks the uninterrupted worker had already closed without it (found
+        by reliability/chaos.py; docs/ledger.md, Guarantees)."""
+        if self.clock_mode == "event":
+            await self.caught_up.wait()
+        led = self.ledger or self.loaded()
+        async with self.lock:
+            outs = self.one_message(topics.COMMANDS, raw, led.command, raw, self.driving_now(led))
+            await self.send(outs)
+            await self.persist(led)
+
+    async def ack(self, raw: bytes) -> None:
+        """One actuator acknowledgement: decided and its outputs sent (snapshotted with
+        the next tick or command)."""
+        led = self.ledger or self.loaded()
+        async with self.lock:
+            await self.send(self.one_message(topics.ACTUATOR_ACKS, raw, led.ack, raw))
+
+    def driving_now(self, led: SiteLedger) -> int:
+        """The driving time for a command: the site's clock (the wall clock in real-time
+        mode, ``event_now()`` in event mode)."""
+        if self.clock_mode == "realtime":
+            return to_us(datetime.now(UTC).timestamp())
+        return led.event_now() or 0
+
+    def one_message(self, origin: str, raw: bytes | None, step: Any, *args: Any) -> list[Out]:
+        """``step(*args)`` for one command or ack; an error it raises (a bug met by this
+        message) dead-letters the message with the error instead of stopping the worker
+        for every tenant. Sending and persisting stay outside: their failure is fatal."""
+        try:
+            outs: list[Out] = step(*args)
+            return outs
+        except Exception as e:
+            log.exception("%s message failed", origin)
+            dl = dead_letter(origin, f"internal error on this message: {e!r}", raw)
+            return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
+
+    async def guarded(self, what: str, body: Any) -> None:
+        """Run ``body``, a task of the worker (``run_guarded``)."""
+        await run_guarded(self, what, body)
+
+
+async def run_guarded(owner: Any, what: str, body: Any) -> None:
+    """Run a task of the worker; an error it does not handle is recorded in
+    ``owner.failure`` (the process then exits non-zero, streams/ledger.py) and stops the
+    worker (``owner.app.crash``): a supervisor sees the crash instead of a clean exit it
+    would restart forever."""
+    try:
+        await body
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.exception("ledger %s failed; stopping the worker", what)
+        owner.failure = owner.failure or e
+        await owner.app.crash(e)
+
+
+def _salvage_batch(raw: bytes) -> tuple[Any, list[BadEntry]] | None:
+    """A node batch with invalid entries: the batch without them (None: not that)."""
+    if b'"node_batch"' not in raw:
+        return None
+    try:
+        return parse_telemetry_entries(raw)
+    except (ValidationError, ValueError):
+        return None
