@@ -50,6 +50,7 @@ from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
 from streams.ledger_group import SiteGroup
 
 DIRECTORY_PARTITIONS = 16
+HARD_STOP_S = 20.0  # after an unhandled error, exit 1 if Faust has not stopped by then
 
 
 def load_group(path: str, name: str | None, partitions: int | None) -> SiteGroup:
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     web_host = socket.gethostname() if a.web_host == "hostname" else a.web_host
     app = build_app(group, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts,
                     web_port=a.web_port, web_bind=a.web_bind, web_host=web_host)  # fmt: skip
+    app.hard_stop_s = HARD_STOP_S  # an error's stop must end the process (run_guarded)
     worker = faust.Worker(app, loglevel=a.loglevel, quiet=True, redirect_stdouts=False)
     code: object = 0
     try:
