@@ -27,6 +27,7 @@ COUNTER_SLACK_S = 2.0
 # A seq accepted below the highest is at most this far below it (then "too old"), so a
 # remembered one costs at most 10 digits in the snapshot whatever the seqs are.
 MAX_BELOW = 2**32
+MAX_JUMP = 2**32  # a seq further above a source's highest waits for a confirming one
 
 MaxPower = Callable[[str], float | None]
 
@@ -61,6 +62,23 @@ class SeqWindow:
     hwm: int
     last_us: int  # newest event time (expiry)
     recent: list[int] = field(default_factory=list)
+    held: int | None = None  # a jump of more than MAX_JUMP, refused until confirmed
+
+    def hold_jump(self, seq: int) -> bool:
+        """Whether ``seq`` is a jump of more than ``MAX_JUMP`` above the highest seq of a
+        source already seen, not confirmed: refuse it (one stray or spoofed message with
+        seq 1.7e12 made every later honest seq "too old" until the source expired). The
+        next seq above it within ``MAX_JUMP`` confirms the renumbering (a device that
+        restarted counting from epoch ms loses one message); an in-sequence seq drops
+        the held one."""
+        if self.hwm < 0 or seq - self.hwm <= MAX_JUMP:
+            self.held = None
+            return False
+        if self.held is not None and self.held < seq <= self.held + MAX_JUMP:
+            self.held = None
+            return False
+        self.held = seq
+        return True
 
     def accept(self, seq: int, window: int) -> bool | None:
         """True: new; False: a duplicate; None: older than the window (unknown)."""
@@ -84,7 +102,10 @@ class SeqWindow:
 
     def dump(self) -> list[Any]:
         # distances below hwm: small numbers whatever the seqs are
-        return [self.hwm, self.last_us, [self.hwm - r for r in self.recent]]
+        out: list[Any] = [self.hwm, self.last_us, [self.hwm - r for r in self.recent]]
+        if self.held is not None:
+            out.append(self.held)
+        return out
 
     @classmethod
     def load(cls, v: list[Any], window: int, now_us: int) -> SeqWindow:
@@ -92,7 +113,8 @@ class SeqWindow:
             holes = set(v[1])
             below = [r for r in range(max(0, v[0] - window), v[0]) if r not in holes]
             return cls(v[0], now_us, below)
-        return cls(v[0], v[1], [v[0] - d for d in v[2]])
+        held = v[3] if len(v) > 3 else None
+        return cls(v[0], v[1], [v[0] - d for d in v[2]], held)
 
 
 @dataclass

@@ -201,6 +201,11 @@ class TickClock:
                     f"for {self.limits.source_expiry_s:g} s is forgotten)"
                 )
             d = self.dedupe[source] = SeqWindow(-1, t_us)
+        if d.hold_jump(msg.seq):
+            return self._refuse(
+                f"seq {msg.seq} of source {source!r} jumps more than 2^32 above its highest "
+                f"({d.hwm}): held until the source's next message confirms it"
+            )
         seen = d.accept(msg.seq, self.limits.dedupe_window)
         if not seen:
             if seen is None:

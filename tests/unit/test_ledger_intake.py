@@ -181,6 +181,27 @@ def test_twenty_new_sources_with_epoch_ms_seqs() -> None:
     assert led.clock.n_duplicates == 2 and led.clock.n_samples == 20
 
 
+def test_one_huge_seq_of_a_known_source_is_held_not_taken() -> None:
+    """Fuzz seed 2: one message naming the honest source with seq 1.7e12 was accepted,
+    and every later honest seq was refused as "too old" until the source expired. A jump
+    of more than 2^32 is now held; an in-sequence seq drops it, the next seq above it
+    confirms it (a real renumbering loses one message), and a restart keeps it held."""
+    led = SiteLedger.new(demo())
+    for seq in range(5):
+        assert led.ingest(carbon("co2", seq, 0.1 * seq), T0_US, None) is None
+    why = led.ingest(carbon("co2", EPOCH_MS, 0.6), T0_US, None)
+    assert why is not None and "held until" in why
+    for seq in range(5, 9):  # the honest source goes on
+        assert led.ingest(carbon("co2", seq, 0.1 * seq), T0_US, None) is None
+    assert led.clock.dedupe["co2"].hwm == 8 and led.clock.n_samples == 9
+    # a real renumbering: two messages far above, the second confirms
+    assert led.ingest(carbon("co2", EPOCH_MS, 0.9), T0_US, None) is not None
+    led = SiteLedger.restore(led.cfg, led.snapshot())  # held across a restart
+    assert led.ingest(carbon("co2", EPOCH_MS + 1, 0.95), T0_US, None) is None
+    assert led.clock.dedupe["co2"].hwm == EPOCH_MS + 1
+    assert "older than" in (led.ingest(carbon("co2", 9, 0.99), T0_US, None) or "")
+
+
 def test_another_apps_command_flood_does_not_evict_an_apps_ids() -> None:
     """Command ids are remembered per app: a re-delivered command of web stays a no-op
     however many commands batch (or junk without a token) sends in between."""
