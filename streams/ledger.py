@@ -53,6 +53,14 @@ DIRECTORY_PARTITIONS = 16
 HARD_STOP_S = 20.0  # after an unhandled error, exit 1 if Faust has not stopped by then
 
 
+def port(text: str) -> int:
+    """A TCP port for argparse: 1..65535."""
+    n = int(text)
+    if not 1 <= n <= 65_535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port (1..65535)")
+    return n
+
+
 def load_group(path: str, name: str | None, partitions: int | None) -> SiteGroup:
     """The sites of ``path`` (a site file, or a directory of ``*.yaml`` site files)."""
     p = Path(path)
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="partitions of the site-keyed topics: the most workers that can share "
                    "the sites (default 1 for one site file, 16 for a directory); fixed once "
                    "the topics exist")  # fmt: skip
-    p.add_argument("--web-port", type=int, default=None,
+    p.add_argument("--web-port", type=port, default=None,
                    help="port of the views and /metrics (default the first site's "
                    "stack.ledger_web_port; give each worker on one host its own)")  # fmt: skip
     p.add_argument("--web-bind", default="127.0.0.1",
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         code = e.code
     # Faust stops "cleanly" (exit 0) when a task or its producer crashes: a supervisor
     # would restart a crash loop forever and call it healthy. A crash exits 1.
-    failure = app.ledger_service.services_failure() or getattr(app, "crash_reason", None)
+    failure = app.ledger_service.failure or getattr(app, "crash_reason", None)
     if failure is not None:
         print(f"streams.ledger: stopped by an error: {one_line(failure)}", file=sys.stderr)
         return 1

@@ -105,12 +105,16 @@ class GroupService:
 
         self.sites = LedgerGroup(group, self.active_partitions, make)
 
-    def active_partitions(self) -> set[int]:
-        """Telemetry partitions assigned to this worker and recovered (0 until then)."""
+    def telemetry_tps(self) -> dict[int, Any]:
+        """Partition -> TP of the telemetry partitions assigned to this worker and
+        recovered (none until then)."""
         if not self.app.tables.recovery.completed.is_set():
-            return set()
-        return {tp.partition for tp in self.app.assignor.assigned_actives()
+            return {}
+        return {tp.partition: tp for tp in self.app.assignor.assigned_actives()
                 if tp.topic == topics.TELEMETRY}  # fmt: skip
+
+    def active_partitions(self) -> set[int]:
+        return set(self.telemetry_tps())
 
     async def ack_event(self, event: Any) -> None:
         if self.ack is not None:
@@ -132,8 +136,7 @@ class GroupService:
             await self.ack_event(event)
         else:
             svc.unacked.append(event)
-            led = svc.ledger or svc.loaded()
-            await svc.telemetry(led, part, [_Record(raw, off)])
+            await svc.telemetry(svc.loaded(), part, [_Record(raw, off)])
         self.sites.note_offset(part, off)
 
     async def positioned(self, part: int, off: int, tp: Any) -> bool:
@@ -160,22 +163,17 @@ class GroupService:
         read. A seek resets that, and they come again (each run then completed exact).
         The gap check (``LedgerGroup.position``) catches the same loss as soon as a later
         event arrives; this catches it when none does."""
-        if not self.app.tables.recovery.completed.is_set():
-            return
         consumer = self.app.consumer
         now = time.monotonic()
-        for tp in list(self.app.assignor.assigned_actives()):
-            if tp.topic != topics.TELEMETRY:
-                continue
-            part = tp.partition
+        for part, tp in self.telemetry_tps().items():
             since = self.sites.last_event.setdefault(part, now)
             if now - since < STALL_CHECK_S or part in self.sites.resync:
                 continue
             at = self.sites.expect.get(part)
             if at is None:
                 at = self.sites.resume_offset(part)
-            end = consumer.highwater(tp)  # of its last fetch, if any (cheap)
-            if end is None or end > at:  # a fetch said more, or none said: ask the broker
+            end = consumer.highwater(tp)  # of its last fetch: the broker only if none yet
+            if end is None:
                 end = int((await consumer.highwaters(tp)).get(tp) or 0)
             if end <= at:
                 self.sites.last_event[part] = now  # nothing to read: not stalled
@@ -194,20 +192,25 @@ class GroupService:
             await consumer.seek(tp, at)  # also resets what Faust counts as read on it
 
     async def command(self, key: bytes | None, raw: bytes, partition: int) -> None:
-        site = self.sites.site_of_key(key, raw, by_app=True)
-        svc = self.sites.service(site, delivered_on=partition) if site is not None else None
-        if svc is None:
-            await self._misrouted(topics.COMMANDS, site, partition, raw)
-        else:
+        svc = await self._service_of(topics.COMMANDS, key, raw, partition)
+        if svc is not None:
             await svc.command(raw)
 
     async def actuator_ack(self, key: bytes | None, raw: bytes, partition: int) -> None:
-        site = self.sites.site_of_key(key, raw, by_app=False)
+        svc = await self._service_of(topics.ACTUATOR_ACKS, key, raw, partition)
+        if svc is not None:
+            await svc.ack(raw)
+
+    async def _service_of(
+        self, origin: str, key: bytes | None, raw: bytes, partition: int
+    ) -> LedgerService | None:
+        """The service of a command's or ack's site (a command may still be keyed by its
+        app), else None with the message dead-lettered saying why."""
+        site = self.sites.site_of_key(key, raw, by_app=origin == topics.COMMANDS)
         svc = self.sites.service(site, delivered_on=partition) if site is not None else None
         if svc is None:
-            await self._misrouted(topics.ACTUATOR_ACKS, site, partition, raw)
-        else:
-            await svc.ack(raw)
+            await self._misrouted(origin, site, partition, raw)
+        return svc  # type: ignore[no-any-return]
 
     async def _misrouted(self, origin: str, site: str | None, partition: int, raw: bytes) -> None:
         o = self.sites.misrouted(origin, site, partition, raw)
@@ -225,22 +228,23 @@ class GroupService:
             due: list[tuple[int, LedgerService]] = []
             nxt: int | None = None
             for svc in self.sites.owned():
-                d = (svc.ledger or svc.loaded()).clock.next_deadline_us()
+                d = svc.loaded().clock.next_deadline_us()
                 if d is None:
                     continue
                 if d <= now:
                     due.append((d, svc))
                 else:
                     nxt = d if nxt is None else min(nxt, d)
-            stuck = True
+            closed = False
             for d, svc in due:
                 await svc.on_timer(now)
-                led = svc.ledger
-                stuck = stuck and led is not None and led.clock.next_deadline_us() == d
-            if due and not stuck:
+                closed = closed or svc.loaded().clock.next_deadline_us() != d
+            if closed:
                 continue
-            wait = idle_s if nxt is None else min(idle_s, (nxt - now) / 1e6)
-            await asyncio.sleep(max(0.0, wait) if not due else idle_s)  # nothing closed: never spin
+            if due or nxt is None:  # nothing closed (never spin), or no tick open yet
+                await asyncio.sleep(idle_s)
+            else:
+                await asyncio.sleep(min(idle_s, max(0.0, (nxt - now) / 1e6)))
 
     async def watch_catch_up(self) -> None:
         """Event mode: a partition's sites take commands once the worker has read the
@@ -248,11 +252,9 @@ class GroupService:
         while True:
             for _ in self.sites.owned():  # every owned site loaded (and logged) at once
                 pass
-            for part in self.active_partitions():
+            for part, tp in self.telemetry_tps().items():
                 if part in self.sites.caught_up:
                     continue
-                tp = next(tp for tp in self.app.assignor.assigned_actives()
-                          if tp.topic == topics.TELEMETRY and tp.partition == part)  # fmt: skip
                 if part not in self.sites.catch_up_to:
                     ends = await self.app.consumer.highwaters(tp)
                     self.sites.catch_up_to[part] = int(ends.get(tp) or 0)
@@ -265,10 +267,6 @@ class GroupService:
         """Run ``body``, a task of the worker (``run_guarded``)."""
         await run_guarded(self, what, body)
 
-    def services_failure(self) -> BaseException | None:
-        return self.failure or next(
-            (s.failure for s in self.sites.services.values() if s.failure is not None), None
-        )
 
 
 class _Record:
@@ -337,7 +335,7 @@ def build_app(
     telemetry = app.topic(topics.TELEMETRY, value_type=bytes, key_type=bytes)
     commands = app.topic(topics.COMMANDS, value_type=bytes, key_type=bytes)
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)
-    app_sites = group.app_sites()
+    app_sites = group.app_sites
 
     def site_of_row(key: bytes) -> str:  # counters keys: "app:k"
         return app_sites.get(key.decode("utf-8", "replace").rpartition(":")[0], "")

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ecovisor.contract import topics
@@ -28,6 +29,7 @@ from streams.ledger_worker import Out
 
 _SITE_FIELD = re.compile(rb'"site"\s*:\s*"([^"\\]{1,128})"')
 _APP_FIELD = re.compile(rb'"app"\s*:\s*"([^"\\]{1,128})"')
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,10 @@ class SiteGroup:
         if name is None:
             if len(sites) > 1:
                 raise ConfigError("several sites: name the group (--group NAME)")
-            name = cfgs[0].site.id
+            name = cfgs[0].site.id  # as before groups
+        elif not _GROUP_NAME.match(name):  # it names Kafka topics and a consumer group
+            raise ConfigError(f"group name {name!r}: use [A-Za-z0-9][A-Za-z0-9._-]*, "
+                              "at most 100 characters")  # fmt: skip
         n = partitions if partitions is not None else 1
         if not 1 <= n <= 1024:
             raise ConfigError(f"partitions must be in 1..1024, got {n}")
@@ -75,7 +80,9 @@ class SiteGroup:
     def partition(self, site: str) -> int:
         return topics.site_partition(site, self.partitions)
 
+    @cached_property
     def app_sites(self) -> dict[str, str]:
+        """App id -> its site id (unique across the group: ``of`` checks)."""
         return {a.id: s for s, c in self.sites.items() for a in c.apps}
 
 
@@ -94,7 +101,7 @@ class LedgerGroup:
         self.active = active
         self.make = make
         self.services: dict[str, Any] = {}
-        self.app_site = group.app_sites()
+        self.app_site = group.app_sites
         self.by_partition: dict[int, list[str]] = {}
         for s in group.sites:
             self.by_partition.setdefault(group.partition(s), []).append(s)
@@ -162,7 +169,7 @@ class LedgerGroup:
             svc = self.service(site, delivered_on=partition)
             if svc is None:
                 continue
-            done = (svc.ledger or svc.loaded()).offsets.get(partition)
+            done = svc.loaded().offsets.get(partition)
             nxt = 0 if done is None else done + 1
             start = nxt if start is None else min(start, nxt)
         return 0 if start is None else start

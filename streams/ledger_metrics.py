@@ -1,7 +1,7 @@
 """The ledger's Prometheus metrics (``GET /metrics`` on its Faust web server), named and
 labelled like Kepler's (``*_joules_total`` counters by container, source and app).
 
-* ``LedgerCollector``: a custom collector that reads the site's ``SiteLedger`` at scrape
+* ``LedgerCollector``: a custom collector that reads the sites' ``SiteLedger``s at scrape
   time. Energy and carbon counters are the ledger's cumulative totals themselves (the
   integer mJ / µg of ``AppState.cumulative`` and ``SiteState.cumulative``, converted to
   J / g once, here), so they are exact, nothing grows per tick, and they survive a
@@ -88,19 +88,26 @@ def g(ug: int) -> float:
 
 
 class LedgerCollector(Collector):
-    """Reads ``ledger()`` (the site's ledger, None while it loads) at each scrape."""
+    """Reads ``ledgers()`` (the sites' ledgers this worker holds now) at each scrape; the
+    families of several sites are merged by name (the text format allows one HELP/TYPE
+    per metric), each sample carrying its ``site`` label."""
 
-    def __init__(self, ledger: Callable[[], SiteLedger | None]) -> None:
-        self.ledger = ledger
+    def __init__(self, ledgers: Callable[[], Iterable[SiteLedger]]) -> None:
+        self.ledgers = ledgers
 
     def describe(self) -> Iterable[Metric]:
         return []  # families vary with the state: collected only at scrape time
 
     def collect(self) -> Iterator[Metric]:
-        led = self.ledger()
-        if led is None:
-            return
-        yield from ledger_families(led)
+        merged: dict[str, Metric] = {}
+        for led in self.ledgers():
+            for fam in ledger_families(led):
+                have = merged.get(fam.name)
+                if have is None:
+                    merged[fam.name] = fam
+                else:
+                    have.samples.extend(fam.samples)
+        yield from merged.values()
 
 
 def _sources(fam: CounterMetricFamily, labels: list[str], line: AccountLine) -> None:
@@ -362,47 +369,24 @@ class LedgerHealth:
 def ledger_registry(ledger: Callable[[], SiteLedger | None], site: str,
                     grace_s: float) -> tuple[CollectorRegistry, LedgerHealth]:  # fmt: skip
     """A registry with the state collector and the health metrics of one site."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(LedgerCollector(ledger))
-    return reg, LedgerHealth(site, reg, grace_s)
+    reg, health = sites_registry(lambda: [led for led in (ledger(),) if led is not None],
+                                 {site: grace_s})  # fmt: skip
+    return reg, health[site]
 
 
 def sites_registry(
     ledgers: Callable[[], Iterable[SiteLedger]], sites: dict[str, float]
 ) -> tuple[CollectorRegistry, dict[str, LedgerHealth]]:
-    """A registry for a worker of several sites (``sites``: site -> grace_s): the state
-    of every site it owns now (one family per metric, a ``site`` label per sample) and
-    each site's health metrics."""
+    """A registry for a worker of one or several sites (``sites``: site -> grace_s): the
+    state of every site it holds now and each site's health metrics."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(SitesCollector(ledgers))
+    reg.register(LedgerCollector(ledgers))
     health: dict[str, LedgerHealth] = {}
     first: LedgerHealth | None = None
     for site, grace in sites.items():
         health[site] = LedgerHealth(site, reg, grace, shared=first)
         first = first or health[site]
     return reg, health
-
-
-class SitesCollector(Collector):
-    """``LedgerCollector`` over several ledgers: their families merged by name (the text
-    format allows one HELP/TYPE per metric)."""
-
-    def __init__(self, ledgers: Callable[[], Iterable[SiteLedger]]) -> None:
-        self.ledgers = ledgers
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        merged: dict[str, Metric] = {}
-        for led in self.ledgers():
-            for fam in ledger_families(led):
-                have = merged.get(fam.name)
-                if have is None:
-                    merged[fam.name] = fam
-                else:
-                    have.samples.extend(fam.samples)
-        yield from merged.values()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

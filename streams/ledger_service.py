@@ -63,7 +63,7 @@ class LedgerService:
         self.counters = counters  # Faust table: "app:k" -> counter row (JSON)
         self.clock_mode = clock
         self.ledger: SiteLedger | None = None
-        self.failure: BaseException | None = None  # what stopped the worker, if anything
+        self.failure: BaseException | None = None  # set by ``run_guarded`` if it owns a task
         self.rows: list[CounterRow] = []  # counter rows not yet persisted
         self.last_persist = 0.0
         self.in_flight: list[Any] = []  # send futures not yet confirmed
@@ -241,7 +241,7 @@ class LedgerService:
         """Real-time mode: close the ticks the wall clock has passed. Only the wall clock:
         a sample ahead of it (within ``clock_skew_s``) waits in its tick, it does not
         close the ticks before it early."""
-        led = self.ledger or self.loaded()
+        led = self.loaded()
         await self.close_ticks(led, wall_us)
 
     async def command(self, raw: bytes) -> None:
@@ -254,7 +254,7 @@ class LedgerService:
         by reliability/chaos.py; docs/ledger.md, Guarantees)."""
         if self.clock_mode == "event":
             await self.caught_up.wait()
-        led = self.ledger or self.loaded()
+        led = self.loaded()
         async with self.lock:
             outs = self.one_message(topics.COMMANDS, raw, led.command, raw, self.driving_now(led))
             await self.send(outs)
@@ -263,7 +263,7 @@ class LedgerService:
     async def ack(self, raw: bytes) -> None:
         """One actuator acknowledgement: decided and its outputs sent (snapshotted with
         the next tick or command)."""
-        led = self.ledger or self.loaded()
+        led = self.loaded()
         async with self.lock:
             await self.send(self.one_message(topics.ACTUATOR_ACKS, raw, led.ack, raw))
 
@@ -285,10 +285,6 @@ class LedgerService:
             log.exception("%s message failed", origin)
             dl = dead_letter(origin, f"internal error on this message: {e!r}", raw)
             return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
-
-    async def guarded(self, what: str, body: Any) -> None:
-        """Run ``body``, a task of the worker (``run_guarded``)."""
-        await run_guarded(self, what, body)
 
 
 async def run_guarded(owner: Any, what: str, body: Any) -> None:

@@ -41,7 +41,9 @@ def test_a_group_needs_unique_sites_and_apps_and_a_name() -> None:
     with pytest.raises(ConfigError, match="partitions"):
         SiteGroup.of([site("s1", ("a",))], None, 0)
     g = SiteGroup.of([site("s1", ("a",)), site("s2", ("b",))], "g", 8)
-    assert g.app_sites() == {"a": "s1", "b": "s2"}
+    assert g.app_sites == {"a": "s1", "b": "s2"}
+    with pytest.raises(ConfigError, match="group name"):
+        SiteGroup.of([site("s1", ("a",))], "my sites", 4)
     assert g.partition("s2") == site_partition("s2", 8)
 
 

@@ -31,7 +31,7 @@ from ecovisor.contract.schemas import (
 )
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.tick_clock import to_us
-from streams.ledger_service import LedgerService
+from streams.ledger_service import LedgerService, run_guarded
 from streams.ledger_worker import SEEN_COMMANDS_PER_APP, SiteLedger
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
@@ -371,7 +371,7 @@ def test_an_unhandled_error_is_recorded_and_stops_the_worker() -> None:
     async def broken() -> None:
         raise RuntimeError("boom")
 
-    w.run(w.svc.guarded("telemetry", broken()))
+    w.run(run_guarded(w.svc, "telemetry", broken()))
     assert isinstance(w.svc.failure, RuntimeError)
     assert w.app.crashed is w.svc.failure
 
