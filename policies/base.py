@@ -77,7 +77,7 @@ class Observation:
     battery_empty: bool = False
     latency_ms: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    # the site's newest published forecasts (policies run with needs_forecasts=True):
+    # the site's newest published forecasts (policies with needs_forecasts):
     # (time, gCO2eq/kWh) and (time, W of the whole array) points, in time order; empty
     # when the source publishes none (docs/api.md#forecasts)
     carbon_forecast: Points = ()
@@ -173,11 +173,23 @@ Action = (
 
 
 class Policy(Protocol):
+    """A pure policy. It may also declare what it reads besides the tick, as attributes
+    (absent = False): ``needs_metrics`` (the app's metrics from the API each tick) and
+    ``needs_forecasts`` (the site's forecasts each tick); ``reads(policy)`` owns the
+    rule for the live runner and the replay engines alike."""
+
     name: str
 
     def setup(self, app: AppView) -> list[Action]: ...
 
     def decide(self, obs: Observation) -> list[Action]: ...
+
+
+def reads(policy: Any) -> tuple[bool, bool]:
+    """(needs_metrics, needs_forecasts) of a policy: what its runner fetches each tick
+    (two HTTP reads a tick when both, so only the policies that use them)."""
+    return (bool(getattr(policy, "needs_metrics", False)),
+            bool(getattr(policy, "needs_forecasts", False)))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -528,8 +540,6 @@ def main(
     build: Callable[[argparse.Namespace], Policy],
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
-    needs_metrics: bool = False,
-    needs_forecasts: bool | Callable[[argparse.Namespace], bool] = False,
 ) -> None:
     """``python -m policies.<name> --app X ...``: connect, set up, run until SIGTERM."""
     from ecovisor.client import EcovisorClient, EcovisorError
@@ -543,7 +553,6 @@ def main(
         level=a.log_level.upper(), format=f"%(asctime)s {name}[{a.app}] %(message)s"
     )
     url, token = connect(a)
-    wants_forecasts = needs_forecasts(a) if callable(needs_forecasts) else needs_forecasts
     try:
         policy = build(a)
     except ValueError as e:
@@ -555,12 +564,13 @@ def main(
         raise SystemExit(_err(f"API refused: {e}")) from None
     except Exception as e:  # noqa: BLE001 - connection errors: one clear line
         raise SystemExit(_err(f"API not reachable at {url}: {e}")) from None
+    metrics, forecasts = reads(policy)
     runner = PolicyRunner(
         policy,
         client,
         view,
-        api_metrics(client) if needs_metrics else None,
-        api_forecasts(client) if wants_forecasts else None,
+        api_metrics(client) if metrics else None,
+        api_forecasts(client) if forecasts else None,
     )
 
     @client.on_tick

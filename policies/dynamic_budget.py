@@ -31,6 +31,7 @@ from policies.base import (
 
 class DynamicBudget:
     name = "dynamic_budget"
+    needs_metrics = True  # the app's metrics each tick (Policy)
 
     def __init__(
         self,
@@ -136,4 +137,4 @@ def build(a: argparse.Namespace) -> DynamicBudget:
 
 
 if __name__ == "__main__":
-    main("dynamic_budget", build, add_args, needs_metrics=True)
+    main("dynamic_budget", build, add_args)

@@ -122,6 +122,7 @@ class History:
 
 class RightSizing:
     name = "right_sizing"
+    needs_metrics = True  # the app's metrics each tick (Policy)
 
     def __init__(
         self,
@@ -301,4 +302,4 @@ def build(a: argparse.Namespace) -> RightSizing:
 
 
 if __name__ == "__main__":
-    main("right_sizing", build, add_args, needs_metrics=True)
+    main("right_sizing", build, add_args)

@@ -19,6 +19,7 @@ from policies.base import Action, AppView, Observation, ScaleApp, main
 
 class StragglerReplicas:
     name = "straggler_replicas"
+    needs_metrics = True  # the app's metrics each tick (Policy)
 
     def __init__(self, template: str, replica_w: float = 2.0, max_replicas: int = 4) -> None:
         if replica_w <= 0 or max_replicas < 0:
@@ -61,4 +62,4 @@ def build(a: argparse.Namespace) -> StragglerReplicas:
 
 
 if __name__ == "__main__":
-    main("straggler_replicas", build, add_args, needs_metrics=True)
+    main("straggler_replicas", build, add_args)

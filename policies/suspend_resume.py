@@ -60,6 +60,7 @@ class SuspendResume:
         # with a forecast: suspend only when some point of the next ``forecast_s`` is
         # cleaner than now (waiting for nothing cleaner only delays the job)
         self.forecast_s = forecast_s
+        self.needs_forecasts = forecast_s > 0  # (Policy)
         self.app = AppView(app="", containers=())
         self.last_threshold: float | None = None
 
@@ -116,4 +117,4 @@ def build(a: argparse.Namespace) -> SuspendResume:
 
 
 if __name__ == "__main__":
-    main("suspend_resume", build, add_args, needs_forecasts=lambda a: a.forecast_h > 0)
+    main("suspend_resume", build, add_args)

@@ -78,7 +78,14 @@ from ecovisor.contract.schemas import (
 from ecovisor.core.parallel_job import ParallelJob
 from ecovisor.core.spark_job import SparkJob
 from ecovisor.core.workloads import Blast, MLTraining, WebService
-from policies.base import SUBSCRIBED_EVENTS, AppView, PolicyRunner, api_forecasts, api_metrics
+from policies.base import (
+    SUBSCRIBED_EVENTS,
+    AppView,
+    PolicyRunner,
+    api_forecasts,
+    api_metrics,
+    reads,
+)
 from replay.baselines import ScheduledSuspend, lowest_carbon_ticks, right_sizing_offline
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
@@ -284,6 +291,8 @@ class TickTelemetry:
         # the carbon forecast published with each tick: the trace's next ``forecast_h``
         # hours, one point an hour (or a tick, if longer), each at its tick's start
         self.carbon = carbon
+        self.fc_at: list[datetime] | None = None
+        self.fc_v: list[float] = []
         dt_s = cfg.site.shape.tick_s
         self.fc_step = max(1, round(3600 / dt_s))
         self.fc_ticks = int(forecast_h * 3600 // dt_s) if carbon is not None else 0
@@ -312,9 +321,13 @@ class TickTelemetry:
         fc: list[tuple[datetime, float]] = []
         if self.fc_ticks and self.carbon is not None:
             last = min(len(self.carbon) - 1, i + self.fc_ticks)
-            fc = [(datetime.fromtimestamp((start_us + j * dt_us) / US, UTC),
-                   float(self.carbon[i + j]))
-                  for j in range(self.fc_step, last - i + 1, self.fc_step)]  # fmt: skip
+            if self.fc_at is None:  # every tick's start and intensity, made once a run
+                t0 = start_us - i * dt_us
+                self.fc_at = [datetime.fromtimestamp((t0 + j * dt_us) / US, UTC)
+                              for j in range(len(self.carbon))]  # fmt: skip
+                self.fc_v = [float(x) for x in self.carbon]
+            at, v = self.fc_at, self.fc_v
+            fc = [(at[j], v[j]) for j in range(i + self.fc_step, last + 1, self.fc_step)]
         out: list[tuple[Any, int]] = [
             (CarbonTelemetry(site=site, time=t_start, source="trace-carbon", seq=i,
                              intensity_g_per_kwh=intensity, forecast=fc), start_us)
@@ -572,8 +585,10 @@ def policy_runner(
     policy = build_policy(spec)
     if spec.offline:
         policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
-    metrics = api_metrics(client) if reporting(workload) is not None else None
-    forecasts = api_forecasts(client) if exp.traces.carbon.forecast_h else None
+    # the reads the live runner makes (policies.base.reads), where the replay has them
+    needs_metrics, needs_forecasts = reads(policy)
+    metrics = api_metrics(client) if needs_metrics and reporting(workload) else None
+    forecasts = api_forecasts(client) if needs_forecasts and exp.traces.carbon.forecast_h else None
     return PolicyRunner(policy, client, view, metrics, forecasts)
 
 

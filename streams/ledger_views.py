@@ -55,8 +55,8 @@ def state_view(led: SiteLedger, app: str) -> dict[str, Any] | None:
             },
         },
         "app_metrics": led.metrics.get(app, {}),
-        "carbon_forecast": led.carbon_forecast,
-        "solar_forecast": led.solar_forecast,
+        "carbon_forecast": led.forecast_view("carbon"),
+        "solar_forecast": led.forecast_view("solar"),
         "cumulative": {
             "energy_j": mj_to_j(st.cumulative.total.energy_mj),
             "carbon_g": ug_to_g(st.cumulative.total.carbon_ug),

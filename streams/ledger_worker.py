@@ -144,9 +144,9 @@ class SiteLedger:
     counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     # the newest carbon and solar forecasts their sources published (CarbonTelemetry /
     # SolarTelemetry.forecast): the site's, the same for every app; served by the state
-    # view, not persisted (the collector re-publishes it with every sample)
-    carbon_forecast: dict[str, Any] | None = None
-    solar_forecast: dict[str, Any] | None = None
+    # view, not persisted (the collector re-publishes it with every sample). Kept as the
+    # message's (published µs, message): formatted only when a view asks (forecast_view)
+    forecasts: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # derived from the configuration, looked up per container per tick: precomputed
@@ -308,18 +308,25 @@ class SiteLedger:
 
     def _keep_forecast(self, t: Any, t_us: int) -> None:
         """Keep the newest carbon or solar forecast by publication time (a late sample's
-        older forecast does not replace a newer one). Times in UTC."""
-        attr = f"{t.kind}_forecast"
-        kept = getattr(self, attr)
-        if kept is not None and kept["published_us"] > t_us:
-            return
-        setattr(self, attr, {
+        older forecast does not replace a newer one)."""
+        kept = self.forecasts.get(t.kind)
+        if kept is None or kept[0] <= t_us:
+            self.forecasts[t.kind] = (t_us, t)
+
+    def forecast_view(self, kind: str) -> dict[str, Any] | None:
+        """The kept ``kind`` (carbon, solar) forecast as the state view serves it: times in
+        UTC, points in time order; None before any."""
+        kept = self.forecasts.get(kind)
+        if kept is None:
+            return None
+        t_us, t = kept
+        return {
             "published_us": t_us,
             "published_at": utc_from_us(t_us).isoformat(),
             "source": t.source,
             "signal": getattr(t, "signal", None),  # carbon: average or marginal
             "points": [[at.astimezone(UTC).isoformat(), v] for at, v in sorted(t.forecast)],
-        })  # fmt: skip
+        }
 
     def clock_message(self, cm: Any, event_mode: bool) -> str | None:
         """Accept a clock message (it moves ``event_now()``) or say why not. Only in event

@@ -5,7 +5,7 @@ tick's ``TickData.grid_carbon_g_per_kwh``, and each kept ledger entry's
 provider-shaped answer has a provider-sized number of points.
 
 Forecasts: the carbon collector publishes ``CarbonTelemetry.forecast`` where its source
-has one; the ledger keeps the newest one (``SiteLedger.carbon_forecast``) in every app's
+has one; the ledger keeps the newest one (``SiteLedger.forecast_view``) in every app's
 state view (``carbon_forecast``), and ``forecast`` reads it from there. Without one, the
 forecast routes answer their provider's empty shape.
 """

@@ -1,5 +1,5 @@
 """The carbon source's published forecast (``CarbonTelemetry.forecast``) through the
-ledger (``SiteLedger.carbon_forecast`` in every app's state view) to the API
+ledger (``SiteLedger.forecast_view`` in every app's state view) to the API
 (``GET /v1/apps/{app}/carbon_forecast``, the client's ``get_carbon_forecast``) and the
 emulated providers' forecast routes (docs/emulation.md). In-memory API doubles."""
 
