@@ -48,6 +48,7 @@ from ecovisor.contract.config import (
 )
 from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
 from streams.ledger_group import SiteGroup
+from streams.ledger_service import FULL_COLLECTIONS
 
 DIRECTORY_PARTITIONS = 16
 HARD_STOP_S = 20.0  # after an unhandled error, exit 1 if Faust has not stopped by then
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     web_port=a.web_port, web_bind=a.web_bind, web_host=web_host)  # fmt: skip
     app.hard_stop_s = HARD_STOP_S  # an error's stop must end the process (run_guarded)
     worker = faust.Worker(app, loglevel=a.loglevel, quiet=True, redirect_stdouts=False)
+    FULL_COLLECTIONS.take_over()  # full collections after a tick's outputs (gc_schedule)
     code: object = 0
     try:
         worker.execute_from_commandline()

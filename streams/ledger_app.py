@@ -36,7 +36,7 @@ from ecovisor.contract.config import EcovisorConfig, internal_key
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_group import LedgerGroup, SiteGroup
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
-from streams.ledger_service import ClockMode, LedgerService, run_guarded
+from streams.ledger_service import FULL_COLLECTIONS, ClockMode, LedgerService, run_guarded
 from streams.ledger_views import Target, add_pages
 
 log = logging.getLogger("ecovisor.ledger")
@@ -394,6 +394,7 @@ def build_app(
             await svc.unstall()
         except Exception as e:  # noqa: BLE001 - a missed check is retried, not fatal
             log.warning("telemetry watchdog: %s", e)
+        FULL_COLLECTIONS.maybe_collect()  # also when no tick closes (gc_schedule)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
