@@ -27,9 +27,9 @@ from ecovisor.core.entries import (
     SiteAlert,
     SiteAlertKind,
 )
+from ecovisor.core.settings import max_discharge_setting_w
 from ecovisor.core.shares import AppShare
 from ecovisor.core.state import AppState
-from ecovisor.core.tick import max_discharge_setting_w
 from ecovisor.core.units import mj_to_power, ug_to_g
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from ecovisor.core.entries import LedgerError
+from ecovisor.core.shares import AppShare
 from ecovisor.core.state import (
     MAX_PENDING,
     AppSettings,
@@ -95,3 +96,15 @@ def settings_in_force(state: AppState, k: int) -> tuple[AppSettings, tuple[Pendi
             keep.append(p)
     return settings, tuple(keep)
 
+
+def max_discharge_setting_w(share: AppShare, settings: AppSettings) -> float:
+    """The max-discharge setting an app sees (tick data, metrics): its own, else the
+    share's limit (unclipped; ``discharge_in_force`` is what the tick applies)."""
+    return share.discharge_limit_w if settings.max_discharge_w is None else settings.max_discharge_w
+
+
+def discharge_in_force(share: AppShare, settings: AppSettings) -> float:
+    """Max discharge in force with Rc = 0: Rd clipped to the share's limit."""
+    if settings.max_discharge_w is None:
+        return share.discharge_limit_w
+    return min(share.discharge_limit_w, settings.max_discharge_w)

@@ -26,7 +26,6 @@ from ecovisor.core.carbon_limits import bound_site_histories
 from ecovisor.core.entries import (
     AppLedgerEntry,
     BatteryReading,
-    ControllerSetpoints,
     DriftCheck,
     EffectiveLimits,
     LedgerError,
@@ -37,11 +36,11 @@ from ecovisor.core.entries import (
     entry_violations,
 )
 from ecovisor.core.events import derive_events
-from ecovisor.core.settings import settings_in_force
+from ecovisor.core.settings import discharge_in_force, settings_in_force
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.site_totals import controller_setpoints, site_totals
 from ecovisor.core.solar_share import UNALLOCATED, distribute_offers, split_solar
 from ecovisor.core.state import (
-    ZERO_FLOWS,
     AccountLine,
     AppCumulative,
     AppFlows,
@@ -52,14 +51,12 @@ from ecovisor.core.state import (
     PlatformCumulative,
     SiteState,
     SiteTickInput,
-    SiteTotals,
     unchecked,
 )
 from ecovisor.core.units import (
     MJ_PER_WH,
     carbon_ug,
     mj_to_j,
-    mj_to_power,
     power_to_mj,
     wh_to_mj,
 )
@@ -70,7 +67,6 @@ from ecovisor.core.virtual_battery import (
     deliverable,
     draw_for,
     initial_stored_mj,
-    max_input_for_room,
     stored_gain,
 )
 
@@ -163,19 +159,6 @@ class _Work:
     grid_cut: int = 0
 
 
-def max_discharge_setting_w(share: AppShare, settings: AppSettings) -> float:
-    """The max-discharge setting an app sees (tick data, metrics): its own, else the
-    share's limit (unclipped; ``_discharge_w`` is what the tick applies)."""
-    return share.discharge_limit_w if settings.max_discharge_w is None else settings.max_discharge_w
-
-
-def _discharge_w(share: AppShare, settings: AppSettings) -> float:
-    """Max discharge in force with Rc = 0: Rd clipped to the share's limit."""
-    if settings.max_discharge_w is None:
-        return share.discharge_limit_w
-    return min(share.discharge_limit_w, settings.max_discharge_w)
-
-
 def _check_k(next_k: int | None, k: int, who: str) -> None:
     if next_k is not None and k < next_k:
         raise LedgerError(f"{who}: tick {k} is already accounted (next tick is {next_k})")
@@ -208,7 +191,7 @@ def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
     else:
         above = max(0, before - limits.reserve_mj)
         can_give = deliverable(above, limits.discharge_efficiency)
-        rd = power_to_mj(_discharge_w(share, settings), dt)
+        rd = power_to_mj(discharge_in_force(share, settings), dt)
         w.b2l = min(deficit, rd, can_give)
         if can_give < min(deficit, rd):
             # the reserve binds: empty the battery to it. With η_d < 1 the least draw for
@@ -228,7 +211,7 @@ def _effective_limits(w: _Work) -> EffectiveLimits:
     if st.charge_rate_w > 0:
         rc, rd = min(st.charge_rate_w, share.charge_limit_w), 0.0
     else:
-        rc, rd = 0.0, _discharge_w(share, st)
+        rc, rd = 0.0, discharge_in_force(share, st)
     return unchecked(EffectiveLimits, {"charge_limit_w": share.charge_limit_w,
                                        "charge_rate_w": rc, "discharge_w": rd,
                                        "grid_w": share.grid_w})
@@ -486,9 +469,9 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
         cumulative=platform_cum,
     )
 
-    totals = _site_totals(entries, inp, unallocated, unalloc_curtailed, unalloc_exported,
+    totals = site_totals(entries, inp, unallocated, unalloc_curtailed, unalloc_exported,
                           unalloc_offered, platform)
-    controller = _controller(shares, shape, new_apps, entries, inp.k)
+    controller = controller_setpoints(shares, shape, new_apps, entries, inp.k)
 
     alerts: list[SiteAlert] = []
     if totals.grid_cut_mj + platform_unserved:
@@ -528,98 +511,3 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
         "drift_alerting": alerting,
     })
     return new_state, result
-
-
-def _site_totals(entries: Mapping[str, AppLedgerEntry], inp: SiteTickInput, unallocated: int,
-                 unalloc_curtailed: int, unalloc_exported: int, unalloc_offered: int,
-                 platform: PlatformEntry) -> SiteTotals:
-    f = ZERO_FLOWS
-    demand = grid_cut = carbon = 0
-    for e in entries.values():
-        f = f + e.flows
-        demand += e.demand_mj
-        grid_cut += e.grid_cut_mj
-        carbon += e.total.carbon_ug
-    # sums of the entries' checked, non-negative flows: built unchecked
-    return unchecked(SiteTotals, {
-        "solar_mj": inp.site_solar_mj,
-        "solar_unallocated_mj": unallocated,
-        "solar_to_load_mj": f.solar_to_load,
-        "solar_to_battery_mj": f.solar_to_battery + f.solar_offered_in,
-        "solar_offered_mj": f.solar_excess_offered + unalloc_offered,
-        "solar_curtailed_mj": f.solar_excess_curtailed + unalloc_curtailed,
-        "solar_exported_mj": f.solar_exported + unalloc_exported,
-        "battery_to_load_mj": f.battery_to_load,
-        "battery_loss_mj": f.battery_loss,
-        "grid_to_load_mj": f.grid_to_load,
-        "grid_to_battery_mj": f.grid_to_battery,
-        "grid_cut_mj": grid_cut,
-        "platform_mj": platform.energy_mj,
-        "platform_solar_mj": platform.solar_mj,
-        "platform_grid_mj": platform.grid_mj,
-        "platform_unserved_mj": platform.unserved_mj,
-        "unserved_mj": f.unserved + platform.unserved_mj,
-        "demand_mj": demand,
-        "load_mj": demand + platform.energy_mj,
-        "grid_mj": f.grid_to_load + f.grid_to_battery + platform.grid_mj,
-        "carbon_ug": carbon + platform.carbon_ug,
-    })
-
-
-def _controller(shares: Mapping[str, AppShare], shape: SiteShape,
-                new_apps: Mapping[str, AppState], entries: Mapping[str, AppLedgerEntry],
-                k: int) -> ControllerSetpoints:
-    dt = shape.tick_s
-    grid_charge = max_discharge = 0.0
-    net_mj = grid_actual_mj = 0
-    for a, st in new_apps.items():
-        share = shares[a]
-        e = entries[a]
-        b = e.battery
-        # setpoints are for tick k+1: use the settings in force then, i.e. including the
-        # changes accepted during tick k that are still queued
-        nxt, _ = settings_in_force(st, k + 1)
-        if nxt.charge_rate_w > 0:
-            room = max_input_for_room(b.usable_mj - st.battery_mj, share.charge_efficiency)
-            # the grid part of Rc is bounded by the app's grid share, as in the app step
-            grid_charge += min(nxt.charge_rate_w, share.charge_limit_w, share.grid_w,
-                               mj_to_power(room, dt))
-        else:
-            avail = deliverable(st.battery_mj - b.reserve_mj, share.discharge_efficiency)
-            max_discharge += min(_discharge_w(share, nxt), mj_to_power(avail, dt))
-        f = e.flows
-        net_mj += f.solar_to_battery + f.solar_offered_in + f.grid_to_battery - f.battery_to_load
-        grid_actual_mj += f.grid_to_battery
-    return unchecked(ControllerSetpoints, {
-        "grid_charge_w": float(grid_charge), "max_discharge_w": float(max_discharge),
-        "net_battery_w": mj_to_power(net_mj, dt),
-        "grid_charge_actual_w": mj_to_power(grid_actual_mj, dt)})
-
-
-def site_violations(state_before: SiteState, result: SiteTickResult) -> list[str]:
-    """Exact site-level balances of one site tick; empty when it balances."""
-    t = result.totals
-    out = []
-    before = sum(a.battery_mj for a in state_before.apps.values())
-    after = sum(e.battery.after_mj for e in result.entries.values())
-    solar_uses = (t.solar_to_load_mj + t.solar_to_battery_mj + t.platform_solar_mj
-                  + t.solar_curtailed_mj + t.solar_exported_mj)
-    if t.solar_mj != solar_uses:
-        out.append(f"site solar {t.solar_mj} != uses {solar_uses}")
-    lhs = t.solar_mj + t.grid_mj + t.unserved_mj
-    rhs = (t.load_mj + (after - before) + t.battery_loss_mj + t.solar_curtailed_mj
-           + t.solar_exported_mj)
-    if lhs != rhs:
-        out.append(f"site energy: solar+grid+unserved {lhs} != load+Δstore+loss+curtailed+"
-                   f"exported {rhs}")
-    offered_in = sum(e.flows.solar_offered_in for e in result.entries.values())
-    if t.solar_offered_mj != offered_in:
-        out.append(f"offered {t.solar_offered_mj} != received {offered_in}")
-    if t.load_mj != sum(e.demand_mj for e in result.entries.values()) + result.platform.energy_mj:
-        out.append("site load != Σ apps + platform")
-    if (
-        t.carbon_ug
-        != sum(e.total.carbon_ug for e in result.entries.values()) + result.platform.carbon_ug
-    ):
-        out.append("site carbon != Σ apps + platform")
-    return out

@@ -13,6 +13,7 @@ a container's carbon is its largest-remainder share of the app's load carbon, wi
 
 from __future__ import annotations
 
+import functools
 import math
 
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from ecovisor.core.carbon_limits import ticks_in
 from ecovisor.core.entries import entry_violations
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.site_totals import site_violations
 from ecovisor.core.state import (
     AccountLine,
     CarbonBudget,
@@ -33,7 +35,7 @@ from ecovisor.core.state import (
     SiteState,
     SiteTickInput,
 )
-from ecovisor.core.tick import initial_site_state, site_step, site_violations
+from ecovisor.core.tick import initial_site_state, site_step
 from ecovisor.core.units import carbon_ug, power_to_mj
 from ecovisor.core.virtual_battery import battery_limits, charge_input_capacity, deliverable
 
@@ -82,23 +84,35 @@ def sites(draw):
     return shape, shares
 
 
-def changes(app_names):
-    return st.lists(
-        st.tuples(
-            st.sampled_from(app_names),
-            st.one_of(
-                st.integers(0, 40).map(lambda w: SetBatteryChargeRate(watts=float(w))),
-                (st.none() | st.integers(0, 40).map(float)).map(
-                    lambda w: SetBatteryMaxDischarge(watts=w)),
-                st.builds(lambda r, w: SetCarbonRate(container="c0", limit=CarbonRateLimit(
-                    rate_mg_per_s=r / 10, window_s=w)),
-                    st.integers(1, 50), st.sampled_from([60, 120, 120, 600])),
-                st.integers(1, 20).map(lambda g: SetCarbonBudget(
-                    budget=CarbonBudget(budget_g=g / 10, period_s=600))),
-            ),
-        ),
-        max_size=2,
-    )
+# Strategies are built once and reused: building one (and hypothesis validating it on its
+# first draw) cost more than the ticks it drew (about half of this test's time when
+# `changes` and `st.integers(0, max_demand)` were rebuilt per tick). The draws, hence
+# the cases, are the same: a strategy's draws depend on its definition, not its identity.
+CHANGE = st.one_of(
+    st.integers(0, 40).map(lambda w: SetBatteryChargeRate(watts=float(w))),
+    (st.none() | st.integers(0, 40).map(float)).map(
+        lambda w: SetBatteryMaxDischarge(watts=w)),
+    st.builds(lambda r, w: SetCarbonRate(container="c0", limit=CarbonRateLimit(
+        rate_mg_per_s=r / 10, window_s=w)),
+        st.integers(1, 50), st.sampled_from([60, 120, 120, 600])),
+    st.integers(1, 20).map(lambda g: SetCarbonBudget(
+        budget=CarbonBudget(budget_g=g / 10, period_s=600))),
+)
+INTENSITIES = st.sampled_from([0.0, 55.5, 250.0, 401.3, 900.0])
+DRIFT = st.none() | st.integers(-2_000_000, 2_000_000)  # physical drift
+K_STEP = st.sampled_from([1, 1, 1, 1, 2, 3])
+N_CONTAINERS = st.integers(0, 3)
+
+
+@functools.cache
+def changes(app_names: tuple[str, ...]):
+    return st.lists(st.tuples(st.sampled_from(app_names), CHANGE), max_size=2)
+
+
+@functools.cache
+def ints(hi: int):
+    """``st.integers(0, hi)``, one strategy object per bound."""
+    return st.integers(0, hi)
 
 
 @st.composite
@@ -111,21 +125,24 @@ def cases(draw):
     n = draw(st.integers(25, 60))
     ticks = []
     k = draw(st.integers(0, 5))
+    demand_mj, solar_mj, platform_mj = ints(max_demand), ints(max_solar), ints(
+        power_to_mj(20, dt))
+    app_changes = changes(tuple(names))
     for _ in range(n):
         demand = {
-            a: {f"c{i}": draw(st.integers(0, max_demand)) for i in range(draw(st.integers(0, 3)))}
+            a: {f"c{i}": draw(demand_mj) for i in range(draw(N_CONTAINERS))}
             for a in names
         }
         ticks.append((
             k,
-            draw(st.integers(0, max_solar)),
-            draw(st.sampled_from([0.0, 55.5, 250.0, 401.3, 900.0])),
+            draw(solar_mj),
+            draw(INTENSITIES),
             demand,
-            draw(st.integers(0, power_to_mj(20, dt))),
-            draw(st.none() | st.integers(-2_000_000, 2_000_000)),  # physical drift
-            draw(changes(names)),
+            draw(platform_mj),
+            draw(DRIFT),
+            draw(app_changes),
         ))
-        k += draw(st.sampled_from([1, 1, 1, 1, 2, 3]))
+        k += draw(K_STEP)
     split = draw(st.integers(0, n - 1))
     return shape, shares, ticks, split
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ecovisor.core.entries import LedgerError, SiteAlertKind, SiteTickResult
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.site_totals import site_violations
 from ecovisor.core.solar_share import distribute_offers, split_solar
 from ecovisor.core.state import (
     AppFlows,
@@ -26,7 +27,6 @@ from ecovisor.core.tick import (
     initial_app_state,
     initial_site_state,
     site_step,
-    site_violations,
     validate_site,
 )
 

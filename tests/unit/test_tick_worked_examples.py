@@ -16,6 +16,7 @@ import pytest
 from ecovisor.core.entries import LedgerError, entry_violations
 from ecovisor.core.settings import queue_change, queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
+from ecovisor.core.site_totals import site_violations
 from ecovisor.core.state import (
     AccountLine,
     AppState,
@@ -34,7 +35,6 @@ from ecovisor.core.tick import (
     initial_app_state,
     initial_site_state,
     site_step,
-    site_violations,
     validate_site,
 )
 from ecovisor.core.virtual_battery import battery_limits
