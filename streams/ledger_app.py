@@ -427,7 +427,7 @@ def build_app(
         lambda: [s.ledger for s in list(svc.sites.services.values()) if s.ledger is not None],
         {s: c.site.grace_s for s, c in group.sites.items()},
     )
-    # /metrics: one key for the page; several sites: the first site's (docs/metrics.md)
+    # /metrics: the group's one internal key (SiteGroup.of checks they share it)
     add_metrics_page(app, registry, keys[next(iter(group.sites))])
     app.ledger_service = svc  # streams/ledger.py reads .failure for its exit code
     return app

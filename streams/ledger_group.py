@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import Any
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, EcovisorConfig
+from ecovisor.contract.config import ConfigError, EcovisorConfig, internal_key
 from ecovisor.contract.kafka_access import ledger_app_id
 from streams.ledger_worker import Out
 
@@ -61,6 +61,16 @@ class SiteGroup:
                         "must be unique across a group (one notification topic per app)"
                     )
                 apps[a.id] = c.site.id
+        # one worker process serves the group's sites with one set of platform services
+        # (its /metrics page, the API it answers): they must share one internal key, or
+        # a holder of one site's key would read another's state and metrics
+        keys = {internal_key(c) for c in cfgs}
+        if len(keys) > 1:
+            raise ConfigError(
+                "the sites of a group must share one internal key (the same "
+                "$<site.internal_key_env> value, or none for every site): a worker serves "
+                "their views and one /metrics page"
+            )
         if name is None:
             if len(sites) > 1:
                 raise ConfigError("several sites: name the group (--group NAME)")

@@ -139,3 +139,25 @@ def test_a_message_keyed_to_another_partition_is_dead_lettered_with_the_reason()
     assert f"site {s1!r} is on partition {p}" in dl.reason and "key it by its site" in dl.reason
     unknown = DeadLetter.model_validate_json(g.misrouted(topics.COMMANDS, None, 0, b"{}").value)
     assert "no configured site or app" in unknown.reason
+
+
+def test_the_sites_of_a_group_share_one_internal_key(monkeypatch) -> None:
+    """One worker serves its sites' views and one /metrics page: a key per site would let
+    one site's key read another's (refused at start)."""
+    monkeypatch.delenv("ECOVISOR_INTERNAL_KEY", raising=False)
+
+    def keyed(sid: str, app: str, key: str | None) -> EcovisorConfig:
+        lit = f", internal_key: {key}" if key else ""
+        return parse_config(f"site: {{id: {sid}{lit}}}\napps:\n  - id: {app}\n"
+                            f"    token: tok-{app}-xxxxxxxx\n")  # fmt: skip
+
+    shared = "k" * 32
+    g = SiteGroup.of([keyed("s1", "a", shared), keyed("s2", "b", shared)], "g", 4)
+    assert set(g.sites) == {"s1", "s2"}
+    for other in ("x" * 32, None):
+        with pytest.raises(ConfigError, match="share one internal key") as e:
+            SiteGroup.of([keyed("s1", "a", shared), keyed("s2", "b", other)], "g", 4)
+        assert shared not in str(e.value)  # never the secret in an error
+    # the environment's key is every site's
+    monkeypatch.setenv("ECOVISOR_INTERNAL_KEY", "e" * 32)
+    SiteGroup.of([keyed("s1", "a", shared), keyed("s2", "b", "y" * 32)], "g", 4)
