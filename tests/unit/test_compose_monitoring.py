@@ -1,7 +1,9 @@
 """Prometheus and Grafana in docker-compose.yml, checked statically (no Docker engine
-here): Prometheus scrapes the ledger's and the API's /metrics at the compose site's ports
-from inside the ledger's network namespace (where they listen), with the embedded stack's
-job names; Grafana's provisioned data source is that Prometheus, and every query of the
+here): Prometheus finds every replica of the scalable ledger by DNS (the service name, the
+site's ledger port) and scrapes it with the internal key as bearer token, from the file the
+mqtt-setup one-shot writes; it scrapes the API at its service name, with the embedded
+stack's job names, and listens on its own loopback only; Grafana shares its network
+namespace and its provisioned data source is that Prometheus, and every query of the
 provisioned dashboard names only metrics the code exports and docs/metrics.md documents.
 tests/integration/test_metrics_scrape.py runs the dashboard's queries on a real
 victoria-metrics scraping the real ledger."""
@@ -48,34 +50,57 @@ def _base(name: str) -> str:
     return name
 
 
-def test_prometheus_scrapes_the_ledger_and_the_api_in_the_ledgers_namespace() -> None:
+def _mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """Container path -> what is mounted there (a volume or ./file)."""
+    return {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
+
+
+def test_prometheus_finds_every_ledger_replica_and_sends_the_key() -> None:
     services = _services()
     prom = services["prometheus"]
-    assert prom["network_mode"] == "service:ledger"  # both listen on its 127.0.0.1
-    # and so does Prometheus: its answers name every app's energy, so no other
-    # container (an app's own policy among them) may query it
+    # not in the ledger's namespace: the ledger scales (--scale ledger=N)
+    assert "network_mode" not in prom
+    # Prometheus listens on its own loopback: its answers name every app's energy, so no
+    # other container (an app's own policy among them) may query it
     assert "--web.listen-address=127.0.0.1:9090" in prom["command"]
     assert not any("9090" in str(p) for s in services.values() for p in s.get("ports", []))
-    assert any("deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in v
-               for v in prom["volumes"])  # fmt: skip
+    assert _mounts(prom)["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml"
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
     cfg = load_config(SITE)
     jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
     assert set(jobs) == {LEDGER_SCRAPE_JOB, API_SCRAPE_JOB}
-    targets = {n: j["static_configs"][0]["targets"] for n, j in jobs.items()}
-    assert targets[LEDGER_SCRAPE_JOB] == [f"127.0.0.1:{cfg.stack.ledger_web_port}"]
-    assert targets[API_SCRAPE_JOB] == [f"127.0.0.1:{cfg.stack.api_port}"]
-    # no internal key in the compose site: an unauthenticated scrape is what the ledger
-    # accepts (with one, the job would need its bearer_token_file)
-    assert cfg.site.internal_key is None
-    assert "bearer_token_file" not in jobs[LEDGER_SCRAPE_JOB]
+    # every ledger replica: Docker's DNS answers the service name with one A record each
+    ledger = jobs[LEDGER_SCRAPE_JOB]
+    assert "static_configs" not in ledger
+    (sd,) = ledger["dns_sd_configs"]
+    assert sd["names"] == ["ledger"] and "ledger" in services
+    assert sd["type"] == "A" and sd["port"] == cfg.stack.ledger_web_port
+    # the ledger's /metrics answer 401 without the internal key: a bearer token from the
+    # file mqtt-setup writes (deploy/mqtt-setup.sh) into a volume mounted read-only here
+    auth = ledger["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and "credentials" not in auth
+    token = Path(auth["credentials_file"])
+    volume = _mounts(prom)[str(token.parent)]
+    assert f"{volume}:{token.parent}:ro" in prom["volumes"]
+    setup = services["mqtt-setup"]
+    cmd = setup["command"]
+    assert _mounts(setup)[cmd[3]] == volume  # mqtt-setup's PROMETHEUS_DIR argument
+    script = (ROOT / "deploy" / "mqtt-setup.sh").read_text()
+    assert f'"$prometheus_dir/{token.name}"' in script
+    assert "printf '%s\\n' \"$ECOVISOR_INTERNAL_KEY\"" in script
+    assert prom["depends_on"]["mqtt-setup"]["condition"] == "service_completed_successfully"
+    assert "bearer_token_file" not in jobs[API_SCRAPE_JOB]  # the API's /metrics are open
+    assert jobs[API_SCRAPE_JOB]["static_configs"][0]["targets"] == [f"api:{cfg.stack.api_port}"]
+    # nothing else scrapes or reads the token
+    holders = [n for n, s in services.items() if volume in _mounts(s).values()]
+    assert sorted(holders) == ["mqtt-setup", "prometheus"]
 
 
 def test_grafana_reads_that_prometheus_and_provisions_the_dashboard() -> None:
     services = _services()
     graf = services["grafana"]
     assert graf["image"].startswith("grafana/grafana:")
-    assert graf["network_mode"] == "service:ledger"  # reaches Prometheus on the loopback
+    assert graf["network_mode"] == "service:prometheus"  # reaches Prometheus on the loopback
     assert graf["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     mounts = " ".join(graf["volumes"])
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning" in mounts
@@ -84,7 +109,7 @@ def test_grafana_reads_that_prometheus_and_provisions_the_dashboard() -> None:
     (source,) = ds["datasources"]
     assert source["url"] == "http://127.0.0.1:9090" and source["type"] == "prometheus"
     # Grafana's port is published by the namespace it runs in, on the host's loopback
-    assert "127.0.0.1:3000:3000" in services["ledger"]["ports"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:3000:3000"]
     prov = yaml.safe_load((GRAFANA / "provisioning/dashboards/ecovisor.yaml").read_text())
     assert prov["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     dash = json.loads(DASHBOARD.read_text())
