@@ -33,7 +33,6 @@ import contextlib
 import importlib
 import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,7 +85,7 @@ from policies.base import (
     api_metrics,
     reads,
 )
-from replay.baselines import ScheduledSuspend, lowest_carbon_ticks, right_sizing_offline
+from replay.offline import offline_policy
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
 
@@ -584,39 +583,9 @@ def policy_runner(
     spec = app.policies[label]
     policy = build_policy(spec)
     if spec.offline:
-        policy = _offline(spec, policy, view, app, workload, carbon, arrival_i)
+        policy = offline_policy(exp, spec, policy, view, app, workload, carbon, arrival_i)
     # the reads the live runner makes (policies.base.reads), where the replay has them
     needs_metrics, needs_forecasts = reads(policy)
     metrics = api_metrics(client) if needs_metrics and reporting(workload) else None
     forecasts = api_forecasts(client) if needs_forecasts and exp.traces.carbon.forecast_h else None
     return PolicyRunner(policy, client, view, metrics, forecasts)
-
-
-def _offline(
-    spec: PolicySpec,
-    policy: Any,
-    view: AppView,
-    app: AppSpec,
-    workload: Workload,
-    carbon: np.ndarray,
-    arrival_i: int,
-) -> Any:
-    """The offline baseline of ``spec`` (replay/baselines.py): the whole run's offered
-    load (0 before the arrival) and intensity, known in advance."""
-    w = app.workload
-    if spec.policy == "suspend_resume" and isinstance(workload, MLTraining | Blast):
-        # base-allocation ticks the work needs (a job ends inside its last tick)
-        need = math.ceil(workload.work_s / (view.tick_s or 1.0) - 1e-9)
-        return ScheduledSuspend(lowest_carbon_ticks(np.asarray(carbon, float), arrival_i, need))
-    if spec.policy != "right_sizing" or not isinstance(w, WebSpec):
-        raise ValueError(
-            "offline: right_sizing on a web app, or suspend_resume on ML training or "
-            f"BLAST (not {spec.policy} on {w.type})"
-        )
-    assert isinstance(workload, WebService)
-    n = len(carbon)
-    loads = np.zeros(n)
-    r = np.asarray(workload.rates, dtype=float)[: max(0, n - arrival_i)]
-    loads[arrival_i : arrival_i + len(r)] = r
-    return right_sizing_offline(policy, view, loads, np.asarray(carbon, float), w.replicas)
-

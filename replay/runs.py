@@ -44,20 +44,14 @@ class Inputs:
 
 def load_inputs(exp: Experiment) -> Inputs:
     dt = exp.site.tick_s
-    start = np.floor(exp.window.start.timestamp() / dt) * dt
-    n = int((exp.window.end.timestamp() - start) // dt)
+    start, n = traces.window_ticks(exp)
     secs, g = traces.read_carbon(exp.traces.carbon)
     if start < secs[0] or start + n * dt > secs[-1] + 3600:
         raise ValueError(
             f"the window is not covered by the carbon trace ({secs[0]:.0f}..{secs[-1]:.0f} epoch s)"
         )
     carbon = traces.hold(secs, g, start, n, dt)
-    solar = np.zeros(n)
-    if exp.traces.solar is not None and exp.site.solar_nameplate_w > 0:
-        ssecs, w = traces.read_solar(exp.traces.solar)
-        raw = traces.linear_daily_loop(ssecs, w, start, n, dt)
-        peak = float(w.max())
-        solar = raw * (exp.site.solar_nameplate_w / peak) if peak > 0 else raw
+    solar = traces.window_solar(exp)
     loads = {}
     horizon = round(exp.arrivals.max_runtime_h * 3600 / dt)
     for ai, app in enumerate(exp.apps):

@@ -26,7 +26,7 @@ import numpy as np
 from collectors import trace
 from collectors.carbon import EMAPS_DIRECT, EMAPS_LCA, EMAPS_TIME
 from collectors.solar import pvanalytics_path
-from ecovisor.contract.experiment import CarbonTrace, LoadTrace, SolarTrace
+from ecovisor.contract.experiment import CarbonTrace, Experiment, LoadTrace, SolarTrace
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 DAY_S = 86_400.0
@@ -75,6 +75,28 @@ def linear_daily_loop(
     since = (pts - np.floor(t0 / DAY_S) * DAY_S) % span
     w = np.interp(first_day + since, secs, values, left=0.0, right=0.0)
     return w.reshape(n, SUBSAMPLES).mean(axis=1)
+
+
+def window_ticks(exp: Experiment) -> tuple[float, int]:
+    """The window at Δt: its first tick's start (epoch s, aligned down to Δt) and its
+    number of ticks."""
+    dt = exp.site.tick_s
+    start = float(np.floor(exp.window.start.timestamp() / dt) * dt)
+    return start, int((exp.window.end.timestamp() - start) // dt)
+
+
+def window_solar(exp: Experiment) -> np.ndarray:
+    """The site's solar, W per tick of the window (``window_ticks``): the trace
+    interpolated, scaled to the nameplate, replayed in whole days from the window's start;
+    zeros without a solar trace or nameplate. The one computation of the replay's solar
+    (the runs' inputs and the offline baselines that plan on it)."""
+    start, n = window_ticks(exp)
+    if exp.traces.solar is None or exp.site.solar_nameplate_w <= 0:
+        return np.zeros(n)
+    secs, w = read_solar(exp.traces.solar)
+    raw = linear_daily_loop(secs, w, start, n, exp.site.tick_s)
+    peak = float(w.max())
+    return raw * (exp.site.solar_nameplate_w / peak) if peak > 0 else raw
 
 
 RIGHTSIZING_TABLE = Path(__file__).resolve().parents[1] / "experiments" / "rightsizing_table.py"

@@ -223,10 +223,14 @@ class PolicySpec(_Strict):
     args: list[str] = Field(default_factory=list, max_length=100)
     offline: bool = Field(
         False,
-        description="replay the policy's offline optimum, computed from the whole run's "
-        "traces in advance (sees the future; a baseline): right_sizing on a web app; "
-        "suspend_resume on ML training or BLAST (the clairvoyant suspend-resume: the "
-        "lowest-carbon ticks the work needs, at base allocation)",
+        description="replay the policy's offline baseline, computed from the whole run's "
+        "traces in advance (sees the future; a baseline, replay/offline.py): right_sizing "
+        "on a web app (its cost model's optimum); dynamic_budget on a web app (the "
+        "least-carbon replicas meeting the SLO in every tick); suspend_resume on ML "
+        "training or BLAST (the lowest-carbon ticks the work needs, at base allocation); "
+        "solar_battery on Spark (the fastest zero-grid schedule); solar_following_caps on "
+        "a parallel job (the fastest caps within the policies' power); straggler_replicas "
+        "on a parallel job (the most replicas at every tick)",
     )
 
 

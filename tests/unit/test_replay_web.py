@@ -177,7 +177,7 @@ def test_web_experiment_schema(tmp_path: Path) -> None:
         load_experiment(bad)
 
 
-def test_the_offline_baseline_is_right_sizing_only(tmp_path: Path) -> None:
+def test_a_policy_without_an_offline_baseline_is_refused(tmp_path: Path) -> None:
     exp = experiment(tmp_path, [1.0] * 10, hours=1, peak=10,
                      x={"policy": "carbon_agnostic", "offline": True})  # fmt: skip
     with pytest.raises(ValueError, match="offline"):
