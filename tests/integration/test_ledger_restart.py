@@ -125,20 +125,20 @@ def test_sigkill_restart_gives_identical_ledger(kafka_bootstrap: str, tmp_path: 
     reader = Reader(kafka_bootstrap, topics.LEDGER)
     procs = []
     try:
-        # uninterrupted reference run
+        # the uninterrupted reference run and the interrupted run side by side (their own
+        # sites, hence Faust apps and consumer groups): the reference's start-up and
+        # ticks overlap the interrupted run's instead of preceding it
         ref_cfg = config(tmp_path, ref_site, kafka_bootstrap)
         prepare_topics(load_config(ref_cfg), kafka_bootstrap)
         publish(kafka_bootstrap, workload(ref_site), ref_site)
-        ref = start("streams.ledger", ref_cfg, tmp_path / "ref.log", "--clock", "event")
-        procs.append(ref)
-        reader.wait(lambda _: len(entries_of(reader, ref_site)) >= want, timeout=60)
-
         # interrupted run: publish 60 %, SIGKILL once some ticks are out, publish the rest
         kill_cfg = config(tmp_path, kill_site, kafka_bootstrap)
         prepare_topics(load_config(kill_cfg), kafka_bootstrap)
         payloads = workload(kill_site)
         cut = int(len(payloads) * 0.6)
         publish(kafka_bootstrap, payloads[:cut], kill_site)
+        ref = start("streams.ledger", ref_cfg, tmp_path / "ref.log", "--clock", "event")
+        procs.append(ref)
         w1 = start("streams.ledger", kill_cfg, tmp_path / "kill1.log", "--clock", "event")
         procs.append(w1)
         reader.wait(lambda _: len(entries_of(reader, kill_site)) >= 2 * 10, timeout=60)
@@ -150,7 +150,8 @@ def test_sigkill_restart_gives_identical_ledger(kafka_bootstrap: str, tmp_path: 
         publish(kafka_bootstrap, payloads[cut:], kill_site)
         w2 = start("streams.ledger", kill_cfg, tmp_path / "kill2.log", "--clock", "event")
         procs.append(w2)
-        reader.wait(lambda _: len(entries_of(reader, kill_site)) >= want, timeout=90)
+        reader.wait(lambda _: len(entries_of(reader, ref_site)) >= want
+                    and len(entries_of(reader, kill_site)) >= want, timeout=90)  # fmt: skip
         time.sleep(1.0)
         reader.poll()
         ref_e = entries_of(reader, ref_site)

@@ -37,6 +37,7 @@ app's flows in proportion to demand) agree with flow x d_c / D within ``TOL_C_MJ
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -214,32 +215,53 @@ def app_sites(draw):
     return shape, share
 
 
+# The per-tick strategies are built once (``ints`` per bound), not per draw: building a
+# strategy and validating it on its first draw cost more than the draw. The cases are
+# the same (a draw depends on the strategy's definition, not on the object).
+CONTAINER = st.integers(0, 4)
+N_CONTAINERS = st.sampled_from([0, 1, 1, 2, 3])
+CHANGE = st.none() | st.none() | st.one_of(
+    st.sampled_from([0, 0.5, 2, 10, 40, 500]).map(
+        lambda w: SetBatteryChargeRate(watts=float(w))),
+    st.sampled_from([None, 0, 1, 5, 30]).map(
+        lambda w: SetBatteryMaxDischarge(watts=None if w is None else float(w))),
+)
+INTENSITY = st.sampled_from([0.0, 1.0, 55.5, 250.0, 401.3, 900.0])
+K_STEP = st.sampled_from([1, 1, 1, 2])
+
+
+@functools.cache
+def ints(hi: int):
+    """``st.integers(0, hi)``, one strategy object per bound."""
+    return st.integers(0, hi)
+
+
+@functools.cache
+def solar_or_zero(hi: int):
+    return ints(hi) | st.just(0)
+
+
 @st.composite
 def sequences(draw):
     shape, share = draw(app_sites())
     dt = shape.tick_s
     max_solar = round(share.solar_fraction * shape.solar_nameplate_w * 1.1 * dt * 1000)
     max_demand = round(draw(st.sampled_from([5, 40, 200])) * dt * 1000)
+    demand_mj, solar_mj = ints(max_demand), solar_or_zero(max_solar)
     ticks = []
     k = draw(st.integers(0, 3))
     for _ in range(draw(st.integers(20, 40))):
-        n_c = draw(st.sampled_from([0, 1, 1, 2, 3]))
-        demand = {f"c{draw(st.integers(0, 4))}": draw(st.integers(0, max_demand))
-                  for _ in range(n_c)}
-        change = draw(st.none() | st.none() | st.one_of(
-            st.sampled_from([0, 0.5, 2, 10, 40, 500]).map(
-                lambda w: SetBatteryChargeRate(watts=float(w))),
-            st.sampled_from([None, 0, 1, 5, 30]).map(
-                lambda w: SetBatteryMaxDischarge(watts=None if w is None else float(w))),
-        ))
+        n_c = draw(N_CONTAINERS)
+        demand = {f"c{draw(CONTAINER)}": draw(demand_mj) for _ in range(n_c)}
+        change = draw(CHANGE)
         ticks.append((
             k,
-            draw(st.integers(0, max_solar) | st.just(0)),
-            draw(st.sampled_from([0.0, 1.0, 55.5, 250.0, 401.3, 900.0])),
+            draw(solar_mj),
+            draw(INTENSITY),
             demand,
             change,
         ))
-        k += draw(st.sampled_from([1, 1, 1, 2]))
+        k += draw(K_STEP)
     return shape, share, ticks
 
 
@@ -439,6 +461,11 @@ def reference_platform(excess: list[Fr], unallocated: Fr, platform: int,
             "carbon": grid * Fr(intensity) / 3600}
 
 
+DEMAND_W = st.sampled_from([2, 30, 150])
+IDLE_W = st.sampled_from([1, 20, 100])
+PLATFORM_INTENSITY = st.sampled_from([0.0, 55.5, 250.0, 401.3])
+
+
 @st.composite
 def platform_sites(draw):
     dt = draw(st.sampled_from([1.0, 60.0, 60.0, 300.0]))
@@ -470,12 +497,9 @@ def platform_sites(draw):
     max_solar = round(nameplate * 1.1 * dt * 1000)
     ticks = []
     for k in range(draw(st.integers(15, 30))):
-        demand = {a: {"c0": draw(st.integers(0, round(draw(st.sampled_from([2, 30, 150]))
-                                                       * dt * 1000)))}
-                  for a in shares}
-        ticks.append((k, draw(st.integers(0, max_solar)),
-                      draw(st.sampled_from([0.0, 55.5, 250.0, 401.3])), demand,
-                      draw(st.integers(0, round(draw(st.sampled_from([1, 20, 100])) * dt * 1000)))))
+        demand = {a: {"c0": draw(ints(round(draw(DEMAND_W) * dt * 1000)))} for a in shares}
+        ticks.append((k, draw(ints(max_solar)), draw(PLATFORM_INTENSITY), demand,
+                      draw(ints(round(draw(IDLE_W) * dt * 1000)))))
     return shape, shares, ticks
 
 
