@@ -241,10 +241,9 @@ def tick_speeds(
 
 
 def _left(job: ParallelJob) -> dict[str, float]:
-    """Each task's work left in the round, seconds at full speed."""
-    slow = job._slow  # the model's internals: the baseline knows the job's future
-    return {k: v * (job.straggler_factor if k in slow else 1.0)
-            for k, v in job._left.items()}  # fmt: skip
+    """Each task's work left in the round, seconds at full speed (the baseline knows
+    the seeded job's future)."""
+    return job.work_left()
 
 
 def round_works(job: ParallelJob, slowed: bool = True) -> list[list[float]]:
@@ -254,10 +253,9 @@ def round_works(job: ParallelJob, slowed: bool = True) -> list[list[float]]:
     j = copy.deepcopy(job)
     out = []
     for r in range(j.iterations):
-        out.append([w * (j.straggler_factor if slowed and k in j._slow else 1.0)
-                    for k, w in j._work.items()])  # fmt: skip
+        out.append(list(j.round_work(slowed).values()))
         if r + 1 < j.iterations:
-            j._start_round()
+            j.next_round()
     return out
 
 
@@ -368,7 +366,7 @@ class ClairvoyantCaps:
         """One tick's caps and the cores they give: caps on the quota grid (a cap equal
         to a quota's modelled power gives exactly that quota)."""
         peek, h = job, self.dt
-        io = job._io_left
+        io = job.io_left_s
         if io > 0:  # the round's I/O first: plan on the next round's work
             peek = copy.deepcopy(job)
             peek.step(dict.fromkeys(self.tasks, 0.0), min(io, self.dt))

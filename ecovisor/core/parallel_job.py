@@ -74,6 +74,29 @@ class ParallelJob:
         self._slow = {t for t in self.tasks if self._rng.random() < self.straggler_p}
         self._copies = {}
 
+    # --- what an offline planner may read (replay/solar_baselines.py): the seeded job's
+    # current round, in seconds at full speed; not for online policies
+    def work_left(self, slowed: bool = True) -> dict[str, float]:
+        """Each unfinished task's work left in this round (a straggler's scaled by its
+        factor unless ``slowed`` is False: as a replica runs it)."""
+        f = self.straggler_factor
+        return {t: v * (f if slowed and t in self._slow else 1.0) for t, v in self._left.items()}
+
+    def round_work(self, slowed: bool = True) -> dict[str, float]:
+        """Each task's whole work of this round, scaled as ``work_left``."""
+        f = self.straggler_factor
+        return {t: v * (f if slowed and t in self._slow else 1.0) for t, v in self._work.items()}
+
+    @property
+    def io_left_s(self) -> float:
+        """The I/O phase still to run before the next round, s (0 while computing)."""
+        return self._io_left
+
+    def next_round(self) -> None:
+        """Draw the next round now (what the model does at the barrier): for planning on
+        a copy."""
+        self._start_round()
+
     @property
     def done(self) -> bool:
         return self.finished_at_s is not None

@@ -132,3 +132,21 @@ def test_jitter_spreads_the_tasks_work_around_compute_s_and_idles_the_early_ones
     assert busy == pytest.approx(sum(work.values()))  # only the work itself is busy
     assert job.finished_at_s == pytest.approx(max(work.values()))  # the barrier
 
+
+
+def test_a_planner_reads_the_seeded_rounds_and_a_copy_draws_the_same_future() -> None:
+    """ParallelJob's planner view (work_left, round_work, io_left_s, next_round): the
+    round's work, stragglers scaled by their factor unless read as a replica runs it."""
+    import copy
+
+    j = ParallelJob(tasks=["a", "b", "c", "d"], iterations=3, compute_s=60.0, io_s=10.0,
+                    compute_jitter=0.2, straggler_p=0.5, straggler_factor=3.0, seed=4)  # fmt: skip
+    plain, slowed = j.round_work(slowed=False), j.round_work()
+    assert j.work_left() == slowed and j.io_left_s == 0.0
+    assert any(slowed[t] == 3.0 * plain[t] for t in plain)  # seed 4 draws a straggler
+    assert all(slowed[t] in (plain[t], 3.0 * plain[t]) for t in plain)
+    peek = copy.deepcopy(j)
+    peek.next_round()
+    while j.round == 0:  # the round and its I/O, a second at a time
+        j.step(dict.fromkeys(j.tasks, 1.0), 1.0)
+    assert j.round == 1 and j.round_work() == peek.round_work()
