@@ -245,8 +245,8 @@ def _imports(module: str) -> frozenset[str]:
 
 
 @cache
-def _uses_kafka(module: str) -> bool:
-    """Does ``python -m module`` import a Kafka client library, directly or through the
+def _uses(module: str, libraries: tuple[str, ...]) -> bool:
+    """Does ``python -m module`` import one of ``libraries``, directly or through the
     project's modules it imports (at any depth, lazily imported ones included)?"""
     seen: set[str] = set()
     todo = [module]
@@ -257,11 +257,21 @@ def _uses_kafka(module: str) -> bool:
         seen.add(m)
         for name in _imports(m):
             parts = name.split(".")
-            if parts[0] in KAFKA_MODULES:
+            if parts[0] in libraries:
                 return True
             if parts[0] in PACKAGES:
                 todo.extend(".".join(parts[:k]) for k in range(1, len(parts) + 1))
     return False
+
+
+def _uses_kafka(module: str) -> bool:
+    """A Kafka client library (kafka-python, aiokafka, Faust)."""
+    return _uses(module, KAFKA_MODULES)
+
+
+def _uses_mqtt(module: str) -> bool:
+    """paho, the MQTT client."""
+    return _uses(module, ("paho",))
 
 
 def _kafka_env() -> dict[str, Any]:
@@ -506,25 +516,6 @@ def _site_in(service: str, monkeypatch: pytest.MonkeyPatch) -> EcovisorConfig:
     for k, v in _environment(service).items():
         monkeypatch.setenv(k, v)
     return load_config(SITE)
-
-
-@cache
-def _uses_mqtt(module: str) -> bool:
-    """Does ``python -m module`` import paho (the MQTT client), as ``_uses_kafka``?"""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        for name in _imports(m):
-            parts = name.split(".")
-            if parts[0] == "paho":
-                return True
-            if parts[0] in PACKAGES:
-                todo.extend(".".join(parts[:k]) for k in range(1, len(parts) + 1))
-    return False
 
 
 def test_internal_key_reaches_exactly_the_platform_services() -> None:
