@@ -771,3 +771,28 @@ def test_compose_stack_runs_under_docker() -> None:
             except Exception:  # broker still starting
                 time.sleep(2)
         assert wanted <= have  # the one-shot created every topic
+
+
+def test_app_tokens_and_the_influxdb_token_reach_only_who_checks_or_uses_them() -> None:
+    """Tenants are isolated in compose too: an app's token lets its holder command that
+    app, so the workloads and another app's policy must not get it (they once all did,
+    through the shared environment), nor the time-series store's admin token."""
+    compose = _compose()
+    token_vars = {"ECOVISOR_WEB_TOKEN", "ECOVISOR_BATCH_TOKEN"}
+    assert not token_vars & set(compose["x-ecovisor"]["environment"]), "not for every service"
+    assert "INFLUXDB_TOKEN" not in compose["x-ecovisor"]["environment"]
+    holders: dict[str, set[str]] = {v: set() for v in (*token_vars, "INFLUXDB_TOKEN")}
+    for name, svc in compose["services"].items():
+        for var in svc.get("environment") or {}:
+            if var in holders:
+                holders[var].add(name)
+    assert holders["ECOVISOR_WEB_TOKEN"] == holders["ECOVISOR_BATCH_TOKEN"] == {
+        "api", "ledger", "mqtt-setup"}  # fmt: skip
+    assert holders["INFLUXDB_TOKEN"] == {"history"}
+    for name in compose["services"]:
+        if not _is_app_code(name):
+            continue
+        env = _environment(name)
+        assert not token_vars & set(env), name
+        if name.startswith("policy-web"):  # its own app's token, nothing else
+            assert env["ECOVISOR_TOKEN"] == _site().app("web").token
