@@ -65,6 +65,32 @@ def publish(bootstrap: str, name: str, msgs: list[CarbonTelemetry]) -> None:
     prod.close()
 
 
+def snapshot_persisted(bootstrap: str, cfg: Path, site: str, proc: subprocess.Popen[bytes],
+                       log: Path, timeout: float = 30.0) -> None:
+    """Until the worker's snapshot of ``site`` is in the snapshots changelog (a Faust
+    table keyed by site); an AssertionError if the worker exits first or at the timeout."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.ledger_app import faust_app_id
+
+    topic = f"{faust_app_id(load_config(cfg))}-snapshots-changelog"
+    cons = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(cons.partitions_for_topic(topic) or ())]
+        assert tps, f"no topic {topic}"
+        cons.assign(tps)
+        cons.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            for recs in cons.poll(timeout_ms=200).values():
+                if any(r.key == site.encode() for r in recs):
+                    return
+        raise AssertionError(f"no snapshot of {site} in {topic} after {timeout} s")
+    finally:
+        cons.close()
+
+
 def test_many_new_sources_with_epoch_ms_seqs_do_not_stop_the_ledger(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -88,7 +114,9 @@ def test_many_new_sources_with_epoch_ms_seqs_do_not_stop_the_ledger(
     proc = start("streams.ledger", cfg, log, "--clock", "event")
     try:
         reader.wait(lambda xs: len(xs) >= 4, timeout=60)
-        time.sleep(2.0)  # past a persist (every 0.5 s while ticks close)
+        # past a persist: the site's snapshot is in its changelog (the record the
+        # producer refused in C1), not merely 2 s later
+        snapshot_persisted(kafka_bootstrap, cfg, name, proc, log)
         assert proc.poll() is None, log.read_text()[-2000:]
         assert "MessageSizeTooLarge" not in log.read_text()
     finally:
