@@ -41,10 +41,7 @@ def experiment() -> Experiment:
             "apps": [
                 {
                     "id": "blast",
-                    # 4 h: done in the third low period (18 ticks: commands on ticks
-                    # 0, 4, 8, 12, 16; both high periods before it waited out at 0
-                    # replicas); 6 h took 26 ticks, each ~1 s of lock-step wall time
-                    "workload": {"type": "blast", "work_h": 4.0, "base_cores": 8,
+                    "workload": {"type": "blast", "work_h": 6.0, "base_cores": 8,
                                  "queue_limit": 3, "cores_per_replica": 4,
                                  "max_replicas": 8},  # fmt: skip
                     "policies": {
