@@ -4,6 +4,7 @@ none automatically once it takes over, one when the interval has passed, none be
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 
@@ -41,15 +42,17 @@ def test_take_over_stops_automatic_full_collections(restore_gc) -> None:
 
 
 def test_a_full_collection_only_when_the_interval_has_passed(restore_gc) -> None:
+    class Node:
+        me: object = None
+
     fc = FullCollections(interval_s=3600)
-    fc.maybe_collect()
-    assert fc.runs == 0
+    node = Node()
+    node.me = node  # a cycle: only a collection frees it
+    ref = weakref.ref(node)
+    gc.collect()  # it survives into the oldest generation: only a full collection now
+    del node
+    fc.maybe_collect()  # the interval has not passed
+    assert fc.runs == 0 and ref() is not None
     fc.last -= 3600
-    cycle: list = []
-    cycle.append(cycle)
-    gc.collect()  # out of the young generations: only a full collection frees it now
-    n = len(gc.get_objects(generation=2))
-    del cycle
     fc.maybe_collect()
-    assert fc.runs == 1
-    assert len(gc.get_objects(generation=2)) < n
+    assert fc.runs == 1 and ref() is None
