@@ -76,13 +76,13 @@ def offline_policy(
     carbon = np.asarray(carbon, float)
     n = len(carbon)
     w = app.workload
-    cfg = site_config(exp, app)
-    model = cfg.site.nodes[0].model()
-    core_w = model.power_at_busy_cores(1.0) - model.idle_power_w
     if isinstance(workload, MLTraining | Blast):
         # base-allocation ticks the work needs (a job ends inside its last tick)
         need = math.ceil(workload.work_s / (view.tick_s or 1.0) - 1e-9)
         return ScheduledSuspend(lowest_carbon_ticks(carbon, arrival_i, need))
+    cfg = site_config(exp, app)
+    model = cfg.site.nodes[0].model()
+    core_w = model.power_at_busy_cores(1.0) - model.idle_power_w
     if isinstance(workload, WebService) and isinstance(w, WebSpec):
         if spec.policy == "right_sizing":
             loads = np.zeros(n)

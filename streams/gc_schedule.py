@@ -40,9 +40,14 @@ class FullCollections:
 
     def maybe_collect(self) -> None:
         """Collect everything if the interval has passed: after a tick's outputs are sent,
-        and from the worker's 5 s watchdog (so also when no tick closes)."""
+        and from the worker's watchdog (every second: so also when no tick closes)."""
         now = time.monotonic()
         if now - self.last >= self.interval_s:
             gc.collect()
             self.last = time.monotonic()
             self.runs += 1
+
+
+# the process's one schedule (gc is process-wide): taken over by streams.ledger's main,
+# run after a tick's outputs (ledger_service) and from the watchdog (ledger_app)
+FULL_COLLECTIONS = FullCollections()

@@ -46,9 +46,9 @@ from ecovisor.contract.config import (
     load_config,
     one_line,
 )
+from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
 from streams.ledger_group import SiteGroup
-from streams.ledger_service import FULL_COLLECTIONS
 
 DIRECTORY_PARTITIONS = 16
 HARD_STOP_S = 20.0  # after an unhandled error, exit 1 if Faust has not stopped by then

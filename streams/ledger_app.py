@@ -34,9 +34,10 @@ from ecovisor.adapters.kafka import create_topics, existing_partitions, faust_cr
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig, internal_key
 from ecovisor.core.tick_clock import to_us
+from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_group import LedgerGroup, SiteGroup
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
-from streams.ledger_service import FULL_COLLECTIONS, ClockMode, LedgerService, run_guarded
+from streams.ledger_service import ClockMode, LedgerService, run_guarded
 from streams.ledger_views import Target, add_pages
 
 log = logging.getLogger("ecovisor.ledger")

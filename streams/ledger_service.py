@@ -30,7 +30,7 @@ from ecovisor.contract.schemas import (
     parse_telemetry_entries,
 )
 from ecovisor.core.tick_clock import to_us
-from streams.gc_schedule import FullCollections
+from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_metrics import LedgerHealth
 from streams.ledger_worker import CounterRow, Out, SiteLedger
 
@@ -47,8 +47,6 @@ MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the brok
 # Telemetry events a site holds unacknowledged (their offsets uncommitted) before it
 # writes a snapshot to release them: bounds the worker's memory when ticks close rarely.
 MAX_UNACKED = 20_000
-# the process's full garbage collections, run after a tick's outputs are sent
-FULL_COLLECTIONS = FullCollections()
 
 
 class LedgerService:
