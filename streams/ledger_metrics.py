@@ -29,8 +29,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ecovisor.contract import topics
+from ecovisor.core.account_lines import AccountLine
 from ecovisor.core.settings import max_discharge_setting_w
-from ecovisor.core.state import AccountLine
 from streams.ledger_worker import CounterRow, Out, SiteLedger
 
 CONTENT_TYPE = "text/plain; version=0.0.4"

@@ -438,9 +438,9 @@ class SiteLedger:
                 "t_end_us": t_end_us,
                 "energy_mj": cum.total.energy_mj,
                 "carbon_ug": cum.total.carbon_ug,
-                "containers": {
-                    c: (line.energy_mj, line.carbon_ug) for c, line in cum.containers.items()
-                },
+                "containers": dict(zip(cum.containers.names,
+                                       zip(cum.containers.energy, cum.containers.carbon,
+                                           strict=True), strict=True)),
             }
             rows.append((app, ct.k, row))
             self._remember(app, ct.k, row, entry.t_start, entry_json)

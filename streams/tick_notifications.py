@@ -57,15 +57,16 @@ def tick_data(
     # third of this function at 1,000 containers): every figure comes from the checked
     # entry and settings; tests/unit/test_tick_notifications.py compares the two
     conts: dict[str, dict[str, Any]] = {}
-    for c in sorted({c.id for c in app_cfg.containers} | set(lines)):
-        line = lines.get(c)
+    energy, carbon = lines.energy, lines.carbon
+    for c in sorted({c.id for c in app_cfg.containers} | set(lines.names)):
+        i = lines.index(c)
         cap = caps.get(c)
         rate = rates.get(c)
         conts[c] = {
-            "power_w": mj_to_power(line.energy_mj, dt) if line else 0.0,
+            "power_w": mj_to_power(energy[i], dt) if i is not None else 0.0,
             "powercap_w": float(cap) if cap is not None else None,
             "suspended": c in off,
-            "carbon_mg_per_s": line.carbon_ug / 1000 / dt if line else 0.0,
+            "carbon_mg_per_s": carbon[i] / 1000 / dt if i is not None else 0.0,
             "carbon_rate_limit_mg_per_s": float(rate.rate_mg_per_s) if rate else None,
         }
     td = TickData(

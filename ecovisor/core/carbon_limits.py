@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from functools import lru_cache
 
+from ecovisor.core.account_lines import unchecked
 from ecovisor.core.apportion import largest_remainder
 from ecovisor.core.state import (
     HISTORY_TIER_LEN_MAX,
@@ -21,7 +22,6 @@ from ecovisor.core.state import (
     CarbonHistory,
     Level,
     RateWindow,
-    unchecked,
 )
 from ecovisor.core.units import UG_PER_G
 

@@ -12,14 +12,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
-from ecovisor.core.state import (
-    AccountLine,
-    AppCumulative,
-    AppFlows,
-    AppSettings,
-    PlatformCumulative,
-    SiteTotals,
-)
+from ecovisor.core.account_lines import LINE_FIELDS, AccountLine, ContainerLines
+from ecovisor.core.state import AppCumulative, AppFlows, AppSettings, PlatformCumulative, SiteTotals
 from ecovisor.core.units import (
     carbon_ug,
 )
@@ -121,7 +115,7 @@ class AppLedgerEntry(BaseModel):
     battery: BatteryReading
     settings: AppSettings
     limits: EffectiveLimits
-    containers: dict[str, AccountLine]
+    containers: ContainerLines
     battery_charging: AccountLine
     total: AccountLine
     cumulative: AppCumulative
@@ -156,16 +150,8 @@ def entry_violations(e: AppLedgerEntry) -> list[str]:
     if (b.reserve_mj <= b.before_mj <= b.usable_mj
             and not b.reserve_mj <= b.after_mj <= b.usable_mj):
         out.append(f"battery {b.after_mj} left [{b.reserve_mj}, {b.usable_mj}]")
-    energy = solar = battery = grid = unserved = carbon = 0
-    for line in (e.battery_charging, *e.containers.values()):
-        d = line.__dict__  # locals and the field dict: this loop runs per container
-        energy += d["energy_mj"]
-        solar += d["solar_mj"]
-        battery += d["battery_mj"]
-        grid += d["grid_mj"]
-        unserved += d["unserved_mj"]
-        carbon += d["carbon_ug"]
-    sums = [energy, solar, battery, grid, unserved, carbon]
+    bc = e.battery_charging.__dict__
+    sums = [s + bc[f] for s, f in zip(e.containers.sums(), LINE_FIELDS, strict=True)]
     t = e.total
     if sums != [t.energy_mj, t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj, t.carbon_ug]:
         out.append(f"containers + battery_charging {sums} != total {t}")

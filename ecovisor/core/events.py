@@ -30,6 +30,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from ecovisor.core.account_lines import unchecked
 from ecovisor.core.carbon_limits import (
     MAX_WINDOW_S,
     advance_budget,
@@ -43,7 +44,7 @@ from ecovisor.core.carbon_limits import (
     window_rate_mg_per_s,
 )
 from ecovisor.core.entries import AppLedgerEntry, Event, EventKind
-from ecovisor.core.state import AppState, EventTracking, Level, RateWindow, unchecked
+from ecovisor.core.state import AppState, EventTracking, Level, RateWindow
 from ecovisor.core.units import MJ_PER_J, MJ_PER_WH, UG_PER_G, mj_to_j, mj_to_power
 
 Number = int | float | Fraction
@@ -164,16 +165,17 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
 
     # carbon rate per container with a limit
     windows: dict[str, RateWindow] = {}
+    lines = entry.containers
     for c in sorted(st.carbon_rates):
         lim = st.carbon_rates[c]
-        line = entry.containers.get(c)
+        row = lines.index(c)
         n = ticks_in(lim.window_s, dt)
         prev_win = tr.rate_windows.get(c)
         if prev_win is None or prev_win.window_ticks != n:
             # a new or resized window starts from what the container emitted in it
             level = Level.ok if prev_win is None else prev_win.level
             prev_win = seed_window(tr.carbon_history.get(c), n, entry.k, level) or prev_win
-        win = push_window(prev_win, n, entry.k, line.carbon_ug if line is not None else 0)
+        win = push_window(prev_win, n, entry.k, lines.carbon[row] if row is not None else 0)
         rate = window_rate_mg_per_s(win, dt)
         level = level_of(rate, lim.rate_mg_per_s, th.near_fraction)
         if rose(win.level, level):
@@ -196,8 +198,7 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
                               threshold=st.carbon_budget.budget_g, unit="g"))
         budget = budget.model_copy(update={"level": level})
 
-    history = update_history(tr.carbon_history,
-                             {c: line.carbon_ug for c, line in entry.containers.items()},
+    history = update_history(tr.carbon_history, dict(zip(lines.names, lines.carbon, strict=True)),
                              entry.k, ticks_in(MAX_WINDOW_S, dt))
     tracking = unchecked(EventTracking, {
         "solar_ref_w": mj_to_power(solar_ref, dt), "solar_ref_mj": solar_ref,

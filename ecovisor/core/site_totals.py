@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ecovisor.core.account_lines import unchecked
 from ecovisor.core.entries import (
     AppLedgerEntry,
     ControllerSetpoints,
@@ -15,14 +16,7 @@ from ecovisor.core.entries import (
 )
 from ecovisor.core.settings import discharge_in_force, settings_in_force
 from ecovisor.core.shares import AppShare, SiteShape
-from ecovisor.core.state import (
-    ZERO_FLOWS,
-    AppState,
-    SiteState,
-    SiteTickInput,
-    SiteTotals,
-    unchecked,
-)
+from ecovisor.core.state import ZERO_FLOWS, AppState, SiteState, SiteTickInput, SiteTotals
 from ecovisor.core.units import mj_to_power
 from ecovisor.core.virtual_battery import deliverable, max_input_for_room
 

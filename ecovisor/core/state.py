@@ -11,46 +11,21 @@ No clocks, no I/O, no globals.
 from __future__ import annotations
 
 from enum import StrEnum
-from functools import cache
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
+from ecovisor.core.account_lines import (
+    EMPTY_LINES,
+    ZERO_LINE,
+    AccountLine,
+    ContainerLines,
+    Mj,
+    Ug,
+    unchecked,
+)
+
 _FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-M = TypeVar("M", bound=BaseModel)
-_new = object.__new__
-_setattr = object.__setattr__
-
-
-def unchecked(cls: type[M], values: dict[str, Any]) -> M:
-    """An instance of ``cls`` holding ``values`` (EVERY field, in the order the model
-    declares them, each already of its type) as they are, without validation: for the
-    models the step builds per container and per tick from integers it has just
-    computed and checked (the sum of two valid lines is a valid line). About 3x cheaper
-    than validating, and than ``model_construct`` (which fills defaults). Equal, and
-    serialised identically, to the validated instance."""
-    m = _new(cls)
-    _setattr(m, "__dict__", values)
-    _setattr(m, "__pydantic_fields_set__", _all_fields(cls))
-    _setattr(m, "__pydantic_extra__", None)
-    _setattr(m, "__pydantic_private__", None)
-    return m
-
-
-@cache
-def _all_fields(cls: type[BaseModel]) -> set[str]:
-    """One "fields set" per class, shared by its unchecked instances: a set per instance
-    doubled the objects the garbage collector tracks per line built. Sharing is safe as
-    pydantic changes a model's fields set only when assigning to a field (these models
-    are frozen) and copies it in ``model_copy``/``copy``; equality ignores it. Never
-    mutate ``model_fields_set`` of a core model."""
-    return set(cls.model_fields)
-
-
-Mj = NonNegativeInt  # energy, integer millijoules
-Ug = NonNegativeInt  # carbon, integer micrograms
-
 
 # --- settings an application controls (paper Table 1 setters, Table 2 library) --------
 
@@ -259,46 +234,6 @@ class AppFlows(BaseModel):
         return unchecked(AppFlows, {f: a[f] + b[f] for f in a})
 
 
-class AccountLine(BaseModel):
-    """Energy by source and carbon booked on one account line (a container, the app's
-    ``battery_charging`` line, the app total). ``energy_mj`` is the sum of the four
-    sources; carbon comes only from grid energy."""
-
-    model_config = _FROZEN
-
-    energy_mj: Mj = 0
-    solar_mj: Mj = 0
-    battery_mj: Mj = 0
-    grid_mj: Mj = 0
-    unserved_mj: Mj = 0
-    carbon_ug: Ug = 0
-
-    @model_validator(mode="after")
-    def _energy_is_sum(self) -> AccountLine:
-        if self.energy_mj != self.solar_mj + self.battery_mj + self.grid_mj + self.unserved_mj:
-            raise ValueError("energy_mj must equal solar + battery + grid + unserved")
-        return self
-
-    def __add__(self, other: AccountLine) -> AccountLine:
-        # non-negative ints that balance, summed field by field, still do: no re-check
-        # (``unchecked`` inlined: the ledger adds one line per container and tick)
-        a, b = self.__dict__, other.__dict__
-        m = _new(AccountLine)
-        _setattr(m, "__dict__", {
-            "energy_mj": a["energy_mj"] + b["energy_mj"],
-            "solar_mj": a["solar_mj"] + b["solar_mj"],
-            "battery_mj": a["battery_mj"] + b["battery_mj"],
-            "grid_mj": a["grid_mj"] + b["grid_mj"],
-            "unserved_mj": a["unserved_mj"] + b["unserved_mj"],
-            "carbon_ug": a["carbon_ug"] + b["carbon_ug"],
-        })
-        _setattr(m, "__pydantic_fields_set__", _all_fields(AccountLine))
-        _setattr(m, "__pydantic_extra__", None)
-        _setattr(m, "__pydantic_private__", None)
-        return m
-
-
-ZERO_LINE = AccountLine()
 ZERO_FLOWS = AppFlows()
 
 
@@ -398,7 +333,7 @@ class AppCumulative(BaseModel):
     flows: AppFlows = ZERO_FLOWS
     total: AccountLine = ZERO_LINE
     battery_charging: AccountLine = ZERO_LINE
-    containers: dict[str, AccountLine] = Field(default_factory=dict)
+    containers: ContainerLines = Field(default_factory=lambda: EMPTY_LINES)
 
 
 MAX_PENDING = 256

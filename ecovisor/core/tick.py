@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from pydantic import ConfigDict
 
+from ecovisor.core.account_lines import EMPTY_LINES, AccountLine, ContainerLines, unchecked
 from ecovisor.core.apportion import (
     apportion,
     key_order,
@@ -41,7 +42,6 @@ from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
 from ecovisor.core.site_totals import controller_setpoints, site_totals
 from ecovisor.core.solar_share import UNALLOCATED, distribute_offers, split_solar
 from ecovisor.core.state import (
-    AccountLine,
     AppCumulative,
     AppFlows,
     AppSettings,
@@ -51,7 +51,6 @@ from ecovisor.core.state import (
     PlatformCumulative,
     SiteState,
     SiteTickInput,
-    unchecked,
 )
 from ecovisor.core.units import (
     MJ_PER_WH,
@@ -258,10 +257,7 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
 
     sources = tuple(sorted(set(site_estimated) | set(inp.estimated_sources)))
     cum = state.cumulative
-    cum_containers = dict(cum.containers)
-    for c, line in containers.items():
-        prev = cum_containers.get(c)
-        cum_containers[c] = line if prev is None else prev + line
+    cum_containers = cum.containers.plus(containers) if cum.containers else containers
     cumulative = unchecked(AppCumulative, {
         "ticks": cum.ticks + 1,
         "estimated_ticks": cum.estimated_ticks + (1 if sources else 0),
@@ -305,13 +301,13 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
 
 
 def _container_lines(demand: Mapping[str, int], total: int, flows: tuple[int, int, int, int],
-                     c_load: int) -> dict[str, AccountLine]:
+                     c_load: int) -> ContainerLines:
     """Each container's line, in sorted order: the load flows (grid, solar, battery,
     unserved) split by demand with both margins exact (``split_flow_lists``), the load
-    carbon by grid energy. Lists, not a dict per flow and container, and the lines built
-    unchecked: their energy is the sum of their parts by construction of the split."""
+    carbon by grid energy. Columns (``ContainerLines``), not a model per container: each
+    row's energy is the sum of its parts by construction of the split."""
     if not demand:
-        return {}
+        return EMPTY_LINES
     names = list(demand)
     energy = list(demand.values())
     order = key_order(names)  # the lines' order and every split's tie-break
@@ -320,10 +316,10 @@ def _container_lines(demand: Mapping[str, int], total: int, flows: tuple[int, in
         carbon = apportion(c_load, grid, names, order) if c_load else [0] * len(names)
     else:
         grid = solar = battery = unserved = carbon = [0] * len(names)
-    return {names[i]: unchecked(AccountLine, {
-        "energy_mj": energy[i], "solar_mj": solar[i], "battery_mj": battery[i],
-        "grid_mj": grid[i], "unserved_mj": unserved[i], "carbon_ug": carbon[i],
-    }) for i in order}
+    cols = (names, energy, solar, battery, grid, unserved, carbon)
+    if any(i != j for j, i in enumerate(order)):
+        return ContainerLines(*(tuple([col[i] for i in order]) for col in cols))
+    return ContainerLines(*(tuple(col) for col in cols))
 
 
 def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput

@@ -19,13 +19,13 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ecovisor.core.account_lines import AccountLine
 from ecovisor.core.carbon_limits import ticks_in
 from ecovisor.core.entries import entry_violations
 from ecovisor.core.settings import queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
 from ecovisor.core.site_totals import site_violations
 from ecovisor.core.state import (
-    AccountLine,
     CarbonBudget,
     CarbonRateLimit,
     SetBatteryChargeRate,

@@ -194,7 +194,7 @@ def test_unchecked_models_behave_as_validated_ones() -> None:
     """The step builds its models unchecked (``state.unchecked``): they must be equal to,
     serialise like and copy like validated ones, and a copy must not change the fields
     set the unchecked instances share."""
-    from ecovisor.core.state import AccountLine, unchecked
+    from ecovisor.core.account_lines import AccountLine, unchecked
 
     values = {"energy_mj": 10, "solar_mj": 3, "battery_mj": 3, "grid_mj": 4,
               "unserved_mj": 0, "carbon_ug": 5}

@@ -13,12 +13,12 @@ from fractions import Fraction
 
 import pytest
 
+from ecovisor.core.account_lines import AccountLine
 from ecovisor.core.entries import LedgerError, entry_violations
 from ecovisor.core.settings import queue_change, queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
 from ecovisor.core.site_totals import site_violations
 from ecovisor.core.state import (
-    AccountLine,
     AppState,
     AppTickInput,
     CarbonBudget,
