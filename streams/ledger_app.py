@@ -59,10 +59,6 @@ def internal_topics(app_id: str) -> list[str]:
     return [f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"]
 
 
-# keyed by site and read by the group: the group's partition count
-KEYED_BY_SITE = (topics.TELEMETRY, topics.COMMANDS, topics.ACTUATOR_ACKS)
-
-
 class PartitionMismatch(RuntimeError):
     """A site-keyed topic exists with another partition count than the group's."""
 
@@ -74,17 +70,18 @@ def prepare_topics(cfg: EcovisorConfig | SiteGroup, bootstrap: str) -> None:
     site would be looked for on the wrong partition)."""
     group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])
     apps = [a.id for c in group.sites.values() for a in c.apps]
-    keyed = [*KEYED_BY_SITE, *internal_topics(group.app_id)]
+    keyed = [*topics.KEYED_BY_SITE, *internal_topics(group.app_id)]
+    wanted = topics.topic_partitions([*keyed, *topics.all_topics(apps)], group.partitions,
+                                     keyed)  # fmt: skip
     have = existing_partitions(bootstrap, keyed)  # checked before anything is created
-    wrong = {t: n for t, n in have.items() if n != group.partitions}
+    wrong = {t: n for t, n in have.items() if n != wanted[t]}
     if wrong:
         raise PartitionMismatch(
             f"the group has {group.partitions} partition(s) but "
             + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
             + ": use --partitions to match, or a broker without these topics"
         )
-    create_topics(bootstrap, keyed, partitions=group.partitions)
-    create_topics(bootstrap, [t for t in topics.all_topics(apps) if t not in keyed])
+    create_topics(bootstrap, wanted, partitions=wanted)
 
 
 class GroupService:

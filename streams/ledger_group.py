@@ -78,9 +78,10 @@ class SiteGroup:
         elif not _GROUP_NAME.match(name):  # it names Kafka topics and a consumer group
             raise ConfigError(f"group name {name!r}: use [A-Za-z0-9][A-Za-z0-9._-]*, "
                               "at most 100 characters")  # fmt: skip
-        n = partitions if partitions is not None else 1
-        if not 1 <= n <= 1024:
-            raise ConfigError(f"partitions must be in 1..1024, got {n}")
+        try:
+            n = topics.check_partitions(partitions if partitions is not None else 1)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         return cls(name=name, sites=sites, partitions=n)
 
     @property

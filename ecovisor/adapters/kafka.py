@@ -246,10 +246,15 @@ def admin_client(bootstrap: str, timeout: float = 30.0) -> Iterator[Any]:
 
 
 def create_topics(
-    bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout: float = 30.0
+    bootstrap: str,
+    topics: Iterable[str],
+    partitions: int | Mapping[str, int] = 1,
+    timeout: float = 30.0,
 ) -> None:
     """Create every topic up front (tansu does not auto-create on subscribe), with its
-    ``topic_config``. Idempotent: an existing topic is left as it is."""
+    ``topic_config`` and ``partitions`` partitions (one count for all, or a count per
+    topic: ``ecovisor.contract.topics.topic_partitions``; a topic it omits gets 1).
+    Idempotent: an existing topic is left as it is, whatever its partition count."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -258,12 +263,13 @@ def create_topics(
         for t in topics:
             if t in existing:
                 continue
+            n = partitions if isinstance(partitions, int) else partitions.get(t, 1)
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [
                         NewTopic(
                             name=t,
-                            num_partitions=partitions,
+                            num_partitions=n,
                             replication_factor=1,
                             topic_configs=topic_config(t),
                         )

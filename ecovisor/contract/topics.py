@@ -9,6 +9,7 @@ and receive control messages under ``ecovisor/<site>/control/<kind>/<device>``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 # --- Kafka: public -------------------------------------------------------------------
 COMMANDS = "ecovisor.commands"
@@ -32,6 +33,34 @@ def notifications(app: str) -> str:
     if not _APP_ID.match(app):
         raise ValueError(f"invalid app id {app!r}: use [a-z0-9][a-z0-9_-]*, max 63 chars")
     return NOTIFICATIONS_PREFIX + app
+
+
+# --- Kafka: partitions (docs/ledger.md, Partitioning) ---------------------------------
+# Keyed by site and read by a ledger group: created with the group's partition count, so
+# a site's messages are on partition site_partition(site, N) of each (co-partitioned with
+# the group's table changelogs). Every other topic is created with one partition.
+KEYED_BY_SITE = (TELEMETRY, COMMANDS, ACTUATOR_ACKS)
+MAX_PARTITIONS = 1024  # the most a ledger group has (the most workers that can share it)
+
+
+def check_partitions(partitions: int) -> int:
+    """``partitions`` if it is a ledger group's partition count (1..MAX_PARTITIONS), else
+    ValueError with the reason in one line."""
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"partitions must be in 1..{MAX_PARTITIONS}, got {partitions}")
+    return partitions
+
+
+def topic_partitions(
+    names: Iterable[str], partitions: int, keyed: Iterable[str] = KEYED_BY_SITE
+) -> dict[str, int]:
+    """Each of ``names`` -> the partition count it is created with for a ledger group of
+    ``partitions`` partitions: that count for a topic keyed by site (``keyed``: the
+    site-keyed topics; the ledger adds its tables' changelogs), 1 for any other. The one
+    rule the ledger (``prepare_topics``) and ``ecovisor topics`` create topics by."""
+    n = check_partitions(partitions)
+    by_site = set(keyed)
+    return {t: n if t in by_site else 1 for t in names}
 
 
 def site_partition(site: str, partitions: int) -> int:

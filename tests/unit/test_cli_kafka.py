@@ -7,15 +7,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from typer.testing import CliRunner
 
-from ecovisor.adapters.kafka import create_topics
+from ecovisor.adapters.kafka import create_topics, existing_partitions
 from ecovisor.cli.main import app
 from ecovisor.contract import schemas, topics
+from ecovisor.embedded.servers import Server, free_port, tansu_command
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -122,6 +124,59 @@ def test_topics_lists_and_creates(kafka_bootstrap: str, tmp_path) -> None:  # ty
     assert r.exit_code == 1 and "MISSING ecovisor.notifications.newapp" in r.output
     r = runner.invoke(app, ["topics", "--create", "--config", str(cfg)])
     assert r.exit_code == 0 and "ok      ecovisor.notifications.newapp" in r.output
+    # the session's broker has the site-keyed topics with 1 partition: asking for 4
+    # reports them and leaves them as they are
+    r = runner.invoke(app, ["topics", "--create", "--partitions", "4", "--config", str(cfg)])
+    assert r.exit_code == 1, r.output
+    for t in topics.KEYED_BY_SITE:
+        assert f"FEWER   {t}" in r.output
+    assert "fewer partitions than the 4 wanted" in r.output and "remaps keys" in r.output
+    assert existing_partitions(kafka_bootstrap, topics.KEYED_BY_SITE) == dict.fromkeys(
+        topics.KEYED_BY_SITE, 1)  # fmt: skip
+
+
+@pytest.fixture()
+def fresh_broker(tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A broker of its own (the session's already has the static topics)."""
+    port = free_port()
+    srv = Server(tansu_command(port), port, tmp_path / "tansu.log").start()
+    yield f"127.0.0.1:{port}"
+    srv.stop()
+
+
+def test_topics_creates_the_ledgers_partition_counts(fresh_broker: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ecovisor.contract.config import load_config
+    from streams.ledger_app import PartitionMismatch, prepare_topics
+    from streams.ledger_group import SiteGroup
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        "site: {id: p}\napps: [{id: papp, token: papp-token}]\n"
+        f"stack: {{kafka_bootstrap: '{fresh_broker}'}}\n"
+    )
+    r = runner.invoke(app, ["topics", "--create", "--partitions", "4", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    wanted = topics.all_topics(["papp"])
+    have = existing_partitions(fresh_broker, wanted)
+    assert have == topics.topic_partitions(wanted, 4)  # on the real broker
+    assert {t: have[t] for t in topics.KEYED_BY_SITE} == dict.fromkeys(topics.KEYED_BY_SITE, 4)
+    assert have[topics.LEDGER] == 1 and have[topics.notifications("papp")] == 1
+    assert f"ok      {topics.TELEMETRY}" in r.output and "4 partitions (wanted 4)" in r.output
+    # a ledger group of 4 partitions accepts them (and adds its changelogs), one of 2 not
+    site = load_config(cfg)
+    with pytest.raises(PartitionMismatch, match="ecovisor.telemetry has 4"):
+        prepare_topics(SiteGroup.of([site], partitions=2), fresh_broker)
+    prepare_topics(SiteGroup.of([site], partitions=4), fresh_broker)
+    # asking again for fewer or more is reported, nothing is changed
+    r = runner.invoke(app, ["topics", "--create", "--partitions", "8", "--config", str(cfg)])
+    assert r.exit_code == 1 and f"FEWER   {topics.COMMANDS}" in r.output, r.output
+    r = runner.invoke(app, ["topics", "--config", str(cfg)])
+    assert r.exit_code == 1 and f"MORE    {topics.ACTUATOR_ACKS}" in r.output, r.output
+    changelogs = ["ecovisor-ledger-p-snapshots-changelog", "ecovisor-ledger-p-counters-changelog"]
+    assert existing_partitions(fresh_broker, changelogs) == dict.fromkeys(changelogs, 4)
+    assert any(ln.startswith(f"other   {changelogs[0]}") and ln.endswith("4 partitions")
+               for ln in r.output.splitlines())  # fmt: skip
+    assert existing_partitions(fresh_broker, wanted) == have
 
 
 def test_export_reads_the_ledger_to_its_end(kafka_bootstrap: str) -> None:

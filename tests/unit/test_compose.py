@@ -696,14 +696,15 @@ def test_ledger_service_can_be_scaled() -> None:
     # off the loopback only behind the key
     assert KEY_VAR in ledger["environment"]
     # the partition count the topics one-shot creates the site-keyed topics with (the
-    # ledger refuses another): `topics --create` passes none, create_topics' default
+    # ledger refuses another): `topics --create --partitions N`, default 1 (none given)
     import inspect
 
-    from ecovisor.adapters.kafka import create_topics
+    from ecovisor.cli.topics import topics_cmd
 
-    assert "--partitions" not in services["topics"]["command"]
-    default = inspect.signature(create_topics).parameters["partitions"].default
-    assert int(_flag(cmd, "--partitions")) == default == 1
+    one_shot = services["topics"]["command"]
+    default = inspect.signature(topics_cmd).parameters["partitions"].default
+    given = _flag(one_shot, "--partitions") if "--partitions" in one_shot else default
+    assert int(_flag(cmd, "--partitions")) == int(given) == 1
     assert "--group" not in cmd  # the group, ACLs and changelogs are named after the site
     health = " ".join(ledger["healthcheck"]["test"])
     assert f"'127.0.0.1', {_site().stack.ledger_web_port}" in health
