@@ -7,7 +7,8 @@ docs/evaluation.md, "Beyond the paper: the achievable runtime".
   energy at one busy worker per base-second, drawn as early as solar and the battery
   (from its level at the arrival, after the warm-up) allow, at most 10 workers at once;
 * job (paper-5.4.yaml): ``caps_runtime_bound`` within the caps' envelope (each tick's
-  solar, or the 10 x 0.5 W floors below it), the job's seeded rounds known;
+  solar, or the tasks x --min-cap-w floors of the app's offline ``solar_following_caps``
+  below it: 10 x 0.05 W in the shipped file), the job's seeded rounds known;
 * stragglers: every round at least its largest task's work at full speed (a replica
   copies a straggler at normal speed), plus its I/O.
 
@@ -37,7 +38,7 @@ from ecovisor.contract.experiment import (  # noqa: E402
 from ecovisor.core.parallel_job import ParallelJob  # noqa: E402
 from ecovisor.core.units import power_to_mj  # noqa: E402
 from ecovisor.core.virtual_battery import battery_limits, initial_stored_mj  # noqa: E402
-from replay.engine import make_workload  # noqa: E402
+from replay.engine import build_policy, make_workload  # noqa: E402
 from replay.runs import jobs, load_inputs  # noqa: E402
 from replay.solar_baselines import (  # noqa: E402
     Battery,
@@ -72,7 +73,11 @@ def bound_h(exp: Experiment, app: AppSpec, solar_w: list[float], arrival_i: int,
     if w.straggler_p > 0:
         return sum(max(r) + w.io_s for r in round_works(job, slowed=False)) / 3600
     task_w = w.base_cores * core_w
-    floor_w = w.tasks * 0.5  # solar_following_caps' default --min-cap-w
+    # the floors of the app's offline solar_following_caps (its --min-cap-w, as the
+    # replayed baseline reads it)
+    spec = next(s for s in app.policies.values()
+                if s.offline and s.policy == "solar_following_caps")  # fmt: skip
+    floor_w = w.tasks * build_policy(spec).min_cap
     cap = [max(s, floor_w) / task_w for s in solar_w[arrival_i:]]
     return caps_runtime_bound(round_works(job), w.io_s, cap, dt) / 3600
 

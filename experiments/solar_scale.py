@@ -5,18 +5,20 @@ arrivals), printing per scale the runtime of both policies and the dynamic polic
 runtime improvement. docs/evaluation.md, "§5.4 over the solar scale".
 
     python experiments/solar_scale.py [--runs 5] [--scales 0.5,0.75,1,1.5,2] [--workers N]
-        [--policy-args "--min-cap-w 0.05"] [--workload compute_jitter=0,io_s=0]
+        [--policy-args "--min-cap-w 0.5"] [--workload compute_jitter=0,io_s=0]
         [--tick-s 60] [--details] [--ideal]
 
 The other options test explanations of the trend and change nothing by default:
-``--policy-args`` is appended to both policies' arguments, ``--workload`` sets fields of
-the job's workload, ``--tick-s`` the site's tick. ``--details`` adds columns over the
-job's ticks (arrival to finish): the share of the static policy's ticks with the solar
-below the caps' floors (tasks x ``--min-cap-w``: every static cap is then its floor and
-the floors beyond the solar come from the grid) and at or above the tasks' power at full
-speed (no cap binds); the shares of the job's rounds finished in such ticks; the energy
-drawn beyond the solar (grid) Wh; the per-run runtime change (mean ± standard error);
-and the hours with the solar at or above the floors (the runtime without the nights).
+``--policy-args`` is appended to both policies' arguments (after the file's own, so it
+wins: the file ships ``--min-cap-w 0.05``; ``--policy-args "--min-cap-w 0.5"`` gives
+the policy's default floor), ``--workload`` sets fields of the job's workload,
+``--tick-s`` the site's tick. ``--details`` adds columns over the job's ticks (arrival
+to finish): the share of the static policy's ticks with the solar below the caps' floors
+(tasks x ``--min-cap-w``: every static cap is then its floor and the floors beyond the
+solar come from the grid) and at or above the tasks' power at full speed (no cap binds);
+the shares of the job's rounds finished in such ticks; the energy drawn beyond the solar
+(grid) Wh; the per-run runtime change (mean ± standard error); and the hours with the
+solar at or above the floors (the runtime without the nights).
 ``--ideal`` runs nothing: one round at a constant supply (nameplate x scale), no lag and
 no floors, the dynamic policy's water-filling and the optimum vs equal caps.
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ecovisor.contract.experiment import Experiment, load_experiment
-from replay.engine import RunResult
+from policies.solar_following_caps import SolarFollowingCaps
+from replay.engine import RunResult, build_policy
 from replay.runs import run_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,3 +138,15 @@ def test_shipped_experiments_validate() -> None:
     for name in ("paper-5.3.yaml", "paper-5.4.yaml"):
         exp = load_experiment(ROOT / "experiments" / name)
         assert exp.apps
+
+
+def test_paper_5_4_caps_share_one_floor_below_the_default() -> None:
+    """paper-5.4.yaml (issue 12): the job's cap policies and the clairvoyant baseline
+    (whose power envelope is tasks x --min-cap-w) use one floor, and its floors sum to
+    less than the policy's default 10 x 0.5 W, so the job is not a grid job at night."""
+    exp = load_experiment(ROOT / "experiments" / "paper-5.4.yaml")
+    job = next(a for a in exp.apps if a.id == "job")
+    floors = {k: build_policy(s).min_cap for k, s in job.policies.items()}
+    assert set(floors) == {"static-caps", "dynamic-caps", "clairvoyant"}
+    assert len(set(floors.values())) == 1
+    assert next(iter(floors.values())) < SolarFollowingCaps("static").min_cap
