@@ -374,7 +374,11 @@ class SiteLedger:
         apps = self.app_cfg
         owners = self.owners
         demand: dict[str, dict[str, int]] = {}
-        for conts in ct.demand_mj.values():
+        for reported, conts in ct.demand_mj.items():
+            if (reported in apps and reported not in demand
+                    and all(owners.get(c) == reported for c in conts)):
+                demand[reported] = dict(conts)  # the usual case: the telemetry agrees
+                continue
             for c, mj in conts.items():
                 # the configuration decides who owns a container, never the telemetry:
                 # a replica belongs to the app of its template, anything else is ignored

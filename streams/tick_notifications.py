@@ -58,8 +58,11 @@ def tick_data(
     # entry and settings; tests/unit/test_tick_notifications.py compares the two
     conts: dict[str, dict[str, Any]] = {}
     energy, carbon = lines.energy, lines.carbon
-    for c in sorted({c.id for c in app_cfg.containers} | set(lines.names)):
-        i = lines.index(c)
+    names = lines.names
+    rows = dict(zip(names, range(len(names)), strict=True))
+    idle = [c.id for c in app_cfg.containers if c.id not in rows]  # no line this tick
+    for c in sorted([*names, *idle]):  # (the lines are in id order: a linear sort)
+        i = rows.get(c)
         cap = caps.get(c)
         rate = rates.get(c)
         conts[c] = {

@@ -289,7 +289,10 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
     if problems:
         raise ValueError("ledger entry does not balance: " + "; ".join(problems))
     tracking, events = derive_events(state, entry)
-    entry = unchecked(AppLedgerEntry, {**values, "events": events})
+    # the events belong to the entry they were derived from; it has not left this
+    # function, so its field dict takes them in place (a copy of the entry per app-tick
+    # otherwise)
+    values["events"] = events
     settings = w.settings
     if settings.charge_rate_w > 0 and after >= lim.usable_mj:
         settings = settings.model_copy(update={"charge_rate_w": 0.0})  # Rc until full
