@@ -49,7 +49,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from ecovisor.adapters.kafka import kafka_python_options
+from ecovisor.adapters.kafka import COMPRESSION_TYPE, kafka_python_options
 from ecovisor.contract import schemas, topics
 from ecovisor.contract.bus_access import (
     BRIDGE,
@@ -370,9 +370,9 @@ class Bridge:
                         acks="all",
                         linger_ms=5,
                         batch_size=256 * 1024,
-                        # telemetry JSON compresses ~5x; the embedded broker keeps every
-                        # record in memory (L1, docs/reliability.md)
-                        compression_type="gzip",
+                        # telemetry JSON compresses several times; the embedded broker
+                        # keeps every record in memory (L1, docs/reliability.md)
+                        compression_type=COMPRESSION_TYPE,
                         # one request in flight per connection keeps Kafka order on retries
                         max_in_flight_requests_per_connection=1,
                         request_timeout_ms=10_000,
