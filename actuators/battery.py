@@ -31,9 +31,11 @@ from actuators.kafka_io import (
     service_args,
 )
 from ecovisor.contract import topics
+from ecovisor.contract.actuation import ActuatorAck, BatterySetpoint
 from ecovisor.contract.bus_access import ACTUATOR_BATTERY, mqtt_credentials, site_source_id
-from ecovisor.contract.config import EcovisorConfig, internal_key, mqtt_endpoint
-from ecovisor.contract.schemas import ActuatorAck, BatterySetpoint, utcnow
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.environment import internal_key, mqtt_endpoint
 
 ACTUATOR = "battery"
 log = logging.getLogger("actuators.battery")

@@ -19,7 +19,7 @@ import sys
 
 from ecovisor.adapters.backends import BackendError
 from ecovisor.adapters.cgroups import CgroupV1Backend, CgroupV2Backend
-from ecovisor.contract.config import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
 
 
 def _fail(msg: str) -> int:

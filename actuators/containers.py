@@ -49,9 +49,11 @@ from ecovisor.adapters.backends import BackendError, ContainerBackend, make_back
 from ecovisor.adapters.cgroups import ProcessBackend
 from ecovisor.adapters.lxd import LxdBackend
 from ecovisor.contract import topics
-from ecovisor.contract.config import ContainerBackend as BackendConfig
-from ecovisor.contract.config import EcovisorConfig, Placement, internal_key
-from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from ecovisor.contract.actuation import ActuatorAck, ContainerAction, ContainerEvent
+from ecovisor.contract.app_config import ContainerBackend as BackendConfig
+from ecovisor.contract.config import EcovisorConfig, Placement
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.environment import internal_key
 
 ACTUATOR = "containers"
 log = logging.getLogger("actuators.containers")

@@ -24,25 +24,18 @@ from ecovisor.adapters.kafka import (
     read_to_end,
 )
 from ecovisor.contract import topics
-from ecovisor.contract.config import (
-    ConfigError,
-    EcovisorConfig,
-    config_path,
-    internal_key,
-    kafka_bootstrap,
-    load_config,
-    one_line,
-)
-from ecovisor.contract.schemas import (
+from ecovisor.contract.actuation import (
     BAD_SIGNATURE,
     ActuatorAck,
     BatterySetpoint,
     ContainerAction,
-    dead_letter,
-    describe_validation_error,
     sign,
     verify,
 )
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.environment import internal_key, kafka_bootstrap
+from ecovisor.contract.operator_messages import dead_letter, describe_validation_error
 
 log = logging.getLogger("actuators.kafka")
 T = TypeVar("T")

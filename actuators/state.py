@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ecovisor.contract.schemas import ContainerAction
+from ecovisor.contract.actuation import ContainerAction
 from ecovisor.core.power_cap import DEFAULT_PERIOD_US
 
 UNKNOWN: Literal["unknown"] = "unknown"

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
-from ecovisor.contract.schemas import ContainerAction, utcnow
+from ecovisor.contract.actuation import ContainerAction
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.envelope import utcnow
 from ecovisor.embedded.servers import Server, free_port, tansu_command
 from tests.fakes.actuator_bus import (
     Bus,

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, TopicPartition
 
 from ecovisor.adapters.kafka import create_topics
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import telemetry, topics
 from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_command
 
 N = int(os.environ.get("BENCH_BRIDGE_N", "20000"))
@@ -67,8 +67,8 @@ def main() -> int:
         t = datetime(2024, 1, 1, tzinfo=UTC)
         if BATCH:
             payloads = [
-                schemas.NodeBatchTelemetry(site="bench", time=t, source="batch-n1", seq=i,
-                    node="n1", containers=[schemas.ContainerCounters(app="web", container=c,
+                telemetry.NodeBatchTelemetry(site="bench", time=t, source="batch-n1", seq=i,
+                    node="n1", containers=[telemetry.ContainerCounters(app="web", container=c,
                     cpu_s=i, energy_j=i) for c in conts]).to_json()
                 for i in range(N)
             ]  # fmt: skip
@@ -78,9 +78,9 @@ def main() -> int:
                                  "bridge's 65,536 B limit: use fewer containers")  # fmt: skip
         else:
             payloads = [
-                schemas.ContainerTelemetry(site="bench", time=t, source="meter", seq=i,
-                                           app="web", container="web-1", cpu_s=i,
-                                           energy_j=i).to_json()
+                telemetry.ContainerTelemetry(site="bench", time=t, source="meter", seq=i,
+                                             app="web", container="web-1", cpu_s=i,
+                                             energy_j=i).to_json()
                 for i in range(N)
             ]  # fmt: skip
             topic = topics.mqtt_telemetry("bench", "container", "meter")

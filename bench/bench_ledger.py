@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecovisor.contract import topics  # noqa: E402
-from ecovisor.contract.config import load_config  # noqa: E402
+from ecovisor.contract.config_file import load_config  # noqa: E402
 from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_command  # noqa: E402
 from streams.ledger import prepare_topics  # noqa: E402
 
@@ -128,7 +128,7 @@ def batch_workload(
 
     from collectors.power import split_batches
     from ecovisor.contract.bus_access import node_batch_source
-    from ecovisor.contract.schemas import ContainerCounters, NodeBatchTelemetry
+    from ecovisor.contract.telemetry import ContainerCounters, NodeBatchTelemetry
 
     by_node: dict[str, list[tuple[str, str, int]]] = {}
     for a in range(10):
@@ -362,8 +362,8 @@ def run_intake(n: int, per_node: int, ticks: int) -> dict[str, Any]:
     """In process, no brokers: the worker's per-message path for node batches (parse +
     ``SiteLedger.ingest_batch``) apart from closing ticks (``SiteLedger.close``), each
     timed on its own: which of the two bounds a worker."""
-    from ecovisor.contract.config import parse_config
-    from ecovisor.contract.schemas import TELEMETRY_ADAPTER
+    from ecovisor.contract.config_file import parse_config
+    from ecovisor.contract.telemetry import TELEMETRY_ADAPTER
     from ecovisor.core.tick_clock import to_us
     from streams.ledger_worker import SiteLedger
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_ledger import site_yaml, workload  # noqa: E402
 
-from ecovisor.contract.config import parse_config  # noqa: E402
-from ecovisor.contract.schemas import TELEMETRY_ADAPTER  # noqa: E402
+from ecovisor.contract.config_file import parse_config  # noqa: E402
+from ecovisor.contract.telemetry import TELEMETRY_ADAPTER  # noqa: E402
 from ecovisor.core.tick_clock import to_us  # noqa: E402
 from streams.ledger_metrics import exposition, ledger_registry  # noqa: E402
 from streams.ledger_worker import SiteLedger  # noqa: E402

@@ -77,7 +77,7 @@ apps:
 def batches(site: str, n: int, ticks: int, t0: float, max_bytes: int) -> list[list[bytes]]:
     """Per tick, the node batches of one site (cumulative counters)."""
     from collectors.power import split_batches
-    from ecovisor.contract.schemas import ContainerCounters, NodeBatchTelemetry
+    from ecovisor.contract.telemetry import ContainerCounters, NodeBatchTelemetry
 
     out = []
     seq = -1

@@ -28,12 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ecovisor.contract.config import parse_config  # noqa: E402
-from ecovisor.contract.schemas import (  # noqa: E402
-    CarbonTelemetry,
-    ContainerTelemetry,
-    SolarTelemetry,
-)
+from ecovisor.contract.config_file import parse_config  # noqa: E402
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry, SolarTelemetry  # noqa: E402
 from ecovisor.core.settings import apply_settings  # noqa: E402
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape  # noqa: E402
 from ecovisor.core.state import (  # noqa: E402

@@ -29,8 +29,9 @@ from typing import Any
 from collectors.common import make_publisher
 from collectors.publisher import Publisher
 from ecovisor.contract.bus_access import app_metrics_source, app_username
-from ecovisor.contract.config import EcovisorConfig, config_path, load_config
-from ecovisor.contract.schemas import AppMetricsTelemetry
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import config_path, load_config
+from ecovisor.contract.telemetry import AppMetricsTelemetry
 
 
 class AppMetrics:

@@ -34,14 +34,13 @@ from pydantic import Field, ValidationError
 from collectors.common import Options, SourceKind, cli_main, make_publisher, run_every
 from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 from ecovisor.contract import topics
+from ecovisor.contract.actuation import BatterySetpoint, verify
 from ecovisor.contract.bus_access import device_username, mqtt_credentials, site_source_id
-from ecovisor.contract.config import ConfigError, EcovisorConfig, internal_key, mqtt_endpoint
-from ecovisor.contract.schemas import (
-    BatterySetpoint,
-    BatteryTelemetry,
-    describe_validation_error,
-    verify,
-)
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.environment import internal_key, mqtt_endpoint
+from ecovisor.contract.operator_messages import describe_validation_error
+from ecovisor.contract.telemetry import BatteryTelemetry
 
 log = logging.getLogger("ecovisor.collectors.battery_device")
 _EPS_WH = 1e-9

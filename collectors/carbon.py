@@ -36,8 +36,11 @@ from tenacity import RetryCallState, wait_exponential
 
 from collectors import trace
 from collectors.common import Options, SourceKind, cli_main, one_line, run_source
-from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
-from ecovisor.contract.schemas import CarbonTelemetry, parse_time, utcnow
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.envelope import parse_time, utcnow
+from ecovisor.contract.site_config import SourceConfig
+from ecovisor.contract.telemetry import CarbonTelemetry
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 log = logging.getLogger("ecovisor.collectors.carbon")

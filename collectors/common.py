@@ -19,16 +19,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from collectors.publisher import Publisher, client_id
 from ecovisor.contract.bus_access import device_username, mqtt_credentials, site_source_id
-from ecovisor.contract.config import (
-    ConfigError,
-    EcovisorConfig,
-    SourceConfig,
-    config_path,
-    load_config,
-    mqtt_endpoint,
-    one_line,
-)
-from ecovisor.contract.schemas import describe_validation_error
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.environment import mqtt_endpoint
+from ecovisor.contract.operator_messages import describe_validation_error
+from ecovisor.contract.site_config import SourceConfig
 
 
 class Options(BaseModel):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ecovisor.contract.config import ContainerConfig
+from ecovisor.contract.app_config import ContainerConfig
 
 log = logging.getLogger("ecovisor.collectors.kepler")
 

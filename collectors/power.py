@@ -44,15 +44,18 @@ from collectors.common import cli_main, make_publisher, run_every
 from collectors.kepler import KeplerReading, kepler_keys, scrape_kepler
 from collectors.publisher import Publisher
 from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
+from ecovisor.contract.app_config import ContainerConfig
 from ecovisor.contract.bus_access import (
     container_source,
     node_batch_source,
     node_source,
     node_username,
 )
-from ecovisor.contract.config import ConfigError, ContainerConfig, EcovisorConfig, NodeConfig
-from ecovisor.contract.schemas import (
-    MAX_LIST,
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.envelope import MAX_LIST
+from ecovisor.contract.site_config import NodeConfig
+from ecovisor.contract.telemetry import (
     ContainerCounters,
     ContainerTelemetry,
     NodeBatchTelemetry,

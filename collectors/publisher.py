@@ -28,7 +28,8 @@ from ecovisor.adapters.mqtt import (
     mqtt_client,
 )
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import Telemetry, utcnow
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.telemetry import Telemetry
 
 log = logging.getLogger("ecovisor.collectors.publisher")
 

@@ -34,8 +34,11 @@ from pydantic import Field, model_validator
 
 from collectors import trace
 from collectors.common import Options, SourceKind, cli_main, one_line, run_source
-from ecovisor.contract.config import ConfigError, EcovisorConfig, SourceConfig
-from ecovisor.contract.schemas import SolarTelemetry, utcnow
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.site_config import SourceConfig
+from ecovisor.contract.telemetry import SolarTelemetry
 
 log = logging.getLogger("ecovisor.collectors.solar")
 

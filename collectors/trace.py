@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from collectors.common import Options, one_line
-from ecovisor.contract.config import ConfigError
+from ecovisor.contract.config_file import ConfigError
 
 
 class ReplayOptions(Options):

@@ -6,7 +6,7 @@
     eco = EcovisorClient("http://127.0.0.1:18080", token="...")
 
     @eco.on_tick
-    def tick(t):                      # every Δt, t.data is a schemas.TickData
+    def tick(t):                      # every Δt, t.data is a notifications.TickData
         if t.data.grid_carbon_g_per_kwh > 300:
             eco.set_container_powercap("web-1", 2.0)
 
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import httpx
 from httpx_sse import connect_sse
 
-from ecovisor.contract.schemas import Notification, TickData, parse_notification
+from ecovisor.contract.notifications import Notification, TickData, parse_notification
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("ecovisor.client")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from ecovisor.contract.schemas import Notification, TickData
+from ecovisor.contract.notifications import Notification, TickData
 
 log = logging.getLogger("ecovisor.policy")
 
@@ -514,7 +514,7 @@ def connect(a: argparse.Namespace) -> tuple[str, str]:
     url = a.api or os.environ.get("ECOVISOR_API_URL")
     token = a.token or os.environ.get("ECOVISOR_TOKEN")
     if (not url or not token) and (a.config or os.environ.get("ECOVISOR_CONFIG")):
-        from ecovisor.contract.config import ConfigError, config_path, load_config
+        from ecovisor.contract.config_file import ConfigError, config_path, load_config
 
         try:
             cfg = load_config(config_path(a.config))

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import notifications, topics
 from reliability.chaos_faults import Kill
 from reliability.chaos_stack import Pipeline, first_tick_after, read_quotas
 from reliability.chaos_workload import APPS, T0, Workload
@@ -45,13 +45,13 @@ def outcome(p: Pipeline, wl: Workload, kills: list[Kill], wall_s: float) -> Outc
     for a in APPS:
         for r in tail.snapshot(topics.notifications(a)):
             d = json.loads(r.value)
-            if d["type"] in schemas.COMMAND_LIFECYCLE:
+            if d["type"] in notifications.COMMAND_LIFECYCLE:
                 if (d.get("data") or {}).get("actuator") not in (None, "ledger"):
                     d.pop("time")  # the actuator's acknowledgement: wall time
                 # (the runs' cgroup trees differ when they run side by side)
                 text = json.dumps(d, sort_keys=True).replace(p.top, "TOP")
                 lifecycle.setdefault(d["command_id"], set()).add(text)
-                if d["type"] in schemas.COMMAND_OUTCOMES:
+                if d["type"] in notifications.COMMAND_OUTCOMES:
                     final.setdefault(d["command_id"], d["type"])
             else:
                 notes.setdefault((a, d["tick"]), set()).add(r.value)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import notifications, topics
 from reliability.chaos_faults import Kill, inject_kills
 from reliability.chaos_outcome import Outcome, dump, outcome
 from reliability.chaos_stack import WAIT_S, Pipeline, Tail, remove_cgroups
@@ -98,7 +98,10 @@ def run_once(
             with tail.lock:
                 got = tail.outcomes
                 return all(
-                    any(n["type"] in schemas.COMMAND_OUTCOMES for n in got.get(c.command_id, []))
+                    any(
+                        n["type"] in notifications.COMMAND_OUTCOMES
+                        for n in got.get(c.command_id, [])
+                    )
                     for c in wl.commands
                 )
 

@@ -21,8 +21,8 @@ from typing import Any
 from ecovisor.adapters.backends import BackendError
 from ecovisor.adapters.cgroups import CgroupV1Backend
 from ecovisor.adapters.kafka import create_topics
-from ecovisor.contract import schemas, topics
-from ecovisor.contract.config import load_config
+from ecovisor.contract import notifications, telemetry, topics
+from ecovisor.contract.config_file import load_config
 from ecovisor.embedded.servers import (
     Server,
     free_port,
@@ -204,7 +204,7 @@ class Tail(threading.Thread):
                 self.ledger_k[d["app"]] = max(self.ledger_k.get(d["app"], -1), d["k"])
             elif topic.startswith(topics.NOTIFICATIONS_PREFIX):
                 d = json.loads(r.value)
-                if d.get("command_id") and d["type"] in schemas.COMMAND_LIFECYCLE:
+                if d.get("command_id") and d["type"] in notifications.COMMAND_LIFECYCLE:
                     self.outcomes.setdefault(d["command_id"], []).append(d)
 
     def closed(self) -> int:
@@ -331,9 +331,9 @@ class Pipeline:
         def probed() -> bool:
             nonlocal n
             n += 1
-            m = schemas.ContainerTelemetry(site=SITE, time=at(0), source=f"ctr-{probe}", seq=n,
-                                           app="a", container=probe, node="n1", cpu_s=0.0,
-                                           energy_j=0.0)  # fmt: skip
+            m = telemetry.ContainerTelemetry(site=SITE, time=at(0), source=f"ctr-{probe}", seq=n,
+                                             app="a", container=probe, node="n1", cpu_s=0.0,
+                                             energy_j=0.0)  # fmt: skip
             c.publish(topics.mqtt_telemetry(SITE, "container", m.source), m.to_json(), qos=1)
             assert self.tail is not None
             return any(probe.encode() in r.value

@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import topics
+from ecovisor.contract.commands import Command, SetBatteryChargeRate, SetContainerPowercap
+from ecovisor.contract.telemetry import (
+    CarbonTelemetry,
+    ClockMessage,
+    ContainerTelemetry,
+    SolarTelemetry,
+)
 
 SITE = "chaos"
 T0 = 1_700_000_000  # a tick boundary (Δt = 1 s); tick k0 = T0
@@ -35,14 +42,14 @@ class Step:
     topic: str = ""
     payload: bytes = b""
     ident: tuple[str, int] | None = None  # (source, seq) of telemetry
-    command: schemas.Command | None = None
+    command: Command | None = None
 
 
 @dataclass
 class Workload:
     ticks: int
     steps: list[Step]
-    commands: list[schemas.Command]
+    commands: list[Command]
     gaps: list[tuple[int, int]]  # [first silent tick, first tick with data again)
     telemetry: int  # distinct (source, seq) published
     duplicates: int
@@ -85,18 +92,18 @@ def gaps_of(ticks: int) -> list[tuple[int, int]]:
     return [(g, g + GAP_TICKS) for g in starts]
 
 
-def make_commands(ticks: int) -> list[tuple[int, schemas.Command]]:
+def make_commands(ticks: int) -> list[tuple[int, Command]]:
     """(trace tick, command): power caps through the actuator, battery charge rates
     applied by the ledger, one refused (app b capping app a's container)."""
 
-    def cap(app: str, n: int, container: str, watts: float | None) -> schemas.Command:
-        return schemas.SetContainerPowercap(site=SITE, time=at(0), command_id=f"chaos-{n}",
-                                            app=app, token=TOKENS[app], container=container,
-                                            watts=watts)  # fmt: skip
+    def cap(app: str, n: int, container: str, watts: float | None) -> Command:
+        return SetContainerPowercap(site=SITE, time=at(0), command_id=f"chaos-{n}",
+                                    app=app, token=TOKENS[app], container=container,
+                                    watts=watts)  # fmt: skip
 
-    def charge(app: str, n: int, watts: float) -> schemas.Command:
-        return schemas.SetBatteryChargeRate(site=SITE, time=at(0), command_id=f"chaos-{n}",
-                                            app=app, token=TOKENS[app], watts=watts)  # fmt: skip
+    def charge(app: str, n: int, watts: float) -> Command:
+        return SetBatteryChargeRate(site=SITE, time=at(0), command_id=f"chaos-{n}",
+                                    app=app, token=TOKENS[app], watts=watts)  # fmt: skip
 
     plan = [
         (0.15, cap("a", 1, "a-1", 1.0)),
@@ -109,7 +116,7 @@ def make_commands(ticks: int) -> list[tuple[int, schemas.Command]]:
     if ticks < 60:
         plan = [plan[0], plan[1], plan[3], plan[4]]
     gaps = gaps_of(ticks)
-    out: list[tuple[int, schemas.Command]] = []
+    out: list[tuple[int, Command]] = []
     for f, cmd in plan:
         c = max(2, int(ticks * f))
         while c in {t for t, _ in out} or any(g0 - 1 <= c < g1 + 1 for g0, g1 in gaps):
@@ -148,23 +155,23 @@ def workload(ticks: int, seed: int) -> Workload:
         if any(i == g1 for _, g1 in gaps):  # the replay bridges the gap with its clock
             # (its step belongs to the last tick with data: the publisher's backlog
             # bound must not wait for ticks only this message can close)
-            cm = schemas.ClockMessage(site=SITE, time=at(i - 0.5), source=CLOCK_SOURCE)
+            cm = ClockMessage(site=SITE, time=at(i - 0.5), source=CLOCK_SOURCE)
             steps.append(Step("clock", i - GAP_TICKS - 1, payload=cm.model_dump_json().encode()))
         for half in (0.0, 0.5):
             t = i + half
             batch: list[Step] = []
             counters["solar"] = counters.get("solar", 0.0) + rng.uniform(0.0, 2.4)
-            batch.append(telemetry(i, schemas.SolarTelemetry(
+            batch.append(telemetry(i, SolarTelemetry(
                 site=SITE, time=at(t), source="solar", seq=seq("solar"), power_w=8.0,
                 energy_j=round(counters["solar"], 3))))  # fmt: skip
             if half == 0.0:
-                batch.append(telemetry(i, schemas.CarbonTelemetry(
+                batch.append(telemetry(i, CarbonTelemetry(
                     site=SITE, time=at(t), source="carbon", seq=seq("carbon"),
                     intensity_g_per_kwh=round(rng.uniform(100.0, 450.0), 1))))  # fmt: skip
             for app, c in conts:
                 src = f"ctr-{c}"
                 counters[src] = counters.get(src, 0.0) + rng.uniform(0.05, 0.75)
-                batch.append(telemetry(i, schemas.ContainerTelemetry(
+                batch.append(telemetry(i, ContainerTelemetry(
                     site=SITE, time=at(t), source=src, seq=seq(src), app=app, container=c,
                     node="n1", cpu_s=0.0, energy_j=round(counters[src], 3))))  # fmt: skip
             for s in batch:
@@ -185,7 +192,7 @@ def workload(ticks: int, seed: int) -> Workload:
     for h in held:
         steps.append(Step("mqtt", ticks - 1, h.topic, h.payload, h.ident))
         late += 1
-    end = schemas.ClockMessage(site=SITE, time=at(ticks + 0.5), source=CLOCK_SOURCE)
+    end = ClockMessage(site=SITE, time=at(ticks + 0.5), source=CLOCK_SOURCE)
     steps.append(Step("clock", ticks - 1, payload=end.model_dump_json().encode()))
     n = len({s.ident for s in steps if s.ident})
     return Workload(ticks, steps, [c for _, c in sorted(cmds.items())], gaps, n, dups, late)

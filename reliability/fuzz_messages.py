@@ -40,8 +40,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from ecovisor.contract import topics  # noqa: E402
-from ecovisor.contract.config import EcovisorConfig, parse_config  # noqa: E402
-from ecovisor.contract.schemas import DeadLetter, Notification  # noqa: E402
+from ecovisor.contract.config import EcovisorConfig  # noqa: E402
+from ecovisor.contract.config_file import parse_config  # noqa: E402
+from ecovisor.contract.notifications import Notification  # noqa: E402
+from ecovisor.contract.operator_messages import DeadLetter  # noqa: E402
 from ecovisor.core.entries import AppLedgerEntry  # noqa: E402
 from ecovisor.core.tick_clock import to_us  # noqa: E402
 from streams.bridge import Scope, route  # noqa: E402

@@ -79,8 +79,9 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from ecovisor.api.app import create_app, openapi_document  # noqa: E402
 from ecovisor.api.state_source import Counters, IntervalCounter  # noqa: E402
-from ecovisor.contract.config import EcovisorConfig, parse_config  # noqa: E402
-from ecovisor.contract.schemas import ContainerTickData, Notification, TickData  # noqa: E402
+from ecovisor.contract.config import EcovisorConfig  # noqa: E402
+from ecovisor.contract.config_file import parse_config  # noqa: E402
+from ecovisor.contract.notifications import ContainerTickData, Notification, TickData  # noqa: E402
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, accept_and_apply  # noqa: E402
 from tests.fakes.sites import BATCH_TOKEN, TWO_APPS, WEB_TOKEN  # noqa: E402
 

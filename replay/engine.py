@@ -48,7 +48,9 @@ from ecovisor.api.models import AppInfo
 from ecovisor.api.state_source import live_state_from_view
 from ecovisor.cli.export_format import to_csv
 from ecovisor.contract import topics
+from ecovisor.contract.actuation import ContainerAction
 from ecovisor.contract.bus_access import app_metrics_source
+from ecovisor.contract.commands import COMMAND_TYPES, command_fields
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.experiment import (
     TEMPLATE,
@@ -64,15 +66,12 @@ from ecovisor.contract.experiment import (
     parallel_tasks,
     site_config,
 )
-from ecovisor.contract.schemas import (
-    COMMAND_TYPES,
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.telemetry import (
     AppMetricsTelemetry,
     CarbonTelemetry,
-    ContainerAction,
     ContainerTelemetry,
-    Notification,
     SolarTelemetry,
-    command_fields,
 )
 from ecovisor.core.parallel_job import ParallelJob
 from ecovisor.core.spark_job import SparkJob

@@ -44,17 +44,18 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from ecovisor.cli.export_format import to_csv
 from ecovisor.client import CommandResult, EcovisorClient
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, internal_key
-from ecovisor.contract.experiment import TOKEN, AppSpec, Experiment
-from ecovisor.contract.schemas import (
+from ecovisor.contract.actuation import (
     ActuatorAck,
-    ClockMessage,
     ContainerAction,
     ContainerActionName,
-    Notification,
     sign,
     verify,
 )
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.environment import internal_key
+from ecovisor.contract.experiment import TOKEN, AppSpec, Experiment
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.telemetry import ClockMessage
 from ecovisor.core.workloads import WebService
 from policies.base import SUBSCRIBED_EVENTS, AppView
 from replay.engine import (

@@ -18,7 +18,8 @@ import yaml
 
 from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, load_config
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import load_config
 from ecovisor.contract.experiment import AppSpec, Experiment, site_config
 from ecovisor.embedded.servers import (
     Server,

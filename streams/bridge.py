@@ -2,7 +2,7 @@
 
 ``python -m streams.bridge --config FILE`` subscribes (QoS 1, persistent session, stable
 client id ``ecovisor-bridge-<site>``) to ``ecovisor/+/telemetry/#``, validates each message
-against the contract (ecovisor.contract.schemas) and the site (its id, apps, containers
+against the contract (ecovisor.contract.telemetry) and the site (its id, apps, containers
 and template replicas, nodes) and produces it to ``ecovisor.telemetry`` keyed by site id;
 anything too large (checked before parsing), malformed, invalid, for another site or for
 an app, container or node the site does not have goes to ``ecovisor.deadletter`` with the
@@ -50,22 +50,16 @@ from tenacity import (
 )
 
 from ecovisor.adapters.kafka import COMPRESSION_TYPE, kafka_python_options
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import operator_messages, telemetry, topics
 from ecovisor.contract.bus_access import (
     BRIDGE,
     bus_authenticated,
     mqtt_credentials,
     telemetry_source,
 )
-from ecovisor.contract.config import (
-    ConfigError,
-    EcovisorConfig,
-    config_path,
-    kafka_bootstrap,
-    load_config,
-    mqtt_endpoint,
-    one_line,
-)
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.environment import kafka_bootstrap, mqtt_endpoint
 
 log = logging.getLogger("ecovisor.bridge")
 
@@ -112,7 +106,7 @@ class Scope:
             source_of=partial(telemetry_source, cfg) if bus_authenticated(cfg) else None,
         )
 
-    def foreign_entries(self, b: schemas.NodeBatchTelemetry) -> list[tuple[int, str]]:
+    def foreign_entries(self, b: telemetry.NodeBatchTelemetry) -> list[tuple[int, str]]:
         """(index, reason) of each entry of a node batch this site does not take: a
         container it does not have, of another app, or not placed on the batch's node (a
         node's collector reports the containers placed on its node only: the placement
@@ -139,7 +133,7 @@ class Scope:
         """Why a valid message is not for this site, else None."""
         if msg.site != self.site:
             return f"telemetry for site {msg.site!r}; this bridge serves site {self.site!r}"
-        if isinstance(msg, schemas.ContainerTelemetry):
+        if isinstance(msg, telemetry.ContainerTelemetry):
             owner = self.owners.get(msg.container)
             if owner is None:
                 return (
@@ -182,8 +176,10 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
     origin = f"mqtt:{mqtt_topic}"
     parsed = topics.parse_mqtt_telemetry(mqtt_topic)
 
-    def dead(reason: str, site: str | None, keep: int = schemas.DEAD_LETTER_RAW_MAX) -> Routed:
-        dl = schemas.dead_letter(origin, reason, payload, keep)
+    def dead(
+        reason: str, site: str | None, keep: int = operator_messages.DEAD_LETTER_RAW_MAX
+    ) -> Routed:
+        dl = operator_messages.dead_letter(origin, reason, payload, keep)
         value = dl.model_dump_json().encode()
         key = site.encode() if site else None
         return Routed(topics.DEADLETTER, key, value, False, reason, origin)
@@ -202,9 +198,9 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
         )
     site, kind, source = parsed
     try:
-        msg, bad = schemas.parse_telemetry_entries(payload)
+        msg, bad = telemetry.parse_telemetry_entries(payload)
     except ValidationError as e:
-        return dead(f"invalid telemetry: {schemas.describe_validation_error(e)}", site)
+        return dead(f"invalid telemetry: {operator_messages.describe_validation_error(e)}", site)
     except Exception as e:  # never crash on input, whatever it is
         return dead(f"unreadable payload: {type(e).__name__}: {e}", site)
     mismatch = [
@@ -222,7 +218,7 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
     if why is not None:
         return dead(why, site)
     extra: tuple[Routed, ...] = ()
-    if isinstance(msg, schemas.NodeBatchTelemetry):
+    if isinstance(msg, telemetry.NodeBatchTelemetry):
         msg, extra = _batch_entries(scope, msg, bad, origin, site)
     value = msg.model_dump_json().encode()
     return Routed(topics.TELEMETRY, site.encode(), value, True, None, origin, extra)
@@ -230,11 +226,11 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
 
 def _batch_entries(
     scope: Scope,
-    b: schemas.NodeBatchTelemetry,
-    bad: list[schemas.BadEntry],
+    b: telemetry.NodeBatchTelemetry,
+    bad: list[telemetry.BadEntry],
     origin: str,
     site: str,
-) -> tuple[schemas.NodeBatchTelemetry, tuple[Routed, ...]]:
+) -> tuple[telemetry.NodeBatchTelemetry, tuple[Routed, ...]]:
     """A node batch without the entries the site does not take, and one dead letter
     for those (invalid ones: ``bad``, from the parse), each with its index and reason."""
     foreign = scope.foreign_entries(b)
@@ -250,8 +246,8 @@ def _batch_entries(
         [entry for _, _, entry in bad]
         + [b.containers[i].model_dump(mode="json") for i, _ in foreign]
     )
-    dl = schemas.dead_letter(origin, f"node_batch: {len(reasons)} entries not taken: "
-                             + "; ".join(reasons), raw)  # fmt: skip
+    dl = operator_messages.dead_letter(origin, f"node_batch: {len(reasons)} entries not taken: "
+                                       + "; ".join(reasons), raw)  # fmt: skip
     note = Routed(topics.DEADLETTER, site.encode(), dl.model_dump_json().encode(), False,
                   dl.reason, origin)  # fmt: skip
     return b.model_copy(update={"containers": kept}), (note,)
@@ -260,7 +256,7 @@ def _batch_entries(
 def refused(r: Routed, err: BaseException) -> Routed:
     """The dead letter of a message Kafka refused for itself (e.g. too large)."""
     reason = f"Kafka refused the message: {type(err).__name__}: {err}"
-    dl = schemas.dead_letter(r.origin or r.topic, reason, r.value, OVERSIZED_RAW_KEEP)
+    dl = operator_messages.dead_letter(r.origin or r.topic, reason, r.value, OVERSIZED_RAW_KEEP)
     return Routed(topics.DEADLETTER, r.key, dl.model_dump_json().encode(), False, reason, r.origin)
 
 
@@ -414,7 +410,7 @@ class Bridge:
         try:
             r = route(self.scope, msg.topic, msg.payload)
         except Exception as e:  # belt and braces: route() must not raise
-            dl = schemas.dead_letter(
+            dl = operator_messages.dead_letter(
                 f"mqtt:{msg.topic}", f"bridge error: {e}", msg.payload, OVERSIZED_RAW_KEEP
             )
             r = Routed(topics.DEADLETTER, None, dl.model_dump_json().encode(), False, str(e))

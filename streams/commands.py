@@ -2,7 +2,7 @@
 
 A command from ``ecovisor.commands`` is accepted only if, in this order:
 
-1. it parses against the contract (``ecovisor.schemas.AnyCommand``): strict JSON types,
+1. it parses against the contract (``ecovisor.contract.commands.AnyCommand``): strict JSON types,
    finite numbers under the contract's static ceiling;
 2. it is for this site;
 3. its ``token`` is a configured app's credential (``config.app_for_token``) and that app
@@ -32,11 +32,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ecovisor.contract.config import EcovisorConfig
-from ecovisor.contract.schemas import (
+from ecovisor.contract.actuation import ContainerAction, ContainerActionName
+from ecovisor.contract.commands import (
     AnyCommand,
-    ContainerAction,
-    ContainerActionName,
     ResumeContainer,
     ScaleApp,
     ScaleContainer,
@@ -46,10 +44,11 @@ from ecovisor.contract.schemas import (
     SetCarbonRate,
     SetContainerPowercap,
     SuspendContainer,
-    describe_validation_error,
-    is_ident,
     parse_command,
 )
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.envelope import is_ident
+from ecovisor.contract.operator_messages import describe_validation_error
 from ecovisor.core import state as core
 from ecovisor.core.power_cap import CapRejected, CpuQuota
 

@@ -35,15 +35,9 @@ from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from ecovisor.adapters.kafka import KafkaUnavailable, assigned_consumer, create_topics
 from ecovisor.contract import topics
-from ecovisor.contract.config import (
-    ConfigError,
-    EcovisorConfig,
-    config_path,
-    influxdb_url,
-    kafka_bootstrap,
-    load_config,
-    one_line,
-)
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.environment import influxdb_url, kafka_bootstrap
 from ecovisor.core.units import mj_to_j, ug_to_g
 
 log = logging.getLogger("ecovisor.history")

@@ -39,13 +39,8 @@ import socket
 import sys
 from pathlib import Path
 
-from ecovisor.contract.config import (
-    ConfigError,
-    config_path,
-    kafka_bootstrap,
-    load_config,
-    one_line,
-)
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.environment import kafka_bootstrap
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
 from streams.ledger_group import SiteGroup

@@ -37,7 +37,8 @@ from ecovisor.adapters.kafka import (
     faust_credentials,
 )
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, internal_key
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.environment import internal_key
 from ecovisor.core.tick_clock import to_us
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_group import LedgerGroup, SiteGroup

@@ -23,7 +23,9 @@ from functools import cached_property
 from typing import Any
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, EcovisorConfig, internal_key
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.environment import internal_key
 from ecovisor.contract.kafka_access import ledger_app_id
 from streams.ledger_worker import Out
 
@@ -246,7 +248,7 @@ class LedgerGroup:
 
     def misrouted(self, origin: str, site: str | None, partition: int, raw: bytes) -> Out:
         """A dead letter for a command or ack this worker cannot hand to its site."""
-        from ecovisor.contract.schemas import dead_letter
+        from ecovisor.contract.operator_messages import dead_letter
 
         if site is None:
             why = "no configured site or app: key it by its site id"

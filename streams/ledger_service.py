@@ -21,12 +21,11 @@ from pydantic import ValidationError
 
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig
-from ecovisor.contract.schemas import (
+from ecovisor.contract.operator_messages import dead_letter, describe_validation_error
+from ecovisor.contract.telemetry import (
     TELEMETRY_ADAPTER,
     BadEntry,
     ClockMessage,
-    dead_letter,
-    describe_validation_error,
     parse_telemetry_entries,
 )
 from ecovisor.core.tick_clock import to_us

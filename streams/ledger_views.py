@@ -1,6 +1,6 @@
 """The ledger worker's state views, served on 127.0.0.1:``stack.ledger_web_port`` and
 read by the REST API (ecovisor/api/state_source.py). When the site has an internal key
-(``ecovisor.contract.config.internal_key``), every request needs
+(``ecovisor.contract.environment.internal_key``), every request needs
 ``Authorization: Bearer <internal key>`` (else 401): loopback alone does not keep other
 local users or apps from reading any app's state.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ecovisor.contract.schemas import parse_time
+from ecovisor.contract.envelope import parse_time
 from ecovisor.core.tick_clock import to_us
 from ecovisor.core.units import mj_to_j, ug_to_g
 from streams.ledger_worker import SiteLedger, utc_from_us

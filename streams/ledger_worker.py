@@ -19,16 +19,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, internal_key
-from ecovisor.contract.schemas import (
-    BAD_SIGNATURE,
-    ActuatorAck,
-    Notification,
-    dead_letter,
-    describe_validation_error,
-    sign,
-    verify,
-)
+from ecovisor.contract.actuation import BAD_SIGNATURE, ActuatorAck, sign, verify
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.environment import internal_key
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import dead_letter, describe_validation_error
 from ecovisor.core.entries import SiteTickResult
 from ecovisor.core.intake import BatchEntry
 from ecovisor.core.settings import queue_site_change

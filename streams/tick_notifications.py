@@ -12,13 +12,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ecovisor.contract.config import AppConfig, EcovisorConfig
-from ecovisor.contract.schemas import (
-    Alert,
-    BatterySetpoint,
-    Notification,
-    TickData,
-)
+from ecovisor.contract.actuation import BatterySetpoint
+from ecovisor.contract.app_config import AppConfig
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.notifications import Notification, TickData
+from ecovisor.contract.operator_messages import Alert
 from ecovisor.core.entries import (
     AppLedgerEntry,
     ControllerSetpoints,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ecovisor.contract.config import ContainerBackend as BackendConfig
+from ecovisor.contract.app_config import ContainerBackend as BackendConfig
 
 
 class BackendError(RuntimeError):

@@ -35,7 +35,7 @@ from tenacity import (
 )
 
 from ecovisor.contract import topics as names
-from ecovisor.contract.config import (
+from ecovisor.contract.environment import (
     ENV_KAFKA_PASSWORD,
     ENV_KAFKA_SASL_MECHANISM,
     ENV_KAFKA_SECURITY_PROTOCOL,

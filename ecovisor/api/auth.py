@@ -12,7 +12,8 @@ from fastapi import Depends, HTTPException, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ecovisor.api.wiring import Ctx
-from ecovisor.contract.config import AppConfig, EcovisorConfig
+from ecovisor.contract.app_config import AppConfig
+from ecovisor.contract.config import EcovisorConfig
 
 API_PREFIX = "/v1/apps/{app}"
 

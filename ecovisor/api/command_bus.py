@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from ecovisor.adapters import kafka
 from ecovisor.adapters.kafka_async import assigned_consumer, started_producer
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import Command, Notification, parse_notification
+from ecovisor.contract.commands import Command
+from ecovisor.contract.notifications import Notification, parse_notification
 
 Position = tuple[int, int]  # (partition, offset) of a notification in its app's topic
 REPLAY_BATCH = 200  # records per fetch of a replay: memory stays bounded, whatever the gap

@@ -1,5 +1,5 @@
 """The setters (paper Tables 1 and 2, and container management): each publishes an
-``ecovisor.contract.schemas`` command on ``ecovisor.commands`` with the app's token and
+``ecovisor.contract.commands`` command on ``ecovisor.commands`` with the app's token and
 returns its ``command_id``; ``?wait=true`` waits (bounded) for the lifecycle outcome on
 the app's notification topic. The ledger validates and applies; the API only checks
 that the app addresses its own containers and templates, and that every value is within
@@ -18,15 +18,11 @@ from ecovisor.api.errors import error_responses, items, unprocessable
 from ecovisor.api.metrics import command_published
 from ecovisor.api.models import CommandRequest, CommandResult, command_body
 from ecovisor.api.wiring import Ctx, Wiring
-from ecovisor.contract import schemas
-from ecovisor.contract.config import AppConfig
-from ecovisor.contract.schemas import (
-    COMMAND_LIFECYCLE,
-    COMMAND_OUTCOMES,
-    COMMAND_TYPES,
-    Command,
-    utcnow,
-)
+from ecovisor.contract import commands
+from ecovisor.contract.app_config import AppConfig
+from ecovisor.contract.commands import COMMAND_TYPES, Command
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.notifications import COMMAND_LIFECYCLE, COMMAND_OUTCOMES
 
 MAX_WAIT_S = 30.0
 Wait = Annotated[bool, Query(description="wait for the lifecycle outcome")]
@@ -37,13 +33,13 @@ router = APIRouter(responses=error_responses(401, 403, 503))
 OWNED = error_responses(404)  # routes naming a container or template (path or body)
 
 # Route bodies: the command's own fields minus what the path names (contract-derived).
-SetContainerPowercapBody = command_body(schemas.SetContainerPowercap, ("container",))
-SetBatteryChargeRateBody = command_body(schemas.SetBatteryChargeRate)
-SetBatteryMaxDischargeBody = command_body(schemas.SetBatteryMaxDischarge)
-SetCarbonRateBody = command_body(schemas.SetCarbonRate, ("container",))
-SetCarbonBudgetBody = command_body(schemas.SetCarbonBudget)
-ScaleContainerBody = command_body(schemas.ScaleContainer, ("container",))
-ScaleAppBody = command_body(schemas.ScaleApp, ("template",))
+SetContainerPowercapBody = command_body(commands.SetContainerPowercap, ("container",))
+SetBatteryChargeRateBody = command_body(commands.SetBatteryChargeRate)
+SetBatteryMaxDischargeBody = command_body(commands.SetBatteryMaxDischarge)
+SetCarbonRateBody = command_body(commands.SetCarbonRate, ("container",))
+SetCarbonBudgetBody = command_body(commands.SetCarbonBudget)
+ScaleContainerBody = command_body(commands.ScaleContainer, ("container",))
+ScaleAppBody = command_body(commands.ScaleApp, ("template",))
 
 
 async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> CommandResult:
@@ -121,7 +117,7 @@ async def set_container_powercap(
 ) -> CommandResult:
     """Set a container's power cap (W); ``null`` removes it."""
     return await issue(
-        ctx, me, schemas.SetContainerPowercap, wait, timeout, container, watts=body.watts
+        ctx, me, commands.SetContainerPowercap, wait, timeout, container, watts=body.watts
     )
 
 
@@ -135,7 +131,7 @@ async def remove_container_powercap(
     me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
 ) -> CommandResult:
     """Remove a container's power cap (same as setting null)."""
-    return await issue(ctx, me, schemas.SetContainerPowercap, wait, timeout, container, watts=None)
+    return await issue(ctx, me, commands.SetContainerPowercap, wait, timeout, container, watts=None)
 
 
 @router.put(P + "/battery/charge_rate", tags=["table1"], response_model=CommandResult)
@@ -144,7 +140,7 @@ async def set_battery_charge_rate(
     wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Charge the virtual battery at this rate (W) until full; 0 = solar only."""
-    return await issue(ctx, me, schemas.SetBatteryChargeRate, wait, timeout, watts=body.watts)
+    return await issue(ctx, me, commands.SetBatteryChargeRate, wait, timeout, watts=body.watts)
 
 
 @router.put(P + "/battery/max_discharge", tags=["table1"], response_model=CommandResult)
@@ -153,7 +149,7 @@ async def set_battery_max_discharge(
     wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Maximum virtual battery discharge rate (W)."""
-    return await issue(ctx, me, schemas.SetBatteryMaxDischarge, wait, timeout, watts=body.watts)
+    return await issue(ctx, me, commands.SetBatteryMaxDischarge, wait, timeout, watts=body.watts)
 
 
 # --- Table 2 ---------------------------------------------------------------------------
@@ -173,7 +169,7 @@ async def set_carbon_rate(
 ) -> CommandResult:
     """A container's carbon rate (mg/s over window_s); the ecovisor tracks and notifies."""
     rate = {"mg_per_s": body.mg_per_s, "window_s": body.window_s}
-    return await issue(ctx, me, schemas.SetCarbonRate, wait, timeout, container, **rate)
+    return await issue(ctx, me, commands.SetCarbonRate, wait, timeout, container, **rate)
 
 
 @router.put(P + "/carbon_budget", tags=["table2"], response_model=CommandResult)
@@ -183,7 +179,7 @@ async def set_carbon_budget(
 ) -> CommandResult:
     """The app's carbon budget (g per period_s); the ecovisor tracks and notifies."""
     return await issue(
-        ctx, me, schemas.SetCarbonBudget, wait, timeout, grams=body.grams, period_s=body.period_s
+        ctx, me, commands.SetCarbonBudget, wait, timeout, grams=body.grams, period_s=body.period_s
     )
 
 
@@ -198,7 +194,7 @@ async def suspend_container(
     me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
 ) -> CommandResult:
     """Suspend (freeze) a container."""
-    return await issue(ctx, me, schemas.SuspendContainer, wait, timeout, container)
+    return await issue(ctx, me, commands.SuspendContainer, wait, timeout, container)
 
 
 @router.post(
@@ -211,7 +207,7 @@ async def resume_container(
     me: Me, ctx: Ctx, container: str, wait: Wait = False, timeout: Timeout = 5.0
 ) -> CommandResult:
     """Resume a suspended container."""
-    return await issue(ctx, me, schemas.ResumeContainer, wait, timeout, container)
+    return await issue(ctx, me, commands.ResumeContainer, wait, timeout, container)
 
 
 @router.put(
@@ -225,7 +221,7 @@ async def scale_container(
     wait: Wait = False, timeout: Timeout = 5.0,
 ) -> CommandResult:
     """Vertical scaling: the container's CPU allowance in cores."""
-    return await issue(ctx, me, schemas.ScaleContainer, wait, timeout, container, cpus=body.cpus)
+    return await issue(ctx, me, commands.ScaleContainer, wait, timeout, container, cpus=body.cpus)
 
 
 @router.put(
@@ -240,7 +236,7 @@ async def scale_app(
 ) -> CommandResult:
     """Horizontal scaling: run this many replicas of a container template."""
     return await issue(
-        ctx, me, schemas.ScaleApp, wait, timeout, template=template, replicas=body.replicas
+        ctx, me, commands.ScaleApp, wait, timeout, template=template, replicas=body.replicas
     )
 
 

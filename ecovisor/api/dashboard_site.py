@@ -34,7 +34,7 @@ from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.errors import error_responses
 from ecovisor.api.state_source import LiveState, StateUnavailable
 from ecovisor.api.wiring import Ctx, Wiring
-from ecovisor.contract.schemas import COMMAND_LIFECYCLE, Notification, TickData
+from ecovisor.contract.notifications import COMMAND_LIFECYCLE, Notification, TickData
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.units import mj_to_power, ug_to_g
 

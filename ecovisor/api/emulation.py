@@ -37,7 +37,7 @@ from ecovisor.api import emulation_signal as sig
 from ecovisor.api.auth import API_PREFIX, AppPath, Me
 from ecovisor.api.errors import error_responses
 from ecovisor.api.wiring import Ctx
-from ecovisor.contract.config import AppConfig
+from ecovisor.contract.app_config import AppConfig
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 EMAPS = API_PREFIX + "/emulate/electricitymaps/v3"

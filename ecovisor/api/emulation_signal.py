@@ -20,7 +20,7 @@ from fastapi import HTTPException
 
 from ecovisor.api.state_source import StateUnavailable
 from ecovisor.api.wiring import Wiring
-from ecovisor.contract.config import AppConfig
+from ecovisor.contract.app_config import AppConfig
 
 PERIOD_S = 300.0  # the emulations' data period: 5 minutes (or the tick, if longer)
 NO_FORECAST = (

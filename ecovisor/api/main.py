@@ -9,14 +9,8 @@ from collections.abc import Callable
 from ecovisor.api.app import create_app, openapi_document
 from ecovisor.api.command_bus import KafkaBus
 from ecovisor.api.state_source import HttpStateSource
-from ecovisor.contract.config import (
-    ConfigError,
-    config_path,
-    internal_key,
-    kafka_bootstrap,
-    load_config,
-    one_line,
-)
+from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
+from ecovisor.contract.environment import internal_key, kafka_bootstrap
 
 
 def main(argv: list[str] | None = None, serve: Callable[..., None] | None = None) -> None:

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ecovisor.contract.config import AppConfig, EcovisorConfig
-from ecovisor.contract.schemas import COMMAND_TYPES, Command, command_fields, command_type
+from ecovisor.contract.app_config import AppConfig
+from ecovisor.contract.commands import COMMAND_TYPES, Command, command_fields, command_type
+from ecovisor.contract.config import EcovisorConfig
 from ecovisor.core.units import mj_to_wh
 from ecovisor.core.virtual_battery import battery_limits
 

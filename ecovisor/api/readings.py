@@ -19,8 +19,8 @@ from ecovisor.api.errors import error_responses, unprocessable
 from ecovisor.api.models import AppInfo, IntervalReading, Reading
 from ecovisor.api.state_source import Counters, IntervalCounter, LiveState, StateUnavailable
 from ecovisor.api.wiring import Ctx, Wiring
-from ecovisor.contract.config import AppConfig
-from ecovisor.contract.schemas import ContainerTickData, TickData
+from ecovisor.contract.app_config import AppConfig
+from ecovisor.contract.notifications import ContainerTickData, TickData
 
 T1 = Annotated[AwareDatetime, Query(description="interval start, ISO 8601 with zone")]
 T2 = Annotated[AwareDatetime, Query(description="interval end, ISO 8601 with zone")]

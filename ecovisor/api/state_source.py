@@ -10,7 +10,8 @@ from typing import Any, Protocol
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ecovisor.contract.schemas import TickData, describe_validation_error
+from ecovisor.contract.notifications import TickData
+from ecovisor.contract.operator_messages import describe_validation_error
 
 
 class StateUnavailable(Exception):
@@ -100,7 +101,7 @@ class HttpStateSource:
 
     def __init__(self, base_url: str, timeout: float = 5.0, key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        # the site's internal key (contract.config.internal_key, passed by main())
+        # the site's internal key (contract.environment.internal_key, passed by main())
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
 

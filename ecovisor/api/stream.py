@@ -25,7 +25,7 @@ from ecovisor.api.auth import Me
 from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.errors import error_responses, unprocessable, validation_response
 from ecovisor.api.wiring import Ctx
-from ecovisor.contract.schemas import NOTIFICATION_TYPES, Notification
+from ecovisor.contract.notifications import NOTIFICATION_TYPES, Notification
 
 log = logging.getLogger("ecovisor.api.stream")
 router = APIRouter()

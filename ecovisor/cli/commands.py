@@ -4,9 +4,9 @@ until the command's outcome.
 
 The subcommands are generated from the contract, so a command has one name from the wire
 to the CLI and a new command class needs no CLI code: one subcommand per
-``schemas.COMMAND_TYPES`` entry, named after its ``type`` with dashes
+``commands.COMMAND_TYPES`` entry, named after its ``type`` with dashes
 (``set_container_powercap`` -> ``set-container-powercap``), with one ``--option`` per own
-field (``schemas.command_fields``), plus the options every subcommand shares and the one
+field (``commands.command_fields``), plus the options every subcommand shares and the one
 publish path (``send``). The names used before are kept as hidden aliases (``ALIASES``).
 """
 
@@ -27,7 +27,7 @@ from ecovisor.adapters.kafka import KafkaUnavailable, producer
 from ecovisor.cli.follow import CLIENT_ID, open_topic, records
 from ecovisor.cli.format import format_notification
 from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, kafka_of
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import commands, envelope, notifications, operator_messages, topics
 
 AppOpt = Annotated[str, typer.Option("--app", help="application id")]
 TokenOpt = Annotated[
@@ -52,7 +52,7 @@ ALIASES: dict[str, str] = {
 }
 
 
-def publish_command(command: schemas.Command, bootstrap: str, wait: bool, timeout: float) -> int:
+def publish_command(command: commands.Command, bootstrap: str, wait: bool, timeout: float) -> int:
     """Publish one command (key = app id) and print its id; with wait, print its
     lifecycle. Exit code: 0 published/applied, 1 rejected/failed, 2 no outcome within
     the timeout."""
@@ -65,14 +65,14 @@ def publish_command(command: schemas.Command, bootstrap: str, wait: bool, timeou
             return 0
         for r in records(cons, until=time.monotonic() + timeout):
             try:
-                n = schemas.parse_notification(r.value)
+                n = notifications.parse_notification(r.value)
             except ValueError:
                 continue
             if n.command_id != command.command_id:
                 continue
             typer.echo(format_notification(n))
-            if n.type in schemas.COMMAND_OUTCOMES:
-                return 0 if n.type == schemas.COMMAND_SUCCEEDED else 1
+            if n.type in notifications.COMMAND_OUTCOMES:
+                return 0 if n.type == notifications.COMMAND_SUCCEEDED else 1
     finally:
         if cons is not None:
             cons.close()
@@ -80,7 +80,7 @@ def publish_command(command: schemas.Command, bootstrap: str, wait: bool, timeou
     return 2
 
 
-def _publish(command: schemas.Command, bootstrap: str) -> None:
+def _publish(command: commands.Command, bootstrap: str) -> None:
     try:
         prod = producer(bootstrap, CLIENT_ID, timeout=KAFKA_TIMEOUT_S)
     except KafkaUnavailable as e:
@@ -96,7 +96,7 @@ def _publish(command: schemas.Command, bootstrap: str) -> None:
 
 
 def send(
-    cls: type[schemas.Command],
+    cls: type[commands.Command],
     fields: dict[str, Any],
     *,
     app_id: str,
@@ -113,9 +113,9 @@ def send(
     if not site_id:
         raise fail("no site id: pass --site or --config")
     try:
-        command = cls(site=site_id, time=schemas.utcnow(), app=app_id, token=token, **fields)
+        command = cls(site=site_id, time=envelope.utcnow(), app=app_id, token=token, **fields)
     except ValidationError as e:
-        raise fail(f"invalid command: {schemas.describe_validation_error(e)}") from None
+        raise fail(f"invalid command: {operator_messages.describe_validation_error(e)}") from None
     raise typer.Exit(publish_command(command, boot, wait, timeout))
 
 
@@ -153,9 +153,9 @@ def set_or_remove(value: _V | None, remove: bool, option: str,
     return None if remove else value
 
 
-def subcommand_name(cls: type[schemas.Command]) -> str:
+def subcommand_name(cls: type[commands.Command]) -> str:
     """The CLI name of a command: its wire ``type`` with dashes."""
-    return schemas.command_type(cls).replace("_", "-")
+    return commands.command_type(cls).replace("_", "-")
 
 
 def option_name(field: str) -> str:
@@ -167,7 +167,7 @@ def option_name(field: str) -> str:
 _SCALARS: tuple[type, ...] = (str, int, float, bool)
 
 
-def _option_type(cls: type[schemas.Command], field: str, annotation: Any) -> tuple[type, bool]:
+def _option_type(cls: type[commands.Command], field: str, annotation: Any) -> tuple[type, bool]:
     """The option's type for a contract field annotation and whether null is allowed.
     Pydantic keeps constraints in ``Annotated`` (e.g. ``NonNeg | None``); the contract
     checks them when the command is built, so the option only needs the base type."""
@@ -198,11 +198,11 @@ class Removable:
 
 
 def command_params(
-    cls: type[schemas.Command],
+    cls: type[commands.Command],
 ) -> tuple[list[inspect.Parameter], list[Removable]]:
     """The subcommand's own options for ``cls``, one per own field of the contract, in
     --help order (required first), and its removable fields (see ``Removable``)."""
-    fields = schemas.command_fields(cls)
+    fields = commands.command_fields(cls)
     typed = {name: _option_type(cls, name, f.annotation) for name, f in fields.items()}
     nullable_required = [n for n, f in fields.items() if f.is_required() and typed[n][1]]
     required: list[inspect.Parameter] = []
@@ -237,10 +237,10 @@ def command_params(
     return required + optional + flags, removable
 
 
-def _help(cls: type[schemas.Command], removable: list[Removable]) -> str:
+def _help(cls: type[commands.Command], removable: list[Removable]) -> str:
     """The subcommand's help: the paper-style call, the class docstring if it has one
     (pydantic models do not inherit docstrings, so only its own), the null rule."""
-    call = f"{schemas.command_type(cls)}({', '.join(schemas.command_fields(cls))})"
+    call = f"{commands.command_type(cls)}({', '.join(commands.command_fields(cls))})"
     own = inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
     text = f"{call}: {own}" if own else f"{call}."
     for r in removable:
@@ -248,7 +248,7 @@ def _help(cls: type[schemas.Command], removable: list[Removable]) -> str:
     return text
 
 
-def command_runner(cls: type[schemas.Command]) -> tuple[Any, str]:
+def command_runner(cls: type[commands.Command]) -> tuple[Any, str]:
     """The Typer callback publishing a ``cls`` command, and its help.
 
     Typer reads a command's options from its signature, so the callback gets the
@@ -269,12 +269,12 @@ def command_runner(cls: type[schemas.Command]) -> tuple[Any, str]:
 
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
-    run.__name__ = run.__qualname__ = schemas.command_type(cls)
+    run.__name__ = run.__qualname__ = commands.command_type(cls)
     return run, _help(cls, removable)
 
 
 def build_cmd_app(
-    command_types: Mapping[str, type[schemas.Command]],
+    command_types: Mapping[str, type[commands.Command]],
     aliases: Mapping[str, str] = ALIASES,
 ) -> tuple[typer.Typer, dict[str, str]]:
     """The ``ecovisor cmd`` group for a registry of command types (the contract's
@@ -303,4 +303,4 @@ def build_cmd_app(
 
 # The `ecovisor cmd` group of the contract, and command type -> subcommand name (a unit
 # test checks there is exactly one visible subcommand per command type).
-cmd_app, CMD_NAMES = build_cmd_app(schemas.COMMAND_TYPES)
+cmd_app, CMD_NAMES = build_cmd_app(commands.COMMAND_TYPES)

@@ -12,15 +12,9 @@ from typing import Annotated
 import typer
 
 from ecovisor.cli.options import ConfigOpt, fail
-from ecovisor.contract.config import (
-    ConfigError,
-    EcovisorConfig,
-    config_path,
-    internal_key,
-    kafka_bootstrap,
-    load_config,
-    mqtt_endpoint,
-)
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, config_path, load_config
+from ecovisor.contract.environment import internal_key, kafka_bootstrap, mqtt_endpoint
 
 config_app = typer.Typer(help="Site configuration.", no_args_is_help=True)
 

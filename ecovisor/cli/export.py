@@ -14,8 +14,8 @@ from ecovisor.cli.export_format import select, to_csv, to_jsonl
 from ecovisor.cli.follow import CLIENT_ID
 from ecovisor.cli.options import KAFKA_TIMEOUT_S, BootstrapOpt, ConfigOpt, fail, load
 from ecovisor.contract import topics
-from ecovisor.contract.config import kafka_bootstrap
-from ecovisor.contract.schemas import parse_time
+from ecovisor.contract.envelope import parse_time
+from ecovisor.contract.environment import kafka_bootstrap
 
 # A bound on reading the whole ledger (up to its end offsets when the export starts);
 # generous, since a long run holds many entries.

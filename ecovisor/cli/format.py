@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from ecovisor.contract import schemas
+from ecovisor.contract import notifications, operator_messages
 
 # The tick data a readable tick notification shows, in this order.
 TICK_KEYS = (
@@ -37,7 +37,7 @@ def _without_token(obj: Any) -> Any:
     return obj
 
 
-def format_notification(n: schemas.Notification) -> str:
+def format_notification(n: notifications.Notification) -> str:
     parts = [n.time.isoformat(timespec="seconds"), n.app, n.type]
     if n.tick is not None:
         parts.append(f"tick={n.tick}")
@@ -76,15 +76,15 @@ def format_ledger_entry(obj: dict[str, Any]) -> str:
 def _format_known(what: str, obj: Any) -> str | None:
     """The readable line of a record of a known kind; None for the generic form."""
     if what == "notifications":
-        return format_notification(schemas.Notification.model_validate(obj))
+        return format_notification(notifications.Notification.model_validate(obj))
     if what == "deadletter":
-        d = schemas.DeadLetter.model_validate(obj)
+        d = operator_messages.DeadLetter.model_validate(obj)
         raw = d.raw if len(d.raw) <= 120 else d.raw[:117] + "..."
         return f"{d.time.isoformat(timespec='seconds')} {d.origin} reason={d.reason!r} raw={raw}"
     if what == "ledger":
         return format_ledger_entry(obj)
     if what == "alerts":
-        a = schemas.Alert.model_validate(obj)
+        a = operator_messages.Alert.model_validate(obj)
         return f"{a.time.isoformat(timespec='seconds')} {a.severity} {a.kind}: {a.message}"
     return None
 

@@ -10,15 +10,15 @@ from typing import Annotated
 
 import typer
 
-from ecovisor.contract.config import (
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import (
     DEFAULT_CONFIG_ENV,
     ConfigError,
-    EcovisorConfig,
     config_path,
-    kafka_bootstrap,
     load_config,
     one_line,
 )
+from ecovisor.contract.environment import kafka_bootstrap
 
 ConfigOpt = Annotated[
     str | None,

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ecovisor.cli.options import fail
-from ecovisor.contract.config import ConfigError
+from ecovisor.contract.config_file import ConfigError
 
 RunsOpt = Annotated[
     int | None, typer.Option("--runs", min=1, max=1000, help="runs (default: the file's)")

@@ -45,7 +45,7 @@ def _show_apps(config: str | None, sd: Path, recorded: str | None) -> None:
     import sys
 
     from ecovisor.cli import status_apps
-    from ecovisor.contract.config import ConfigError, config_path, load_config
+    from ecovisor.contract.config_file import ConfigError, config_path, load_config
 
     try:  # --config / $ECOVISOR_CONFIG, else the configuration the stack was started with
         cfg = load_config(config_path(config) if has_config(config) or not recorded else recorded)

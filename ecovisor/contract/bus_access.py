@@ -19,7 +19,8 @@ import hmac
 from dataclasses import dataclass
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, internal_key
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.environment import internal_key
 
 BRIDGE = "bridge"
 ACTUATOR_BATTERY = "actuator-battery"

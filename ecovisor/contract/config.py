@@ -1,25 +1,30 @@
 """Site configuration: one YAML file describing a site's physical energy system, its
 applications (shares, tokens, containers and their backends, policies), its edge
 collectors and the stack endpoints. Validated by ``ecovisor config check``.
-See docs/configuration.md."""
+See docs/configuration.md.
+
+This module holds the whole file's model (``EcovisorConfig``: the checks across its
+sections and the rules it owns: placement and ownership, a container's cap -> quota,
+the bounds of a command) and its ``stack`` section. The ``site`` section is in
+``site_config``, the ``apps`` section in ``app_config``; reading the file is
+``config_file``, the environment's overrides ``environment``."""
 
 from __future__ import annotations
 
 import hmac
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from ecovisor.contract.schemas import (
-    MAX_MAGNITUDE,
-    AppId,
+from ecovisor.contract.app_config import (
+    AppConfig,
+    ContainerBackend,
+    ContainerConfig,
+    ContainerTemplate,
+)
+from ecovisor.contract.commands import (
     Command,
-    Ident,
     ScaleApp,
     ScaleContainer,
     SetBatteryChargeRate,
@@ -28,112 +33,13 @@ from ecovisor.contract.schemas import (
     SetCarbonRate,
     SetContainerPowercap,
 )
+from ecovisor.contract.site_config import NodeConfig, SiteConfig, StrictModel
 from ecovisor.core.power_cap import DEFAULT_PERIOD_US, CpuQuota, quota_for_container_cap
-from ecovisor.core.power_model import AnyPowerModel, PowerModelSpec
 from ecovisor.core.sci import SECONDS_PER_YEAR, EmbodiedShare
-from ecovisor.core.shares import AppShare, SiteShape
+from ecovisor.core.shares import AppShare
 
 # Float slack when comparing a requested value with a configured limit.
 _EPS = 1e-9
-
-
-ENV_INTERNAL_KEY = "ECOVISOR_INTERNAL_KEY"
-
-
-class ConfigError(Exception):
-    """A site configuration that cannot be used, with readable reasons."""
-
-
-def one_line(err: BaseException) -> str:
-    """An error as one line (every entry point exits with one line, never a traceback)."""
-    return " ".join(str(err).split())
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NodeConfig(_Strict):
-    id: Ident
-    cores: int = Field(ge=1)
-    power_model: PowerModelSpec = PowerModelSpec(preset="ecovisor-microserver")
-    meter: Literal["model", "rapl", "kepler"] = "model"
-    kepler_url: str | None = None
-    credential: str | None = Field(
-        None,
-        min_length=8,
-        max_length=4096,
-        repr=False,
-        description="MQTT password of this device (default: derived from the internal key)",
-    )
-
-    @model_validator(mode="after")
-    def _resolves(self) -> NodeConfig:
-        self.model()  # a model that cannot be resolved is a configuration error, at load
-        return self
-
-    def model(self) -> AnyPowerModel:
-        """The node's power model: the one definition the collectors, the ledger's cap
-        validation and the actuators use (its configured cores override the preset's).
-        Never raises for a loaded configuration (checked at load)."""
-        return self.power_model.resolve(self.cores)
-
-
-class ContainerBackend(_Strict):
-    """Where a container lives and how it is controlled."""
-
-    type: Literal["cgroup_v1", "cgroup_v2", "lxd", "process"]
-    cgroup: str | None = Field(
-        None, description="cgroup path relative to the hierarchy root, e.g. ecovisor/web-1"
-    )
-    root: str | None = Field(None, description="cgroup mount root override (tests, v2 trees)")
-    instance: str | None = Field(None, description="LXD instance name")
-    lxd_endpoint: str | None = None
-
-    @model_validator(mode="after")
-    def _needs(self) -> ContainerBackend:
-        if self.type in ("cgroup_v1", "cgroup_v2", "process") and not self.cgroup:
-            raise ValueError(f"backend {self.type} needs 'cgroup' (a cgroup path)")
-        if self.type == "lxd" and not self.instance:
-            raise ValueError("backend lxd needs 'instance'")
-        return self
-
-
-class ContainerConfig(_Strict):
-    id: Ident
-    node: Ident
-    backend: ContainerBackend
-    size: float = Field(1.0, gt=0, description="relative size for idle attribution 'size'")
-    command: list[str] | None = Field(
-        None, description="embedded demo: a workload started inside the container's cgroup"
-    )
-
-
-class ContainerTemplate(_Strict):
-    """Template for horizontal scaling (scale_app)."""
-
-    id: Ident
-    node: Ident
-    backend: ContainerBackend
-    command: list[str] | None = None
-    # bounded like ScaleApp.replicas: the actuator walks every replica slot
-    max_replicas: int = Field(8, ge=0, le=256)
-
-    # The one naming rule of replicas: replica i (1-based) of template T is container
-    # ``T-i``, its backend the template's with the controlled name suffixed ``-i``.
-    def replica_id(self, index: int) -> str:
-        return f"{self.id}-{index}"
-
-    def replica_backend(self, index: int) -> ContainerBackend:
-        b = self.backend
-        if b.type == "lxd":  # a copy of the template instance
-            return b.model_copy(update={"instance": f"{b.instance}-{index}"})
-        return b.model_copy(update={"cgroup": f"{b.cgroup}-{index}"})
-
-
-class PolicyConfig(_Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
-    args: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -149,116 +55,7 @@ class Placement:
     size: float = 1.0
 
 
-class AppConfig(_Strict):
-    id: AppId
-    token: str = Field(min_length=8, max_length=4096, repr=False)  # as Command.token
-    shares: AppShare = AppShare()
-    containers: list[ContainerConfig] = Field(default_factory=list)
-    templates: list[ContainerTemplate] = Field(default_factory=list)
-    policies: list[PolicyConfig] = Field(default_factory=list)
-
-
-class SourceConfig(_Strict):
-    """An edge collector or device: its type and type-specific options (validated by the
-    collector itself at start and by ``ecovisor config check``)."""
-
-    type: str
-    id: Ident | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    credential: str | None = Field(
-        None,
-        min_length=8,
-        max_length=4096,
-        repr=False,
-        description="MQTT password of this device (default: derived from the internal key)",
-    )
-
-
-class SiteLimits(_Strict):
-    """Bounds at the edge: a message or request outside them is refused (422 or a dead
-    letter) with the reason, so no single message can stop the ledger (docs/reliability.md)."""
-
-    # at most the contract's static ceiling, which no command can pass anyway
-    max_carbon_budget_g: float = Field(
-        1.0e6, gt=0, le=MAX_MAGNITUDE, description="ceiling of set_carbon_budget grams per period"
-    )
-    max_carbon_rate_mg_per_s: float = Field(
-        1.0e6, gt=0, le=MAX_MAGNITUDE, description="ceiling of set_carbon_rate mg/s"
-    )
-    clock_skew_s: float = Field(
-        300.0,
-        gt=0,
-        le=86_400,
-        description="telemetry event time at most this far ahead of the site's clock",
-    )
-    max_message_bytes: int = Field(
-        65_536, ge=1_024, le=900_000, description="largest telemetry or command payload"
-    )
-    max_sources: int = Field(
-        1_000,
-        ge=1,
-        le=1_500,
-        description="telemetry sources the ledger tracks per site (the snapshot stays < 1 MB)",
-    )
-    source_expiry_s: float = Field(
-        3_600.0,
-        gt=0,
-        le=604_800,
-        description="a source silent this long is forgotten (its dedupe state)",
-    )
-    replay_clock_source: Ident | None = Field(
-        None, description="the only source whose clock messages are accepted (None: none)"
-    )
-    clock_max_step_s: float = Field(
-        86_400.0, gt=0, le=366 * 86_400, description="largest advance of one clock message"
-    )
-
-
-class EmbodiedHardware(_Strict):
-    """One piece of hardware for the embodied term M of SCI (docs/configuration.md):
-    its embodied carbon, its lifetime (the time share of an interval is
-    interval / lifetime) and how it is shared by the apps (the resource share)."""
-
-    name: Ident
-    node: Ident | None = Field(None, description="the node it is; None: the whole site")
-    embodied_kg: float = Field(ge=0, le=1_000_000, description="kgCO2eq, manufacture")
-    lifetime_years: float = Field(gt=0, le=50)
-    share: Literal["containers", "equal"] = Field(
-        "containers",
-        description="containers: by the app's configured containers on it (its size); "
-        "equal: equally among the apps with a container on it",
-    )
-
-
-class EmbodiedConfig(_Strict):
-    hardware: list[EmbodiedHardware] = Field(default_factory=list, max_length=1024)
-
-
-class SiteConfig(_Strict):
-    id: Ident
-    shape: SiteShape = SiteShape()
-    nodes: list[NodeConfig] = Field(default_factory=list)
-    solar: SourceConfig | None = None
-    carbon: SourceConfig | None = None
-    battery: SourceConfig | None = None
-    embodied: EmbodiedConfig | None = Field(None, description="hardware for SCI's M term")
-    grace_s: float = Field(0.5, ge=0, description="a tick closes after tick_s + grace_s")
-    limits: SiteLimits = SiteLimits()
-    # The secret of the site's internal services (ledger, actuators, API -> ledger views):
-    # signs actuator messages and guards the ledger views. Read from this environment
-    # variable first; ``internal_key`` (a literal) is for demos and tests only.
-    internal_key_env: str = Field(
-        ENV_INTERNAL_KEY, description="environment variable holding the internal key"
-    )
-    internal_key: str | None = Field(
-        None,
-        min_length=16,
-        repr=False,  # never in logs or error messages
-        description="literal internal key (demo/tests; prefer the env)",
-    )
-
-
-class StackConfig(_Strict):
+class StackConfig(StrictModel):
     """Endpoints. ``kafka_bootstrap: null`` starts the embedded broker (tansu)."""
 
     kafka_bootstrap: str | None = None
@@ -280,7 +77,7 @@ class StackConfig(_Strict):
     service_startsecs: int = Field(10, ge=1, le=300)
 
 
-class EcovisorConfig(_Strict):
+class EcovisorConfig(StrictModel):
     schema_version: Literal[1] = 1
     site: SiteConfig
     apps: list[AppConfig] = Field(default_factory=list)
@@ -568,113 +365,3 @@ def _isolation_errors(cfg: EcovisorConfig) -> list[str]:
                 for key in _backend_keys(t.backend, f"-{i}"):
                     claim(key, a.id, f"replica {rid!r}")
     return errors
-
-
-_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand_env(text: str) -> str:
-    """${VAR} and ${VAR:-default} in the YAML text, so tokens need not live in the file."""
-
-    def sub(m: re.Match[str]) -> str:
-        val = os.environ.get(m.group(1))
-        if val is None:
-            if m.group(2) is None:
-                raise ConfigError(f"environment variable {m.group(1)} is not set")
-            return m.group(2)
-        return val
-
-    return _ENV.sub(sub, text)
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ())) or "<root>"
-        msg = e.get("msg", "")
-        lines.append(f"  - {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def parse_config(text: str, origin: str = "<string>") -> EcovisorConfig:
-    try:
-        data = yaml.safe_load(_expand_env(text))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{origin}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping at the top level")
-    try:
-        return EcovisorConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{origin}: invalid configuration:\n{_format_errors(e)}") from e
-
-
-def load_config(path: str | os.PathLike[str]) -> EcovisorConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such configuration file")
-    return parse_config(p.read_text(), origin=str(p))
-
-
-DEFAULT_CONFIG_ENV = "ECOVISOR_CONFIG"
-
-# Environment overrides of the stack endpoints (docker compose passes these).
-ENV_KAFKA_BOOTSTRAP = "ECOVISOR_KAFKA_BOOTSTRAP"
-ENV_MQTT_HOST = "ECOVISOR_MQTT_HOST"
-ENV_MQTT_PORT = "ECOVISOR_MQTT_PORT"
-ENV_INFLUXDB_URL = "ECOVISOR_INFLUXDB_URL"
-ENV_VARS = (DEFAULT_CONFIG_ENV, ENV_KAFKA_BOOTSTRAP, ENV_MQTT_HOST, ENV_MQTT_PORT, ENV_INFLUXDB_URL)
-
-# How every Kafka client authenticates (read by ecovisor.adapters.kafka only; docker compose
-# sets them per service, docs/configuration.md). None set: PLAINTEXT, no authentication.
-ENV_KAFKA_SECURITY_PROTOCOL = "ECOVISOR_KAFKA_SECURITY_PROTOCOL"
-ENV_KAFKA_SASL_MECHANISM = "ECOVISOR_KAFKA_SASL_MECHANISM"
-ENV_KAFKA_USERNAME = "ECOVISOR_KAFKA_USERNAME"
-ENV_KAFKA_PASSWORD = "ECOVISOR_KAFKA_PASSWORD"
-ENV_KAFKA_SSL_CAFILE = "ECOVISOR_KAFKA_SSL_CAFILE"
-KAFKA_CLIENT_ENV_VARS = (
-    ENV_KAFKA_SECURITY_PROTOCOL,
-    ENV_KAFKA_SASL_MECHANISM,
-    ENV_KAFKA_USERNAME,
-    ENV_KAFKA_PASSWORD,
-    ENV_KAFKA_SSL_CAFILE,
-)
-
-
-def kafka_is_external(cfg: EcovisorConfig) -> bool:
-    """Does ``kafka_bootstrap`` name a broker outside the embedded stack?"""
-    return bool(os.environ.get(ENV_KAFKA_BOOTSTRAP) or cfg.stack.kafka_bootstrap)
-
-
-def kafka_bootstrap(cfg: EcovisorConfig) -> str:
-    """host:port of the Kafka-compatible broker: env, then config, then embedded."""
-    env = os.environ.get(ENV_KAFKA_BOOTSTRAP)
-    if env:
-        return env
-    if cfg.stack.kafka_bootstrap:
-        return cfg.stack.kafka_bootstrap
-    return f"127.0.0.1:{cfg.stack.kafka_port}"
-
-
-def internal_key(cfg: EcovisorConfig) -> str | None:
-    """The site's internal key: ``$<site.internal_key_env>``, then ``site.internal_key``;
-    None when neither is set (internal topics and views are then not authenticated)."""
-    return os.environ.get(cfg.site.internal_key_env) or cfg.site.internal_key
-
-
-def mqtt_endpoint(cfg: EcovisorConfig) -> tuple[str, int]:
-    host = os.environ.get(ENV_MQTT_HOST) or cfg.stack.mqtt_host
-    port = int(os.environ.get(ENV_MQTT_PORT) or cfg.stack.mqtt_port)
-    return host, port
-
-
-def influxdb_url(cfg: EcovisorConfig) -> str | None:
-    return os.environ.get(ENV_INFLUXDB_URL) or cfg.stack.influxdb_url
-
-
-def config_path(explicit: str | None) -> str:
-    """The configuration file to use: --config, then $ECOVISOR_CONFIG."""
-    path = explicit or os.environ.get(DEFAULT_CONFIG_ENV)
-    if not path:
-        raise ConfigError(f"no configuration: pass --config FILE or set {DEFAULT_CONFIG_ENV}")
-    return path

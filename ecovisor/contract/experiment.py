@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecovisor.contract.config import ConfigError, EcovisorConfig
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecovisor.contract.bus_access import MqttPrincipal, mqtt_password, mqtt_principals
-from ecovisor.contract.config import ConfigError, EcovisorConfig
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError
 
 MOSQUITTO_PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
 MOSQUITTO_SALT_BYTES = 12

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import (
-    DEFAULT_CONFIG_ENV,
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import DEFAULT_CONFIG_ENV, ConfigError
+from ecovisor.contract.environment import (
     ENV_INFLUXDB_URL,
     ENV_KAFKA_BOOTSTRAP,
     ENV_MQTT_HOST,
     ENV_MQTT_PORT,
-    ConfigError,
-    EcovisorConfig,
     influxdb_url,
     internal_key,
     kafka_bootstrap,

@@ -22,8 +22,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ecovisor.adapters.cgroups import CgroupV1Backend, ProcessBackend
 from ecovisor.contract import topics
+from ecovisor.contract.actuation import ActuatorAck, ContainerAction, ContainerEvent, sign
 from ecovisor.contract.config import EcovisorConfig
-from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, sign, utcnow
+from ecovisor.contract.envelope import utcnow
 from ecovisor.core.power_cap import max_power_at_quota
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]

@@ -20,7 +20,9 @@ from fastapi import FastAPI
 from ecovisor.api.auth import API_PREFIX
 from ecovisor.api.command_bus import NotificationHub
 from ecovisor.api.state_source import Counters, LiveState, StateUnavailable
-from ecovisor.contract.schemas import Command, Notification, TickData, utcnow
+from ecovisor.contract.commands import Command
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.notifications import Notification, TickData
 from ecovisor.embedded.servers import free_port
 
 try:  # FastAPI >= 0.137.2 keeps included routers as a tree in app.routes; this walks it

@@ -22,7 +22,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ecovisor.adapters.cgroups import CgroupV1Backend
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import CarbonTelemetry, utcnow
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.telemetry import CarbonTelemetry
 from ecovisor.embedded.servers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]

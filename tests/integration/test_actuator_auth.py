@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import ActuatorAck, ContainerAction, sign, utcnow, verify
+from ecovisor.contract.actuation import ActuatorAck, ContainerAction, sign, verify
+from ecovisor.contract.envelope import utcnow
 from tests.fakes.actuator_bus import Bus, burner_cgroup, remove_tree, start_service, stop_service
 
 pytestmark = pytest.mark.integration

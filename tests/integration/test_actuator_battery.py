@@ -12,7 +12,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import BatterySetpoint, utcnow
+from ecovisor.contract.actuation import BatterySetpoint
+from ecovisor.contract.envelope import utcnow
 from tests.fakes.actuator_bus import Bus, start_service, stop_service
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import pytest
 
 from ecovisor.adapters.cgroups import CgroupV1Backend, ProcessBackend
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from tests.fakes.actuator_bus import (
     Bus,
     burner_cgroup,

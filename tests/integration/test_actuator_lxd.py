@@ -11,8 +11,9 @@ import pytest
 from actuators.containers import ContainerActuator
 from ecovisor.adapters.backends import BackendError
 from ecovisor.adapters.lxd import LxdBackend
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import ActuatorAck, ContainerAction, ContainerEvent, utcnow
+from ecovisor.contract.actuation import ActuatorAck, ContainerAction, ContainerEvent
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.envelope import utcnow
 from tests.fakes.lxd import FakeLxd
 
 pytestmark = pytest.mark.integration

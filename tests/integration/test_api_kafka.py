@@ -18,8 +18,8 @@ from ecovisor.api.app import create_app
 from ecovisor.api.command_bus import KafkaBus
 from ecovisor.client import EcovisorClient, ForbiddenError, Tick
 from ecovisor.contract import topics
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import Notification, TickData
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import Notification, TickData
 from tests.fakes.api import InMemoryStateSource, serve
 
 pytestmark = pytest.mark.integration

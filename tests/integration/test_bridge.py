@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import operator_messages, telemetry, topics
 from ecovisor.embedded.servers import Server
 
 pytestmark = pytest.mark.integration
@@ -109,8 +109,8 @@ class Reader:
 
 def _container(site: str, seq: int, container: str = "web-1", app: str = "web",
                source: str = "pm") -> bytes:  # fmt: skip
-    m = schemas.ContainerTelemetry(site=site, time=T0, source=source, seq=seq, app=app,
-                                   container=container, cpu_s=seq, energy_j=seq)  # fmt: skip
+    m = telemetry.ContainerTelemetry(site=site, time=T0, source=source, seq=seq, app=app,
+                                     container=container, cpu_s=seq, energy_j=seq)  # fmt: skip
     return m.to_json()
 
 
@@ -126,7 +126,7 @@ def _publisher(port: int, name: str) -> mqtt.Client:
 def _wait_subscribed(pub: mqtt.Client, reader: Reader, site: str) -> None:
     """Publish probes until the bridge forwards one (it subscribes asynchronously)."""
     for i in range(100):
-        probe = schemas.SolarTelemetry(
+        probe = telemetry.SolarTelemetry(
             site=site, time=T0, source="probe", seq=i, power_w=0, energy_j=0
         )
         pub.publish(topics.mqtt_telemetry(site, "solar", "probe"), probe.to_json(), qos=1)
@@ -143,12 +143,12 @@ def test_telemetry_reaches_kafka_unchanged(
     _wait_subscribed(pub, reader, site)
     reader.read(100, site.encode(), timeout=0.5)  # drain late probes
     sent = [
-        schemas.SolarTelemetry(site=site, time=T0, source="pv-1", seq=1, power_w=12.5,
-                               energy_j=4500.0),
-        schemas.ContainerTelemetry(site=site, time=T0, source="power", seq=7, app="web",
-                                   container="web-1", node="n1", cpu_s=3.25, energy_j=17.5),
-        schemas.CarbonTelemetry(site=site, time=T0, source="c-1", seq=3,
-                                intensity_g_per_kwh=231.0),
+        telemetry.SolarTelemetry(site=site, time=T0, source="pv-1", seq=1, power_w=12.5,
+                                 energy_j=4500.0),
+        telemetry.ContainerTelemetry(site=site, time=T0, source="power", seq=7, app="web",
+                                     container="web-1", node="n1", cpu_s=3.25, energy_j=17.5),
+        telemetry.CarbonTelemetry(site=site, time=T0, source="c-1", seq=3,
+                                  intensity_g_per_kwh=231.0),
     ]  # fmt: skip
     for m in sent:
         pub.publish(topics.mqtt_telemetry(site, m.kind, m.source), m.to_json(), qos=1)
@@ -156,7 +156,7 @@ def test_telemetry_reaches_kafka_unchanged(
     pub.loop_stop()
     reader.close()
     assert got == [json.loads(m.model_dump_json()) for m in sent]
-    assert [schemas.parse_telemetry(json.dumps(g)) for g in got] == sent
+    assert [telemetry.parse_telemetry(json.dumps(g)) for g in got] == sent
 
 
 def test_malformed_and_invalid_go_to_deadletter(
@@ -166,7 +166,7 @@ def test_malformed_and_invalid_go_to_deadletter(
     dead = Reader(kafka_bootstrap, topics.DEADLETTER)
     pub = _publisher(mqtt_server.port, "pub")
     _wait_subscribed(pub, tel, site)
-    good = schemas.SolarTelemetry(site=site, time=T0, source="pv-1", seq=1, power_w=1, energy_j=1)
+    good = telemetry.SolarTelemetry(site=site, time=T0, source="pv-1", seq=1, power_w=1, energy_j=1)
     bad_field = good.model_dump(mode="json") | {"power_w": -5}
     bad = [
         (topics.mqtt_telemetry(site, "solar", "pv-1"), b"{not json", "invalid telemetry"),
@@ -200,7 +200,7 @@ def test_malformed_and_invalid_go_to_deadletter(
     dead.close()
     assert len(letters) == len(bad)
     for (t, payload, why), dl in zip(bad, letters, strict=True):
-        d = schemas.DeadLetter.model_validate(dl)
+        d = operator_messages.DeadLetter.model_validate(dl)
         assert d.origin == f"mqtt:{t}"
         assert why in d.reason
         assert d.raw == payload.decode("utf-8", "backslashreplace")
@@ -222,8 +222,8 @@ def test_sigkill_mid_stream_loses_no_accepted_message(
     killed_at = -1
     t0 = time.monotonic()
     for seq in range(n):
-        m = schemas.ContainerTelemetry(site=site, time=T0, source="meter", seq=seq, app="web",
-                                       container="web-1", cpu_s=seq, energy_j=seq)  # fmt: skip
+        m = telemetry.ContainerTelemetry(site=site, time=T0, source="meter", seq=seq, app="web",
+                                         container="web-1", cpu_s=seq, energy_j=seq)  # fmt: skip
         infos.append(pub.publish(topic, m.to_json(), qos=1))
         if seq == n // 3:
             # let some flow through, then kill the bridge in the middle of the stream
@@ -266,8 +266,8 @@ def test_bridge_reconnects_after_mqtt_broker_restart(
     pub = _publisher(mqtt_server.port, "pub2")
     topic = topics.mqtt_telemetry(site, "solar", "pv-9")
     for seq in range(20):
-        m = schemas.SolarTelemetry(site=site, time=T0, source="pv-9", seq=seq, power_w=1,
-                                   energy_j=seq)  # fmt: skip
+        m = telemetry.SolarTelemetry(site=site, time=T0, source="pv-9", seq=seq, power_w=1,
+                                     energy_j=seq)  # fmt: skip
         pub.publish(topic, m.to_json(), qos=1)
     got: set[int] = set()
     deadline = time.monotonic() + 20
@@ -291,13 +291,13 @@ def test_telemetry_for_another_site_is_dead_lettered_with_the_reason(
     pub = _publisher(mqtt_server.port, "pub")
     _wait_subscribed(pub, tel, site)
     t = topics.mqtt_telemetry(other, "solar", "pv-1")
-    m = schemas.SolarTelemetry(site=other, time=T0, source="pv-1", seq=1, power_w=1, energy_j=1)
+    m = telemetry.SolarTelemetry(site=other, time=T0, source="pv-1", seq=1, power_w=1, energy_j=1)
     pub.publish(t, m.to_json(), qos=1)
     letters = dead.read(1, other.encode())
     pub.loop_stop()
     tel.close()
     dead.close()
-    (dl,) = [schemas.DeadLetter.model_validate(x) for x in letters]
+    (dl,) = [operator_messages.DeadLetter.model_validate(x) for x in letters]
     assert dl.origin == f"mqtt:{t}" and f"this bridge serves site {site!r}" in dl.reason
 
 
@@ -342,7 +342,10 @@ def test_oversized_telemetry_is_dead_lettered_acknowledged_and_never_stalls(
         pub.publish(meter, _container(site, seq, source="meter"), qos=1)
     got = _seqs(tel, site, "meter", set(range(20)), timeout=60)
     took = time.monotonic() - t0
-    letters = [schemas.DeadLetter.model_validate(x) for x in dead.read(n_big, site.encode(), 60)]
+    letters = [
+        operator_messages.DeadLetter.model_validate(x)
+        for x in dead.read(n_big, site.encode(), 60)
+    ]
     assert got == set(range(20)), f"good telemetry stalled behind oversized messages: {got}"
     assert all(i.is_published() for i in infos)
     assert len(letters) == n_big

@@ -16,8 +16,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.battery_device import build
 from ecovisor.contract import topics
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import BatterySetpoint, BatteryTelemetry, parse_telemetry, utcnow
+from ecovisor.contract.actuation import BatterySetpoint
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.telemetry import BatteryTelemetry, parse_telemetry
 
 pytestmark = pytest.mark.integration
 

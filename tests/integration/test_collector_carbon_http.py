@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from collectors.carbon import CarbonCollector, build
-from ecovisor.contract.config import ConfigError, SourceConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.site_config import SourceConfig
 from ecovisor.core.units import lbs_per_mwh_to_g_per_kwh
 
 pytestmark = pytest.mark.integration

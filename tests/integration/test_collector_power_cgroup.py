@@ -20,7 +20,7 @@ import pytest
 from collectors.power import CpuMeter, PowerCollector
 from collectors.publisher import Publisher
 from ecovisor.adapters.cgroups import CgroupV1Backend
-from ecovisor.contract.config import parse_config
+from ecovisor.contract.config_file import parse_config
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import parse_telemetry
+from ecovisor.contract.telemetry import parse_telemetry
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.publisher import Publisher
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import SolarTelemetry, parse_telemetry
+from ecovisor.contract.telemetry import SolarTelemetry, parse_telemetry
 
 pytestmark = pytest.mark.integration
 

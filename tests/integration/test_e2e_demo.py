@@ -26,7 +26,7 @@ import yaml
 
 from ecovisor.adapters.cgroups import V1_CONTROLLERS, CgroupV1Backend
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import Notification, TickData
+from ecovisor.contract.notifications import Notification, TickData
 from ecovisor.embedded.servers import free_port
 from ecovisor.embedded.stack import pid_alive
 from tests.fakes.actuator_bus import remove_tree

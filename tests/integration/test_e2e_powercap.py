@@ -24,8 +24,10 @@ import pytest
 
 from ecovisor.cli.commands import publish_command
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, load_config
-from ecovisor.contract.schemas import SetContainerPowercap, utcnow
+from ecovisor.contract.commands import SetContainerPowercap
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.envelope import utcnow
 from ecovisor.embedded.servers import free_port
 from streams.ledger import prepare_topics
 from tests.fakes.actuator_bus import Bus, burner_cgroup, modelled_power_w, remove_tree

@@ -13,7 +13,7 @@ import pytest
 
 from ecovisor.adapters.kafka import create_topics
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.embedded.servers import (
     Server,
     free_port,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
-from ecovisor.contract.schemas import CarbonTelemetry
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.telemetry import CarbonTelemetry
 from ecovisor.embedded import stack
 from ecovisor.embedded.plan import Plan, Service
 from ecovisor.embedded.servers import free_port

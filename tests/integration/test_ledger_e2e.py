@@ -21,13 +21,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import (
-    CarbonTelemetry,
-    ContainerTelemetry,
-    SetBatteryChargeRate,
-    SolarTelemetry,
-    SuspendContainer,
-)
+from ecovisor.contract.commands import SetBatteryChargeRate, SuspendContainer
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
 from ecovisor.embedded.servers import Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -235,7 +230,7 @@ def stack(kafka_bootstrap: str, mqtt_server: Server, tmp_path: Path) -> Iterator
 def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None:
     from kafka import KafkaProducer
 
-    from ecovisor.contract.config import load_config
+    from ecovisor.contract.config_file import load_config
     from streams.ledger_app import prepare_topics
 
     cfg = load_config(stack["cfg"])

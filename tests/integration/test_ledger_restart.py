@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
-from ecovisor.contract.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
 from ecovisor.embedded.servers import free_port
 from streams.ledger_app import prepare_topics
 from tests.integration.test_ledger_e2e import Reader, at, start, stop
@@ -185,7 +185,7 @@ def test_a_command_is_anchored_after_the_telemetry_already_in_kafka(
     during tick 9 applied from tick 5 (a restored snapshot of tick 4) or here from tick 1,
     ticks already emitted were emitted again with other content, and totals changed.
     Now commands wait until the telemetry replay has caught up with the partition."""
-    from ecovisor.contract.schemas import SetBatteryChargeRate
+    from ecovisor.contract.commands import SetBatteryChargeRate
 
     site = "zzcmd"
     k0 = int(at(0).timestamp())

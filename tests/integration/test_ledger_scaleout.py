@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
-from ecovisor.contract.schemas import CarbonTelemetry, NodeBatchTelemetry, SolarTelemetry
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.telemetry import CarbonTelemetry, NodeBatchTelemetry, SolarTelemetry
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.embedded.servers import Server, free_port, tansu_command
 from streams.ledger import load_group

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.embedded.servers import (
     ScrapeJob,
     Server,

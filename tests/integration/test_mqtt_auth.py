@@ -14,7 +14,7 @@ import pytest
 from ecovisor.adapters.mqtt import mqtt_client
 from ecovisor.contract import bus_access as ba
 from ecovisor.contract import topics
-from ecovisor.contract.config import parse_config
+from ecovisor.contract.config_file import parse_config
 from ecovisor.embedded import servers
 from ecovisor.embedded.mqtt_auth import BrokerAuth
 

@@ -14,7 +14,7 @@ import pytest
 from collectors.power import PowerCollector
 from collectors.publisher import Publisher
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.core.units import j_to_mj
 from ecovisor.embedded.servers import Server, free_port
 from streams.ledger_app import prepare_topics

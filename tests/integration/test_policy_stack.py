@@ -19,8 +19,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import load_config
-from ecovisor.contract.schemas import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
 from ecovisor.embedded.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration

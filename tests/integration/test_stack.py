@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import telemetry, topics
 from ecovisor.embedded.servers import free_port
 from ecovisor.embedded.stack import pid_alive
 
@@ -126,12 +126,12 @@ def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path
     # RUNNING does not mean the bridge has subscribed yet: a message published before
     # its subscription exists is not for it. Publish one a second (new seq each) until
     # one comes through, and check it arrives exactly as sent.
-    sent: dict[int, schemas.AppMetricsTelemetry] = {}
+    sent: dict[int, telemetry.AppMetricsTelemetry] = {}
     got: list[bytes] = []
     deadline = time.monotonic() + 20
     while not got and time.monotonic() < deadline:
         seq = len(sent) + 1
-        sent[seq] = schemas.AppMetricsTelemetry(
+        sent[seq] = telemetry.AppMetricsTelemetry(
             site="tiny", time=datetime(2024, 1, 1, tzinfo=UTC), source="app-web", seq=seq,
             app="web", progress=0.5,
         )  # fmt: skip
@@ -143,7 +143,7 @@ def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path
     pub.loop_stop()
     cons.close()
     assert got, "no telemetry came through the stack's bridge in 20 s"
-    first = schemas.parse_telemetry(got[0])
+    first = telemetry.parse_telemetry(got[0])
     assert first == sent[first.seq]
 
     # a second `up` refuses to start over a running stack

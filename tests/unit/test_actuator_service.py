@@ -12,14 +12,10 @@ import pytest
 from actuators.battery import BatteryActuator
 from actuators.containers import ContainerActuator, parse_action
 from actuators.state import ActuatorState
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import (
-    ActuatorAck,
-    BatterySetpoint,
-    ContainerAction,
-    SetContainerPowercap,
-    utcnow,
-)
+from ecovisor.contract.actuation import ActuatorAck, BatterySetpoint, ContainerAction
+from ecovisor.contract.commands import SetContainerPowercap
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.envelope import utcnow
 from streams.commands import validate
 
 
@@ -316,7 +312,7 @@ def test_forged_action_has_no_effect_and_is_dead_lettered(
 ) -> None:
     """B1: an unsigned or wrongly signed action on ecovisor.actuator.containers neither
     freezes nor re-quotas a container, is not acknowledged ok, and is dead-lettered."""
-    from ecovisor.contract.schemas import sign, verify
+    from ecovisor.contract.actuation import sign, verify
 
     d = mk(tmp_path, "c1", "120000 100000")
     mk(tmp_path, "c2")
@@ -345,7 +341,7 @@ def test_forged_action_has_no_effect_and_is_dead_lettered(
 
 def test_replayed_unsigned_history_is_refused_with_a_key(tmp_path: Path) -> None:
     """Old (pre-key) or forged actions in the topic's history are not re-applied."""
-    from ecovisor.contract.schemas import sign
+    from ecovisor.contract.actuation import sign
 
     d = mk(tmp_path, "c1", "120000 100000")
     mk(tmp_path, "c2")
@@ -360,7 +356,7 @@ def test_replayed_unsigned_history_is_refused_with_a_key(tmp_path: Path) -> None
 
 
 def test_forged_battery_setpoint_is_not_forwarded(tmp_path: Path) -> None:
-    from ecovisor.contract.schemas import sign, verify
+    from ecovisor.contract.actuation import sign, verify
 
     sent: list[tuple[str, bytes]] = []
     sink = Sink()

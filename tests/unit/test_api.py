@@ -13,11 +13,8 @@ from fastapi.testclient import TestClient
 
 from ecovisor.api.app import create_app, openapi_document
 from ecovisor.api.state_source import Counters, IntervalCounter
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import (
+from ecovisor.contract.commands import (
     Command,
-    ContainerTickData,
-    Notification,
     ScaleApp,
     ScaleContainer,
     SetBatteryChargeRate,
@@ -26,8 +23,9 @@ from ecovisor.contract.schemas import (
     SetCarbonRate,
     SetContainerPowercap,
     SuspendContainer,
-    TickData,
 )
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import ContainerTickData, Notification, TickData
 from tests.fakes.api import (
     InMemoryBus,
     InMemoryStateSource,

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ecovisor.api.app import create_app, openapi_document
 from ecovisor.api.metrics import REGISTRY, SSE_OPEN, MetricsMiddleware
-from ecovisor.contract.config import parse_config
+from ecovisor.contract.config_file import parse_config
 from tests.fakes.api import InMemoryBus, InMemoryStateSource
 
 SITE = """

@@ -7,8 +7,8 @@ once dropped by the tick clock, so policies reading them saw nothing.)"""
 from datetime import UTC, datetime, timedelta
 
 from ecovisor.api.state_source import live_state_from_view
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import AppMetricsTelemetry, CarbonTelemetry
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.telemetry import AppMetricsTelemetry, CarbonTelemetry
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger

@@ -11,14 +11,11 @@ from pathlib import Path
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, parse_config
-from ecovisor.contract.schemas import (
-    CarbonTelemetry,
-    ContainerTelemetry,
-    DeadLetter,
-    Notification,
-    dead_letter,
-)
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import DeadLetter, dead_letter
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry
 from ecovisor.core.tick_clock import TickClock, to_us
 from streams.ledger_worker import SiteLedger
 
@@ -185,7 +182,7 @@ def test_event_time_outside_the_tick_range_is_refused_in_every_mode(cfg, ts: str
     """A first sample before 1970 made the close fail (tick index < 0) and one in year
     9999 overflowed the tick end: a poison message that stopped the worker on every
     replay. The clock must never see it; the check itself works on such a sample."""
-    from ecovisor.contract.schemas import TELEMETRY_ADAPTER
+    from ecovisor.contract.telemetry import TELEMETRY_ADAPTER
 
     t = TELEMETRY_ADAPTER.validate_json(
         '{"kind": "carbon", "site": "demo", "time": "' + ts + '", "source": "c", "seq": 1,'
@@ -198,7 +195,7 @@ def test_event_time_outside_the_tick_range_is_refused_in_every_mode(cfg, ts: str
 
 
 def test_event_times_inside_the_range_close_normally(cfg) -> None:
-    from ecovisor.contract.schemas import TELEMETRY_ADAPTER
+    from ecovisor.contract.telemetry import TELEMETRY_ADAPTER
 
     for ts in ("1970-01-01T00:00:00Z", "9997-12-31T00:00:00Z"):
         t = TELEMETRY_ADAPTER.validate_json(

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from kafka import errors as kafka_errors
 
-from ecovisor.contract import schemas, topics
-from ecovisor.contract.config import parse_config
+from ecovisor.contract import operator_messages, topics
+from ecovisor.contract.config_file import parse_config
 from streams.bridge import Bridge, RateLimitedLog, Scope, route
 
 SITE = """
@@ -49,7 +49,7 @@ def topic(site: str = "s1", kind: str = "container", source: str = "pm") -> str:
 
 def reason(r: Any) -> str:
     assert r.topic == topics.DEADLETTER and not r.valid
-    return schemas.DeadLetter.model_validate_json(r.value).reason
+    return operator_messages.DeadLetter.model_validate_json(r.value).reason
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_telemetry_for_another_site_or_unknown_things_is_dead_lettered(
 ) -> None:
     r = route(SCOPE, mqtt_topic, payload)
     assert needle in reason(r)
-    dl = schemas.DeadLetter.model_validate_json(r.value)
+    dl = operator_messages.DeadLetter.model_validate_json(r.value)
     assert dl.origin == f"mqtt:{mqtt_topic}" and dl.raw == payload.decode()
 
 
@@ -90,7 +90,7 @@ def test_oversized_payload_is_dead_lettered_before_parsing_with_a_truncated_raw(
     r = route(SCOPE, topic(), payload)
     why = reason(r)
     assert f"{len(payload)} bytes" in why and "max_message_bytes (2048)" in why
-    dl = schemas.DeadLetter.model_validate_json(r.value)
+    dl = operator_messages.DeadLetter.model_validate_json(r.value)
     assert dl.raw.startswith('{"kind": "container"') and "truncated" in dl.raw
     assert len(r.value) < 10_000 and r.key == b"s1"
     # at the limit it is parsed as usual
@@ -164,7 +164,7 @@ def test_a_message_kafka_refuses_is_dead_lettered_and_acknowledged(sync: bool) -
         b._ack_ready()
     assert client.acks == [1, 2]
     assert [t for t, _ in b.producer.sent] == [topics.DEADLETTER, topics.DEADLETTER]
-    dl = schemas.DeadLetter.model_validate_json(b.producer.sent[0][1])
+    dl = operator_messages.DeadLetter.model_validate_json(b.producer.sent[0][1])
     assert "Kafka refused the message" in dl.reason and "too large" in dl.reason
     assert dl.origin == f"mqtt:{topic()}" and '"container":"web-1"' in dl.raw
     assert b.counts["kafka_refused"] == 2 and not b.pending

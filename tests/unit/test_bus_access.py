@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from collectors.battery_device import BatteryDevice, SimulatedBattery
+from ecovisor.contract import actuation, envelope, telemetry, topics
 from ecovisor.contract import bus_access as ba
-from ecovisor.contract import schemas, topics
-from ecovisor.contract.config import parse_config
+from ecovisor.contract.config_file import parse_config
 from ecovisor.embedded.mqtt_auth import BrokerAuth, mosquitto_hash
 from streams.bridge import Scope, route
 
@@ -118,7 +118,7 @@ def test_rendered_acl_names_every_principal_and_no_wildcard_writes() -> None:
 
 
 def ctr(source: str, container: str = "web-1", app: str = "web") -> bytes:
-    return schemas.ContainerTelemetry(
+    return telemetry.ContainerTelemetry(
         site="s1", time=datetime(2024, 1, 1, tzinfo=UTC), source=source, seq=1, app=app,
         container=container, node="n1", cpu_s=1.0, energy_j=1.0,
     ).to_json()  # fmt: skip
@@ -137,7 +137,7 @@ def test_bridge_binds_a_message_to_its_source_on_an_authenticated_broker(
     assert r.valid is not authenticated
     if authenticated:
         assert "comes from source 'ctr-web-1' only" in json.loads(r.value)["reason"]
-    am = schemas.AppMetricsTelemetry(
+    am = telemetry.AppMetricsTelemetry(
         site="s1", time=datetime(2024, 1, 1, tzinfo=UTC), source="app-web", seq=1, app="batch",
         progress=0.5,
     ).to_json()  # fmt: skip
@@ -146,12 +146,12 @@ def test_bridge_binds_a_message_to_its_source_on_an_authenticated_broker(
 
 
 def setpoint(sign_with: str | None) -> SimpleNamespace:
-    sp = schemas.BatterySetpoint(
-        site="s1", command_id="c-1", device="bat", time=schemas.utcnow(),
+    sp = actuation.BatterySetpoint(
+        site="s1", command_id="c-1", device="bat", time=envelope.utcnow(),
         charge_rate_w=5.0, max_discharge_w=1.0, net_power_w=5.0,
     )  # fmt: skip
     if sign_with:
-        sp = schemas.sign(sp, sign_with)
+        sp = actuation.sign(sp, sign_with)
     return SimpleNamespace(payload=sp.to_json())
 
 

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from ecovisor.api.app import create_app
 from ecovisor.api.state_source import LiveState
 from ecovisor.client import EcovisorClient
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import CarbonTelemetry
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.telemetry import CarbonTelemetry
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
@@ -131,7 +131,7 @@ def test_solar_forecast_from_a_trace_through_the_ledger_to_the_route() -> None:
     import numpy as np
 
     from collectors.solar import SolarCollector, TraceReplay
-    from ecovisor.contract.schemas import SolarTelemetry
+    from ecovisor.contract.telemetry import SolarTelemetry
 
     secs = np.array([0.0, 900.0, 1800.0, 2700.0])
     replay = TraceReplay(secs, np.array([0.0, 100.0, -5.0, 300.0]), 0.0, 1.0, False,

@@ -16,8 +16,16 @@ from typer.testing import CliRunner
 from ecovisor.cli.commands import ALIASES, CMD_NAMES, cmd_app
 from ecovisor.cli.format import format_record
 from ecovisor.cli.main import app
-from ecovisor.contract import schemas
-from ecovisor.contract.config import load_config
+from ecovisor.contract.commands import (
+    COMMAND_TYPES,
+    Command,
+    SetBatteryChargeRate,
+    command_fields,
+    command_type,
+)
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import dead_letter
 from ecovisor.embedded import stack
 from ecovisor.embedded.workload import duty_cycle
 
@@ -70,13 +78,13 @@ def test_config_check_missing_file() -> None:
 
 
 def test_every_command_type_has_a_cmd_subcommand() -> None:
-    assert set(CMD_NAMES) == set(schemas.COMMAND_TYPES)
+    assert set(CMD_NAMES) == set(COMMAND_TYPES)
     visible = {c.name for c in cmd_app.registered_commands if not c.hidden}
     hidden = {c.name for c in cmd_app.registered_commands if c.hidden}
     # exactly one visible subcommand per command type, named after its wire type
     assert sorted(CMD_NAMES.values()) == sorted(visible)
-    for typ, cls in schemas.COMMAND_TYPES.items():
-        assert CMD_NAMES[typ] == schemas.command_type(cls).replace("_", "-")
+    for typ, cls in COMMAND_TYPES.items():
+        assert CMD_NAMES[typ] == command_type(cls).replace("_", "-")
     assert hidden == set(ALIASES)
     for name in visible | hidden:
         r = runner.invoke(app, ["cmd", name, "--help"])
@@ -112,17 +120,17 @@ def test_token_comes_from_the_environment() -> None:
 
 def test_readable_lines() -> None:
     t = datetime(2024, 6, 1, 12, tzinfo=UTC)
-    n = schemas.Notification(
+    n = Notification(
         site="s", time=t, app="web", type="tick", tick=7,
         data={"app_power_w": 2.125, "solar_w": 1.0, "carbon_g": 0.0001},
     )  # fmt: skip
     line = format_record("notifications", n.to_json())
     assert line.startswith("2024-06-01T12:00:00+00:00 web tick tick=7")
     assert "app_power_w=2.125" in line and "carbon_g=0.0001" in line
-    dl = schemas.dead_letter("mqtt:x", "bad json", b"{oops")
+    dl = dead_letter("mqtt:x", "bad json", b"{oops")
     line = format_record("deadletter", dl.model_dump_json().encode())
     assert "mqtt:x" in line and "reason='bad json'" in line and "raw={oops" in line
-    cmd = schemas.SetBatteryChargeRate(site="s", time=t, app="web", token="secret-token", watts=1)
+    cmd = SetBatteryChargeRate(site="s", time=t, app="web", token="secret-token", watts=1)
     assert "secret-token" not in format_record("commands", cmd.to_json())
     assert format_record("ledger", b"not json") == "not json"
 
@@ -212,11 +220,11 @@ BUILDS = {
 }  # fmt: skip
 
 
-def _built(monkeypatch: pytest.MonkeyPatch, name: str, extra: list[str]) -> schemas.Command:
+def _built(monkeypatch: pytest.MonkeyPatch, name: str, extra: list[str]) -> Command:
     """The command ``ecovisor cmd NAME ...`` would publish."""
     from ecovisor.cli import commands
 
-    sent: list[schemas.Command] = []
+    sent: list[Command] = []
     monkeypatch.setattr(commands, "publish_command", lambda c, *_a: sent.append(c) or 0)
     r = runner.invoke(app, ["cmd", name, "--app", "web", "--token", "t" * 8, "--site", "s",
                             "--bootstrap", "127.0.0.1:1", *extra])  # fmt: skip
@@ -233,7 +241,7 @@ def test_each_subcommand_builds_its_command(monkeypatch: pytest.MonkeyPatch) -> 
         assert CMD_NAMES[c.type] == name
         assert {k: getattr(c, k) for k in fields} == fields
         # every own field of the command was set from an option
-        assert set(fields) == set(schemas.command_fields(type(c)))
+        assert set(fields) == set(command_fields(type(c)))
 
 
 def test_old_names_build_the_same_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ecovisor.cli import commands
 from ecovisor.cli.commands import ALIASES, CMD_NAMES, build_cmd_app, cmd_app
-from ecovisor.contract import schemas
+from ecovisor.contract.commands import COMMAND_TYPES, Command, command_fields
 
 runner = CliRunner()
 SHARED = {"--app", "--token", "--site", "--wait", "--timeout", "--config", "--bootstrap"}
@@ -51,9 +51,9 @@ def _removable(info: FieldInfo) -> bool:
 
 
 def test_options_follow_the_contract_fields() -> None:
-    for typ, cls in schemas.COMMAND_TYPES.items():
+    for typ, cls in COMMAND_TYPES.items():
         opts = _options(cmd_app, CMD_NAMES[typ])
-        fields = schemas.command_fields(cls)
+        fields = command_fields(cls)
         for field, info in fields.items():
             p = opts["--" + field.replace("_", "-")]
             # required exactly when the contract has no default, except "null removes it"
@@ -65,7 +65,7 @@ def test_options_follow_the_contract_fields() -> None:
         assert ("--remove" in opts) == any(_removable(f) for f in fields.values())
 
 
-class _Ping(schemas.Command):
+class _Ping(Command):
     """A throwaway command: not in the contract."""
 
     type: Literal["ping_everything"] = "ping_everything"
@@ -77,7 +77,7 @@ class _Ping(schemas.Command):
 
 
 def test_a_new_command_class_gets_a_subcommand(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = {**schemas.COMMAND_TYPES, "ping_everything": _Ping}
+    registry = {**COMMAND_TYPES, "ping_everything": _Ping}
     group, names = build_cmd_app(registry)
     assert names["ping_everything"] == "ping-everything"
     visible = {c.name for c in group.registered_commands if not c.hidden}
@@ -86,7 +86,7 @@ def test_a_new_command_class_gets_a_subcommand(monkeypatch: pytest.MonkeyPatch) 
     assert set(opts) == {"--container", "--level", "--note", "--limit-w", "--loud", "--remove"}
     assert opts["--level"].help == "how loud" and opts["--level"].required
 
-    sent: list[schemas.Command] = []
+    sent: list[Command] = []
     monkeypatch.setattr(commands, "publish_command", lambda c, *_a: sent.append(c) or 0)
     base = ["ping-everything", "--app", "web", "--token", "t" * 8, "--site", "s",
             "--bootstrap", "127.0.0.1:1", "--container", "c", "--level", "3"]  # fmt: skip
@@ -105,7 +105,7 @@ def test_a_new_command_class_gets_a_subcommand(monkeypatch: pytest.MonkeyPatch) 
     assert not sent
 
 
-class _TwoSettings(schemas.Command):
+class _TwoSettings(Command):
     type: Literal["two_settings"] = "two_settings"
     a: float | None
     b_w: float | None
@@ -115,7 +115,7 @@ def test_two_removable_fields_get_one_remove_flag_each(monkeypatch: pytest.Monke
     # with one command only, Typer would make the group that command: add another
     group, _ = build_cmd_app({"two_settings": _TwoSettings, "ping_everything": _Ping})
     assert set(_options(group, "two-settings")) == {"--a", "--b-w", "--remove-a", "--remove-b-w"}
-    sent: list[schemas.Command] = []
+    sent: list[Command] = []
     monkeypatch.setattr(commands, "publish_command", lambda c, *_a: sent.append(c) or 0)
     base = ["two-settings", "--app", "web", "--token", "t" * 8, "--site", "s",
             "--bootstrap", "127.0.0.1:1"]  # fmt: skip
@@ -126,17 +126,17 @@ def test_two_removable_fields_get_one_remove_flag_each(monkeypatch: pytest.Monke
     assert r.exit_code == 2 and "exactly one of --b-w or --remove-b-w" in r.output
 
 
-class _Unsupported(schemas.Command):
+class _Unsupported(Command):
     type: Literal["unsupported"] = "unsupported"
     points: list[float]
 
 
-class _Clash(schemas.Command):
+class _Clash(Command):
     type: Literal["clash"] = "clash"
     timeout: float
 
 
 @pytest.mark.parametrize(("cls", "why"), [(_Unsupported, "no option type"), (_Clash, "clashes")])
-def test_fields_the_cli_cannot_derive_fail_loudly(cls: type[schemas.Command], why: str) -> None:
+def test_fields_the_cli_cannot_derive_fail_loudly(cls: type[Command], why: str) -> None:
     with pytest.raises(TypeError, match=why):
         build_cmd_app({"x": cls})

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from ecovisor.adapters.kafka import create_topics, existing_partitions
 from ecovisor.cli.main import app
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import commands, notifications, operator_messages, topics
 from ecovisor.embedded.servers import Server, free_port, tansu_command
 
 pytestmark = pytest.mark.integration
@@ -46,8 +46,8 @@ def test_cmd_publishes_a_valid_command(kafka_bootstrap: str) -> None:
     while not got and time.monotonic() < deadline:
         got = [rec for recs in cons.poll(500).values() for rec in recs]
     cons.close()
-    c = schemas.parse_command(got[0].value)
-    assert isinstance(c, schemas.SetContainerPowercap)
+    c = commands.parse_command(got[0].value)
+    assert isinstance(c, commands.SetContainerPowercap)
     assert (c.command_id, c.app, c.container, c.watts, c.site) == (
         command_id, "web", "web-1", 3.5, "s1",
     )  # fmt: skip
@@ -64,10 +64,10 @@ def test_cmd_wait_follows_the_lifecycle(kafka_bootstrap: str) -> None:
         while time.monotonic() < deadline:
             for recs in cons.poll(300).values():
                 for rec in recs:
-                    c = schemas.parse_command(rec.value)
+                    c = commands.parse_command(rec.value)
                     prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
                     for typ in ("command_accepted", "command_rejected"):
-                        n = schemas.Notification(
+                        n = notifications.Notification(
                             site=c.site, time=datetime.now(UTC), app=c.app, type=typ,
                             command_id=c.command_id, reason="below idle floor"
                             if typ == "command_rejected" else None,
@@ -96,7 +96,7 @@ def test_cmd_wait_follows_the_lifecycle(kafka_bootstrap: str) -> None:
 def test_tail_json_and_readable(kafka_bootstrap: str) -> None:
     prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     marker = f"tail-{time.monotonic_ns()}"
-    dl = schemas.dead_letter(f"mqtt:{marker}", "broken", b"{x")
+    dl = operator_messages.dead_letter(f"mqtt:{marker}", "broken", b"{x")
     prod.send(topics.DEADLETTER, dl.model_dump_json().encode()).get(10)
     prod.close()
     args = ["tail", "deadletter", "--from-beginning", "--idle-timeout", "2",

@@ -18,7 +18,7 @@ from ecovisor.cli import export as export_cli
 from ecovisor.cli import status_apps
 from ecovisor.cli.export_plot import PANELS, plot_entries
 from ecovisor.cli.main import app
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.core.shares import AppShare, SiteShape
 from ecovisor.core.state import SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
@@ -150,7 +150,7 @@ def test_status_says_so_in_one_line_when_the_views_do_not_answer(
     port_closed = cfg.model_copy(
         update={"stack": cfg.stack.model_copy(update={"ledger_web_port": 9})}
     )
-    monkeypatch.setattr("ecovisor.contract.config.load_config", lambda p: port_closed)
+    monkeypatch.setattr("ecovisor.contract.config_file.load_config", lambda p: port_closed)
     r = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[-1].startswith("apps: the ledger's state views did not answer")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ecovisor.cli import topics as topics_cli
 from ecovisor.cli.main import app
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError
+from ecovisor.contract.config_file import ConfigError
 from streams.ledger_group import SiteGroup
 
 runner = CliRunner()

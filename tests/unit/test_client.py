@@ -22,8 +22,8 @@ from ecovisor.client import (
     Tick,
     UnavailableError,
 )
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import ContainerTickData, Notification, TickData
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, accept_and_apply, serve
 from tests.fakes.sites import TWO_APPS
 

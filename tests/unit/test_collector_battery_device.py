@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from collectors.battery_device import SimulatedBattery, SimulatedOptions, validate_options
-from ecovisor.contract.config import ConfigError, SourceConfig
-from ecovisor.contract.schemas import BatterySetpoint, utcnow
+from ecovisor.contract.actuation import BatterySetpoint
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.site_config import SourceConfig
 
 H = 3600.0  # one hour in seconds
 _n = 0

@@ -21,7 +21,8 @@ from collectors.carbon import (
     read_csv_trace,
     validate_options,
 )
-from ecovisor.contract.config import ConfigError, SourceConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.site_config import SourceConfig
 
 CAISO = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "caiso-emaps-2021-2023"
 NOW = datetime(2024, 1, 1, tzinfo=UTC)

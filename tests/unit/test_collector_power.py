@@ -20,7 +20,7 @@ from collectors.power import (
 from collectors.publisher import Publisher
 from ecovisor.adapters.cgroups import CgroupV1Backend, CgroupV2Backend
 from ecovisor.adapters.lxd import LxdBackend
-from ecovisor.contract.config import ConfigError, parse_config
+from ecovisor.contract.config_file import ConfigError, parse_config
 from ecovisor.core.power_model import get_preset
 from tests.fakes.lxd import FakeLxd
 

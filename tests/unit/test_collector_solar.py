@@ -20,7 +20,8 @@ from collectors.solar import (
     read_pvlib,
     validate_options,
 )
-from ecovisor.contract.config import ConfigError, SourceConfig
+from ecovisor.contract.config_file import ConfigError
+from ecovisor.contract.site_config import SourceConfig
 
 CSV = "time,power\n2021-06-01T00:00:00Z,0\n2021-06-01T00:01:00Z,60\n2021-06-01T00:02:00Z,-5\n"
 

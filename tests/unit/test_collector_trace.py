@@ -16,7 +16,7 @@ from collectors.trace import (
     read_csv,
     start_time,
 )
-from ecovisor.contract.config import ConfigError
+from ecovisor.contract.config_file import ConfigError
 
 T0 = 1_609_459_200.0  # 2021-01-01T00:00:00Z
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 import policies.base as actions
 from ecovisor.api.app import create_app
 from ecovisor.client import EcovisorClient
-from ecovisor.contract import schemas
-from ecovisor.contract.config import parse_config
+from ecovisor.contract import commands
+from ecovisor.contract.config_file import parse_config
 from tests.fakes.api import InMemoryBus, InMemoryStateSource
 from tests.fakes.sites import TWO_APPS
 
@@ -42,19 +42,19 @@ ACTIONS = {
 
 
 def test_every_command_has_an_example_here() -> None:
-    assert set(EXAMPLES) == set(schemas.COMMAND_TYPES)
+    assert set(EXAMPLES) == set(commands.COMMAND_TYPES)
 
 
-@pytest.mark.parametrize("name", sorted(schemas.COMMAND_TYPES))
+@pytest.mark.parametrize("name", sorted(commands.COMMAND_TYPES))
 def test_the_wire_type_is_the_client_method_and_the_policy_action(name: str) -> None:
-    cls = schemas.COMMAND_TYPES[name]
-    assert schemas.command_type(cls) == name
+    cls = commands.COMMAND_TYPES[name]
+    assert commands.command_type(cls) == name
     assert callable(getattr(EcovisorClient, name, None)), f"client lacks {name}()"
     action = ACTIONS.get(name)
     assert action is not None, f"policies.base has no action of type {name!r}"
     assert action.__name__ == cls.__name__
     # the action carries the command's own fields, by the same names, in the same order
-    assert [f.name for f in dataclasses.fields(action)] == list(schemas.command_fields(cls))
+    assert [f.name for f in dataclasses.fields(action)] == list(commands.command_fields(cls))
 
 
 @pytest.fixture
@@ -63,13 +63,13 @@ def api() -> tuple[TestClient, InMemoryBus]:
     return TestClient(create_app(parse_config(SITE), InMemoryStateSource(), bus)), bus
 
 
-@pytest.mark.parametrize("name", sorted(schemas.COMMAND_TYPES))
+@pytest.mark.parametrize("name", sorted(commands.COMMAND_TYPES))
 def test_the_generic_endpoint_publishes_each_command(api, name: str) -> None:
     tc, bus = api
     r = tc.post("/v1/apps/web/commands", headers=WEB, json={"type": name, **EXAMPLES[name]})
     assert r.status_code == 200, r.text
     [cmd] = bus.published
-    assert isinstance(cmd, schemas.COMMAND_TYPES[name])
+    assert isinstance(cmd, commands.COMMAND_TYPES[name])
     assert cmd.app == "web" and cmd.site == "s1" and cmd.token == "web-token-123456"
     assert r.json()["command_id"] == cmd.command_id and r.json()["type"] == name
     for k, v in EXAMPLES[name].items():
@@ -108,7 +108,7 @@ def test_a_settings_change_has_the_commands_name_and_old_snapshots_restore() -> 
 
     for change in (state.SetBatteryChargeRate(watts=1.0),
                    state.SetContainerPowercap(container="c", watts=2.0)):
-        assert change.type in schemas.COMMAND_TYPES
+        assert change.type in commands.COMMAND_TYPES
     old = {"accepted_k": 3, "change": {"kind": "set_battery_charge_rate", "watts": 1.5}}
     p = state.PendingChange.model_validate(old)
     assert p.change == state.SetBatteryChargeRate(watts=1.5)

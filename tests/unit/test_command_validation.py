@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor.contract.config import EcovisorConfig, parse_config
-from ecovisor.contract.schemas import (
+from ecovisor.contract.commands import (
     ScaleApp,
     SetBatteryChargeRate,
     SetCarbonBudget,
     SetContainerPowercap,
     SuspendContainer,
 )
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import parse_config
 from ecovisor.core import state as core
 from streams.commands import decide, validate
 

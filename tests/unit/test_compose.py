@@ -32,15 +32,15 @@ import pytest
 import yaml
 
 from ecovisor.contract import bus_access, kafka_access, topics
-from ecovisor.contract.config import (
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import load_config
+from ecovisor.contract.environment import (
     ENV_KAFKA_PASSWORD,
     ENV_KAFKA_SASL_MECHANISM,
     ENV_KAFKA_SECURITY_PROTOCOL,
     ENV_KAFKA_USERNAME,
     ENV_VARS,
-    EcovisorConfig,
     internal_key,
-    load_config,
 )
 from ecovisor.embedded.mqtt_auth import BrokerAuth, mosquitto_hash
 from ecovisor.embedded.plan import module_exists
@@ -151,7 +151,7 @@ def test_environment_variables_exist_in_code() -> None:
             f"{var} is not used anywhere"
         )
     env = _compose()["x-ecovisor"]["environment"]
-    assert set(ENV_VARS) <= set(env), "every endpoint variable of ecovisor.config is set"
+    assert set(ENV_VARS) <= set(env), "every endpoint variable (contract.environment) is set"
 
 
 def test_topics_named_exist_in_code() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.embedded.servers import API_SCRAPE_JOB, LEDGER_SCRAPE_JOB
 
 ROOT = Path(__file__).resolve().parents[2]

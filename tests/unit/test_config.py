@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ecovisor.contract.config import ConfigError, load_config, parse_config
+from ecovisor.contract.config_file import ConfigError, load_config, parse_config
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 
@@ -125,7 +125,7 @@ def test_a_solar_source_needs_a_nameplate() -> None:
     the array's energy, so the configuration says so up front."""
     import pytest as _pytest
 
-    from ecovisor.contract.config import ConfigError, parse_config
+    from ecovisor.contract.config_file import ConfigError, parse_config
 
     site = """
 site:

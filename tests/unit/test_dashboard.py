@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from ecovisor.api.app import create_app
 from ecovisor.api.dashboard_site import TickJoin, point_from_entry, point_from_tick
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, load_config, parse_config
-from ecovisor.contract.schemas import Notification, TickData
+from ecovisor.contract.config_file import ConfigError, load_config, parse_config
+from ecovisor.contract.notifications import Notification, TickData
 from reliability.fuzz_rest import tick_data
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, serve
 from tests.fakes.sites import BATCH_TOKEN, TWO_APPS, WEB_TOKEN

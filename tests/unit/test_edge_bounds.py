@@ -18,16 +18,18 @@ import pydantic
 import pytest
 
 from ecovisor.api.app import create_app
-from ecovisor.contract import schemas
-from ecovisor.contract.config import EcovisorConfig, parse_config
-from ecovisor.contract.schemas import (
+from ecovisor.contract import commands, operator_messages
+from ecovisor.contract.commands import parse_command
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.telemetry import (
     CarbonTelemetry,
     ContainerTelemetry,
-    Notification,
     SolarTelemetry,
-    parse_command,
     parse_telemetry,
 )
+from ecovisor.core import units
 from ecovisor.core.carbon_limits import budget_ug
 from ecovisor.core.state import CarbonBudget
 from ecovisor.core.tick_clock import to_us
@@ -89,7 +91,7 @@ def test_telemetry_numbers_have_a_static_ceiling(name: str) -> None:
     body = {k: v for k, v in body.items() if v is not None}
     with pytest.raises(pydantic.ValidationError) as e:
         parse_telemetry(json.dumps(body))
-    assert field in schemas.describe_validation_error(e.value)
+    assert field in operator_messages.describe_validation_error(e.value)
 
 
 @pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e400"])
@@ -97,12 +99,12 @@ def test_telemetry_refuses_non_finite_numbers(literal: str) -> None:
     body = json.loads(tel())
     with pytest.raises(pydantic.ValidationError) as e:
         parse_telemetry(raw_json(body, energy_j=literal))
-    assert "energy_j" in schemas.describe_validation_error(e.value)
+    assert "energy_j" in operator_messages.describe_validation_error(e.value)
 
 
 def test_counters_up_to_the_ceiling_are_accepted() -> None:
-    m = parse_telemetry(tel(energy_j=schemas.MAX_COUNTER, power_w=schemas.MAX_MAGNITUDE))
-    assert isinstance(m, SolarTelemetry) and m.energy_j == schemas.MAX_COUNTER
+    m = parse_telemetry(tel(energy_j=units.MAX_COUNTER, power_w=units.MAX_MAGNITUDE))
+    assert isinstance(m, SolarTelemetry) and m.energy_j == units.MAX_COUNTER
 
 
 COMMAND_OUT_OF_BOUNDS = [
@@ -121,7 +123,7 @@ def test_command_numbers_have_a_static_ceiling(cfg, typ: str, fields: dict, fiel
     the ledger's integer arithmetic overflows on."""
     with pytest.raises(pydantic.ValidationError) as e:
         parse_command(cmd(cfg, typ, **fields))
-    assert field in schemas.describe_validation_error(e.value)
+    assert field in operator_messages.describe_validation_error(e.value)
 
 
 @pytest.mark.parametrize("literal", ["Infinity", "NaN", "1e400"])
@@ -153,7 +155,7 @@ def test_telemetry_of_the_wrong_json_type_is_refused(name: str) -> None:
         body.pop("power_w"), body.pop("energy_j")
     with pytest.raises(pydantic.ValidationError) as e:
         parse_telemetry(json.dumps(body))
-    assert field in schemas.describe_validation_error(e.value)
+    assert field in operator_messages.describe_validation_error(e.value)
 
 
 def test_json_ints_for_floats_and_iso_times_stay_accepted() -> None:
@@ -228,7 +230,7 @@ def raised_limits() -> EcovisorConfig:
 
 def test_limits_can_be_raised_up_to_the_static_ceiling() -> None:
     big = raised_limits()
-    assert big.site.limits.max_carbon_budget_g == schemas.MAX_MAGNITUDE
+    assert big.site.limits.max_carbon_budget_g == units.MAX_MAGNITUDE
     d = decide(big, cmd(big, "set_carbon_budget", grams=1e12))
     assert d.accepted, d.reason
 
@@ -241,8 +243,8 @@ def _drive(led: SiteLedger, ticks: int, energy: float = 1.0) -> list:
     for s in range(ticks):
         t = T0 + timedelta(seconds=s)
         led.clock.offer(CarbonTelemetry(site="demo", time=t, source="c", seq=s,
-                                        intensity_g_per_kwh=schemas.MAX_MAGNITUDE))  # fmt: skip
-        joules = min(s * energy, schemas.MAX_COUNTER)
+                                        intensity_g_per_kwh=units.MAX_MAGNITUDE))  # fmt: skip
+        joules = min(s * energy, units.MAX_COUNTER)
         led.clock.offer(ContainerTelemetry(site="demo", time=t, source="p", seq=s,
                                            app="web", container="web-1", cpu_s=s,
                                            energy_j=joules))  # fmt: skip
@@ -264,9 +266,9 @@ def test_c2_huge_budget_is_rejected_and_ticks_go_on(cfg) -> None:
 
 def test_largest_accepted_values_do_not_overflow_the_core() -> None:
     big = raised_limits()
-    assert budget_ug(CarbonBudget(budget_g=schemas.MAX_MAGNITUDE)) == 10**18
+    assert budget_ug(CarbonBudget(budget_g=units.MAX_MAGNITUDE)) == 10**18
     led = SiteLedger.new(big)
-    period = schemas.SetCarbonBudget.model_fields["period_s"].metadata
+    period = commands.SetCarbonBudget.model_fields["period_s"].metadata
     max_period = next(m.le for m in period if getattr(m, "le", None) is not None)
     for raw in (
         cmd(big, "set_carbon_budget", grams=1e12, period_s=max_period),
@@ -276,7 +278,7 @@ def test_largest_accepted_values_do_not_overflow_the_core() -> None:
         outs = led.command(raw, NOW_US)
         assert any(b"command_accepted" in o.value for o in outs), outs
     # the largest counter jump and intensity the contract accepts
-    outs = _drive(led, 5, energy=schemas.MAX_COUNTER)
+    outs = _drive(led, 5, energy=units.MAX_COUNTER)
     assert sum(1 for o in outs if o.topic == "ecovisor.ledger") >= 4
 
 

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from ecovisor.api.app import create_app
 from ecovisor.api.emulation_signal import percentile, periods
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import TickData
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import TickData
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, app_routes, serve
 from tests.fakes.sites import BATCH_TOKEN, TWO_APPS, WEB_TOKEN
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.schemas import DeadLetter, Notification
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import DeadLetter
 from reliability import fuzz_messages as fuzz  # the script, as a module
 
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from ecovisor.api.state_source import HttpStateSource
-from ecovisor.contract.config import internal_key, load_config, parse_config
+from ecovisor.contract.config_file import load_config, parse_config
+from ecovisor.contract.environment import internal_key
 from ecovisor.embedded import plan as embedded_plan
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
@@ -47,7 +48,7 @@ def test_embedded_stack_generates_one_key_and_keeps_it_from_app_code(
 
 
 def test_the_api_sends_the_sites_key_to_the_views(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The API's entry point hands the site's key (contract.config.internal_key, so any
+    """The API's entry point hands the site's key (contract.environment.internal_key, so any
     configured variable name or the literal) to its state source, which sends it."""
     monkeypatch.delenv("ECOVISOR_INTERNAL_KEY", raising=False)
     monkeypatch.setenv("SITE_KEY", "env-key-0123456789")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ecovisor.cli.main import app
 from ecovisor.contract import kafka_access, topics
-from ecovisor.contract.config import parse_config
+from ecovisor.contract.config_file import parse_config
 from streams.ledger_app import faust_app_id, internal_topics
 
 SITE = """

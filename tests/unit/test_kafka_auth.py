@@ -16,7 +16,8 @@ import pytest
 
 from ecovisor.adapters import kafka as adapter
 from ecovisor.adapters import kafka_async
-from ecovisor.contract.config import KAFKA_CLIENT_ENV_VARS, parse_config
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.environment import KAFKA_CLIENT_ENV_VARS
 
 SASL_ENV = {
     "ECOVISOR_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",

@@ -11,7 +11,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecovisor.contract.config import ConfigError, EcovisorConfig, parse_config
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, parse_config
 from ecovisor.contract.topics import murmur2, site_partition
 from streams.ledger_group import LedgerGroup, SiteGroup
 
@@ -129,7 +130,7 @@ def test_ownership_follows_assignment_or_a_delivered_message() -> None:
 
 def test_a_message_keyed_to_another_partition_is_dead_lettered_with_the_reason() -> None:
     from ecovisor.contract import topics
-    from ecovisor.contract.schemas import DeadLetter
+    from ecovisor.contract.operator_messages import DeadLetter
 
     s1, _, p = two_sites_on_one_partition()
     g, _ = group({s1: -1}, {p})

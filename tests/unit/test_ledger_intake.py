@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import EcovisorConfig, parse_config
-from ecovisor.contract.schemas import (
+from ecovisor.contract.commands import SetBatteryChargeRate
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import DeadLetter
+from ecovisor.contract.telemetry import (
     CarbonTelemetry,
     ClockMessage,
     ContainerTelemetry,
-    DeadLetter,
-    Notification,
-    SetBatteryChargeRate,
     SolarTelemetry,
 )
 from ecovisor.core.entries import AppLedgerEntry
@@ -282,7 +283,7 @@ def test_container_counter_beyond_its_nodes_peak_is_refused() -> None:
 
 def test_telemetry_of_unconfigured_container_node_or_app_is_dead_lettered() -> None:
     """Nothing could be booked from it, and its keys must not grow the state."""
-    from ecovisor.contract.schemas import AppMetricsTelemetry, NodeTelemetry
+    from ecovisor.contract.telemetry import AppMetricsTelemetry, NodeTelemetry
 
     w = Wired(demo())
     node = NodeTelemetry(site="demo", time=at(0), source="n", seq=1, node="node-9", cores=2,

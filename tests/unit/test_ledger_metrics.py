@@ -11,16 +11,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import (
-    CarbonTelemetry,
-    ContainerTelemetry,
-    SetBatteryChargeRate,
-    SetCarbonBudget,
-    SetContainerPowercap,
-    SolarTelemetry,
-    dead_letter,
-)
+from ecovisor.contract.commands import SetBatteryChargeRate, SetCarbonBudget, SetContainerPowercap
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.operator_messages import dead_letter
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_metrics import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ecovisor.contract.config import parse_config
+from ecovisor.contract.config_file import parse_config
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_views import respond
 from streams.ledger_worker import SiteLedger

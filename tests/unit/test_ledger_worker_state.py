@@ -6,13 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ecovisor.contract import topics
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import (
-    CarbonTelemetry,
-    ContainerTelemetry,
-    Notification,
-    SetBatteryChargeRate,
-)
+from ecovisor.contract.commands import SetBatteryChargeRate
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import Notification
+from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_worker import SiteLedger
 
@@ -119,7 +116,7 @@ KEYED_SITE = SITE.replace("  id: s\n", f"  id: s\n  internal_key: {KEY}\n", 1)
 
 
 def _suspend(led: SiteLedger) -> list:
-    from ecovisor.contract.schemas import SuspendContainer
+    from ecovisor.contract.commands import SuspendContainer
 
     cmd = SuspendContainer(site="s", time=T0, app="web", token="web-token-123",
                            command_id="sus-1", container="web-1")  # fmt: skip
@@ -127,7 +124,7 @@ def _suspend(led: SiteLedger) -> list:
 
 
 def test_ledger_signs_actions_and_setpoints() -> None:
-    from ecovisor.contract.schemas import BatterySetpoint, ContainerAction, verify
+    from ecovisor.contract.actuation import BatterySetpoint, ContainerAction, verify
 
     led = SiteLedger.new(parse_config(KEYED_SITE))
     acts = [o for o in _suspend(led) if o.topic == topics.ACTUATOR_CONTAINERS]
@@ -143,7 +140,7 @@ def test_ledger_signs_actions_and_setpoints() -> None:
 def test_forged_ack_tells_the_app_nothing() -> None:
     """B2: an ack without the actuators' signature (or a wrong one) is dead-lettered with
     the reason; no command_failed reaches the app. A signed ack still does."""
-    from ecovisor.contract.schemas import ActuatorAck, sign
+    from ecovisor.contract.actuation import ActuatorAck, sign
 
     led = SiteLedger.new(parse_config(KEYED_SITE))
     _suspend(led)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.embedded import servers, stack
 from ecovisor.embedded.servers import scrape_interval_s
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ecovisor.contract import schemas, topics
+from ecovisor.contract import telemetry, topics
 from ecovisor.contract.bus_access import node_batch_source
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import (
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.operator_messages import DeadLetter
+from ecovisor.contract.telemetry import (
     ContainerCounters,
     ContainerTelemetry,
-    DeadLetter,
     NodeBatchTelemetry,
     parse_telemetry_entries,
 )
@@ -152,7 +152,7 @@ def test_bridge_forwards_batches_and_dead_letters_entries_of_other_nodes() -> No
     b = batch(7, 0.1, {"web-1": 1.0, "web-2": 2.0, "batch-1": 3.0})
     r = route(scope, topics.mqtt_telemetry("demo", "node_batch", b.source), b.to_json())
     assert r.valid and r.topic == topics.TELEMETRY
-    fwd = schemas.parse_telemetry(r.value)
+    fwd = telemetry.parse_telemetry(r.value)
     assert [e.container for e in fwd.containers] == ["web-1", "batch-1"]  # type: ignore[union-attr]
     (dl,) = r.extra
     d = DeadLetter.model_validate_json(dl.value)
@@ -169,7 +169,7 @@ def test_bridge_forwards_batches_and_dead_letters_entries_of_other_nodes() -> No
     body["containers"][0]["app"] = "batch"
     r = route(scope, topics.mqtt_telemetry("demo", "node_batch", wrong.source),
               json.dumps(body).encode())  # fmt: skip
-    assert r.valid and schemas.parse_telemetry(r.value).containers == []  # type: ignore[union-attr]
+    assert r.valid and telemetry.parse_telemetry(r.value).containers == []  # type: ignore[union-attr]
     assert "belongs to app 'web', not 'batch'" in (r.extra[0].reason or "")
 
 
@@ -234,5 +234,5 @@ def test_bridge_sends_entry_dead_letters_first_and_acknowledges_the_message_once
         b._ack_ready()
     assert [t for t, _ in b.producer.sent] == [topics.DEADLETTER, topics.TELEMETRY]
     assert client.acks == [41] and not b.pending
-    fwd = schemas.parse_telemetry(b.producer.sent[1][1])
+    fwd = telemetry.parse_telemetry(b.producer.sent[1][1])
     assert [e.container for e in fwd.containers] == ["web-1"]  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ecovisor.contract.schemas import ContainerTickData, TickData
+from ecovisor.contract.notifications import ContainerTickData, TickData
 from policies.base import (
     AppView,
     BatteryFlags,

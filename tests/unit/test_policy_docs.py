@@ -8,7 +8,7 @@ import types
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ecovisor.contract.schemas import ContainerTickData, Notification, TickData
+from ecovisor.contract.notifications import ContainerTickData, Notification, TickData
 from policies.base import AppView, PolicyRunner, SetBatteryChargeRate, SetContainerPowercap
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -194,7 +194,7 @@ def test_docs_configuration_snippets_parse() -> None:
 
 
 def test_site_config_power_model_refs_are_valid_specs() -> None:
-    from ecovisor.contract.config import load_config
+    from ecovisor.contract.config_file import load_config
 
     cfg = load_config(ROOT / "examples" / "demo-site.yaml")
     for node in cfg.site.nodes:

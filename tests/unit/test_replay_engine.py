@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ecovisor.contract.config import ConfigError
+from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.experiment import Experiment, load_experiment
 from replay import traces
 from replay.engine import build_policy

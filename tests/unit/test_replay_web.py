@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ecovisor.contract.config import ConfigError
+from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.experiment import Experiment, load_experiment
 from replay.engine import RunResult
 from replay.runs import load_inputs, run_all

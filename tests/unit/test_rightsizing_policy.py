@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from ecovisor.contract.schemas import ContainerTickData, TickData
+from ecovisor.contract.notifications import ContainerTickData, TickData
 from ecovisor.core.rightsizing import lcp
 from policies.base import AppView, Observation, ScaleApp
 from policies.right_sizing import ReplicaModel, RightSizing, add_args, build
@@ -210,8 +210,8 @@ def test_runs_live_against_the_api() -> None:
     from pathlib import Path
 
     from ecovisor.api.app import create_app
-    from ecovisor.contract.config import parse_config
-    from ecovisor.contract.schemas import Notification
+    from ecovisor.contract.config_file import parse_config
+    from ecovisor.contract.notifications import Notification
     from tests.fakes.api import InMemoryBus, InMemoryStateSource, serve
     from tests.fakes.sites import TWO_APPS
 

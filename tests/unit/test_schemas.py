@@ -1,30 +1,55 @@
-"""docs/contract.md documents every message of ecovisor.schemas, and its examples are valid."""
+"""docs/contract.md documents every message of the contract (ecovisor.contract's message
+modules), and its examples are valid."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
+import pkgutil
 import re
 from pathlib import Path
 
 import pydantic
 import pytest
 
-from ecovisor.contract import schemas, topics
+import ecovisor.contract
+from ecovisor.contract import (
+    actuation,
+    commands,
+    envelope,
+    notifications,
+    operator_messages,
+    telemetry,
+    topics,
+)
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
 ABSTRACT = {"Message", "Telemetry", "Command"}  # envelopes, documented under Conventions
 EXAMPLE = re.compile(r"<!-- example: (\w+) -->\n```json\n(.*?)\n```", re.S)
 
 
+# The modules of the message contract: the envelope, then one module per kind of message.
+MESSAGE_MODULES = (envelope, telemetry, commands, notifications, actuation, operator_messages)
+
+
 def _models() -> dict[str, type[pydantic.BaseModel]]:
     return {
         n: o
-        for n, o in vars(schemas).items()
+        for m in MESSAGE_MODULES
+        for n, o in vars(m).items()
         if inspect.isclass(o)
         and issubclass(o, pydantic.BaseModel)
-        and o.__module__ == schemas.__name__
+        and o.__module__ == m.__name__
     }
+
+
+def test_every_module_defining_a_message_is_walked() -> None:
+    for info in pkgutil.iter_modules(ecovisor.contract.__path__, "ecovisor.contract."):
+        m = importlib.import_module(info.name)
+        defines = [o for o in vars(m).values() if inspect.isclass(o)
+                   and issubclass(o, envelope.Message) and o.__module__ == m.__name__]  # fmt: skip
+        assert not defines or m in MESSAGE_MODULES, f"{info.name} is not in MESSAGE_MODULES"
 
 
 def _examples() -> dict[str, str]:
@@ -51,9 +76,9 @@ def test_telemetry_and_command_examples_parse_through_the_unions() -> None:
     ex = _examples()
     for name in ("SolarTelemetry", "CarbonTelemetry", "BatteryTelemetry", "NodeTelemetry",
                  "ContainerTelemetry", "AppMetricsTelemetry"):  # fmt: skip
-        assert type(schemas.parse_telemetry(ex[name])).__name__ == name
-    for name, cls in ((c.__name__, c) for c in schemas.COMMAND_TYPES.values()):
-        assert isinstance(schemas.parse_command(ex[name]), cls)
+        assert type(telemetry.parse_telemetry(ex[name])).__name__ == name
+    for name, cls in ((c.__name__, c) for c in commands.COMMAND_TYPES.values()):
+        assert isinstance(commands.parse_command(ex[name]), cls)
 
 
 def test_every_topic_kind_and_command_type_is_documented() -> None:
@@ -62,16 +87,16 @@ def test_every_topic_kind_and_command_type_is_documented() -> None:
     assert f"`{topics.NOTIFICATIONS_PREFIX}<app>`" in DOC
     for kind in topics.TELEMETRY_KINDS:
         assert f"`kind: {kind}`" in DOC, kind
-    for typ in schemas.COMMAND_TYPES:
+    for typ in commands.COMMAND_TYPES:
         assert f"| `{typ}` |" in DOC, typ
-    for typ in schemas.NotificationType.__args__:  # type: ignore[attr-defined]
+    for typ in notifications.NotificationType.__args__:  # type: ignore[attr-defined]
         assert f"`{typ}`" in DOC, typ
 
 
 def test_validation_errors_read_well() -> None:
     with pytest.raises(pydantic.ValidationError) as e:
-        schemas.parse_telemetry(b'{"kind": "solar", "site": "s", "power_w": -1}')
-    reason = schemas.describe_validation_error(e.value)
+        telemetry.parse_telemetry(b'{"kind": "solar", "site": "s", "power_w": -1}')
+    reason = operator_messages.describe_validation_error(e.value)
     assert "power_w" in reason and "greater than or equal to 0" in reason
 
 
@@ -97,11 +122,11 @@ def test_container_action_old_names_parse_to_the_command_names(
     old: str, extra: dict, new: str, watts: float | None
 ) -> None:
     raw = json.dumps({**_ACTION, "action": old, **extra})
-    a = schemas.ContainerAction.model_validate_json(raw)  # as the actuator reads its topic
+    a = actuation.ContainerAction.model_validate_json(raw)  # as the actuator reads its topic
     assert (a.action, a.watts) == (new, watts)
     # the new form, every other field carried over unchanged
-    assert a == schemas.ContainerAction(**{**_ACTION, **extra, "action": new, "watts": watts})
-    assert a == schemas.ContainerAction.model_validate(json.loads(raw))  # dict input too
+    assert a == actuation.ContainerAction(**{**_ACTION, **extra, "action": new, "watts": watts})
+    assert a == actuation.ContainerAction.model_validate(json.loads(raw))  # dict input too
 
 
 @pytest.mark.parametrize(
@@ -116,15 +141,15 @@ def test_container_action_old_names_parse_to_the_command_names(
     ],
 )
 def test_container_action_round_trips(action: str, extra: dict) -> None:
-    a = schemas.ContainerAction.model_validate({**_ACTION, "action": action, **extra})
+    a = actuation.ContainerAction.model_validate({**_ACTION, "action": action, **extra})
     assert a.action == action
-    assert schemas.ContainerAction.model_validate_json(a.to_json()) == a
+    assert actuation.ContainerAction.model_validate_json(a.to_json()) == a
 
 
 @pytest.mark.parametrize("action", ["set_carbon_rate", ["set_cap"], None])
 def test_container_action_rejects_unknown_names(action: object) -> None:
     with pytest.raises(pydantic.ValidationError):  # a validation error, never a crash
-        schemas.ContainerAction.model_validate({**_ACTION, "action": action})
+        actuation.ContainerAction.model_validate({**_ACTION, "action": action})
 
 
 def test_signature_survives_the_wire_and_binds_every_field() -> None:
@@ -132,11 +157,11 @@ def test_signature_survives_the_wire_and_binds_every_field() -> None:
     for name in ("ContainerAction", "BatterySetpoint", "ActuatorAck"):
         model = _models()[name]
         msg = model.model_validate_json(_examples()[name]).model_copy(update={"signature": None})
-        assert not schemas.verify(msg, key)  # unsigned
-        signed = schemas.sign(msg, key)
+        assert not actuation.verify(msg, key)  # unsigned
+        signed = actuation.sign(msg, key)
         # re-parsed from its bytes (and from reformatted JSON): still valid
-        assert schemas.verify(model.model_validate_json(signed.to_json()), key)
-        assert schemas.verify(model.model_validate(json.loads(signed.to_json())), key)
-        assert not schemas.verify(signed, "another-key-0123456789")
+        assert actuation.verify(model.model_validate_json(signed.to_json()), key)
+        assert actuation.verify(model.model_validate(json.loads(signed.to_json())), key)
+        assert not actuation.verify(signed, "another-key-0123456789")
         tampered = signed.model_copy(update={"command_id": "other-id"})
-        assert not schemas.verify(tampered, key)
+        assert not actuation.verify(tampered, key)

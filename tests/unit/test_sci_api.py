@@ -13,7 +13,7 @@ from ecovisor.api.app import create_app
 from ecovisor.api.state_source import Counters
 from ecovisor.cli.main import app as cli
 from ecovisor.client import EcovisorClient
-from ecovisor.contract.config import ConfigError, parse_config
+from ecovisor.contract.config_file import ConfigError, parse_config
 from ecovisor.core.sci import SECONDS_PER_YEAR
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, serve
 from tests.fakes.sites import BATCH_TOKEN, TWO_APPS, WEB_TOKEN

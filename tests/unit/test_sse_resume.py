@@ -20,8 +20,8 @@ import pytest
 
 from ecovisor.api.app import create_app
 from ecovisor.client import EcovisorClient, EcovisorError
-from ecovisor.contract.config import parse_config
-from ecovisor.contract.schemas import Notification
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import Notification
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, serve
 from tests.fakes.sites import TWO_APPS
 

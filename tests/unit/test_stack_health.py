@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ecovisor.contract.config import load_config
+from ecovisor.contract.config_file import load_config
 from ecovisor.embedded import stack
 from ecovisor.embedded.health import MAX_RESTARTS, problems, recent_exits
 

@@ -19,15 +19,12 @@ from actuators.containers import ContainerActuator
 from actuators.state import latest_actions
 from ecovisor.api.app import create_app
 from ecovisor.contract import topics
-from ecovisor.contract.config import ConfigError, EcovisorConfig, parse_config
-from ecovisor.contract.schemas import (
-    ActuatorAck,
-    ContainerAction,
-    Notification,
-    SetBatteryChargeRate,
-    SuspendContainer,
-    utcnow,
-)
+from ecovisor.contract.actuation import ActuatorAck, ContainerAction
+from ecovisor.contract.commands import SetBatteryChargeRate, SuspendContainer
+from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config_file import ConfigError, parse_config
+from ecovisor.contract.envelope import utcnow
+from ecovisor.contract.notifications import Notification
 from streams.ledger_worker import SiteLedger
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, app_routes
 

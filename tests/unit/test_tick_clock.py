@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecovisor.contract.schemas import (
+from ecovisor.contract.telemetry import (
     BatteryTelemetry,
     CarbonTelemetry,
     ContainerTelemetry,

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 import streams.ledger_worker as ledger_worker
-from ecovisor.contract.config import AppConfig, parse_config
-from ecovisor.contract.schemas import ContainerTelemetry, ContainerTickData, TickData
+from ecovisor.contract.app_config import AppConfig
+from ecovisor.contract.config_file import parse_config
+from ecovisor.contract.notifications import ContainerTickData, TickData
+from ecovisor.contract.telemetry import ContainerTelemetry
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.settings import apply_settings, max_discharge_setting_w
 from ecovisor.core.shares import AppShare

@@ -1,0 +1,80 @@
+"""Reading the site configuration file: which file (--config, then $ECOVISOR_CONFIG),
+${VAR} expansion, YAML, and the one error of a configuration that cannot be used, with
+readable reasons. See docs/configuration.md."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ecovisor.contract.config import EcovisorConfig
+
+
+class ConfigError(Exception):
+    """A site configuration that cannot be used, with readable reasons."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line (every entry point exits with one line, never a traceback)."""
+    return " ".join(str(err).split())
+
+
+_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str) -> str:
+    """${VAR} and ${VAR:-default} in the YAML text, so tokens need not live in the file."""
+
+    def sub(m: re.Match[str]) -> str:
+        val = os.environ.get(m.group(1))
+        if val is None:
+            if m.group(2) is None:
+                raise ConfigError(f"environment variable {m.group(1)} is not set")
+            return m.group(2)
+        return val
+
+    return _ENV.sub(sub, text)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "<root>"
+        msg = e.get("msg", "")
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, origin: str = "<string>") -> EcovisorConfig:
+    try:
+        data = yaml.safe_load(_expand_env(text))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level")
+    try:
+        return EcovisorConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: invalid configuration:\n{_format_errors(e)}") from e
+
+
+def load_config(path: str | os.PathLike[str]) -> EcovisorConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such configuration file")
+    return parse_config(p.read_text(), origin=str(p))
+
+
+DEFAULT_CONFIG_ENV = "ECOVISOR_CONFIG"
+
+
+def config_path(explicit: str | None) -> str:
+    """The configuration file to use: --config, then $ECOVISOR_CONFIG."""
+    path = explicit or os.environ.get(DEFAULT_CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"no configuration: pass --config FILE or set {DEFAULT_CONFIG_ENV}")
+    return path

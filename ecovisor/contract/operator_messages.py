@@ -1,0 +1,65 @@
+"""Messages for the site's operators: dead letters (Kafka ecovisor.deadletter), with the
+readable reason of a validation error, and alerts (Kafka ecovisor.alerts). See
+docs/contract.md#dead-letters--deadletter-ecovisordeadletter."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ecovisor.contract.envelope import SCHEMA_VERSION, Message, utcnow
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be accepted, with the reason and the raw payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    time: AwareDatetime
+    origin: str = Field(description="where it came from, e.g. 'mqtt:<topic>' or a Kafka topic")
+    reason: str
+    raw: str = Field(description="raw payload, UTF-8 with invalid bytes escaped")
+
+    @field_validator("reason")
+    @classmethod
+    def _short_reason(cls, v: str) -> str:
+        return v if len(v) <= 4000 else v[:3997] + "..."
+
+
+DEAD_LETTER_RAW_MAX = 65_536  # characters of the raw payload kept in a dead letter
+
+
+def dead_letter(
+    origin: str, reason: str, raw: bytes | str | None, keep: int = DEAD_LETTER_RAW_MAX
+) -> DeadLetter:
+    """A dead letter for ``raw`` (``None``: a Kafka tombstone). A long payload is cut to
+    its first ``keep`` characters: escaping non-UTF-8 bytes can grow it ~4x, and a dead
+    letter the broker refuses as too large would be lost with its reason."""
+    if raw is None:
+        text = ""
+    else:
+        # decode no more than can be kept (a payload may be megabytes): a byte is at
+        # least a quarter of a character, escaped or not
+        head = raw[: 4 * keep + 4] if isinstance(raw, bytes) else raw
+        text = head.decode("utf-8", "backslashreplace") if isinstance(head, bytes) else head
+    if len(text) > keep:
+        text = text[:keep] + f"...(truncated, {len(raw or '')} bytes in all)"
+    return DeadLetter(time=utcnow(), origin=origin, reason=reason, raw=text)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """A one-line readable reason from a pydantic error."""
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "<root>"
+        parts.append(f"{loc}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+class Alert(Message):
+    kind: Literal["battery_drift", "source_silent", "grid_limit"]
+    severity: Literal["warning", "critical"] = "warning"
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
