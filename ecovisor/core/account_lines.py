@@ -132,8 +132,13 @@ class ContainerLines(Mapping[str, AccountLine]):
         """Line by line sum (the cumulative lines after a tick's): every container of
         ``self`` in its place, those only in ``other`` after them in ``other``'s order."""
         if self.names == other.names:  # the steady state: the same containers
-            return ContainerLines(self.names, *(tuple(map(add, a, b)) for a, b in
-                                                zip(self.columns(), other.columns(), strict=True)))
+            return ContainerLines(
+                self.names, tuple(map(add, self.energy, other.energy)),
+                tuple(map(add, self.solar, other.solar)),
+                tuple(map(add, self.battery, other.battery)),
+                tuple(map(add, self.grid, other.grid)),
+                tuple(map(add, self.unserved, other.unserved)),
+                tuple(map(add, self.carbon, other.carbon)))
         index = dict(self._names_index())
         names = list(self.names)
         cols = [list(c) for c in self.columns()]

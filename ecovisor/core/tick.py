@@ -319,10 +319,12 @@ def _container_lines(demand: Mapping[str, int], total: int, flows: tuple[int, in
         carbon = apportion(c_load, grid, names, order) if c_load else [0] * len(names)
     else:
         grid = solar = battery = unserved = carbon = [0] * len(names)
-    cols = (names, energy, solar, battery, grid, unserved, carbon)
-    if any(i != j for j, i in enumerate(order)):
-        return ContainerLines(*(tuple([col[i] for i in order]) for col in cols))
-    return ContainerLines(*(tuple(col) for col in cols))
+    if order != list(range(len(order))):  # demand not in id order: rows reordered
+        names, energy, solar, battery, grid, unserved, carbon = (
+            [col[i] for i in order] for col in (names, energy, solar, battery, grid,
+                                                unserved, carbon))
+    return ContainerLines(tuple(names), tuple(energy), tuple(solar), tuple(battery),
+                          tuple(grid), tuple(unserved), tuple(carbon))
 
 
 def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput
