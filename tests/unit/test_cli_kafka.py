@@ -145,7 +145,7 @@ def fresh_broker(tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 def test_topics_creates_the_ledgers_partition_counts(fresh_broker: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from ecovisor.contract.config import load_config
+    from ecovisor.contract.config_file import load_config
     from streams.ledger_app import PartitionMismatch, prepare_topics
     from streams.ledger_group import SiteGroup
 
