@@ -255,7 +255,8 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
         "battery_mj": w.b2l, "grid_mj": w.g2l + w.g2b, "unserved_mj": w.unserved,
         "carbon_ug": c_load + c_charge})
 
-    sources = tuple(sorted(set(site_estimated) | set(inp.estimated_sources)))
+    sources = (tuple(sorted(set(site_estimated) | set(inp.estimated_sources)))
+               if site_estimated or inp.estimated_sources else ())
     cum = state.cumulative
     cum_containers = cum.containers.plus(containers) if cum.containers else containers
     cumulative = unchecked(AppCumulative, {
@@ -394,9 +395,9 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     (unused solar, then grid), the site grid limit, excess solar per the site policy,
     controller aggregates and the battery drift check."""
     _check_k(state.next_k, inp.k, f"site {state.site!r}")
-    if set(shares) != set(state.apps):
+    if shares.keys() != state.apps.keys():
         raise LedgerError(f"shares {sorted(shares)} do not match state apps {sorted(state.apps)}")
-    unknown = set(inp.demand_mj) - set(shares)
+    unknown = inp.demand_mj.keys() - shares.keys()
     if unknown:
         raise LedgerError(f"demand for unknown apps {sorted(unknown)}")
     dt = shape.tick_s
