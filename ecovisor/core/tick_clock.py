@@ -403,7 +403,10 @@ class TickClock:
         site_est: list[str] = []
         app_est: dict[str, list[str]] = {}
         timeout = self.source_timeout_ticks
-        for key in list(counters):
+        # every key of the tick's buffer is a counter now (above): equal sizes mean no
+        # counter is silent, and the pass over every counter of the site is skipped
+        silent = [] if len(counters) == len(buf.counters) else list(counters)
+        for key in silent:
             if key in buf.counters:
                 continue
             base = counters[key]
