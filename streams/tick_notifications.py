@@ -54,22 +54,24 @@ def tick_data(
     # JSON of ``ContainerTickData`` directly (a validated model per container was a
     # third of this function at 1,000 containers): every figure comes from the checked
     # entry and settings; tests/unit/test_tick_notifications.py compares the two
-    conts: dict[str, dict[str, Any]] = {}
-    energy, carbon = lines.energy, lines.carbon
-    names = lines.names
+    names, energy, carbon = lines.names, lines.energy, lines.carbon
     rows = dict(zip(names, range(len(names)), strict=True))
     idle = [c.id for c in app_cfg.containers if c.id not in rows]  # no line this tick
-    for c in sorted([*names, *idle]):  # (the lines are in id order: a linear sort)
-        i = rows.get(c)
-        cap = caps.get(c)
-        rate = rates.get(c)
-        conts[c] = {
-            "power_w": mj_to_power(energy[i], dt) if i is not None else 0.0,
-            "powercap_w": float(cap) if cap is not None else None,
+    if idle or names != tuple(sorted(names)):
+        names = tuple(sorted([*names, *idle]))
+        energy = tuple(energy[rows[c]] if c in rows else 0 for c in names)
+        carbon = tuple(carbon[rows[c]] if c in rows else 0 for c in names)
+    conts: dict[str, dict[str, Any]] = {
+        c: {
+            "power_w": mj_to_power(e, dt),  # (an idle container's 0 mJ is 0.0 W)
+            "powercap_w": float(caps[c]) if c in caps else None,
             "suspended": c in off,
-            "carbon_mg_per_s": carbon[i] / 1000 / dt if i is not None else 0.0,
-            "carbon_rate_limit_mg_per_s": float(rate.rate_mg_per_s) if rate else None,
+            "carbon_mg_per_s": g / 1000 / dt,
+            "carbon_rate_limit_mg_per_s": (
+                float(rates[c].rate_mg_per_s) if c in rates else None),
         }
+        for c, e, g in zip(names, energy, carbon, strict=True)
+    }
     td = TickData(
         tick_s=dt,
         next_solar_w=mj_to_power(next_solar_mj, dt),
