@@ -27,7 +27,7 @@ from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.environment import internal_key
 from ecovisor.contract.kafka_access import ledger_app_id
-from streams.ledger_worker import Out
+from streams.ledger_out import Out
 
 _SITE_FIELD = re.compile(rb'"site"\s*:\s*"([^"\\]{1,128})"')
 _APP_FIELD = re.compile(rb'"app"\s*:\s*"([^"\\]{1,128})"')

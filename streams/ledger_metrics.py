@@ -31,7 +31,8 @@ from prometheus_client.registry import Collector
 from ecovisor.contract import topics
 from ecovisor.core.account_lines import AccountLine
 from ecovisor.core.settings import max_discharge_setting_w
-from streams.ledger_worker import CounterRow, Out, SiteLedger
+from streams.ledger_out import Out
+from streams.ledger_worker import CounterRow, SiteLedger
 
 CONTENT_TYPE = "text/plain; version=0.0.4"
 SOURCES = ("grid", "solar", "battery", "unserved")

@@ -31,7 +31,8 @@ from ecovisor.contract.telemetry import (
 from ecovisor.core.tick_clock import to_us
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_metrics import LedgerHealth
-from streams.ledger_worker import CounterRow, Out, SiteLedger
+from streams.ledger_out import Out
+from streams.ledger_worker import CounterRow, SiteLedger
 
 log = logging.getLogger("ecovisor.ledger")
 

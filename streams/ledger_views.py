@@ -24,7 +24,8 @@ from typing import Any, Literal
 from ecovisor.contract.envelope import parse_time
 from ecovisor.core.tick_clock import to_us
 from ecovisor.core.units import mj_to_j, ug_to_g
-from streams.ledger_worker import SiteLedger, utc_from_us
+from streams.ledger_out import utc_from_us
+from streams.ledger_worker import SiteLedger
 
 ViewKind = Literal["state", "counters", "ledger"]
 Answer = tuple[dict[str, Any], int]  # JSON body, HTTP status

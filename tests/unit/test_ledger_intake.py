@@ -32,8 +32,9 @@ from ecovisor.contract.telemetry import (
 )
 from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.tick_clock import to_us
+from streams.ledger_commands import SEEN_COMMANDS_PER_APP
 from streams.ledger_service import LedgerService, run_guarded
-from streams.ledger_worker import SEEN_COMMANDS_PER_APP, SiteLedger
+from streams.ledger_worker import SiteLedger
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

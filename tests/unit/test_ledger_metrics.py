@@ -23,7 +23,8 @@ from streams.ledger_metrics import (
     ledger_registry,
     reason_class,
 )
-from streams.ledger_worker import Out, SiteLedger
+from streams.ledger_out import Out
+from streams.ledger_worker import SiteLedger
 
 SITE = """
 site:
