@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecovisor.contract.experiment import Experiment, load_experiment  # noqa: E402
-from policies import solar_following_caps  # noqa: E402
-from replay.engine import RunResult  # noqa: E402
+from ecovisor.core.power_model import LinearPowerModel  # noqa: E402
+from replay.engine import RunResult, build_policy  # noqa: E402
 from replay.runs import run_all  # noqa: E402
 
 POLICIES = ("static-caps", "dynamic-caps")
@@ -69,7 +69,8 @@ def job_experiment(base: Experiment, a: argparse.Namespace) -> Experiment:
 def full_speed_w(exp: Experiment) -> float:
     """The job's tasks' power at full speed (all base cores busy; the node's model)."""
     w, node = exp.apps[0].workload, exp.site.node
-    return w.tasks * w.base_cores * (node.max_w - node.idle_w) / node.cores
+    return w.tasks * w.base_cores * LinearPowerModel(
+        cores=node.cores, idle_w=node.idle_w, max_w=node.max_w).w_per_core
 
 
 def details(exp: Experiment, r: RunResult, floors_w: float) -> dict[str, float]:
@@ -127,10 +128,8 @@ def main() -> None:
     a = ap.parse_args()
     base = job_experiment(load_experiment(ROOT / "experiments" / "paper-5.4.yaml"), a)
     nameplate = base.site.solar_nameplate_w
-    pp = argparse.ArgumentParser()
-    solar_following_caps.add_args(pp)
     w = base.apps[0].workload
-    floors_w = w.tasks * pp.parse_args(base.apps[0].policies["dynamic-caps"].args).min_cap_w
+    floors_w = w.tasks * build_policy(base.apps[0].policies["dynamic-caps"]).min_cap
     full_w = full_speed_w(base)
     if a.ideal:
         print("| solar scale | constant supply W | water-filling vs equal | optimum vs equal |")

@@ -44,7 +44,7 @@ from ecovisor.contract.environment import kafka_bootstrap
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
 from streams.ledger_group import SiteGroup
-from streams.ledger_service import exit_if_not_stopped
+from streams.ledger_service import hard_stop_on_crash
 
 DIRECTORY_PARTITIONS = 16
 HARD_STOP_S = 20.0  # after an unhandled error, exit 1 if Faust has not stopped by then
@@ -119,18 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     web_host = socket.gethostname() if a.web_host == "hostname" else a.web_host
     app = build_app(group, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts,
                     web_port=a.web_port, web_bind=a.web_bind, web_host=web_host)  # fmt: skip
-    app.hard_stop_s = HARD_STOP_S  # an error's stop must end the process (run_guarded)
-    faust_crash = app._crash
-
-    def crash(reason: BaseException) -> None:
-        # every crash of the worker's services marks the app through ``_crash`` (mode
-        # walks a crashed service's beacon up to the app): a failure inside Faust itself
-        # (its producer refusing a changelog record, a table's failure) never passes
-        # run_guarded, and its stop can wait forever on fetched events as well
-        exit_if_not_stopped(HARD_STOP_S, f"Faust: {reason!r}")
-        faust_crash(reason)
-
-    app._crash = crash  # type: ignore[method-assign]
+    hard_stop_on_crash(app, HARD_STOP_S)  # a crash's stop must end the process
     worker = faust.Worker(app, loglevel=a.loglevel, quiet=True, redirect_stdouts=False)
     FULL_COLLECTIONS.take_over()  # full collections after a tick's outputs (gc_schedule)
     code: object = 0

@@ -302,17 +302,28 @@ async def run_guarded(owner: Any, what: str, body: Any) -> None:
     except Exception as e:
         log.exception("ledger %s failed; stopping the worker", what)
         owner.failure = owner.failure or e
-        limit = getattr(owner.app, "hard_stop_s", None)  # set by the process entry only
-        if limit is not None:
-            exit_if_not_stopped(limit, f"ledger {what}: {e!r}")
-        await owner.app.crash(e)
+        await owner.app.crash(e)  # (the process's hard stop: ``hard_stop_on_crash``)
 
 
-def exit_if_not_stopped(after_s: float, why: str) -> None:
-    """Exit 1 if the process is still alive ``after_s`` from now. Faust's stop after a
-    crash waited forever on a worker holding thousands of fetched telemetry events (the
-    full suite's shared broker); a supervisor must see the exit. Nothing is lost: what
-    no snapshot holds is read again from Kafka, as after a SIGKILL."""
+def hard_stop_on_crash(app: Any, after_s: float) -> None:
+    """Make every crash of ``app`` end the process: exit 1 if it is still alive
+    ``after_s`` after the crash. Faust's stop after a crash waited forever on a worker
+    holding thousands of fetched telemetry events (the full suite's shared broker); a
+    supervisor must see the exit. Nothing is lost: what no snapshot holds is read again
+    from Kafka, as after a SIGKILL. Hooked on the app's ``_crash``, which every crash
+    reaches (mode walks a crashed service's beacon up to the app): a guarded task's
+    error (``run_guarded`` calls ``app.crash``) and a failure inside Faust itself (its
+    producer refusing a changelog record) alike."""
+    faust_crash = app._crash
+
+    def crash(reason: BaseException) -> None:
+        _exit_if_not_stopped(after_s, repr(reason))
+        faust_crash(reason)
+
+    app._crash = crash
+
+
+def _exit_if_not_stopped(after_s: float, why: str) -> None:
 
     def force() -> None:
         sys.stderr.write(f"streams.ledger: stopped by an error: {why} (Faust did not stop "

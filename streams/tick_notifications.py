@@ -55,12 +55,12 @@ def tick_data(
     # third of this function at 1,000 containers): every figure comes from the checked
     # entry and settings; tests/unit/test_tick_notifications.py compares the two
     names, energy, carbon = lines.names, lines.energy, lines.carbon
-    rows = dict(zip(names, range(len(names)), strict=True))
-    idle = [c.id for c in app_cfg.containers if c.id not in rows]  # no line this tick
+    idle = [c.id for c in app_cfg.containers if c.id not in lines]  # no line this tick
     if idle or names != tuple(sorted(names)):
         names = tuple(sorted([*names, *idle]))
-        energy = tuple(energy[rows[c]] if c in rows else 0 for c in names)
-        carbon = tuple(carbon[rows[c]] if c in rows else 0 for c in names)
+        rows = [lines.index(c) for c in names]
+        energy = tuple(0 if i is None else lines.energy[i] for i in rows)
+        carbon = tuple(0 if i is None else lines.carbon[i] for i in rows)
     conts: dict[str, dict[str, Any]] = {
         c: {
             "power_w": mj_to_power(e, dt),  # (an idle container's 0 mJ is 0.0 W)

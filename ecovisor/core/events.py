@@ -90,7 +90,7 @@ def _decide(new: float, ref: float, abs_th: Number, rel_th: Number,
 def _event(kind: EventKind, base: dict[str, Any], *, container: str | None = None,
            value: float | None = None, previous: float | None = None,
            threshold: float | None = None, unit: str | None = None) -> Event:
-    """An event of this tick, built unchecked (``state.unchecked``): its fields come from
+    """An event of this tick, built unchecked (``account_lines.unchecked``): its fields come from
     a checked entry; the figures are made floats as validation would."""
     return unchecked(Event, {
         "kind": kind, **base, "container": container,

@@ -220,7 +220,7 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
               ) -> tuple[AppState, AppLedgerEntry]:
     """Freeze a planned app tick into its ledger entry and the app's next state.
 
-    The models are built unchecked (``state.unchecked``): every figure is an integer the
+    The models are built unchecked (``account_lines.unchecked``): every figure is an integer the
     plan computed, and the entry's exact balances and non-negative flows are checked
     here, once, instead of by validating every model (each container line as built and
     again as its cumulative sum). docs/ledger.md "Core step performance"."""

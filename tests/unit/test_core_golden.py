@@ -191,7 +191,7 @@ if __name__ == "__main__" and "--write" in sys.argv:
 
 
 def test_unchecked_models_behave_as_validated_ones() -> None:
-    """The step builds its models unchecked (``state.unchecked``): they must be equal to,
+    """The step builds its models unchecked (``account_lines.unchecked``): they must be equal to,
     serialise like and copy like validated ones, and a copy must not change the fields
     set the unchecked instances share."""
     from ecovisor.core.account_lines import AccountLine, unchecked
