@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from actuators.state import UNKNOWN, ActuatorState
-from ecovisor.api.emulation_signal import forecast_of_view
+from ecovisor.api.emulation_signal import Forecast, forecast_of_view
 from ecovisor.api.forecasts import carbon_answer, solar_answer
 from ecovisor.api.models import AppInfo
 from ecovisor.api.state_source import live_state_from_view
@@ -194,13 +194,16 @@ class LedgerClient:
     def get_carbon_forecast(self) -> dict[str, Any]:
         """``GET /v1/apps/{app}/carbon_forecast``: the route's answer from the ledger's
         kept forecast (the whole forecast: the route's own, not an emulation's window)."""
-        f = forecast_of_view(state_view(self.led, self.app) or {}, "carbon")
-        return carbon_answer(self.app, f).model_dump(mode="json")
+        return carbon_answer(self.app, self._forecast("carbon")).model_dump(mode="json")
 
     def get_solar_forecast(self) -> dict[str, Any]:
         """``GET /v1/apps/{app}/solar_forecast``, as ``get_carbon_forecast``."""
-        f = forecast_of_view(state_view(self.led, self.app) or {}, "solar")
-        return solar_answer(self.app, f).model_dump(mode="json")
+        return solar_answer(self.app, self._forecast("solar")).model_dump(mode="json")
+
+    def _forecast(self, kind: str) -> Forecast:
+        """The kept forecast as the API reads it from the ledger's state view (only its
+        ``<kind>_forecast`` part: the rest of the view is not read)."""
+        return forecast_of_view({f"{kind}_forecast": self.led.forecast_view(kind)}, kind)
 
     def get_state(self) -> dict[str, Any]:
         """``GET /v1/apps/{app}/state``: the ledger's state view as the API normalises
