@@ -19,6 +19,11 @@
    same batches through parse + ``SiteLedger.ingest_batch`` in this process, timed apart
    from ``SiteLedger.close``, so the figures say which of the two bounds a worker.
 
+Every throughput run also reports the CPU seconds each process used between the first
+and the last ledger entry (``/proc/<pid>/stat``, the process and its children): the
+worker, the bridge, the Kafka broker and the MQTT broker share this machine's cores,
+so ``samples_per_worker_cpu_s`` says what one worker does per core of its own.
+
 Usage: python bench/bench_ledger.py [--containers 1000] [--ticks 60] [--per-tick 1]
        [--skip kafka,mqtt,latency,intake,kafka-batch,mqtt-batch]
        [--batch-containers 1000,10000] [--per-node 1000]
@@ -177,8 +182,45 @@ def stop(p: subprocess.Popen[bytes]) -> None:
         p.kill()
 
 
-def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float) -> list[float]:
-    """Wall times at which each new record of `topic` was consumed, until `stop_at`."""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its descendants so far."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(d)] = int(fields[1])
+        ticks[int(d)] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += ticks.get(p, 0)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total / CLK_TCK
+
+
+def cpu_probe(procs: dict[str, int]) -> Any:
+    """A probe giving each named process tree's CPU seconds so far."""
+    return lambda: {name: tree_cpu_s(pid) for name, pid in list(procs.items())}
+
+
+def cpu_between(probes: list[dict[str, float]], i: int, j: int) -> dict[str, float]:
+    return {k: round(probes[j][k] - probes[i][k], 2) for k in probes[j]}
+
+
+def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float,
+                 probe: Any = None, probes: list[Any] | None = None) -> list[float]:
+    """Wall times at which each new record of `topic` was consumed, until `stop_at`;
+    ``probe``: called once per fetched batch, its result appended to ``probes`` once
+    per record (the CPU used so far when that record was seen)."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -191,14 +233,19 @@ def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float) -> li
         for batch in c.poll(timeout_ms=100).values():
             now = time.monotonic()
             times.extend(now for _ in batch)
+            if probe is not None and probes is not None:
+                seen = probe()
+                probes.extend(seen for _ in batch)
     c.close()
     return times
 
 
 def run_throughput(
     d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int, per_tick: int, via_mqtt: bool,
-    per_node: int | None = None,
+    per_node: int | None = None, servers: dict[str, int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    """``servers``: name -> pid of the brokers, whose CPU is reported too."""
+    servers = servers or {}
     from kafka import KafkaProducer
 
     site = "bench-mqtt" if via_mqtt else "bench-kafka"
@@ -229,18 +276,21 @@ def run_throughput(
     closed = ticks - 2
     want = apps * closed
     watch: list[float] = []
-    th = threading.Thread(
-        target=lambda: watch.extend(ledger_watch(bootstrap, topics.LEDGER, want, 300))
-    )
+    probes: list[dict[str, float]] = []
+    procs = dict(servers)  # the worker and bridge join below, before any entry is seen
+    th = threading.Thread(target=lambda: watch.extend(
+        ledger_watch(bootstrap, topics.LEDGER, want, 300, cpu_probe(procs), probes)))
     th.start()
     time.sleep(1.0)
     worker = start("streams.ledger", cfg_path, d / f"ledger-{site}.log", "--clock", "event")
+    procs["worker"] = worker.pid
     bridge = None
     try:
         if via_mqtt:
             import paho.mqtt.client as mqtt
 
             bridge = start("streams.bridge", cfg_path, d / f"bridge-{site}.log")
+            procs["bridge"] = bridge.pid
             # MQTT drops what is published before the bridge subscribed: wait for it (a
             # site of 10,000 containers took ~14 s to load on a loaded machine)
             wait_log(d / f"bridge-{site}.log", "MQTT connected", 120)
@@ -266,6 +316,7 @@ def run_throughput(
     # between them the worker consumed (ticks - 2) ticks' worth of samples
     first, last = watch[apps - 1], watch[-1]
     samples_between = (ticks - 2) * n * per_tick
+    cpu = cpu_between(probes, apps - 1, len(probes) - 1)
     return {
         "messages": len(msgs),
         "samples": n * ticks * per_tick,
@@ -273,6 +324,8 @@ def run_throughput(
         "wall_s": round(last - first, 3),
         "samples_per_s": round(samples_between / (last - first)),
         "ticks_per_s": round((closed - 1) / (last - first), 2),
+        "cpu_s": cpu,
+        "samples_per_worker_cpu_s": round(samples_between / max(cpu["worker"], 0.01)),
     }
 
 
@@ -431,12 +484,16 @@ def main() -> None:
         tansu = Server(tansu_command(kport), kport, d / "tansu.log").start()
         mqtt_srv = Server(mqtt_command(mport, d / "mqtt"), mport, d / "mqtt.log").start()
         bootstrap = f"127.0.0.1:{kport}"
+        servers = {name: srv.proc.pid for name, srv in (("kafka_broker", tansu),
+                                                         ("mqtt_broker", mqtt_srv)) if srv.proc}
         try:
             if "kafka" not in skip:
-                r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, False)
+                r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, False,
+                                   servers=servers)
                 print("pre-filled Kafka topic -> ledger:", json.dumps(r))
             if "mqtt" not in skip:
-                r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, True)
+                r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, True,
+                                   servers=servers)
                 print("MQTT -> bridge -> Kafka -> ledger:", json.dumps(r))
             if "latency" not in skip:
                 r = run_latency(d, bootstrap, mport, a.containers, a.latency_ticks)
@@ -449,7 +506,8 @@ def main() -> None:
                 for mode, via_mqtt in (("kafka-batch", False), ("mqtt-batch", True)):
                     if mode in skip:
                         continue
-                    r = run_throughput(d, bootstrap, mport, n, a.ticks, 1, via_mqtt, a.per_node)
+                    r = run_throughput(d, bootstrap, mport, n, a.ticks, 1, via_mqtt, a.per_node,
+                                       servers)
                     path = "MQTT -> bridge -> Kafka -> ledger" if via_mqtt else (
                         "pre-filled Kafka topic -> ledger")  # fmt: skip
                     print(f"node batches, {n} containers on {-(-n // a.per_node)} node(s) of "
