@@ -85,6 +85,7 @@ from policies.base import (
     reads,
 )
 from replay.offline import offline_policy
+from streams.ledger_out import Out
 from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
 
@@ -428,11 +429,11 @@ def run_one(
     ntopic = topics.notifications(app.id)
     pending_notes: list[Notification] = []
 
-    def on_out(o: Any) -> None:
+    def on_out(o: Out) -> None:
         if o.topic == topics.ACTUATOR_CONTAINERS:
             sim.pending.append(ContainerAction.model_validate_json(o.value))
         elif o.topic == ntopic:
-            pending_notes.append(Notification.model_validate_json(o.value))
+            pending_notes.append(notification(o))
 
     client = LedgerClient(led, app.id, on_out)
     # what the live policy gets from GET /v1/apps/{app}
@@ -481,7 +482,7 @@ def run_one(
                     entries_sum["energy_mj"] += e["demand_mj"]
                     entries_sum["carbon_ug"] += e["total"]["carbon_ug"]
             elif o.topic == ntopic:
-                pending_notes.append(Notification.model_validate_json(o.value))
+                pending_notes.append(notification(o))
         while pending_notes:
             note = pending_notes.pop(0)
             if note.type == "tick":
@@ -500,6 +501,14 @@ def run_one(
         ledger_csv.write_text(to_csv([json.loads(r) for r in entries]))
     arrival = datetime.fromtimestamp((t0_us + arrival_i * dt_us) / US, UTC)
     return run_result(app, label, run, arrival, workload, cum, i + 1, client.n, ser, entries_sum)
+
+
+def notification(o: Out) -> Notification:
+    """The notification the ledger sent: the message itself when the ledger made it
+    (its JSON never rendered: a live policy parses that JSON back to an equal message),
+    else its bytes parsed."""
+    m = o.message
+    return m if isinstance(m, Notification) else Notification.model_validate_json(o.value)
 
 
 SERIES = ("t", "intensity", "solar_w", "power_w", "battery_wh", "cores", "progress",

@@ -128,7 +128,7 @@ def counters_view(
 def ledger_view(led: SiteLedger, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
     """The app's kept ledger entries with tick start in [t1, t2)."""
     a, b = t1.timestamp(), t2.timestamp()
-    return [json.loads(e) for t, e in led.entries.get(app, ()) if a <= t < b]
+    return [json.loads(e.value) for t, e in led.entries.get(app, ()) if a <= t < b]
 
 
 def _time(query: Mapping[str, str], name: str) -> datetime | None:

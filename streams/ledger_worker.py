@@ -20,7 +20,7 @@ from ecovisor.contract.actuation import sign
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.environment import internal_key
 from ecovisor.contract.notifications import Notification
-from ecovisor.core.entries import SiteTickResult
+from ecovisor.core.entries import AppLedgerEntry, SiteTickResult
 from ecovisor.core.intake import BatchEntry
 from ecovisor.core.solar_share import split_solar
 from ecovisor.core.state import SiteState, SiteTickInput
@@ -84,6 +84,10 @@ def clock_limits(cfg: EcovisorConfig) -> ClockLimits:
     )
 
 
+def _entry_json(entry: AppLedgerEntry) -> bytes:
+    return entry.model_dump_json().encode()
+
+
 @dataclass
 class SiteLedger(CommandIntake):
     """Everything the worker keeps for one site; no I/O (the Faust layer sends ``Out``s
@@ -102,7 +106,7 @@ class SiteLedger(CommandIntake):
     suspended: dict[str, list[str]] = field(default_factory=dict)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> state view
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    entries: dict[str, deque[tuple[float, bytes]]] = field(default_factory=dict)  # in memory
+    entries: dict[str, deque[tuple[float, Out]]] = field(default_factory=dict)  # in memory
     counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     # the newest carbon and solar forecasts their sources published (CarbonTelemetry /
     # SolarTelemetry.forecast): the site's, the same for every app; served by the state
@@ -380,8 +384,8 @@ class SiteLedger(CommandIntake):
         rows: list[CounterRow] = []
         for app, entry in res.entries.items():
             key = f"{site}:{app}:{ct.k}".encode()
-            entry_json = entry.model_dump_json().encode()
-            outs.append(Out(topics.LEDGER, key, entry_json))
+            entry_out = Out(topics.LEDGER, key, message=entry, render=_entry_json)
+            outs.append(entry_out)
             data = tick_data(
                 self.app_cfg[app],
                 self.shares[app],
@@ -393,9 +397,9 @@ class SiteLedger(CommandIntake):
             )
             note = Notification(site=site, time=t_end, app=app, type="tick", tick=ct.k, data=data)
             ntopic = topics.notifications(app)
-            outs.append(Out(ntopic, key, note.to_json()))
+            outs.append(Out(ntopic, key, message=note, render=Notification.to_json))
             for n in event_notifications(site, t_end, app, ct.k, entry):
-                outs.append(Out(ntopic, key, n.to_json()))
+                outs.append(Out(ntopic, key, message=n, render=Notification.to_json))
             cum = entry.cumulative
             # (energy, carbon) as tuples, not lists (the same JSON in the counters table):
             # the garbage collector stops tracking tuples of ints, so the ~400k pairs the
@@ -409,7 +413,7 @@ class SiteLedger(CommandIntake):
                                            strict=True), strict=True)),
             }
             rows.append((app, ct.k, row))
-            self._remember(app, ct.k, row, entry.t_start, entry_json)
+            self._remember(app, ct.k, row, entry.t_start, entry_out)
             self.last[app] = {
                 "tick": ct.k,
                 "time": t_end.isoformat(),
@@ -451,12 +455,13 @@ class SiteLedger(CommandIntake):
             outs.append(Out(topics.notifications(app), p["command_id"].encode(), n.to_json()))
         return outs
 
-    def _remember(self, app: str, k: int, row: dict[str, Any], t: float, entry: bytes) -> None:
+    def _remember(self, app: str, k: int, row: dict[str, Any], t: float, entry: Out) -> None:
         hist = self.counters.setdefault(app, {})
         hist[k] = row
         while len(hist) > self.history_ticks:
             del hist[next(iter(hist))]
-        # raw JSON, parsed only when the ledger view is read
+        # the entry's Out: its JSON once sent (or read by the ledger view), parsed only
+        # when the ledger view is read
         kept = self.entries.get(app)
         if kept is None:
             kept = self.entries[app] = deque(maxlen=self.history_ticks)
