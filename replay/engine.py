@@ -3,25 +3,27 @@ in-process, faster than real time, with the live system's accounting and policy 
 
 Each tick ``i`` of the run:
 
-1. the simulated containers apply the actuator actions (``ContainerAction``) the
-   ledger emitted for commands of the previous tick, folded by the actuators' own
-   bookkeeping (``actuators.state.ActuatorState``: caps -> the ledger's CPU quota,
-   suspend/resume, vertical cores, replicas), so a command decided on tick ``i-1``
-   applies from tick ``i``;
+1. the simulated containers (``replay.sim_containers``) apply the actuator actions
+   (``ContainerAction``) the ledger emitted for commands of the previous tick, folded
+   by the actuators' own bookkeeping (``actuators.state.ActuatorState``: caps -> the
+   ledger's CPU quota, suspend/resume, vertical cores, replicas), so a command decided
+   on tick ``i-1`` applies from tick ``i``;
 2. the workload model runs on the cores each container may use and says which were
    busy; the node's power model turns busy cores into each container's power;
-3. telemetry (carbon intensity, solar counter, each container's cumulative energy) goes
-   into ``SiteLedger`` (``streams.ledger_worker``), the ledger worker's state machine,
-   and the tick is closed there: the ledger entry, the tick notification and the event
-   notifications are the ledger's, byte for byte;
+3. telemetry (``replay.tick_telemetry``: carbon intensity, solar counter, each
+   container's cumulative energy) goes into ``SiteLedger`` (``streams.ledger_worker``),
+   the ledger worker's state machine, and the tick is closed there: the ledger entry,
+   the tick notification and the event notifications are the ledger's own (the policy
+   gets the ledger's ``Notification`` objects, equal to their JSON parsed back);
 4. the notifications go to ``policies.base.PolicyRunner``, the runner of
    ``python -m policies.<name>`` (it builds the ``Observation`` and de-duplicates
    actions); its actions reach ``SiteLedger.command`` as contract commands through
-   ``LedgerClient``, an in-process stand-in for ``ecovisor.client``. A web service
-   also publishes app metrics (``AppMetricsTelemetry``, as ``collectors.app_metrics``
-   does) into the ledger; the runner reads them back as the live one does
-   (``policies.base.api_metrics`` over ``get_state``, answered here from the ledger's
-   own state view and the API's normalisation of it).
+   ``replay.ledger_client.LedgerClient``, an in-process stand-in for
+   ``ecovisor.client``. A web service also publishes app metrics
+   (``AppMetricsTelemetry``, as ``collectors.app_metrics`` does) into the ledger; the
+   runner reads them back as the live one does (``policies.base.api_metrics`` over
+   ``get_state``, answered here from the ledger's own state view and the API's
+   normalisation of it).
 
 docs/evaluation.md.
 """
@@ -41,22 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from actuators.state import UNKNOWN, ActuatorState
-from ecovisor.api.emulation_signal import Forecast, forecast_of_view
-from ecovisor.api.forecasts import carbon_answer, solar_answer
 from ecovisor.api.models import AppInfo
-from ecovisor.api.state_source import live_state_from_view
 from ecovisor.cli.export_format import to_csv
 from ecovisor.contract import topics
 from ecovisor.contract.actuation import ContainerAction
-from ecovisor.contract.bus_access import app_metrics_source
-from ecovisor.contract.commands import COMMAND_TYPES, command_fields
-from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.experiment import (
-    TEMPLATE,
-    TOKEN,
     AppSpec,
-    BlastSpec,
     Experiment,
     MLTrainingSpec,
     ParallelJobSpec,
@@ -67,14 +59,9 @@ from ecovisor.contract.experiment import (
     site_config,
 )
 from ecovisor.contract.notifications import Notification
-from ecovisor.contract.telemetry import (
-    AppMetricsTelemetry,
-    CarbonTelemetry,
-    ContainerTelemetry,
-    SolarTelemetry,
-)
 from ecovisor.core.parallel_job import ParallelJob
 from ecovisor.core.spark_job import SparkJob
+from ecovisor.core.units import US_PER_S
 from ecovisor.core.workloads import Blast, MLTraining, WebService
 from policies.base import (
     SUBSCRIBED_EVENTS,
@@ -84,13 +71,12 @@ from policies.base import (
     api_metrics,
     reads,
 )
+from replay.ledger_client import LedgerClient
 from replay.offline import offline_policy
+from replay.sim_containers import sim_for
+from replay.tick_telemetry import TickTelemetry
 from streams.ledger_out import Out
-from streams.ledger_views import state_view
 from streams.ledger_worker import SiteLedger
-
-US = 1_000_000
-SAMPLE_BEFORE_END_US = 1_000  # counters are sampled 1 ms before the tick's end
 
 
 def build_policy(spec: PolicySpec) -> Any:
@@ -141,230 +127,12 @@ def make_workload(app: AppSpec, load_rps: np.ndarray | None = None, seed: int = 
     return Blast(work_s=w.work_h * 3600, base_cores=w.base_cores, queue_limit=w.queue_limit)
 
 
-def metrics_fields(m: dict[str, float]) -> dict[str, Any]:
-    """A model's flat metrics as ``AppMetricsTelemetry`` fields: its named fields, the
-    rest in ``extra`` (which the API flattens back, as for a live app)."""
-    named = AppMetricsTelemetry.model_fields
-    out: dict[str, Any] = {k: v for k, v in m.items() if k in named}
-    extra = {k: v for k, v in m.items() if k not in named}
-    if extra:
-        out["extra"] = extra
-    return out
-
-
-@dataclass
-class Ref:
-    command_id: str
-
-
-class LedgerClient:
-    """What a policy runner needs of ``ecovisor.client``: ``command(type, **fields)`` and
-    one method per command named after it, here publishing straight into the ledger's
-    ``SiteLedger.command`` (the validation, settings and actions of the live ledger).
-    Commands are stamped 1 µs before the end of the tick whose notification caused
-    them, so settings apply from the next tick, as do the containers' actions."""
-
-    def __init__(self, led: SiteLedger, app: str, on_out: Callable[[Any], None]) -> None:
-        self.led, self.app, self.on_out = led, app, on_out
-        self.site = led.cfg.site.id
-        self.now_us = 0
-        self.n = 0
-
-    def command(self, type: str, **fields: Any) -> Ref:
-        cls = COMMAND_TYPES[type]
-        self.n += 1
-        cmd = cls(
-            site=self.site,
-            time=datetime.fromtimestamp((self.now_us - 1) / US, UTC),
-            app=self.app,
-            token=TOKEN,
-            command_id=f"r{self.n}",
-            **fields,
-        )
-        for o in self.led.command(cmd.to_json(), self.now_us):
-            self.on_out(o)
-        return Ref(cmd.command_id)
-
-    def __getattr__(self, name: str) -> Callable[..., Ref]:
-        cls = COMMAND_TYPES.get(name)
-        if cls is None:
-            raise AttributeError(name)
-        names = list(command_fields(cls))
-        return lambda *args: self.command(name, **dict(zip(names, args, strict=False)))
-
-    def get_carbon_forecast(self) -> dict[str, Any]:
-        """``GET /v1/apps/{app}/carbon_forecast``: the route's answer from the ledger's
-        kept forecast (the whole forecast: the route's own, not an emulation's window)."""
-        return carbon_answer(self.app, self._forecast("carbon")).model_dump(mode="json")
-
-    def get_solar_forecast(self) -> dict[str, Any]:
-        """``GET /v1/apps/{app}/solar_forecast``, as ``get_carbon_forecast``."""
-        return solar_answer(self.app, self._forecast("solar")).model_dump(mode="json")
-
-    def _forecast(self, kind: str) -> Forecast:
-        """The kept forecast as the API reads it from the ledger's state view (only its
-        ``<kind>_forecast`` part: the rest of the view is not read)."""
-        return forecast_of_view({f"{kind}_forecast": self.led.forecast_view(kind)}, kind)
-
-    def get_state(self) -> dict[str, Any]:
-        """``GET /v1/apps/{app}/state``: the ledger's state view as the API normalises
-        it (``LiveState``), app metrics included."""
-        view = state_view(self.led, self.app) or {}
-        return live_state_from_view(self.app, view).model_dump(mode="json")
-
-
-class SimContainers:
-    """The app's containers as the actuators would run them: actions folded into the
-    actuators' ``ActuatorState``; a container may use its base cores (the workload's),
-    or its ``scale_container`` cores, at most its cap's quota, none while suspended; a
-    template's replicas 1..n run."""
-
-    def __init__(self, configured: list[str], base_cores: float, replicas: int) -> None:
-        self.configured = configured
-        self.base = base_cores
-        self.state = ActuatorState()
-        if replicas:
-            self.state.replicas[TEMPLATE] = replicas
-        self.pending: list[ContainerAction] = []
-
-    def apply_pending(self) -> None:
-        for a in self.pending:
-            self.state.fold(a, _no_quota)
-        self.pending.clear()
-
-    def names(self) -> list[str]:
-        n = self.state.replicas.get(TEMPLATE, 0)
-        return self.configured + [f"{TEMPLATE}-{i}" for i in range(1, n + 1)]
-
-    def cores(self) -> dict[str, float]:
-        out = {}
-        for c in self.names():
-            sp = self.state.setpoints(c)
-            if sp.baseline == UNKNOWN:
-                sp.baseline = self.base
-            lim = sp.effective_limit()
-            out[c] = 0.0 if sp.suspended else float(lim if lim is not None else self.base)
-        return out
-
-
 Workload = MLTraining | Blast | WebService | SparkJob | ParallelJob
-
-
-def _no_quota(container: str, watts: float) -> float:
-    raise ValueError("the ledger always computes a cap's quota")  # pragma: no cover
-
-
-def sim_for(app: AppSpec) -> SimContainers:
-    """The app's containers at the start of a run (both engines)."""
-    w = app.workload
-    if isinstance(w, SparkSpec):  # no workers until the policy starts them
-        return SimContainers([], w.worker_cores, 0)
-    if isinstance(w, ParallelJobSpec):
-        return SimContainers(parallel_tasks(app.id, w), w.base_cores, 0)
-    if isinstance(w, BlastSpec):
-        return SimContainers([], w.cores_per_replica, round(w.base_cores / w.cores_per_replica))
-    if isinstance(w, WebSpec):
-        return SimContainers([], w.cores_per_replica, w.replicas)
-    return SimContainers([f"{app.id}-1"], w.base_cores, 0)
 
 
 def reporting(workload: Workload) -> Any:
     """The model when it reports app metrics (published as a live app would), else None."""
     return workload if isinstance(workload, WebService | SparkJob | ParallelJob) else None
-
-
-class TickTelemetry:
-    """What the collectors would send for a tick, as contract messages with their event
-    time (µs), in the order sent: the carbon intensity at the tick's start; the solar
-    counter (a zero baseline first) and, 1 ms before the tick's end, each container's
-    cumulative energy from the node's power model, P(busy) - P(idle) (a zero baseline at
-    the tick's start when a container is first seen), and the app's metrics. The core
-    engine ingests them into ``SiteLedger``; the pipeline engine publishes them."""
-
-    def __init__(
-        self,
-        cfg: EcovisorConfig,
-        app: str,
-        solar: bool,
-        carbon: np.ndarray | None = None,
-        forecast_h: float = 0.0,
-    ) -> None:
-        node = cfg.site.nodes[0]
-        # the carbon forecast published with each tick: the trace's next ``forecast_h``
-        # hours, one point an hour (or a tick, if longer), each at its tick's start
-        self.carbon = carbon
-        self.fc_at: list[datetime] | None = None
-        self.fc_v: list[float] = []
-        dt_s = cfg.site.shape.tick_s
-        self.fc_step = max(1, round(3600 / dt_s))
-        self.fc_ticks = int(forecast_h * 3600 // dt_s) if carbon is not None else 0
-        self.site, self.app, self.node, self.solar = cfg.site.id, app, node.id, solar
-        self.model = node.model()
-        self.dt = cfg.site.shape.tick_s
-        self.energy_j: dict[str, float] = {}
-        self.seq: dict[str, int] = {}
-        self.solar_j = 0.0
-
-    def tick(
-        self,
-        i: int,
-        start_us: int,
-        dt_us: int,
-        intensity: float,
-        solar_w: float,
-        busy: dict[str, float],
-        metrics: dict[str, float] | None,
-        metrics_seq: int,
-    ) -> list[tuple[Any, int]]:
-        site, app, dt = self.site, self.app, self.dt
-        t_start = datetime.fromtimestamp(start_us / US, UTC)
-        t_sample_us = start_us + dt_us - SAMPLE_BEFORE_END_US
-        t_sample = datetime.fromtimestamp(t_sample_us / US, UTC)
-        fc: list[tuple[datetime, float]] = []
-        if self.fc_ticks and self.carbon is not None:
-            last = min(len(self.carbon) - 1, i + self.fc_ticks)
-            if self.fc_at is None:  # every tick's start and intensity, made once a run
-                t0 = start_us - i * dt_us
-                self.fc_at = [datetime.fromtimestamp((t0 + j * dt_us) / US, UTC)
-                              for j in range(len(self.carbon))]  # fmt: skip
-                self.fc_v = [float(x) for x in self.carbon]
-            at, v = self.fc_at, self.fc_v
-            fc = [(at[j], v[j]) for j in range(i + self.fc_step, last + 1, self.fc_step)]
-        out: list[tuple[Any, int]] = [
-            (CarbonTelemetry(site=site, time=t_start, source="trace-carbon", seq=i,
-                             intensity_g_per_kwh=intensity, forecast=fc), start_us)
-        ]  # fmt: skip
-        if self.solar:
-            if i == 0:
-                out.append((SolarTelemetry(site=site, time=t_start, source="trace-solar", seq=0,
-                                           power_w=0.0, energy_j=0.0), start_us))  # fmt: skip
-            self.solar_j += solar_w * dt
-            sample = SolarTelemetry(site=site, time=t_sample, source="trace-solar", seq=i + 1,
-                                    power_w=solar_w, energy_j=self.solar_j)  # fmt: skip
-            out.append((sample, t_sample_us))
-        seq, energy_j = self.seq, self.energy_j
-        for c in busy:
-            if c not in seq:  # first sight: a zero baseline at the tick's start
-                seq[c] = 0
-                energy_j[c] = 0.0
-                out.append((self._container(c, t_start, 0), start_us))
-        if metrics is not None:  # the app's own metrics, as a live app
-            out.append((AppMetricsTelemetry(site=site, time=t_sample, seq=metrics_seq, app=app,
-                                            source=app_metrics_source(app),
-                                            **metrics_fields(metrics)), t_sample_us))  # fmt: skip
-        idle_w = self.model.idle_power_w
-        for c in seq:
-            b = busy.get(c, 0.0)
-            if b > 0:
-                energy_j[c] += (self.model.power_at_busy_cores(b) - idle_w) * dt
-            seq[c] += 1
-            out.append((self._container(c, t_sample, seq[c]), t_sample_us))
-        return out
-
-    def _container(self, c: str, t: datetime, seq: int) -> ContainerTelemetry:
-        return ContainerTelemetry(site=self.site, time=t, source=f"sim-{c}", seq=seq,
-                                  app=self.app, container=c, node=self.node, cpu_s=0.0,
-                                  energy_j=self.energy_j[c])  # fmt: skip
 
 
 @dataclass
@@ -421,7 +189,7 @@ def run_one(
     cfg = site_config(exp, app)
     led = SiteLedger.new(cfg)
     dt = cfg.site.shape.tick_s
-    dt_us = round(dt * US)
+    dt_us = round(dt * US_PER_S)
     workload = make_workload(app, load_rps, seed=exp.arrivals.seed + run)
     web = workload if isinstance(workload, WebService) else None
     reports = reporting(workload)
@@ -499,7 +267,7 @@ def run_one(
     if ledger_csv is not None:
         ledger_csv.parent.mkdir(parents=True, exist_ok=True)
         ledger_csv.write_text(to_csv([json.loads(r) for r in entries]))
-    arrival = datetime.fromtimestamp((t0_us + arrival_i * dt_us) / US, UTC)
+    arrival = datetime.fromtimestamp((t0_us + arrival_i * dt_us) / US_PER_S, UTC)
     return run_result(app, label, run, arrival, workload, cum, i + 1, client.n, ser, entries_sum)
 
 
@@ -530,7 +298,7 @@ def add_tick(
 ) -> None:
     """One tick of a run's series: ``d`` the tick notification's data, ``alloc`` the
     containers' cores, ``cum`` the app's cumulative (container energy mJ, carbon µg)."""
-    ser["t"].append(end_us / US)
+    ser["t"].append(end_us / US_PER_S)
     ser["intensity"].append(d["grid_carbon_g_per_kwh"])
     ser["solar_w"].append(d["solar_w"])
     ser["power_w"].append(d["app_power_w"])

@@ -10,10 +10,10 @@ app metrics, and over the SSE notification stream; not a separate process: lock-
 must know when the policy is done with a tick, and one that sends nothing gives no
 sign), and the collectors' and actuators' parts:
 
-* the telemetry of each tick (``replay.engine.TickTelemetry``, the core engine's) is
+* the telemetry of each tick (``replay.tick_telemetry.TickTelemetry``, the core engine's) is
   published to ``ecovisor.telemetry`` (key = site), then a ``ClockMessage`` at the tick's
   end, so the ledger closes the tick;
-* simulated containers (``replay.engine.SimContainers``: the actuators' ``ActuatorState``
+* simulated containers (``replay.sim_containers.SimContainers``: the actuators' ``ActuatorState``
   fold, the core engine's) read the ledger's ``ContainerAction``s from
   ``ecovisor.actuator.containers`` and acknowledge them on ``ecovisor.actuator.acks``
   (signed with the site's internal key) as ``actuators.containers`` does, so commands
@@ -56,21 +56,21 @@ from ecovisor.contract.environment import internal_key
 from ecovisor.contract.experiment import TOKEN, AppSpec, Experiment
 from ecovisor.contract.notifications import Notification
 from ecovisor.contract.telemetry import ClockMessage
+from ecovisor.core.units import US_PER_S
 from ecovisor.core.workloads import WebService
 from policies.base import SUBSCRIBED_EVENTS, AppView
 from replay.engine import (
-    US,
     RunResult,
-    TickTelemetry,
     add_tick,
     make_workload,
     new_series,
     policy_runner,
     reporting,
     run_result,
-    sim_for,
 )
 from replay.pipeline_stack import CLOCK_SOURCE, PipelineStack, pipeline_config
+from replay.sim_containers import sim_for
+from replay.tick_telemetry import TickTelemetry
 
 ACTING = frozenset(get_args(ContainerActionName))  # commands the ledger sends to actuators
 ACTUATOR = "containers"  # the acknowledging actuator's name (actuators.containers)
@@ -165,7 +165,7 @@ class _Io:
         self.prod.flush()
 
     def _clock(self, t_us: int) -> None:
-        t = datetime.fromtimestamp(t_us / US, UTC)
+        t = datetime.fromtimestamp(t_us / US_PER_S, UTC)
         clock = ClockMessage(site=self.site, time=t, source=CLOCK_SOURCE)
         self.prod.send(topics.TELEMETRY, clock.model_dump_json().encode(), key=self.site.encode())
 
@@ -264,7 +264,7 @@ def _lockstep(
     load_rps: np.ndarray | None,
 ) -> PipelineRun:
     site, dt = cfg.site.id, cfg.site.shape.tick_s
-    dt_us = round(dt * US)
+    dt_us = round(dt * US_PER_S)
     io = _Io(cfg, stack.bootstrap, app.id)
     try:
         # the stream resumes after the topic's current end: nothing the ledger sends
@@ -320,7 +320,7 @@ def _lockstep(
             """Wait for the outcome of the commands sent since ``first``; the accepted
             ones that act on containers reach the simulated containers."""
             deadline = time.monotonic() + WAIT_S
-            when = datetime.fromtimestamp(when_us / US, UTC)
+            when = datetime.fromtimestamp(when_us / US_PER_S, UTC)
             for res in client.sent[first:]:
                 while res.command_id not in outcome:
                     take(next_note(deadline), None)
@@ -383,7 +383,7 @@ def _lockstep(
     if ledger_csv is not None:
         ledger_csv.parent.mkdir(parents=True, exist_ok=True)
         ledger_csv.write_text(to_csv(entries))
-    arrival = datetime.fromtimestamp((t0_us + arrival_i * dt_us) / US, UTC)
+    arrival = datetime.fromtimestamp((t0_us + arrival_i * dt_us) / US_PER_S, UTC)
     sums = {"energy_mj": float(energy), "carbon_ug": float(carbon_ug)}
     res = run_result(app, label, run, arrival, workload, cum, ticks, len(client.sent), ser, sums)
     return PipelineRun(res, site, entries, client.log, wall, first_tick_s)

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from ecovisor.contract.experiment import Experiment, WebSpec
+from ecovisor.core.units import US_PER_S
 from replay import traces
 from replay.engine import RunResult, arrival_tick, run_one
-
-US = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def load_inputs(exp: Experiment) -> Inputs:
         w = app.workload
         if isinstance(w, WebSpec):
             loads[ai] = traces.load_rates(w.trace, w.peak_rps, horizon, dt)
-    return Inputs(round(start * US), carbon, solar, loads)
+    return Inputs(round(start * US_PER_S), carbon, solar, loads)
 
 
 def jobs(exp: Experiment, inp: Inputs, runs: int) -> list[Job]:
@@ -71,9 +70,8 @@ def jobs(exp: Experiment, inp: Inputs, runs: int) -> list[Job]:
         arr = arrival_tick(exp, r, warm, n - horizon)
         for ai, app in enumerate(exp.apps):
             for label in app.policies:
-                out.append(
-                    Job(ai, label, r, inp.t0_us + (arr - warm) * round(dt * US), arr - warm, warm)
-                )
+                start_us = inp.t0_us + (arr - warm) * round(dt * US_PER_S)
+                out.append(Job(ai, label, r, start_us, arr - warm, warm))
     return out
 
 

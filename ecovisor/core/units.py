@@ -8,6 +8,7 @@ MJ_PER_WH = 3_600_000
 MJ_PER_KWH = 3_600_000_000
 UG_PER_G = 1_000_000
 MG_PER_G = 1_000
+US_PER_S = 1_000_000  # event times are integer microseconds
 
 
 def j_to_mj(joules: float) -> int:
