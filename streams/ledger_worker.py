@@ -380,6 +380,7 @@ class SiteLedger(CommandIntake):
         t_end = utc_from_us(t_end_us)
         site = cfg.site.id
         next_solar, _ = split_solar(ct.solar_mj, self.shares)
+        t_end_iso = t_end.isoformat()
         outs: list[Out] = []
         rows: list[CounterRow] = []
         for app, entry in res.entries.items():
@@ -414,13 +415,9 @@ class SiteLedger(CommandIntake):
             }
             rows.append((app, ct.k, row))
             self._remember(app, ct.k, row, entry.t_start, entry_out)
-            self.last[app] = {
-                "tick": ct.k,
-                "time": t_end.isoformat(),
-                "tick_data": data,
-                "settings": entry.settings.model_dump(mode="json"),
-                "estimated": entry.estimated,
-            }
+            # what the state view and /metrics read of the app's last tick (the settings
+            # in force are the app state's)
+            self.last[app] = {"tick": ct.k, "time": t_end_iso, "tick_data": data}
         outs.extend(self._settings_applied(ct.k, t_end, res))
         setpoint = battery_setpoint(cfg, t_end, ct.k, res.controller)
         if self.key:
