@@ -2,7 +2,7 @@
 script that applies them: run here against stand-ins of ``kafka-configs.sh`` and
 ``kafka-acls.sh`` that record their arguments (no broker), so what the script asks Kafka
 for is exactly the table. ``ecovisor config kafka-acls`` prints it. The compose file's
-use of it is in test_compose.py."""
+use of it is in test_compose_kafka_acl.py."""
 
 from __future__ import annotations
 
