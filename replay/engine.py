@@ -235,7 +235,10 @@ def run_one(
         sent = tel.tick(i, start_us, dt_us, float(carbon[i]), float(solar_w[i]), busy, metrics,
                         i - arrival_i)  # fmt: skip
         for m, t_us in sent:
-            led.ingest(m, t_us, None)
+            why = led.ingest(m, t_us, None)
+            if why is not None:  # the run's own telemetry: a refusal is a bug, never data
+                raise RuntimeError(f"tick {i}: the ledger refused the replay's {m.kind} "
+                                   f"telemetry: {why}")
         # --- close the tick in the ledger; its notifications go to the policy
         outs, rows = led.close(end_us)
         for _app, _k, row in rows:

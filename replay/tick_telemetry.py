@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from ecovisor.contract.bus_access import app_metrics_source
+from collectors.power import split_batches
+from ecovisor.contract.bus_access import app_metrics_source, node_batch_source
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.telemetry import (
     AppMetricsTelemetry,
     CarbonTelemetry,
-    ContainerTelemetry,
+    ContainerCounters,
+    NodeBatchTelemetry,
     SolarTelemetry,
 )
 from ecovisor.core.units import US_PER_S
@@ -36,9 +38,10 @@ def metrics_fields(m: dict[str, float]) -> dict[str, Any]:
 class TickTelemetry:
     """What the collectors would send for a tick, as contract messages with their event
     time (µs), in the order sent: the carbon intensity at the tick's start; the solar
-    counter (a zero baseline first) and, 1 ms before the tick's end, each container's
-    cumulative energy from the node's power model, P(busy) - P(idle) (a zero baseline at
-    the tick's start when a container is first seen), and the app's metrics. The core
+    counter (a zero baseline first) and, 1 ms before the tick's end, the app's metrics
+    and each container's cumulative energy from the node's power model, P(busy) -
+    P(idle), in node batches as the power collector sends them (a batch of zero
+    baselines at the tick's start for the containers first seen in it). The core
     engine ingests them into ``SiteLedger``; the pipeline engine publishes them."""
 
     def __init__(
@@ -61,8 +64,10 @@ class TickTelemetry:
         self.site, self.app, self.node, self.solar = cfg.site.id, app, node.id, solar
         self.model = node.model()
         self.dt = cfg.site.shape.tick_s
-        self.energy_j: dict[str, float] = {}
-        self.seq: dict[str, int] = {}
+        self.energy_j: dict[str, float] = {}  # every container seen: cumulative J
+        self.batch_source = node_batch_source(node.id)
+        self.batch_seq = 0
+        self.max_bytes = cfg.site.limits.max_message_bytes
         self.solar_j = 0.0
 
     def tick(
@@ -102,26 +107,35 @@ class TickTelemetry:
             sample = SolarTelemetry(site=site, time=t_sample, source="trace-solar", seq=i + 1,
                                     power_w=solar_w, energy_j=self.solar_j)  # fmt: skip
             out.append((sample, t_sample_us))
-        seq, energy_j = self.seq, self.energy_j
-        for c in busy:
-            if c not in seq:  # first sight: a zero baseline at the tick's start
-                seq[c] = 0
+        energy_j = self.energy_j
+        new = [c for c in busy if c not in energy_j]
+        if new:  # first sight: a zero baseline at the tick's start
+            for c in new:
                 energy_j[c] = 0.0
-                out.append((self._container(c, t_start, 0), start_us))
+            out.extend(self._batches(new, start_us))
         if metrics is not None:  # the app's own metrics, as a live app
             out.append((AppMetricsTelemetry(site=site, time=t_sample, seq=metrics_seq, app=app,
                                             source=app_metrics_source(app),
                                             **metrics_fields(metrics)), t_sample_us))  # fmt: skip
         idle_w = self.model.idle_power_w
-        for c in seq:
-            b = busy.get(c, 0.0)
+        power = self.model.power_at_busy_cores
+        for c, b in busy.items():
             if b > 0:
-                energy_j[c] += (self.model.power_at_busy_cores(b) - idle_w) * dt
-            seq[c] += 1
-            out.append((self._container(c, t_sample, seq[c]), t_sample_us))
+                energy_j[c] += (power(b) - idle_w) * dt
+        # every container ever seen, every tick (one scaled away keeps its counter)
+        out.extend(self._batches(list(energy_j), t_sample_us))
         return out
 
-    def _container(self, c: str, t: datetime, seq: int) -> ContainerTelemetry:
-        return ContainerTelemetry(site=self.site, time=t, source=f"sim-{c}", seq=seq,
-                                  app=self.app, container=c, node=self.node, cpu_s=0.0,
-                                  energy_j=self.energy_j[c])  # fmt: skip
+    def _batches(self, containers: list[str], t_us: int) -> list[tuple[Any, int]]:
+        """The node's counters of ``containers`` at ``t_us`` as the power collector sends
+        them: node batches under the site's message size limit, one seq each."""
+        t = datetime.fromtimestamp(t_us / US_PER_S, UTC)
+        entries = [ContainerCounters(app=self.app, container=c, cpu_s=0.0,
+                                     energy_j=self.energy_j[c]) for c in containers]  # fmt: skip
+        out: list[tuple[Any, int]] = []
+        for chunk in split_batches(entries, self.max_bytes):
+            self.batch_seq += 1
+            out.append((NodeBatchTelemetry(site=self.site, time=t, source=self.batch_source,
+                                           seq=self.batch_seq, node=self.node,
+                                           containers=chunk), t_us))  # fmt: skip
+        return out
