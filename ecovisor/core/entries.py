@@ -9,6 +9,7 @@ it is validated from JSON (integer mJ and µg). The rules are in docs/core.md.
 from __future__ import annotations
 
 from enum import StrEnum
+from operator import itemgetter
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
@@ -131,46 +132,50 @@ class AppLedgerEntry(BaseModel):
         return self
 
 
+# an entry's flows as locals in one call (entry_violations runs once per app-tick)
+_FLOWS = itemgetter(*AppFlows.model_fields)
+
+
 def entry_violations(e: AppLedgerEntry) -> list[str]:
     """Every exact balance an entry must satisfy; empty when it balances."""
-    f = e.flows
+    (s2l, s2b, s2p, curtailed, offered, offered_in, exported, b2l, g2l, g2b, unserved,
+     loss) = _FLOWS(e.flows.__dict__)
     out = []
-    solar_out = (f.solar_to_load + f.solar_to_battery + f.solar_to_platform
-                 + f.solar_excess_curtailed + f.solar_excess_offered + f.solar_exported)
+    solar_out = s2l + s2b + s2p + curtailed + offered + exported
     if solar_out != e.solar_mj:
         out.append(f"solar {e.solar_mj} != uses {solar_out}")
-    served = f.solar_to_load + f.battery_to_load + f.grid_to_load + f.unserved
+    served = s2l + b2l + g2l + unserved
     if served != e.demand_mj:
         out.append(f"demand {e.demand_mj} != supply {served}")
     b = e.battery
-    delta = (f.solar_to_battery + f.solar_offered_in + f.grid_to_battery
-             - f.battery_to_load - f.battery_loss)
-    if b.after_mj - b.before_mj != delta:
-        out.append(f"battery {b.before_mj}->{b.after_mj} != net flow {delta}")
-    if (b.reserve_mj <= b.before_mj <= b.usable_mj
-            and not b.reserve_mj <= b.after_mj <= b.usable_mj):
-        out.append(f"battery {b.after_mj} left [{b.reserve_mj}, {b.usable_mj}]")
-    bc = e.battery_charging.__dict__
-    sums = [s + bc[f] for s, f in zip(e.containers.sums(), LINE_FIELDS, strict=True)]
+    before, after, reserve, usable = b.before_mj, b.after_mj, b.reserve_mj, b.usable_mj
+    delta = s2b + offered_in + g2b - b2l - loss
+    if after - before != delta:
+        out.append(f"battery {before}->{after} != net flow {delta}")
+    if reserve <= before <= usable and not reserve <= after <= usable:
+        out.append(f"battery {after} left [{reserve}, {usable}]")
+    bc = e.battery_charging
+    bcd = bc.__dict__
+    sums = [s + bcd[f] for s, f in zip(e.containers.sums(), LINE_FIELDS, strict=True)]
     t = e.total
     if sums != [t.energy_mj, t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj, t.carbon_ug]:
         out.append(f"containers + battery_charging {sums} != total {t}")
-    if sums[0] - e.battery_charging.energy_mj != e.demand_mj:
+    if sums[0] - bc.energy_mj != e.demand_mj:
         out.append("container energy != demand")
     if (t.solar_mj, t.battery_mj, t.grid_mj, t.unserved_mj) != (
-        f.solar_to_load + f.solar_to_battery + f.solar_offered_in,
-        f.battery_to_load,
-        f.grid_to_load + f.grid_to_battery,
-        f.unserved,
+        s2l + s2b + offered_in,
+        b2l,
+        g2l + g2b,
+        unserved,
     ):
         out.append("total line != flows")
-    if (e.battery_charging.grid_mj != f.grid_to_battery
-            or e.battery_charging.solar_mj != f.solar_to_battery + f.solar_offered_in):
+    if bc.grid_mj != g2b or bc.solar_mj != s2b + offered_in:
         out.append("battery_charging line != charging flows")
     i = e.intensity_g_per_kwh
-    if e.battery_charging.carbon_ug != carbon_ug(f.grid_to_battery, i):
+    c_charge = carbon_ug(g2b, i)
+    if bc.carbon_ug != c_charge:
         out.append("battery_charging carbon != carbon_ug(grid_to_battery, I)")
-    if t.carbon_ug != carbon_ug(f.grid_to_load, i) + carbon_ug(f.grid_to_battery, i):
+    if t.carbon_ug != carbon_ug(g2l, i) + c_charge:
         out.append("total carbon != carbon_ug(grid_to_load, I) + carbon_ug(grid_to_battery, I)")
     return out
 
