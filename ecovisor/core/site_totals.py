@@ -6,6 +6,7 @@ controller's setpoints for the next tick, and the exact site-level balances
 from __future__ import annotations
 
 from collections.abc import Mapping
+from operator import itemgetter
 
 from ecovisor.core.account_lines import unchecked
 from ecovisor.core.entries import (
@@ -16,43 +17,53 @@ from ecovisor.core.entries import (
 )
 from ecovisor.core.settings import discharge_in_force, settings_in_force
 from ecovisor.core.shares import AppShare, SiteShape
-from ecovisor.core.state import ZERO_FLOWS, AppState, SiteState, SiteTickInput, SiteTotals
+from ecovisor.core.state import AppState, SiteState, SiteTickInput, SiteTotals
 from ecovisor.core.units import mj_to_power
 from ecovisor.core.virtual_battery import deliverable, max_input_for_room
+
+# the flows a site's totals sum, read from each entry's flows in one call
+_SUMMED_FLOWS = itemgetter(
+    "solar_to_load", "solar_to_battery", "solar_offered_in", "solar_excess_offered",
+    "solar_excess_curtailed", "solar_exported", "battery_to_load", "battery_loss",
+    "grid_to_load", "grid_to_battery", "unserved")
 
 
 def site_totals(entries: Mapping[str, AppLedgerEntry], inp: SiteTickInput, unallocated: int,
                  unalloc_curtailed: int, unalloc_exported: int, unalloc_offered: int,
                  platform: PlatformEntry) -> SiteTotals:
-    f = ZERO_FLOWS
+    # column sums of the entries' flows (no AppFlows model per app summed)
+    rows = []
     demand = grid_cut = carbon = 0
     for e in entries.values():
-        f = f + e.flows
+        rows.append(_SUMMED_FLOWS(e.flows.__dict__))
         demand += e.demand_mj
         grid_cut += e.grid_cut_mj
         carbon += e.total.carbon_ug
+    if len(rows) != 1:
+        rows = [tuple(map(sum, zip(*rows, strict=True))) if rows else (0,) * 11]
+    (s2l, s2b, offered_in, offered, curtailed, exported, b2l, loss, g2l, g2b, unserved) = rows[0]
     # sums of the entries' checked, non-negative flows: built unchecked
     return unchecked(SiteTotals, {
         "solar_mj": inp.site_solar_mj,
         "solar_unallocated_mj": unallocated,
-        "solar_to_load_mj": f.solar_to_load,
-        "solar_to_battery_mj": f.solar_to_battery + f.solar_offered_in,
-        "solar_offered_mj": f.solar_excess_offered + unalloc_offered,
-        "solar_curtailed_mj": f.solar_excess_curtailed + unalloc_curtailed,
-        "solar_exported_mj": f.solar_exported + unalloc_exported,
-        "battery_to_load_mj": f.battery_to_load,
-        "battery_loss_mj": f.battery_loss,
-        "grid_to_load_mj": f.grid_to_load,
-        "grid_to_battery_mj": f.grid_to_battery,
+        "solar_to_load_mj": s2l,
+        "solar_to_battery_mj": s2b + offered_in,
+        "solar_offered_mj": offered + unalloc_offered,
+        "solar_curtailed_mj": curtailed + unalloc_curtailed,
+        "solar_exported_mj": exported + unalloc_exported,
+        "battery_to_load_mj": b2l,
+        "battery_loss_mj": loss,
+        "grid_to_load_mj": g2l,
+        "grid_to_battery_mj": g2b,
         "grid_cut_mj": grid_cut,
         "platform_mj": platform.energy_mj,
         "platform_solar_mj": platform.solar_mj,
         "platform_grid_mj": platform.grid_mj,
         "platform_unserved_mj": platform.unserved_mj,
-        "unserved_mj": f.unserved + platform.unserved_mj,
+        "unserved_mj": unserved + platform.unserved_mj,
         "demand_mj": demand,
         "load_mj": demand + platform.energy_mj,
-        "grid_mj": f.grid_to_load + f.grid_to_battery + platform.grid_mj,
+        "grid_mj": g2l + g2b + platform.grid_mj,
         "carbon_ug": carbon + platform.carbon_ug,
     })
 
