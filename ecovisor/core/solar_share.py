@@ -34,7 +34,10 @@ def solar_weights(shares: Mapping[str, AppShare]) -> dict[str, int]:
 
 def split_solar(site_solar_mj: int, shares: Mapping[str, AppShare]) -> tuple[dict[str, int], int]:
     """(solar per app, unallocated solar) of one tick, summing exactly to the site's."""
-    parts = largest_remainder(site_solar_mj, solar_weights(shares))
+    weights = solar_weights(shares)  # (raises on fractions summing above 1)
+    if not site_solar_mj:  # a dark tick: nothing to split
+        return dict.fromkeys(shares, 0), 0
+    parts = largest_remainder(site_solar_mj, weights)
     rest = parts.pop(UNALLOCATED)
     return parts, rest
 
