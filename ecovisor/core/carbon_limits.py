@@ -117,7 +117,13 @@ def history_tiers(max_ticks: int) -> tuple[tuple[int, int], ...]:
 def push_history(h: CarbonHistory | None, max_ticks: int, k: int, value_ug: int
                  ) -> CarbonHistory:
     """Add tick ``k``'s carbon to every tier (ticks skipped since ``last_k`` are zero)."""
-    sched = history_tiers(max_ticks)
+    return _push(h, history_tiers(max_ticks), max_ticks, k, value_ug)
+
+
+def _push(h: CarbonHistory | None, sched: tuple[tuple[int, int], ...], max_ticks: int,
+          k: int, value_ug: int) -> CarbonHistory:
+    """``push_history`` with the tiers of ``max_ticks`` (``update_history`` takes them once
+    per tick, not once per container)."""
     if h is None or h.max_ticks != max_ticks or len(h.tiers) != len(sched) or k < h.last_k:
         tiers = tuple((value_ug,) for _ in sched)  # new, or Δt changed: start again
     else:  # same bucket: add to the newest; a later one: zeros for the gap, then it
@@ -128,7 +134,8 @@ def push_history(h: CarbonHistory | None, max_ticks: int, k: int, value_ug: int
             if gap == 0:
                 out.append(vals[:-1] + (vals[-1] + value_ug,))
             elif gap == 1:  # the next bucket (every tick for tier 0): one copy, not two
-                out.append(vals[max(0, len(vals) + 1 - n):] + (value_ug,))
+                drop = len(vals) + 1 - n
+                out.append((vals[drop:] if drop > 0 else vals) + (value_ug,))
             else:
                 out.append((vals + (0,) * min(gap - 1, n) + (value_ug,))[-n:])
         tiers = tuple(out)
@@ -184,9 +191,10 @@ def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str,
     keep = max_ticks + -(-max_ticks // MAX_BUCKETS)
     out = {c: h for c, h in history.items()
            if h.max_ticks == max_ticks and h.last_k + keep > k}
+    sched = history_tiers(max_ticks)
     for c, v in carbon_ug.items():
         if v:
-            out[c] = push_history(out.get(c), max_ticks, k, v)
+            out[c] = _push(out.get(c), sched, max_ticks, k, v)
     return out
 
 
