@@ -97,10 +97,30 @@ def validate_site(shape: SiteShape, shares: Mapping[str, AppShare]) -> None:
 
 
 @lru_cache(maxsize=4096)
-def _limits(share: AppShare, shape: SiteShape) -> BatteryLimits:
-    """``battery_limits``, computed once per (share, site shape), not per app and tick:
-    both are frozen, so equal values give the same limits."""
+def _limits_of(share: AppShare, shape: SiteShape) -> BatteryLimits:
+    """``battery_limits`` by value: both are frozen, so equal ones give the same limits."""
     return battery_limits(share, shape)
+
+
+# _limits' cache by identity: (share, shape, limits) by the ids of share and shape
+_LIMITS: dict[tuple[int, int], tuple[AppShare, SiteShape, BatteryLimits]] = {}
+_LIMITS_MAX = 4096
+
+
+def _limits(share: AppShare, shape: SiteShape) -> BatteryLimits:
+    """``battery_limits``, computed once per (share, site shape), not per app and tick.
+    Found by identity first: a caller passes the same share and shape objects every
+    tick, and hashing both models (the lru_cache key) cost ~1 µs per app-tick. An entry
+    keeps the two objects alive, so no other object can take their ids meanwhile."""
+    key = (id(share), id(shape))
+    hit = _LIMITS.get(key)
+    if hit is not None:
+        return hit[2]
+    limits = _limits_of(share, shape)
+    if len(_LIMITS) >= _LIMITS_MAX:  # a caller with new objects every tick: stay bounded
+        _LIMITS.clear()
+    _LIMITS[key] = (share, shape, limits)
+    return limits
 
 
 def initial_app_state(share: AppShare, shape: SiteShape, *, site: str, app: str,
@@ -158,62 +178,84 @@ class _Work:
     grid_cut: int = 0
 
 
-def _check_k(next_k: int | None, k: int, who: str) -> None:
-    if next_k is not None and k < next_k:
-        raise LedgerError(f"{who}: tick {k} is already accounted (next tick is {next_k})")
+def _check_k(next_k: int | None, k: int, what: str, name: str) -> None:
+    if next_k is not None and k < next_k:  # (the message is formatted only then)
+        raise LedgerError(f"{what} {name!r}: tick {k} is already accounted "
+                          f"(next tick is {next_k})")
 
 
 def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
           limits: BatteryLimits) -> _Work:
-    """Flows of one app from its own resources: solar, its battery, its grid share."""
+    """Flows of one app from its own resources: solar, its battery, its grid share.
+    (``x if x < y else y`` is ``min`` of two ints without a call: this runs per app-tick.)"""
     settings, pending = settings_in_force(state, inp.k)
     demand = sum(inp.demand_mj.values())
     before = state.battery_mj
-    w = _Work(share=share, limits=limits, state=state, settings=settings, pending=pending,
-              inp=inp, demand=demand, before=before)
     dt = shape.tick_s
     solar = inp.solar_mj
-    w.s2l = min(solar, demand)
-    excess = solar - w.s2l
-    deficit = demand - w.s2l
+    s2l = solar if solar < demand else demand
+    excess = solar - s2l
+    deficit = demand - s2l
     grid_cap = power_to_mj(share.grid_w, dt)
     # solar-side controller: excess solar charges within C-rate and room, always
     cap_in = charge_input_capacity(before, 0, limits)
-    w.s2b = min(excess, cap_in)
-    w.excess = excess - w.s2b
+    s2b = excess if excess < cap_in else cap_in
+    g2b = b2l = drawn = 0
     if settings.charge_rate_w > 0:
         # grid-side controller: top up to min(Rc, C-rate, room) from the grid; no
         # discharge; the whole deficit from the grid first
         target = min(power_to_mj(settings.charge_rate_w, dt), cap_in)
-        w.g2l = min(deficit, grid_cap)
-        w.g2b = min(max(0, target - w.s2b), grid_cap - w.g2l)
+        g2l = deficit if deficit < grid_cap else grid_cap
+        g2b = min(max(0, target - s2b), grid_cap - g2l)
     else:
-        above = max(0, before - limits.reserve_mj)
+        above = before - limits.reserve_mj
+        if above < 0:
+            above = 0
         can_give = deliverable(above, limits.discharge_efficiency)
         rd = power_to_mj(discharge_in_force(share, settings), dt)
-        w.b2l = min(deficit, rd, can_give)
-        if can_give < min(deficit, rd):
+        want = deficit if deficit < rd else rd
+        if can_give < want:
             # the reserve binds: empty the battery to it. With η_d < 1 the least draw for
             # floor(above * η_d) can leave up to ceil(1/η_d) - 1 mJ above the reserve that
             # can never be delivered; it is drawn too (booked as loss) so the store
             # reaches "empty" and battery_empty fires.
-            w.drawn = above
+            b2l = can_give
+            drawn = above
         else:
-            w.drawn = draw_for(w.b2l, limits.discharge_efficiency)
-        w.g2l = min(deficit - w.b2l, grid_cap)
-    w.unserved = deficit - w.b2l - w.g2l
-    return w
+            b2l = want
+            drawn = draw_for(b2l, limits.discharge_efficiency)
+        rest = deficit - b2l
+        g2l = rest if rest < grid_cap else grid_cap
+    return _Work(share=share, limits=limits, state=state, settings=settings, pending=pending,
+                 inp=inp, demand=demand, before=before, s2l=s2l, s2b=s2b, g2l=g2l, g2b=g2b,
+                 b2l=b2l, drawn=drawn, excess=excess - s2b,
+                 unserved=deficit - b2l - g2l)
+
+
+# _effective_limits' cache: (share, settings, limits) by the ids of share and settings
+_EFFECTIVE: dict[tuple[int, int], tuple[AppShare, AppSettings, EffectiveLimits]] = {}
 
 
 def _effective_limits(w: _Work) -> EffectiveLimits:
+    """The powers in force, from the share and the settings only: one (frozen) model per
+    (share, settings) pair, shared by the entries of the ticks it is in force, found by
+    identity as ``_limits`` (settings carry over from tick to tick as the same object)."""
     share, st = w.share, w.settings
+    key = (id(share), id(st))
+    hit = _EFFECTIVE.get(key)
+    if hit is not None:
+        return hit[2]
     if st.charge_rate_w > 0:
         rc, rd = min(st.charge_rate_w, share.charge_limit_w), 0.0
     else:
         rc, rd = 0.0, discharge_in_force(share, st)
-    return unchecked(EffectiveLimits, {"charge_limit_w": share.charge_limit_w,
-                                       "charge_rate_w": rc, "discharge_w": rd,
-                                       "grid_w": share.grid_w})
+    limits = unchecked(EffectiveLimits, {"charge_limit_w": share.charge_limit_w,
+                                         "charge_rate_w": rc, "discharge_w": rd,
+                                         "grid_w": share.grid_w})
+    if len(_EFFECTIVE) >= _LIMITS_MAX:
+        _EFFECTIVE.clear()
+    _EFFECTIVE[key] = (share, st, limits)
+    return limits
 
 
 def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
@@ -226,16 +268,19 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
     again as its cumulative sum). docs/ledger.md "Core step performance"."""
     inp, lim, state = w.inp, w.limits, w.state
     intensity = inp.intensity_g_per_kwh
-    charge_in = w.s2b + w.g2b + w.offered_in
+    s2l, s2b, g2l, g2b, b2l, unserved = w.s2l, w.s2b, w.g2l, w.g2b, w.b2l, w.unserved
+    demand, before, drawn, offered_in = w.demand, w.before, w.drawn, w.offered_in
+    solar_in = s2b + offered_in  # solar into the battery, own and offered
+    charge_in = solar_in + g2b
     gain = stored_gain(charge_in, lim.charge_efficiency)
-    after = w.before - w.drawn + gain
-    loss = (charge_in - gain) + (w.drawn - w.b2l)
+    after = before - drawn + gain
+    loss = (charge_in - gain) + (drawn - b2l)
     flow_values = {
-        "solar_to_load": w.s2l, "solar_to_battery": w.s2b, "solar_to_platform": w.to_platform,
+        "solar_to_load": s2l, "solar_to_battery": s2b, "solar_to_platform": w.to_platform,
         "solar_excess_curtailed": w.curtailed,
-        "solar_excess_offered": w.offered_out, "solar_offered_in": w.offered_in,
-        "solar_exported": w.exported, "battery_to_load": w.b2l, "grid_to_load": w.g2l,
-        "grid_to_battery": w.g2b, "unserved": w.unserved, "battery_loss": loss,
+        "solar_excess_offered": w.offered_out, "solar_offered_in": offered_in,
+        "solar_exported": w.exported, "battery_to_load": b2l, "grid_to_load": g2l,
+        "grid_to_battery": g2b, "unserved": unserved, "battery_loss": loss,
     }
     if min(flow_values.values()) < 0 or after < 0:
         raise ValueError(f"ledger entry of {state.app!r} tick {inp.k}: negative flow or store "
@@ -243,43 +288,42 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
     flows = unchecked(AppFlows, flow_values)
 
     # per-container lines: split each load flow by demand, both margins exact
-    c_load = carbon_ug(w.g2l, intensity)
-    c_charge = carbon_ug(w.g2b, intensity)
-    containers = _container_lines(inp.demand_mj, w.demand,
-                                  (w.g2l, w.s2l, w.b2l, w.unserved), c_load)
+    c_load = carbon_ug(g2l, intensity)
+    c_charge = carbon_ug(g2b, intensity)
+    containers = _container_lines(inp.demand_mj, demand, (g2l, s2l, b2l, unserved), c_load)
     battery_charging = unchecked(AccountLine, {
-        "energy_mj": charge_in, "solar_mj": w.s2b + w.offered_in, "battery_mj": 0,
-        "grid_mj": w.g2b, "unserved_mj": 0, "carbon_ug": c_charge})
+        "energy_mj": charge_in, "solar_mj": solar_in, "battery_mj": 0,
+        "grid_mj": g2b, "unserved_mj": 0, "carbon_ug": c_charge})
     total = unchecked(AccountLine, {
-        "energy_mj": w.demand + charge_in, "solar_mj": w.s2l + w.s2b + w.offered_in,
-        "battery_mj": w.b2l, "grid_mj": w.g2l + w.g2b, "unserved_mj": w.unserved,
+        "energy_mj": demand + charge_in, "solar_mj": s2l + solar_in,
+        "battery_mj": b2l, "grid_mj": g2l + g2b, "unserved_mj": unserved,
         "carbon_ug": c_load + c_charge})
 
-    sources = (tuple(sorted(set(site_estimated) | set(inp.estimated_sources)))
-               if site_estimated or inp.estimated_sources else ())
+    estimated = inp.estimated_sources
+    sources = (tuple(sorted(set(site_estimated) | set(estimated)))
+               if site_estimated or estimated else ())
     cum = state.cumulative
     cum_containers = cum.containers.plus(containers) if cum.containers else containers
     cumulative = unchecked(AppCumulative, {
         "ticks": cum.ticks + 1,
         "estimated_ticks": cum.estimated_ticks + (1 if sources else 0),
-        "unserved_ticks": cum.unserved_ticks + (1 if w.unserved else 0),
+        "unserved_ticks": cum.unserved_ticks + (1 if unserved else 0),
         "solar_mj": cum.solar_mj + inp.solar_mj,
-        "demand_mj": cum.demand_mj + w.demand,
+        "demand_mj": cum.demand_mj + demand,
         "grid_cut_mj": cum.grid_cut_mj + w.grid_cut,
         "flows": cum.flows + flows,
         "total": cum.total + total,
         "battery_charging": cum.battery_charging + battery_charging,
         "containers": cum_containers,
     })
-    dt = shape.tick_s
     values = {
         "site": state.site, "app": state.app, "k": inp.k, "t_start": inp.t_start,
-        "tick_s": dt, "intensity_g_per_kwh": intensity, "solar_mj": inp.solar_mj,
-        "demand_mj": w.demand, "flows": flows, "grid_cut_mj": w.grid_cut,
+        "tick_s": shape.tick_s, "intensity_g_per_kwh": intensity, "solar_mj": inp.solar_mj,
+        "demand_mj": demand, "flows": flows, "grid_cut_mj": w.grid_cut,
         "battery": unchecked(BatteryReading, {
             "capacity_mj": lim.capacity_mj, "usable_mj": lim.usable_mj,
-            "reserve_mj": lim.reserve_mj, "before_mj": w.before, "after_mj": after,
-            "before_wh": w.before / MJ_PER_WH, "after_wh": after / MJ_PER_WH}),
+            "reserve_mj": lim.reserve_mj, "before_mj": before, "after_mj": after,
+            "before_wh": before / MJ_PER_WH, "after_wh": after / MJ_PER_WH}),
         "settings": w.settings, "limits": _effective_limits(w),
         "containers": containers, "battery_charging": battery_charging, "total": total,
         "cumulative": cumulative, "estimated": bool(sources), "estimated_sources": sources,
@@ -310,17 +354,24 @@ def _container_lines(demand: Mapping[str, int], total: int, flows: tuple[int, in
     unserved) split by demand with both margins exact (``split_flow_lists``), the load
     carbon by grid energy. Columns (``ContainerLines``), not a model per container: each
     row's energy is the sum of its parts by construction of the split."""
-    if not demand:
-        return EMPTY_LINES
+    n = len(demand)
+    if n <= 1:
+        if not n:
+            return EMPTY_LINES
+        # one container: every split of a flow over it is the whole flow, the carbon too
+        # (the flows sum to its demand; entry_violations checks the line against them)
+        (name, energy_mj), = demand.items()
+        g, s, b, u = flows
+        return ContainerLines((name,), (energy_mj,), (s,), (b,), (g,), (u,), (c_load,))
     names = list(demand)
     energy = list(demand.values())
     order = key_order(names)  # the lines' order and every split's tie-break
     if total:
         grid, solar, battery, unserved = split_flow_lists(names, energy, flows, order)
-        carbon = apportion(c_load, grid, names, order) if c_load else [0] * len(names)
+        carbon = apportion(c_load, grid, names, order) if c_load else [0] * n
     else:
-        grid = solar = battery = unserved = carbon = [0] * len(names)
-    if order != list(range(len(order))):  # demand not in id order: rows reordered
+        grid = solar = battery = unserved = carbon = [0] * n
+    if order != list(range(n)):  # demand not in id order: rows reordered
         names, energy, solar, battery, grid, unserved, carbon = (
             [col[i] for i in order] for col in (names, energy, solar, battery, grid,
                                                 unserved, carbon))
@@ -334,7 +385,7 @@ def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInp
     and grid share. Excess solar is curtailed or net-metered per ``shape.excess_solar``
     (``offer`` has no one to offer to here and curtails). The site grid limit is not
     applied (that needs every app: use ``site_step``)."""
-    _check_k(state.next_k, inp.k, f"app {state.app!r}")
+    _check_k(state.next_k, inp.k, "app", state.app)
     w = _plan(share, shape, state, inp, _limits(share, shape))
     if shape.excess_solar is ExcessSolarPolicy.net_meter:
         w.exported = w.excess
@@ -394,11 +445,11 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     """Account one tick of every app of a site, in sorted app order, then the platform
     (unused solar, then grid), the site grid limit, excess solar per the site policy,
     controller aggregates and the battery drift check."""
-    _check_k(state.next_k, inp.k, f"site {state.site!r}")
+    _check_k(state.next_k, inp.k, "site", state.site)
     if shares.keys() != state.apps.keys():
         raise LedgerError(f"shares {sorted(shares)} do not match state apps {sorted(state.apps)}")
-    unknown = inp.demand_mj.keys() - shares.keys()
-    if unknown:
+    if not inp.demand_mj.keys() <= shares.keys():  # a view comparison, no set per tick
+        unknown = inp.demand_mj.keys() - shares.keys()
         raise LedgerError(f"demand for unknown apps {sorted(unknown)}")
     dt = shape.tick_s
     solar_by_app, unallocated = split_solar(inp.site_solar_mj, shares)
@@ -446,7 +497,7 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
             w.curtailed = w.excess
         unalloc_curtailed = unalloc_left
 
-    site_sources = tuple(sorted(set(inp.estimated_sources)))
+    site_sources = tuple(sorted(set(inp.estimated_sources))) if inp.estimated_sources else ()
     new_apps: dict[str, AppState] = {}
     entries: dict[str, AppLedgerEntry] = {}
     for a in apps:
@@ -455,21 +506,19 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     intensity = inp.intensity_g_per_kwh
     p_carbon = carbon_ug(platform_grid, intensity)
     pc = state.platform
-    platform_cum = unchecked(PlatformCumulative, {
+    # no platform energy: every figure adds 0, the cumulative stays the same (frozen) one
+    platform_cum = pc if not inp.platform_mj else unchecked(PlatformCumulative, {
         "energy_mj": pc.energy_mj + inp.platform_mj,
         "solar_mj": pc.solar_mj + platform_solar,
         "grid_mj": pc.grid_mj + platform_grid,
         "unserved_mj": pc.unserved_mj + platform_unserved,
         "carbon_ug": pc.carbon_ug + p_carbon,
     })
-    platform = PlatformEntry(
-        energy_mj=inp.platform_mj,
-        solar_mj=platform_solar,
-        grid_mj=platform_grid,
-        unserved_mj=platform_unserved,
-        carbon_ug=p_carbon,
-        cumulative=platform_cum,
-    )
+    # built unchecked: it balances by construction (solar + what _cut_grid returns is
+    # the platform's energy; its grid is at least min(its rest, the site limit) >= 0)
+    platform = unchecked(PlatformEntry, {
+        "energy_mj": inp.platform_mj, "solar_mj": platform_solar, "grid_mj": platform_grid,
+        "unserved_mj": platform_unserved, "carbon_ug": p_carbon, "cumulative": platform_cum})
 
     totals = site_totals(entries, inp, unallocated, unalloc_curtailed, unalloc_exported,
                           unalloc_offered, platform)
@@ -498,7 +547,8 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
                 threshold=shape.drift_tolerance_wh, unit="Wh"))
             alerting = alert
 
-    sources = tuple(sorted(set(site_sources).union(*inp.app_estimated_sources.values())))
+    sources = (tuple(sorted(set(site_sources).union(*inp.app_estimated_sources.values())))
+               if site_sources or inp.app_estimated_sources else ())
     # entries were validated (and balance-checked) when built: construct, don't re-check
     result = unchecked(SiteTickResult, {
         "site": state.site, "k": inp.k, "t_start": inp.t_start, "tick_s": dt,
