@@ -50,8 +50,7 @@ def apportion(total: int, weights: Sequence[int], keys: Sequence[str],
         return [0] * len(weights)
     if total == 0:
         return [0] * len(weights)
-    scaled = [total * w for w in weights]
-    out = [x // wsum for x in scaled]
+    out = [total * w // wsum for w in weights]
     missing = total - sum(out)
     if missing:
         # largest remainder first, ties by key: one int per part, -remainder * n + the
@@ -61,7 +60,7 @@ def apportion(total: int, weights: Sequence[int], keys: Sequence[str],
         n = len(order)
         sort_keys = []
         for rank, i in enumerate(order):
-            r = scaled[i] % wsum
+            r = total * weights[i] % wsum
             if r:
                 sort_keys.append(-r * n + rank)
         sort_keys.sort()
