@@ -183,7 +183,9 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
                     else EventKind.carbon_rate_near)
             out.append(_event(kind, base, container=c, value=rate,
                               threshold=lim.rate_mg_per_s, unit="mg/s"))
-        windows[c] = unchecked(RateWindow, {**win.__dict__, "level": level})
+        # (push_window kept the window's level: a new model only when it changed)
+        windows[c] = (win if level is win.level
+                      else unchecked(RateWindow, {**win.__dict__, "level": level}))
 
     # carbon budget of the app
     budget = None
