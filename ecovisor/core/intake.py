@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecovisor.core.units import MAX_COUNTER, MAX_MAGNITUDE
+from ecovisor.core.units import MAX_COUNTER, MAX_MAGNITUDE, US_PER_S
 
-US = 1_000_000
 # A counter may rise by at most max_power_w x (elapsed x margin + slack): margin for a
 # meter reading above the model's peak, slack for samples stamped close together.
 COUNTER_MARGIN = 1.5
@@ -160,7 +159,7 @@ class CounterGuard:
                 self._max_w[key] = max_w
         if max_w is None:
             return float("inf")
-        return max_w * (max(0, elapsed_us) / US * COUNTER_MARGIN + COUNTER_SLACK_S) * 1e3
+        return max_w * (max(0, elapsed_us) / US_PER_S * COUNTER_MARGIN + COUNTER_SLACK_S) * 1e3
 
     def check(self, key: str, seq: int, t_us: int, raw: int) -> tuple[int | None, str | None]:
         last = self.latest.get(key)
@@ -201,8 +200,9 @@ class CounterGuard:
         last.suspect = (seq, t_us, raw)
         self.n_faults += 1
         max_w = self.max_power_w(key) if self.max_power_w is not None else None
+        elapsed_s = max(0, t_us - last.t_us) / US_PER_S
         return None, (
-            f"counter {key!r} rose by {rise / 1e3:g} J in {max(0, t_us - last.t_us) / US:g} s "
+            f"counter {key!r} rose by {rise / 1e3:g} J in {elapsed_s:g} s "
             f"(seq {last.seq} -> {seq}): more than the source can produce "
             f"({allowance / 1e3:g} J at most at {max_w:g} W); not booked"
         )

@@ -45,15 +45,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecovisor.core.intake import US, BatchEntry, CounterGuard, SeqWindow, value_error
-from ecovisor.core.units import j_to_mj
+from ecovisor.core.intake import BatchEntry, CounterGuard, SeqWindow, value_error
+from ecovisor.core.units import US_PER_S, j_to_mj
 
 MAX_INTENSITY_SAMPLES = 1_000  # carbon samples of one tick (one a ms is 1,000 at 1 s)
 
 
 def to_us(seconds: float) -> int:
     """Seconds (epoch or duration) to integer microseconds."""
-    return round(seconds * US)
+    return round(seconds * US_PER_S)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ class ClosedTick:
     @property
     def platform_mj(self) -> int:
         """Node energy that no container accounts for (booked to the site platform)."""
+        if not self.node_mj:  # no node meter reported: nothing to book (and no pass)
+            return 0
         per_node: dict[str, int] = {}
         for app_d in self.demand_mj.values():
             for c, mj in app_d.items():
@@ -526,7 +528,7 @@ class TickClock:
 
     @classmethod
     def restore(cls, snap: dict[str, Any], **kwargs: Any) -> TickClock:
-        clock = cls(snap["tick_us"] / US, snap["grace_us"] / US, **kwargs)
+        clock = cls(snap["tick_us"] / US_PER_S, snap["grace_us"] / US_PER_S, **kwargs)
         clock.next_close = snap["next_close"]
         clock.watermark_us = snap["watermark_us"]
         for k, b in snap["open"].items():
