@@ -8,7 +8,7 @@ Pure, no I/O. Energy in integer mJ, carbon in integer µg.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from operator import add
+from operator import add, itemgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, NonNegativeInt, model_validator
@@ -147,6 +147,17 @@ class ContainerLines(Mapping[str, AccountLine]):
                 tuple(map(add, self.grid, other.grid)),
                 tuple(map(add, self.unserved, other.unserved)),
                 tuple(map(add, self.carbon, other.carbon)))
+        n = len(self.names)
+        if n == len(other.names) and n > 1:
+            # the same containers in another order (the cumulative keeps first-seen order,
+            # a tick's lines are sorted: every tick after a container joined): other's
+            # columns permuted into self's rows, summed column-wise at C speed
+            rows = list(map(other._names_index().get, self.names))
+            if None not in rows:
+                take = itemgetter(*rows)
+                return ContainerLines(self.names, *(
+                    tuple(map(add, mine, take(theirs)))
+                    for mine, theirs in zip(self.columns(), other.columns(), strict=True)))
         index = dict(self._names_index())
         names = list(self.names)
         cols = [list(c) for c in self.columns()]

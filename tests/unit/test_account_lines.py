@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,15 +20,17 @@ figures = st.integers(min_value=0, max_value=10**12)
 
 
 @st.composite
+def account_lines(draw: st.DrawFn) -> AccountLine:
+    s, b, g, u, cu = (draw(figures) for _ in range(5))
+    return AccountLine(energy_mj=s + b + g + u, solar_mj=s, battery_mj=b, grid_mj=g,
+                       unserved_mj=u, carbon_ug=cu)
+
+
+@st.composite
 def line_dicts(draw: st.DrawFn) -> dict[str, AccountLine]:
     names = draw(st.lists(st.sampled_from([f"c{i}" for i in range(8)]), unique=True,
                           max_size=8))
-    out = {}
-    for c in names:
-        s, b, g, u, cu = (draw(figures) for _ in range(5))
-        out[c] = AccountLine(energy_mj=s + b + g + u, solar_mj=s, battery_mj=b, grid_mj=g,
-                             unserved_mj=u, carbon_ug=cu)
-    return out
+    return {c: draw(account_lines()) for c in names}
 
 
 def dict_plus(a: dict[str, AccountLine], b: dict[str, AccountLine]) -> dict[str, AccountLine]:
@@ -45,6 +48,20 @@ def test_plus_is_the_dict_sum_in_the_same_order(a: dict, b: dict) -> None:
     assert list(got) == list(want)
     assert got == want and dict(got.items()) == want
     assert got.as_dicts() == {c: line.model_dump() for c, line in want.items()}
+
+
+@given(line_dicts(), st.randoms(use_true_random=False), st.data())
+def test_plus_of_the_same_containers_in_another_order(a: dict, rnd: Any,
+                                                      data: st.DataObject) -> None:
+    """The cumulative's first-seen order against a tick's sorted lines: the permuted
+    path gives the dict sum, in self's order."""
+    names = list(a)
+    rnd.shuffle(names)
+    b = {c: data.draw(account_lines()) for c in names}
+    got = ContainerLines.from_lines(a).plus(ContainerLines.from_lines(b))
+    want = dict_plus(a, b)
+    assert list(got) == list(a) == list(want)
+    assert got == want and got.as_dicts() == {c: v.model_dump() for c, v in want.items()}
 
 
 @given(line_dicts())
