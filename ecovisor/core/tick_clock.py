@@ -378,6 +378,10 @@ class TickClock:
         node_mj: dict[str, int] = {}
         solar_mj = 0
         counters = self.counters
+        # the owner's demand dict of the previous counter: a batch's counters come owner
+        # by owner, so most lookups are skipped (insertion order is unchanged)
+        app_owner: str | None = None
+        app_d: dict[str, int] = {}
         for key, (seq, mj, owner) in buf.counters.items():
             base = counters.get(key)
             # booked values never go back (a reset moves the offset: intake.CounterGuard);
@@ -388,15 +392,22 @@ class TickClock:
                 delta = max(0, mj - f_mj)
                 counters[key] = _Counter(seq, max(mj, f_mj), owner, k)
             elif seq > base.seq:
-                delta = max(0, mj - base.mj)
-                base.seq, base.mj, base.owner, base.last_k = seq, max(mj, base.mj), owner, k
+                b_mj = base.mj  # (max(0, mj - b_mj) and max(mj, b_mj) without two calls)
+                if mj > b_mj:
+                    delta = mj - b_mj
+                    base.mj = mj
+                else:
+                    delta = 0
+                base.seq, base.owner, base.last_k = seq, owner, k
             else:
                 delta = 0  # an older sample than the baseline (late, out of order)
                 base.last_k = k
             tag = key[0]
             if tag == "c":
-                app_d = demand.setdefault(owner, {})
-                app_d[key[2:]] = app_d.get(key[2:], 0) + delta
+                if owner != app_owner:
+                    app_owner = owner
+                    app_d = demand.setdefault(owner, {})
+                app_d[key[2:]] = delta  # each container's key once in a tick's buffer
             elif tag == "n":
                 node_mj[owner] = node_mj.get(owner, 0) + delta
             else:
