@@ -457,6 +457,18 @@ class PolicyRunner:
         return out
 
 
+_ADVISORY_LOGGED: set[tuple[str, str]] = set()
+
+
+def _advisory_failed(what: str, e: Exception) -> None:
+    """An advisory read failed: the policy goes on without it, and says so once per kind
+    of failure (a silent {} would hide a broken read for the whole run)."""
+    key = (what, type(e).__name__)
+    if key not in _ADVISORY_LOGGED and len(_ADVISORY_LOGGED) < 100:
+        _ADVISORY_LOGGED.add(key)
+        log.warning("%s not read (the policy goes on without it): %r", what, e)
+
+
 def api_metrics(client: Any) -> Callable[[], dict[str, float]]:
     """App metrics (latency_ms, ...) from the API's live state (the ledger's latest
     app_metrics telemetry); empty when there are none."""
@@ -464,7 +476,8 @@ def api_metrics(client: Any) -> Callable[[], dict[str, float]]:
     def get() -> dict[str, float]:
         try:
             m = client.get_state().get("app_metrics") or {}
-        except Exception:  # noqa: BLE001 - metrics are advisory; the policy copes with none
+        except Exception as e:  # noqa: BLE001 - metrics are advisory; the policy copes with none
+            _advisory_failed("app metrics (GET state)", e)
             return {}
         return {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
 
@@ -492,7 +505,8 @@ def api_forecasts(client: Any) -> Callable[[], Forecasts]:
     def one(read: Callable[[], Any]) -> Points:
         try:
             return forecast_points(read())
-        except Exception:  # noqa: BLE001 - advisory
+        except Exception as e:  # noqa: BLE001 - advisory
+            _advisory_failed("forecast", e)
             return ()
 
     def get() -> Forecasts:
