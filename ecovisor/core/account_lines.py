@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, NonNegativeInt
 from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
 from pydantic_core import core_schema
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# the core's value models (lines, flows, settings, state): frozen, no extra field, no
+# inf/nan (``state`` uses it too)
+FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 M = TypeVar("M", bound=BaseModel)
 _new = object.__new__
@@ -65,7 +67,7 @@ class AccountLine(BaseModel):
     ``battery_charging`` line, the app total). ``energy_mj`` is the sum of the four
     sources; carbon comes only from grid energy."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     energy_mj: Mj = 0
     solar_mj: Mj = 0

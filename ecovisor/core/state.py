@@ -13,10 +13,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import BaseModel, Field, NonNegativeInt, model_validator
 
 from ecovisor.core.account_lines import (
     EMPTY_LINES,
+    FROZEN,
     ZERO_LINE,
     AccountLine,
     ContainerLines,
@@ -25,15 +26,13 @@ from ecovisor.core.account_lines import (
     unchecked,
 )
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
 # --- settings an application controls (paper Table 1 setters, Table 2 library) --------
 
 
 class CarbonRateLimit(BaseModel):
     """set_carbon_rate(container, rate): mg/s averaged over a sliding window."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     rate_mg_per_s: float = Field(ge=0.0)
     window_s: float = Field(60.0, gt=0.0, le=86_400.0, description="sliding window, default 60 s")
@@ -42,7 +41,7 @@ class CarbonRateLimit(BaseModel):
 class CarbonBudget(BaseModel):
     """set_carbon_budget(budget): g of CO2eq for the app per period."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     budget_g: float = Field(ge=0.0)
     period_s: float | None = Field(
@@ -56,7 +55,7 @@ class NotifyThresholds(BaseModel):
     A change is significant when ``|new - ref| >= max(abs, rel * |ref|)`` and non-zero,
     ``ref`` being the value last notified (or seen first)."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     solar_change_abs_w: float = Field(1.0, ge=0.0)
     solar_change_rel: float = Field(0.10, ge=0.0)
@@ -70,7 +69,7 @@ class NotifyThresholds(BaseModel):
 class AppSettings(BaseModel):
     """Settings in force for one app. Each ledger entry records the settings it used."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     charge_rate_w: float = Field(
         0.0, ge=0.0, description="Rc: charge at this rate until full, then reset to 0"
@@ -87,39 +86,39 @@ class AppSettings(BaseModel):
 
 
 class SetBatteryChargeRate(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
     type: Literal["set_battery_charge_rate"] = "set_battery_charge_rate"
     watts: float = Field(ge=0.0)
 
 
 class SetBatteryMaxDischarge(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
     type: Literal["set_battery_max_discharge"] = "set_battery_max_discharge"
     watts: float | None = Field(ge=0.0, description="None = back to the share's limit")
 
 
 class SetContainerPowercap(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
     type: Literal["set_container_powercap"] = "set_container_powercap"
     container: str = Field(min_length=1)
     watts: float | None = Field(gt=0.0, description="None removes the cap")
 
 
 class SetCarbonRate(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
     type: Literal["set_carbon_rate"] = "set_carbon_rate"
     container: str = Field(min_length=1)
     limit: CarbonRateLimit | None = Field(description="None removes the limit")
 
 
 class SetCarbonBudget(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
     type: Literal["set_carbon_budget"] = "set_carbon_budget"
     budget: CarbonBudget | None = Field(description="None removes the budget")
 
 
 class SetNotifyThresholds(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
     type: Literal["set_notify_thresholds"] = "set_notify_thresholds"
     notify: NotifyThresholds
 
@@ -139,7 +138,7 @@ class PendingChange(BaseModel):
     """A change accepted during tick ``accepted_k``; it applies from tick
     ``accepted_k + 1``."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     accepted_k: int = Field(ge=0)
     change: SettingsChange
@@ -163,7 +162,7 @@ class AppTickInput(BaseModel):
     """One app's inputs for tick ``k`` (used by ``app_step``; ``site_step`` builds
     these from a ``SiteTickInput``)."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     k: int = Field(ge=0, description="tick index")
     t_start: float = Field(description="event time of the tick start, epoch seconds")
@@ -181,7 +180,7 @@ class SiteTickInput(BaseModel):
     """All inputs of one site for tick ``k``. The caller buffers solar by one tick,
     differences cumulative counters into per-tick energies, and converts units."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     k: int = Field(ge=0)
     t_start: float
@@ -212,7 +211,7 @@ class AppFlows(BaseModel):
                    - battery_to_load - battery_loss
     """
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     solar_to_load: Mj = 0
     solar_to_battery: Mj = 0
@@ -253,7 +252,7 @@ class RateWindow(BaseModel):
     600 bucket sums of ``bucket_ticks`` ticks each (exact while the window has at most
     600 ticks; beyond, the window slides a bucket at a time)."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     window_ticks: int = Field(ge=1)
     bucket_ticks: int = Field(1, ge=1)
@@ -265,7 +264,7 @@ class RateWindow(BaseModel):
 class BudgetTracker(BaseModel):
     """Carbon of the app in the current budget period."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     period_s: float | None = None
     period_start_k: int = Field(ge=0)
@@ -287,7 +286,7 @@ class CarbonHistory(BaseModel):
     gives each tier's bucket length and count for ``max_ticks``). Bounded: at most
     ``HISTORY_TIERS_MAX`` tiers of ``HISTORY_TIER_LEN_MAX`` values."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     max_ticks: int = Field(ge=1, description="the largest window in ticks at this Δt")
     last_k: int = Field(ge=0)
@@ -309,7 +308,7 @@ class EventTracking(BaseModel):
     rule compares with; ``solar_ref_w`` the same in W, as shown (snapshots written
     before ``solar_ref_mj`` existed compare with it)."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     solar_ref_w: float | None = None
     solar_ref_mj: Mj | None = None
@@ -322,7 +321,7 @@ class EventTracking(BaseModel):
 class AppCumulative(BaseModel):
     """Monotone counters of one app since its state was created."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     ticks: NonNegativeInt = 0
     estimated_ticks: NonNegativeInt = 0
@@ -342,7 +341,7 @@ MAX_PENDING = 256
 class AppState(BaseModel):
     """Everything the ledger keeps for one app between ticks."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     site: str
     app: str
@@ -355,7 +354,7 @@ class AppState(BaseModel):
 
 
 class PlatformCumulative(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
 
     energy_mj: Mj = 0
     solar_mj: Mj = 0
@@ -375,7 +374,7 @@ class SiteTotals(BaseModel):
     and in none of curtailed, offered, exported).
     """
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     solar_mj: Mj = 0
     solar_unallocated_mj: Mj = 0
@@ -407,7 +406,7 @@ class SiteTotals(BaseModel):
 class SiteState(BaseModel):
     """Everything the ledger keeps for one site between ticks."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     site: str
     next_k: int | None = None

@@ -10,9 +10,10 @@ docs/core.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from pydantic import ConfigDict
 
@@ -70,6 +71,9 @@ from ecovisor.core.virtual_battery import (
 )
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+A = TypeVar("A")
+B = TypeVar("B")
+R = TypeVar("R")
 
 # --- initial state ---------------------------------------------------------------------
 
@@ -102,25 +106,31 @@ def _limits_of(share: AppShare, shape: SiteShape) -> BatteryLimits:
     return battery_limits(share, shape)
 
 
-# _limits' cache by identity: (share, shape, limits) by the ids of share and shape
-_LIMITS: dict[tuple[int, int], tuple[AppShare, SiteShape, BatteryLimits]] = {}
-_LIMITS_MAX = 4096
+_MEMO_MAX = 4096  # pairs remembered per memo; cleared when full (new objects every tick)
 
 
-def _limits(share: AppShare, shape: SiteShape) -> BatteryLimits:
-    """``battery_limits``, computed once per (share, site shape), not per app and tick.
-    Found by identity first: a caller passes the same share and shape objects every
-    tick, and hashing both models (the lru_cache key) cost ~1 µs per app-tick. An entry
-    keeps the two objects alive, so no other object can take their ids meanwhile."""
-    key = (id(share), id(shape))
-    hit = _LIMITS.get(key)
-    if hit is not None:
-        return hit[2]
-    limits = _limits_of(share, shape)
-    if len(_LIMITS) >= _LIMITS_MAX:  # a caller with new objects every tick: stay bounded
-        _LIMITS.clear()
-    _LIMITS[key] = (share, shape, limits)
-    return limits
+def _by_identity(f: Callable[[A, B], R]) -> Callable[[A, B], R]:
+    """``f(a, b)`` of frozen ``a`` and ``b``, remembered by their identities: the step
+    passes the same share, shape and settings objects tick after tick, and hashing two
+    models (an ``lru_cache`` key) cost ~1 µs per app-tick. An entry keeps ``a`` and
+    ``b`` alive, so no other object can take their ids while it is remembered."""
+    memo: dict[tuple[int, int], tuple[A, B, R]] = {}
+
+    def get(a: A, b: B) -> R:
+        hit = memo.get((id(a), id(b)))
+        if hit is not None:
+            return hit[2]
+        value = f(a, b)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[(id(a), id(b))] = (a, b, value)
+        return value
+
+    return get
+
+
+# ``battery_limits`` once per (share, site shape), not per app and tick
+_limits = _by_identity(_limits_of)
 
 
 def initial_app_state(share: AppShare, shape: SiteShape, *, site: str, app: str,
@@ -232,30 +242,18 @@ def _plan(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInput,
                  unserved=deficit - b2l - g2l)
 
 
-# _effective_limits' cache: (share, settings, limits) by the ids of share and settings
-_EFFECTIVE: dict[tuple[int, int], tuple[AppShare, AppSettings, EffectiveLimits]] = {}
-
-
-def _effective_limits(w: _Work) -> EffectiveLimits:
+@_by_identity
+def _effective_of(share: AppShare, st: AppSettings) -> EffectiveLimits:
     """The powers in force, from the share and the settings only: one (frozen) model per
-    (share, settings) pair, shared by the entries of the ticks it is in force, found by
-    identity as ``_limits`` (settings carry over from tick to tick as the same object)."""
-    share, st = w.share, w.settings
-    key = (id(share), id(st))
-    hit = _EFFECTIVE.get(key)
-    if hit is not None:
-        return hit[2]
+    (share, settings) pair, shared by the entries of the ticks it is in force (settings
+    carry over from tick to tick as the same object)."""
     if st.charge_rate_w > 0:
         rc, rd = min(st.charge_rate_w, share.charge_limit_w), 0.0
     else:
         rc, rd = 0.0, discharge_in_force(share, st)
-    limits = unchecked(EffectiveLimits, {"charge_limit_w": share.charge_limit_w,
-                                         "charge_rate_w": rc, "discharge_w": rd,
-                                         "grid_w": share.grid_w})
-    if len(_EFFECTIVE) >= _LIMITS_MAX:
-        _EFFECTIVE.clear()
-    _EFFECTIVE[key] = (share, st, limits)
-    return limits
+    return unchecked(EffectiveLimits, {"charge_limit_w": share.charge_limit_w,
+                                       "charge_rate_w": rc, "discharge_w": rd,
+                                       "grid_w": share.grid_w})
 
 
 def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
@@ -324,7 +322,7 @@ def _finalize(w: _Work, shape: SiteShape, site_estimated: tuple[str, ...] = ()
             "capacity_mj": lim.capacity_mj, "usable_mj": lim.usable_mj,
             "reserve_mj": lim.reserve_mj, "before_mj": before, "after_mj": after,
             "before_wh": before / MJ_PER_WH, "after_wh": after / MJ_PER_WH}),
-        "settings": w.settings, "limits": _effective_limits(w),
+        "settings": w.settings, "limits": _effective_of(w.share, w.settings),
         "containers": containers, "battery_charging": battery_charging, "total": total,
         "cumulative": cumulative, "estimated": bool(sources), "estimated_sources": sources,
         "events": (),
