@@ -87,7 +87,7 @@ def prepare_topics(cfg: EcovisorConfig | SiteGroup, bootstrap: str) -> None:
             + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
             + ": use --partitions to match, or a broker without these topics"
         )
-    create_topics(bootstrap, wanted, partitions=wanted)
+    create_topics(bootstrap, wanted)
 
 
 class GroupService:

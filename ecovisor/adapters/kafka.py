@@ -255,23 +255,22 @@ def admin_client(bootstrap: str, timeout: float = 30.0) -> Iterator[Any]:
 
 def create_topics(
     bootstrap: str,
-    topics: Iterable[str],
-    partitions: int | Mapping[str, int] = 1,
+    topics: Iterable[str] | Mapping[str, int],
     timeout: float = 30.0,
 ) -> None:
     """Create every topic up front (tansu does not auto-create on subscribe), with its
-    ``topic_config`` and ``partitions`` partitions (one count for all, or a count per
-    topic: ``ecovisor.contract.topics.topic_partitions``; a topic it omits gets 1).
+    ``topic_config``; a mapping gives each topic's partition count
+    (``ecovisor.contract.topics.topic_partitions``), names alone get 1 each.
     Idempotent: an existing topic is left as it is, whatever its partition count."""
+    counts = topics if isinstance(topics, Mapping) else dict.fromkeys(topics, 1)
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     with admin_client(bootstrap, timeout) as admin:
         existing = set(admin.list_topics())
-        for t in topics:
+        for t, n in counts.items():
             if t in existing:
                 continue
-            n = partitions if isinstance(partitions, int) else partitions.get(t, 1)
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [

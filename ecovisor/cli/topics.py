@@ -63,7 +63,7 @@ def topics_cmd(
     )
     try:
         if create:
-            create_topics(boot, wanted, partitions=wanted)
+            create_topics(boot, wanted)
         existing = existing_topics(boot, KAFKA_TIMEOUT_S)
         others = sorted(t for t in existing - set(wanted) if not t.startswith("__"))
         have = existing_partitions(boot, [t for t in wanted if t in existing] + others,
@@ -96,22 +96,20 @@ def topics_cmd(
     for t in others:
         n = have.get(t)
         typer.echo(f"other   {t:<{width}}  {'?' if n is None else _plural(n)}")
+    remedy = ("Use the count they have (here and the ledger's --partitions), or recreate "
+              "these topics empty with the stack stopped.")
     if fewer:
         typer.echo(
             f"error: {_listed(fewer)} fewer partitions than the {partitions} wanted; left as "
             "they are. Kafka can add partitions, but that remaps keys (a site's partition is "
             "murmur2(site) mod N): a site's new messages would land on another partition "
-            "than its earlier ones and its ledger state, so it is not done here. Use the "
-            "count they have (here and the ledger's --partitions), or recreate these topics "
-            "empty with the stack stopped.",
+            f"than its earlier ones and its ledger state, so it is not done here. {remedy}",
             err=True,
         )
     if more:
         typer.echo(
             f"error: {_listed(more)} more partitions than the {partitions} wanted; left as "
-            "they are (Kafka cannot remove partitions). Use the count they have (here and "
-            "the ledger's --partitions), or recreate these topics empty with the stack "
-            "stopped.",
+            f"they are (Kafka cannot remove partitions). {remedy}",
             err=True,
         )
     raise typer.Exit(1 if missing or fewer or more else 0)

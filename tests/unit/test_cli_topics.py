@@ -33,7 +33,7 @@ class FakeBroker:
                                                           if t in self.have})  # fmt: skip
         return self
 
-    def create_topics(self, boot: str, names: object, partitions: dict[str, int]) -> None:
+    def create_topics(self, boot: str, partitions: dict[str, int]) -> None:
         self.created.append(dict(partitions))
         for t, n in partitions.items():
             self.have.setdefault(t, n)
