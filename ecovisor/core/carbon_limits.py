@@ -8,7 +8,7 @@ Pure functions over integer µg; the tracking state lives in ``AppState.tracking
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from ecovisor.core.account_lines import unchecked
@@ -116,31 +116,75 @@ def history_tiers(max_ticks: int) -> tuple[tuple[int, int], ...]:
 
 def push_history(h: CarbonHistory | None, max_ticks: int, k: int, value_ug: int
                  ) -> CarbonHistory:
-    """Add tick ``k``'s carbon to every tier (ticks skipped since ``last_k`` are zero)."""
+    """Add tick ``k``'s carbon (ticks skipped since ``last_k`` are zero)."""
     return _push(h, history_tiers(max_ticks), max_ticks, k, value_ug)
+
+
+def _open_sums(h: CarbonHistory, sched: tuple[tuple[int, int], ...]) -> list[int]:
+    """The carbon in the open bucket (the one holding ``last_k``) of each coarse tier:
+    the finer tier's completed buckets inside it plus the finer tier's open bucket (a
+    tier's bucket length divides the next's, and each tier reaches back far enough)."""
+    last, ticks = h.last_k, h.ticks
+    out: list[int] = []
+    if len(sched) < 2:
+        return out
+    b1 = sched[1][0]
+    m = min(last - last // b1 * b1 + 1, len(ticks))
+    acc = sum(ticks[len(ticks) - m:])
+    out.append(acc)
+    for i in range(2, len(sched)):
+        b, fine = sched[i][0], sched[i - 1][0]
+        done = h.buckets[i - 2]  # the finer tier's completed buckets, up to its open one
+        m = min(last // fine - last // b * (b // fine), len(done))
+        if m:
+            acc += sum(done[len(done) - m:])
+        out.append(acc)
+    return out
+
+
+def history_with_open(h: CarbonHistory) -> tuple[tuple[int, ...], ...]:
+    """Every tier of ``h`` ending with its open bucket (tier 0 first): the history's
+    buckets as windows are rebuilt from them."""
+    opens = _open_sums(h, history_tiers(h.max_ticks))
+    return (h.ticks, *(done + (o,) for done, o in zip(h.buckets, opens, strict=True)))
 
 
 def _push(h: CarbonHistory | None, sched: tuple[tuple[int, int], ...], max_ticks: int,
           k: int, value_ug: int) -> CarbonHistory:
     """``push_history`` with the tiers of ``max_ticks`` (``update_history`` takes them once
-    per tick, not once per container)."""
-    if h is None or h.max_ticks != max_ticks or len(h.tiers) != len(sched) or k < h.last_k:
-        tiers = tuple((value_ug,) for _ in sched)  # new, or Δt changed: start again
-    else:  # same bucket: add to the newest; a later one: zeros for the gap, then it
-        last = h.last_k
-        out = []
-        for (b, n), vals in zip(sched, h.tiers, strict=True):
-            gap = k // b - last // b
-            if gap == 0:
-                out.append(vals[:-1] + (vals[-1] + value_ug,))
-            elif gap == 1:  # the next bucket (every tick for tier 0): one copy, not two
-                drop = len(vals) + 1 - n
-                out.append((vals[drop:] if drop > 0 else vals) + (value_ug,))
-            else:
-                out.append((vals + (0,) * min(gap - 1, n) + (value_ug,))[-n:])
-        tiers = tuple(out)
+    per tick, not once per container). Tier 0 takes the value; a coarse tier changes only
+    when the bucket of ``last_k`` is complete at ``k`` (its sum appended, zeros for the
+    empty buckets between): every 8 ticks for tier 1, 32 for tier 2, ..."""
+    if h is None or h.max_ticks != max_ticks or len(h.buckets) != len(sched) - 1 \
+            or k < h.last_k:  # new, or Δt changed, or an earlier tick: start again
+        return unchecked(CarbonHistory, {"max_ticks": max_ticks, "last_k": k,
+                                         "ticks": (value_ug,),
+                                         "buckets": ((),) * (len(sched) - 1)})
+    last, ticks, buckets = h.last_k, h.ticks, h.buckets
+    if k == last:  # the same tick again: add to it
+        ticks = ticks[:-1] + (ticks[-1] + value_ug,)
+    else:
+        if len(sched) > 1 and k // sched[1][0] != last // sched[1][0]:
+            opens = _open_sums(h, sched)
+            grown = list(buckets)
+            for i in range(1, len(sched)):
+                b, n = sched[i]
+                gap = k // b - last // b
+                if gap == 0:
+                    break  # coarser buckets are longer: none of those completes either
+                vals = buckets[i - 1] + (opens[i - 1],) + (0,) * min(gap - 1, n)
+                grown[i - 1] = vals[max(0, len(vals) - (n - 1)):]  # n - 1 done + the open one
+            buckets = tuple(grown)
+        n0 = sched[0][1]
+        gap = k - last
+        if gap == 1:  # the next tick: one copy
+            drop = len(ticks) + 1 - n0
+            ticks = (ticks[drop:] if drop > 0 else ticks) + (value_ug,)
+        else:
+            ticks = (ticks + (0,) * min(gap - 1, n0) + (value_ug,))[-n0:]
     # built unchecked: bounded by construction (each tier keeps at most its n values)
-    return unchecked(CarbonHistory, {"max_ticks": max_ticks, "last_k": k, "tiers": tiers})
+    return unchecked(CarbonHistory, {"max_ticks": max_ticks, "last_k": k, "ticks": ticks,
+                                     "buckets": buckets})
 
 
 # All carbon histories of a site together keep at most this many values (~7 bytes each
@@ -152,50 +196,118 @@ HISTORY_SITE_BUDGET = 40_000
 
 
 def history_size(h: CarbonHistory) -> int:
-    return sum(len(t) for t in h.tiers)
+    """Values ``h`` keeps (the site's budget counts these)."""
+    return len(h.ticks) + sum(map(len, h.buckets))
+
+
+def _kept(sizes: Iterable[tuple[tuple[str, str], int]], budget: int) -> set[tuple[str, str]]:
+    """The (app, container) histories kept under ``budget``: in the order given (sorted
+    (app, container)), each that still fits; one that does not is skipped, not the end."""
+    kept: set[tuple[str, str]] = set()
+    used = 0
+    for key, n in sizes:
+        if used + n <= budget:
+            used += n
+            kept.add(key)
+    return kept
 
 
 def bound_site_histories(apps: dict[str, AppState],
                          budget: int = HISTORY_SITE_BUDGET) -> dict[str, AppState]:
     """``apps`` with their carbon histories cut to ``budget`` values in all."""
-    # every tick: a bound first (a history holds at most TIERS_MAX x TIER_LEN_MAX values),
-    # then a count (one flat pass), sort only when over the budget
+    # a bound first (a history holds at most TIERS_MAX x TIER_LEN_MAX values), then a
+    # count (one flat pass), sort only when over the budget
     most = HISTORY_TIERS_MAX * HISTORY_TIER_LEN_MAX
     if sum(len(st.tracking.carbon_history) for st in apps.values()) * most <= budget:
         return apps
-    if sum([len(t) for st in apps.values() for h in st.tracking.carbon_history.values()
-            for t in h.tiers]) <= budget:
+    if sum([history_size(h) for st in apps.values()
+            for h in st.tracking.carbon_history.values()]) <= budget:
         return apps
-    sizes = {(a, c): history_size(h) for a in sorted(apps)
-             for c, h in sorted(apps[a].tracking.carbon_history.items())}
-    keep: dict[str, dict[str, CarbonHistory]] = {a: {} for a in apps}
-    used = 0
-    for (a, c), n in sizes.items():
-        if used + n > budget:
-            continue
-        used += n
-        keep[a][c] = apps[a].tracking.carbon_history[c]
+    kept = _kept((((a, c), history_size(h)) for a in sorted(apps)
+                  for c, h in sorted(apps[a].tracking.carbon_history.items())), budget)
     out = dict(apps)
     for a, st in apps.items():
-        if len(keep[a]) != len(st.tracking.carbon_history):
-            tracking = st.tracking.model_copy(update={"carbon_history": keep[a]})
+        hist = st.tracking.carbon_history
+        mine = {c: hist[c] for c in sorted(hist) if (a, c) in kept}
+        if len(mine) != len(hist):
+            tracking = st.tracking.model_copy(update={"carbon_history": mine})
             out[a] = st.model_copy(update={"tracking": tracking})
     return out
 
 
+def _recent(history: Mapping[str, CarbonHistory], k: int, max_ticks: int
+            ) -> dict[str, CarbonHistory]:
+    """The histories still needed at tick ``k``: one whose last emission is older than
+    the largest window (and its bucket, windows being bucket-aligned) is dropped, so the
+    state is bounded."""
+    keep = max_ticks + -(-max_ticks // MAX_BUCKETS)
+    return {c: h for c, h in history.items() if h.max_ticks == max_ticks and h.last_k + keep > k}
+
+
 def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str, int],
                    k: int, max_ticks: int) -> dict[str, CarbonHistory]:
-    """Histories after tick ``k``: each container that emitted pushes its carbon; one
-    whose last emission is older than the largest window (and its bucket, windows being
-    bucket-aligned) is dropped, so the state is bounded."""
-    keep = max_ticks + -(-max_ticks // MAX_BUCKETS)
-    out = {c: h for c, h in history.items()
-           if h.max_ticks == max_ticks and h.last_k + keep > k}
+    """Histories after tick ``k``: each container that emitted pushes its carbon
+    (``_recent`` drops the ones no window reaches any more)."""
+    out = _recent(history, k, max_ticks)
     sched = history_tiers(max_ticks)
     for c, v in carbon_ug.items():
         if v:
             out[c] = _push(out.get(c), sched, max_ticks, k, v)
     return out
+
+
+# a history that starts at this tick, built only if the site's budget keeps it
+_Started = tuple[int]
+
+
+def advance_site_histories(
+    history: Mapping[str, Mapping[str, CarbonHistory]],
+    carbon: Mapping[str, tuple[Sequence[str], Sequence[int]]],
+    k: int,
+    max_ticks: int,
+    budget: int = HISTORY_SITE_BUDGET,
+) -> dict[str, dict[str, CarbonHistory]]:
+    """Every app's histories after tick ``k`` (``carbon``: app -> the tick's container
+    names and carbon, µg), cut to ``budget`` values in all: ``update_history`` per app,
+    then ``bound_site_histories``, the same histories in the same order, without
+    building the histories the budget cuts at once. On a site over its budget most
+    containers are cut every tick and start again the next (at 1,000 emitting
+    containers ~860 of them): building and cutting those was half of a tick's close."""
+    sched = history_tiers(max_ticks)
+    fresh = 1  # values of a history that starts now (its first tick)
+    staged: dict[str, dict[str, CarbonHistory | _Started]] = {}
+    entries = 0
+    for a, hist in history.items():
+        out: dict[str, CarbonHistory | _Started] = dict(_recent(hist, k, max_ticks))
+        names, values = carbon.get(a, ((), ()))
+        for c, v in zip(names, values, strict=True):
+            if v:
+                h = out.get(c)
+                if h is None or len(h.buckets) != len(sched) - 1 or k < h.last_k:  # type: ignore[union-attr]
+                    out[c] = (v,)  # (its place in the dict as update_history gives it)
+                else:
+                    out[c] = _push(h, sched, max_ticks, k, v)  # type: ignore[arg-type]
+        staged[a] = out
+        entries += len(out)
+
+    def built(c: str, h: CarbonHistory | _Started) -> CarbonHistory:
+        if isinstance(h, tuple):
+            return _push(None, sched, max_ticks, k, h[0])
+        return h
+
+    most = HISTORY_TIERS_MAX * HISTORY_TIER_LEN_MAX
+    if entries * most > budget:
+        total = sum(fresh if isinstance(h, tuple) else history_size(h)
+                    for out in staged.values() for h in out.values())
+        if total > budget:
+            kept = _kept((((a, c), fresh if isinstance(h, tuple) else history_size(h))
+                          for a in sorted(staged)
+                          for c, h in sorted(staged[a].items())), budget)
+            cut = {a for a, out in staged.items() if any((a, c) not in kept for c in out)}
+            return {a: ({c: built(c, out[c]) for c in sorted(out) if (a, c) in kept}
+                        if a in cut else {c: built(c, h) for c, h in out.items()})
+                    for a, out in staged.items()}
+    return {a: {c: built(c, h) for c, h in out.items()} for a, out in staged.items()}
 
 
 def _segments(h: CarbonHistory) -> list[tuple[int, int, int]]:
@@ -205,7 +317,7 @@ def _segments(h: CarbonHistory) -> list[tuple[int, int, int]]:
     sched = history_tiers(h.max_ticks)
     out: list[tuple[int, int, int]] = []
     finer: tuple[int, int, tuple[int, ...]] | None = None  # (bucket ticks, start, values)
-    for (b, _), vals in zip(sched, h.tiers, strict=True):
+    for (b, _), vals in zip(sched, history_with_open(h), strict=True):
         first_q = h.last_k // b - len(vals) + 1
         for i, v in enumerate(vals):
             start, end = (first_q + i) * b, min((first_q + i) * b + b - 1, h.last_k)

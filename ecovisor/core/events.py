@@ -32,7 +32,6 @@ from typing import Any
 
 from ecovisor.core.account_lines import unchecked
 from ecovisor.core.carbon_limits import (
-    MAX_WINDOW_S,
     advance_budget,
     budget_ug,
     level_of,
@@ -40,7 +39,6 @@ from ecovisor.core.carbon_limits import (
     rose,
     seed_window,
     ticks_in,
-    update_history,
     window_rate_mg_per_s,
 )
 from ecovisor.core.entries import AppLedgerEntry, Event, EventKind
@@ -200,10 +198,10 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
                               threshold=st.carbon_budget.budget_g, unit="g"))
         budget = budget.model_copy(update={"level": level})
 
-    history = update_history(tr.carbon_history, dict(zip(lines.names, lines.carbon, strict=True)),
-                             entry.k, ticks_in(MAX_WINDOW_S, dt))
+    # the carbon history as it was: the site's step advances every app's together
+    # (``carbon_limits.advance_site_histories``), under the site's budget
     tracking = unchecked(EventTracking, {
         "solar_ref_w": mj_to_power(solar_ref, dt), "solar_ref_mj": solar_ref,
-        "intensity_ref": i_ref, "rate_windows": windows, "carbon_history": history,
+        "intensity_ref": i_ref, "rate_windows": windows, "carbon_history": tr.carbon_history,
         "budget": budget})
     return tracking, tuple(out)

@@ -281,21 +281,40 @@ class CarbonHistory(BaseModel):
     emitted within the largest carbon-rate window (86,400 s), so that a rate limit set
     (or resized) later starts from what the container actually emitted.
 
-    ``tiers[i]`` holds bucket sums ending at the bucket of ``last_k``, the buckets of
-    tier 0 one tick each, coarser tiers further back (``carbon_limits.history_tiers``
-    gives each tier's bucket length and count for ``max_ticks``). Bounded: at most
-    ``HISTORY_TIERS_MAX`` tiers of ``HISTORY_TIER_LEN_MAX`` values."""
+    ``ticks``: tier 0, one value per tick, the last one tick ``last_k``. ``buckets[i]``:
+    tier i + 1, coarser and further back (``carbon_limits.history_tiers`` gives each
+    tier's bucket length and count for ``max_ticks``): its *completed* bucket sums,
+    ending with the bucket before the one holding ``last_k``. That open bucket is the sum
+    of the finer tiers' values in it, so a tick adds to one tier only, instead of copying
+    every tier (``carbon_limits.history_with_open`` gives the tiers with their open
+    buckets). Bounded: at most ``HISTORY_TIERS_MAX`` tiers of ``HISTORY_TIER_LEN_MAX``
+    values.
+
+    Snapshots written before 3 December 2026 hold ``tiers`` (every tier with its open
+    bucket last): read as the same history."""
 
     model_config = FROZEN
 
     max_ticks: int = Field(ge=1, description="the largest window in ticks at this Δt")
     last_k: int = Field(ge=0)
-    tiers: tuple[tuple[Ug, ...], ...] = Field(min_length=1, max_length=HISTORY_TIERS_MAX)
+    ticks: tuple[Ug, ...] = Field(min_length=1, max_length=HISTORY_TIER_LEN_MAX)
+    buckets: tuple[tuple[Ug, ...], ...] = Field(max_length=HISTORY_TIERS_MAX - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_tiers(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tiers" in data and "ticks" not in data:
+            tiers = data["tiers"]
+            if isinstance(tiers, list | tuple) and tiers and all(
+                    isinstance(t, list | tuple) and t for t in tiers):
+                rest = {k: v for k, v in data.items() if k != "tiers"}
+                return {**rest, "ticks": tiers[0], "buckets": [t[:-1] for t in tiers[1:]]}
+        return data
 
     @model_validator(mode="after")
     def _bounded(self) -> CarbonHistory:
-        if any(not 1 <= len(t) <= HISTORY_TIER_LEN_MAX for t in self.tiers):
-            raise ValueError(f"a history tier holds 1 to {HISTORY_TIER_LEN_MAX} values")
+        if any(len(t) > HISTORY_TIER_LEN_MAX for t in self.buckets):
+            raise ValueError(f"a history tier holds at most {HISTORY_TIER_LEN_MAX} values")
         return self
 
 

@@ -1,11 +1,15 @@
 """Carbon booking, tracking helpers and SCI, hand-computed."""
 
+import json
+
 import pytest
 
 from ecovisor.core.carbon_limits import (
     advance_budget,
     history_tiers,
+    history_with_open,
     level_of,
+    push_history,
     push_window,
     seed_window,
     ticks_in,
@@ -164,10 +168,13 @@ def test_history_is_bounded_and_forgets_silent_containers():
         hist = update_history(hist, {"c": v, "d": 1 if k < 10 else 0}, k, 1_440)
         assert ("d" in hist) == (k < 9 + 1_440 + 3)
     h = hist["c"]
-    assert [len(t) for t in h.tiers] == [n for _, n in history_tiers(1_440)]
-    assert h.tiers[0] == tuple(values[-64:])
+    tiers = history_with_open(h)
+    assert [len(t) for t in tiers] == [n for _, n in history_tiers(1_440)]
+    assert h.ticks == tiers[0] == tuple(values[-64:])
+    # the coarse tiers keep their completed buckets, the open one is derived
+    assert [len(t) for t in h.buckets] == [n - 1 for _, n in history_tiers(1_440)[1:]]
     # the coarsest tier covers the whole day
-    assert sum(h.tiers[-1]) >= sum(values[-1_440:])
+    assert sum(tiers[-1]) >= sum(values[-1_440:])
 
 
 def test_tracking_snapshots_without_history_restore():
@@ -184,8 +191,23 @@ def test_tracking_snapshots_without_history_restore():
     assert [x.kind for x in e.events if x.kind == "solar_change"] == ["solar_change"]
     assert st.tracking.solar_ref_mj == 660_000 and "c" in st.tracking.carbon_history
     assert AppState.model_validate_json(st.model_dump_json()) == st
-    with pytest.raises(ValueError, match="history tier"):
+    with pytest.raises(ValueError, match="at most 64"):
         CarbonHistory.model_validate({"max_ticks": 10, "last_k": 0, "tiers": [[1] * 65]})
+    with pytest.raises(ValueError, match="history tier"):
+        CarbonHistory.model_validate({"max_ticks": 10, "last_k": 0, "ticks": [1],
+                                      "buckets": [[1] * 65]})
+
+
+def test_history_snapshots_with_tiers_restore_as_the_same_history():
+    """Snapshots before 3 December 2026 kept every tier with its open bucket last
+    (``tiers``); they read as the history that holds the same buckets."""
+    h = None
+    for k in range(200):
+        h = push_history(h, 1_440, k, 1_000 + k % 13)
+    assert h is not None
+    old = {"max_ticks": 1_440, "last_k": h.last_k, "tiers": history_with_open(h)}
+    assert CarbonHistory.model_validate(old) == h
+    assert CarbonHistory.model_validate_json(json.dumps(old)) == h
 
 
 def test_site_histories_stay_within_their_budget_in_sorted_order() -> None:

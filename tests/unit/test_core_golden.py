@@ -10,6 +10,13 @@ and to the table snapshot) are hashed and compared with
 ``tests/fixtures/core_golden.json``. The file was produced once by the core at commit
 361d432 (``python tests/unit/test_core_golden.py --write``); rewrite it only for a
 deliberate change of a rule, and say so.
+
+Rewritten on 3 December 2026 for the carbon history's new shape (``CarbonHistory``
+keeps its coarse tiers' completed buckets; the open ones are derived): every result
+(ledger entries, events, totals) hashed the same before and after, and every state the
+same once each history was written back in the old shape (``history_with_open``); only
+the last digest of each site scenario changed as well, the histories cut to a budget,
+which now counts the values kept (fewer per history).
 """
 
 from __future__ import annotations
