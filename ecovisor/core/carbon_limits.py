@@ -202,13 +202,16 @@ def history_size(h: CarbonHistory) -> int:
 
 def _kept(sizes: Iterable[tuple[tuple[str, str], int]], budget: int) -> set[tuple[str, str]]:
     """The (app, container) histories kept under ``budget``: in the order given (sorted
-    (app, container)), each that still fits; one that does not is skipped, not the end."""
+    (app, container)), each that still fits; one that does not is skipped, not the end.
+    ``sizes`` is read lazily, up to the history that fills the budget."""
     kept: set[tuple[str, str]] = set()
     used = 0
     for key, n in sizes:
         if used + n <= budget:
             used += n
             kept.add(key)
+            if used == budget:
+                break  # full: every history holds at least one value
     return kept
 
 
@@ -274,7 +277,6 @@ def advance_site_histories(
     containers are cut every tick and start again the next (at 1,000 emitting
     containers ~860 of them): building and cutting those was half of a tick's close."""
     sched = history_tiers(max_ticks)
-    fresh = 1  # values of a history that starts now (its first tick)
     staged: dict[str, dict[str, CarbonHistory | _Started]] = {}
     entries = 0
     for a, hist in history.items():
@@ -290,24 +292,21 @@ def advance_site_histories(
         staged[a] = out
         entries += len(out)
 
-    def built(c: str, h: CarbonHistory | _Started) -> CarbonHistory:
-        if isinstance(h, tuple):
-            return _push(None, sched, max_ticks, k, h[0])
-        return h
+    def built(h: CarbonHistory | _Started) -> CarbonHistory:
+        return _push(None, sched, max_ticks, k, h[0]) if isinstance(h, tuple) else h
 
-    most = HISTORY_TIERS_MAX * HISTORY_TIER_LEN_MAX
-    if entries * most > budget:
-        total = sum(fresh if isinstance(h, tuple) else history_size(h)
-                    for out in staged.values() for h in out.values())
-        if total > budget:
-            kept = _kept((((a, c), fresh if isinstance(h, tuple) else history_size(h))
-                          for a in sorted(staged)
-                          for c, h in sorted(staged[a].items())), budget)
-            cut = {a for a, out in staged.items() if any((a, c) not in kept for c in out)}
-            return {a: ({c: built(c, out[c]) for c in sorted(out) if (a, c) in kept}
-                        if a in cut else {c: built(c, h) for c, h in out.items()})
-                    for a, out in staged.items()}
-    return {a: {c: built(c, h) for c, h in out.items()} for a, out in staged.items()}
+    # the most values a history of this schedule keeps (``_push`` trims to it): a small
+    # site never reaches the budget
+    if entries * (sum(n for _, n in sched) - (len(sched) - 1)) <= budget:
+        return {a: {c: built(h) for c, h in out.items()} for a, out in staged.items()}
+    # as ``bound_site_histories``: the greedy pass keeps every history (and every app's
+    # order) when they fit, else re-sorts the apps it cut
+    kept = _kept((((a, c), 1 if isinstance(h := staged[a][c], tuple) else history_size(h))
+                  for a in sorted(staged) for c in sorted(staged[a])), budget)
+    return {a: ({c: built(out[c]) for c in sorted(out) if (a, c) in kept}
+                if any((a, c) not in kept for c in out)
+                else {c: built(h) for c, h in out.items()})
+            for a, out in staged.items()}
 
 
 def _segments(h: CarbonHistory) -> list[tuple[int, int, int]]:
