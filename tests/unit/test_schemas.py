@@ -25,7 +25,7 @@ from ecovisor.contract import (
 )
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
-ABSTRACT = {"Message", "Telemetry", "Command"}  # envelopes, documented under Conventions
+ABSTRACT = {"Message", "Telemetry", "Command", "NodeBatch"}  # envelopes and bases, no example
 EXAMPLE = re.compile(r"<!-- example: (\w+) -->\n```json\n(.*?)\n```", re.S)
 
 
@@ -75,8 +75,17 @@ def test_examples_validate_against_their_model(name: str) -> None:
 def test_telemetry_and_command_examples_parse_through_the_unions() -> None:
     ex = _examples()
     for name in ("SolarTelemetry", "CarbonTelemetry", "BatteryTelemetry", "NodeTelemetry",
-                 "ContainerTelemetry", "AppMetricsTelemetry"):  # fmt: skip
+                 "ContainerTelemetry", "NodeBatchTelemetry", "NodeBatchColumnsTelemetry",
+                 "AppMetricsTelemetry"):  # fmt: skip
         assert type(telemetry.parse_telemetry(ex[name])).__name__ == name
+    # the two node batch examples are the same batch; batch_version absent means 1
+    v1, v2 = (telemetry.parse_telemetry(ex[n])
+              for n in ("NodeBatchTelemetry", "NodeBatchColumnsTelemetry"))  # fmt: skip
+    assert isinstance(v1, telemetry.NodeBatch) and isinstance(v2, telemetry.NodeBatch)
+    assert list(v1.rows()) == list(v2.rows()) and v1.as_columns() == v2
+    unversioned = {k: v for k, v in json.loads(ex["NodeBatchTelemetry"]).items()
+                   if k != "batch_version"}  # fmt: skip
+    assert telemetry.parse_telemetry(json.dumps(unversioned)) == v1
     for name, cls in ((c.__name__, c) for c in commands.COMMAND_TYPES.values()):
         assert isinstance(commands.parse_command(ex[name]), cls)
 
