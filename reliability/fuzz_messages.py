@@ -44,6 +44,7 @@ from ecovisor.contract.config import EcovisorConfig  # noqa: E402
 from ecovisor.contract.config_file import parse_config  # noqa: E402
 from ecovisor.contract.notifications import Notification  # noqa: E402
 from ecovisor.contract.operator_messages import DeadLetter  # noqa: E402
+from ecovisor.contract.telemetry import COLUMNS  # noqa: E402
 from ecovisor.core.entries import AppLedgerEntry  # noqa: E402
 from ecovisor.core.tick_clock import to_us  # noqa: E402
 from streams.bridge import Scope, route  # noqa: E402
@@ -213,6 +214,17 @@ def mutate(rng: random.Random, d: dict[str, Any], t: datetime) -> dict[str, Any]
             if isinstance(entries[i], dict) and entries[i]:
                 entries[i][rng.choice(list(entries[i]))] = rng.choice(EXTREME + IDS)
             d["containers"] = entries
+        elif what == 8 and isinstance(d.get("containers"), dict) and d["containers"]:
+            # a node batch in columns (batch_version 2): a hostile element of one column
+            # (its entry dead-lettered alone), or a column cut short or grown (refused)
+            cols = {k: list(v) if isinstance(v, list) else v for k, v in d["containers"].items()}
+            k = rng.choice(list(cols))
+            if isinstance(cols[k], list) and cols[k]:
+                if rng.random() < 0.8:
+                    cols[k][rng.randrange(len(cols[k]))] = rng.choice(EXTREME + IDS)
+                else:
+                    cols[k] = cols[k][:-1] if rng.random() < 0.5 else cols[k] + cols[k][:1]
+            d["containers"] = cols
         else:  # large containers of junk
             d[rng.choice(keys)] = rng.choice(
                 [
@@ -236,6 +248,9 @@ def hostile(rng: random.Random, t: datetime) -> tuple[str, str, bytes]:
     source = rng.choice(["fuzz-" + str(rng.randrange(2_000)), "pm-web-1", "pv-2", "carbon-2"])
     if kind in TELEMETRY_KINDS:
         d = base_telemetry(kind, t, rng.randrange(10**6), source)
+        if kind == "node_batch" and rng.random() < 0.5:  # batch_version 2: its columns
+            entries = d["containers"]
+            d.update(batch_version=2, containers={k: [e[k] for e in entries] for k in COLUMNS})
         if kind == "container" and rng.random() < 0.3:
             d["container"] = rng.choice(["web-1", "web-worker-1", "nope", "batch-1x"])
         payload = dumps(mutate(rng, d, t) if rng.random() < 0.9 else d).encode()

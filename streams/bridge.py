@@ -106,23 +106,23 @@ class Scope:
             source_of=partial(telemetry_source, cfg) if bus_authenticated(cfg) else None,
         )
 
-    def foreign_entries(self, b: telemetry.NodeBatchTelemetry) -> list[tuple[int, str]]:
+    def foreign_entries(self, b: telemetry.NodeBatch) -> list[tuple[int, str]]:
         """(index, reason) of each entry of a node batch this site does not take: a
         container it does not have, of another app, or not placed on the batch's node (a
         node's collector reports the containers placed on its node only: the placement
         the broker's ACLs give each node's principal, ``bus_access.mqtt_principals``)."""
         bad = []
         owners, placed, node = self.owners, self.placed, b.node
-        for i, e in enumerate(b.containers):
-            owner = owners.get(e.container)
+        for i, (app, c, _, _) in enumerate(b.rows()):
+            owner = owners.get(c)
             if owner is None:
-                why = (f"container {e.container!r} is not in site {self.site!r} (neither "
+                why = (f"container {c!r} is not in site {self.site!r} (neither "
                        f"configured nor a template replica)")  # fmt: skip
-            elif owner != e.app:
-                why = f"container {e.container!r} belongs to app {owner!r}, not {e.app!r}"
-            elif placed.get(e.container) != node:
-                why = (f"container {e.container!r} is placed on node "
-                       f"{placed.get(e.container)!r}, not {node!r}: a node reports its own "
+            elif owner != app:
+                why = f"container {c!r} belongs to app {owner!r}, not {app!r}"
+            elif placed.get(c) != node:
+                why = (f"container {c!r} is placed on node "
+                       f"{placed.get(c)!r}, not {node!r}: a node reports its own "
                        f"containers only")  # fmt: skip
             else:
                 continue
@@ -218,7 +218,7 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
     if why is not None:
         return dead(why, site)
     extra: tuple[Routed, ...] = ()
-    if isinstance(msg, telemetry.NodeBatchTelemetry):
+    if isinstance(msg, telemetry.NodeBatch):
         msg, extra = _batch_entries(scope, msg, bad, origin, site)
     value = msg.model_dump_json().encode()
     return Routed(topics.TELEMETRY, site.encode(), value, True, None, origin, extra)
@@ -226,31 +226,30 @@ def route(scope: Scope, mqtt_topic: str, payload: bytes) -> Routed:
 
 def _batch_entries(
     scope: Scope,
-    b: telemetry.NodeBatchTelemetry,
+    b: telemetry.NodeBatch,
     bad: list[telemetry.BadEntry],
     origin: str,
     site: str,
-) -> tuple[telemetry.NodeBatchTelemetry, tuple[Routed, ...]]:
-    """A node batch without the entries the site does not take, and one dead letter
-    for those (invalid ones: ``bad``, from the parse), each with its index and reason."""
+) -> tuple[telemetry.NodeBatchColumnsTelemetry, tuple[Routed, ...]]:
+    """A node batch without the entries the site does not take, in ``batch_version`` 2
+    whatever version it came in (the ledger, its one reader, parses that form in a
+    quarter of the instructions), and one dead letter for those entries (invalid ones:
+    ``bad``, from the parse), each with its index as sent and reason."""
     foreign = scope.foreign_entries(b)
     if not bad and not foreign:
-        return b, ()
-    drop = {i for i, _ in foreign}
-    kept = [e for i, e in enumerate(b.containers) if i not in drop]
+        return b.as_columns(), ()
     invalid = {i for i, _, _ in bad}  # indices as sent; the parsed batch lacks these
-    sent = [i for i in range(len(b.containers) + len(bad)) if i not in invalid]
+    sent = [i for i in range(b.n_entries + len(bad)) if i not in invalid]
     reasons = [f"entry {i}: {why}" for i, why, _ in bad]
     reasons += [f"entry {sent[i]}: {why}" for i, why in foreign]
     raw = json.dumps(
-        [entry for _, _, entry in bad]
-        + [b.containers[i].model_dump(mode="json") for i, _ in foreign]
+        [entry for _, _, entry in bad] + [b.entry(i).model_dump(mode="json") for i, _ in foreign]
     )
     dl = operator_messages.dead_letter(origin, f"node_batch: {len(reasons)} entries not taken: "
                                        + "; ".join(reasons), raw)  # fmt: skip
     note = Routed(topics.DEADLETTER, site.encode(), dl.model_dump_json().encode(), False,
                   dl.reason, origin)  # fmt: skip
-    return b.model_copy(update={"containers": kept}), (note,)
+    return b.as_columns(drop={i for i, _ in foreign}), (note,)
 
 
 def refused(r: Routed, err: BaseException) -> Routed:

@@ -169,9 +169,9 @@ class LedgerService:
             try:
                 t = parse(raw)
             except ValidationError as e:
-                salvaged = _salvage_batch(raw)
-                if salvaged is None:
-                    await self.clock_or_dead_letter(led, raw, e)
+                salvaged = _salvage_batch(raw, e)
+                if isinstance(salvaged, ValidationError):
+                    await self.clock_or_dead_letter(led, raw, salvaged)
                     continue
                 t, bad = salvaged
             if t.site != site:
@@ -210,7 +210,7 @@ class LedgerService:
             if i < 0:
                 dl = dead_letter(topics.TELEMETRY, f"{head}: {why}", b.model_dump_json())
             else:  # i indexes the parsed batch (without invalid entries): name the container
-                e = b.containers[i]
+                e = b.entry(i)
                 dl = dead_letter(topics.TELEMETRY, f"{head} container {e.container!r}: {why}",
                                  e.model_dump_json())  # fmt: skip
             outs.append(Out(topics.DEADLETTER, None, dl.model_dump_json().encode()))
@@ -336,11 +336,15 @@ def _exit_if_not_stopped(after_s: float, why: str) -> None:
     t.start()
 
 
-def _salvage_batch(raw: bytes) -> tuple[Any, list[BadEntry]] | None:
-    """A node batch with invalid entries: the batch without them (None: not that)."""
+def _salvage_batch(raw: bytes, e: ValidationError) -> tuple[Any, list[BadEntry]] | ValidationError:
+    """A node batch with invalid entries: the batch without them; else the error that
+    says why not (``e``, the parse's, or the salvage's own: e.g. columns of unequal
+    lengths, which the parse does not check once an element failed)."""
     if b'"node_batch"' not in raw:
-        return None
+        return e
     try:
         return parse_telemetry_entries(raw)
-    except (ValidationError, ValueError):
-        return None
+    except ValidationError as why:
+        return why
+    except ValueError:
+        return e

@@ -241,11 +241,12 @@ class SiteLedger(CommandIntake):
     def ingest_batch(
         self, b: Any, t_us: int, now_us: int | None, checked: bool = False
     ) -> list[tuple[int, str]]:
-        """Take one node batch (``NodeBatchTelemetry``) as one event: the time rules and
-        dedupe once for the batch, then each container's counters into the same state as
-        a ``ContainerTelemetry`` (``TickClock.offer_batch``). Returns
-        (index, reason) per entry to dead-letter, (-1, reason) for the whole batch.
-        ``checked``: ``refuse_reason`` already passed."""
+        """Take one node batch (a ``NodeBatch`` of either ``batch_version``) as one event:
+        the time rules and dedupe once for the batch, then each container's counters into
+        the same state as a ``ContainerTelemetry`` (``TickClock.offer_batch``). The
+        entries are read as rows (``NodeBatch.rows``: a version 2 batch's columns zipped,
+        no object per entry). Returns (index, reason) per entry to dead-letter, (-1,
+        reason) for the whole batch. ``checked``: ``refuse_reason`` already passed."""
         why = None if checked else self.refuse_reason(b, now_us, t_us)
         if why is None and b.node not in self.nodes:
             why = f"node {b.node!r} is not in the site configuration"
@@ -255,8 +256,7 @@ class SiteLedger(CommandIntake):
         reports: list[tuple[int, str]] = []
         entries: list[BatchEntry] = []
         seen: set[str] = set()
-        for i, e in enumerate(b.containers):
-            c = e.container
+        for i, (app, c, _, energy_j) in enumerate(b.rows()):
             if c not in owners:
                 reports.append((i, f"container {c!r} is not in the site configuration "
                                    f"(no app owns it)"))  # fmt: skip
@@ -265,7 +265,7 @@ class SiteLedger(CommandIntake):
                                    f"first is taken"))  # fmt: skip
             else:
                 seen.add(c)
-                entries.append((i, c, e.app, j_to_mj(e.energy_j)))
+                entries.append((i, c, app, j_to_mj(energy_j)))
         status, refused = self.clock.offer_batch(b, t_us, entries)
         if status in ("refused", "duplicate"):
             # a duplicate batch is no error (at-least-once): nothing to report
