@@ -3,8 +3,9 @@
 Workload: N container-telemetry messages published at QoS 1 as fast as one paho client
 can, through mosquitto, the bridge process and tansu; timed from the first publish until
 the last message is readable in ecovisor.telemetry. Prints messages/s and the machine.
-``BENCH_BRIDGE_BATCH=B`` (B > 0): N node batches (``NodeBatchTelemetry``) of B containers
-each instead, every container placed on the batch's node; prints container samples/s too.
+``BENCH_BRIDGE_BATCH=B`` (B > 0): N node batches of B containers each instead, every
+container placed on the batch's node, in ``batch_version`` ``BENCH_BRIDGE_BATCH_VERSION``
+(default 2, the collector's; 1: the list of objects); prints container samples/s too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ecovisor.embedded.servers import Server, free_port, mqtt_command, tansu_com
 
 N = int(os.environ.get("BENCH_BRIDGE_N", "20000"))
 BATCH = int(os.environ.get("BENCH_BRIDGE_BATCH", "0"))  # containers per node batch; 0: none
+VERSION = int(os.environ.get("BENCH_BRIDGE_BATCH_VERSION", "2"))  # of the node batches
 
 
 def main() -> int:
@@ -66,10 +68,10 @@ def main() -> int:
         pub.loop_start()
         t = datetime(2024, 1, 1, tzinfo=UTC)
         if BATCH:
+            model = telemetry.NODE_BATCH_MODELS[VERSION]
             payloads = [
-                telemetry.NodeBatchTelemetry(site="bench", time=t, source="batch-n1", seq=i,
-                    node="n1", containers=[telemetry.ContainerCounters(app="web", container=c,
-                    cpu_s=i, energy_j=i) for c in conts]).to_json()
+                model(site="bench", time=t, source="batch-n1", seq=i, node="n1",
+                      containers=model.containers_of(("web", c, i, i) for c in conts)).to_json()
                 for i in range(N)
             ]  # fmt: skip
             topic = topics.mqtt_telemetry("bench", "node_batch", "batch-n1")
@@ -97,7 +99,8 @@ def main() -> int:
         mq = Path(broker.cmd[0]).name
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; {mq}, tansu, bridge, client on loopback")  # fmt: skip
-        what = f"NodeBatchTelemetry of {BATCH} containers" if BATCH else "ContainerTelemetry"
+        what = (f"node batch (version {VERSION}) of {BATCH} containers" if BATCH
+                else "ContainerTelemetry")  # fmt: skip
         print(f"workload: {N} {what} messages (~{len(payloads[0])} B), QoS 1, "
               "one publisher, bridge with manual PUBACK after Kafka acks=all")  # fmt: skip
         print(f"bridge throughput: {got / elapsed:,.0f} messages/s "

@@ -11,13 +11,18 @@
    notification consumed minus the publish of that tick's last sample (it includes the
    configured grace, which is the time the ledger waits on purpose), and minus the
    tick's deadline (end + grace).
-4. and 5. Node batches (``NodeBatchTelemetry``): 1 and 2 again with the containers on
-   nodes of ``--per-node`` containers, each node's counters sent once per tick as the
-   power collector sends them (split under ``site.limits.max_message_bytes`` by
-   ``collectors.power.split_batches``), at each of ``--batch-containers`` containers
-   per site. Rates are container samples/s (entries, not messages). ``intake``: the
-   same batches through parse + ``SiteLedger.ingest_batch`` in this process, timed apart
-   from ``SiteLedger.close``, so the figures say which of the two bounds a worker.
+4. and 5. Node batches (``batch_version`` 2, ``NodeBatchColumnsTelemetry``): 1 and 2
+   again with the containers on nodes of ``--per-node`` containers, each node's counters
+   sent once per tick as the power collector sends them (split under
+   ``site.limits.max_message_bytes`` by ``collectors.power.split_batches``), at each of
+   ``--batch-containers`` containers per site. Rates are container samples/s (entries,
+   not messages). ``intake``: the same batches, in each of ``--batch-versions`` (default
+   1 and 2, for the comparison), through the parse and ``SiteLedger.ingest_batch`` in
+   this process, each timed apart from ``SiteLedger.close``, so the figures say which
+   bounds a worker. ``--intake-stop build|parse|ingest`` ends each intake run after that
+   stage, for instruction counts: two callgrind runs that differ only in the stage give
+   the stage's instructions by subtraction (docs/ledger.md, Node batches). Only the
+   intake mode left (``--skip kafka,mqtt,latency,kafka-batch,mqtt-batch``): no servers.
 
 Every throughput run also reports the CPU seconds each process used between the first
 and the last ledger entry (``/proc/<pid>/stat``, the process and its children): the
@@ -26,7 +31,8 @@ so ``samples_per_worker_cpu_s`` says what one worker does per core of its own.
 
 Usage: python bench/bench_ledger.py [--containers 1000] [--ticks 60] [--per-tick 1]
        [--skip kafka,mqtt,latency,intake,kafka-batch,mqtt-batch]
-       [--batch-containers 1000,10000] [--per-node 1000]
+       [--batch-containers 1000,10000] [--per-node 1000] [--batch-versions 1,2]
+       [--intake-stop build|parse|ingest|close]
 """
 
 from __future__ import annotations
@@ -125,15 +131,18 @@ def workload(
 
 
 def batch_workload(
-    n: int, per_node: int, ticks: int, t0: float, site: str, max_bytes: int
+    n: int, per_node: int, ticks: int, t0: float, site: str, max_bytes: int, version: int = 2
 ) -> list[tuple[str, bytes]]:
     """(mqtt topic, payload) of n containers on nodes of ``per_node``, one node batch (or
-    a few, under ``max_bytes``) per node per tick, with the counters of ``workload``."""
+    a few, under ``max_bytes``) of ``version`` per node per tick, with the counters of
+    ``workload``."""
     from datetime import UTC, datetime
 
     from collectors.power import split_batches
     from ecovisor.contract.bus_access import node_batch_source
-    from ecovisor.contract.telemetry import ContainerCounters, NodeBatchTelemetry
+    from ecovisor.contract.telemetry import NODE_BATCH_MODELS
+
+    model = NODE_BATCH_MODELS[version]
 
     by_node: dict[str, list[tuple[str, str, int]]] = {}
     for a in range(10):
@@ -144,14 +153,12 @@ def batch_workload(
     for i in range(ticks):
         t = datetime.fromtimestamp(t0 + i, UTC)
         for node, conts in by_node.items():
-            entries = [ContainerCounters(app=app, container=cid, cpu_s=0.0,
-                                         energy_j=round((i + 1) * (1.0 + c % 7), 3))
-                       for cid, app, c in conts]  # fmt: skip
+            rows = [(app, cid, 0.0, round((i + 1) * (1.0 + c % 7), 3)) for cid, app, c in conts]
             src = node_batch_source(node)
-            for part in split_batches(entries, max_bytes):
+            for part in split_batches(rows, max_bytes, version):
                 seq = seqs[src] = seqs.get(src, -1) + 1
-                m = NodeBatchTelemetry(site=site, time=t, source=src, seq=seq, node=node,
-                                       containers=part)  # fmt: skip
+                m = model(site=site, time=t, source=src, seq=seq, node=node,
+                          containers=model.containers_of(part))  # fmt: skip
                 out.append((topics.mqtt_telemetry(site, "node_batch", src), m.to_json()))
     return out
 
@@ -411,10 +418,16 @@ def run_latency(d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int) -> 
     }
 
 
-def run_intake(n: int, per_node: int, ticks: int) -> dict[str, Any]:
-    """In process, no brokers: the worker's per-message path for node batches (parse +
-    ``SiteLedger.ingest_batch``) apart from closing ticks (``SiteLedger.close``), each
-    timed on its own: which of the two bounds a worker."""
+INTAKE_STAGES = ("build", "parse", "ingest", "close")
+
+
+def run_intake(
+    n: int, per_node: int, ticks: int, version: int = 2, stop: str = "close"
+) -> dict[str, Any]:
+    """In process, no brokers: the worker's per-message path for node batches of
+    ``version`` (parse, ``SiteLedger.ingest_batch``) apart from closing ticks
+    (``SiteLedger.close``), each timed on its own: which of them bounds a worker.
+    ``stop``: the last stage run (``INTAKE_STAGES``; for instruction counts)."""
     from ecovisor.contract.config_file import parse_config
     from ecovisor.contract.telemetry import TELEMETRY_ADAPTER
     from ecovisor.core.tick_clock import to_us
@@ -424,33 +437,66 @@ def run_intake(n: int, per_node: int, ticks: int) -> dict[str, Any]:
     cfg = parse_config(site_yaml(n, "127.0.0.1:1", 1, 1, Path("/tmp/unused"), 0.5, "bi",
                                  per_node))  # fmt: skip
     msgs = [p for _, p in batch_workload(n, per_node, ticks, t0, "bi",
-                                         cfg.site.limits.max_message_bytes)]  # fmt: skip
-    led = SiteLedger.new(cfg)
-    parse, ingest = TELEMETRY_ADAPTER.validate_json, led.ingest_batch
-    intake_s = close_s = 0.0
-    k = None
-    for raw in msgs:
-        a = time.perf_counter()
-        b = parse(raw)
-        t_us = to_us(b.time.timestamp())
-        refused = ingest(b, t_us, None)
-        intake_s += time.perf_counter() - a
-        assert not refused, refused[:2]
-        if k != t_us // 1_000_000:  # a new tick: close the ones before it, as event mode
-            k = t_us // 1_000_000
-            a = time.perf_counter()
-            led.close(t_us)
-            close_s += time.perf_counter() - a
-    closed = led.clock.next_close - int(t0)
+                                         cfg.site.limits.max_message_bytes, version)]  # fmt: skip
     samples = n * ticks
-    return {
+    out: dict[str, Any] = {
+        "batch_version": version,
         "messages": len(msgs),
         "samples": samples,
-        "intake_samples_per_s": round(samples / intake_s),
-        "ticks_closed": closed,
-        "close_ms_per_tick": round(1000 * close_s / max(1, closed), 1),
-        "samples_per_s_with_close": round(samples / (intake_s + close_s)),
+        "bytes_per_sample": round(sum(map(len, msgs)) / samples, 1),
+        "stop": stop,
     }
+    if stop == "build":
+        return out
+    led = SiteLedger.new(cfg)
+    parse, ingest = TELEMETRY_ADAPTER.validate_json, led.ingest_batch
+    parse_s = ingest_s = close_s = 0.0
+    k = None
+    clock = time.perf_counter
+    for raw in msgs:
+        a = clock()
+        b = parse(raw)
+        parse_s += clock() - a
+        if stop == "parse":
+            continue
+        a = clock()
+        t_us = to_us(b.time.timestamp())
+        refused = ingest(b, t_us, None)
+        ingest_s += clock() - a
+        assert not refused, refused[:2]
+        if stop == "close" and k != t_us // 1_000_000:
+            # a new tick: close the ones before it, as event mode
+            k = t_us // 1_000_000
+            a = clock()
+            led.close(t_us)
+            close_s += clock() - a
+    out["parse_us_per_sample"] = round(1e6 * parse_s / samples, 3)
+    if stop == "parse":
+        return out
+    intake_s = parse_s + ingest_s
+    out["ingest_us_per_sample"] = round(1e6 * ingest_s / samples, 3)
+    out["intake_us_per_sample"] = round(1e6 * intake_s / samples, 3)
+    out["intake_samples_per_s"] = round(samples / intake_s)
+    if stop == "close":
+        closed = led.clock.next_close - int(t0)
+        out["ticks_closed"] = closed
+        out["close_ms_per_tick"] = round(1000 * close_s / max(1, closed), 1)
+        out["samples_per_s_with_close"] = round(samples / (intake_s + close_s))
+    return out
+
+
+def run_intakes(a: argparse.Namespace, n: int) -> None:
+    """The intake mode at ``n`` containers, once per ``--batch-versions``."""
+    if "intake" in set(a.skip.split(",")):
+        return
+    print(f"intake workload: {n} containers in 10 apps of one site on nodes of "
+          f"{a.per_node}, {a.ticks} ticks of 1 s, one cumulative sample per container and "
+          f"tick, as node batches split under the default max_message_bytes; stages up to "
+          f"{a.intake_stop}", flush=True)  # fmt: skip
+    for v in [int(x) for x in a.batch_versions.split(",") if x]:
+        r = run_intake(n, a.per_node, a.ticks, v, a.intake_stop)
+        print(f"node batches (version {v}), {n} containers, in process (parse, intake; "
+              f"close):", json.dumps(r), flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -466,12 +512,21 @@ def main() -> None:
     ap.add_argument("--batch-containers", default="1000,10000",
                     help="site sizes of the node-batch modes (comma list)")  # fmt: skip
     ap.add_argument("--per-node", type=int, default=1000, help="containers per node (batches)")
+    ap.add_argument("--batch-versions", default="1,2",
+                    help="batch_version(s) the intake mode compares (comma list)")  # fmt: skip
+    ap.add_argument("--intake-stop", choices=INTAKE_STAGES, default="close",
+                    help="the intake mode's last stage (for instruction counts)")  # fmt: skip
     a = ap.parse_args()
     skip = set(a.skip.split(","))
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {platform.platform()}"
     )
+    brokers = {"kafka", "mqtt", "latency", "kafka-batch", "mqtt-batch"} - skip
+    if not brokers:  # the intake mode only: no servers (e.g. under callgrind)
+        for n in [int(x) for x in a.batch_containers.split(",") if x]:
+            run_intakes(a, n)
+        return
     print(
         f"workload: {a.containers} containers in 10 apps of one site, 1 s ticks, "
         f"{a.per_tick} sample(s) per container per tick, {a.ticks} ticks; one worker"
@@ -500,9 +555,7 @@ def main() -> None:
                 print("tick-close latency (real-time clock, MQTT):", json.dumps(r))
             for n in [int(x) for x in a.batch_containers.split(",") if x]:
                 if "intake" not in skip:
-                    r = run_intake(n, a.per_node, a.ticks)
-                    print(f"node batches, {n} containers, in process (parse + intake; "
-                          f"close):", json.dumps(r))  # fmt: skip
+                    run_intakes(a, n)
                 for mode, via_mqtt in (("kafka-batch", False), ("mqtt-batch", True)):
                     if mode in skip:
                         continue

@@ -75,22 +75,22 @@ apps:
 
 
 def batches(site: str, n: int, ticks: int, t0: float, max_bytes: int) -> list[list[bytes]]:
-    """Per tick, the node batches of one site (cumulative counters)."""
+    """Per tick, the node batches of one site (cumulative counters), as the collector
+    sends them (``batch_version`` 2)."""
     from collectors.power import split_batches
-    from ecovisor.contract.telemetry import ContainerCounters, NodeBatchTelemetry
+    from ecovisor.contract.telemetry import NodeBatchColumnsTelemetry as Batch
 
     out = []
     seq = -1
     for i in range(ticks):
         t = datetime.fromtimestamp(t0 + i, UTC)
-        entries = [ContainerCounters(app=f"{site}-app{a}", container=f"{site}-c{a}-{c}",
-                                     cpu_s=0.0, energy_j=round((i + 1) * (1.0 + c % 7), 3))
-                   for a in range(APPS) for c in range(n // APPS)]  # fmt: skip
+        rows = [(f"{site}-app{a}", f"{site}-c{a}-{c}", 0.0, round((i + 1) * (1.0 + c % 7), 3))
+                for a in range(APPS) for c in range(n // APPS)]  # fmt: skip
         tick = []
-        for part in split_batches(entries, max_bytes):
+        for part in split_batches(rows, max_bytes):
             seq += 1
-            tick.append(NodeBatchTelemetry(site=site, time=t, source="node-n1", seq=seq,
-                                           node="n1", containers=part).to_json())  # fmt: skip
+            tick.append(Batch(site=site, time=t, source="node-n1", seq=seq, node="n1",
+                              containers=Batch.containers_of(part)).to_json())  # fmt: skip
         out.append(tick)
     return out
 

@@ -14,12 +14,14 @@ Reads cumulative counters and publishes cumulative counters:
 Each tick the node's energy is split over its containers with ecovisor.core.attribution
 (active by CPU-time share, idle by the site's idle attribution mode; what is not
 attributed is the platform's) and the per-container running sums are published, by
-default as one ``NodeBatchTelemetry`` per node per tick (split over several when the
-node's containers would exceed ``site.limits.max_message_bytes``), with
-``--per-container`` as one ``ContainerTelemetry`` per container; the node's own
-counters as ``NodeTelemetry``.
+default as one node batch per node per tick, ``NodeBatchColumnsTelemetry``
+(``batch_version`` 2; ``--batch-version 1``: ``NodeBatchTelemetry``, for a bridge and
+ledger older than version 2), split over several when the node's containers would
+exceed ``site.limits.max_message_bytes``; with ``--per-container`` as one
+``ContainerTelemetry`` per container; the node's own counters as ``NodeTelemetry``.
 
-Run: ``python -m collectors.power --config site.yaml [--node ID] [--per-container]``.
+Run: ``python -m collectors.power --config site.yaml [--node ID] [--per-container]
+[--batch-version 1|2]``.
 See docs/collectors/power.md.
 """
 
@@ -34,11 +36,13 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+from pydantic_core import to_json
 
 from collectors.common import cli_main, make_publisher, run_every
 from collectors.kepler import KeplerReading, kepler_keys, scrape_kepler
@@ -53,13 +57,15 @@ from ecovisor.contract.bus_access import (
 )
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import ConfigError
-from ecovisor.contract.envelope import MAX_LIST
+from ecovisor.contract.envelope import MAX_LIST, MAX_SEQ
 from ecovisor.contract.site_config import NodeConfig
 from ecovisor.contract.telemetry import (
-    ContainerCounters,
+    NODE_BATCH_MODELS,
+    NODE_BATCH_VERSION,
     ContainerTelemetry,
-    NodeBatchTelemetry,
+    NodeBatch,
     NodeTelemetry,
+    Row,
 )
 from ecovisor.core.attribution import CounterSnapshot, PowerModel, attribute_interval
 from ecovisor.core.shares import IdleAttribution
@@ -189,26 +195,55 @@ class ContainerRef:
 class NodeSample:
     node: NodeTelemetry | None
     containers: list[ContainerTelemetry]  # per-container mode
-    batches: list[NodeBatchTelemetry] = field(default_factory=list)  # batch mode
+    batches: list[NodeBatch] = field(default_factory=list)  # batch mode
 
 
-# JSON of a batch without its entries (envelope, ids, seq, time), with room to spare
-BATCH_ENVELOPE_BYTES = 512
+def _envelope_bytes(version: int) -> int:
+    """The JSON of the largest node batch of ``version`` without entries: 128-character
+    site, source and node ids, the largest seq, a time with microseconds and an offset
+    (an upper bound: a batch's JSON is this plus its entries' ``row_bytes``)."""
+    t = datetime(9999, 12, 31, 23, 59, 59, 999_999, timezone(-timedelta(hours=23, minutes=59)))
+    big = {"site": "s" * 128, "time": t, "source": "s" * 128, "seq": MAX_SEQ, "node": "n" * 128}
+    m = NODE_BATCH_MODELS[version]
+    return len(m(**big, containers=m.containers_of([])).to_json())
+
+
+BATCH_ENVELOPE_BYTES = {v: _envelope_bytes(v) for v in NODE_BATCH_MODELS}
+# JSON bytes of an entry besides its ids and numbers, with its separator(s): version 1
+# {"app":"","container":"","cpu_s":,"energy_j":}, (47); version 2 "", in the two id
+# columns and , in the two number columns (8). Checked against the models by
+# tests/unit/test_node_batches.py::test_row_bytes_is_what_each_row_adds_to_the_json.
+ROW_OVERHEAD = {1: 47, 2: 8}
+
+
+def row_bytes(rows: Sequence[Row], version: int = NODE_BATCH_VERSION) -> list[int]:
+    """What each row adds to a node batch's JSON in ``version``, exactly as the model
+    writes it (floats as pydantic writes them, e.g. 1e-05 as 0.00001; ids are ASCII by
+    their pattern, no escapes; + 1 separator per element, so a sum is an upper bound)."""
+    if not rows:
+        return []
+    floats = [
+        [len(x) for x in to_json([float(r[k]) for r in rows])[1:-1].split(b",")] for k in (2, 3)
+    ]
+    extra = ROW_OVERHEAD[version]
+    return [
+        len(r[0]) + len(r[1]) + cpu + j + extra
+        for r, cpu, j in zip(rows, floats[0], floats[1], strict=True)
+    ]
 
 
 def split_batches(
-    entries: list[ContainerCounters], max_bytes: int
-) -> list[list[ContainerCounters]]:
-    """Entries in order, cut into batches whose JSON stays under ``max_bytes`` (the
-    bridge refuses a larger payload) and ``MAX_LIST`` entries."""
-    out: list[list[ContainerCounters]] = [[]]
-    size = BATCH_ENVELOPE_BYTES
-    for e in entries:
-        n = len(e.model_dump_json()) + 1
+    rows: Sequence[Row], max_bytes: int, version: int = NODE_BATCH_VERSION
+) -> list[list[Row]]:
+    """Rows in order, cut into node batches of ``version`` whose JSON stays under
+    ``max_bytes`` (the bridge refuses a larger payload) and ``MAX_LIST`` entries."""
+    out: list[list[Row]] = [[]]
+    envelope = size = BATCH_ENVELOPE_BYTES[version]
+    for r, n in zip(rows, row_bytes(rows, version), strict=True):
         if out[-1] and (size + n > max_bytes or len(out[-1]) >= MAX_LIST):
             out.append([])
-            size = BATCH_ENVELOPE_BYTES
-        out[-1].append(e)
+            size = envelope
+        out[-1].append(r)
         size += n
     return [b for b in out if b]
 
@@ -276,9 +311,11 @@ class PowerCollector:
         clock: Callable[[], float] = time.monotonic,
         scrape: Callable[[str], KeplerReading] = scrape_kepler,
         batch: bool = True,
+        batch_version: int = NODE_BATCH_VERSION,
     ) -> None:
         self.cfg, self.publisher, self.clock, self.scrape = cfg, publisher, clock, scrape
-        self.batch = batch  # one NodeBatchTelemetry per tick, else one message a container
+        self.batch = batch  # one node batch per tick, else one message a container
+        self.batch_model = NODE_BATCH_MODELS[batch_version]
         self.node = cfg.node(node_id)
         self.proc = proc_stat or ProcStat()
         self.refs = [
@@ -360,15 +397,14 @@ class PowerCollector:
         if not self.batch:
             out = [self._publish_container(ref, c, e) for ref, c, e in readings]
             return NodeSample(node_msg, [m for m in out if m is not None])
-        entries = [
-            ContainerCounters(app=ref.app, container=ref.config.id, cpu_s=c, energy_j=e)
-            for ref, c, e in readings
-        ]
+        rows = [(ref.app, ref.config.id, c, e) for ref, c, e in readings]
+        model = self.batch_model
+        limit = self.cfg.site.limits.max_message_bytes
         sent = []
-        for chunk in split_batches(entries, self.cfg.site.limits.max_message_bytes):
+        for chunk in split_batches(rows, limit, model.model_fields["batch_version"].default):
             msg = self.publisher.publish(
-                NodeBatchTelemetry, node_batch_source(self.node.id), node=self.node.id,
-                containers=chunk,
+                model, node_batch_source(self.node.id), node=self.node.id,
+                containers=model.containers_of(chunk),
             )  # fmt: skip
             if msg is not None:
                 sent.append(msg)
@@ -436,8 +472,15 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--per-container",
         action="store_true",
-        help="one ContainerTelemetry per container (default: one NodeBatchTelemetry per "
-        "node per tick)",
+        help="one ContainerTelemetry per container (default: one node batch per node per tick)",
+    )
+    p.add_argument(
+        "--batch-version",
+        type=int,
+        choices=sorted(NODE_BATCH_MODELS),
+        default=NODE_BATCH_VERSION,
+        help=f"node batch form: 2 columns (default), 1 a list of objects (for a bridge and "
+        f"ledger older than version 2) (default {NODE_BATCH_VERSION})",
     )
 
 
@@ -445,7 +488,9 @@ def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -
     validate_options(cfg)
     node_id = pick_node(cfg, args.node)
     pub = make_publisher(cfg, "power", node_id, node_username(node_id))
-    coll = PowerCollector(cfg, node_id, pub, batch=not args.per_container)
+    coll = PowerCollector(
+        cfg, node_id, pub, batch=not args.per_container, batch_version=args.batch_version
+    )
     pub.start()
     period = args.tick_s or cfg.site.shape.tick_s
     log.info(
@@ -454,7 +499,9 @@ def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -
         coll.meter,
         len(coll.refs),
         period,
-        "one batch per tick" if coll.batch else "one message per container",
+        f"one batch (version {args.batch_version}) per tick"
+        if coll.batch
+        else "one message per container",
     )
     try:
         run_every(period, stop, coll.tick)

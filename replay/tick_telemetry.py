@@ -15,8 +15,7 @@ from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.telemetry import (
     AppMetricsTelemetry,
     CarbonTelemetry,
-    ContainerCounters,
-    NodeBatchTelemetry,
+    NodeBatchColumnsTelemetry,
     SolarTelemetry,
 )
 from ecovisor.core.units import US_PER_S
@@ -128,14 +127,16 @@ class TickTelemetry:
 
     def _batches(self, containers: list[str], t_us: int) -> list[tuple[Any, int]]:
         """The node's counters of ``containers`` at ``t_us`` as the power collector sends
-        them: node batches under the site's message size limit, one seq each."""
+        them (``batch_version`` 2): node batches under the site's message size limit, one
+        seq each."""
         t = datetime.fromtimestamp(t_us / US_PER_S, UTC)
-        entries = [ContainerCounters(app=self.app, container=c, cpu_s=0.0,
-                                     energy_j=self.energy_j[c]) for c in containers]  # fmt: skip
+        app, energy_j = self.app, self.energy_j
+        rows = [(app, c, 0.0, energy_j[c]) for c in containers]
+        model = NodeBatchColumnsTelemetry
         out: list[tuple[Any, int]] = []
-        for chunk in split_batches(entries, self.max_bytes):
+        for chunk in split_batches(rows, self.max_bytes, 2):
             self.batch_seq += 1
-            out.append((NodeBatchTelemetry(site=self.site, time=t, source=self.batch_source,
-                                           seq=self.batch_seq, node=self.node,
-                                           containers=chunk), t_us))  # fmt: skip
+            out.append((model(site=self.site, time=t, source=self.batch_source,
+                              seq=self.batch_seq, node=self.node,
+                              containers=model.containers_of(chunk)), t_us))  # fmt: skip
         return out

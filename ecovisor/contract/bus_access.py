@@ -51,7 +51,7 @@ def node_source(node: str) -> str:
 
 
 def node_batch_source(node: str) -> str:
-    """The source of a node's container batches (``NodeBatchTelemetry``): not the node
+    """The source of a node's container batches (``NodeBatch``, either version): not the node
     source, whose seqs count the node's own counters."""
     return f"batch-{node}"
 

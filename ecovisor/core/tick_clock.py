@@ -292,7 +292,7 @@ class TickClock:
     def offer_batch(
         self, batch: Any, t_us: int, entries: list[BatchEntry]
     ) -> tuple[str, list[tuple[int, str]]]:
-        """Take a node batch (``NodeBatchTelemetry``) as one event. The batch goes through
+        """Take a node batch (a ``NodeBatch``, either version) as one event. The batch goes through
         ``offer`` like any sample — its one source + seq deduped once, the source limits,
         its event time's tick, the late rule and the watermark — then each entry (already
         bounded by the batch's parse) is checked by the counter guard under the batch's

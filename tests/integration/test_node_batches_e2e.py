@@ -1,6 +1,6 @@
 """Node batches end to end on the real embedded stack: the power collector (real
 ``Publisher``, counters from a fake cgroup tree it reads through the real backends)
-publishes one ``NodeBatchTelemetry`` per tick over MQTT (mosquitto), the real bridge
+publishes one node batch (``batch_version`` 2) per tick over MQTT (mosquitto), the real bridge
 forwards it to Kafka (tansu), the real ledger worker books it; every closed tick's
 container energy is exactly the collector's counters' difference."""
 
@@ -95,17 +95,18 @@ def test_batches_flow_collector_mqtt_bridge_kafka_ledger(
         fwd = bridged.wait(lambda xs: len(batches(xs)) >= len(sent), timeout=20)
         assert [m["seq"] for m in batches(fwd)] == [b.seq for b in sent]
         assert {m.get("kind") for m in fwd} == {"node", "node_batch"}  # none per container
+        assert {m["batch_version"] for m in batches(fwd)} == {2}  # the collector's default
         by_k: dict[int, dict[str, dict]] = {}
         for e in got:
             by_k.setdefault(e["k"], {})[e["app"]] = e
-        first = {e.container: e.energy_j for e in sent[0].containers}
+        first = {c: j for _, c, _, j in sent[0].rows()}
         for k, apps in sorted(by_k.items()):
             # the newest batch stamped in or before tick k: the ledger's counter at k
             last = [b for b in sent if int(b.time.timestamp()) <= k][-1]
-            for e in last.containers:
-                app = apps[e.container[0]]
-                booked = app["cumulative"]["containers"][e.container]["energy_mj"]
-                assert booked == j_to_mj(e.energy_j) - j_to_mj(first[e.container]), (k, e)
+            for _, c, _, j in last.rows():
+                app = apps[c[0]]
+                booked = app["cumulative"]["containers"][c]["energy_mj"]
+                assert booked == j_to_mj(j) - j_to_mj(first[c]), (k, c, j)
         assert any(
             a["cumulative"]["containers"]["a-1"]["energy_mj"] > 0 for a in by_k[max(by_k)].values()
             if a["app"] == "a"

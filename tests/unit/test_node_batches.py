@@ -22,7 +22,6 @@ from ecovisor.contract.envelope import MAX_COUNTER
 from ecovisor.contract.operator_messages import DeadLetter
 from ecovisor.contract.telemetry import (
     NODE_BATCH_MODELS,
-    ContainerCounters,
     ContainerTelemetry,
     NodeBatch,
     NodeBatchColumnsTelemetry,
@@ -375,10 +374,11 @@ def test_bridge_dead_letters_invalid_and_foreign_entries_by_their_index_as_sent(
 # --- the power collector ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", [None, *VERSIONS])
 def test_collector_publishes_one_batch_per_tick_with_the_per_container_values(
-    tmp_path: Any,
+    tmp_path: Any, version: int | None
 ) -> None:
-    from collectors.power import PowerCollector, split_batches
+    from collectors.power import PowerCollector
     from collectors.publisher import Publisher
     from tests.unit.test_collector_power import SITE as POWER_SITE
     from tests.unit.test_collector_power import FakeProc, write
@@ -389,7 +389,9 @@ def test_collector_publishes_one_batch_per_tick_with_the_per_container_values(
 
     def collector(batch: bool) -> PowerCollector:
         pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)  # never connects
-        return PowerCollector(cfg, "n1", pub, proc_stat=proc, clock=lambda: t[0], batch=batch)
+        more = {} if version is None else {"batch_version": version}
+        return PowerCollector(cfg, "n1", pub, proc_stat=proc, clock=lambda: t[0], batch=batch,
+                              **more)  # fmt: skip
 
     one, many = collector(True), collector(False)
     write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
@@ -403,18 +405,62 @@ def test_collector_publishes_one_batch_per_tick_with_the_per_container_values(
     assert b.containers == [] and len(b.batches) == 1
     (msg,) = b.batches
     assert (msg.kind, msg.source, msg.seq, msg.node) == ("node_batch", "batch-n1", 1, "n1")
-    got = {e.container: (e.app, e.cpu_s, e.energy_j) for e in msg.containers}
+    assert msg.batch_version == (version or 2)  # version 2 by default
+    got = {c: (app, cpu, j) for app, c, cpu, j in msg.rows()}
     want = {m.container: (m.app, m.cpu_s, m.energy_j) for m in s.containers}
     assert got == want and got["b-1"][2] > 0
-    # a node whose containers do not fit one payload: several batches under the limit
-    entries = [ContainerCounters(app="web", container=f"web-{i}", cpu_s=1.5, energy_j=2.5)
-               for i in range(1_000)]  # fmt: skip
-    parts = split_batches(entries, 10_000)
-    assert [e for p in parts for e in p] == entries and len(parts) > 4
-    for p in parts:
-        m = NodeBatchTelemetry(site="s", time=at(0), source="batch-n1", seq=0, node="n1",
-                               containers=p)  # fmt: skip
-        assert len(m.to_json()) <= 10_000
+
+
+# awkward floats: pydantic writes 1e-05 as 0.00001 (longer than Python's repr), integers
+# as 5.0
+FLOATS = [0.0, 5, 1.5, 0.1 + 0.2, 1e-05, 1.2345678901234567e-7, 9.99e14, 123456789.123, 1e15,
+          999_999_999_999_999.9]
+
+
+def rows_of(n: int, long_ids: bool = False) -> list[telemetry.Row]:
+    pad = "x" * 100 if long_ids else ""
+    return [(f"app{i % 7}" + pad[:50], f"c{i}-" + pad, FLOATS[i % len(FLOATS)],
+             FLOATS[(i * 5 + 3) % len(FLOATS)]) for i in range(n)]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("long_ids", [False, True])
+def test_the_collectors_split_keeps_every_batch_under_max_bytes(
+    version: int, long_ids: bool
+) -> None:
+    from collectors.power import row_bytes, split_batches
+
+    model = NODE_BATCH_MODELS[version]
+    rows = rows_of(3_000, long_ids)
+    for max_bytes in (1_024, 10_000, 65_536):
+        parts = split_batches(rows, max_bytes, version)
+        assert [r for p in parts for r in p] == rows and len(parts) > 1
+        sizes = []
+        for p in parts:
+            m = model(site="s" * 128, time=at(0.123456), source="s" * 128, seq=2**63 - 1,
+                      node="n" * 128, containers=model.containers_of(p))  # fmt: skip
+            sizes.append(len(m.to_json()))
+            assert sizes[-1] <= max_bytes
+        # packed: each batch but the last is full (the next row would not have fitted; the
+        # envelope bound counts a time zone offset, 5 bytes more than Z, and a separator
+        # too many per list)
+        assert min(sizes[:-1]) > max_bytes - max(row_bytes(rows, version)) - 5 - 4
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_row_bytes_is_what_each_row_adds_to_the_json(version: int) -> None:
+    from collectors.power import row_bytes
+
+    model = NODE_BATCH_MODELS[version]
+    rows = rows_of(50, long_ids=True)
+
+    def size(rs: list[telemetry.Row]) -> int:
+        return len(model(site="s", time=at(0), source="b", seq=1, node="n",
+                         containers=model.containers_of(rs)).to_json())  # fmt: skip
+
+    # one separator per element is counted: n - 1 are written per list (1 list or 4)
+    lists = 1 if version == 1 else 4
+    assert size(rows) == size([]) + sum(row_bytes(rows, version)) - lists
 
 
 @pytest.mark.parametrize("version", VERSIONS)
