@@ -426,11 +426,15 @@ def run_intake(
 ) -> dict[str, Any]:
     """In process, no brokers: the worker's per-message path for node batches of
     ``version`` (parse, ``SiteLedger.ingest_batch``) apart from closing ticks
-    (``SiteLedger.close``), each timed on its own: which of them bounds a worker.
+    (``SiteLedger.close``, with the worker's full garbage collections after it:
+    ``streams.gc_schedule``), each timed on its own: which of them bounds a worker.
     ``stop``: the last stage run (``INTAKE_STAGES``; for instruction counts)."""
+    import gc
+
     from ecovisor.contract.config_file import parse_config
     from ecovisor.contract.telemetry import TELEMETRY_ADAPTER
     from ecovisor.core.tick_clock import to_us
+    from streams.gc_schedule import FullCollections
     from streams.ledger_worker import SiteLedger
 
     t0 = 1_700_000_000.0
@@ -453,23 +457,34 @@ def run_intake(
     parse_s = ingest_s = close_s = 0.0
     k = None
     clock = time.perf_counter
-    for raw in msgs:
-        a = clock()
-        b = parse(raw)
-        parse_s += clock() - a
-        if stop == "parse":
-            continue
-        a = clock()
-        t_us = to_us(b.time.timestamp())
-        refused = ingest(b, t_us, None)
-        ingest_s += clock() - a
-        assert not refused, refused[:2]
-        if stop == "close" and k != t_us // 1_000_000:
-            # a new tick: close the ones before it, as event mode
-            k = t_us // 1_000_000
+    # the worker's garbage collections (streams.ledger's main): with CPython's automatic
+    # full collections, a version 1 parse (a model per entry) set them off every few
+    # batches over the ledger's growing state (~8 instead of ~1-2 us per sample at 40
+    # ticks of 1,000 containers)
+    thresholds, full = gc.get_threshold(), FullCollections()
+    full.take_over()
+    try:
+        for raw in msgs:
             a = clock()
-            led.close(t_us)
-            close_s += clock() - a
+            b = parse(raw)
+            parse_s += clock() - a
+            if stop == "parse":
+                continue
+            a = clock()
+            t_us = to_us(b.time.timestamp())
+            refused = ingest(b, t_us, None)
+            ingest_s += clock() - a
+            assert not refused, refused[:2]
+            if stop == "close" and k != t_us // 1_000_000:
+                # a new tick: close the ones before it, as event mode
+                k = t_us // 1_000_000
+                a = clock()
+                led.close(t_us)
+                full.maybe_collect()
+                close_s += clock() - a
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
     out["parse_us_per_sample"] = round(1e6 * parse_s / samples, 3)
     if stop == "parse":
         return out
