@@ -479,8 +479,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
         type=int,
         choices=sorted(NODE_BATCH_MODELS),
         default=NODE_BATCH_VERSION,
-        help=f"node batch form: 2 columns (default), 1 a list of objects (for a bridge and "
-        f"ledger older than version 2) (default {NODE_BATCH_VERSION})",
+        help=f"node batch form: 2, columns, or 1, a list of objects (for a bridge and "
+        f"ledger older than version 2); default {NODE_BATCH_VERSION}",
     )
 
 
