@@ -19,7 +19,7 @@ from ecovisor.contract import telemetry, topics
 from ecovisor.contract.bus_access import node_batch_source
 from ecovisor.contract.config_file import parse_config
 from ecovisor.contract.envelope import MAX_COUNTER
-from ecovisor.contract.operator_messages import DeadLetter
+from ecovisor.contract.operator_messages import DeadLetter, describe_validation_error
 from ecovisor.contract.telemetry import (
     NODE_BATCH_MODELS,
     ContainerTelemetry,
@@ -243,7 +243,7 @@ def test_v2_columns_of_unequal_lengths_refuse_the_batch_with_the_reason(
         telemetry.parse_telemetry(raw)
     with pytest.raises(ValidationError) as e:  # not taken without the bad elements either
         parse_telemetry_entries(raw)
-    assert "columns of unequal lengths (app " in describe(e.value)
+    assert "columns of unequal lengths (app " in describe_validation_error(e.value)
     scope = Scope.of(parse_config(SITE))
     r = route(scope, topics.mqtt_telemetry("demo", "node_batch", "batch-node-1"), raw)
     assert not r.valid and "columns of unequal lengths (app " in (r.reason or "")
@@ -274,7 +274,7 @@ def test_v2_malformed_columns_refuse_the_batch(containers: Any, why: str) -> Non
     body["containers"] = containers
     with pytest.raises(ValidationError) as e:
         parse_telemetry_entries(json.dumps(body))
-    assert why in describe(e.value)
+    assert why in describe_validation_error(e.value)
 
 
 @pytest.mark.parametrize("version", [0, 3, "2", None])
@@ -283,13 +283,8 @@ def test_an_unknown_batch_version_is_refused(version: Any) -> None:
     body["batch_version"] = version
     with pytest.raises(ValidationError) as e:
         parse_telemetry_entries(json.dumps(body))
-    assert describe(e.value) == "node_batch: batch_version must be 1 (or absent) or 2"
-
-
-def describe(e: ValidationError) -> str:
-    from ecovisor.contract.operator_messages import describe_validation_error
-
-    return describe_validation_error(e)
+    why = describe_validation_error(e.value)
+    assert why == "node_batch: batch_version must be 1 (or absent) or 2"
 
 
 # --- the bridge ---------------------------------------------------------------------------
