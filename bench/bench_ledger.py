@@ -24,6 +24,13 @@
    the stage's instructions by subtraction (docs/ledger.md, Node batches). Only the
    intake mode left (``--skip kafka,mqtt,latency,kafka-batch,mqtt-batch``): no servers.
 
+Every workload has the grid's carbon intensity, one ``CarbonTelemetry`` per tick with a
+different value each tick (since 3 December 2026; ``--no-carbon`` leaves it out): without
+it every carbon figure is 0, and the ledger skips the work a real site does every tick
+(each container's carbon and carbon history, carbon events); at 1,000 containers in
+process that halved the cost of closing a tick. Figures measured before that date are
+for a site without a carbon signal.
+
 Every throughput run also reports the CPU seconds each process used between the first
 and the last ledger entry (``/proc/<pid>/stat``, the process and its children): the
 worker, the bridge, the Kafka broker and the MQTT broker share this machine's cores,
@@ -32,7 +39,7 @@ so ``samples_per_worker_cpu_s`` says what one worker does per core of its own.
 Usage: python bench/bench_ledger.py [--containers 1000] [--ticks 60] [--per-tick 1]
        [--skip kafka,mqtt,latency,intake,kafka-batch,mqtt-batch]
        [--batch-containers 1000,10000] [--per-node 1000] [--batch-versions 1,2]
-       [--intake-stop build|parse|ingest|close]
+       [--intake-stop build|parse|ingest|close] [--no-carbon]
 """
 
 from __future__ import annotations
@@ -109,14 +116,33 @@ def sample(site: str, c: str, app: str, seq: int, t: float, j: float) -> bytes:
     ).encode()
 
 
+CARBON_SOURCE = "carbon-bench"
+
+
+def carbon_sample(site: str, i: int, t: float) -> tuple[str, bytes]:
+    """(mqtt topic, payload) of tick ``i``'s grid carbon intensity: 200-499 gCO2eq/kWh,
+    a different value every tick (so the ledger books carbon on every container, pushes
+    the containers' carbon histories and raises carbon_change events, as on a real site)."""
+    from datetime import UTC, datetime
+
+    from ecovisor.contract.telemetry import CarbonTelemetry
+
+    m = CarbonTelemetry(site=site, time=datetime.fromtimestamp(t, UTC), source=CARBON_SOURCE,
+                        seq=i, intensity_g_per_kwh=200.0 + (i * 37 % 300))  # fmt: skip
+    return topics.mqtt_telemetry(site, "carbon", CARBON_SOURCE), m.to_json()
+
+
 def workload(
-    n: int, ticks: int, per_tick: int, t0: float, site: str = SITE
+    n: int, ticks: int, per_tick: int, t0: float, site: str = SITE, carbon: bool = True
 ) -> list[tuple[str, bytes]]:
-    """(mqtt topic, payload) of n containers over `ticks` ticks, `per_tick` samples each."""
+    """(mqtt topic, payload) of n containers over `ticks` ticks, `per_tick` samples each;
+    ``carbon``: with the grid's carbon intensity at the start of every tick."""
     out = []
     per_app = n // 10
     for i in range(ticks * per_tick):
         t = t0 + i / per_tick
+        if carbon and i % per_tick == 0:
+            out.append(carbon_sample(site, i // per_tick, t))
         for a in range(10):
             for c in range(per_app):
                 cid = f"c{a}-{c}"
@@ -131,11 +157,12 @@ def workload(
 
 
 def batch_workload(
-    n: int, per_node: int, ticks: int, t0: float, site: str, max_bytes: int, version: int = 2
+    n: int, per_node: int, ticks: int, t0: float, site: str, max_bytes: int, version: int = 2,
+    carbon: bool = True,
 ) -> list[tuple[str, bytes]]:
     """(mqtt topic, payload) of n containers on nodes of ``per_node``, one node batch (or
     a few, under ``max_bytes``) of ``version`` per node per tick, with the counters of
-    ``workload``."""
+    ``workload`` (and, ``carbon``, its carbon intensity first in every tick)."""
     from datetime import UTC, datetime
 
     from collectors.power import split_batches
@@ -152,6 +179,8 @@ def batch_workload(
     seqs: dict[str, int] = {}
     for i in range(ticks):
         t = datetime.fromtimestamp(t0 + i, UTC)
+        if carbon:
+            out.append(carbon_sample(site, i, t0 + i))
         for node, conts in by_node.items():
             rows = [(app, cid, 0.0, round((i + 1) * (1.0 + c % 7), 3)) for cid, app, c in conts]
             src = node_batch_source(node)
@@ -249,9 +278,10 @@ def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float,
 
 def run_throughput(
     d: Path, bootstrap: str, mqtt_port: int, n: int, ticks: int, per_tick: int, via_mqtt: bool,
-    per_node: int | None = None, servers: dict[str, int] | None = None,
+    per_node: int | None = None, servers: dict[str, int] | None = None, carbon: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """``servers``: name -> pid of the brokers, whose CPU is reported too."""
+    """``servers``: name -> pid of the brokers, whose CPU is reported too; ``carbon``:
+    the workload has a carbon intensity signal."""
     servers = servers or {}
     from kafka import KafkaProducer
 
@@ -267,9 +297,10 @@ def run_throughput(
     prepare_topics(cfg, bootstrap)
     t0 = float(int(time.time()) - 100_000 - (3000 if via_mqtt else 0) - (n if per_node else 0))
     if per_node is None:
-        msgs = workload(n, ticks, per_tick, t0, site)
+        msgs = workload(n, ticks, per_tick, t0, site, carbon)
     else:
-        msgs = batch_workload(n, per_node, ticks, t0, site, cfg.site.limits.max_message_bytes)
+        msgs = batch_workload(n, per_node, ticks, t0, site, cfg.site.limits.max_message_bytes,
+                              carbon=carbon)  # fmt: skip
     # the ledger consumer group starts at the committed offset, else the earliest; use a
     # fresh site per run by starting from what is already in the topic: measure by entries
     apps = 10
@@ -422,13 +453,16 @@ INTAKE_STAGES = ("build", "parse", "ingest", "close")
 
 
 def run_intake(
-    n: int, per_node: int, ticks: int, version: int = 2, stop: str = "close"
+    n: int, per_node: int, ticks: int, version: int = 2, stop: str = "close",
+    carbon: bool = True,
 ) -> dict[str, Any]:
     """In process, no brokers: the worker's per-message path for node batches of
     ``version`` (parse, ``SiteLedger.ingest_batch``) apart from closing ticks
     (``SiteLedger.close``, with the worker's full garbage collections after it:
     ``streams.gc_schedule``), each timed on its own: which of them bounds a worker.
-    ``stop``: the last stage run (``INTAKE_STAGES``; for instruction counts)."""
+    ``stop``: the last stage run (``INTAKE_STAGES``; for instruction counts). ``close``
+    includes rendering what it sends (the worker sends every entry and notification):
+    ``render_ms_per_tick`` of it."""
     import gc
 
     from ecovisor.contract.config_file import parse_config
@@ -441,7 +475,8 @@ def run_intake(
     cfg = parse_config(site_yaml(n, "127.0.0.1:1", 1, 1, Path("/tmp/unused"), 0.5, "bi",
                                  per_node))  # fmt: skip
     msgs = [p for _, p in batch_workload(n, per_node, ticks, t0, "bi",
-                                         cfg.site.limits.max_message_bytes, version)]  # fmt: skip
+                                         cfg.site.limits.max_message_bytes, version,
+                                         carbon)]  # fmt: skip
     samples = n * ticks
     out: dict[str, Any] = {
         "batch_version": version,
@@ -454,7 +489,7 @@ def run_intake(
         return out
     led = SiteLedger.new(cfg)
     parse, ingest = TELEMETRY_ADAPTER.validate_json, led.ingest_batch
-    parse_s = ingest_s = close_s = 0.0
+    parse_s = ingest_s = close_s = render_s = 0.0
     k = None
     clock = time.perf_counter
     # the worker's garbage collections (streams.ledger's main): with CPython's automatic
@@ -472,14 +507,22 @@ def run_intake(
                 continue
             a = clock()
             t_us = to_us(b.time.timestamp())
-            refused = ingest(b, t_us, None)
+            if b.kind == "carbon":
+                why = led.ingest(b, t_us, None)
+                refused = [(-1, why)] if why else []
+            else:
+                refused = ingest(b, t_us, None)
             ingest_s += clock() - a
             assert not refused, refused[:2]
-            if stop == "close" and k != t_us // 1_000_000:
+            if stop == "close" and b.kind != "carbon" and k != t_us // 1_000_000:
                 # a new tick: close the ones before it, as event mode
                 k = t_us // 1_000_000
                 a = clock()
-                led.close(t_us)
+                outs, _ = led.close(t_us)
+                r = clock()
+                for o in outs:
+                    o.value  # noqa: B018  (rendered on first read, as when sent)
+                render_s += clock() - r
                 full.maybe_collect()
                 close_s += clock() - a
     finally:
@@ -496,6 +539,7 @@ def run_intake(
         closed = led.clock.next_close - int(t0)
         out["ticks_closed"] = closed
         out["close_ms_per_tick"] = round(1000 * close_s / max(1, closed), 1)
+        out["render_ms_per_tick"] = round(1000 * render_s / max(1, closed), 1)
         out["samples_per_s_with_close"] = round(samples / (intake_s + close_s))
     return out
 
@@ -506,10 +550,11 @@ def run_intakes(a: argparse.Namespace, n: int) -> None:
         return
     print(f"intake workload: {n} containers in 10 apps of one site on nodes of "
           f"{a.per_node}, {a.ticks} ticks of 1 s, one cumulative sample per container and "
-          f"tick, as node batches split under the default max_message_bytes; stages up to "
-          f"{a.intake_stop}", flush=True)  # fmt: skip
+          f"tick, as node batches split under the default max_message_bytes; "
+          f"{'no carbon signal' if a.no_carbon else 'a carbon intensity sample per tick'}; "
+          f"stages up to {a.intake_stop}", flush=True)  # fmt: skip
     for v in [int(x) for x in a.batch_versions.split(",") if x]:
-        r = run_intake(n, a.per_node, a.ticks, v, a.intake_stop)
+        r = run_intake(n, a.per_node, a.ticks, v, a.intake_stop, not a.no_carbon)
         print(f"node batches (version {v}), {n} containers, in process (parse, intake; "
               f"close):", json.dumps(r), flush=True)  # fmt: skip
 
@@ -531,6 +576,9 @@ def main() -> None:
                     help="batch_version(s) the intake mode compares (comma list)")  # fmt: skip
     ap.add_argument("--intake-stop", choices=INTAKE_STAGES, default="close",
                     help="the intake mode's last stage (for instruction counts)")  # fmt: skip
+    ap.add_argument("--no-carbon", action="store_true",
+                    help="no carbon intensity signal (every carbon figure 0: the workload "
+                         "of the figures before 3 December 2026)")  # fmt: skip
     a = ap.parse_args()
     skip = set(a.skip.split(","))
     print(
@@ -544,7 +592,9 @@ def main() -> None:
         return
     print(
         f"workload: {a.containers} containers in 10 apps of one site, 1 s ticks, "
-        f"{a.per_tick} sample(s) per container per tick, {a.ticks} ticks; one worker"
+        f"{a.per_tick} sample(s) per container per tick, {a.ticks} ticks; "
+        f"{'no carbon signal' if a.no_carbon else 'a carbon intensity sample per tick'}; "
+        f"one worker"
     )
     td = tempfile.mkdtemp(prefix="bench-ledger-")
     print(f"logs: {td}")
@@ -559,11 +609,11 @@ def main() -> None:
         try:
             if "kafka" not in skip:
                 r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, False,
-                                   servers=servers)
+                                   servers=servers, carbon=not a.no_carbon)
                 print("pre-filled Kafka topic -> ledger:", json.dumps(r))
             if "mqtt" not in skip:
                 r = run_throughput(d, bootstrap, mport, a.containers, a.ticks, a.per_tick, True,
-                                   servers=servers)
+                                   servers=servers, carbon=not a.no_carbon)
                 print("MQTT -> bridge -> Kafka -> ledger:", json.dumps(r))
             if "latency" not in skip:
                 r = run_latency(d, bootstrap, mport, a.containers, a.latency_ticks)
@@ -575,7 +625,7 @@ def main() -> None:
                     if mode in skip:
                         continue
                     r = run_throughput(d, bootstrap, mport, n, a.ticks, 1, via_mqtt, a.per_node,
-                                       servers)
+                                       servers, not a.no_carbon)
                     path = "MQTT -> bridge -> Kafka -> ledger" if via_mqtt else (
                         "pre-filled Kafka topic -> ledger")  # fmt: skip
                     print(f"node batches, {n} containers on {-(-n // a.per_node)} node(s) of "
