@@ -53,9 +53,18 @@ def describe_validation_error(err: ValidationError) -> str:
     """A one-line readable reason from a pydantic error."""
     parts = []
     for e in err.errors()[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ())) or "<root>"
+        loc = ".".join(str(x) for x in readable_loc(e.get("loc", ()))) or "<root>"
         parts.append(f"{loc}: {e.get('msg')}")
     return "; ".join(parts)
+
+
+def readable_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location without the node batch's inner union tag (the version it was
+    read as: ``node_batch.node_batch.site`` and ``node_batch.1.site`` read
+    ``node_batch.site``, version 2 ``node_batch.v2.site``)."""
+    if len(loc) > 1 and loc[0] == "node_batch" and loc[1] in ("node_batch", 1, 2):
+        return ("node_batch", *(("v2",) if loc[1] == 2 else ()), *loc[2:])
+    return loc
 
 
 class Alert(Message):

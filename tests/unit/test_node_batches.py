@@ -250,7 +250,7 @@ def test_v2_columns_of_unequal_lengths_refuse_the_batch_with_the_reason(
     w = Wired(demo())
     w.feed(carbon("carbon-1", 0, 0.1), raw, carbon("carbon-1", 1, 5.0))
     (dead,) = w.dead()
-    assert "node_batch.2.containers: columns of unequal lengths" in dead
+    assert "node_batch.v2.containers: columns of unequal lengths" in dead
     assert "every entry needs all four" in dead and not w.entries("web")[0].demand_mj
 
 
@@ -258,15 +258,15 @@ def test_v2_columns_of_unequal_lengths_refuse_the_batch_with_the_reason(
     ("containers", "why"),
     [
         ({"app": [], "container": [], "cpu_s": []},
-         "node_batch.2.containers.energy_j: Field required"),
+         "node_batch.v2.containers.energy_j: Field required"),
         ({"app": [], "container": [], "cpu_s": [], "energy_j": [], "node": []},
-         "node_batch.2.containers.node: Extra inputs are not permitted"),
+         "node_batch.v2.containers.node: Extra inputs are not permitted"),
         ({"app": "web", "container": [], "cpu_s": [], "energy_j": []},
-         "node_batch.2.containers.app: Input should be a valid array"),
+         "node_batch.v2.containers.app: Input should be a valid array"),
         ({"app": ["web"] * 10_001, "container": ["web-1"] * 10_001, "cpu_s": [0] * 10_001,
-          "energy_j": [0] * 10_001}, "node_batch.2.containers.app: List should have at most"),
+          "energy_j": [0] * 10_001}, "node_batch.v2.containers.app: List should have at most"),
         ([{"app": "web", "container": "web-1", "cpu_s": 0, "energy_j": 0}],
-         "node_batch.2.containers: Input should be an object"),
+         "node_batch.v2.containers: Input should be an object"),
     ],
 )  # fmt: skip
 def test_v2_malformed_columns_refuse_the_batch(containers: Any, why: str) -> None:
@@ -479,3 +479,25 @@ def test_bridge_sends_entry_dead_letters_first_and_acknowledges_the_message_once
     assert client.acks == [41] and not b.pending
     fwd = telemetry.parse_telemetry(b.producer.sent[1][1])
     assert [row[1] for row in fwd.rows()] == ["web-1"]  # type: ignore[union-attr]
+
+
+def test_dead_letter_reasons_name_the_field_without_the_union_tag() -> None:
+    """A batch read as version 1 or 2 says which field failed as before the versions:
+    ``node_batch.site``, not ``node_batch.node_batch.site`` (the union's inner tag)."""
+    import pydantic
+
+    from ecovisor.contract.operator_messages import describe_validation_error
+    from ecovisor.contract.telemetry import TELEMETRY_ADAPTER
+
+    envelope = ('"schema_version":1,"kind":"node_batch","time":"2024-01-01T00:00:00Z",'
+                '"source":"batch-n1","seq":1,"node":"n1"')
+    cases = {
+        "{" + envelope + ',"containers":[]}': "node_batch.site: Field required",
+        "{" + envelope + ',"batch_version":1,"containers":[]}': "node_batch.site: Field required",
+        "{" + envelope + ',"batch_version":2,"containers":{"app":[],"container":[],'
+        '"cpu_s":[],"energy_j":[]}}': "node_batch.v2.site: Field required",
+    }
+    for raw, reason in cases.items():
+        with pytest.raises(pydantic.ValidationError) as e:
+            TELEMETRY_ADAPTER.validate_json(raw)
+        assert describe_validation_error(e.value) == reason
