@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_ledger import site_yaml, workload  # noqa: E402
+from ledger_workload import site_yaml, workload  # noqa: E402
 
 from ecovisor.contract.config_file import parse_config  # noqa: E402
 from ecovisor.contract.telemetry import TELEMETRY_ADAPTER  # noqa: E402

@@ -76,7 +76,7 @@ apps:
 
 def batches(site: str, n: int, ticks: int, t0: float, max_bytes: int) -> list[list[bytes]]:
     """Per tick, the grid's carbon intensity (a different value each tick, as
-    ``bench_ledger.carbon_sample``: since 3 December 2026) and the node batches of one
+    ``ledger_workload.carbon_sample``: since 3 December 2026) and the node batches of one
     site (cumulative counters), as the collector sends them (``batch_version`` 2)."""
     from collectors.power import split_batches
     from ecovisor.contract.telemetry import CarbonTelemetry

@@ -20,6 +20,7 @@ from ecovisor.core.state import (
     BudgetTracker,
     CarbonBudget,
     CarbonHistory,
+    EventTracking,
     Level,
     RateWindow,
 )
@@ -307,6 +308,21 @@ def advance_site_histories(
                 if any((a, c) not in kept for c in out)
                 else {c: built(h) for c, h in out.items()})
             for a, out in staged.items()}
+
+
+def advance_app_histories(apps: Mapping[str, AppState],
+                          carbon: Mapping[str, tuple[Sequence[str], Sequence[int]]], k: int,
+                          tick_s: float) -> dict[str, AppState]:
+    """The apps' states with their containers' carbon histories after tick ``k``
+    (``carbon``: app -> the tick's container names and carbon, µg): all apps at once,
+    under the site's budget (``advance_site_histories``)."""
+    history = advance_site_histories({a: st.tracking.carbon_history for a, st in apps.items()},
+                                     carbon, k, ticks_in(MAX_WINDOW_S, tick_s))
+    out: dict[str, AppState] = {}
+    for a, st in apps.items():
+        tracking = unchecked(EventTracking, {**st.tracking.__dict__, "carbon_history": history[a]})
+        out[a] = unchecked(AppState, {**st.__dict__, "tracking": tracking})
+    return out
 
 
 def _segments(h: CarbonHistory) -> list[tuple[int, int, int]]:

@@ -24,7 +24,7 @@ from ecovisor.core.apportion import (
     largest_remainder,
     split_flow_lists,
 )
-from ecovisor.core.carbon_limits import MAX_WINDOW_S, advance_site_histories, ticks_in
+from ecovisor.core.carbon_limits import advance_app_histories
 from ecovisor.core.entries import (
     AppLedgerEntry,
     BatteryReading,
@@ -48,7 +48,6 @@ from ecovisor.core.state import (
     AppSettings,
     AppState,
     AppTickInput,
-    EventTracking,
     PendingChange,
     PlatformCumulative,
     SiteState,
@@ -391,7 +390,8 @@ def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInp
     else:
         w.curtailed = w.excess
     st, entry = _finalize(w, shape)
-    return _advance_histories({st.app: st}, {st.app: entry}, inp.k, shape.tick_s)[st.app], entry
+    carbon = {st.app: (entry.containers.names, entry.containers.carbon)}
+    return advance_app_histories({st.app: st}, carbon, inp.k, shape.tick_s)[st.app], entry
 
 
 # --- one site's tick (multiplexing) -----------------------------------------------------
@@ -559,24 +559,11 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     })
     new_state = unchecked(SiteState, {
         "site": state.site, "next_k": inp.k + 1,
-        "apps": _advance_histories(new_apps, entries, inp.k, dt),
+        "apps": advance_app_histories(
+            new_apps, {a: (e.containers.names, e.containers.carbon) for a, e in entries.items()},
+            inp.k, dt),
         "platform": platform_cum, "cumulative": result.cumulative,
         "drift_alerting": alerting,
     })
     return new_state, result
 
-
-def _advance_histories(apps: dict[str, AppState], entries: dict[str, AppLedgerEntry], k: int,
-                       dt: float) -> dict[str, AppState]:
-    """The apps' states with their containers' carbon histories after tick ``k``
-    (``carbon_limits.advance_site_histories``: all apps at once, under the site's
-    budget)."""
-    history = advance_site_histories(
-        {a: st.tracking.carbon_history for a, st in apps.items()},
-        {a: (e.containers.names, e.containers.carbon) for a, e in entries.items()},
-        k, ticks_in(MAX_WINDOW_S, dt))
-    out: dict[str, AppState] = {}
-    for a, st in apps.items():
-        tracking = unchecked(EventTracking, {**st.tracking.__dict__, "carbon_history": history[a]})
-        out[a] = unchecked(AppState, {**st.__dict__, "tracking": tracking})
-    return out
