@@ -29,7 +29,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # The paper's §5 experiments (needs ../shared/data beside the clone for the CAISO traces):
 # one report folder per experiment under reports/ (docs/evaluation.md).
