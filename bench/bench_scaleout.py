@@ -75,11 +75,12 @@ apps:
 
 
 def batches(site: str, n: int, ticks: int, t0: float, max_bytes: int) -> list[list[bytes]]:
-    """Per tick, the grid's carbon intensity (a different value each tick, as
-    ``ledger_workload.carbon_sample``: since 3 December 2026) and the node batches of one
+    """Per tick, the grid's carbon intensity (``ledger_workload.carbon_sample``: a
+    different value each tick, since 3 December 2026) and the node batches of one
     site (cumulative counters), as the collector sends them (``batch_version`` 2)."""
+    from ledger_workload import carbon_sample
+
     from collectors.power import split_batches
-    from ecovisor.contract.telemetry import CarbonTelemetry
     from ecovisor.contract.telemetry import NodeBatchColumnsTelemetry as Batch
 
     out = []
@@ -88,8 +89,7 @@ def batches(site: str, n: int, ticks: int, t0: float, max_bytes: int) -> list[li
         t = datetime.fromtimestamp(t0 + i, UTC)
         rows = [(f"{site}-app{a}", f"{site}-c{a}-{c}", 0.0, round((i + 1) * (1.0 + c % 7), 3))
                 for a in range(APPS) for c in range(n // APPS)]  # fmt: skip
-        tick = [CarbonTelemetry(site=site, time=t, source="carbon-bench", seq=i,
-                                intensity_g_per_kwh=200.0 + (i * 37 % 300)).to_json()]
+        tick = [carbon_sample(site, i, t0 + i)[1]]
         for part in split_batches(rows, max_bytes):
             seq += 1
             tick.append(Batch(site=site, time=t, source="node-n1", seq=seq, node="n1",

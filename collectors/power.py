@@ -315,7 +315,7 @@ class PowerCollector:
     ) -> None:
         self.cfg, self.publisher, self.clock, self.scrape = cfg, publisher, clock, scrape
         self.batch = batch  # one node batch per tick, else one message a container
-        self.batch_model = NODE_BATCH_MODELS[batch_version]
+        self.batch_version = batch_version
         self.node = cfg.node(node_id)
         self.proc = proc_stat or ProcStat()
         self.refs = [
@@ -398,10 +398,10 @@ class PowerCollector:
             out = [self._publish_container(ref, c, e) for ref, c, e in readings]
             return NodeSample(node_msg, [m for m in out if m is not None])
         rows = [(ref.app, ref.config.id, c, e) for ref, c, e in readings]
-        model = self.batch_model
+        model = NODE_BATCH_MODELS[self.batch_version]
         limit = self.cfg.site.limits.max_message_bytes
         sent = []
-        for chunk in split_batches(rows, limit, model.model_fields["batch_version"].default):
+        for chunk in split_batches(rows, limit, self.batch_version):
             msg = self.publisher.publish(
                 model, node_batch_source(self.node.id), node=self.node.id,
                 containers=model.containers_of(chunk),

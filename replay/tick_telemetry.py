@@ -13,9 +13,10 @@ from collectors.power import split_batches
 from ecovisor.contract.bus_access import app_metrics_source, node_batch_source
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.telemetry import (
+    NODE_BATCH_MODELS,
+    NODE_BATCH_VERSION,
     AppMetricsTelemetry,
     CarbonTelemetry,
-    NodeBatchColumnsTelemetry,
     SolarTelemetry,
 )
 from ecovisor.core.units import US_PER_S
@@ -127,14 +128,14 @@ class TickTelemetry:
 
     def _batches(self, containers: list[str], t_us: int) -> list[tuple[Any, int]]:
         """The node's counters of ``containers`` at ``t_us`` as the power collector sends
-        them (``batch_version`` 2): node batches under the site's message size limit, one
-        seq each."""
+        them (``NODE_BATCH_VERSION``): node batches under the site's message size limit,
+        one seq each."""
         t = datetime.fromtimestamp(t_us / US_PER_S, UTC)
         app, energy_j = self.app, self.energy_j
         rows = [(app, c, 0.0, energy_j[c]) for c in containers]
-        model = NodeBatchColumnsTelemetry
+        model = NODE_BATCH_MODELS[NODE_BATCH_VERSION]
         out: list[tuple[Any, int]] = []
-        for chunk in split_batches(rows, self.max_bytes, 2):
+        for chunk in split_batches(rows, self.max_bytes, NODE_BATCH_VERSION):
             self.batch_seq += 1
             out.append((model(site=self.site, time=t, source=self.batch_source,
                               seq=self.batch_seq, node=self.node,

@@ -14,8 +14,6 @@ from functools import lru_cache
 from ecovisor.core.account_lines import unchecked
 from ecovisor.core.apportion import largest_remainder
 from ecovisor.core.state import (
-    HISTORY_TIER_LEN_MAX,
-    HISTORY_TIERS_MAX,
     AppState,
     BudgetTracker,
     CarbonBudget,
@@ -150,14 +148,22 @@ def history_with_open(h: CarbonHistory) -> tuple[tuple[int, ...], ...]:
     return (h.ticks, *(done + (o,) for done, o in zip(h.buckets, opens, strict=True)))
 
 
+def _starts_again(h: CarbonHistory | None, sched: tuple[tuple[int, int], ...],
+                  max_ticks: int, k: int) -> bool:
+    """Does a push at ``k`` start a new history: none yet, Δt changed (another schedule)
+    or an earlier tick than its last."""
+    return (h is None or h.max_ticks != max_ticks or len(h.buckets) != len(sched) - 1
+            or k < h.last_k)
+
+
 def _push(h: CarbonHistory | None, sched: tuple[tuple[int, int], ...], max_ticks: int,
           k: int, value_ug: int) -> CarbonHistory:
-    """``push_history`` with the tiers of ``max_ticks`` (``update_history`` takes them once
-    per tick, not once per container). Tier 0 takes the value; a coarse tier changes only
+    """``push_history`` with the tiers of ``max_ticks`` (``advance_site_histories`` takes
+    them once per tick, not once per container). Tier 0 takes the value; a coarse tier
+    changes only
     when the bucket of ``last_k`` is complete at ``k`` (its sum appended, zeros for the
     empty buckets between): every 8 ticks for tier 1, 32 for tier 2, ..."""
-    if h is None or h.max_ticks != max_ticks or len(h.buckets) != len(sched) - 1 \
-            or k < h.last_k:  # new, or Δt changed, or an earlier tick: start again
+    if _starts_again(h, sched, max_ticks, k):
         return unchecked(CarbonHistory, {"max_ticks": max_ticks, "last_k": k,
                                          "ticks": (value_ug,),
                                          "buckets": ((),) * (len(sched) - 1)})
@@ -216,29 +222,6 @@ def _kept(sizes: Iterable[tuple[tuple[str, str], int]], budget: int) -> set[tupl
     return kept
 
 
-def bound_site_histories(apps: dict[str, AppState],
-                         budget: int = HISTORY_SITE_BUDGET) -> dict[str, AppState]:
-    """``apps`` with their carbon histories cut to ``budget`` values in all."""
-    # a bound first (a history holds at most TIERS_MAX x TIER_LEN_MAX values), then a
-    # count (one flat pass), sort only when over the budget
-    most = HISTORY_TIERS_MAX * HISTORY_TIER_LEN_MAX
-    if sum(len(st.tracking.carbon_history) for st in apps.values()) * most <= budget:
-        return apps
-    if sum([history_size(h) for st in apps.values()
-            for h in st.tracking.carbon_history.values()]) <= budget:
-        return apps
-    kept = _kept((((a, c), history_size(h)) for a in sorted(apps)
-                  for c, h in sorted(apps[a].tracking.carbon_history.items())), budget)
-    out = dict(apps)
-    for a, st in apps.items():
-        hist = st.tracking.carbon_history
-        mine = {c: hist[c] for c in sorted(hist) if (a, c) in kept}
-        if len(mine) != len(hist):
-            tracking = st.tracking.model_copy(update={"carbon_history": mine})
-            out[a] = st.model_copy(update={"tracking": tracking})
-    return out
-
-
 def _recent(history: Mapping[str, CarbonHistory], k: int, max_ticks: int
             ) -> dict[str, CarbonHistory]:
     """The histories still needed at tick ``k``: one whose last emission is older than
@@ -246,18 +229,6 @@ def _recent(history: Mapping[str, CarbonHistory], k: int, max_ticks: int
     state is bounded."""
     keep = max_ticks + -(-max_ticks // MAX_BUCKETS)
     return {c: h for c, h in history.items() if h.max_ticks == max_ticks and h.last_k + keep > k}
-
-
-def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str, int],
-                   k: int, max_ticks: int) -> dict[str, CarbonHistory]:
-    """Histories after tick ``k``: each container that emitted pushes its carbon
-    (``_recent`` drops the ones no window reaches any more)."""
-    out = _recent(history, k, max_ticks)
-    sched = history_tiers(max_ticks)
-    for c, v in carbon_ug.items():
-        if v:
-            out[c] = _push(out.get(c), sched, max_ticks, k, v)
-    return out
 
 
 # a history that starts at this tick, built only if the site's budget keeps it
@@ -272,22 +243,24 @@ def advance_site_histories(
     budget: int = HISTORY_SITE_BUDGET,
 ) -> dict[str, dict[str, CarbonHistory]]:
     """Every app's histories after tick ``k`` (``carbon``: app -> the tick's container
-    names and carbon, µg), cut to ``budget`` values in all: ``update_history`` per app,
-    then ``bound_site_histories``, the same histories in the same order, without
-    building the histories the budget cuts at once. On a site over its budget most
-    containers are cut every tick and start again the next (at 1,000 emitting
-    containers ~860 of them): building and cutting those was half of a tick's close."""
+    names and carbon, µg): each app's silent ones forgotten (``_recent``), each container
+    that emitted pushes its carbon, then the site's histories cut to ``budget`` values in
+    all, in sorted (app, container) order, each that still fits (an app that lost one
+    keeps its histories in sorted order). A history the budget cuts is not built: on a
+    site over its budget most containers are cut every tick and start again the next
+    (at 1,000 emitting containers ~860 of them), and building and cutting those was half
+    of a tick's close."""
     sched = history_tiers(max_ticks)
     staged: dict[str, dict[str, CarbonHistory | _Started]] = {}
     entries = 0
     for a, hist in history.items():
-        out: dict[str, CarbonHistory | _Started] = dict(_recent(hist, k, max_ticks))
+        out: dict[str, CarbonHistory | _Started] = _recent(hist, k, max_ticks)  # type: ignore[assignment]
         names, values = carbon.get(a, ((), ()))
         for c, v in zip(names, values, strict=True):
             if v:
                 h = out.get(c)
-                if h is None or len(h.buckets) != len(sched) - 1 or k < h.last_k:  # type: ignore[union-attr]
-                    out[c] = (v,)  # (its place in the dict as update_history gives it)
+                if _starts_again(h, sched, max_ticks, k):  # type: ignore[arg-type]
+                    out[c] = (v,)  # (in its place in the dict, as a pushed one)
                 else:
                     out[c] = _push(h, sched, max_ticks, k, v)  # type: ignore[arg-type]
         staged[a] = out
@@ -300,8 +273,8 @@ def advance_site_histories(
     # site never reaches the budget
     if entries * (sum(n for _, n in sched) - (len(sched) - 1)) <= budget:
         return {a: {c: built(h) for c, h in out.items()} for a, out in staged.items()}
-    # as ``bound_site_histories``: the greedy pass keeps every history (and every app's
-    # order) when they fit, else re-sorts the apps it cut
+    # the greedy pass keeps every history (and every app's order) when they fit, else
+    # re-sorts the apps it cut
     kept = _kept((((a, c), 1 if isinstance(h := staged[a][c], tuple) else history_size(h))
                   for a in sorted(staged) for c in sorted(staged[a])), budget)
     return {a: ({c: built(out[c]) for c in sorted(out) if (a, c) in kept}

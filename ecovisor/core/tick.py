@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
 
-from pydantic import ConfigDict
-
 from ecovisor.core.account_lines import EMPTY_LINES, AccountLine, ContainerLines, unchecked
 from ecovisor.core.apportion import (
     apportion,
@@ -70,7 +68,6 @@ from ecovisor.core.virtual_battery import (
     stored_gain,
 )
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
 A = TypeVar("A")
 B = TypeVar("B")
 R = TypeVar("R")
@@ -566,4 +563,3 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
         "drift_alerting": alerting,
     })
     return new_state, result
-

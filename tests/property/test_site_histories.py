@@ -1,8 +1,8 @@
 """The site's step advances every app's carbon histories at once under the site's budget
 (``advance_site_histories``) without building the ones the budget cuts: it must give
-exactly what pushing each app's histories (``update_history``) and then cutting them
-(``bound_site_histories``) gives — the same histories, in the same dict order (the state's
-JSON, hence snapshots and the golden digests, depend on it)."""
+exactly what pushing each app's histories and then cutting them gives (the rule as it was
+written before, tests/unit/site_histories_oracle.py) — the same histories, in the same
+dict order (the state's JSON, hence snapshots and the golden digests, depend on it)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ from hypothesis import strategies as st
 
 from ecovisor.core.carbon_limits import (
     advance_site_histories,
-    bound_site_histories,
     history_size,
     history_tiers,
     history_with_open,
     push_history,
-    update_history,
 )
 from ecovisor.core.shares import AppShare, SiteShape
 from ecovisor.core.state import AppState, CarbonHistory
 from ecovisor.core.tick import initial_app_state
+from tests.unit.site_histories_oracle import bound_site_histories, update_history
 
 APPS = ("a", "b", "c")
 CONTAINERS = tuple(f"x{i}" for i in range(6))

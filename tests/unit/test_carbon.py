@@ -6,6 +6,7 @@ import pytest
 
 from ecovisor.core.carbon_limits import (
     advance_budget,
+    advance_site_histories,
     history_tiers,
     history_with_open,
     level_of,
@@ -13,7 +14,6 @@ from ecovisor.core.carbon_limits import (
     push_window,
     seed_window,
     ticks_in,
-    update_history,
 )
 from ecovisor.core.sci import EmbodiedShare, embodied_ug, sci, sci_of_entries
 from ecovisor.core.shares import AppShare, SiteShape
@@ -119,6 +119,15 @@ def _emissions(n: int, seed: int = 7) -> list[int]:
     return out
 
 
+def _advance(hist: dict, carbon: dict[str, int], k: int, max_ticks: int,
+             budget: int | None = None) -> dict:
+    """One app's histories after tick ``k``, as the site's step advances them."""
+    by_app = {"a": (tuple(carbon), tuple(carbon.values()))}
+    if budget is None:
+        return advance_site_histories({"a": hist}, by_app, k, max_ticks)["a"]
+    return advance_site_histories({"a": hist}, by_app, k, max_ticks, budget)["a"]
+
+
 def _windows_both_ways(values: list[int], window: int, max_ticks: int, at: list[int]):
     """(seeded window, window kept since tick 0) after each tick in ``at``."""
     hist: dict = {}
@@ -129,7 +138,7 @@ def _windows_both_ways(values: list[int], window: int, max_ticks: int, at: list[
             seeded = seed_window(hist.get("c"), window, k, Level.ok)
             out.append((push_window(seeded, window, k, v), push_window(kept, window, k, v)))
         kept = push_window(kept, window, k, v)
-        hist = update_history(hist, {"c": v}, k, max_ticks)
+        hist = _advance(hist, {"c": v}, k, max_ticks)
     return out
 
 
@@ -165,7 +174,7 @@ def test_history_is_bounded_and_forgets_silent_containers():
     values = _emissions(5_000)
     hist: dict = {}
     for k, v in enumerate(values):
-        hist = update_history(hist, {"c": v, "d": 1 if k < 10 else 0}, k, 1_440)
+        hist = _advance(hist, {"c": v, "d": 1 if k < 10 else 0}, k, 1_440)
         assert ("d" in hist) == (k < 9 + 1_440 + 3)
     h = hist["c"]
     tiers = history_with_open(h)
@@ -216,33 +225,28 @@ def test_site_histories_stay_within_their_budget_in_sorted_order() -> None:
     emitting containers the unbounded histories made a snapshot of > 1 MB); the
     containers kept are the first in sorted (app, container) order, so it is
     deterministic."""
-    from ecovisor.core.carbon_limits import (
-        HISTORY_SITE_BUDGET,
-        bound_site_histories,
-        history_size,
-        update_history,
-    )
+    from ecovisor.core.carbon_limits import HISTORY_SITE_BUDGET, history_size
 
-    share, shape = AppShare(), SiteShape(tick_s=1.0)
-    apps = {}
-    for a in ("b", "a"):
-        st = initial_app_state(share, shape, site="s", app=a)
-        hist: dict = {}
-        for k in range(100):
-            hist = update_history(hist, {f"{a}-{i:03d}": 1000 + k for i in range(40)}, k, 86_400)
-        tracking = st.tracking.model_copy(update={"carbon_history": hist})
-        apps[a] = st.model_copy(update={"tracking": tracking})
-    total = sum(history_size(h) for st in apps.values()
-                for h in st.tracking.carbon_history.values())
-    per = history_size(apps["a"].tracking.carbon_history["a-000"])
+    names = {a: tuple(f"{a}-{i:03d}" for i in range(40)) for a in ("b", "a")}
+    hist: dict = {a: {} for a in names}
+
+    def tick(k: int, budget: int) -> dict:
+        carbon = {a: (cs, (1000 + k,) * len(cs)) for a, cs in names.items()}
+        return advance_site_histories(hist, carbon, k, 86_400, budget)
+
+    for k in range(99):
+        hist = tick(k, 10**9)
+    full = tick(99, 10**9)
+    per = history_size(full["a"]["a-000"])
+    total = sum(history_size(h) for hs in full.values() for h in hs.values())
     budget = 50 * per  # room for 50 of the 80 histories
     assert total > budget
-    out = bound_site_histories(apps, budget)
-    kept = {(a, c) for a, st in out.items() for c in st.tracking.carbon_history}
-    assert sum(history_size(h) for st in out.values()
-               for h in st.tracking.carbon_history.values()) <= budget
+    out = tick(99, budget)
+    kept = {(a, c) for a, hs in out.items() for c in hs}
+    assert sum(history_size(h) for hs in out.values() for h in hs.values()) <= budget
     assert len(kept) == 50
     assert {c for a, c in kept if a == "a"} == {f"a-{i:03d}" for i in range(40)}
     assert {c for a, c in kept if a == "b"} == {f"b-{i:03d}" for i in range(10)}
-    assert bound_site_histories(apps, total) is apps  # under the budget: unchanged
+    assert list(out["b"]) == sorted(out["b"])  # an app that lost histories: sorted order
+    assert tick(99, total) == full  # under the budget: every history kept
     assert HISTORY_SITE_BUDGET * 8 < 512_000  # ~7 bytes a value in the snapshot

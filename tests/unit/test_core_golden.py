@@ -27,7 +27,6 @@ import random
 import sys
 from pathlib import Path
 
-from ecovisor.core.carbon_limits import bound_site_histories
 from ecovisor.core.settings import queue_change, queue_site_change
 from ecovisor.core.shares import AppShare, ExcessSolarPolicy, SiteShape
 from ecovisor.core.state import (
@@ -45,6 +44,10 @@ from ecovisor.core.state import (
     SiteTickInput,
 )
 from ecovisor.core.tick import app_step, initial_app_state, initial_site_state, site_step
+
+if __name__ == "__main__":  # run as a script (--write): the repository's tests package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.unit.site_histories_oracle import bound_site_histories  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "core_golden.json"
 N_SITES = 24
