@@ -49,6 +49,9 @@ from streams.ledger_views import Target, add_pages
 log = logging.getLogger("ecovisor.ledger")
 
 SNAPSHOT_MAX_BYTES = 32 * 1024 * 1024  # uncompressed record size the producer accepts
+# the producer's batch (uncompressed): compressed, it stays under a broker's default
+# 1 MiB message limit whatever it holds
+OUTPUT_BATCH_BYTES = 1_000_000
 STALL_CHECK_S = 5.0  # a partition with events to read and none delivered this long: seek
 # a partition seeking back that has delivered nothing this long: seek again (unstall)
 RESEEK_S = 1.0
@@ -340,6 +343,11 @@ def build_app(
         datadir=datadir,
         stream_buffer_maxsize=8192,
         producer_linger_ms=2,
+        # a tick's outputs in few batches and produce requests: a tick of 1,000 containers
+        # sends ~350 kB of entries and notifications (an entry of 100 containers ~21 kB);
+        # with Faust's 16 kB default each entry was a batch and a request of its own
+        # (docs/ledger.md "Producer batches")
+        producer_max_batch_size=OUTPUT_BATCH_BYTES,
         # JSON entries, notifications and snapshots compress ~12x; a broker keeps them
         # compressed (the embedded one in memory: L1, docs/reliability.md)
         producer_compression_type=COMPRESSION_TYPE,
