@@ -117,6 +117,12 @@ class SiteLedger(CommandIntake):
     def __post_init__(self) -> None:
         # derived from the configuration, looked up per container per tick: precomputed
         self.owners: dict[str, str] = {c: p.app for c, p in self.cfg.placements().items()}
+        # each app's containers as a set: a tick's telemetry agrees with the configuration
+        # when its keys are a subset (checked in C, not per container in Python)
+        owned: dict[str, set[str]] = {}
+        for c, a in self.owners.items():
+            owned.setdefault(a, set()).add(c)
+        self.owned = {a: frozenset(cs) for a, cs in owned.items()}
         self.history_ticks = history_ticks(len(self.owners))
         self.shares = self.cfg.shares()
         self.app_cfg = {a.id: a for a in self.cfg.apps}
@@ -338,11 +344,11 @@ class SiteLedger(CommandIntake):
 
     def _inputs(self, ct: ClosedTick) -> SiteTickInput:
         apps = self.app_cfg
-        owners = self.owners
+        owners, owned = self.owners, self.owned
         demand: dict[str, dict[str, int]] = {}
         for reported, conts in ct.demand_mj.items():
             if (reported in apps and reported not in demand
-                    and all(owners.get(c) == reported for c in conts)):
+                    and conts.keys() <= owned.get(reported, frozenset())):
                 demand[reported] = dict(conts)  # the usual case: the telemetry agrees
                 continue
             for c, mj in conts.items():

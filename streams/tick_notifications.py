@@ -55,7 +55,7 @@ def tick_data(
     # third of this function at 1,000 containers): every figure comes from the checked
     # entry and settings; tests/unit/test_tick_notifications.py compares the two
     names, energy, carbon = lines.names, lines.energy, lines.carbon
-    idle = [c.id for c in app_cfg.containers if c.id not in lines]  # no line this tick
+    idle = lines.without_lines([c.id for c in app_cfg.containers])  # no line this tick
     if idle or names != tuple(sorted(names)):
         names = tuple(sorted([*names, *idle]))
         rows = [lines.index(c) for c in names]

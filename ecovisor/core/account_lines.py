@@ -7,7 +7,7 @@ Pure, no I/O. Energy in integer mJ, carbon in integer µg.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from operator import add, itemgetter
 from typing import Any, TypeVar
 
@@ -185,6 +185,12 @@ class ContainerLines(Mapping[str, AccountLine]):
     def index(self, container: str) -> int | None:
         """Row of ``container``, None when it has no line."""
         return self._names_index().get(container)
+
+    def without_lines(self, containers: Iterable[str]) -> list[str]:
+        """Those of ``containers`` that have no line, in their order (one dict lookup
+        each: per configured container and tick in the tick notification)."""
+        index = self._names_index()
+        return [c for c in containers if c not in index]
 
     def sums(self) -> tuple[int, int, int, int, int, int]:
         """Column totals, in ``LINE_FIELDS`` order."""

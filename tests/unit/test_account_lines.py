@@ -85,6 +85,7 @@ def test_sums_index_and_lookup() -> None:
     assert cols.sums() == (8, 1, 2, 5, 0, 2)
     assert cols.index("a") == 1 and cols.index("zz") is None
     assert cols["b"] == a["b"] and cols.get("zz") is None and "a" in cols and len(cols) == 2
+    assert cols.without_lines(["zz", "b", "y", "a"]) == ["zz", "y"]
     with pytest.raises(KeyError):
         cols["zz"]
 

@@ -603,3 +603,17 @@ def test_view_history_is_bounded_by_container_ticks(monkeypatch: pytest.MonkeyPa
     assert len(w.entries()) >= 125  # every tick was booked and sent
     assert len(w.led.entries["web"]) == 100 and len(w.led.counters["web"]) == 100
     assert max(w.led.counters["web"]) - min(w.led.counters["web"]) == 99  # the newest
+
+
+def test_a_container_reported_under_another_app_is_booked_to_its_owner() -> None:
+    """The configuration decides who owns a container, never the telemetry: web's
+    samples that also claim batch-1 (every web container reported, so the tick's
+    report for web is a superset of what web owns) book batch-1 to batch."""
+    w = Wired(demo())
+    w.feed(*(container(c, s, t, j) for s, (t, j) in enumerate([(0.0, 0.0), (1.0, 2.0)], 1)
+             for c in ("web-1", "web-2", "batch-1")),  # batch-1 sent with app="web"
+           carbon("co2", 1, 2.5))  # fmt: skip
+    web, batch = w.entries("web"), w.entries("batch")
+    assert [e.demand_mj for e in web] == [0, 4_000]
+    assert set(web[-1].containers) == {"web-1", "web-2"}
+    assert [e.demand_mj for e in batch] == [0, 2_000] and set(batch[-1].containers) == {"batch-1"}
