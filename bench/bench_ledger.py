@@ -343,7 +343,7 @@ def run_intake(
     ``streams.gc_schedule``), each timed on its own: which of them bounds a worker.
     ``stop``: the last stage run (``INTAKE_STAGES``; for instruction counts). ``close``
     includes rendering what it sends (the worker sends every entry and notification):
-    ``render_ms_per_tick`` of it."""
+    ``render_ms_per_tick`` of it, and compressing the view history's full blocks."""
     import gc
 
     from ecovisor.contract.config_file import parse_config
@@ -404,6 +404,7 @@ def run_intake(
                 for o in outs:
                     o.value  # noqa: B018  (rendered on first read, as when sent)
                 render_s += clock() - r
+                led.compact_history()  # as the worker after sending (view history blocks)
                 full.maybe_collect()
                 close_s += clock() - a
     finally:

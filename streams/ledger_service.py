@@ -33,6 +33,7 @@ from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_metrics import LedgerHealth
 from streams.ledger_out import Out
 from streams.ledger_worker import CounterRow, SiteLedger
+from streams.view_history import row_json
 
 log = logging.getLogger("ecovisor.ledger")
 
@@ -114,7 +115,7 @@ class LedgerService:
         await self.send([], wait=True)
         counters = self.counters
         for a, k, row in self.rows:
-            counters[f"{a}:{k}".encode()] = json.dumps(row, separators=(",", ":")).encode()
+            counters[f"{a}:{k}".encode()] = row_json(row)
             old = f"{a}:{k - led.history_ticks}".encode()
             if old in counters:
                 del counters[old]
@@ -138,6 +139,7 @@ class LedgerService:
             if rows or outs:
                 self.rows.extend(rows)
                 await self.send(outs)  # outputs first: a crash re-sends identical ones
+                led.compact_history()  # (the entries' bytes exist now: sent)
                 mono = time.monotonic()
                 if mono - self.last_persist >= PERSIST_INTERVAL_S:
                     self.last_persist = mono

@@ -26,6 +26,7 @@ from ecovisor.core.tick_clock import to_us
 from ecovisor.core.units import mj_to_j, ug_to_g
 from streams.ledger_out import utc_from_us
 from streams.ledger_worker import SiteLedger
+from streams.view_history import RowsView
 
 ViewKind = Literal["state", "counters", "ledger"]
 Answer = tuple[dict[str, Any], int]  # JSON body, HTTP status
@@ -78,7 +79,7 @@ def state_view(led: SiteLedger, app: str) -> dict[str, Any] | None:
 
 
 def counters_view(
-    tick_us: int, t1: datetime, t2: datetime, rows: dict[int, dict[str, Any]]
+    tick_us: int, t1: datetime, t2: datetime, rows: Mapping[int, dict[str, Any]]
 ) -> dict[str, Any] | None:
     """Energy and carbon between the tick boundaries nearest inside [t1, t2], exact
     from the per-tick cumulative counters (``rows``: k -> counter row). None: the
@@ -128,7 +129,8 @@ def counters_view(
 def ledger_view(led: SiteLedger, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
     """The app's kept ledger entries with tick start in [t1, t2)."""
     a, b = t1.timestamp(), t2.timestamp()
-    return [json.loads(e.value) for t, e in led.entries.get(app, ()) if a <= t < b]
+    log = led.entries.get(app)
+    return [json.loads(v) for v in log.between(a, b)] if log is not None else []
 
 
 def _time(query: Mapping[str, str], name: str) -> datetime | None:
@@ -184,7 +186,8 @@ def respond(
         return unknown
     if kind == "ledger":
         return {"app": app, "entries": ledger_view(led, app, t1, t2)}, 200
-    v = counters_view(led.clock.tick_us, t1, t2, led.counters.get(app, {}))
+    rows = led.counters.get(app)
+    v = counters_view(led.clock.tick_us, t1, t2, RowsView(rows) if rows is not None else {})
     if v is None:
         return {"error": "interval outside the kept history"}, 404
     return v, 200

@@ -10,7 +10,8 @@ Every step returns the messages to send (``Out``); the Faust wiring
 from __future__ import annotations
 
 import json
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,7 @@ from ecovisor.core.solar_share import split_solar
 from ecovisor.core.state import SiteState, SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
 from ecovisor.core.tick_clock import ClockLimits, ClosedTick, TickClock, to_us
-from ecovisor.core.units import j_to_mj, wh_to_mj
+from ecovisor.core.units import US_PER_S, j_to_mj, wh_to_mj
 from streams.ledger_commands import CommandIntake, bucketed_keys
 from streams.ledger_out import Out, utc_from_us
 from streams.tick_notifications import (
@@ -35,11 +36,14 @@ from streams.tick_notifications import (
     site_alert,
     tick_data,
 )
+from streams.view_history import TickLog, entry_log, row_log
 
 HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views, at most
 # ... and at most this many container-ticks per site: an entry and a counter row grow with
-# the app's containers (~300 B of memory per container and tick), so 3,600 ticks at
-# 1,000 containers were ~1.1 GB (the soak, docs/reliability.md); ~120 MB now
+# the app's containers (~300 B of memory per container and tick as they are), so 3,600
+# ticks at 1,000 containers were ~1.1 GB (the soak, docs/reliability.md); the counters
+# table keeps as many rows. In memory the older ticks are compressed blocks
+# (streams/view_history.py: ~30 B per container and tick)
 HISTORY_CONTAINER_TICKS = 400_000
 HISTORY_MIN_TICKS = 60
 
@@ -106,8 +110,10 @@ class SiteLedger(CommandIntake):
     suspended: dict[str, list[str]] = field(default_factory=dict)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> state view
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    entries: dict[str, deque[tuple[float, Out]]] = field(default_factory=dict)  # in memory
-    counters: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    # the view history, per app, in memory: the last ``history_ticks`` ticks' entries
+    # (each an Out until compacted) and counter rows (streams/view_history.py)
+    entries: dict[str, TickLog] = field(default_factory=dict)
+    counters: dict[str, TickLog] = field(default_factory=dict)
     # the newest carbon and solar forecasts their sources published (CarbonTelemetry /
     # SolarTelemetry.forecast): the site's, the same for every app; served by the state
     # view, not persisted (the collector re-publishes it with every sample). Kept as the
@@ -186,10 +192,26 @@ class SiteLedger(CommandIntake):
 
     def restore_counters(self, rows: dict[str, dict[int, dict[str, Any]]]) -> None:
         """Per-tick counters read back from the ``counters`` table (newest kept)."""
+        tick_s = self.clock.tick_us / US_PER_S
         for app, hist in rows.items():
-            mine = self.counters.setdefault(app, {})
+            log = self._log(self.counters, app, row_log)
             for k in sorted(hist)[-self.history_ticks :]:
-                mine[k] = hist[k]
+                log.append(k, k * tick_s, hist[k])
+        self.compact_history()
+
+    def compact_history(self) -> None:
+        """The view history's plain ticks into compressed blocks where there are enough
+        (``TickLog.compact``): after a tick's outputs are sent, their bytes exist."""
+        for logs in (self.entries, self.counters):
+            for log in logs.values():
+                log.compact()
+
+    def _log(self, logs: dict[str, TickLog], app: str, new: Callable[[int], TickLog]
+             ) -> TickLog:
+        log = logs.get(app)
+        if log is None:
+            log = logs[app] = new(self.history_ticks)
+        return log
 
     # --- ticks --------------------------------------------------------------------------
     def refuse_reason(self, t: Any, now_us: int | None, t_us: int | None = None) -> str | None:
@@ -459,13 +481,7 @@ class SiteLedger(CommandIntake):
         return outs
 
     def _remember(self, app: str, k: int, row: dict[str, Any], t: float, entry: Out) -> None:
-        hist = self.counters.setdefault(app, {})
-        hist[k] = row
-        while len(hist) > self.history_ticks:
-            del hist[next(iter(hist))]
-        # the entry's Out: its JSON once sent (or read by the ledger view), parsed only
-        # when the ledger view is read
-        kept = self.entries.get(app)
-        if kept is None:
-            kept = self.entries[app] = deque(maxlen=self.history_ticks)
-        kept.append((t, entry))
+        self._log(self.counters, app, row_log).append(k, t, row)
+        # the entry's Out: its JSON once sent (or read by the ledger view, or compacted),
+        # parsed only when the ledger view is read
+        self._log(self.entries, app, entry_log).append(k, t, entry)

@@ -602,7 +602,9 @@ def test_view_history_is_bounded_by_container_ticks(monkeypatch: pytest.MonkeyPa
         w.feed(container("web-1", s + 1, s + 0.5, 0.5 * s))
     assert len(w.entries()) >= 125  # every tick was booked and sent
     assert len(w.led.entries["web"]) == 100 and len(w.led.counters["web"]) == 100
-    assert max(w.led.counters["web"]) - min(w.led.counters["web"]) == 99  # the newest
+    ks = w.led.counters["web"].ticks()
+    assert ks == w.led.entries["web"].ticks() and ks[-1] - ks[0] == 99  # the newest
+    assert ks[-1] == w.led.clock.next_close - 1
 
 
 def test_a_container_reported_under_another_app_is_booked_to_its_owner() -> None:

@@ -1,0 +1,192 @@
+"""The ledger's view history: per app, the newest ``history_ticks`` ticks' ledger entries
+and cumulative counter rows that the state views read (``ledger``, ``counters``:
+streams/ledger_views.py). A ``TickLog`` keeps one value per tick, the newest ones as they
+are and the older ones in zstd-compressed blocks of ``BLOCK_TICKS`` ticks.
+
+Why blocks: an entry is ~23 kB of JSON at 100 containers an app and a counter row ~15 kB
+as Python objects, so 400 ticks of a 1,000-container site were ~110 MB of the worker's
+memory, per site. Consecutive entries of an app differ in a few digits a line: a block
+of 16 compresses ~25x (docs/ledger.md "View history in blocks"). Reads decompress the
+blocks they need; the views are rare next to ticks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+from pydantic_core import to_json
+
+BLOCK_TICKS = 16  # ticks per compressed block (the newest up to this many stay plain)
+ZSTD_LEVEL = 1  # the blocks compress ~as well at level 3, at ~1.7x the CPU
+
+_compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+@dataclass(frozen=True)
+class _Block:
+    ks: tuple[int, ...]  # the ticks, ascending
+    ts: tuple[float, ...]  # their start times (epoch s)
+    data: bytes  # zstd of the values' bytes joined by b"\n" (compact JSON has no newline)
+
+
+class TickLog:
+    """The last ``max_ticks`` values of one kind, one per tick ``k`` (ascending), each
+    with its tick's start time. ``to_bytes``/``from_bytes`` turn a value into compact
+    JSON (no newline) and back; ``read_plain`` is what a read returns of a value not yet
+    in a block. ``compact`` moves the plain values into a block once
+    there are ``BLOCK_TICKS`` of them: call it where their bytes exist anyway (the worker
+    does after sending a tick's outputs), never on a path that must not render them."""
+
+    def __init__(self, max_ticks: int, to_bytes: Callable[[Any], bytes],
+                 from_bytes: Callable[[bytes], Any],
+                 read_plain: Callable[[Any], Any] = lambda v: v) -> None:  # fmt: skip
+        self.max_ticks = max_ticks
+        self._to_bytes, self._from_bytes, self._read_plain = to_bytes, from_bytes, read_plain
+        self._blocks: deque[_Block] = deque()
+        self._plain: list[tuple[int, float, Any]] = []
+        self._skip = 0  # values of the oldest block beyond max_ticks (not read)
+        self._n = 0  # values kept (skipped ones excluded)
+        self._cache: tuple[_Block, list[bytes]] | None = None  # the last block read
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, k: int, t: float, value: Any) -> None:
+        """Tick ``k``'s value; a tick at or before the newest replaces it and every
+        later one (a tick closed again after a restart: the same value)."""
+        newest = self._plain[-1][0] if self._plain else (
+            self._blocks[-1].ks[-1] if self._blocks else None)  # fmt: skip
+        if newest is not None and k <= newest:
+            self._truncate_from(k)
+        self._plain.append((k, t, value))
+        self._n += 1
+        self._trim()
+
+    def compact(self) -> None:
+        """The plain values into one block, once there are ``BLOCK_TICKS`` of them."""
+        if len(self._plain) < BLOCK_TICKS:
+            return
+        plain, self._plain = self._plain, []
+        data = b"\n".join(self._to_bytes(v) for _, _, v in plain)
+        self._blocks.append(_Block(tuple(k for k, _, _ in plain),
+                                   tuple(t for _, t, _ in plain),
+                                   _compressor.compress(data)))  # fmt: skip
+
+    def ticks(self) -> list[int]:
+        """The kept ticks, ascending (no block is decompressed)."""
+        out: list[int] = []
+        for i, b in enumerate(self._blocks):
+            out.extend(b.ks[self._skip:] if i == 0 else b.ks)
+        out.extend(k for k, _, _ in self._plain)
+        return out
+
+    def get(self, k: int) -> Any:
+        """Tick ``k``'s value, None if it is not kept."""
+        for k2, _, v in reversed(self._plain):
+            if k2 == k:
+                return self._read_plain(v)
+        for i, b in enumerate(self._blocks):
+            if b.ks[0] <= k <= b.ks[-1]:
+                lo = self._skip if i == 0 else 0
+                for j in range(lo, len(b.ks)):
+                    if b.ks[j] == k:
+                        return self._from_bytes(self._values(b)[j])
+                return None
+        return None
+
+    def between(self, t1: float, t2: float) -> Iterator[Any]:
+        """The values of the ticks starting in [t1, t2), oldest first."""
+        for i, b in enumerate(self._blocks):
+            if b.ts[-1] < t1 or b.ts[0] >= t2:
+                continue
+            vals = self._values(b)
+            for j in range(self._skip if i == 0 else 0, len(b.ks)):
+                if t1 <= b.ts[j] < t2:
+                    yield self._from_bytes(vals[j])
+        for _, t, v in list(self._plain):
+            if t1 <= t < t2:
+                yield self._read_plain(v)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _values(self, b: _Block) -> list[bytes]:
+        if self._cache is None or self._cache[0] is not b:
+            self._cache = (b, _decompressor.decompress(b.data).split(b"\n"))
+        return self._cache[1]
+
+    def _trim(self) -> None:
+        while self._n > self.max_ticks:
+            if self._blocks:
+                self._skip += 1
+                if self._skip == len(self._blocks[0].ks):
+                    self._blocks.popleft()
+                    self._skip = 0
+            else:
+                del self._plain[0]
+            self._n -= 1
+
+    def _truncate_from(self, k: int) -> None:
+        """Drop tick ``k`` and every later one (rare: a tick closed again)."""
+        kept = [(k2, t, v) for k2, t, v in self._plain if k2 < k]
+        self._n -= len(self._plain) - len(kept)
+        self._plain = kept
+        while self._blocks and self._blocks[-1].ks[-1] >= k:
+            b = self._blocks.pop()
+            lo = self._skip if not self._blocks else 0
+            vals = self._values(b)
+            back = [(b.ks[j], b.ts[j], self._from_bytes(vals[j]))
+                    for j in range(lo, len(b.ks)) if b.ks[j] < k]  # fmt: skip
+            self._n -= len(b.ks) - lo - len(back)
+            if not self._blocks:
+                self._skip = 0
+            self._plain = back + self._plain
+        self._cache = None
+
+
+class RowsView(Mapping[int, Any]):
+    """A ``TickLog`` of counter rows as the read-only ``{k: row}`` the counters view
+    takes (streams/ledger_views.py ``counters_view``)."""
+
+    def __init__(self, log: TickLog) -> None:
+        self._log = log
+
+    def __getitem__(self, k: int) -> Any:
+        v = self._log.get(k)
+        if v is None:
+            raise KeyError(k)
+        return v
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._log.ticks())
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+
+def row_json(row: Mapping[str, Any]) -> bytes:
+    """A counter row as compact JSON: the ``counters`` table's value and the view
+    history's block form. pydantic-core's encoder: the bytes ``json.dumps(row,
+    separators=(",", ":"))`` gave for these rows of ints and ASCII ids, ~4x faster."""
+    return to_json(row)
+
+
+def row_log(max_ticks: int) -> TickLog:
+    """A log of counter rows (``{energy_mj, carbon_ug, containers}``; read back as the
+    ``counters`` table's JSON: container lines as lists)."""
+    return TickLog(max_ticks, row_json, json.loads)
+
+
+def entry_log(max_ticks: int) -> TickLog:
+    """A log of ledger entries: each an ``Out`` (rendered on compaction) or its bytes;
+    read back as bytes."""
+    return TickLog(max_ticks, _entry_bytes, bytes, _entry_bytes)
+
+
+def _entry_bytes(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else v.value

@@ -1,0 +1,92 @@
+"""The ledger's view history (streams/view_history.py): a ``TickLog`` keeps the newest
+``max_ticks`` values, plain or in compressed blocks, and reads back exactly what a plain
+``{k: value}`` of the same ticks would (hypothesis against that model)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.ledger_out import Out
+from streams.view_history import BLOCK_TICKS, RowsView, entry_log, row_json, row_log
+
+
+def _row(k: int) -> dict:
+    return {"energy_mj": k * 10, "carbon_ug": k, "containers": {"c1": [k * 10, k]}}
+
+
+# steps between ticks (mostly the next; 0 and -3: a tick closed again), or a compaction
+ops = st.lists(st.one_of(st.tuples(st.just("tick"), st.sampled_from([1, 1, 1, 1, 2, 5, 0, -3])),
+                         st.just(("compact", 0))), min_size=20, max_size=160)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops, max_ticks=st.sampled_from([1, 3, BLOCK_TICKS, BLOCK_TICKS + 5, 40]),
+       each=st.booleans())
+def test_a_tick_log_reads_as_the_dict_of_its_newest_ticks(ops: list, max_ticks: int,
+                                                           each: bool) -> None:
+    """``each``: compacted after every tick, as the worker does after each close."""
+    log = row_log(max_ticks)
+    want: dict[int, dict] = {}
+    k = 10
+    for op, step in ops:
+        if op == "compact" or each:
+            log.compact()
+        if op == "compact":
+            continue
+        k = max(0, k + step)
+        want = {k2: v for k2, v in want.items() if k2 < k}  # a tick again: it and later go
+        want[k] = _row(k)
+        while len(want) > max_ticks:
+            del want[min(want)]
+        log.append(k, k * 2.0, _row(k))
+        assert log.ticks() == sorted(want) and len(log) == len(want)
+    rows = RowsView(log)
+    assert dict(rows.items()) == want  # (through blocks: JSON, so the lists compare equal)
+    for k2 in range(k + 2):
+        assert log.get(k2) == want.get(k2)
+    lo, hi = 2.0 * (k - 7), 2.0 * (k - 2)
+    assert list(log.between(lo, hi)) == [want[x] for x in sorted(want) if lo <= 2.0 * x < hi]
+
+
+def test_entries_are_rendered_only_when_compacted_or_read() -> None:
+    rendered: list[int] = []
+
+    def render(m: dict) -> bytes:
+        rendered.append(m["k"])
+        return json.dumps(m).encode()
+
+    log = entry_log(100)
+    for k in range(BLOCK_TICKS + 3):
+        log.append(k, float(k), Out("t", None, message={"k": k}, render=render))
+    assert rendered == []  # (the replay never renders the entries it does not write)
+    log.compact()
+    assert rendered == list(range(BLOCK_TICKS + 3))
+    assert [json.loads(v)["k"] for v in log.between(2.0, 20.0)] == list(range(2, 19))
+
+
+def test_blocks_keep_the_history_small() -> None:
+    """400 ticks of a 100-container app's rows: the blocks hold a small part of the JSON."""
+    log = row_log(400)
+    raw = 0
+    for k in range(400):
+        row = {"energy_mj": k * 5000, "carbon_ug": k * 37,
+               "containers": {f"c{i}": [k * (1000 + i), k * (7 + i % 3)] for i in range(100)}}
+        raw += len(json.dumps(row, separators=(",", ":")))
+        log.append(k, float(k), row)
+        log.compact()
+    held = sum(len(b.data) for b in log._blocks)
+    assert held < raw / 4
+    assert log.get(0)["containers"]["c5"] == [0, 0] and log.get(399)["carbon_ug"] == 399 * 37
+
+
+@given(st.dictionaries(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}\Z"),
+                       st.tuples(st.integers(0, 2**62), st.integers(0, 2**62)), max_size=20),
+       st.integers(0, 2**62), st.integers(0, 2**62))
+def test_a_row_is_written_as_before(conts: dict, e: int, g: int) -> None:
+    """The counters table's bytes: what ``json.dumps`` compact wrote for the same row
+    (container ids are ASCII by the contract's pattern)."""
+    row = {"energy_mj": e, "carbon_ug": g, "containers": conts}
+    assert row_json(row) == json.dumps(row, separators=(",", ":")).encode()
