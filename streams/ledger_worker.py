@@ -43,7 +43,7 @@ HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views, at mo
 # the app's containers (~300 B of memory per container and tick as they are), so 3,600
 # ticks at 1,000 containers were ~1.1 GB (the soak, docs/reliability.md); the counters
 # table keeps as many rows. In memory the older ticks are compressed blocks
-# (streams/view_history.py: ~30 B per container and tick)
+# (streams/view_history.py: ~12 B per container and tick)
 HISTORY_CONTAINER_TICKS = 400_000
 HISTORY_MIN_TICKS = 60
 

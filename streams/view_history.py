@@ -4,10 +4,10 @@ streams/ledger_views.py). A ``TickLog`` keeps one value per tick, the newest one
 are and the older ones in zstd-compressed blocks of ``BLOCK_TICKS`` ticks.
 
 Why blocks: an entry is ~23 kB of JSON at 100 containers an app and a counter row ~15 kB
-as Python objects, so 400 ticks of a 1,000-container site were ~110 MB of the worker's
-memory, per site. Consecutive entries of an app differ in a few digits a line: a block
-of 16 compresses ~25x (docs/ledger.md "View history in blocks"). Reads decompress the
-blocks they need; the views are rare next to ticks.
+as Python objects, so 400 ticks of a 1,000-container site were ~160 MB of the worker's
+memory, per site (~19 MB in blocks). Consecutive entries of an app differ in a few
+digits a line: a block of 16 compresses ~25x (docs/ledger.md "View history in blocks").
+Reads decompress the blocks they need; the views are rare next to ticks.
 """
 
 from __future__ import annotations
