@@ -59,12 +59,15 @@ def served(kafka_bootstrap: str) -> Iterator[dict]:
         commands.close()
 
 
-def read_commands(c: KafkaConsumer, n: int, timeout: float = 10) -> list[dict]:
+def read_commands(c: KafkaConsumer, n: int, apps: tuple[str, ...], timeout: float = 10
+                  ) -> list[dict]:
+    """The next ``n`` commands of ``apps`` (the broker is the session's: another test's
+    commands may still arrive after the fixture's seek to the end)."""
     out: list[dict] = []
     deadline = time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
         for batch in c.poll(timeout_ms=200).values():
-            out.extend(json.loads(r.value) for r in batch)
+            out.extend(m for r in batch if (m := json.loads(r.value))["app"] in apps)
     return out
 
 
@@ -76,7 +79,7 @@ def test_setter_publishes_and_waits_for_the_outcome_on_kafka(served: dict) -> No
     a, prod = served["a"], served["prod"]
     eco = EcovisorClient(served["url"], f"token-of-{a}", wait_timeout=10)
     r = eco.set_container_powercap(f"{a}-1", 2.5)
-    [cmd] = read_commands(served["commands"], 1)
+    [cmd] = read_commands(served["commands"], 1, (served["a"], served["b"]))
     assert cmd["type"] == "set_container_powercap" and cmd["app"] == a
     assert cmd["token"] == f"token-of-{a}" and cmd["command_id"] == r.command_id
     assert cmd["container"] == f"{a}-1" and cmd["watts"] == 2.5
@@ -87,7 +90,7 @@ def test_setter_publishes_and_waits_for_the_outcome_on_kafka(served: dict) -> No
         target=lambda: out.append(eco.set_battery_charge_rate(1.5, wait=True)), daemon=True
     )
     th.start()
-    [cmd] = read_commands(served["commands"], 1)
+    [cmd] = read_commands(served["commands"], 1, (served["a"], served["b"]))
     cid = cmd["command_id"]
     prod.send(topics.notifications(a), note(a, "command_accepted", command_id=cid))
     prod.send(topics.notifications(a), note(a, "command_applied", command_id=cid, data={"w": 1}))
