@@ -136,3 +136,17 @@ site:
     with _pytest.raises(ConfigError, match="solar_nameplate_w"):
         parse_config(site % "0")
     assert parse_config(site % "20").site.shape.solar_nameplate_w == 20
+
+
+@pytest.mark.parametrize("name", ["examples/demo-site.yaml", "deploy/compose-site.yaml"])
+def test_the_c_loader_reads_the_shipped_sites_as_pyyaml_does(name: str) -> None:
+    """parse_config reads with libyaml's safe loader when PyYAML has it: the same
+    documents as its pure-Python one (which it falls back to)."""
+    import yaml
+
+    from ecovisor.contract import config_file
+
+    text = (Path(__file__).resolve().parents[2] / name).read_text()
+    pure = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - a safe loader
+    assert yaml.load(text, Loader=config_file._SAFE_LOADER) == pure  # noqa: S506
+    assert config_file._SAFE_LOADER is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
