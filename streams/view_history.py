@@ -13,6 +13,7 @@ Reads decompress the blocks they need; the views are rare next to ticks.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -58,25 +59,35 @@ class TickLog:
         return self._n
 
     def append(self, k: int, t: float, value: Any) -> None:
-        """Tick ``k``'s value; a tick at or before the newest replaces it and every
-        later one (a tick closed again after a restart: the same value)."""
-        newest = self._plain[-1][0] if self._plain else (
+        """Tick ``k``'s value. A tick already kept is replaced in its place, an earlier
+        one not kept goes in its place among the others (a tick closed again after a
+        restart, whose rows the table had beyond the snapshot: the same value)."""
+        plain = self._plain
+        newest = plain[-1][0] if plain else (
             self._blocks[-1].ks[-1] if self._blocks else None)  # fmt: skip
-        if newest is not None and k <= newest:
-            self._truncate_from(k)
-        self._plain.append((k, t, value))
-        self._n += 1
-        self._trim()
+        if newest is None or k > newest:
+            plain.append((k, t, value))
+            self._n += 1
+            self._trim()
+            return
+        self._unpack_from(k)  # (rare: back to plain from the block holding k on)
+        plain = self._plain
+        i = bisect_left(plain, k, key=lambda x: x[0])
+        if i < len(plain) and plain[i][0] == k:
+            plain[i] = (k, t, value)
+        else:
+            plain.insert(i, (k, t, value))
+            self._n += 1
+            self._trim()
 
     def compact(self) -> None:
-        """The plain values into one block, once there are ``BLOCK_TICKS`` of them."""
-        if len(self._plain) < BLOCK_TICKS:
-            return
-        plain, self._plain = self._plain, []
-        data = b"\n".join(self._to_bytes(v) for _, _, v in plain)
-        self._blocks.append(_Block(tuple(k for k, _, _ in plain),
-                                   tuple(t for _, t, _ in plain),
-                                   _compressor.compress(data)))  # fmt: skip
+        """The oldest plain values into blocks of ``BLOCK_TICKS`` (fewer stay plain)."""
+        while len(self._plain) >= BLOCK_TICKS:
+            chunk, self._plain = self._plain[:BLOCK_TICKS], self._plain[BLOCK_TICKS:]
+            data = b"\n".join(self._to_bytes(v) for _, _, v in chunk)
+            self._blocks.append(_Block(tuple(k for k, _, _ in chunk),
+                                       tuple(t for _, t, _ in chunk),
+                                       _compressor.compress(data)))  # fmt: skip
 
     def ticks(self) -> list[int]:
         """The kept ticks, ascending (no block is decompressed)."""
@@ -131,18 +142,14 @@ class TickLog:
                 del self._plain[0]
             self._n -= 1
 
-    def _truncate_from(self, k: int) -> None:
-        """Drop tick ``k`` and every later one (rare: a tick closed again)."""
-        kept = [(k2, t, v) for k2, t, v in self._plain if k2 < k]
-        self._n -= len(self._plain) - len(kept)
-        self._plain = kept
+    def _unpack_from(self, k: int) -> None:
+        """Every block holding tick ``k`` or a later one back into the plain values (the
+        skipped values of the oldest block are dropped with it)."""
         while self._blocks and self._blocks[-1].ks[-1] >= k:
             b = self._blocks.pop()
-            lo = self._skip if not self._blocks else 0
+            lo = 0 if self._blocks else self._skip
             vals = self._values(b)
-            back = [(b.ks[j], b.ts[j], self._from_bytes(vals[j]))
-                    for j in range(lo, len(b.ks)) if b.ks[j] < k]  # fmt: skip
-            self._n -= len(b.ks) - lo - len(back)
+            back = [(b.ks[j], b.ts[j], self._from_bytes(vals[j])) for j in range(lo, len(b.ks))]
             if not self._blocks:
                 self._skip = 0
             self._plain = back + self._plain

@@ -49,16 +49,20 @@ def _format_errors(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-# libyaml's safe loader where PyYAML was built with it (its wheels are): the same
-# documents as yaml.SafeLoader, parsed in C: a site of 10,000 containers in 0.8 s
-# instead of 3.0 s, at every start of every service that reads the site file
+# libyaml's safe loader where PyYAML was built with it (its wheels are), parsed in C: a
+# site of 10,000 containers in 0.8 s instead of 3.0 s, at every start of every service
+# that reads the site file. The shipped site files read the same with either; libyaml
+# also takes a tab before a comment (`key: 1<TAB># c`, refused by the pure loader) and
+# its errors give the line and column without quoting the line
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def parse_config(text: str, origin: str = "<string>") -> EcovisorConfig:
     try:
         data = yaml.load(_expand_env(text), Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeError) as e:
+        # (UnicodeError: libyaml encodes the text to UTF-8 first, and an environment
+        # variable's undecodable byte, a lone surrogate in Python, cannot be)
         raise ConfigError(f"{origin}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level")

@@ -237,7 +237,8 @@ def advance_site_histories(
     budget: int = HISTORY_SITE_BUDGET,
 ) -> dict[str, dict[str, CarbonHistory]]:
     """Every app's histories after tick ``k`` (``carbon``: app -> the tick's container
-    names and carbon, µg): each app's silent ones forgotten (``_recent``), each container
+    names, each once, and carbon, µg: an entry's container lines): each app's silent
+    ones forgotten (``_recent``), each container
     that emitted pushes its carbon, then the site's histories cut to ``budget`` values in
     all, in sorted (app, container) order, each that still fits (an app that lost one
     keeps its histories in sorted order).

@@ -140,8 +140,8 @@ site:
 
 @pytest.mark.parametrize("name", ["examples/demo-site.yaml", "deploy/compose-site.yaml"])
 def test_the_c_loader_reads_the_shipped_sites_as_pyyaml_does(name: str) -> None:
-    """parse_config reads with libyaml's safe loader when PyYAML has it: the same
-    documents as its pure-Python one (which it falls back to)."""
+    """parse_config reads with libyaml's safe loader when PyYAML has it: the shipped
+    site files read as with the pure-Python one (which it falls back to)."""
     import yaml
 
     from ecovisor.contract import config_file
@@ -150,3 +150,14 @@ def test_the_c_loader_reads_the_shipped_sites_as_pyyaml_does(name: str) -> None:
     pure = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - a safe loader
     assert yaml.load(text, Loader=config_file._SAFE_LOADER) == pure  # noqa: S506
     assert config_file._SAFE_LOADER is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def test_an_undecodable_environment_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A byte that is not UTF-8 in an expanded variable: a one-line error, not a
+    traceback (libyaml cannot encode the lone surrogate Python decodes it to)."""
+    import os
+
+    monkeypatch.setitem(os.environb, b"A_TOKEN", b"token-\xff-abc")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_config(MINIMAL.replace("aaaaaaaaaaaa", "${A_TOKEN}"))

@@ -17,7 +17,8 @@ def _row(k: int) -> dict:
     return {"energy_mj": k * 10, "carbon_ug": k, "containers": {"c1": [k * 10, k]}}
 
 
-# steps between ticks (mostly the next; 0 and -3: a tick closed again), or a compaction
+# steps between ticks (mostly the next; 0 and -3: a tick closed again, kept or not),
+# or a compaction
 ops = st.lists(st.one_of(st.tuples(st.just("tick"), st.sampled_from([1, 1, 1, 1, 2, 5, 0, -3])),
                          st.just(("compact", 0))), min_size=20, max_size=160)  # fmt: skip
 
@@ -37,11 +38,11 @@ def test_a_tick_log_reads_as_the_dict_of_its_newest_ticks(ops: list, max_ticks: 
         if op == "compact":
             continue
         k = max(0, k + step)
-        want = {k2: v for k2, v in want.items() if k2 < k}  # a tick again: it and later go
-        want[k] = _row(k)
+        v = _row(k) if step else {**_row(k), "again": True}  # a tick again: replaced
+        want[k] = v
         while len(want) > max_ticks:
             del want[min(want)]
-        log.append(k, k * 2.0, _row(k))
+        log.append(k, k * 2.0, v)
         assert log.ticks() == sorted(want) and len(log) == len(want)
     rows = RowsView(log)
     assert dict(rows.items()) == want  # (through blocks: JSON, so the lists compare equal)
@@ -62,9 +63,10 @@ def test_entries_are_rendered_only_when_compacted_or_read() -> None:
     for k in range(BLOCK_TICKS + 3):
         log.append(k, float(k), Out("t", None, message={"k": k}, render=render))
     assert rendered == []  # (the replay never renders the entries it does not write)
-    log.compact()
-    assert rendered == list(range(BLOCK_TICKS + 3))
+    log.compact()  # the oldest BLOCK_TICKS into a block; 3 stay plain
+    assert rendered == list(range(BLOCK_TICKS))
     assert [json.loads(v)["k"] for v in log.between(2.0, 20.0)] == list(range(2, 19))
+    assert rendered == list(range(BLOCK_TICKS + 3))  # read: rendered
 
 
 def test_blocks_keep_the_history_small() -> None:
