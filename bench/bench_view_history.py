@@ -38,12 +38,8 @@ def rss_mb() -> float:
 
 def held(led: SiteLedger) -> tuple[int, int]:
     """(values not yet in a block, bytes of the compressed blocks) of the view history."""
-    plain = blocks = 0
-    for logs in (led.entries, led.counters):
-        for log in logs.values():
-            plain += len(log._plain)
-            blocks += sum(len(b.data) for b in log._blocks)
-    return plain, blocks
+    sizes = [log.footprint() for logs in (led.entries, led.counters) for log in logs.values()]
+    return sum(p for p, _ in sizes), sum(b for _, b in sizes)
 
 
 def main() -> None:

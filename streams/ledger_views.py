@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,9 +129,15 @@ def counters_view(
 
 def ledger_view(led: SiteLedger, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
     """The app's kept ledger entries with tick start in [t1, t2)."""
-    a, b = t1.timestamp(), t2.timestamp()
     log = led.entries.get(app)
-    return [json.loads(v) for v in log.between(a, b)] if log is not None else []
+    if log is None:
+        return []
+    a, b = t1.timestamp(), t2.timestamp()
+    tick_us = led.clock.tick_us
+    # the ticks that may start in [a, b) (one more each side), then the test on the
+    # tick's start as its entry states it (``t_start``: k * tick_us / 1e6)
+    k1, k2 = math.floor(a * 1e6 / tick_us) - 1, math.ceil(b * 1e6 / tick_us) + 1
+    return [json.loads(v) for k, v in log.items(k1, k2) if a <= k * tick_us / 1e6 < b]
 
 
 def _time(query: Mapping[str, str], name: str) -> datetime | None:

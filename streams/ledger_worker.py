@@ -27,7 +27,7 @@ from ecovisor.core.solar_share import split_solar
 from ecovisor.core.state import SiteState, SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
 from ecovisor.core.tick_clock import ClockLimits, ClosedTick, TickClock, to_us
-from ecovisor.core.units import US_PER_S, j_to_mj, wh_to_mj
+from ecovisor.core.units import j_to_mj, wh_to_mj
 from streams.ledger_commands import CommandIntake, bucketed_keys
 from streams.ledger_out import Out, utc_from_us
 from streams.tick_notifications import (
@@ -192,11 +192,10 @@ class SiteLedger(CommandIntake):
 
     def restore_counters(self, rows: dict[str, dict[int, dict[str, Any]]]) -> None:
         """Per-tick counters read back from the ``counters`` table (newest kept)."""
-        tick_s = self.clock.tick_us / US_PER_S
         for app, hist in rows.items():
             log = self._log(self.counters, app, row_log)
             for k in sorted(hist)[-self.history_ticks :]:
-                log.append(k, k * tick_s, hist[k])
+                log.append(k, hist[k])
         self.compact_history()
 
     def compact_history(self) -> None:
@@ -442,7 +441,7 @@ class SiteLedger(CommandIntake):
                                            strict=True), strict=True)),
             }
             rows.append((app, ct.k, row))
-            self._remember(app, ct.k, row, entry.t_start, entry_out)
+            self._remember(app, ct.k, row, entry_out)
             # what the state view and /metrics read of the app's last tick (the settings
             # in force are the app state's)
             self.last[app] = {"tick": ct.k, "time": t_end_iso, "tick_data": data}
@@ -480,8 +479,8 @@ class SiteLedger(CommandIntake):
             outs.append(Out(topics.notifications(app), p["command_id"].encode(), n.to_json()))
         return outs
 
-    def _remember(self, app: str, k: int, row: dict[str, Any], t: float, entry: Out) -> None:
-        self._log(self.counters, app, row_log).append(k, t, row)
+    def _remember(self, app: str, k: int, row: dict[str, Any], entry: Out) -> None:
+        self._log(self.counters, app, row_log).append(k, row)
         # the entry's Out: its JSON once sent (or read by the ledger view, or compacted),
         # parsed only when the ledger view is read
-        self._log(self.entries, app, entry_log).append(k, t, entry)
+        self._log(self.entries, app, entry_log).append(k, entry)

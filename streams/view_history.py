@@ -32,13 +32,12 @@ _decompressor = zstandard.ZstdDecompressor()
 @dataclass(frozen=True)
 class _Block:
     ks: tuple[int, ...]  # the ticks, ascending
-    ts: tuple[float, ...]  # their start times (epoch s)
     data: bytes  # zstd of the values' bytes joined by b"\n" (compact JSON has no newline)
 
 
 class TickLog:
-    """The last ``max_ticks`` values of one kind, one per tick ``k`` (ascending), each
-    with its tick's start time. ``to_bytes``/``from_bytes`` turn a value into compact
+    """The last ``max_ticks`` values of one kind, one per tick ``k`` (ascending; a tick's
+    time is its index's: the caller converts). ``to_bytes``/``from_bytes`` turn a value into compact
     JSON (no newline) and back; ``read_plain`` is what a read returns of a value not yet
     in a block. ``compact`` moves the plain values into a block once
     there are ``BLOCK_TICKS`` of them: call it where their bytes exist anyway (the worker
@@ -50,7 +49,7 @@ class TickLog:
         self.max_ticks = max_ticks
         self._to_bytes, self._from_bytes, self._read_plain = to_bytes, from_bytes, read_plain
         self._blocks: deque[_Block] = deque()
-        self._plain: list[tuple[int, float, Any]] = []
+        self._plain: list[tuple[int, Any]] = []
         self._skip = 0  # values of the oldest block beyond max_ticks (not read)
         self._n = 0  # values kept (skipped ones excluded)
         self._cache: tuple[_Block, list[bytes]] | None = None  # the last block read
@@ -58,7 +57,7 @@ class TickLog:
     def __len__(self) -> int:
         return self._n
 
-    def append(self, k: int, t: float, value: Any) -> None:
+    def append(self, k: int, value: Any) -> None:
         """Tick ``k``'s value. A tick already kept is replaced in its place, an earlier
         one not kept goes in its place among the others (a tick closed again after a
         restart, whose rows the table had beyond the snapshot: the same value)."""
@@ -66,7 +65,7 @@ class TickLog:
         newest = plain[-1][0] if plain else (
             self._blocks[-1].ks[-1] if self._blocks else None)  # fmt: skip
         if newest is None or k > newest:
-            plain.append((k, t, value))
+            plain.append((k, value))
             self._n += 1
             self._trim()
             return
@@ -74,9 +73,9 @@ class TickLog:
         plain = self._plain
         i = bisect_left(plain, k, key=lambda x: x[0])
         if i < len(plain) and plain[i][0] == k:
-            plain[i] = (k, t, value)
+            plain[i] = (k, value)
         else:
-            plain.insert(i, (k, t, value))
+            plain.insert(i, (k, value))
             self._n += 1
             self._trim()
 
@@ -84,22 +83,24 @@ class TickLog:
         """The oldest plain values into blocks of ``BLOCK_TICKS`` (fewer stay plain)."""
         while len(self._plain) >= BLOCK_TICKS:
             chunk, self._plain = self._plain[:BLOCK_TICKS], self._plain[BLOCK_TICKS:]
-            data = b"\n".join(self._to_bytes(v) for _, _, v in chunk)
-            self._blocks.append(_Block(tuple(k for k, _, _ in chunk),
-                                       tuple(t for _, t, _ in chunk),
-                                       _compressor.compress(data)))  # fmt: skip
+            data = b"\n".join(self._to_bytes(v) for _, v in chunk)
+            self._blocks.append(_Block(tuple(k for k, _ in chunk), _compressor.compress(data)))
 
     def ticks(self) -> list[int]:
         """The kept ticks, ascending (no block is decompressed)."""
         out: list[int] = []
         for i, b in enumerate(self._blocks):
             out.extend(b.ks[self._skip:] if i == 0 else b.ks)
-        out.extend(k for k, _, _ in self._plain)
+        out.extend(k for k, _ in self._plain)
         return out
+
+    def footprint(self) -> tuple[int, int]:
+        """(values kept plain, bytes of the compressed blocks)."""
+        return len(self._plain), sum(len(b.data) for b in self._blocks)
 
     def get(self, k: int) -> Any:
         """Tick ``k``'s value, None if it is not kept."""
-        for k2, _, v in reversed(self._plain):
+        for k2, v in reversed(self._plain):
             if k2 == k:
                 return self._read_plain(v)
         for i, b in enumerate(self._blocks):
@@ -111,18 +112,19 @@ class TickLog:
                 return None
         return None
 
-    def between(self, t1: float, t2: float) -> Iterator[Any]:
-        """The values of the ticks starting in [t1, t2), oldest first."""
+    def items(self, k1: int, k2: int) -> Iterator[tuple[int, Any]]:
+        """(k, value) of the kept ticks in [k1, k2], oldest first (only the blocks that
+        hold such ticks are decompressed)."""
         for i, b in enumerate(self._blocks):
-            if b.ts[-1] < t1 or b.ts[0] >= t2:
+            if b.ks[-1] < k1 or b.ks[0] > k2:
                 continue
             vals = self._values(b)
             for j in range(self._skip if i == 0 else 0, len(b.ks)):
-                if t1 <= b.ts[j] < t2:
-                    yield self._from_bytes(vals[j])
-        for _, t, v in list(self._plain):
-            if t1 <= t < t2:
-                yield self._read_plain(v)
+                if k1 <= b.ks[j] <= k2:
+                    yield b.ks[j], self._from_bytes(vals[j])
+        for k, v in list(self._plain):
+            if k1 <= k <= k2:
+                yield k, self._read_plain(v)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class TickLog:
             b = self._blocks.pop()
             lo = 0 if self._blocks else self._skip
             vals = self._values(b)
-            back = [(b.ks[j], b.ts[j], self._from_bytes(vals[j])) for j in range(lo, len(b.ks))]
+            back = [(b.ks[j], self._from_bytes(vals[j])) for j in range(lo, len(b.ks))]
             if not self._blocks:
                 self._skip = 0
             self._plain = back + self._plain

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from ecovisor.core.account_lines import unchecked
 from ecovisor.core.apportion import largest_remainder
+from ecovisor.core.entries import AppLedgerEntry
 from ecovisor.core.state import (
     AppState,
     BudgetTracker,
@@ -271,16 +272,8 @@ def advance_site_histories(
                 cut = True
                 break
             h, v = old.get(c), emitted.get(c)
-            if v is None:
-                new = h
-            elif _starts_again(h, sched, max_ticks, k):
-                if used + 1 > budget:
-                    cut = True
-                    continue
-                new = _push(None, sched, max_ticks, k, v)
-            else:
-                new = _push(h, sched, max_ticks, k, v)
-            assert new is not None
+            new = h if v is None else _push(h, sched, max_ticks, k, v)
+            assert new is not None  # (a container without carbon this tick has a history)
             n = history_size(new)
             if used + n > budget:
                 cut = True
@@ -296,11 +289,12 @@ def advance_site_histories(
 
 
 def advance_app_histories(apps: Mapping[str, AppState],
-                          carbon: Mapping[str, tuple[Sequence[str], Sequence[int]]], k: int,
+                          entries: Mapping[str, AppLedgerEntry], k: int,
                           tick_s: float) -> dict[str, AppState]:
-    """The apps' states with their containers' carbon histories after tick ``k``
-    (``carbon``: app -> the tick's container names and carbon, µg): all apps at once,
+    """The apps' states with their containers' carbon histories after tick ``k``, whose
+    ledger entries are ``entries`` (their container lines' carbon): all apps at once,
     under the site's budget (``advance_site_histories``)."""
+    carbon = {a: (e.containers.names, e.containers.carbon) for a, e in entries.items()}
     history = advance_site_histories({a: st.tracking.carbon_history for a, st in apps.items()},
                                      carbon, k, ticks_in(MAX_WINDOW_S, tick_s))
     out: dict[str, AppState] = {}

@@ -387,8 +387,7 @@ def app_step(share: AppShare, shape: SiteShape, state: AppState, inp: AppTickInp
     else:
         w.curtailed = w.excess
     st, entry = _finalize(w, shape)
-    carbon = {st.app: (entry.containers.names, entry.containers.carbon)}
-    return advance_app_histories({st.app: st}, carbon, inp.k, shape.tick_s)[st.app], entry
+    return advance_app_histories({st.app: st}, {st.app: entry}, inp.k, shape.tick_s)[st.app], entry
 
 
 # --- one site's tick (multiplexing) -----------------------------------------------------
@@ -556,9 +555,7 @@ def site_step(shape: SiteShape, shares: Mapping[str, AppShare], state: SiteState
     })
     new_state = unchecked(SiteState, {
         "site": state.site, "next_k": inp.k + 1,
-        "apps": advance_app_histories(
-            new_apps, {a: (e.containers.names, e.containers.carbon) for a, e in entries.items()},
-            inp.k, dt),
+        "apps": advance_app_histories(new_apps, entries, inp.k, dt),
         "platform": platform_cum, "cumulative": result.cumulative,
         "drift_alerting": alerting,
     })

@@ -42,14 +42,14 @@ def test_a_tick_log_reads_as_the_dict_of_its_newest_ticks(ops: list, max_ticks: 
         want[k] = v
         while len(want) > max_ticks:
             del want[min(want)]
-        log.append(k, k * 2.0, v)
+        log.append(k, v)
         assert log.ticks() == sorted(want) and len(log) == len(want)
     rows = RowsView(log)
     assert dict(rows.items()) == want  # (through blocks: JSON, so the lists compare equal)
     for k2 in range(k + 2):
         assert log.get(k2) == want.get(k2)
-    lo, hi = 2.0 * (k - 7), 2.0 * (k - 2)
-    assert list(log.between(lo, hi)) == [want[x] for x in sorted(want) if lo <= 2.0 * x < hi]
+    lo, hi = k - 7, k - 2
+    assert list(log.items(lo, hi)) == [(x, want[x]) for x in sorted(want) if lo <= x <= hi]
 
 
 def test_entries_are_rendered_only_when_compacted_or_read() -> None:
@@ -61,11 +61,11 @@ def test_entries_are_rendered_only_when_compacted_or_read() -> None:
 
     log = entry_log(100)
     for k in range(BLOCK_TICKS + 3):
-        log.append(k, float(k), Out("t", None, message={"k": k}, render=render))
+        log.append(k, Out("t", None, message={"k": k}, render=render))
     assert rendered == []  # (the replay never renders the entries it does not write)
     log.compact()  # the oldest BLOCK_TICKS into a block; 3 stay plain
     assert rendered == list(range(BLOCK_TICKS))
-    assert [json.loads(v)["k"] for v in log.between(2.0, 20.0)] == list(range(2, 19))
+    assert [json.loads(v)["k"] for _, v in log.items(2, 20)] == list(range(2, 19))
     assert rendered == list(range(BLOCK_TICKS + 3))  # read: rendered
 
 
@@ -77,9 +77,9 @@ def test_blocks_keep_the_history_small() -> None:
         row = {"energy_mj": k * 5000, "carbon_ug": k * 37,
                "containers": {f"c{i}": [k * (1000 + i), k * (7 + i % 3)] for i in range(100)}}
         raw += len(json.dumps(row, separators=(",", ":")))
-        log.append(k, float(k), row)
+        log.append(k, row)
         log.compact()
-    held = sum(len(b.data) for b in log._blocks)
+    held = log.footprint()[1]
     assert held < raw / 4
     assert log.get(0)["containers"]["c5"] == [0, 0] and log.get(399)["carbon_ug"] == 399 * 37
 
