@@ -201,6 +201,11 @@ def _push(h: CarbonHistory | None, sched: tuple[tuple[int, int], ...], max_ticks
 # a rate limit set on one of those starts from an empty window (the behaviour before
 # histories existed). Deterministic, so a replay or a restart gives the same events.
 HISTORY_SITE_BUDGET = 40_000
+# ... and at most this many histories: each kept history is pushed every tick it emits
+# (~2 µs), and while histories are young (a few values each) the values' budget alone
+# let every container of a large site keep one: at 1,000 emitting containers ~1,000
+# pushes a tick for the first minutes (40 % of closing a tick), ~170 once they are full.
+HISTORY_SITE_MAX = 256
 
 
 def history_size(h: CarbonHistory) -> int:
@@ -236,13 +241,14 @@ def advance_site_histories(
     k: int,
     max_ticks: int,
     budget: int = HISTORY_SITE_BUDGET,
+    max_histories: int = HISTORY_SITE_MAX,
 ) -> dict[str, dict[str, CarbonHistory]]:
     """Every app's histories after tick ``k`` (``carbon``: app -> the tick's container
     names, each once, and carbon, µg: an entry's container lines): each app's silent
     ones forgotten (``_recent``), each container
-    that emitted pushes its carbon, then the site's histories cut to ``budget`` values in
-    all, in sorted (app, container) order, each that still fits (an app that lost one
-    keeps its histories in sorted order).
+    that emitted pushes its carbon, then the site's histories cut to ``budget`` values and
+    ``max_histories`` histories in all, in sorted (app, container) order, each that still
+    fits (an app that lost one keeps its histories in sorted order).
 
     One greedy pass in that order, which builds only the histories it keeps (a new one
     has one value) and stops where the budget is full: every later container is cut
@@ -252,14 +258,15 @@ def advance_site_histories(
     sched = history_tiers(max_ticks)
     most = sum(n for _, n in sched) - (len(sched) - 1)  # the most values a history keeps
     # (at most this many histories: the kept ones and one per emitting container)
-    if (sum(map(len, history.values()))
-            + sum(len(carbon.get(a, ((), ()))[0]) for a in history)) * most <= budget:
+    upper = (sum(map(len, history.values()))
+             + sum(len(carbon.get(a, ((), ()))[0]) for a in history))
+    if upper <= max_histories and upper * most <= budget:
         return {a: _pushed_all(hist, *carbon.get(a, ((), ())), sched, k, max_ticks)
                 for a, hist in history.items()}
     out: dict[str, dict[str, CarbonHistory]] = {}
-    used = 0
+    used = count = 0
     for a in sorted(history):
-        if used == budget:  # full: every history holds at least one value
+        if used == budget or count == max_histories:  # full (a history holds >= 1 value)
             out[a] = {}
             continue
         old = _recent(history[a], k, max_ticks)
@@ -268,7 +275,7 @@ def advance_site_histories(
         kept: dict[str, CarbonHistory] = {}
         cut = False
         for c in sorted(old.keys() | emitted.keys()):
-            if used == budget:
+            if used == budget or count == max_histories:
                 cut = True
                 break
             h, v = old.get(c), emitted.get(c)
@@ -279,6 +286,7 @@ def advance_site_histories(
                 cut = True
                 continue
             used += n
+            count += 1
             kept[c] = new
         if cut:
             out[a] = kept  # (in sorted order)

@@ -36,11 +36,12 @@ def _apps(hist: dict[str, dict[str, CarbonHistory]]) -> dict[str, AppState]:
 
 def _reference(hist: dict[str, dict[str, CarbonHistory]],
                carbon: dict[str, tuple[tuple[str, ...], tuple[int, ...]]],
-               k: int, max_ticks: int, budget: int) -> dict[str, dict[str, CarbonHistory]]:
+               k: int, max_ticks: int, budget: int, max_histories: int
+               ) -> dict[str, dict[str, CarbonHistory]]:
     pushed = {a: update_history(h, dict(zip(*carbon.get(a, ((), ())), strict=True)), k,
                                 max_ticks)
               for a, h in hist.items()}
-    bounded = bound_site_histories(_apps(pushed), budget)
+    bounded = bound_site_histories(_apps(pushed), budget, max_histories)
     return {a: dict(s.tracking.carbon_history) for a, s in bounded.items()}
 
 
@@ -57,9 +58,11 @@ tick_carbon = st.dictionaries(
                    min_size=1, max_size=40),
     max_ticks=st.sampled_from([1, 30, 100, 1_440, 86_400]),
     budget=st.sampled_from([0, 5, 12, 30, 80, 400, 40_000]),
+    max_histories=st.sampled_from([0, 1, 3, 7, 256]),
 )
 def test_advance_site_histories_is_push_then_bound(
-    ticks: list[tuple[int, dict[str, list[tuple[str, int]]]]], max_ticks: int, budget: int
+    ticks: list[tuple[int, dict[str, list[tuple[str, int]]]]], max_ticks: int, budget: int,
+    max_histories: int,
 ) -> None:
     hist: dict[str, dict[str, CarbonHistory]] = {a: {} for a in APPS}
     k = 5
@@ -67,8 +70,8 @@ def test_advance_site_histories_is_push_then_bound(
         k = max(0, k + step)  # mostly the next tick, sometimes a gap or an earlier one
         carbon = {a: (tuple(c for c, _ in rows), tuple(v for _, v in rows))
                   for a, rows in emitted.items()}
-        want = _reference(hist, carbon, k, max_ticks, budget)
-        got = advance_site_histories(hist, carbon, k, max_ticks, budget)
+        want = _reference(hist, carbon, k, max_ticks, budget, max_histories)
+        got = advance_site_histories(hist, carbon, k, max_ticks, budget, max_histories)
         assert got == want
         for a in APPS:  # the same order too (the state's JSON)
             assert list(got[a]) == list(want[a])

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from ecovisor.core.carbon_limits import (
     HISTORY_SITE_BUDGET,
+    HISTORY_SITE_MAX,
     MAX_BUCKETS,
     history_size,
     push_history,
@@ -31,21 +32,24 @@ def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str,
     return out
 
 
-def bound_site_histories(apps: dict[str, AppState],
-                         budget: int = HISTORY_SITE_BUDGET) -> dict[str, AppState]:
-    """``apps`` with their carbon histories cut to ``budget`` values in all (``apps``
-    itself when they fit; an app that lost one has its histories in sorted order)."""
-    if sum(history_size(h) for st in apps.values()
-           for h in st.tracking.carbon_history.values()) <= budget:
+def bound_site_histories(apps: dict[str, AppState], budget: int = HISTORY_SITE_BUDGET,
+                         max_histories: int = HISTORY_SITE_MAX) -> dict[str, AppState]:
+    """``apps`` with their carbon histories cut to ``budget`` values and ``max_histories``
+    histories in all (``apps`` itself when they fit; an app that lost one has its
+    histories in sorted order)."""
+    if (sum(history_size(h) for st in apps.values()
+            for h in st.tracking.carbon_history.values()) <= budget
+            and sum(len(st.tracking.carbon_history) for st in apps.values()) <= max_histories):
         return apps
     sizes = {(a, c): history_size(h) for a in sorted(apps)
              for c, h in sorted(apps[a].tracking.carbon_history.items())}
     keep: dict[str, dict[str, CarbonHistory]] = {a: {} for a in apps}
-    used = 0
+    used = count = 0
     for (a, c), n in sizes.items():
-        if used + n > budget:
+        if used + n > budget or count == max_histories:
             continue
         used += n
+        count += 1
         keep[a][c] = apps[a].tracking.carbon_history[c]
     out = dict(apps)
     for a, st in apps.items():

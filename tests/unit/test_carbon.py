@@ -250,3 +250,25 @@ def test_site_histories_stay_within_their_budget_in_sorted_order() -> None:
     assert list(out["b"]) == sorted(out["b"])  # an app that lost histories: sorted order
     assert tick(99, total) == full  # under the budget: every history kept
     assert HISTORY_SITE_BUDGET * 8 < 512_000  # ~7 bytes a value in the snapshot
+
+
+def test_site_keeps_at_most_its_count_of_histories_first_in_sorted_order() -> None:
+    """Young histories hold a value or two each, so the values' budget alone let every
+    container of a large site keep (and push, every tick) one: at most
+    HISTORY_SITE_MAX histories are kept, the first in sorted (app, container) order,
+    whatever their size."""
+    from ecovisor.core.carbon_limits import HISTORY_SITE_MAX
+
+    names = {a: tuple(f"{a}-{i:03d}" for i in range(200)) for a in ("b", "a")}
+    hist: dict = {a: {} for a in names}
+    for k in range(3):
+        carbon = {a: (cs, (1000 + k,) * len(cs)) for a, cs in names.items()}
+        hist = advance_site_histories(hist, carbon, k, 86_400)
+    assert HISTORY_SITE_MAX < 400
+    assert len(hist["a"]) == 200  # all of the first app in sorted order
+    assert list(hist["b"]) == [f"b-{i:03d}" for i in range(HISTORY_SITE_MAX - 200)]
+    assert all(len(h.ticks) == 3 for hs in hist.values() for h in hs.values())
+    # with room for all, every one is kept
+    carbon = {a: (cs, (7,) * len(cs)) for a, cs in names.items()}
+    wide = advance_site_histories(hist, carbon, 3, 86_400, max_histories=400)
+    assert sum(map(len, wide.values())) == 400
