@@ -199,7 +199,7 @@ def derive_events(prev: AppState, entry: AppLedgerEntry) -> tuple[EventTracking,
         budget = budget.model_copy(update={"level": level})
 
     # the carbon history as it was: the site's step advances every app's together
-    # (``carbon_limits.advance_site_histories``), under the site's budget
+    # (``carbon_limits.advance_site_histories``), under the site's bounds
     tracking = unchecked(EventTracking, {
         "solar_ref_w": mj_to_power(solar_ref, dt), "solar_ref_mj": solar_ref,
         "intensity_ref": i_ref, "rate_windows": windows, "carbon_history": tr.carbon_history,
