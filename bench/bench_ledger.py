@@ -134,10 +134,13 @@ def cpu_between(probes: list[dict[str, float]], i: int, j: int) -> dict[str, flo
 
 
 def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float,
-                 probe: Any = None, probes: list[Any] | None = None) -> list[float]:
+                 probe: Any = None, probes: list[Any] | None = None,
+                 site: str | None = None) -> list[float]:
     """Wall times at which each new record of `topic` was consumed, until `stop_at`;
     ``probe``: called once per fetched batch, its result appended to ``probes`` once
-    per record (the CPU used so far when that record was seen)."""
+    per record (the CPU used so far when that record was seen). ``site``: only the
+    records keyed ``site:...`` count (an earlier run's worker may still write one while
+    it stops: counted, it shifted the run's first entry and had no CPU probe)."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -149,8 +152,11 @@ def ledger_watch(bootstrap: str, topic: str, stop_at: int, timeout: float,
     while len(times) < stop_at and time.monotonic() < deadline:
         for batch in c.poll(timeout_ms=100).values():
             now = time.monotonic()
+            if site is not None:
+                prefix = f"{site}:".encode()
+                batch = [r for r in batch if (r.key or b"").startswith(prefix)]
             times.extend(now for _ in batch)
-            if probe is not None and probes is not None:
+            if probe is not None and probes is not None and batch:
                 seen = probe()
                 probes.extend(seen for _ in batch)
     c.close()
@@ -198,7 +204,7 @@ def run_throughput(
     probes: list[dict[str, float]] = []
     procs = dict(servers)  # the worker and bridge join below, before any entry is seen
     th = threading.Thread(target=lambda: watch.extend(
-        ledger_watch(bootstrap, topics.LEDGER, want, 300, cpu_probe(procs), probes)))
+        ledger_watch(bootstrap, topics.LEDGER, want, 300, cpu_probe(procs), probes, site)))
     th.start()
     time.sleep(1.0)
     worker = start("streams.ledger", cfg_path, d / f"ledger-{site}.log", "--clock", "event")
