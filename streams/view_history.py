@@ -29,6 +29,16 @@ _compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 _decompressor = zstandard.ZstdDecompressor()
 
 
+def packed(data: bytes) -> bytes:
+    """``data`` zstd-compressed, in a bytes object of its own size. python-zstandard's
+    one-shot ``compress`` allocates the worst case (about the input's size) and only
+    shortens the object's length: a kept block of ~10 kB held ~50-370 kB, untouched
+    pages mostly, but the heap behind them grew all the time (tracemalloc: 104 MB for
+    ~5 MB of blocks after 1,300 ticks at 1,000 containers). The copy is the exact size
+    and costs ~nothing beside compressing."""
+    return bytes(memoryview(_compressor.compress(data)))
+
+
 @dataclass(frozen=True)
 class _Block:
     ks: tuple[int, ...]  # the ticks, ascending
@@ -84,7 +94,7 @@ class TickLog:
         while len(self._plain) >= BLOCK_TICKS:
             chunk, self._plain = self._plain[:BLOCK_TICKS], self._plain[BLOCK_TICKS:]
             data = b"\n".join(self._to_bytes(v) for _, v in chunk)
-            self._blocks.append(_Block(tuple(k for k, _ in chunk), _compressor.compress(data)))
+            self._blocks.append(_Block(tuple(k for k, _ in chunk), packed(data)))
 
     def ticks(self) -> list[int]:
         """The kept ticks, ascending (no block is decompressed)."""

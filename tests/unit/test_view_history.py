@@ -84,6 +84,31 @@ def test_blocks_keep_the_history_small() -> None:
     assert log.get(0)["containers"]["c5"] == [0, 0] and log.get(399)["carbon_ug"] == 399 * 37
 
 
+def test_blocks_hold_no_more_memory_than_their_bytes() -> None:
+    """What the blocks allocate is what ``footprint`` counts: python-zstandard's
+    ``compress`` returns an object that keeps the worst case's allocation (~the input's
+    size) behind a short length, so ~60 kB of blocks held ~400 kB."""
+    import tracemalloc
+
+    rows = [{"energy_mj": k * 5000, "carbon_ug": k * 37,
+             "containers": {f"c{i}": [k * (1000 + i), k * 7] for i in range(100)}}
+            for k in range(160)]
+    log = row_log(400)
+    for k, row in enumerate(rows):
+        log.append(k, row)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        log.compact()  # 10 blocks (the rows stay alive in ``rows``)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    plain, held = log.footprint()
+    assert plain == 0 and held > 0
+    # each block: its bytes, an object header, the block and its tuple of ticks
+    assert grown < held + 10 * 1_000
+
+
 @given(st.dictionaries(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}\Z"),
                        st.tuples(st.integers(0, 2**62), st.integers(0, 2**62)), max_size=20),
        st.integers(0, 2**62), st.integers(0, 2**62))
