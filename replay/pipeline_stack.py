@@ -33,6 +33,13 @@ from streams.ledger import prepare_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_SOURCE = "replay-pipeline"  # the site's replay clock source (site.limits)
+# The services' consumers' longest fetch wait (ms) and the ledger's producer linger: the
+# embedded broker holds a fetch for its whole wait even when records arrive, so each of
+# the lock-step's two hops through it waited up to the live 25 ms (ledger) and 20 ms (API)
+# ~5-7 ms each on average (docs/replay-pipeline.md, Speed). While a replay runs, each
+# consumer then sends up to ~500 fetches a second when idle.
+FETCH_WAIT_MS = 2
+LINGER_MS = 0
 
 
 def pipeline_config(
@@ -98,8 +105,10 @@ class PipelineStack:
         """The ledger (event clock) and the API on ``cfg``; the API's URL once it listens."""
         prepare_topics(cfg, self.bootstrap)
         self._spawn("ledger", "streams.ledger", "--config", str(path), "--clock", "event",
-                    "--timeouts", "1")  # fmt: skip
-        self._spawn("api", "ecovisor.api", "--config", str(path))
+                    "--timeouts", "1", "--fetch-wait-ms", str(FETCH_WAIT_MS),
+                    "--linger-ms", str(LINGER_MS))  # fmt: skip
+        self._spawn("api", "ecovisor.api", "--config", str(path),
+                    "--notify-fetch-wait-ms", str(FETCH_WAIT_MS))  # fmt: skip
         try:
             wait_for_port(cfg.stack.api_port, timeout=60)
         except StackError:

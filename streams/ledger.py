@@ -40,10 +40,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ecovisor.adapters.faust_transport import WORKER_FETCH_MAX_WAIT_MS
+from ecovisor.adapters.kafka import fetch_wait_arg
 from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
 from ecovisor.contract.environment import kafka_bootstrap
 from streams.gc_schedule import FULL_COLLECTIONS
-from streams.ledger_app import PartitionMismatch, build_app, prepare_topics
+from streams.ledger_app import PRODUCER_LINGER_MS, PartitionMismatch, build_app, prepare_topics
 from streams.ledger_group import SiteGroup
 from streams.ledger_service import hard_stop_on_crash
 
@@ -111,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         "event-time watermark (telemetry or clock messages) closes ticks (replays)",
     )
     p.add_argument("--timeouts", type=float, default=3.0, help="broker session/rebalance s")
+    p.add_argument("--fetch-wait-ms", type=fetch_wait_arg, default=WORKER_FETCH_MAX_WAIT_MS,
+                   help="longest wait of the consumer's fetches, ms (default %(default)s): the "
+                   "embedded broker holds a fetch that long even when records arrive, so "
+                   "a shorter wait means lower latency and more empty fetches when idle "
+                   "(the pipeline replay uses 2)")  # fmt: skip
+    p.add_argument("--linger-ms", type=float, default=PRODUCER_LINGER_MS,
+                   help="the producer's linger, ms (default %(default)s)")
     p.add_argument("--loglevel", default="warning")
     a = p.parse_args(argv)
     try:
@@ -129,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     web_host = socket.gethostname() if a.web_host == "hostname" else a.web_host
     app = build_app(group, bootstrap=bootstrap, clock=a.clock, timeouts=a.timeouts,
-                    web_port=a.web_port, web_bind=a.web_bind, web_host=web_host)  # fmt: skip
+                    web_port=a.web_port, web_bind=a.web_bind, web_host=web_host,
+                    fetch_wait_ms=a.fetch_wait_ms, linger_ms=a.linger_ms)  # fmt: skip
     hard_stop_on_crash(app, HARD_STOP_S)  # a crash's stop must end the process
     worker = worker_for(app, a.loglevel)
     FULL_COLLECTIONS.take_over()  # full collections after a tick's outputs (gc_schedule)

@@ -55,6 +55,9 @@ OUTPUT_BATCH_BYTES = 1_000_000
 STALL_CHECK_S = 5.0  # a partition with events to read and none delivered this long: seek
 # a partition seeking back that has delivered nothing this long: seek again (unstall)
 RESEEK_S = 1.0
+# the producer's linger (ms): a tick's outputs are appended without a pause, so they
+# form their batches anyway; the linger only adds to each output's latency
+PRODUCER_LINGER_MS = 2.0
 
 
 def faust_app_id(cfg: EcovisorConfig | SiteGroup) -> str:
@@ -305,11 +308,18 @@ def build_app(
     web_port: int | None = None,
     web_bind: str = "127.0.0.1",
     web_host: str = "127.0.0.1",
+    fetch_wait_ms: int = faust_transport.WORKER_FETCH_MAX_WAIT_MS,
+    linger_ms: float = PRODUCER_LINGER_MS,
 ) -> Any:
     """The Faust app of a ledger worker for one site or a group of sites (``timeouts``:
     broker session and rebalance timeouts in s; ``web_port``: its views and /metrics,
     default the first site's ``stack.ledger_web_port``, on ``web_bind``; ``web_host``:
-    the name other workers of the group reach it at)."""
+    the name other workers of the group reach it at; ``fetch_wait_ms``: its consumer's
+    longest fetch wait, ``linger_ms``: its producer's linger, both latency against
+    requests: docs/replay-pipeline.md, Speed)."""
+    if fetch_wait_ms < 1:
+        raise ValueError(f"fetch_wait_ms must be >= 1, not {fetch_wait_ms} (the embedded "
+                         "broker answers a fetch without wait with no records)")
     import faust
 
     group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])
@@ -342,7 +352,7 @@ def build_app(
         web_port=port,
         datadir=datadir,
         stream_buffer_maxsize=8192,
-        producer_linger_ms=2,
+        producer_linger=linger_ms / 1000,
         # a tick's outputs in few batches and produce requests: a tick of 1,000 containers
         # sends ~350 kB of entries and notifications (an entry of 100 containers ~21 kB);
         # with Faust's 16 kB default each entry was a batch and a request of its own
@@ -355,6 +365,7 @@ def build_app(
         # site of 10,000 containers is ~3.3 MB as JSON, ~150 kB compressed on the broker
         producer_max_request_size=SNAPSHOT_MAX_BYTES,
     )
+    setattr(app, faust_transport.FETCH_WAIT_ATTR, fetch_wait_ms)  # (the transport reads it)
     telemetry = app.topic(topics.TELEMETRY, value_type=bytes, key_type=bytes)
     commands = app.topic(topics.COMMANDS, value_type=bytes, key_type=bytes)
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)

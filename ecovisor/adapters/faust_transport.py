@@ -11,7 +11,8 @@ offset higher than highwater") and crashed on a rebalance.
 The high watermark a fetch response carries is right on tansu and on Kafka, so this
 transport asks ListOffsets first and then fetches once from there: the end offset is the
 larger of the two. One extra fetch per partition per recovery. And the worker's fetch
-wait is 25 ms instead of Faust's fixed 1,500 ms (see ``ConsumerThread``).
+wait is 25 ms instead of Faust's fixed 1,500 ms (see ``ConsumerThread``), or the app's
+``FETCH_WAIT_ATTR`` when set (``python -m streams.ledger --fetch-wait-ms``).
 
 ``BROKER_SCHEME`` is the URL scheme Faust resolves to this transport
 (``faust.App(broker=f"{BROKER_SCHEME}://host:port")``); ``register()`` makes it known.
@@ -34,6 +35,7 @@ FETCH_TIMEOUT_S = 5.0
 # the worker consumer's longest fetch wait, ms (ConsumerThread._create_worker_consumer):
 # an idle worker sends ~40 empty fetches a second to its broker instead of one
 WORKER_FETCH_MAX_WAIT_MS = 25
+FETCH_WAIT_ATTR = "ecovisor_fetch_wait_ms"  # on the Faust app: its worker's own fetch wait
 
 
 async def fetched_high_watermarks(
@@ -79,7 +81,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # (tansu) holds the fetch for the whole wait: every event waited 0-1.5 s before
         # the ledger saw it (measured: 750 ms mean from publish to tick notification in
         # the pipeline replay, one hop). Read before start(), there is no setting for it.
-        consumer._fetch_max_wait_ms = WORKER_FETCH_MAX_WAIT_MS
+        consumer._fetch_max_wait_ms = int(
+            getattr(self.app, FETCH_WAIT_ATTR, None) or WORKER_FETCH_MAX_WAIT_MS
+        )
         return consumer
 
     async def _highwaters(self, partitions: Any) -> Mapping[Any, int]:

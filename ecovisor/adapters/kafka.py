@@ -16,6 +16,7 @@ no security argument at all (the embedded broker, tansu, has no SASL).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import ssl
@@ -112,6 +113,18 @@ class KafkaSecurity:
     @property
     def sasl(self) -> bool:
         return self.protocol != "PLAINTEXT"
+
+
+def fetch_wait_arg(text: str) -> int:
+    """A consumer's fetch wait (``fetch_max_wait_ms``) from the command line: whole ms,
+    at least 1. The embedded broker (tansu 0.6) holds a waiting fetch until the wait is
+    over even when records arrive, so the wait is a latency for every hop; but with 0 it
+    answers with no records at all, however many there are (measured)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} ms: at least 1 (a 0 ms fetch gets no "
+                                         "records from the embedded broker)")
+    return n
 
 
 def kafka_security(environ: Mapping[str, str] | None = None) -> KafkaSecurity:

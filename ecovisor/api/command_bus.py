@@ -116,8 +116,13 @@ class KafkaBus:
     configured app's notification topic, through ``ecovisor.adapters.kafka_async`` (no
     consumer group: the API wants every notification, not a share)."""
 
-    def __init__(self, bootstrap: str, apps: list[str], create_topics: bool = True) -> None:
+    def __init__(self, bootstrap: str, apps: list[str], create_topics: bool = True,
+                 fetch_wait_ms: int = NOTIFY_FETCH_WAIT_MS) -> None:  # fmt: skip
+        if fetch_wait_ms < 1:
+            raise ValueError(f"fetch_wait_ms must be >= 1, not {fetch_wait_ms} (the embedded "
+                             "broker answers a fetch without wait with no records)")
         self.bootstrap, self.apps = bootstrap, apps
+        self.fetch_wait_ms = fetch_wait_ms
         self.hub = NotificationHub()
         self._create = create_topics
         self._producer: Any = None
@@ -136,7 +141,7 @@ class KafkaBus:
             # waiting fetch when a record arrives, so a notification could wait up to
             # the whole fetch wait (aiokafka's default 500 ms; docs/replay-pipeline.md)
             self._consumer, tps = await assigned_consumer(
-                self.bootstrap, names, fetch_max_wait_ms=NOTIFY_FETCH_WAIT_MS
+                self.bootstrap, names, fetch_max_wait_ms=self.fetch_wait_ms
             )
             if tps:  # (seek_to_end() without partitions means "all assigned")
                 await self._consumer.seek_to_end(*tps)
