@@ -205,13 +205,17 @@ class _Io:
     def __init__(self, cfg: EcovisorConfig, bootstrap: str, app: str) -> None:
         self.site, self.app = cfg.site.id, app
         self.key = internal_key(cfg)
-        self.actions = _assigned(bootstrap, topics.ACTUATOR_CONTAINERS)
+        self.prod = _Producer(bootstrap)
+        opened: list[KafkaConsumer] = []
         try:
-            self.ledger = _assigned(bootstrap, topics.LEDGER)
-            self.prod = _Producer(bootstrap)
+            opened.append(_assigned(bootstrap, topics.ACTUATOR_CONTAINERS))
+            opened.append(_assigned(bootstrap, topics.LEDGER))
         except BaseException:
-            self.actions.close()
+            for c in opened:
+                c.close()
+            self.prod.close()
             raise
+        self.actions, self.ledger = opened
         self.got: dict[str, ContainerAction] = {}  # command id -> its action
         self.entries: dict[int, dict[str, Any]] = {}  # tick -> entry
         self.sent: list[tuple[concurrent.futures.Future[Any], str]] = []  # not yet checked
