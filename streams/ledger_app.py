@@ -32,6 +32,7 @@ from typing import Any
 from ecovisor.adapters import faust_transport
 from ecovisor.adapters.kafka import (
     COMPRESSION_TYPE,
+    checked_fetch_wait,
     create_topics,
     existing_partitions,
     faust_credentials,
@@ -317,9 +318,7 @@ def build_app(
     the name other workers of the group reach it at; ``fetch_wait_ms``: its consumer's
     longest fetch wait, ``linger_ms``: its producer's linger, both latency against
     requests: docs/replay-pipeline.md, Speed)."""
-    if fetch_wait_ms < 1:
-        raise ValueError(f"fetch_wait_ms must be >= 1, not {fetch_wait_ms} (the embedded "
-                         "broker answers a fetch without wait with no records)")
+    checked_fetch_wait(fetch_wait_ms)
     import faust
 
     group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])

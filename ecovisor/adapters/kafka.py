@@ -115,16 +115,23 @@ class KafkaSecurity:
         return self.protocol != "PLAINTEXT"
 
 
+def checked_fetch_wait(ms: int) -> int:
+    """A consumer's fetch wait (``fetch_max_wait_ms``), whole ms, at least 1, else
+    ``ValueError``. The embedded broker (tansu 0.6) holds a waiting fetch until the wait
+    is over even when records arrive, so the wait is a latency for every hop; but with 0
+    it answers with no records at all, however many there are (measured)."""
+    if ms < 1:
+        raise ValueError(f"fetch wait {ms} ms: at least 1 (a 0 ms fetch gets no records "
+                         "from the embedded broker)")
+    return ms
+
+
 def fetch_wait_arg(text: str) -> int:
-    """A consumer's fetch wait (``fetch_max_wait_ms``) from the command line: whole ms,
-    at least 1. The embedded broker (tansu 0.6) holds a waiting fetch until the wait is
-    over even when records arrive, so the wait is a latency for every hop; but with 0 it
-    answers with no records at all, however many there are (measured)."""
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} ms: at least 1 (a 0 ms fetch gets no "
-                                         "records from the embedded broker)")
-    return n
+    """``checked_fetch_wait`` of a command-line value."""
+    try:
+        return checked_fetch_wait(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def kafka_security(environ: Mapping[str, str] | None = None) -> KafkaSecurity:

@@ -118,9 +118,7 @@ class KafkaBus:
 
     def __init__(self, bootstrap: str, apps: list[str], create_topics: bool = True,
                  fetch_wait_ms: int = NOTIFY_FETCH_WAIT_MS) -> None:  # fmt: skip
-        if fetch_wait_ms < 1:
-            raise ValueError(f"fetch_wait_ms must be >= 1, not {fetch_wait_ms} (the embedded "
-                             "broker answers a fetch without wait with no records)")
+        kafka.checked_fetch_wait(fetch_wait_ms)
         self.bootstrap, self.apps = bootstrap, apps
         self.fetch_wait_ms = fetch_wait_ms
         self.hub = NotificationHub()
