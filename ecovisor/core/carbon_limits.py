@@ -201,11 +201,24 @@ def _push(h: CarbonHistory | None, sched: tuple[tuple[int, int], ...], max_ticks
 # a rate limit set on one of those starts from an empty window (the behaviour before
 # histories existed). Deterministic, so a replay or a restart gives the same events.
 HISTORY_SITE_BUDGET = 40_000
-# ... and at most this many histories: each kept history is pushed every tick it emits
-# (~2 µs), and while histories are young (a few values each) the values' budget alone
-# let every container of a large site keep one: at 1,000 emitting containers ~1,000
-# pushes a tick for the first minutes (40 % of closing a tick), ~170 once they are full.
-HISTORY_SITE_MAX = 256
+# ... and at most as many histories as it holds full ones (``history_count_max``): each
+# kept history is pushed every tick it emits (~2 µs), and young histories hold a value
+# or two, so the values' budget alone let every container of a large site keep (and
+# push) one for its first minutes, then cut most of them as they grew: at 1,000 emitting
+# containers and Δt 1 s, ~1,000 pushes a tick at first (40 % of closing a tick), ~170
+# once grown. With the count bound the same first containers in sorted order keep
+# theirs from the start (173 at Δt 1 s, 289 at 60 s, 384 at 300 s).
+
+
+def history_values_max(max_ticks: int) -> int:
+    """The most values one history keeps (every tier full) at ``max_ticks``."""
+    sched = history_tiers(max_ticks)
+    return sum(n for _, n in sched) - (len(sched) - 1)
+
+
+def history_count_max(max_ticks: int, budget: int = HISTORY_SITE_BUDGET) -> int:
+    """The most histories a site keeps: as many as ``budget`` holds full ones."""
+    return budget // history_values_max(max_ticks)
 
 
 def history_size(h: CarbonHistory) -> int:
@@ -241,14 +254,15 @@ def advance_site_histories(
     k: int,
     max_ticks: int,
     budget: int = HISTORY_SITE_BUDGET,
-    max_histories: int = HISTORY_SITE_MAX,
+    max_histories: int | None = None,
 ) -> dict[str, dict[str, CarbonHistory]]:
     """Every app's histories after tick ``k`` (``carbon``: app -> the tick's container
     names, each once, and carbon, µg: an entry's container lines): each app's silent
     ones forgotten (``_recent``), each container
     that emitted pushes its carbon, then the site's histories cut to ``budget`` values and
-    ``max_histories`` histories in all, in sorted (app, container) order, each that still
-    fits (an app that lost one keeps its histories in sorted order).
+    ``max_histories`` histories in all (default ``history_count_max``), in sorted (app,
+    container) order, each that still fits (an app that lost one keeps its histories in
+    sorted order).
 
     One greedy pass in that order, which builds only the histories it keeps (a new one
     has one value) and stops where the budget is full: every later container is cut
@@ -256,7 +270,9 @@ def advance_site_histories(
     1,000 emitting containers ~830 of them, at 10,000 ~9,600); staging and cutting
     them was a third of a tick's close."""
     sched = history_tiers(max_ticks)
-    most = sum(n for _, n in sched) - (len(sched) - 1)  # the most values a history keeps
+    most = history_values_max(max_ticks)
+    if max_histories is None:
+        max_histories = budget // most
     # (at most this many histories: the kept ones and one per emitting container)
     upper = (sum(map(len, history.values()))
              + sum(len(carbon.get(a, ((), ()))[0]) for a in history))

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 from ecovisor.core.carbon_limits import (
     HISTORY_SITE_BUDGET,
-    HISTORY_SITE_MAX,
     MAX_BUCKETS,
     history_size,
     push_history,
@@ -33,10 +32,13 @@ def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str,
 
 
 def bound_site_histories(apps: dict[str, AppState], budget: int = HISTORY_SITE_BUDGET,
-                         max_histories: int = HISTORY_SITE_MAX) -> dict[str, AppState]:
+                         max_histories: int | None = None) -> dict[str, AppState]:
     """``apps`` with their carbon histories cut to ``budget`` values and ``max_histories``
     histories in all (``apps`` itself when they fit; an app that lost one has its
-    histories in sorted order)."""
+    histories in sorted order). ``max_histories`` None: no count bound (the product's
+    default, ``history_count_max``, is tested on its own)."""
+    if max_histories is None:
+        max_histories = sum(len(st.tracking.carbon_history) for st in apps.values())
     if (sum(history_size(h) for st in apps.values()
             for h in st.tracking.carbon_history.values()) <= budget
             and sum(len(st.tracking.carbon_history) for st in apps.values()) <= max_histories):

@@ -232,7 +232,8 @@ def test_site_histories_stay_within_their_budget_in_sorted_order() -> None:
 
     def tick(k: int, budget: int) -> dict:
         carbon = {a: (cs, (1000 + k,) * len(cs)) for a, cs in names.items()}
-        return advance_site_histories(hist, carbon, k, 86_400, budget)
+        # (the values' budget alone: no count bound, tested below)
+        return advance_site_histories(hist, carbon, k, 86_400, budget, max_histories=10**6)
 
     for k in range(99):
         hist = tick(k, 10**9)
@@ -252,23 +253,31 @@ def test_site_histories_stay_within_their_budget_in_sorted_order() -> None:
     assert HISTORY_SITE_BUDGET * 8 < 512_000  # ~7 bytes a value in the snapshot
 
 
-def test_site_keeps_at_most_its_count_of_histories_first_in_sorted_order() -> None:
+def test_site_keeps_at_most_the_histories_its_budget_holds_full_in_sorted_order() -> None:
     """Young histories hold a value or two each, so the values' budget alone let every
-    container of a large site keep (and push, every tick) one: at most
-    HISTORY_SITE_MAX histories are kept, the first in sorted (app, container) order,
-    whatever their size."""
-    from ecovisor.core.carbon_limits import HISTORY_SITE_MAX
+    container of a large site keep (and push, every tick) one until they grew: a site
+    keeps at most as many histories as its budget holds full ones
+    (``history_count_max``: 173 at Δt 1 s, 289 at 60 s), the first in sorted (app,
+    container) order, whatever their size."""
+    from ecovisor.core.carbon_limits import (
+        HISTORY_SITE_BUDGET,
+        history_count_max,
+        history_values_max,
+        ticks_in,
+    )
 
-    names = {a: tuple(f"{a}-{i:03d}" for i in range(200)) for a in ("b", "a")}
+    assert history_count_max(86_400) == HISTORY_SITE_BUDGET // history_values_max(86_400) == 173
+    assert history_count_max(ticks_in(86_400, 60.0)) == 289
+    n = history_count_max(86_400)
+    names = {a: tuple(f"{a}-{i:03d}" for i in range(150)) for a in ("b", "a")}
     hist: dict = {a: {} for a in names}
     for k in range(3):
         carbon = {a: (cs, (1000 + k,) * len(cs)) for a, cs in names.items()}
         hist = advance_site_histories(hist, carbon, k, 86_400)
-    assert HISTORY_SITE_MAX < 400
-    assert len(hist["a"]) == 200  # all of the first app in sorted order
-    assert list(hist["b"]) == [f"b-{i:03d}" for i in range(HISTORY_SITE_MAX - 200)]
+    assert len(hist["a"]) == 150  # all of the first app in sorted order
+    assert list(hist["b"]) == [f"b-{i:03d}" for i in range(n - 150)]
     assert all(len(h.ticks) == 3 for hs in hist.values() for h in hs.values())
     # with room for all, every one is kept
     carbon = {a: (cs, (7,) * len(cs)) for a, cs in names.items()}
-    wide = advance_site_histories(hist, carbon, 3, 86_400, max_histories=400)
-    assert sum(map(len, wide.values())) == 400
+    wide = advance_site_histories(hist, carbon, 3, 86_400, max_histories=300)
+    assert sum(map(len, wide.values())) == 300
