@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from ecovisor.adapters.kafka import (
     KafkaUnavailable,
     assigned_consumer,
+    fetch_wait_arg,
     producer,
     publisher,
     read_to_end,
@@ -176,7 +177,8 @@ def service_args(module: str, doc: str | None) -> argparse.ArgumentParser:
     """The options every actuator service has."""
     p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
     p.add_argument("--config", help="site configuration (default $ECOVISOR_CONFIG)")
-    p.add_argument("--fetch-wait-ms", type=int, default=50, help="Kafka fetch wait (latency)")
+    p.add_argument("--fetch-wait-ms", type=fetch_wait_arg, default=50,
+                   help="Kafka fetch wait (latency), ms, at least 1")
     return p
 
 

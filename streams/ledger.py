@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ecovisor.adapters.faust_transport import WORKER_FETCH_MAX_WAIT_MS
-from ecovisor.adapters.kafka import fetch_wait_arg
+from ecovisor.adapters.kafka import fetch_wait_arg, linger_arg
 from ecovisor.contract.config_file import ConfigError, config_path, load_config, one_line
 from ecovisor.contract.environment import kafka_bootstrap
 from streams.gc_schedule import FULL_COLLECTIONS
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                    "embedded broker holds a fetch that long even when records arrive, so "
                    "a shorter wait means lower latency and more empty fetches when idle "
                    "(the pipeline replay uses 2)")  # fmt: skip
-    p.add_argument("--linger-ms", type=float, default=PRODUCER_LINGER_MS,
+    p.add_argument("--linger-ms", type=linger_arg, default=PRODUCER_LINGER_MS,
                    help="the producer's linger, ms (default %(default)s)")
     p.add_argument("--loglevel", default="warning")
     a = p.parse_args(argv)

@@ -58,7 +58,7 @@ STALL_CHECK_S = 5.0  # a partition with events to read and none delivered this l
 RESEEK_S = 1.0
 # the producer's linger (ms): a tick's outputs are appended without a pause, so they
 # form their batches anyway; the linger only adds to each output's latency
-PRODUCER_LINGER_MS = 2.0
+PRODUCER_LINGER_MS = 2
 
 
 def faust_app_id(cfg: EcovisorConfig | SiteGroup) -> str:
@@ -310,7 +310,7 @@ def build_app(
     web_bind: str = "127.0.0.1",
     web_host: str = "127.0.0.1",
     fetch_wait_ms: int = faust_transport.WORKER_FETCH_MAX_WAIT_MS,
-    linger_ms: float = PRODUCER_LINGER_MS,
+    linger_ms: int = PRODUCER_LINGER_MS,
 ) -> Any:
     """The Faust app of a ledger worker for one site or a group of sites (``timeouts``:
     broker session and rebalance timeouts in s; ``web_port``: its views and /metrics,

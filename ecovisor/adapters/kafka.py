@@ -126,6 +126,18 @@ def checked_fetch_wait(ms: int) -> int:
     return ms
 
 
+def linger_arg(text: str) -> int:
+    """A producer's linger from the command line: whole ms, at least 0 (the Kafka
+    clients count it in whole ms)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: whole ms") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} ms: at least 0")
+    return n
+
+
 def fetch_wait_arg(text: str) -> int:
     """``checked_fetch_wait`` of a command-line value."""
     try:
