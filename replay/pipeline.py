@@ -370,10 +370,14 @@ def _lockstep(
         # from now on is missed, however late the SSE connection is made
         start = _end_offset(stack.bootstrap, topics.notifications(app.id))
         client = _Client(url, TOKEN, app=app.id)
+        try:
+            stream = EcovisorClient(url, TOKEN, app=app.id, last_event_id=f"0:{start - 1}")
+        except BaseException:
+            client.close()
+            raise
     except BaseException:
         io.close()  # its producer and consumers: not left open by a failed start
         raise
-    stream = EcovisorClient(url, TOKEN, app=app.id, last_event_id=f"0:{start - 1}")
     notes: queue.Queue[Any] = queue.Queue()
     pump = threading.Thread(target=_stream, args=(stream, notes), daemon=True)
     try:
