@@ -26,6 +26,7 @@ Usage: python bench/bench_scaleout.py [--sites 10] [--containers 1000] [--ticks 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -320,6 +322,25 @@ def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[st
     }
 
 
+@contextlib.contextmanager
+def own_broker(tmp: Path, name: str, sites: list[str], n: int, parts: int
+               ) -> Iterator[tuple[Path, str]]:  # fmt: skip
+    """A broker of its own for run ``name``: the sites' files (a directory) and its
+    bootstrap, the group's topics made; stopped after."""
+    port = free_port()
+    broker = Server(tansu_command(port), port, tmp / f"tansu-{name}.log").start()
+    try:
+        bootstrap = f"127.0.0.1:{port}"
+        d = tmp / f"sites-{name}"
+        d.mkdir()
+        for s in sites:
+            (d / f"{s}.yaml").write_text(site_yaml(s, n, bootstrap, tmp / f"state-{name}"))
+        prepare_topics(load_group(str(d), name, parts), bootstrap)
+        yield d, bootstrap
+    finally:
+        broker.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=10)
@@ -364,38 +385,18 @@ def main() -> None:
             print("state:", json.dumps(results["state"]), flush=True)
         if "two" not in skip:
             # a broker of its own: the group forms on the first ticks, then the rest
-            port3 = free_port()
-            broker3 = Server(tansu_command(port3), port3, tmp / "tansu3.log").start()
-            try:
-                b3 = f"127.0.0.1:{port3}"
-                d3 = tmp / "sites3"
-                d3.mkdir()
-                for s in sites:
-                    (d3 / f"{s}.yaml").write_text(site_yaml(s, a.containers, b3, tmp / "state3"))
-                prepare_topics(load_group(str(d3), "two", a.partitions), b3)
+            with own_broker(tmp, "two", sites, a.containers, a.partitions) as (d3, b3):
                 r = run_group(d3, b3, "two", 2, a.partitions, sites, a.containers, a.ticks,
                               tmp, publish_ticks=ticks)  # fmt: skip
-            finally:
-                broker3.stop()
             r.pop("_entries")
             results["two_workers"] = r
             print("two workers:", json.dumps(r), flush=True)
         if "kill" not in skip:
             # a broker of its own, the same telemetry published tick by tick while the
             # workers run: its ledger must equal run 1's
-            port2 = free_port()
-            broker2 = Server(tansu_command(port2), port2, tmp / "tansu2.log").start()
-            try:
-                b2 = f"127.0.0.1:{port2}"
-                d2 = tmp / "sites2"
-                d2.mkdir()
-                for s in sites:
-                    (d2 / f"{s}.yaml").write_text(site_yaml(s, a.containers, b2, tmp / "state2"))
-                prepare_topics(load_group(str(d2), "kill", a.partitions), b2)
+            with own_broker(tmp, "kill", sites, a.containers, a.partitions) as (d2, b2):
                 r = run_kill(d2, b2, a.partitions, sites, a.containers, ticks, a.pace, tmp,
                              reference)  # fmt: skip
-            finally:
-                broker2.stop()
             results["kill"] = r
             print("kill:", json.dumps(r), flush=True)
     finally:
