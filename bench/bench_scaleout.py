@@ -9,8 +9,11 @@ consumer group and changelogs) reading the same telemetry, with ``--clock event`
 
 1. ``one``: the telemetry is in Kafka first, then ONE worker starts; rate = container
    samples of the ticks closed between the first and the last ledger entry / that time.
-2. ``two``: the same with TWO workers of one group: the sites each owns (its /metrics),
-   each worker's rate over its own sites, the total.
+2. ``two``: TWO workers of one group, on a broker of their own: the telemetry is
+   published tick by tick until each worker closes ticks of its sites (the group formed),
+   then the rest at once; over those ticks: the sites each owns (its /metrics), each
+   worker's rate over its own sites, the total (``group_formed`` false: within the
+   time allowed it did not, and the figures may include a rebalance).
 3. ``kill``: two workers; the telemetry is published tick by tick (``--pace`` s a tick,
    all sites) while they run; once half is out one worker is SIGKILLed. Reported: the
    time from the kill until each of its sites has a new ledger entry (from the
@@ -155,16 +158,22 @@ def stop(p: Any) -> None:
             p.wait()
 
 
-def owned(port: int) -> set[str]:
-    """The sites a worker has closed ticks of (its /metrics)."""
+def closed_counts(port: int) -> dict[str, float]:
+    """Ticks a worker has closed so far, per site (its /metrics; a site it lost in a
+    rebalance keeps its count)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
-        return set()
-    return {line.split('site="', 1)[1].split('"', 1)[0] for line in text.splitlines()
-            if line.startswith("ecovisor_ledger_ticks_closed_total{")
-            and float(line.rsplit(" ", 1)[1]) > 0}  # fmt: skip
+        return {}
+    return {line.split('site="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ecovisor_ledger_ticks_closed_total{")}  # fmt: skip
+
+
+def owned(port: int) -> set[str]:
+    """The sites a worker has closed ticks of."""
+    return {s for s, v in closed_counts(port).items() if v > 0}
 
 
 def publish(bootstrap: str, msgs: list[tuple[str, bytes]]) -> None:
@@ -209,32 +218,43 @@ def run_group(d: Path, bootstrap: str, name: str, workers: int, parts: int, site
     procs = [start_worker(d, name, parts, p, logs / f"{name}-{i}.log")
              for i, p in enumerate(ports)]  # fmt: skip
     from_k = None
+    formed = None
+    at_form: list[dict[str, float]] = []
     try:
         if publish_ticks is not None:
             # tick by tick until every worker has closed ticks of its sites (the group
             # formed: a site's ticks close only while its owner reads new telemetry)
-            i, deadline = 0, time.monotonic() + 120
+            i, formed, deadline = 0, False, time.monotonic() + 120
             while i < len(publish_ticks) - MEASURED_TICKS_MIN and time.monotonic() < deadline:
                 publish(bootstrap, publish_ticks[i])
                 i += 1
                 time.sleep(0.25)
                 if i >= 3 and all(owned(p) for p in ports):
+                    formed = True
                     break
-            ent.wait(len(sites) * APPS * (i - 1), 120)
-            from_k = max(e["k"] for _, e in ent.items) + 1
+            # i ticks out: all but the last two closed (the clock's grace rule)
+            ent.wait(len(sites) * APPS * max(0, i - 2), 120)
+            at_form = [closed_counts(p) for p in ports]
+            from_k = max((e["k"] for _, e in ent.items), default=-1) + 1
             publish(bootstrap, [m for tick in publish_ticks[i:] for m in tick])
         ok = ent.wait(want, 600)
-        split = [owned(p) for p in ports]
+        ends = [closed_counts(p) for p in ports]
     finally:
         for p in procs:
             stop(p)
         ent.close()
     out: dict[str, Any] = {"complete": ok, "entries": len(ent.items)}
-    if from_k is not None:
+    if formed is not None:
+        out["group_formed"] = formed  # False: every figure below may include a rebalance
         out["measured_from_tick"] = from_k
     out["total"] = rate(ent.items, set(sites), n, from_k)
     if workers > 1:
-        out["workers"] = [{"sites": sorted(s), **rate(ent.items, s, n, from_k)}
+        # each worker's sites: those it closed ticks of after the group formed (or at all)
+        split = [{s for s, v in end.items() if v > (at_form[w].get(s, 0) if at_form else 0)}
+                 for w, end in enumerate(ends)]  # fmt: skip
+        out["split_is_a_partition"] = (sum(map(len, split)) == len(sites)
+                                       and set().union(*split) == set(sites))  # fmt: skip
+        out["workers"] = [{**rate(ent.items, s, n, from_k), "sites": sorted(s)}
                           for s in split]  # fmt: skip
     out["_entries"] = ent.items
     return out

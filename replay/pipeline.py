@@ -139,9 +139,9 @@ def _end_offset(bootstrap: str, topic: str) -> int:
 
 class _Producer:
     """An aiokafka producer on an event loop thread of its own. ``batch`` hands a list of
-    records for one partition over as one batch (one produce request, read by the ledger
-    in one fetch) and returns without waiting for the broker: the caller checks the
-    returned future later (``done``), off the lock-step's path. kafka-python's
+    records for one partition over as batches (one for a usual tick: one produce request,
+    read by the ledger in one fetch) and returns without waiting for the broker: the
+    caller checks the returned future later (``done``), off the lock-step's path. kafka-python's
     send-and-flush of a tick's four records took 2.3-2.8 ms alone, most of it its sender
     thread; aiokafka's batch and its ack 0.8 ms, of which the engine now waits none."""
 
@@ -175,14 +175,17 @@ class _Producer:
             for v in values:
                 if b.append(key=key, value=v, timestamp=None) is None:
                     # full (aiokafka's batch size): send it, the rest in the next one
-                    # (batches to one partition are sent in order, one at a time)
+                    # (batches to one partition are sent in order, one at a time; an
+                    # empty batch takes any record, a larger one alone)
                     acks.append(await self.prod.send_batch(b, topic, partition=part))
                     b = self.prod.create_batch()
-                    if b.append(key=key, value=v, timestamp=None) is None:
-                        raise PipelineError(f"a record of {len(v)} bytes does not fit a "
-                                            f"batch of {topic}")  # fmt: skip
+                    b.append(key=key, value=v, timestamp=None)
             acks.append(await self.prod.send_batch(b, topic, partition=part))
-            return [await a for a in acks]
+            done = await asyncio.gather(*acks, return_exceptions=True)  # (every one read)
+            for d in done:
+                if isinstance(d, BaseException):
+                    raise d
+            return done
 
         return asyncio.run_coroutine_threadsafe(send(), self.loop)
 
@@ -235,8 +238,8 @@ class _Io:
         tick's end, which closes it, and one before the first sample stamped after the
         tick's start. The ledger refuses telemetry more than ``clock_skew_s`` ahead of its
         event clock (live, samples arrive all through the tick); the clock bridges it,
-        whatever the tick's length. One batch (the ledger reads it in one fetch), not
-        waited for: ``check_sent`` after the tick's notification."""
+        whatever the tick's length. As batches (one usually: the ledger reads it in one
+        fetch), not waited for: ``check_sent`` after the tick's notification."""
         values: list[bytes] = []
         clock_us = start_us
         for m, t_us in msgs:
@@ -268,6 +271,7 @@ class _Io:
     def action(self, command_id: str, when: datetime, deadline: float) -> ContainerAction:
         """The container action of one accepted command, acknowledged as applied."""
         while command_id not in self.got:
+            self.check_failed()
             if time.monotonic() > deadline:
                 raise PipelineError(f"no container action for command {command_id}")
             for batch in self.actions.poll(timeout_ms=50).values():

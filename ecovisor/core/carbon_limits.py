@@ -272,7 +272,7 @@ def advance_site_histories(
     sched = history_tiers(max_ticks)
     most = history_values_max(max_ticks)
     if max_histories is None:
-        max_histories = budget // most
+        max_histories = history_count_max(max_ticks, budget)
     # (at most this many histories: the kept ones and one per emitting container)
     upper = (sum(map(len, history.values()))
              + sum(len(carbon.get(a, ((), ()))[0]) for a in history))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ecovisor.core.carbon_limits import (
     advance_site_histories,
+    history_count_max,
     history_size,
     history_tiers,
     history_with_open,
@@ -36,12 +37,14 @@ def _apps(hist: dict[str, dict[str, CarbonHistory]]) -> dict[str, AppState]:
 
 def _reference(hist: dict[str, dict[str, CarbonHistory]],
                carbon: dict[str, tuple[tuple[str, ...], tuple[int, ...]]],
-               k: int, max_ticks: int, budget: int, max_histories: int
+               k: int, max_ticks: int, budget: int, max_histories: int | None
                ) -> dict[str, dict[str, CarbonHistory]]:
     pushed = {a: update_history(h, dict(zip(*carbon.get(a, ((), ())), strict=True)), k,
                                 max_ticks)
               for a, h in hist.items()}
-    bounded = bound_site_histories(_apps(pushed), budget, max_histories)
+    count = (history_count_max(max_ticks, budget) if max_histories is None
+             else max_histories)  # fmt: skip
+    bounded = bound_site_histories(_apps(pushed), budget=budget, max_histories=count)
     return {a: dict(s.tracking.carbon_history) for a, s in bounded.items()}
 
 
@@ -58,11 +61,12 @@ tick_carbon = st.dictionaries(
                    min_size=1, max_size=40),
     max_ticks=st.sampled_from([1, 30, 100, 1_440, 86_400]),
     budget=st.sampled_from([0, 5, 12, 30, 80, 400, 40_000]),
-    max_histories=st.sampled_from([0, 1, 3, 7, 256]),
+    # None: the product's default (``history_count_max`` of the budget and Δt)
+    max_histories=st.sampled_from([0, 1, 3, 7, 256, None]),
 )
 def test_advance_site_histories_is_push_then_bound(
     ticks: list[tuple[int, dict[str, list[tuple[str, int]]]]], max_ticks: int, budget: int,
-    max_histories: int,
+    max_histories: int | None,
 ) -> None:
     hist: dict[str, dict[str, CarbonHistory]] = {a: {} for a in APPS}
     k = 5

@@ -31,14 +31,12 @@ def update_history(history: Mapping[str, CarbonHistory], carbon_ug: Mapping[str,
     return out
 
 
-def bound_site_histories(apps: dict[str, AppState], budget: int = HISTORY_SITE_BUDGET,
-                         max_histories: int | None = None) -> dict[str, AppState]:
+def bound_site_histories(apps: dict[str, AppState], *, max_histories: int,
+                         budget: int = HISTORY_SITE_BUDGET) -> dict[str, AppState]:
     """``apps`` with their carbon histories cut to ``budget`` values and ``max_histories``
     histories in all (``apps`` itself when they fit; an app that lost one has its
-    histories in sorted order). ``max_histories`` None: no count bound (the product's
-    default, ``history_count_max``, is tested on its own)."""
-    if max_histories is None:
-        max_histories = sum(len(st.tracking.carbon_history) for st in apps.values())
+    histories in sorted order). The count is the caller's: the product's default is
+    ``carbon_limits.history_count_max`` of the site's Δt (the property test passes it)."""
     if (sum(history_size(h) for st in apps.values()
             for h in st.tracking.carbon_history.values()) <= budget
             and sum(len(st.tracking.carbon_history) for st in apps.values()) <= max_histories):
