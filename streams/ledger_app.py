@@ -33,6 +33,7 @@ from ecovisor.adapters import faust_transport
 from ecovisor.adapters.kafka import (
     COMPRESSION_TYPE,
     checked_fetch_wait,
+    checked_linger,
     create_topics,
     existing_partitions,
     faust_credentials,
@@ -319,6 +320,7 @@ def build_app(
     longest fetch wait, ``linger_ms``: its producer's linger, both latency against
     requests: docs/replay-pipeline.md, Speed)."""
     checked_fetch_wait(fetch_wait_ms)
+    checked_linger(linger_ms)
     import faust
 
     group = cfg if isinstance(cfg, SiteGroup) else SiteGroup.of([cfg])

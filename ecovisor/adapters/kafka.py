@@ -126,16 +126,20 @@ def checked_fetch_wait(ms: int) -> int:
     return ms
 
 
+def checked_linger(ms: int) -> int:
+    """A producer's linger (``linger_ms``), whole ms (the Kafka clients count it so), at
+    least 0, else ``ValueError``."""
+    if ms < 0:
+        raise ValueError(f"linger {ms} ms: at least 0")
+    return ms
+
+
 def linger_arg(text: str) -> int:
-    """A producer's linger from the command line: whole ms, at least 0 (the Kafka
-    clients count it in whole ms)."""
+    """``checked_linger`` of a command-line value."""
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: whole ms") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} ms: at least 0")
-    return n
+        return checked_linger(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def fetch_wait_arg(text: str) -> int:
@@ -365,6 +369,7 @@ def assigned_consumer(
     **options: Any,
 ) -> tuple[KafkaConsumer, list[TopicPartition]]:
     """A consumer assigned every partition of ``topic`` (positions not yet set)."""
+    checked_fetch_wait(fetch_max_wait_ms)
     deadline = time.monotonic() + timeout
     settings: dict[str, Any] = {
         "bootstrap_servers": bootstrap,

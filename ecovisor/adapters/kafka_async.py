@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ecovisor.adapters.kafka import KafkaUnavailable, aiokafka_options
+from ecovisor.adapters.kafka import KafkaUnavailable, aiokafka_options, checked_fetch_wait
 
 
 async def assigned_consumer(
@@ -24,6 +24,8 @@ async def assigned_consumer(
     """A started consumer assigned every partition of ``topic_names``. A topic that does
     not exist raises KafkaUnavailable (topics are created up front; tansu does not
     auto-create them)."""
+    if "fetch_max_wait_ms" in options:
+        checked_fetch_wait(options["fetch_max_wait_ms"])
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,

@@ -5,10 +5,18 @@ answers a fetch without wait with no records (docs/replay-pipeline.md, Speed).""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from ecovisor.adapters.kafka import checked_fetch_wait, fetch_wait_arg, linger_arg
+from ecovisor.adapters import kafka_async
+from ecovisor.adapters.kafka import (
+    assigned_consumer,
+    checked_fetch_wait,
+    checked_linger,
+    fetch_wait_arg,
+    linger_arg,
+)
 from ecovisor.api.command_bus import KafkaBus
 
 
@@ -22,7 +30,9 @@ def test_a_fetch_wait_is_at_least_one_ms() -> None:
             fetch_wait_arg(bad)
     with pytest.raises(ValueError, match="at least 1"):
         KafkaBus("127.0.0.1:1", ["a"], fetch_wait_ms=0)
-    assert linger_arg("0") == 0 and linger_arg("2") == 2
+    assert linger_arg("0") == 0 and linger_arg("2") == 2 and checked_linger(0) == 0
+    with pytest.raises(ValueError, match="at least 0"):
+        checked_linger(-1)
     for bad in ("-1", "1.9"):  # (the clients count whole ms)
         with pytest.raises(argparse.ArgumentTypeError):
             linger_arg(bad)
@@ -41,3 +51,25 @@ def test_the_services_refuse_a_zero_fetch_wait_on_the_command_line(
         main([flag, "0"])
     assert e.value.code == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_the_consumers_refuse_a_zero_fetch_wait_before_connecting() -> None:
+    """The rule is checked where the adapters make a consumer (the actuators' and the
+    API's), before any connection: no broker answers at 127.0.0.1:1."""
+    import asyncio
+
+    with pytest.raises(ValueError, match="at least 1"):
+        assigned_consumer("127.0.0.1:1", "t", "c", fetch_max_wait_ms=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        asyncio.run(kafka_async.assigned_consumer("127.0.0.1:1", ["t"], fetch_max_wait_ms=0))
+
+
+def test_a_ledger_app_refuses_a_negative_linger() -> None:
+    from ecovisor.contract.config_file import load_config
+    from streams.ledger_app import build_app
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml")
+    with pytest.raises(ValueError, match="at least 0"):
+        build_app(cfg, bootstrap="127.0.0.1:1", linger_ms=-1)
+    with pytest.raises(ValueError, match="at least 1"):
+        build_app(cfg, bootstrap="127.0.0.1:1", fetch_wait_ms=0)
