@@ -19,8 +19,9 @@ consumer group and changelogs) reading the same telemetry, with ``--clock event`
    time from the kill until each of its sites has a new ledger entry (from the
    survivor), and whether every site's entries equal run 1's (the fault-free ledger),
    entries sent twice included.
-4. State in the tables: the newest ``snapshots`` record of each site (bytes per
-   configured container) and the ``counters`` rows (bytes per container per tick).
+4. State in the tables: what the ``snapshots`` and ``counters`` tables hold at the end
+   of run 1 (each key's newest value), in bytes per configured container of a site,
+   and the ticks of view history the counters table covers.
 
 Usage: python bench/bench_scaleout.py [--sites 10] [--containers 1000] [--ticks 30]
        [--partitions 16] [--pace 0.25] [--skip one,two,kill]
@@ -314,31 +315,48 @@ def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
 
 
 def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[str, Any]:
-    """The newest snapshot per site and the counters rows, read from the changelogs."""
+    """What the tables hold at the end, read from their changelogs (the newest value of
+    each key; deleted keys left out): per site, the snapshot and the ``counters`` table's
+    values of its apps, in bytes per configured container, and the ticks of view history
+    the counters table covers (streams/counters_table.py)."""
     from kafka import KafkaConsumer
+
+    from streams.counters_table import CountersTable
+    from streams.view_history import row_log
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                       auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
     snaps: dict[str, int] = {}
-    rows = 0
-    row_bytes = 0
+    live: dict[bytes, bytes] = {}
     app_id = f"ecovisor-ledger-{group}"
     c.subscribe([f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"])
     for r in c:
-        if r.value is None:
-            continue
         if r.topic.endswith("snapshots-changelog"):
-            snaps[r.key.decode()] = len(r.value)
+            if r.value is not None:
+                snaps[r.key.decode()] = len(r.value)
+        elif r.value is None:
+            live.pop(r.key, None)
         else:
-            rows += 1
-            row_bytes += len(r.value)
+            live[r.key] = r.value
     c.close()
-    per = [v / n for v in snaps.values()]
-    per_app = n // APPS
+    per_site = []
+    ticks = []
+    for s in sites:
+        apps = [f"{s}-app{a}" for a in range(APPS)]
+        table = CountersTable(live)
+        for blocks, plain in table.read(apps).values():
+            log = row_log(10**6)
+            log.load(blocks, plain)
+            ticks.append(len(log))
+        counters = sum(table.bytes_held(a) for a in apps)
+        per_site.append((snaps.get(s, 0) / n, counters / n))
+    worst = max(per_site, key=sum) if per_site else (0.0, 0.0)
     return {
-        "snapshot_bytes_per_container": round(max(per), 1) if per else None,
+        "snapshot_bytes_per_container": round(max(p for p, _ in per_site), 1) if per_site else None,
         "snapshot_bytes_max": max(snaps.values()) if snaps else None,
-        "counters_bytes_per_container_tick": round(row_bytes / rows / per_app, 1) if rows else None,
+        "counters_bytes_per_container": round(max(q for _, q in per_site), 1) if per_site else None,
+        "tables_bytes_per_container": round(sum(worst), 1),
+        "counters_ticks_kept": [min(ticks), max(ticks)] if ticks else None,
     }
 
 

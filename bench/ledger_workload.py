@@ -105,11 +105,14 @@ def workload(
 
 def batch_workload(
     n: int, per_node: int, ticks: int, t0: float, site: str, max_bytes: int, version: int = 2,
-    carbon: bool = True,
+    carbon: bool = True, noise: float = 0.0,
 ) -> list[tuple[str, bytes]]:
     """(mqtt topic, payload) of n containers on nodes of ``per_node``, one node batch (or
     a few, under ``max_bytes``) of ``version`` per node per tick, with the counters of
-    ``workload`` (and, ``carbon``, its carbon intensity first in every tick)."""
+    ``workload`` (and, ``carbon``, its carbon intensity first in every tick). ``noise``:
+    each container's power in a tick is its regular one times 1 + U(-noise, noise)
+    (seeded), as measured power varies; 0: the regular counters of ``workload``."""
+    import random
     from datetime import UTC, datetime
 
     from collectors.power import split_batches
@@ -124,12 +127,21 @@ def batch_workload(
             by_node.setdefault(node_of(n, per_node, a, c), []).append((f"c{a}-{c}", f"app{a}", c))
     out = []
     seqs: dict[str, int] = {}
+    rng = random.Random(7)
+    energy: dict[str, float] = {}
     for i in range(ticks):
         t = datetime.fromtimestamp(t0 + i, UTC)
         if carbon:
             out.append(carbon_sample(site, i, t0 + i))
         for node, conts in by_node.items():
-            rows = [(app, cid, 0.0, round((i + 1) * (1.0 + c % 7), 3)) for cid, app, c in conts]
+            if noise:
+                for cid, _, c in conts:
+                    w = (1.0 + c % 7) * (1.0 + rng.uniform(-noise, noise))
+                    energy[cid] = energy.get(cid, 0.0) + w
+                rows = [(app, cid, 0.0, round(energy[cid], 3)) for cid, app, c in conts]
+            else:
+                rows = [(app, cid, 0.0, round((i + 1) * (1.0 + c % 7), 3))
+                        for cid, app, c in conts]  # fmt: skip
             src = node_batch_source(node)
             for part in split_batches(rows, max_bytes, version):
                 seq = seqs[src] = seqs.get(src, -1) + 1

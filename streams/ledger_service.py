@@ -29,11 +29,11 @@ from ecovisor.contract.telemetry import (
     parse_telemetry_entries,
 )
 from ecovisor.core.tick_clock import to_us
+from streams.counters_table import CountersTable
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_metrics import LedgerHealth
 from streams.ledger_out import Out
-from streams.ledger_worker import CounterRow, SiteLedger
-from streams.view_history import row_json
+from streams.ledger_worker import SiteLedger
 
 log = logging.getLogger("ecovisor.ledger")
 
@@ -62,11 +62,11 @@ class LedgerService:
         self.site = cfg.site.id
         self.app = app
         self.snapshots = snapshots  # Faust table: site -> SiteLedger.snapshot()
-        self.counters = counters  # Faust table: "app:k" -> counter row (JSON)
+        # Faust table: the apps' counters view history (streams/counters_table.py)
+        self.counters = CountersTable(counters)
         self.clock_mode = clock
         self.ledger: SiteLedger | None = None
         self.failure: BaseException | None = None  # set by ``run_guarded`` if it owns a task
-        self.rows: list[CounterRow] = []  # counter rows not yet persisted
         self.last_persist = 0.0
         self.in_flight: list[Any] = []  # send futures not yet confirmed
         # set once the telemetry consumer has read to the end of its partitions after
@@ -88,12 +88,9 @@ class LedgerService:
         if self.ledger is None:
             raw = self.snapshots.get(self.site.encode())
             led = SiteLedger.restore(self.cfg, raw) if raw else SiteLedger.new(self.cfg)
-            rows: dict[str, dict[int, dict[str, Any]]] = {}
-            for key, val in self.counters.items():
-                a, _, k = key.decode().rpartition(":")
-                if a in self.apps:  # the table holds the rows of every site of the group
-                    rows.setdefault(a, {})[int(k)] = json.loads(val)
-            led.restore_counters(rows)
+            led.restore_counters(self.counters.read(self.apps))
+            for why in self.counters.unreadable:
+                log.warning("site %s: counters table value left out: %s", self.site, why)
             self.ledger = led
             log.info("ledger for site %s loaded (restored=%s)", self.site, bool(raw))
         return self.ledger
@@ -113,13 +110,8 @@ class LedgerService:
         """Counter rows and the snapshot; outputs first: they must be durable before the
         snapshot that makes a restart skip them. Call with ``self.lock`` held."""
         await self.send([], wait=True)
-        counters = self.counters
-        for a, k, row in self.rows:
-            counters[f"{a}:{k}".encode()] = row_json(row)
-            old = f"{a}:{k - led.history_ticks}".encode()
-            if old in counters:
-                del counters[old]
-        self.rows = []
+        for a, hist in led.counters.items():
+            self.counters.write(a, hist, led.table_budget(a))
         self.snapshots[self.site.encode()] = led.snapshot()
         events, self.unacked = self.unacked, []
         if self.ack_events is not None:
@@ -137,7 +129,6 @@ class LedgerService:
                 self.health.closed(rows, time.time(), led.clock.tick_us / 1e6,
                                    self.clock_mode == "realtime")  # fmt: skip
             if rows or outs:
-                self.rows.extend(rows)
                 await self.send(outs)  # outputs first: a crash re-sends identical ones
                 led.compact_history()  # (the entries' bytes exist now: sent)
                 mono = time.monotonic()

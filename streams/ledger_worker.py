@@ -28,6 +28,7 @@ from ecovisor.core.state import SiteState, SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
 from ecovisor.core.tick_clock import ClockLimits, ClosedTick, TickClock, to_us
 from ecovisor.core.units import j_to_mj, wh_to_mj
+from streams.counters_table import Restored
 from streams.ledger_commands import CommandIntake, bucketed_keys
 from streams.ledger_out import Out, utc_from_us
 from streams.tick_notifications import (
@@ -46,6 +47,21 @@ HISTORY_TICKS = 3_600  # per-tick counters and entries kept for the views, at mo
 # (streams/view_history.py: ~12 B per container and tick)
 HISTORY_CONTAINER_TICKS = 400_000
 HISTORY_MIN_TICKS = 60
+
+
+# The ``counters`` table keeps, per app, as much of that history as fits this many bytes
+# per container (at least HISTORY_TABLE_MIN_BYTES): with the snapshot (404-614 B per
+# container measured, docs/ledger.md) the tables stay within ~1 KB per container. The
+# ticks it covers depend on how the counters compress: all 400 at 1,000 containers on
+# regular counters, ~40 on noisy ones (streams/counters_table.py)
+HISTORY_TABLE_BYTES_PER_CONTAINER = 384
+HISTORY_TABLE_MIN_BYTES = 8_192
+
+
+def history_table_bytes(containers: int) -> int:
+    """Bytes of view history the ``counters`` table keeps for an app of ``containers``
+    containers (streams/counters_table.py ``CountersTable.write``'s budget)."""
+    return max(HISTORY_TABLE_MIN_BYTES, HISTORY_TABLE_BYTES_PER_CONTAINER * containers)
 
 
 def history_ticks(containers: int) -> int:
@@ -190,13 +206,17 @@ class SiteLedger(CommandIntake):
             led._trim_seen(bucket)
         return led
 
-    def restore_counters(self, rows: dict[str, dict[int, dict[str, Any]]]) -> None:
-        """Per-tick counters read back from the ``counters`` table (newest kept)."""
-        for app, hist in rows.items():
-            log = self._log(self.counters, app, row_log)
-            for k in sorted(hist)[-self.history_ticks :]:
-                log.append(k, hist[k])
+    def restore_counters(self, restored: dict[str, Restored]) -> None:
+        """The counters' view history read back from the ``counters`` table
+        (``CountersTable.read``: each app's sealed blocks and plain rows)."""
+        for app, (blocks, plain) in restored.items():
+            if app in self.app_cfg:
+                self._log(self.counters, app, row_log).load(blocks, plain)
         self.compact_history()
+
+    def table_budget(self, app: str) -> int:
+        """Bytes of ``app``'s counters history the ``counters`` table keeps."""
+        return history_table_bytes(len(self.owned.get(app, ())))
 
     def compact_history(self) -> None:
         """The view history's plain ticks into compressed blocks where there are enough

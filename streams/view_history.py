@@ -39,8 +39,13 @@ def packed(data: bytes) -> bytes:
     return bytes(memoryview(_compressor.compress(data)))
 
 
+def unpacked(data: bytes) -> bytes:
+    """The bytes ``packed`` compressed."""
+    return _decompressor.decompress(data)
+
+
 @dataclass(frozen=True)
-class _Block:
+class Block:
     ks: tuple[int, ...]  # the ticks, ascending
     data: bytes  # zstd of the values' bytes joined by b"\n" (compact JSON has no newline)
 
@@ -58,11 +63,12 @@ class TickLog:
                  read_plain: Callable[[Any], Any] = lambda v: v) -> None:  # fmt: skip
         self.max_ticks = max_ticks
         self._to_bytes, self._from_bytes, self._read_plain = to_bytes, from_bytes, read_plain
-        self._blocks: deque[_Block] = deque()
+        self._blocks: deque[Block] = deque()
         self._plain: list[tuple[int, Any]] = []
         self._skip = 0  # values of the oldest block beyond max_ticks (not read)
         self._n = 0  # values kept (skipped ones excluded)
-        self._cache: tuple[_Block, list[bytes]] | None = None  # the last block read
+        self._cache: tuple[Block, list[bytes]] | None = None  # the last block read
+        self.version = 0  # changes with every append (what a persisted copy compares)
 
     def __len__(self) -> int:
         return self._n
@@ -71,6 +77,7 @@ class TickLog:
         """Tick ``k``'s value. A tick already kept is replaced in its place, an earlier
         one not kept goes in its place among the others (a tick closed again after a
         restart, whose rows the table had beyond the snapshot: the same value)."""
+        self.version += 1
         plain = self._plain
         newest = plain[-1][0] if plain else (
             self._blocks[-1].ks[-1] if self._blocks else None)  # fmt: skip
@@ -91,10 +98,48 @@ class TickLog:
 
     def compact(self) -> None:
         """The oldest plain values into blocks of ``BLOCK_TICKS`` (fewer stay plain)."""
+        if len(self._plain) >= BLOCK_TICKS:
+            self.version += 1
         while len(self._plain) >= BLOCK_TICKS:
             chunk, self._plain = self._plain[:BLOCK_TICKS], self._plain[BLOCK_TICKS:]
             data = b"\n".join(self._to_bytes(v) for _, v in chunk)
-            self._blocks.append(_Block(tuple(k for k, _ in chunk), packed(data)))
+            self._blocks.append(Block(tuple(k for k, _ in chunk), packed(data)))
+
+    def sealed(self) -> list[Block]:
+        """The compressed blocks, oldest first (the oldest may hold ticks beyond
+        ``max_ticks``: a reader of ``Block.ks`` skips them by keeping the newest)."""
+        return list(self._blocks)
+
+    def open_block(self) -> Block | None:
+        """The plain values as a block of their own (compressed now; they stay plain
+        here), None if there are none: what a persisted copy holds of them."""
+        if not self._plain:
+            return None
+        data = b"\n".join(self._to_bytes(v) for _, v in self._plain)
+        return Block(tuple(k for k, _ in self._plain), packed(data))
+
+    def load(self, blocks: list[Block], plain: list[tuple[int, Any]]) -> None:
+        """Fill an empty log from a persisted copy: ``blocks`` (sealed, taken as they
+        are, not decompressed) and plain values, in any order. What a crash between two
+        writes of the copy may leave is tolerated without a gap: a block overlapping an
+        older one's ticks is kept and every older block dropped (the older history is
+        lost, not a tick in the middle); a plain value of a tick a block holds is
+        dropped (the same value). Then the newest ``max_ticks`` are kept."""
+        if self._n:
+            raise ValueError("load fills an empty log")
+        kept: list[Block] = []
+        for b in sorted(blocks, key=lambda b: b.ks[0]):
+            if kept and kept[-1].ks[-1] >= b.ks[0]:
+                kept = []
+            kept.append(b)
+        last = kept[-1].ks[-1] if kept else None
+        newer = {k: v for k, v in plain if last is None or k > last}
+        self._blocks = deque(kept)
+        self._plain = sorted(newer.items(), key=lambda x: x[0])
+        self._n = sum(len(b.ks) for b in kept) + len(self._plain)
+        self._skip = 0
+        self.version += 1
+        self._trim()
 
     def ticks(self) -> list[int]:
         """The kept ticks, ascending (no block is decompressed)."""
@@ -138,9 +183,9 @@ class TickLog:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _values(self, b: _Block) -> list[bytes]:
+    def _values(self, b: Block) -> list[bytes]:
         if self._cache is None or self._cache[0] is not b:
-            self._cache = (b, _decompressor.decompress(b.data).split(b"\n"))
+            self._cache = (b, unpacked(b.data).split(b"\n"))
         return self._cache[1]
 
     def _trim(self) -> None:

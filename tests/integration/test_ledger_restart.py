@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,62 @@ def test_a_command_is_anchored_after_the_telemetry_already_in_kafka(
         reader.close()
         notes.close()
         stop(w)
+
+
+def test_the_counters_view_spans_a_restart(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The counters view history persisted in the ``counters`` table (in blocks,
+    streams/counters_table.py) is read back by the next worker: after a SIGKILL and a
+    restart, the view over the ticks the first worker closed answers as before the kill,
+    and over the whole run it equals the ledger's cumulative totals."""
+    import httpx
+
+    site = "zzcnt"
+    cfg_path = config(tmp_path, site, kafka_bootstrap)
+    cfg = load_config(cfg_path)
+    prepare_topics(cfg, kafka_bootstrap)
+    payloads = workload(site, seed=11)
+    # ticks 0..29 first (closes 0..28: grace 0.5 s), then, once the worker's persist
+    # interval has passed, tick 30's samples: closing tick 29 persists the table (a
+    # block of ticks 0-15, an open block 16-29) with the snapshot
+    times = [datetime.fromisoformat(json.loads(p)["time"]) for p in payloads]
+    first = [p for p, t in zip(payloads, times, strict=True) if t < at(30)]
+    second = [p for p, t in zip(payloads, times, strict=True) if at(30) <= t < at(31)]
+    rest = payloads[len(first) + len(second):]
+    k0 = int(at(0).timestamp())
+    reader = Reader(kafka_bootstrap, topics.LEDGER, site)
+    base = f"http://127.0.0.1:{cfg.stack.ledger_web_port}/ecovisor/counters/a"
+    span = {"t1": at(0).isoformat(), "t2": at(29).isoformat()}
+    procs = []
+    try:
+        publish(kafka_bootstrap, first, site)
+        w1 = start("streams.ledger", cfg_path, tmp_path / "c1.log", "--clock", "event")
+        procs.append(w1)
+        reader.wait(lambda _: ("a", k0 + 28) in entries_of(reader, site), timeout=60)
+        time.sleep(5.5)  # PERSIST_INTERVAL_S
+        publish(kafka_bootstrap, second, site)
+        reader.wait(lambda _: ("a", k0 + 29) in entries_of(reader, site), timeout=30)
+        time.sleep(1.0)  # the persist after tick 29's close
+        before = httpx.get(base, params=span, timeout=5).json()
+        assert before["ticks"] == [k0, k0 + 28]
+        w1.send_signal(signal.SIGKILL)
+        w1.wait(10)
+        publish(kafka_bootstrap, rest, site)
+        w2 = start("streams.ledger", cfg_path, tmp_path / "c2.log", "--clock", "event")
+        procs.append(w2)
+        last = k0 + TICKS - 2  # the last tick stays open
+        reader.wait(lambda _: ("a", last) in entries_of(reader, site), timeout=60)
+        time.sleep(0.5)
+        got = entries_of(reader, site)
+        # the new worker went on from the snapshot: it did not close the early ticks again
+        assert len(got[("a", k0 + 5)]) == 1
+        after = httpx.get(base, params=span, timeout=5).json()
+        assert after == before
+        whole = httpx.get(base, params={"t1": at(0).isoformat(),
+                                        "t2": at(TICKS).isoformat()}, timeout=5).json()  # fmt: skip
+        assert whole["ticks"] == [k0, last]
+        cum = got[("a", last)][0]["cumulative"]["total"]
+        assert round(whole["energy_j"] * 1000) == cum["energy_mj"] > 0
+    finally:
+        reader.close()
+        for p in procs:
+            stop(p)
