@@ -314,11 +314,14 @@ def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
     return out
 
 
-def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[str, Any]:
+def table_state(bootstrap: str, group: str, sites: list[str], n: int, ticks_run: int
+                ) -> dict[str, Any]:  # fmt: skip
     """What the tables hold at the end, read from their changelogs (the newest value of
     each key; deleted keys left out): per site, the snapshot and the ``counters`` table's
     values of its apps, in bytes per configured container, and the ticks of view history
-    the counters table covers (streams/counters_table.py)."""
+    the counters table covers (streams/counters_table.py); and every record the counters
+    changelog got (what a broker that keeps every record, as tansu, grows by) per
+    container and tick run."""
     from kafka import KafkaConsumer
 
     from streams.counters_table import CountersTable
@@ -328,6 +331,7 @@ def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[st
                       auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
     snaps: dict[str, int] = {}
     live: dict[bytes, bytes] = {}
+    written = 0
     app_id = f"ecovisor-ledger-{group}"
     c.subscribe([f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"])
     for r in c:
@@ -338,6 +342,7 @@ def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[st
             live.pop(r.key, None)
         else:
             live[r.key] = r.value
+            written += len(r.key) + len(r.value)
     c.close()
     per_site = []
     ticks = []
@@ -357,6 +362,8 @@ def table_state(bootstrap: str, group: str, sites: list[str], n: int) -> dict[st
         "counters_bytes_per_container": round(max(q for _, q in per_site), 1) if per_site else None,
         "tables_bytes_per_container": round(sum(worst), 1),
         "counters_ticks_kept": [min(ticks), max(ticks)] if ticks else None,
+        "counters_changelog_bytes_per_container_tick":
+            round(written / (n * len(sites) * ticks_run), 2),
     }
 
 
@@ -418,7 +425,7 @@ def main() -> None:
             r = run_group(d, bootstrap, "one", 1, a.partitions, sites, a.containers, a.ticks, tmp)
             reference = {(e["site"], e["app"], e["k"]): e for _, e in r.pop("_entries")}
             results["one_worker"] = r
-            results["state"] = table_state(bootstrap, "one", sites, a.containers)
+            results["state"] = table_state(bootstrap, "one", sites, a.containers, a.ticks)
             print("one worker:", json.dumps(r), flush=True)
             print("state:", json.dumps(results["state"]), flush=True)
         if "two" not in skip:
