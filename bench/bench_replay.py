@@ -123,8 +123,8 @@ def bench_pipeline(exp: Any, app_id: str | None, label: str, max_ticks: int) -> 
     steady = r.wall_s - r.first_tick_s
     if r.result.ticks > 1 and steady > 0:
         print(
-            f"pipeline: after the first tick ({r.first_tick_s:.2f} s: the ledger's consumer "
-            f"joining): {(r.result.ticks - 1) / steady:.1f} ticks/s"
+            f"pipeline: after the first tick ({r.first_tick_s:.2f} s: the services' first "
+            f"fetches): {(r.result.ticks - 1) / steady:.1f} ticks/s"
         )
 
 

@@ -21,7 +21,9 @@ consumer group and changelogs) reading the same telemetry, with ``--clock event`
    entries sent twice included.
 4. State in the tables: what the ``snapshots`` and ``counters`` tables hold at the end
    of run 1 (each key's newest value), in bytes per configured container of a site,
-   and the ticks of view history the counters table covers.
+   and the ticks of view history the counters table covers. A worker persists at most
+   every 5 s (``PERSIST_INTERVAL_S``): a run of a few seconds shows the tables as of its
+   first tick; ``--ticks 200 --skip two,kill`` shows them full.
 
 Usage: python bench/bench_scaleout.py [--sites 10] [--containers 1000] [--ticks 30]
        [--partitions 16] [--pace 0.25] [--skip one,two,kill]

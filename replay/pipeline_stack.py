@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,28 @@ class PipelineStack:
             wait_for_port(cfg.stack.api_port, timeout=60)
         except StackError:
             raise StackError(f"the API did not start; see {self.workdir / 'api.log'}") from None
+        self.wait_ledger_ready(cfg.stack.ledger_web_port)
         return f"http://127.0.0.1:{cfg.stack.api_port}"
+
+    def wait_ledger_ready(self, port: int, timeout: float = 60.0) -> None:
+        """Until the ledger's ``GET /ready`` answers 200 (joined its group, tables
+        recovered, caught up): the run's first tick then no longer carries the join."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        why = "no answer"
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+                if r.status_code == 200:
+                    return
+                why = r.json().get("reason") or f"HTTP {r.status_code}"
+            except (httpx.HTTPError, ValueError) as e:
+                why = str(e) or type(e).__name__
+            time.sleep(0.05)
+        raise StackError(f"the ledger was not ready after {timeout:g} s ({why}); see "
+                         f"{self.workdir / 'ledger.log'}")  # fmt: skip
 
     def _spawn(self, name: str, module: str, *args: str) -> None:
         with (self.workdir / f"{name}.log").open("ab") as fh:

@@ -8,7 +8,8 @@ several workers (streams/ledger_group.py).
   the worker that owns it. Telemetry is one event per node batch (hundreds of samples),
   so Faust's per-event cost (~65 µs here) no longer bounds the samples a worker takes.
 * State: the Faust tables ``snapshots`` (key site: ``SiteLedger.snapshot()``) and
-  ``counters`` (key ``app:k``: per-tick cumulative counters for the views), both with
+  ``counters`` (keys ``app:b{k}``, ``app:open``: the views' counter history in
+  compressed blocks, streams/counters_table.py), both with
   changelogs, partitioned by site like the topics. Outputs are made durable before each
   snapshot; a snapshot is written at most every ``PERSIST_INTERVAL_S`` while ticks close,
   after every command, and when ``MAX_UNACKED`` telemetry events wait for one.
@@ -43,10 +44,10 @@ from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.environment import internal_key
 from ecovisor.core.tick_clock import to_us
 from streams.gc_schedule import FULL_COLLECTIONS
-from streams.ledger_group import LedgerGroup, SiteGroup
+from streams.ledger_group import LedgerGroup, SiteGroup, not_ready_reason
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
 from streams.ledger_service import ClockMode, LedgerService, run_guarded
-from streams.ledger_views import Target, add_pages
+from streams.ledger_views import Target, add_pages, add_ready_page
 
 log = logging.getLogger("ecovisor.ledger")
 
@@ -286,6 +287,15 @@ class GroupService:
                 self.sites.check_caught_up(part, committed)
             await asyncio.sleep(0.05)
 
+    def readiness(self) -> str | None:
+        """Why this worker does not serve its share yet (``not_ready_reason``), else None."""
+        app = self.app
+        recovered = app.tables.recovery.completed.is_set()
+        return not_ready_reason(
+            failed=self.failure, joined=app.rebalancing_count > 0, rebalancing=app.rebalancing,
+            recovered=recovered, owned=self.active_partitions() if recovered else set(),
+            caught_up=self.sites.caught_up, event_mode=self.clock_mode == "event")
+
     async def guarded(self, what: str, body: Any) -> None:
         """Run ``body``, a task of the worker (``run_guarded``)."""
         await run_guarded(self, what, body)
@@ -372,7 +382,7 @@ def build_app(
     acks = app.topic(topics.ACTUATOR_ACKS, value_type=bytes, key_type=bytes)
     app_sites = group.app_sites
 
-    def site_of_row(key: bytes) -> str:  # counters keys: "app:k"
+    def site_of_row(key: bytes) -> str:  # counters keys: "app:b{k}", "app:open", "app:k"
         return app_sites.get(key.decode("utf-8", "replace").rpartition(":")[0], "")
 
     def table(name: str, site_of: Any) -> Any:
@@ -458,6 +468,7 @@ def build_app(
         return Target(own.ledger, keys[site])
 
     add_pages(app, target)
+    add_ready_page(app, svc)
     registry, svc.health = sites_registry(
         lambda: [s.ledger for s in list(svc.sites.services.values()) if s.ledger is not None],
         {s: c.site.grace_s for s, c in group.sites.items()},

@@ -280,3 +280,28 @@ class LedgerGroup:
             svc = self.services.get(site)
             if svc is not None:
                 svc.caught_up.set()
+
+
+def not_ready_reason(*, failed: BaseException | None, joined: bool, rebalancing: bool,
+                     recovered: bool, owned: set[int], caught_up: set[int],
+                     event_mode: bool) -> str | None:  # fmt: skip
+    """Why a worker of a group does not serve its share yet, None when it does (its
+    ``GET /ready``, docs/ledger.md): a task failed; it has not joined the group yet, or
+    a rebalance is under way; its tables are not recovered; event mode: a telemetry
+    partition it owns has not been read up to where it stood at the assignment (until
+    then its sites refuse no command but hold them: ``LedgerService.command``). A worker
+    that owns no partition (more workers than partitions) is ready."""
+    if failed is not None:
+        return f"a task of the worker failed: {failed!r}"
+    if not joined:
+        return "joining the consumer group"
+    if rebalancing:
+        return "the group is rebalancing"
+    if not recovered:
+        return "recovering the tables from their changelogs"
+    if event_mode:
+        behind = sorted(owned - caught_up)
+        if behind:
+            return f"reading the telemetry already in partition(s) {behind}"
+    return None
+

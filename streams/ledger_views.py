@@ -6,10 +6,12 @@ local users or apps from reading any app's state.
 
 * ``GET /ecovisor/state/{app}``: settings, last tick data, cumulative totals, clock;
 * ``GET /ecovisor/counters/{app}?t1=&t2=``: exact energy/carbon between tick boundaries;
-* ``GET /ecovisor/ledger/{app}?from=&to=``: the ledger entries kept in memory.
+* ``GET /ecovisor/ledger/{app}?from=&to=``: the ledger entries kept in memory;
+* ``GET /ready`` (open): whether the worker serves its share of the group yet.
 
 ``respond(kind, ledger, app, query)`` answers one request as (JSON body, status), no
-I/O; ``add_pages`` mounts the three on the Faust web server. Formats: docs/ledger.md.
+I/O; ``add_pages`` mounts the three views, ``add_ready_page`` the readiness, on the Faust
+web server. Formats: docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -245,3 +247,20 @@ def add_pages(app: Any, target: Callable[[str], Target]) -> None:
 
     for kind in ("state", "counters", "ledger"):
         app.page(f"/ecovisor/{kind}/{{app_name}}", name=f"ecovisor-{kind}")(page(kind))
+
+
+def add_ready_page(app: Any, worker: Any) -> None:
+    """Mount ``GET /ready``: 200 ``{"ready": true, ...}`` once the worker serves its share
+    of the group (``worker.readiness()`` None), else 503 with the reason. Open (no key):
+    it names no site or app, only how many sites and partitions the worker owns, so a
+    probe (docker compose's healthcheck, an orchestrator's readiness probe) needs none."""
+    from faust.web import Request, View
+
+    @app.page("/ready", name="ecovisor-ready")
+    async def ready(view: View, request: Request) -> Any:
+        reason = worker.readiness()
+        owned = worker.active_partitions() if reason is None else set()
+        body = {"ready": reason is None, "reason": reason, "partitions": len(owned),
+                "sites": sum(len(worker.sites.by_partition.get(p, ())) for p in owned)}
+        return view.json(body, status=200 if reason is None else 503)
+

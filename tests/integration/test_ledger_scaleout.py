@@ -176,6 +176,32 @@ def sites_ticking(port: int) -> set[str]:
     return out
 
 
+def readiness(port: int) -> tuple[int, dict[str, Any]]:
+    """A worker's ``GET /ready``: (status, body)."""
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_ready(port: int, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status, body = 0, {}
+    while time.monotonic() < deadline:
+        try:
+            status, body = readiness(port)
+        except OSError:
+            status, body = 0, {}
+        if status == 200:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"worker on {port} not ready: {status} {body}")
+
+
 def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Path) -> None:
     sites = site_ids()
     d = tmp_path / "sites"
@@ -203,6 +229,11 @@ def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Pa
         assert split[0] and split[1], f"both workers own sites: {split}"
         assert not split[0] & split[1], f"a site on both workers: {split}"
         assert split[0] | split[1] == set(sites), split
+        # each is ready, owning the sites it ticks (GET /ready names none, counts them)
+        for port, own in zip(ports, split, strict=True):
+            body = wait_ready(port)
+            assert body["ready"] is True and body["reason"] is None
+            assert body["sites"] == len(own) and body["partitions"] >= 1
 
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(10)
@@ -228,6 +259,7 @@ def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Pa
         time.sleep(1.0)
         reader.poll()
         assert sites_ticking(ports[0]) >= split[1], "the survivor took the killed sites over"
+        assert wait_ready(ports[0])["sites"] == len(sites)
         for s in sites:
             got: dict[tuple[str, int], list[dict[str, Any]]] = {}
             for e in reader.items:

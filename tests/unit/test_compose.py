@@ -191,7 +191,7 @@ def test_ledger_service_can_be_scaled() -> None:
     assert int(_flag(cmd, "--partitions")) == int(given) == 1
     assert "--group" not in cmd  # the group, ACLs and changelogs are named after the site
     health = " ".join(ledger["healthcheck"]["test"])
-    assert f"'127.0.0.1', {_site().stack.ledger_web_port}" in health
+    assert f"http://127.0.0.1:{_site().stack.ledger_web_port}/ready" in health
 
 
 def test_api_reads_the_ledger_at_its_service_name() -> None:

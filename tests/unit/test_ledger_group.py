@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import ConfigError, parse_config
 from ecovisor.contract.topics import murmur2, site_partition
-from streams.ledger_group import LedgerGroup, SiteGroup
+from streams.ledger_group import LedgerGroup, SiteGroup, not_ready_reason
 
 
 @given(st.text(min_size=0, max_size=60), st.integers(min_value=1, max_value=512))
@@ -162,3 +162,22 @@ def test_the_sites_of_a_group_share_one_internal_key(monkeypatch) -> None:
     # the environment's key is every site's
     monkeypatch.setenv("ECOVISOR_INTERNAL_KEY", "e" * 32)
     SiteGroup.of([keyed("s1", "a", shared), keyed("s2", "b", "y" * 32)], "g", 4)
+
+
+def test_a_worker_is_ready_once_it_joined_recovered_and_caught_up() -> None:
+    ok = {"failed": None, "joined": True, "rebalancing": False, "recovered": True,
+          "owned": {0, 3}, "caught_up": {0, 3}, "event_mode": True}  # fmt: skip
+    assert not_ready_reason(**ok) is None
+    cases = {
+        "failed": (RuntimeError("boom"), "failed: RuntimeError('boom')"),
+        "joined": (False, "joining"),
+        "rebalancing": (True, "rebalancing"),
+        "recovered": (False, "recovering the tables"),
+        "caught_up": ({0}, "partition(s) [3]"),
+    }
+    for field, (value, why) in cases.items():
+        reason = not_ready_reason(**{**ok, field: value})
+        assert reason is not None and why in reason, (field, reason)
+    # real time: no catch-up to wait for; a worker that owns nothing is ready
+    assert not_ready_reason(**{**ok, "caught_up": set(), "event_mode": False}) is None
+    assert not_ready_reason(**{**ok, "owned": set(), "caught_up": set()}) is None
