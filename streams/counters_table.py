@@ -11,15 +11,21 @@ Keys (the table is shared by the sites of a group; an app id belongs to one site
 * ``{app}:{k}``: one counter row as JSON, as versions before 3 December 2026 (evening)
   wrote them: read back, then deleted by the first write.
 
-A block's value: ``{"ks":[...]}`` (its ticks, ascending), a newline, then zstd of the
-rows' compact JSON joined by newlines.
+A block's value: ``{"ks":[...],"prev":p}`` (its ticks, ascending; ``p`` the last tick of
+the block sealed before it in the log, null for none), a newline, then zstd of the rows'
+compact JSON joined by newlines.
 
 Bound: per app, the open block and the newest sealed blocks that fit ``budget`` bytes
 together (the first that does not fit ends the copy: what is kept is contiguous). So the
 table holds at most ``max(budget, the open block)`` bytes an app, whatever the counters
 compress to; the ticks it covers vary with that (docs/ledger.md, "The counters table
-within a budget"). Write order keeps a crash between two writes gap-free: new sealed
-blocks, then the open block, then the deletes (``TickLog.load`` reads what is left).
+within a budget").
+
+Consistency (``read``): the history read back is a chain, from the open block (else the
+newest sealed block) back through each block's ``prev``, to the first link missing.
+Whatever a crash between two writes left (new sealed blocks without the open block that
+links them, old blocks not deleted yet), the chain is one state the log had, with no
+tick missing in it; blocks outside the chain are ignored, then deleted by the next write.
 """
 
 from __future__ import annotations
@@ -39,31 +45,57 @@ OPEN = "open"
 # (a block re-sealed after a tick closed again is a new object), the open block the log's
 # ``version`` when written; None: read back from the table, not yet matched.
 Held = dict[bytes, tuple[Any, int]]
-# What ``read`` gives back per app: the sealed blocks and the plain (k, row) values
+# What ``read`` gives back per app: the sealed blocks (ascending, a chain) and the plain
+# (k, row) values newer than them
 Restored = tuple[list[Block], list[tuple[int, Any]]]
 
 
-def block_value(b: Block) -> bytes:
-    return to_json({"ks": b.ks}) + b"\n" + b.data
+def block_value(b: Block, prev: int | None) -> bytes:
+    return to_json({"ks": b.ks, "prev": prev}) + b"\n" + b.data
 
 
-def parse_block(value: bytes) -> Block:
+def parse_block(value: bytes) -> tuple[Block, int | None]:
+    """A block and its ``prev`` from a table value; ValueError if it is not one (its
+    rows are decompressed and counted, so a block that reads back is one a view and a
+    re-closed tick can read: a bad one fails here, not on the tick path)."""
     head, _, data = value.partition(b"\n")
-    ks = tuple(int(k) for k in json.loads(head)["ks"])
+    meta = json.loads(head)
+    ks = tuple(int(k) for k in meta["ks"])
+    prev = meta.get("prev")
     if not ks or list(ks) != sorted(set(ks)):
         raise ValueError("a block's ticks must be ascending and not empty")
-    return Block(ks, bytes(data))
+    if prev is not None and (not isinstance(prev, int) or prev >= ks[0]):
+        raise ValueError(f"a block's prev must be a tick before its first, got {prev!r}")
+    b = Block(ks, bytes(data))
+    n = len(_rows_bytes(b))
+    if n != len(ks):
+        raise ValueError(f"a block of {len(ks)} ticks holds {n} rows")
+    return b, prev
+
+
+def _rows_bytes(b: Block) -> list[bytes]:
+    try:
+        return unpacked(b.data).split(b"\n")
+    except Exception as e:  # zstandard.ZstdError: not a frame of ours
+        raise ValueError(f"not a compressed block: {e}") from e
 
 
 def block_rows(b: Block) -> list[tuple[int, Any]]:
     """A block's (k, row) values, decompressed and parsed."""
-    try:
-        vals = unpacked(b.data).split(b"\n")
-    except Exception as e:  # zstandard.ZstdError: not a frame of ours
-        raise ValueError(f"not a compressed block: {e}") from e
-    if len(vals) != len(b.ks):
-        raise ValueError(f"a block of {len(b.ks)} ticks holds {len(vals)} rows")
-    return [(k, json.loads(v)) for k, v in zip(b.ks, vals, strict=True)]
+    return [(k, json.loads(v)) for k, v in zip(b.ks, _rows_bytes(b), strict=True)]
+
+
+def chain(sealed: list[tuple[Block, int | None]], start: int | None) -> list[Block]:
+    """The sealed blocks linked from ``start`` (a tick: the last of the newest block in
+    the chain), each to the one ending at its ``prev``, ascending."""
+    by_last = {b.ks[-1]: (b, prev) for b, prev in sealed}
+    out: list[Block] = []
+    seen: set[int] = set()
+    while start is not None and start in by_last and start not in seen:
+        seen.add(start)
+        b, start = by_last[start]
+        out.append(b)
+    return out[::-1]
 
 
 class CountersTable:
@@ -76,38 +108,55 @@ class CountersTable:
         self.unreadable: list[str] = []  # values ``read`` left out, with the reason
 
     def read(self, apps: Iterable[str]) -> dict[str, Restored]:
-        """The blocks and rows the table holds of ``apps`` (the site's), as ``TickLog.load``
-        takes them. A value that does not parse is left out (and deleted by the next
-        write), its reason in ``unreadable``: never a crash."""
+        """The history the table holds of each of ``apps`` (the site's), as
+        ``TickLog.load`` takes it: the chain of sealed blocks (module doc) and the
+        plain values newer than its last tick. A value that does not parse is left out
+        (and deleted by the next write), its reason in ``unreadable``: never a crash."""
         wanted = set(apps)
-        out: dict[str, Restored] = {}
+        found: dict[str, tuple[list[tuple[Block, int | None]], list[tuple[int, Any]],
+                               list[tuple[int, Any]], list[int | None]]] = {}  # fmt: skip
         for key, value in list(self.table.items()):
             app, _, rest = key.decode("utf-8", "replace").rpartition(":")
             if app not in wanted:
                 continue  # another site's (the table is the group's)
             held = self.held.setdefault(app, {})
             held[key] = (None, len(value))
-            blocks, plain = out.setdefault(app, ([], []))
+            sealed, open_rows, rows, open_prev = found.setdefault(app, ([], [], [], []))
             try:
                 if rest.startswith("b"):
-                    b = parse_block(value)
-                    blocks.append(b)
+                    b, prev = parse_block(value)
+                    sealed.append((b, prev))
                     held[key] = (b, len(value))
                 elif rest == OPEN:
-                    plain.extend(block_rows(parse_block(value)))
+                    b, prev = parse_block(value)
+                    open_rows.extend(block_rows(b))
+                    open_prev.append(prev)
                 else:
-                    plain.append((int(rest), json.loads(value)))
+                    rows.append((int(rest), json.loads(value)))
             except (ValueError, KeyError, TypeError) as e:
                 self.unreadable.append(f"{key!r}: {e}")
+        out: dict[str, Restored] = {}
+        for app, (sealed, open_rows, rows, open_prev) in found.items():
+            if open_prev:  # the open block names the newest sealed block it follows
+                blocks = chain(sealed, open_prev[0])
+                plain = open_rows
+            else:  # none (no plain values at the last write), or the old format
+                newest = max(sealed, key=lambda x: x[0].ks[-1], default=None)
+                blocks = chain(sealed, newest[0].ks[-1] if newest else None)
+                plain = rows
+            last = blocks[-1].ks[-1] if blocks else None
+            out[app] = (blocks, [(k, v) for k, v in plain if last is None or k > last])
         return out
 
     def write(self, app: str, log: TickLog, budget: int) -> None:
         """Make the table hold ``log``'s open block and its newest sealed blocks within
-        ``budget`` bytes (see the module's doc); only changed values are written."""
+        ``budget`` bytes (see the module's doc); only changed values are written, new
+        sealed blocks before the open block that links them, deletes last."""
         held = self.held.get(app, {})
         want: Held = {}
         writes: list[tuple[bytes, bytes]] = []
         used = 0
+        sealed = log.sealed()
         open_key = f"{app}:{OPEN}".encode()
         open_value: bytes | None = None
         prev = held.get(open_key)
@@ -117,16 +166,17 @@ class CountersTable:
         else:
             ob = log.open_block()
             if ob is not None:
-                open_value = block_value(ob)
+                open_value = block_value(ob, sealed[-1].ks[-1] if sealed else None)
                 want[open_key] = (log.version, len(open_value))
                 used = len(open_value)
-        for b in reversed(log.sealed()):
+        for i in range(len(sealed) - 1, -1, -1):
+            b = sealed[i]
             key = f"{app}:b{b.ks[0]}".encode()
             prev = held.get(key)
             if prev is not None and prev[0] is b:
                 size, value = prev[1], None
             else:
-                value = block_value(b)
+                value = block_value(b, sealed[i - 1].ks[-1] if i else None)
                 size = len(value)
             if used + size > budget:
                 break

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,12 +82,17 @@ def state_view(led: SiteLedger, app: str) -> dict[str, Any] | None:
     }
 
 
+_ZERO: dict[str, Any] = {"energy_mj": 0, "carbon_ug": 0, "containers": {}}
+
+
 def counters_view(
     tick_us: int, t1: datetime, t2: datetime, rows: Mapping[int, dict[str, Any]]
 ) -> dict[str, Any] | None:
     """Energy and carbon between the tick boundaries nearest inside [t1, t2], exact
-    from the per-tick cumulative counters (``rows``: k -> counter row). None: the
-    interval is outside the kept history."""
+    from the per-tick cumulative counters (``rows``: k -> counter row). None when the
+    rows cannot answer exactly: the interval starts before the kept history (unless it
+    begins with the app's first tick: counters were zero before it) or at a tick whose
+    row is missing (a hole: ``_cumulative_after``)."""
     if not rows:
         return None
     k1 = -(-to_us(t1.timestamp()) // tick_us)  # first boundary >= t1
@@ -106,15 +112,13 @@ def counters_view(
             "containers": {},
             "ticks": [None, None],
         }
-    hi = rows.get(hi_k)
-    lo = rows.get(lo_k, {"energy_mj": 0, "carbon_ug": 0, "containers": {}})
-    if hi is None:
+    hi = _cumulative_after(rows, ks, hi_k)
+    if lo_k < ks[0]:  # the interval starts at or before the first kept tick
+        lo = _ZERO if rows[ks[0]].get("ticks") == 1 else None
+    else:
+        lo = _cumulative_after(rows, ks, lo_k)
+    if hi is None or lo is None:
         return None
-    if lo_k < ks[0]:  # before the first recorded tick: counters start at zero
-        lo = {"energy_mj": 0, "carbon_ug": 0, "containers": {}}
-        first_row = rows[ks[0]]
-        if ks[0] > 0 and first_row is not None and lo_k != ks[0] - 1:
-            return None
     conts = {}
     for c, (e, g) in hi["containers"].items():
         e0, g0 = lo["containers"].get(c, (0, 0))
@@ -127,6 +131,22 @@ def counters_view(
         "containers": conts,
         "ticks": [lo_k + 1, hi_k],
     }
+
+
+def _cumulative_after(rows: Mapping[int, dict[str, Any]], ks: list[int], k: int
+                      ) -> dict[str, Any] | None:  # fmt: skip
+    """The cumulative counters after tick ``k`` (``ks[0] <= k <= ks[-1]``): its row, or
+    the row of the newest kept tick before it when the rows' ``ticks`` (the app's
+    accounted ticks) show that none was accounted in between (the clock skipped empty
+    ticks). None when that cannot be shown (a row missing: a hole in the history)."""
+    i = bisect_right(ks, k) - 1
+    p = ks[i]
+    if p == k:
+        return rows[p]
+    a, b = rows[p].get("ticks"), rows[ks[i + 1]].get("ticks")
+    if a is not None and b is not None and b == a + 1:
+        return rows[p]
+    return None
 
 
 def ledger_view(led: SiteLedger, app: str, t1: datetime, t2: datetime) -> list[dict[str, Any]]:
@@ -198,7 +218,13 @@ def respond(
     rows = led.counters.get(app)
     v = counters_view(led.clock.tick_us, t1, t2, RowsView(rows) if rows is not None else {})
     if v is None:
-        return {"error": "interval outside the kept history"}, 404
+        first = rows.ticks()[0] if rows is not None and len(rows) else None
+        since = (f" (kept from tick {first}, boundary "
+                 f"{utc_from_us((first + 1) * led.clock.tick_us).isoformat()})"
+                 if first is not None else "")  # fmt: skip
+        return {"error": "interval outside the kept history, or a boundary of it at a "
+                         f"tick whose counters are not kept{since}; the full history: "
+                         "the ecovisor.ledger topic (ecovisor export)"}, 404
     return v, 200
 
 

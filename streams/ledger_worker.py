@@ -52,8 +52,9 @@ HISTORY_MIN_TICKS = 60
 # The ``counters`` table keeps, per app, as much of that history as fits this many bytes
 # per container (at least HISTORY_TABLE_MIN_BYTES): with the snapshot (404-614 B per
 # container measured, docs/ledger.md) the tables stay within ~1 KB per container. The
-# ticks it covers depend on how the counters compress: all 400 at 1,000 containers on
-# regular counters, ~40 on noisy ones (streams/counters_table.py)
+# ticks it covers depend on how the counters compress: at 1,000 containers 112 of the
+# 400 in memory on the bench's counters, 48 with ±30 % noise on each container's power
+# (docs/ledger.md, "The counters table within a budget"; streams/counters_table.py)
 HISTORY_TABLE_BYTES_PER_CONTAINER = 384
 HISTORY_TABLE_MIN_BYTES = 8_192
 
@@ -210,8 +211,15 @@ class SiteLedger(CommandIntake):
         """The counters' view history read back from the ``counters`` table
         (``CountersTable.read``: each app's sealed blocks and plain rows)."""
         for app, (blocks, plain) in restored.items():
-            if app in self.app_cfg:
-                self._log(self.counters, app, row_log).load(blocks, plain)
+            if app not in self.app_cfg:
+                continue
+            newest = plain[-1][0] if plain else (blocks[-1].ks[-1] if blocks else None)
+            closed = self.last.get(app, {}).get("tick")
+            if newest is None or (closed is not None and newest < closed):
+                # the table's writes of the last persist lost while its snapshot's was
+                # not (two changelogs): a hole would follow; start the history anew
+                continue
+            self._log(self.counters, app, row_log).load(blocks, sorted(plain))
         self.compact_history()
 
     def table_budget(self, app: str) -> int:
@@ -454,6 +462,9 @@ class SiteLedger(CommandIntake):
             # history keeps at 1,000 containers do not slow every full collection
             row = {
                 "t_end_us": t_end_us,
+                # the app's accounted ticks so far: consecutive rows count up by one, so
+                # the counters view tells ticks the clock skipped from rows missing
+                "ticks": cum.ticks,
                 "energy_mj": cum.total.energy_mj,
                 "carbon_ug": cum.total.carbon_ug,
                 "containers": dict(zip(cum.containers.names,

@@ -68,7 +68,9 @@ class TickLog:
         self._skip = 0  # values of the oldest block beyond max_ticks (not read)
         self._n = 0  # values kept (skipped ones excluded)
         self._cache: tuple[Block, list[bytes]] | None = None  # the last block read
-        self.version = 0  # changes with every append (what a persisted copy compares)
+        # changes whenever the plain values may have (append, compact, load): what a
+        # persisted copy of them compares
+        self.version = 0
 
     def __len__(self) -> int:
         return self._n
@@ -119,21 +121,19 @@ class TickLog:
         return Block(tuple(k for k, _ in self._plain), packed(data))
 
     def load(self, blocks: list[Block], plain: list[tuple[int, Any]]) -> None:
-        """Fill an empty log from a persisted copy: ``blocks`` (sealed, taken as they
-        are, not decompressed) and plain values, in any order. What a crash between two
-        writes of the copy may leave is tolerated without a gap: a block overlapping an
-        older one's ticks is kept and every older block dropped (the older history is
-        lost, not a tick in the middle); a plain value of a tick a block holds is
-        dropped (the same value). Then the newest ``max_ticks`` are kept."""
+        """Fill an empty log from a persisted copy (streams/counters_table.py ``read``):
+        ``blocks`` ascending and not overlapping, taken as they are (not decompressed),
+        and plain values newer than them; then the newest ``max_ticks`` are kept."""
         if self._n:
             raise ValueError("load fills an empty log")
-        kept: list[Block] = []
-        for b in sorted(blocks, key=lambda b: b.ks[0]):
-            if kept and kept[-1].ks[-1] >= b.ks[0]:
-                kept = []
-            kept.append(b)
+        kept = list(blocks)
+        for a, b in zip(kept, kept[1:], strict=False):
+            if b.ks[0] <= a.ks[-1]:
+                raise ValueError(f"blocks overlap or are out of order at tick {b.ks[0]}")
         last = kept[-1].ks[-1] if kept else None
-        newer = {k: v for k, v in plain if last is None or k > last}
+        if any(last is not None and k <= last for k, _ in plain):
+            raise ValueError("plain values must be newer than the blocks")
+        newer = dict(plain)
         self._blocks = deque(kept)
         self._plain = sorted(newer.items(), key=lambda x: x[0])
         self._n = sum(len(b.ks) for b in kept) + len(self._plain)

@@ -71,3 +71,43 @@ def test_views_need_the_internal_key() -> None:
             assert status == 401 and "app" not in body, (kind, auth)
         assert respond(kind, led, "web", q, f"Bearer {key}", key)[1] == 200  # type: ignore[arg-type]
     assert respond("state", None, "web", {}, None, key)[1] == 401  # even while loading
+
+
+def _rows(ks: list[int], ticks: list[int]) -> dict[int, dict]:
+    """Rows of an app that used 1 J (1,000 mJ) in each accounted tick: ``ticks[i]`` its
+    accounted ticks after tick ``ks[i]``."""
+    return {k: {"ticks": n, "energy_mj": 1_000 * n, "carbon_ug": n,
+                "containers": {"c": (1_000 * n, n)}} for k, n in zip(ks, ticks, strict=True)}
+
+
+def _view(rows: dict, a: int, b: int) -> dict | None:
+    from streams.ledger_views import counters_view
+
+    t = lambda k: T0 + timedelta(seconds=k)  # noqa: E731  (boundary k: T0 + k s)
+    return counters_view(1_000_000, t(a), t(b), {K0 + k: v for k, v in rows.items()})
+
+
+def test_counters_never_answer_beyond_what_the_rows_show() -> None:
+    # the app's first tick kept: before it the counters were zero
+    first = _rows(list(range(0, 10)), list(range(1, 11)))
+    assert _view(first, -5, 4)["energy_j"] == 4.0
+    # a history that starts later (trimmed, or a new owner's): no answer before it, an
+    # exact one from its first kept tick's end on (the row of tick 10 = boundary 11)
+    later = _rows(list(range(10, 20)), list(range(11, 21)))
+    assert _view(later, 0, 15) is None
+    assert _view(later, 10, 15) is None  # needs the row of tick 9
+    v = _view(later, 11, 15)
+    assert v is not None and v["energy_j"] == 4.0 and v["ticks"] == [K0 + 11, K0 + 14]
+    # a hole (rows of ticks 13-15 lost, 3 ticks accounted in them): no answer from or
+    # to a boundary in it; across it exact (cumulative counters: only the ends count)
+    hole = {k: r for k, r in later.items() if not 13 <= k <= 15}
+    assert _view(hole, 14, 18) is None and _view(hole, 12, 15) is None
+    assert _view(hole, 12, 18)["energy_j"] == 6.0
+    # ticks the clock skipped (nothing accounted: the counts go on by one): exact
+    skipped = _rows([0, 1, 2, 8, 9], [1, 2, 3, 4, 5])
+    assert _view(skipped, 0, 10)["energy_j"] == 5.0
+    assert _view(skipped, 5, 10)["energy_j"] == 2.0  # from boundary 5: the row of tick 2
+    assert _view(skipped, 3, 6)["energy_j"] == 0.0
+    # rows without counts (the table's old format): only exact rows, never zeros assumed
+    old = {k: {kk: vv for kk, vv in r.items() if kk != "ticks"} for k, r in first.items()}
+    assert _view(old, 0, 4) is None and _view(old, 2, 4)["energy_j"] == 2.0
