@@ -67,9 +67,7 @@ def parse_block(value: bytes) -> tuple[Block, int | None]:
     if prev is not None and (not isinstance(prev, int) or prev >= ks[0]):
         raise ValueError(f"a block's prev must be a tick before its first, got {prev!r}")
     b = Block(ks, bytes(data))
-    n = len(_rows_bytes(b))
-    if n != len(ks):
-        raise ValueError(f"a block of {len(ks)} ticks holds {n} rows")
+    block_rows(b)  # (every row parses: a bad one fails here, not on a tick's path)
     return b, prev
 
 
@@ -81,8 +79,24 @@ def _rows_bytes(b: Block) -> list[bytes]:
 
 
 def block_rows(b: Block) -> list[tuple[int, Any]]:
-    """A block's (k, row) values, decompressed and parsed."""
-    return [(k, json.loads(v)) for k, v in zip(b.ks, _rows_bytes(b), strict=True)]
+    """A block's (k, row) values, decompressed and parsed; ValueError if it does not
+    hold one JSON row per tick."""
+    vals = _rows_bytes(b)
+    if len(vals) != len(b.ks):
+        raise ValueError(f"a block of {len(b.ks)} ticks holds {len(vals)} rows")
+    rows = [(k, json.loads(v)) for k, v in zip(b.ks, vals, strict=True)]
+    if not all(isinstance(r, dict) for _, r in rows):
+        raise ValueError("a block's rows must be JSON objects")
+    return rows
+
+
+def rows_up_to(restored: Restored, k: int) -> Restored:
+    """``restored`` without the ticks after ``k``: sealed blocks after it dropped, the
+    block holding it (and later ticks) turned back into its rows up to ``k``."""
+    blocks, plain = restored
+    kept = [b for b in blocks if b.ks[-1] <= k]
+    cut = [r for b in blocks if b.ks[0] <= k < b.ks[-1] for r in block_rows(b) if r[0] <= k]
+    return kept, cut + [(j, v) for j, v in plain if j <= k]
 
 
 def chain(sealed: list[tuple[Block, int | None]], start: int | None) -> list[Block]:

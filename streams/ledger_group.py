@@ -291,8 +291,8 @@ def not_ready_reason(*, failed: BaseException | None, joined: bool, rebalancing:
     partition it owns has not been read up to where it stood at the assignment (until
     then its sites refuse no command but hold them: ``LedgerService.command``). A worker
     that owns no partition (more workers than partitions) is ready."""
-    if failed is not None:
-        return f"a task of the worker failed: {failed!r}"
+    if failed is not None:  # (its message may name apps: the log has it, not /ready)
+        return "a task of the worker failed (its log says which and why)"
     if not joined:
         return "joining the consumer group"
     if rebalancing:

@@ -28,7 +28,7 @@ from ecovisor.core.state import SiteState, SiteTickInput
 from ecovisor.core.tick import initial_site_state, site_step
 from ecovisor.core.tick_clock import ClockLimits, ClosedTick, TickClock, to_us
 from ecovisor.core.units import j_to_mj, wh_to_mj
-from streams.counters_table import Restored
+from streams.counters_table import Restored, rows_up_to
 from streams.ledger_commands import CommandIntake, bucketed_keys
 from streams.ledger_out import Out, utc_from_us
 from streams.tick_notifications import (
@@ -209,17 +209,27 @@ class SiteLedger(CommandIntake):
 
     def restore_counters(self, restored: dict[str, Restored]) -> None:
         """The counters' view history read back from the ``counters`` table
-        (``CountersTable.read``: each app's sealed blocks and plain rows)."""
-        for app, (blocks, plain) in restored.items():
-            if app not in self.app_cfg:
-                continue
-            newest = plain[-1][0] if plain else (blocks[-1].ks[-1] if blocks else None)
+        (``CountersTable.read``: each app's sealed blocks and plain rows), as far as it
+        agrees with this snapshot: the two are written to two changelogs, so either may
+        have lost the last persist's writes. Rows after the snapshot's tick are cut (they
+        are closed again, and in real time not always the same: a run that then skipped
+        ticks would leave the lost run's rows beside its own), and the row of that tick
+        must be the snapshot's cumulative counters, else the history starts anew (the
+        table behind the snapshot, or from another run)."""
+        for app, got in restored.items():
             closed = self.last.get(app, {}).get("tick")
-            if newest is None or (closed is not None and newest < closed):
-                # the table's writes of the last persist lost while its snapshot's was
-                # not (two changelogs): a hole would follow; start the history anew
+            if app not in self.app_cfg or closed is None:
+                continue  # no tick in the snapshot: any row is from a lost run
+            blocks, plain = rows_up_to(got, closed)
+            log = row_log(self.history_ticks)
+            log.load(blocks, plain)
+            row = log.get(closed)
+            cum = self.state.apps[app].cumulative
+            if row is None or (row.get("energy_mj"), row.get("carbon_ug"),
+                               row.get("ticks", cum.ticks)
+                               ) != (cum.total.energy_mj, cum.total.carbon_ug, cum.ticks):
                 continue
-            self._log(self.counters, app, row_log).load(blocks, sorted(plain))
+            self.counters[app] = log
         self.compact_history()
 
     def table_budget(self, app: str) -> int:

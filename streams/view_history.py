@@ -77,8 +77,8 @@ class TickLog:
 
     def append(self, k: int, value: Any) -> None:
         """Tick ``k``'s value. A tick already kept is replaced in its place, an earlier
-        one not kept goes in its place among the others (a tick closed again after a
-        restart, whose rows the table had beyond the snapshot: the same value)."""
+        one not kept goes in its place among the others (a tick closed again: the ledger
+        view's entries after a restart)."""
         self.version += 1
         plain = self._plain
         newest = plain[-1][0] if plain else (

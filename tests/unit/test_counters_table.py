@@ -255,3 +255,43 @@ def test_after_a_crash_in_any_write_a_new_owner_reads_one_run_of_ticks(
 def test_a_block_value_round_trips() -> None:
     b = _block(range(5, 21))
     assert parse_block(block_value(b, 2)) == (b, 2)
+
+
+def test_a_restored_history_is_cut_at_the_snapshot_and_must_agree_with_it() -> None:
+    from streams.ledger_worker import SiteLedger
+    from tests.unit.test_ledger_views import K0, _ledger
+
+    snap_led = _ledger(6)  # the snapshot: ticks 0-5 closed
+    snap = snap_led.snapshot()
+    later = _ledger(9)  # the table: written at a later persist (ticks 0-8)
+
+    def restored(logs: dict) -> list[int]:
+        table: dict[bytes, bytes] = {}
+        ct = CountersTable(table)
+        for app, log in logs.items():
+            ct.write(app, log, 10**9)
+        led = SiteLedger.restore(snap_led.cfg, snap)
+        led.restore_counters(CountersTable(table).read(led.app_cfg))
+        return led.counters["web"].ticks() if "web" in led.counters else []
+
+    assert restored(later.counters) == [K0 + k for k in range(6)]  # the rest closes again
+    sealed = _ledger(20)
+    sealed.compact_history()  # a block of ticks 0-15 across the snapshot's tick
+    assert len(sealed.counters["web"].sealed()) == 1
+    assert restored(sealed.counters) == [K0 + k for k in range(6)]
+    # another run's rows (other counters at the snapshot's tick): not restored
+    other = row_log(400)
+    for k, row in later.counters["web"].items(0, 10**12):
+        other.append(k, {**row, "energy_mj": row["energy_mj"] + 1})
+    assert restored({"web": other}) == []
+    # a table behind the snapshot (its last writes lost): not restored (a hole would follow)
+    behind = row_log(400)
+    for k, row in later.counters["web"].items(0, K0 + 3):
+        behind.append(k, row)
+    assert restored({"web": behind}) == []
+    # no tick in the snapshot at all: nothing in the table can be this run's
+    fresh = SiteLedger.new(snap_led.cfg)
+    table: dict[bytes, bytes] = {}
+    CountersTable(table).write("web", later.counters["web"], 10**9)
+    fresh.restore_counters(CountersTable(table).read(fresh.app_cfg))
+    assert "web" not in fresh.counters

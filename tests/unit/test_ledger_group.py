@@ -169,7 +169,7 @@ def test_a_worker_is_ready_once_it_joined_recovered_and_caught_up() -> None:
           "owned": {0, 3}, "caught_up": {0, 3}, "event_mode": True}  # fmt: skip
     assert not_ready_reason(**ok) is None
     cases = {
-        "failed": (RuntimeError("boom"), "failed: RuntimeError('boom')"),
+        "failed": (RuntimeError("app web: boom"), "a task of the worker failed"),
         "joined": (False, "joining"),
         "rebalancing": (True, "rebalancing"),
         "recovered": (False, "recovering the tables"),
@@ -178,6 +178,7 @@ def test_a_worker_is_ready_once_it_joined_recovered_and_caught_up() -> None:
     for field, (value, why) in cases.items():
         reason = not_ready_reason(**{**ok, field: value})
         assert reason is not None and why in reason, (field, reason)
+        assert "web" not in reason  # /ready is open: it names no app
     # real time: no catch-up to wait for; a worker that owns nothing is ready
     assert not_ready_reason(**{**ok, "caught_up": set(), "event_mode": False}) is None
     assert not_ready_reason(**{**ok, "owned": set(), "caught_up": set()}) is None
