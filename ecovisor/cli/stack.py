@@ -39,8 +39,9 @@ def down(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
 
 
 def _show_apps(config: str | None, sd: Path, recorded: str | None) -> None:
-    """The apps table after the process table (``--no-apps`` skips it): read from the
-    ledger's state views; one line when they do not answer. Never changes the exit code."""
+    """The ledger's readiness, then the apps table, after the process table (``--no-apps``
+    skips both): read from the ledger's /ready and state views; one line when they do not
+    answer. Never changes the exit code."""
     import shutil
     import sys
 
@@ -52,6 +53,7 @@ def _show_apps(config: str | None, sd: Path, recorded: str | None) -> None:
     except ConfigError:
         typer.echo("apps: no site configuration to read them from")
         return
+    typer.echo(status_apps.ledger_readiness(cfg))
     rows = status_apps.fetch(cfg, status_apps.views_key(cfg, sd))
     line = status_apps.unanswered(rows)
     if line:

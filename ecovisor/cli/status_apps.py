@@ -1,4 +1,5 @@
-"""The apps part of ``ecovisor status``: every app of the site with its latest tick, read
+"""The ledger and apps part of ``ecovisor status``: whether the ledger serves the site
+(``ledger_readiness``), then every app of the site with its latest tick, read
 from the ledger worker's state views (``/ecovisor/state/{app}``, docs/ledger.md) with the
 site's internal key, as the API reads them (``ecovisor.api.state_source``), and drawn as
 a rich table. The key and the apps' tokens are never printed."""
@@ -29,6 +30,26 @@ class AppRow:
     app: str
     state: LiveState | None = None
     error: str | None = None
+
+
+def ledger_readiness(cfg: EcovisorConfig, base_url: str | None = None,
+                     timeout: float = VIEWS_TIMEOUT_S) -> str:  # fmt: skip
+    """One line: whether the ledger worker serves the site yet (its ``GET /ready``,
+    docs/ledger.md), else why not, or that it did not answer."""
+    import httpx
+
+    url = (base_url or f"http://127.0.0.1:{cfg.stack.ledger_web_port}") + "/ready"
+    try:
+        r = httpx.get(url, timeout=timeout)
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        return f"ledger: /ready did not answer ({type(e).__name__})"
+    if not isinstance(body, dict):
+        return f"ledger: /ready answered HTTP {r.status_code} without a readiness"
+    if r.status_code == 200 and body.get("ready") is True:
+        n = body.get("sites")
+        return f"ledger: ready ({n} site{'' if n == 1 else 's'})"
+    return f"ledger: NOT ready: {str(body.get('reason') or r.status_code)[:200]}"
 
 
 def views_key(cfg: EcovisorConfig, state_dir: Path) -> str | None:

@@ -92,8 +92,14 @@ def test_up_detach_status_down_leaves_no_process(site_file: Path, tmp_path: Path
     rows = {
         ln.split()[0]: ln.split()[1] for ln in st.stdout.splitlines()[1:] if len(ln.split()) > 1
     }
-    for svc in ("kafka", "mqtt", "bridge"):
+    for svc in ("kafka", "mqtt", "bridge", "ledger"):
         assert rows.get(svc) == "RUNNING", st.stdout
+    deadline = time.monotonic() + 60  # the ledger's GET /ready, once it joined its group
+    while "ledger: ready (1 site)" not in st.stdout and time.monotonic() < deadline:
+        assert "ledger: NOT ready" in st.stdout or "ledger: /ready" in st.stdout, st.stdout
+        time.sleep(0.5)
+        st = _cli("status", "--config", cfg)
+    assert "ledger: ready (1 site)" in st.stdout, st.stdout
 
     # every topic exists, and the stack's bridge carries telemetry into Kafka
     text = site_file.read_text()

@@ -202,3 +202,37 @@ def test_export_plot_option_writes_the_png_of_the_range(
     r = runner.invoke(app, [*empty, "--plot", str(tmp_path / "none.png")])
     assert r.exit_code == 1 and "nothing to plot" in r.output
     assert not (tmp_path / "none.png").exists()
+
+
+def test_status_says_whether_the_ledger_serves_the_site() -> None:
+    import http.server
+    import threading
+
+    answers: list[tuple[int, bytes]] = []
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+            status, body = answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    cfg = load_config(DEMO)
+    try:
+        answers.append((200, b'{"ready":true,"reason":null,"partitions":1,"sites":1}'))
+        assert status_apps.ledger_readiness(cfg, url) == "ledger: ready (1 site)"
+        answers.append((503, b'{"ready":false,"reason":"joining the consumer group"}'))
+        assert (status_apps.ledger_readiness(cfg, url)
+                == "ledger: NOT ready: joining the consumer group")  # fmt: skip
+        answers.append((200, b"<html>"))
+        assert "did not answer (JSONDecodeError)" in status_apps.ledger_readiness(cfg, url)
+    finally:
+        srv.shutdown()
+    assert "did not answer" in status_apps.ledger_readiness(cfg, "http://127.0.0.1:9", 0.5)
