@@ -12,8 +12,9 @@ Keys (the table is shared by the sites of a group; an app id belongs to one site
   wrote them: read back, then deleted by the first write.
 
 A block's value: ``{"ks":[...],"prev":p}`` (its ticks, ascending; ``p`` the last tick of
-the block sealed before it in the log, null for none), a newline, then zstd of the rows'
-compact JSON joined by newlines.
+the block sealed before it in the log, null for none), a newline, then zstd of the rows
+as ``RowDeltas`` lines (streams/view_history.py: the first row's JSON, then each row's
+change from the one before).
 
 Bound: per app, the open block and the newest sealed blocks that fit ``budget`` bytes
 together (the first that does not fit ends the copy: what is kept is contiguous). So the
@@ -36,7 +37,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from streams.view_history import Block, TickLog, unpacked
+from streams.view_history import Block, RowDeltas, TickLog, unpacked
 
 OPEN = "open"
 
@@ -71,23 +72,22 @@ def parse_block(value: bytes) -> tuple[Block, int | None]:
     return b, prev
 
 
-def _rows_bytes(b: Block) -> list[bytes]:
+def block_rows(b: Block) -> list[tuple[int, Any]]:
+    """A block's (k, row) values, decompressed and decoded (``RowDeltas``); ValueError
+    if it does not hold one counter row per tick."""
     try:
-        return unpacked(b.data).split(b"\n")
+        data = unpacked(b.data)
     except Exception as e:  # zstandard.ZstdError: not a frame of ours
         raise ValueError(f"not a compressed block: {e}") from e
-
-
-def block_rows(b: Block) -> list[tuple[int, Any]]:
-    """A block's (k, row) values, decompressed and parsed; ValueError if it does not
-    hold one JSON row per tick."""
-    vals = _rows_bytes(b)
-    if len(vals) != len(b.ks):
-        raise ValueError(f"a block of {len(b.ks)} ticks holds {len(vals)} rows")
-    rows = [(k, json.loads(v)) for k, v in zip(b.ks, vals, strict=True)]
-    if not all(isinstance(r, dict) for _, r in rows):
-        raise ValueError("a block's rows must be JSON objects")
-    return rows
+    try:
+        rows = RowDeltas.decode(data)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a block of counter rows: {e!r}") from e
+    if len(rows) != len(b.ks):
+        raise ValueError(f"a block of {len(b.ks)} ticks holds {len(rows)} rows")
+    if not all(isinstance(r, dict) and isinstance(r.get("containers"), dict) for r in rows):
+        raise ValueError("a block's rows must be counter rows")
+    return list(zip(b.ks, rows, strict=True))
 
 
 def rows_up_to(restored: Restored, k: int) -> Restored:

@@ -52,8 +52,8 @@ HISTORY_MIN_TICKS = 60
 # The ``counters`` table keeps, per app, as much of that history as fits this many bytes
 # per container (at least HISTORY_TABLE_MIN_BYTES): with the snapshot (404-614 B per
 # container measured, docs/ledger.md) the tables stay within ~1 KB per container. The
-# ticks it covers depend on how the counters compress: at 1,000 containers 112 of the
-# 400 in memory on the bench's counters, 48 with ±30 % noise on each container's power
+# ticks it covers depend on how the counters compress: at 1,000 containers 352 of the
+# 400 in memory on the bench's counters, 80 with ±30 % noise on each container's power
 # (docs/ledger.md, "The counters table within a budget"; streams/counters_table.py)
 HISTORY_TABLE_BYTES_PER_CONTAINER = 384
 HISTORY_TABLE_MIN_BYTES = 8_192

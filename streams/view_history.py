@@ -17,7 +17,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 from pydantic_core import to_json
@@ -60,14 +60,18 @@ class TickLog:
 
     def __init__(self, max_ticks: int, to_bytes: Callable[[Any], bytes],
                  from_bytes: Callable[[bytes], Any],
-                 read_plain: Callable[[Any], Any] = lambda v: v) -> None:  # fmt: skip
+                 read_plain: Callable[[Any], Any] = lambda v: v, *,
+                 codec: BlockCodec | None = None) -> None:  # fmt: skip
         self.max_ticks = max_ticks
         self._to_bytes, self._from_bytes, self._read_plain = to_bytes, from_bytes, read_plain
+        # a block's bytes from its values and back (before zstd); default: each value's
+        # bytes on a line, read back one by one with ``from_bytes``
+        self.codec = codec
         self._blocks: deque[Block] = deque()
         self._plain: list[tuple[int, Any]] = []
         self._skip = 0  # values of the oldest block beyond max_ticks (not read)
         self._n = 0  # values kept (skipped ones excluded)
-        self._cache: tuple[Block, list[bytes]] | None = None  # the last block read
+        self._cache: tuple[Block, list[Any]] | None = None  # the last block read
         # changes whenever the plain values may have (append, compact, load): what a
         # persisted copy of them compares
         self.version = 0
@@ -104,7 +108,7 @@ class TickLog:
             self.version += 1
         while len(self._plain) >= BLOCK_TICKS:
             chunk, self._plain = self._plain[:BLOCK_TICKS], self._plain[BLOCK_TICKS:]
-            data = b"\n".join(self._to_bytes(v) for _, v in chunk)
+            data = self._pack([v for _, v in chunk])
             self._blocks.append(Block(tuple(k for k, _ in chunk), packed(data)))
 
     def sealed(self) -> list[Block]:
@@ -117,7 +121,7 @@ class TickLog:
         here), None if there are none: what a persisted copy holds of them."""
         if not self._plain:
             return None
-        data = b"\n".join(self._to_bytes(v) for _, v in self._plain)
+        data = self._pack([v for _, v in self._plain])
         return Block(tuple(k for k, _ in self._plain), packed(data))
 
     def load(self, blocks: list[Block], plain: list[tuple[int, Any]]) -> None:
@@ -183,9 +187,18 @@ class TickLog:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _values(self, b: Block) -> list[bytes]:
+    def _pack(self, values: list[Any]) -> bytes:
+        if self.codec is not None:
+            return self.codec.encode(values)
+        return b"\n".join(self._to_bytes(v) for v in values)
+
+    def _values(self, b: Block) -> list[Any]:
+        """A block's items: each value's bytes (``from_bytes`` reads one), or with a
+        codec the values themselves (``from_bytes`` then takes them as they are)."""
         if self._cache is None or self._cache[0] is not b:
-            self._cache = (b, unpacked(b.data).split(b"\n"))
+            raw = unpacked(b.data)
+            vals = self.codec.decode(raw) if self.codec is not None else raw.split(b"\n")
+            self._cache = (b, vals)
         return self._cache[1]
 
     def _trim(self) -> None:
@@ -240,10 +253,76 @@ def row_json(row: Mapping[str, Any]) -> bytes:
     return to_json(row)
 
 
+class BlockCodec(Protocol):
+    """How a ``TickLog`` turns a block's values into bytes (before zstd) and back."""
+
+    def encode(self, values: list[Any]) -> bytes: ...
+
+    def decode(self, data: bytes) -> list[Any]: ...
+
+
+_ROW_FIELDS = ("t_end_us", "ticks", "energy_mj", "carbon_ug")
+
+
+class RowDeltas:
+    """Counter rows of a block as lines: the first as its JSON object, each next one as
+    its change from the row before, ``["d", Δt_end_us, Δticks, Δenergy_mj, Δcarbon_ug,
+    [Δenergy of each container..., Δcarbon of each container...]]``, when both rows
+    have these fields and the same containers in the same order (else its JSON object).
+    Cumulative counters grow in every digit; their changes repeat, so zstd finds them:
+    on the bench's counters a block takes ~1/3 to 1/6 of its plain rows' size
+    (docs/ledger.md, "The counters table within a budget"). Read back exact, with the
+    container lines as lists (as from JSON)."""
+
+    @staticmethod
+    def encode(rows: list[Any]) -> bytes:
+        lines: list[bytes] = []
+        prev: Any = None
+        for r in rows:
+            if prev is not None and _delta_ok(prev, r):
+                cur, old = list(r["containers"].values()), list(prev["containers"].values())
+                lines.append(to_json([
+                    "d", *(r[f] - prev[f] for f in _ROW_FIELDS),
+                    [c[0] - o[0] for c, o in zip(cur, old, strict=True)]
+                    + [c[1] - o[1] for c, o in zip(cur, old, strict=True)]]))  # fmt: skip
+            else:
+                lines.append(row_json(r))
+            prev = r
+        return b"\n".join(lines)
+
+    @staticmethod
+    def decode(data: bytes) -> list[Any]:
+        out: list[Any] = []
+        for line in data.split(b"\n"):
+            v = json.loads(line)
+            if isinstance(v, list):  # a change from the row before
+                prev = out[-1]
+                names, old = list(prev["containers"]), list(prev["containers"].values())
+                n = len(names)
+                flat = v[5] if len(v) == 6 and isinstance(v[5], list) else []
+                if v[0] != "d" or len(v) != 6 or len(flat) != 2 * n:
+                    raise ValueError("not a counter row's change")
+                v = {f: prev[f] + d for f, d in zip(_ROW_FIELDS, v[1:5], strict=True)}
+                v["containers"] = {c: [o[0] + flat[i], o[1] + flat[n + i]]
+                                   for i, (c, o) in enumerate(zip(names, old, strict=True))}
+            out.append(v)
+        return out
+
+
+def _delta_ok(prev: Any, r: Any) -> bool:
+    return (all(f in r and f in prev for f in _ROW_FIELDS) and len(r) == len(prev) == 5
+            and list(r["containers"]) == list(prev["containers"]))  # fmt: skip
+
+
 def row_log(max_ticks: int) -> TickLog:
-    """A log of counter rows (``{energy_mj, carbon_ug, containers}``; read back as the
-    ``counters`` table's JSON: container lines as lists)."""
-    return TickLog(max_ticks, row_json, json.loads)
+    """A log of counter rows (``{t_end_us, ticks, energy_mj, carbon_ug, containers}``;
+    read back as the ``counters`` table's JSON: container lines as lists); blocks in
+    ``RowDeltas``."""
+    return TickLog(max_ticks, row_json, _same, codec=RowDeltas())
+
+
+def _same(v: Any) -> Any:
+    return v
 
 
 def entry_log(max_ticks: int) -> TickLog:

@@ -18,7 +18,8 @@ def _row(k: int, n: int = 5, seed: int = 0) -> dict:
     rnd = random.Random(k * 1_000 + seed)
     conts = {f"c{i}": [k * 1_000 + rnd.randrange(1_000), k * 7 + rnd.randrange(9)]
              for i in range(n)}  # fmt: skip
-    return {"t_end_us": k * 1_000_000, "energy_mj": sum(e for e, _ in conts.values()),
+    return {"t_end_us": k * 1_000_000, "ticks": k + 1,
+            "energy_mj": sum(e for e, _ in conts.values()),
             "carbon_ug": sum(g for _, g in conts.values()), "containers": conts}  # fmt: skip
 
 
