@@ -85,9 +85,23 @@ def block_rows(b: Block) -> list[tuple[int, Any]]:
         raise ValueError(f"not a block of counter rows: {e!r}") from e
     if len(rows) != len(b.ks):
         raise ValueError(f"a block of {len(b.ks)} ticks holds {len(rows)} rows")
-    if not all(isinstance(r, dict) and isinstance(r.get("containers"), dict) for r in rows):
-        raise ValueError("a block's rows must be counter rows")
+    if not all(_is_row(r) for r in rows):
+        raise ValueError("a block's rows must be counter rows of integers")
     return list(zip(b.ks, rows, strict=True))
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_row(r: Any) -> bool:
+    """A counter row's shape, with integers where it has numbers: a value that is not
+    one (floats, strings, lists "added" as changes) never reaches the counters view."""
+    return (isinstance(r, dict) and isinstance(r.get("containers"), dict)
+            and all(_int(r[f]) for f in ("t_end_us", "ticks", "energy_mj", "carbon_ug")
+                    if f in r)
+            and all(isinstance(v, list | tuple) and len(v) == 2 and _int(v[0]) and _int(v[1])
+                    for v in r["containers"].values()))  # fmt: skip
 
 
 def rows_up_to(restored: Restored, k: int) -> Restored:
@@ -146,9 +160,12 @@ class CountersTable:
                     open_rows.extend(block_rows(b))
                     open_prev.append(prev)
                 else:
-                    rows.append((int(rest), json.loads(value)))
-            except (ValueError, KeyError, TypeError) as e:
-                self.unreadable.append(f"{key!r}: {e}")
+                    row = json.loads(value)
+                    if not _is_row(row):
+                        raise ValueError("not a counter row of integers")
+                    rows.append((int(rest), row))
+            except Exception as e:  # noqa: BLE001 - any bad value (deep nesting: RecursionError)
+                self.unreadable.append(f"{key!r}: {type(e).__name__}: {e}"[:300])
         out: dict[str, Restored] = {}
         for app, (sealed, open_rows, rows, open_prev) in found.items():
             if open_prev:  # the open block names the newest sealed block it follows

@@ -47,14 +47,15 @@ def unpacked(data: bytes) -> bytes:
 @dataclass(frozen=True)
 class Block:
     ks: tuple[int, ...]  # the ticks, ascending
-    data: bytes  # zstd of the values' bytes joined by b"\n" (compact JSON has no newline)
+    data: bytes  # zstd of the values' bytes: joined by b"\n", or the log's codec's form
 
 
 class TickLog:
     """The last ``max_ticks`` values of one kind, one per tick ``k`` (ascending; a tick's
-    time is its index's: the caller converts). ``to_bytes``/``from_bytes`` turn a value into compact
-    JSON (no newline) and back; ``read_plain`` is what a read returns of a value not yet
-    in a block. ``compact`` moves the plain values into a block once
+    time is its index's: the caller converts). ``to_bytes``/``from_bytes`` turn a value into
+    compact JSON (no newline) and back, or a ``codec`` turns a block's values into bytes
+    and back (``from_bytes`` then gets the decoded values); ``read_plain`` is what a read
+    returns of a value not yet in a block. ``compact`` moves the plain values into a block once
     there are ``BLOCK_TICKS`` of them: call it where their bytes exist anyway (the worker
     does after sending a tick's outputs), never on a path that must not render them."""
 
@@ -71,7 +72,7 @@ class TickLog:
         self._plain: list[tuple[int, Any]] = []
         self._skip = 0  # values of the oldest block beyond max_ticks (not read)
         self._n = 0  # values kept (skipped ones excluded)
-        self._cache: tuple[Block, list[Any]] | None = None  # the last block read
+        self._cache: tuple[Block, bytes] | None = None  # the last block read, decompressed
         # changes whenever the plain values may have (append, compact, load): what a
         # persisted copy of them compares
         self.version = 0
@@ -194,12 +195,13 @@ class TickLog:
 
     def _values(self, b: Block) -> list[Any]:
         """A block's items: each value's bytes (``from_bytes`` reads one), or with a
-        codec the values themselves (``from_bytes`` then takes them as they are)."""
+        codec the values themselves, decoded anew on each call (a caller may keep or
+        change them; a decoded block of 1,000 containers is ~2 MB of objects, too much
+        to hold per log). The decompressed bytes of the last block read are kept."""
         if self._cache is None or self._cache[0] is not b:
-            raw = unpacked(b.data)
-            vals = self.codec.decode(raw) if self.codec is not None else raw.split(b"\n")
-            self._cache = (b, vals)
-        return self._cache[1]
+            self._cache = (b, unpacked(b.data))
+        raw = self._cache[1]
+        return self.codec.decode(raw) if self.codec is not None else raw.split(b"\n")
 
     def _trim(self) -> None:
         while self._n > self.max_ticks:

@@ -103,7 +103,8 @@ class HttpStateSource:
         self.base_url = base_url.rstrip("/")
         # the site's internal key (contract.environment.internal_key, passed by main())
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers,
+                                       trust_env=False)  # internal: no proxy from the env
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         try:

@@ -39,15 +39,17 @@ def ledger_readiness(cfg: EcovisorConfig, base_url: str | None = None,
     import httpx
 
     url = (base_url or f"http://127.0.0.1:{cfg.stack.ledger_web_port}") + "/ready"
-    try:
-        r = httpx.get(url, timeout=timeout)
+    try:  # (the ledger is local: no proxy from the environment)
+        r = httpx.get(url, timeout=timeout, trust_env=False)
         body = r.json()
-    except (httpx.HTTPError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - `status` must not fail on the ledger's answer
         return f"ledger: /ready did not answer ({type(e).__name__})"
     if not isinstance(body, dict):
         return f"ledger: /ready answered HTTP {r.status_code} without a readiness"
     if r.status_code == 200 and body.get("ready") is True:
         n = body.get("sites")
+        if not n:
+            return "ledger: ready, but it owns no site (another worker of its group does)"
         return f"ledger: ready ({n} site{'' if n == 1 else 's'})"
     return f"ledger: NOT ready: {str(body.get('reason') or r.status_code)[:200]}"
 

@@ -228,6 +228,8 @@ def test_status_says_whether_the_ledger_serves_the_site() -> None:
     try:
         answers.append((200, b'{"ready":true,"reason":null,"partitions":1,"sites":1}'))
         assert status_apps.ledger_readiness(cfg, url) == "ledger: ready (1 site)"
+        answers.append((200, b'{"ready":true,"reason":null,"partitions":0,"sites":0}'))
+        assert "owns no site" in status_apps.ledger_readiness(cfg, url)
         answers.append((503, b'{"ready":false,"reason":"joining the consumer group"}'))
         assert (status_apps.ledger_readiness(cfg, url)
                 == "ledger: NOT ready: joining the consumer group")  # fmt: skip

@@ -119,8 +119,9 @@ def test_a_row_is_written_as_before(conts: dict, e: int, g: int) -> None:
     assert row_json(row) == json.dumps(row, separators=(",", ":")).encode()
 
 
-_names = st.sampled_from(["c1", "c2", "web-1", "x"])
-_line = st.tuples(st.integers(0, 2**53), st.integers(0, 2**53)).map(list)
+_names = st.sampled_from(["c1", "c2", "web-1", "x", 'q"\n\\', "é😀", ""])
+_line = st.tuples(st.integers(-(2**70), 2**70), st.integers(0, 2**53)).flatmap(
+    lambda t: st.sampled_from([list(t), t]))  # as from JSON, or as the worker keeps them
 _full_row = st.fixed_dictionaries({
     "t_end_us": st.integers(0, 2**62), "ticks": st.integers(1, 2**40),
     "energy_mj": st.integers(0, 2**53), "carbon_ug": st.integers(0, 2**53),
@@ -134,8 +135,10 @@ _other_row = st.fixed_dictionaries({  # the table's old rows: no ticks
 @given(rows=st.lists(st.one_of(_full_row, _other_row), min_size=1, max_size=BLOCK_TICKS),
        same=st.booleans())
 def test_a_block_of_counter_rows_reads_back_exactly(rows: list, same: bool) -> None:
-    """``RowDeltas``: any rows (``same``: every full row with the first one's containers,
-    so most are written as changes, counters going down as well as up) read back equal."""
+    """``RowDeltas``: rows of any containers (names with quotes, newlines, non-ASCII;
+    lines as lists or tuples; ``same``: every full row with the first one's containers,
+    so most are written as changes, counters going down as well as up) read back equal
+    (lines as lists, as from JSON)."""
     from streams.view_history import RowDeltas
 
     if same:
