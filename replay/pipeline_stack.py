@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ecovisor.adapters.kafka import create_topics
+from ecovisor.api.state_source import ledger_readiness
 from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import load_config
@@ -118,22 +119,17 @@ class PipelineStack:
         return f"http://127.0.0.1:{cfg.stack.api_port}"
 
     def wait_ledger_ready(self, port: int, timeout: float = 60.0) -> None:
-        """Until the ledger's ``GET /ready`` answers 200 (joined its group, tables
+        """Until the ledger's ``GET /ready`` says ready (joined its group, tables
         recovered, caught up): the run's first tick then no longer carries the join."""
-        import httpx
-
         deadline = time.monotonic() + timeout
-        why = "no answer"
+        r = None
         while time.monotonic() < deadline:
             self.check()
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
-                if r.status_code == 200:
-                    return
-                why = r.json().get("reason") or f"HTTP {r.status_code}"
-            except (httpx.HTTPError, ValueError) as e:
-                why = str(e) or type(e).__name__
+            r = ledger_readiness(f"http://127.0.0.1:{port}")
+            if r.ready:
+                return
             time.sleep(0.05)
+        why = r.reason if r is not None else "not asked"
         raise StackError(f"the ledger was not ready after {timeout:g} s ({why}); see "
                          f"{self.workdir / 'ledger.log'}")  # fmt: skip
 

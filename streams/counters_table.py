@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic_core import to_json
 
-from streams.view_history import Block, RowDeltas, TickLog, unpacked
+from streams.view_history import BLOCK_TICKS, ROW_FIELDS, Block, RowDeltas, TickLog, unpacked
 
 OPEN = "open"
 
@@ -55,21 +56,21 @@ def block_value(b: Block, prev: int | None) -> bytes:
     return to_json({"ks": b.ks, "prev": prev}) + b"\n" + b.data
 
 
-def parse_block(value: bytes) -> tuple[Block, int | None]:
-    """A block and its ``prev`` from a table value; ValueError if it is not one (its
-    rows are decompressed and counted, so a block that reads back is one a view and a
-    re-closed tick can read: a bad one fails here, not on the tick path)."""
+def parse_block(value: bytes) -> tuple[Block, int | None, list[tuple[int, Any]]]:
+    """A block, its ``prev`` and its (k, row) values from a table value; ValueError if
+    it is not one. Every row is decoded and checked here, so a block that reads back is
+    one a view and a re-closed tick can read: a bad one fails here, not on a tick's
+    path."""
     head, _, data = value.partition(b"\n")
     meta = json.loads(head)
     ks = tuple(int(k) for k in meta["ks"])
     prev = meta.get("prev")
-    if not ks or list(ks) != sorted(set(ks)):
-        raise ValueError("a block's ticks must be ascending and not empty")
-    if prev is not None and (not isinstance(prev, int) or prev >= ks[0]):
+    if not 0 < len(ks) <= BLOCK_TICKS or list(ks) != sorted(set(ks)):
+        raise ValueError(f"a block's ticks must be 1..{BLOCK_TICKS}, ascending")
+    if prev is not None and (not _int(prev) or prev >= ks[0]):
         raise ValueError(f"a block's prev must be a tick before its first, got {prev!r}")
     b = Block(ks, bytes(data))
-    block_rows(b)  # (every row parses: a bad one fails here, not on a tick's path)
-    return b, prev
+    return b, prev, block_rows(b)
 
 
 def block_rows(b: Block) -> list[tuple[int, Any]]:
@@ -98,8 +99,7 @@ def _is_row(r: Any) -> bool:
     """A counter row's shape, with integers where it has numbers: a value that is not
     one (floats, strings, lists "added" as changes) never reaches the counters view."""
     return (isinstance(r, dict) and isinstance(r.get("containers"), dict)
-            and all(_int(r[f]) for f in ("t_end_us", "ticks", "energy_mj", "carbon_ug")
-                    if f in r)
+            and all(_int(r[f]) for f in ROW_FIELDS if f in r)
             and all(isinstance(v, list | tuple) and len(v) == 2 and _int(v[0]) and _int(v[1])
                     for v in r["containers"].values()))  # fmt: skip
 
@@ -126,6 +126,17 @@ def chain(sealed: list[tuple[Block, int | None]], start: int | None) -> list[Blo
     return out[::-1]
 
 
+@dataclass
+class _Found:
+    """What ``CountersTable.read`` found of one app."""
+
+    sealed: list[tuple[Block, int | None]] = field(default_factory=list)
+    has_open: bool = False
+    open_prev: int | None = None
+    open_rows: list[tuple[int, Any]] = field(default_factory=list)
+    rows: list[tuple[int, Any]] = field(default_factory=list)  # the old format's
+
+
 class CountersTable:
     """The ``counters`` table of one site's apps: ``read`` once when the site is loaded,
     ``write`` each app's log at every persist (only what changed is written)."""
@@ -141,40 +152,37 @@ class CountersTable:
         plain values newer than its last tick. A value that does not parse is left out
         (and deleted by the next write), its reason in ``unreadable``: never a crash."""
         wanted = set(apps)
-        found: dict[str, tuple[list[tuple[Block, int | None]], list[tuple[int, Any]],
-                               list[tuple[int, Any]], list[int | None]]] = {}  # fmt: skip
+        found: dict[str, _Found] = {}
         for key, value in list(self.table.items()):
             app, _, rest = key.decode("utf-8", "replace").rpartition(":")
             if app not in wanted:
                 continue  # another site's (the table is the group's)
             held = self.held.setdefault(app, {})
             held[key] = (None, len(value))
-            sealed, open_rows, rows, open_prev = found.setdefault(app, ([], [], [], []))
+            f = found.setdefault(app, _Found())
             try:
                 if rest.startswith("b"):
-                    b, prev = parse_block(value)
-                    sealed.append((b, prev))
+                    b, prev, _ = parse_block(value)
+                    f.sealed.append((b, prev))
                     held[key] = (b, len(value))
                 elif rest == OPEN:
-                    b, prev = parse_block(value)
-                    open_rows.extend(block_rows(b))
-                    open_prev.append(prev)
+                    _, f.open_prev, f.open_rows = parse_block(value)
+                    f.has_open = True
                 else:
                     row = json.loads(value)
                     if not _is_row(row):
                         raise ValueError("not a counter row of integers")
-                    rows.append((int(rest), row))
+                    f.rows.append((int(rest), row))
             except Exception as e:  # noqa: BLE001 - any bad value (deep nesting: RecursionError)
                 self.unreadable.append(f"{key!r}: {type(e).__name__}: {e}"[:300])
         out: dict[str, Restored] = {}
-        for app, (sealed, open_rows, rows, open_prev) in found.items():
-            if open_prev:  # the open block names the newest sealed block it follows
-                blocks = chain(sealed, open_prev[0])
-                plain = open_rows
+        for app, f in found.items():
+            if f.has_open:  # the open block names the newest sealed block it follows
+                start, plain = f.open_prev, f.open_rows
             else:  # none (no plain values at the last write), or the old format
-                newest = max(sealed, key=lambda x: x[0].ks[-1], default=None)
-                blocks = chain(sealed, newest[0].ks[-1] if newest else None)
-                plain = rows
+                newest = max((b.ks[-1] for b, _ in f.sealed), default=None)
+                start, plain = newest, f.rows
+            blocks = chain(f.sealed, start)
             last = blocks[-1].ks[-1] if blocks else None
             out[app] = (blocks, [(k, v) for k, v in plain if last is None or k > last])
         return out
@@ -190,10 +198,10 @@ class CountersTable:
         sealed = log.sealed()
         open_key = f"{app}:{OPEN}".encode()
         open_value: bytes | None = None
-        prev = held.get(open_key)
-        if prev is not None and prev[0] == log.version:
-            want[open_key] = prev
-            used = prev[1]
+        was = held.get(open_key)
+        if was is not None and was[0] == log.version:
+            want[open_key] = was
+            used = was[1]
         else:
             ob = log.open_block()
             if ob is not None:
@@ -203,9 +211,9 @@ class CountersTable:
         for i in range(len(sealed) - 1, -1, -1):
             b = sealed[i]
             key = f"{app}:b{b.ks[0]}".encode()
-            prev = held.get(key)
-            if prev is not None and prev[0] is b:
-                size, value = prev[1], None
+            was = held.get(key)
+            if was is not None and was[0] is b:
+                size, value = was[1], None
             else:
                 value = block_value(b, sealed[i - 1].ks[-1] if i else None)
                 size = len(value)

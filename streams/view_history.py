@@ -163,14 +163,23 @@ class TickLog:
         for k2, v in reversed(self._plain):
             if k2 == k:
                 return self._read_plain(v)
+        at = self.locate(k)
+        if at is None:
+            return None
+        b, j = at
+        if self.codec is not None:  # (only this value: a block's are ~2 MB at 1,000 rows)
+            return self.codec.decode_one(self._raw(b), j)
+        return self._from_bytes(self._values(b)[j])
+
+    def locate(self, k: int) -> tuple[Block, int] | None:
+        """The block holding tick ``k`` and its index there; None if ``k`` is plain or
+        not kept."""
         for i, b in enumerate(self._blocks):
             if b.ks[0] <= k <= b.ks[-1]:
-                lo = self._skip if i == 0 else 0
-                for j in range(lo, len(b.ks)):
-                    if b.ks[j] == k:
-                        return self._from_bytes(self._values(b)[j])
-                return None
+                j = bisect_left(b.ks, k, self._skip if i == 0 else 0)
+                return (b, j) if j < len(b.ks) and b.ks[j] == k else None
         return None
+
 
     def items(self, k1: int, k2: int) -> Iterator[tuple[int, Any]]:
         """(k, value) of the kept ticks in [k1, k2], oldest first (only the blocks that
@@ -198,10 +207,13 @@ class TickLog:
         codec the values themselves, decoded anew on each call (a caller may keep or
         change them; a decoded block of 1,000 containers is ~2 MB of objects, too much
         to hold per log). The decompressed bytes of the last block read are kept."""
+        raw = self._raw(b)
+        return self.codec.decode(raw) if self.codec is not None else raw.split(b"\n")
+
+    def _raw(self, b: Block) -> bytes:
         if self._cache is None or self._cache[0] is not b:
             self._cache = (b, unpacked(b.data))
-        raw = self._cache[1]
-        return self.codec.decode(raw) if self.codec is not None else raw.split(b"\n")
+        return self._cache[1]
 
     def _trim(self) -> None:
         while self._n > self.max_ticks:
@@ -262,8 +274,11 @@ class BlockCodec(Protocol):
 
     def decode(self, data: bytes) -> list[Any]: ...
 
+    def decode_one(self, data: bytes, j: int) -> Any: ...
 
-_ROW_FIELDS = ("t_end_us", "ticks", "energy_mj", "carbon_ug")
+
+# a counter row's numbers beside its "containers" (streams/ledger_worker.py makes rows)
+ROW_FIELDS = ("t_end_us", "ticks", "energy_mj", "carbon_ug")
 
 
 class RowDeltas:
@@ -284,7 +299,7 @@ class RowDeltas:
             if prev is not None and _delta_ok(prev, r):
                 cur, old = list(r["containers"].values()), list(prev["containers"].values())
                 lines.append(to_json([
-                    "d", *(r[f] - prev[f] for f in _ROW_FIELDS),
+                    "d", *(r[f] - prev[f] for f in ROW_FIELDS),
                     [c[0] - o[0] for c, o in zip(cur, old, strict=True)]
                     + [c[1] - o[1] for c, o in zip(cur, old, strict=True)]]))  # fmt: skip
             else:
@@ -304,15 +319,54 @@ class RowDeltas:
                 flat = v[5] if len(v) == 6 and isinstance(v[5], list) else []
                 if v[0] != "d" or len(v) != 6 or len(flat) != 2 * n:
                     raise ValueError("not a counter row's change")
-                v = {f: prev[f] + d for f, d in zip(_ROW_FIELDS, v[1:5], strict=True)}
+                v = {f: prev[f] + d for f, d in zip(ROW_FIELDS, v[1:5], strict=True)}
                 v["containers"] = {c: [o[0] + flat[i], o[1] + flat[n + i]]
                                    for i, (c, o) in enumerate(zip(names, old, strict=True))}
             out.append(v)
         return out
 
+    @staticmethod
+    def decode_one(data: bytes, j: int) -> Any:
+        return _row_at(data, j)
+
+
+_ROW_KEYS = {*ROW_FIELDS, "containers"}
+
+
+def _row_at(data: bytes, j: int) -> Any:
+    """``RowDeltas.decode(data)[j]`` without making the other rows: from the last full
+    row at or before ``j``, the changes added up as flat lists (one read of a row of
+    1,000 containers: ~1.5 ms against ~5.4 ms for its whole block)."""
+    lines = data.split(b"\n")
+    if not 0 <= j < len(lines):
+        raise IndexError(f"row {j} of a block of {len(lines)}")
+    i = j
+    while i > 0 and lines[i][:1] == b"[":  # a change: back to the full row it follows
+        i -= 1
+    base = json.loads(lines[i])
+    if i == j:
+        return base
+    names = list(base["containers"])
+    n = len(names)
+    nums = [base[f] for f in ROW_FIELDS]
+    energy = [v[0] for v in base["containers"].values()]
+    carbon = [v[1] for v in base["containers"].values()]
+    for line in lines[i + 1 : j + 1]:
+        v = json.loads(line)
+        flat = v[5] if len(v) == 6 and isinstance(v[5], list) else []
+        if v[0] != "d" or len(flat) != 2 * n:
+            raise ValueError("not a counter row's change")
+        nums = [a + d for a, d in zip(nums, v[1:5], strict=True)]
+        energy = [a + d for a, d in zip(energy, flat[:n], strict=True)]
+        carbon = [a + d for a, d in zip(carbon, flat[n:], strict=True)]
+    row: dict[str, Any] = dict(zip(ROW_FIELDS, nums, strict=True))
+    row["containers"] = {c: [e, g] for c, e, g in zip(names, energy, carbon, strict=True)}
+    return row
+
 
 def _delta_ok(prev: Any, r: Any) -> bool:
-    return (all(f in r and f in prev for f in _ROW_FIELDS) and len(r) == len(prev) == 5
+    """Both full rows with the same containers in the same order."""
+    return (r.keys() == prev.keys() == _ROW_KEYS
             and list(r["containers"]) == list(prev["containers"]))  # fmt: skip
 
 

@@ -115,22 +115,36 @@ class KafkaSecurity:
         return self.protocol != "PLAINTEXT"
 
 
+# A fetch waits less than the clients' request timeout (30 s in kafka-python, 40 s in
+# aiokafka), or every quiet fetch fails as a timed-out request
+FETCH_WAIT_MAX_MS = 20_000
+# A linger delays every output: past the ledger's 5 s persist interval it would hold a
+# tick's outputs for several ticks
+LINGER_MAX_MS = 5_000
+
+
 def checked_fetch_wait(ms: int) -> int:
-    """A consumer's fetch wait (``fetch_max_wait_ms``), whole ms, at least 1, else
-    ``ValueError``. The embedded broker (tansu 0.6) holds a waiting fetch until the wait
-    is over even when records arrive, so the wait is a latency for every hop; but with 0
-    it answers with no records at all, however many there are (measured)."""
+    """A consumer's fetch wait (``fetch_max_wait_ms``), whole ms, 1..FETCH_WAIT_MAX_MS,
+    else ``ValueError``. The embedded broker (tansu 0.6) holds a waiting fetch until the
+    wait is over even when records arrive, so the wait is a latency for every hop; but
+    with 0 it answers with no records at all, however many there are (measured)."""
     if ms < 1:
         raise ValueError(f"fetch wait {ms} ms: at least 1 (a 0 ms fetch gets no records "
                          "from the embedded broker)")
+    if ms > FETCH_WAIT_MAX_MS:
+        raise ValueError(f"fetch wait {ms} ms: at most {FETCH_WAIT_MAX_MS} (below the "
+                         "clients' request timeout)")
     return ms
 
 
 def checked_linger(ms: int) -> int:
-    """A producer's linger (``linger_ms``), whole ms (the Kafka clients count it so), at
-    least 0, else ``ValueError``."""
+    """A producer's linger (``linger_ms``), whole ms (the Kafka clients count it so),
+    0..LINGER_MAX_MS, else ``ValueError``."""
     if ms < 0:
         raise ValueError(f"linger {ms} ms: at least 0")
+    if ms > LINGER_MAX_MS:
+        raise ValueError(f"linger {ms} ms: at most {LINGER_MAX_MS} (each output waits "
+                         "that long)")
     return ms
 
 

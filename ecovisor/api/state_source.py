@@ -4,6 +4,7 @@ tick, interval counters, ledger entries), behind the small ``StateSource`` inter
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -93,6 +94,35 @@ def live_state_from_view(app: str, view: dict[str, Any]) -> LiveState:
         app_metrics={k: v for k, v in metrics.items() if isinstance(v, int | float | None)},
         view=view,
     )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The ledger worker's ``GET /ready`` (docs/ledger.md): ``ready`` with the ``sites``
+    it owns, else ``reason`` (its own, or why it did not answer: ``answered`` False)."""
+
+    ready: bool
+    sites: int = 0
+    reason: str = ""
+    answered: bool = True
+
+
+def ledger_readiness(base_url: str, timeout: float = 2.0) -> Readiness:
+    """``GET /ready`` of the ledger at ``base_url``. Never raises: its callers
+    (``ecovisor status``, the replay pipeline's start) report it."""
+    try:  # (the ledger is local or internal: no proxy from the environment)
+        r = httpx.get(f"{base_url.rstrip('/')}/ready", timeout=timeout, trust_env=False)
+        body = r.json()
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        return Readiness(False, reason=f"/ready did not answer ({type(e).__name__})",
+                         answered=False)  # fmt: skip
+    if not isinstance(body, dict):
+        return Readiness(False, reason=f"/ready answered HTTP {r.status_code} without a "
+                         "readiness", answered=False)  # fmt: skip
+    if r.status_code == 200 and body.get("ready") is True:
+        n = body.get("sites")
+        return Readiness(True, sites=n if isinstance(n, int) else 0)
+    return Readiness(False, reason=str(body.get("reason") or f"HTTP {r.status_code}")[:200])
 
 
 class HttpStateSource:

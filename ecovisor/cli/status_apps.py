@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ecovisor.api.state_source import HttpStateSource, LiveState, StateUnavailable
+from ecovisor.api.state_source import ledger_readiness as read_readiness
 from ecovisor.contract.config import EcovisorConfig
 
 VIEWS_TIMEOUT_S = 2.0
@@ -34,24 +35,16 @@ class AppRow:
 
 def ledger_readiness(cfg: EcovisorConfig, base_url: str | None = None,
                      timeout: float = VIEWS_TIMEOUT_S) -> str:  # fmt: skip
-    """One line: whether the ledger worker serves the site yet (its ``GET /ready``,
-    docs/ledger.md), else why not, or that it did not answer."""
-    import httpx
-
-    url = (base_url or f"http://127.0.0.1:{cfg.stack.ledger_web_port}") + "/ready"
-    try:  # (the ledger is local: no proxy from the environment)
-        r = httpx.get(url, timeout=timeout, trust_env=False)
-        body = r.json()
-    except Exception as e:  # noqa: BLE001 - `status` must not fail on the ledger's answer
-        return f"ledger: /ready did not answer ({type(e).__name__})"
-    if not isinstance(body, dict):
-        return f"ledger: /ready answered HTTP {r.status_code} without a readiness"
-    if r.status_code == 200 and body.get("ready") is True:
-        n = body.get("sites")
-        if not n:
-            return "ledger: ready, but it owns no site (another worker of its group does)"
-        return f"ledger: ready ({n} site{'' if n == 1 else 's'})"
-    return f"ledger: NOT ready: {str(body.get('reason') or r.status_code)[:200]}"
+    """One line: whether the ledger worker serves the site yet (its ``GET /ready``:
+    ``ecovisor.api.state_source.ledger_readiness``), else why not."""
+    r = read_readiness(base_url or f"http://127.0.0.1:{cfg.stack.ledger_web_port}", timeout)
+    if not r.answered:
+        return f"ledger: {r.reason}"
+    if not r.ready:
+        return f"ledger: NOT ready: {r.reason}"
+    if not r.sites:
+        return "ledger: ready, but it owns no site (another worker of its group does)"
+    return f"ledger: ready ({r.sites} site{'' if r.sites == 1 else 's'})"
 
 
 def views_key(cfg: EcovisorConfig, state_dir: Path) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -262,7 +263,9 @@ def test_after_a_crash_in_any_write_a_new_owner_reads_one_run_of_ticks(
 
 def test_a_block_value_round_trips() -> None:
     b = _block(range(5, 21))
-    assert parse_block(block_value(b, 2)) == (b, 2)
+    assert parse_block(block_value(b, 2)) == (b, 2, [(k, _row(k)) for k in range(5, 21)])
+    with pytest.raises(ValueError, match="ticks must be 1..16"):  # a block holds 16 at most
+        parse_block(block_value(_block(range(0, BLOCK_TICKS + 1)), None))
 
 
 def test_a_restored_history_is_cut_at_the_snapshot_and_must_agree_with_it() -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from ecovisor.adapters import kafka_async
 from ecovisor.adapters.kafka import (
+    FETCH_WAIT_MAX_MS,
+    LINGER_MAX_MS,
     assigned_consumer,
     checked_fetch_wait,
     checked_linger,
@@ -37,6 +39,15 @@ def test_a_fetch_wait_is_at_least_one_ms() -> None:
         with pytest.raises(argparse.ArgumentTypeError):
             linger_arg(bad)
     assert KafkaBus("127.0.0.1:1", ["a"], fetch_wait_ms=2).fetch_wait_ms == 2
+    # and bounded above: below the clients' request timeout; a linger holds every output
+    assert checked_fetch_wait(FETCH_WAIT_MAX_MS) == FETCH_WAIT_MAX_MS
+    with pytest.raises(ValueError, match="at most"):
+        checked_fetch_wait(FETCH_WAIT_MAX_MS + 1)
+    assert checked_linger(LINGER_MAX_MS) == LINGER_MAX_MS
+    with pytest.raises(ValueError, match="at most"):
+        checked_linger(LINGER_MAX_MS + 1)
+    with pytest.raises(argparse.ArgumentTypeError):
+        fetch_wait_arg(str(10**9))
 
 
 @pytest.mark.parametrize("module,flag", [("streams.ledger", "--fetch-wait-ms"),

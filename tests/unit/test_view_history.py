@@ -146,7 +146,9 @@ def test_a_block_of_counter_rows_reads_back_exactly(rows: list, same: bool) -> N
         rows = [{**r, "containers": {c: [v[0] + i, v[1] * i] for c, v in first.items()}}
                 if "ticks" in r else r for i, r in enumerate(rows)]  # fmt: skip
     data = RowDeltas.encode(rows)
-    assert RowDeltas.decode(data) == [json.loads(row_json(r)) for r in rows]
+    want = [json.loads(row_json(r)) for r in rows]
+    assert RowDeltas.decode(data) == want
+    assert [RowDeltas.decode_one(data, j) for j in range(len(rows))] == want  # one by one
     if same and len(rows) > 1 and all("ticks" in r for r in rows):
         assert data.count(b'"d"') == len(rows) - 1  # written as changes
 
