@@ -46,7 +46,12 @@ from ecovisor.core.tick_clock import to_us
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_group import LedgerGroup, SiteGroup, not_ready_reason
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
-from streams.ledger_service import ClockMode, LedgerService, run_guarded
+from streams.ledger_service import (
+    HAND_OVER_TIMEOUT_S,
+    ClockMode,
+    LedgerService,
+    run_guarded,
+)
 from streams.ledger_views import Target, add_pages, add_ready_page
 
 log = logging.getLogger("ecovisor.ledger")
@@ -122,8 +127,14 @@ class GroupService:
 
     def telemetry_tps(self) -> dict[int, Any]:
         """Partition -> TP of the telemetry partitions assigned to this worker and
-        recovered (none until then)."""
-        if not self.app.tables.recovery.completed.is_set():
+        recovered: none until the first recovery, and none during a rebalance (from the
+        revoke to the recovery of the new assignment). Faust's view of the assignment
+        lags both ends of it: a site service made then (the tick closer or the catch-up
+        watch asking ``owned``) held the state just handed over, stale once the next
+        owner moved on, or read tables not recovered yet, and a partition assigned back
+        resumed from it (ticks re-sent, commands taken meanwhile missed)."""
+        recovery = self.app.tables.recovery
+        if not recovery.completed.is_set() or self.app.rebalancing:
             return {}
         return {tp.partition: tp for tp in self.app.assignor.assigned_actives()
                 if tp.topic == topics.TELEMETRY}  # fmt: skip
@@ -287,6 +298,35 @@ class GroupService:
                 self.sites.check_caught_up(part, committed)
             await asyncio.sleep(0.05)
 
+    async def hand_over(self, partitions: set[int] | None) -> None:
+        """Persist and retire the loaded sites of ``partitions`` (every one when None)
+        before they leave this worker (``LedgerService.hand_over``), at most
+        HAND_OVER_TIMEOUT_S in all. Not after a crash: what no snapshot holds is read
+        again by the next owner, as after a SIGKILL. A failure or timeout is logged, never
+        raised: the next owner then starts from the snapshot before (nothing lost)."""
+        if self.failure is not None or getattr(self.app, "crash_reason", None) is not None:
+            return
+        leaving = [s for site, s in list(self.sites.services.items())
+                   if partitions is None or self.group.partition(site) in partitions]
+        if not leaving:
+            return
+        t0 = time.monotonic()
+
+        async def all_of() -> int:
+            n = 0
+            for s in leaving:
+                n += await s.hand_over()
+            await self.app.producer.flush()
+            return n
+
+        try:
+            n = await asyncio.wait_for(all_of(), HAND_OVER_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - the next owner replays from the one before
+            log.warning("hand-over of %d site(s) not persisted (%r): the next owner starts "
+                        "from their previous snapshots", len(leaving), e)  # fmt: skip
+            return
+        log.info("handed over %d site(s) in %.2f s", n, time.monotonic() - t0)
+
     def readiness(self) -> str | None:
         """Why this worker does not serve its share yet (``not_ready_reason``), else None."""
         app = self.app
@@ -443,7 +483,15 @@ def build_app(
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        svc.sites.revoke({tp.partition for tp in revoked if tp.topic == topics.TELEMETRY})
+        parts = {tp.partition for tp in revoked if tp.topic == topics.TELEMETRY}
+        await svc.hand_over(parts)  # Faust sends this once the streams are idle
+        svc.sites.revoke(parts)
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        # a graceful stop: sent once Faust's consumer has stopped and its streams are
+        # idle, before the producer's last flush
+        await svc.hand_over(None)
 
     keys = {s: internal_key(c) for s, c in group.sites.items()}
     for s, k in keys.items():

@@ -48,6 +48,9 @@ MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the brok
 # Telemetry events a site holds unacknowledged (their offsets uncommitted) before it
 # writes a snapshot to release them: bounds the worker's memory when ticks close rarely.
 MAX_UNACKED = 20_000
+# A hand-over (partition revoked, graceful stop) waits this long for its snapshot; past
+# it the next owner starts from the snapshot before, as after a crash (nothing lost).
+HAND_OVER_TIMEOUT_S = 10.0
 
 
 class LedgerService:
@@ -82,6 +85,12 @@ class LedgerService:
         self.unacked: list[Any] = []
         self.ack_events = ack
         self.apps = {a.id for a in cfg.apps}
+        # set by ``hand_over``: the site has left this worker (its partition revoked or the
+        # worker stopping); it closes no more ticks, so the next owner, starting from the
+        # snapshot written then, re-sends nothing. (Commands and acks need no such check:
+        # Faust hands over only once the streams are idle, and delivers a revoked
+        # partition's messages to its next owner.)
+        self.retired = False
 
     def loaded(self) -> SiteLedger:
         """The site's ledger: restored from the tables once recovered, else new."""
@@ -92,7 +101,8 @@ class LedgerService:
             for why in self.counters.unreadable:
                 log.warning("site %s: counters table value left out: %s", self.site, why)
             self.ledger = led
-            log.info("ledger for site %s loaded (restored=%s)", self.site, bool(raw))
+            log.info("ledger for site %s loaded (restored=%s, next tick %s, offsets %s)",
+                     self.site, bool(raw), led.state.next_k, led.offsets)  # fmt: skip
         return self.ledger
 
     async def send(self, outs: list[Out], wait: bool = False) -> None:
@@ -121,9 +131,25 @@ class LedgerService:
             for ev in events:
                 await self.ack_events(ev)
 
+    async def hand_over(self) -> bool:
+        """Persist the site's state as it is now and retire this service: a planned move
+        (a rebalance, a graceful stop) then hands the next owner the last tick closed
+        here, not a snapshot up to PERSIST_INTERVAL_S older that it would recompute and
+        re-send. False when nothing was loaded (nothing to hand over)."""
+        async with self.lock:
+            self.retired = True
+            if self.ledger is None:
+                return False
+            await self.persist(self.ledger)
+            log.info("site %s handed over at next tick %s, offsets %s", self.site,
+                     self.ledger.state.next_k, self.ledger.offsets)  # fmt: skip
+            return True
+
     async def close_ticks(self, led: SiteLedger, now_us: int) -> None:
         """Close the ticks due at ``now_us``; snapshot at most every PERSIST_INTERVAL_S."""
         async with self.lock:
+            if self.retired:  # handed over: the next owner closes them
+                return
             outs, rows = led.close(now_us)
             if rows and self.health is not None:
                 self.health.closed(rows, time.time(), led.clock.tick_us / 1e6,
@@ -186,7 +212,8 @@ class LedgerService:
                 await self.close_due(led)
         if len(self.unacked) >= MAX_UNACKED:
             async with self.lock:
-                await self.persist(led)
+                if not self.retired:
+                    await self.persist(led)
 
     async def batch_dead_letters(
         self, b: Any, bad: list[BadEntry], reports: list[tuple[int, str]]

@@ -301,3 +301,76 @@ def test_a_partition_count_other_than_the_topics_is_refused(
     from ecovisor.adapters.kafka import existing_topics
 
     assert "ecovisor-ledger-sites-snapshots-changelog" not in existing_topics(kafka_bootstrap)
+
+
+def test_a_planned_move_re_sends_nothing(broker: str, tmp_path: Path) -> None:
+    """A worker joining (a rebalance) and a worker stopped with SIGTERM move sites by
+    plan: the leaving owner hands over a snapshot of its last closed tick
+    (``LedgerService.hand_over``), so the next owner recomputes no tick and every entry
+    is on the ledger topic exactly once, equal to the fault-free run. (Before the
+    hand-over, the next owner started from a snapshot up to 5 s older and re-sent those
+    ticks: identical, but a move should not replay.)"""
+    sites = site_ids()
+    d = tmp_path / "sites"
+    d.mkdir()
+    paths = {s: write_site(d, s, broker) for s in sites}
+    group = load_group(str(d), "pair", PARTITIONS)
+    prepare_topics(group, broker)
+    payloads = {s: workload(s) for s in sites}
+    want = {s: reference(paths[s], payloads[s]) for s in sites}
+    thirds = [{s: p[i * len(p) // 3 : (i + 1) * len(p) // 3] for s, p in payloads.items()}
+              for i in range(3)]  # fmt: skip
+    reader = Reader(broker, topics.LEDGER)
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    procs: list[Any] = []
+
+    def have() -> dict[str, list[tuple[str, int]]]:
+        out: dict[str, list[tuple[str, int]]] = {s: [] for s in sites}
+        for e in reader.items:
+            if e.get("site") in out:
+                out[e["site"]].append((e["app"], e["k"]))
+        return out
+
+    def closed_all(prefix: dict[str, list[bytes]]) -> Any:
+        # every tick the telemetry so far closes (as the fault-free run of it says)
+        due = {s: set(reference(paths[s], p)) for s, p in prefix.items()}
+        return lambda _: all(set(have()[s]) >= due[s] for s in sites)
+
+    try:
+        publish(broker, thirds[0])
+        procs.append(start_worker(d, ports[0], logs[0]))
+        reader.wait(closed_all(thirds[0]), timeout=60)
+        procs.append(start_worker(d, ports[1], logs[1]))  # joins: a rebalance
+        deadline = time.monotonic() + 60
+        owned = [0, 0]
+        while time.monotonic() < deadline and not (owned[0] and owned[1]
+                                                   and sum(owned) == len(sites)):
+            time.sleep(0.3)
+            owned = [wait_ready(p)["sites"] for p in ports]
+        assert owned[0] and owned[1] and sum(owned) == len(sites), owned
+        publish(broker, thirds[1])
+        reader.wait(closed_all({s: thirds[0][s] + thirds[1][s] for s in sites}), timeout=60)
+        assert sites_ticking(ports[1]), "the joining worker took sites over"
+        procs[1].send_signal(signal.SIGTERM)  # a graceful stop: its sites move to w0
+        assert procs[1].wait(30) == 0, logs[1].read_text()[-2000:]
+        publish(broker, thirds[2])
+        reader.wait(lambda _: all(set(have()[s]) >= set(want[s]) for s in sites), timeout=90)
+        time.sleep(1.0)
+        reader.poll()
+        for s in sites:
+            got: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for e in reader.items:
+                if e.get("site") == s:
+                    norm = AppLedgerEntry.model_validate(e).model_dump(mode="json")
+                    got.setdefault((e["app"], e["k"]), []).append(norm)
+            assert set(got) == set(want[s]), s
+            twice = sorted(k for k, v in got.items() if len(v) > 1)
+            assert not twice, f"site {s}: ticks sent more than once after a planned move: {twice}"
+            for key, (v,) in got.items():
+                assert v == want[s][key], (s, key)
+        assert "handed over" in logs[1].read_text(), "the stopping worker handed over"
+    finally:
+        reader.close()
+        for p in procs:
+            stop(p)
