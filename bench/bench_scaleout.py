@@ -19,14 +19,17 @@ consumer group and changelogs) reading the same telemetry, with ``--clock event`
    time from the kill until each of its sites has a new ledger entry (from the
    survivor), and whether every site's entries equal run 1's (the fault-free ledger),
    entries sent twice included.
-4. State in the tables: what the ``snapshots`` and ``counters`` tables hold at the end
+4. ``stop``: the same with SIGTERM instead: a graceful stop, the worker hands its sites
+   over first (docs/ledger.md, Guarantees). Both report the entries sent more than once
+   (after a kill, the ticks since the last snapshot; after a stop, none expected).
+5. State in the tables: what the ``snapshots`` and ``counters`` tables hold at the end
    of run 1 (each key's newest value), in bytes per configured container of a site,
    and the ticks of view history the counters table covers. A worker persists at most
    every 5 s (``PERSIST_INTERVAL_S``): a run of a few seconds shows the tables as of its
    first tick; ``--ticks 200 --skip two,kill`` shows them full.
 
 Usage: python bench/bench_scaleout.py [--sites 10] [--containers 1000] [--ticks 30]
-       [--partitions 16] [--pace 0.25] [--skip one,two,kill]
+       [--partitions 16] [--pace 0.25] [--skip one,two,kill,stop]
 """
 
 from __future__ import annotations
@@ -266,10 +269,14 @@ def run_group(d: Path, bootstrap: str, name: str, workers: int, parts: int, site
 def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
              ticks: list[list[tuple[str, bytes]]], pace: float, logs: Path,
              reference: dict[tuple[str, str, int], dict[str, Any]] | None,
+             sig: signal.Signals = signal.SIGKILL,
              ) -> dict[str, Any]:  # fmt: skip
+    """Run 3 (``sig`` SIGKILL) or 4 (SIGTERM: a graceful stop, whose sites the worker
+    hands over first)."""
+    name = "kill" if sig == signal.SIGKILL else "stop"
     ent = Entries(bootstrap)
     ports = [free_port(), free_port()]
-    procs = [start_worker(d, "kill", parts, p, logs / f"kill-{i}.log")
+    procs = [start_worker(d, name, parts, p, logs / f"{name}-{i}.log")
              for i, p in enumerate(ports)]  # fmt: skip
     out: dict[str, Any] = {}
     try:
@@ -286,8 +293,8 @@ def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
                 split = [owned(p) for p in ports]
                 victim = 1 if split[1] else 0
                 killed_at = time.monotonic()
-                procs[victim].send_signal(signal.SIGKILL)
-                procs[victim].wait(10)
+                procs[victim].send_signal(sig)
+                procs[victim].wait(30)
                 out["killed_worker_sites"] = sorted(split[victim])
                 out["survivor_sites"] = sorted(split[1 - victim])
         want = len(sites) * APPS * (len(ticks) - 2)
@@ -301,6 +308,11 @@ def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
             after = [t for t, e in ent.items if e["site"] == s and t > killed_at]
             back[s] = round(min(after) - killed_at, 2) if after else None
         out["ticking_again_after_s"] = back
+        seen: dict[tuple[str, str, int], int] = {}
+        for _, e in ent.items:
+            key = (e["site"], e["app"], e["k"])
+            seen[key] = seen.get(key, 0) + 1
+        out["entries_sent_more_than_once"] = sum(1 for c in seen.values() if c > 1)
         if reference is not None:
             diff = 0
             for _, e in ent.items:
@@ -446,6 +458,13 @@ def main() -> None:
                              reference)  # fmt: skip
             results["kill"] = r
             print("kill:", json.dumps(r), flush=True)
+        if "stop" not in skip:
+            # the same with SIGTERM: a graceful stop hands its sites over (no re-sent tick)
+            with own_broker(tmp, "stop", sites, a.containers, a.partitions) as (d4, b4):
+                r = run_kill(d4, b4, a.partitions, sites, a.containers, ticks, a.pace, tmp,
+                             reference, sig=signal.SIGTERM)  # fmt: skip
+            results["stop"] = r
+            print("stop:", json.dumps(r), flush=True)
     finally:
         broker.stop()
     print(f"logs and state: {tmp}")
