@@ -47,7 +47,7 @@ from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_group import LedgerGroup, SiteGroup, not_ready_reason
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
 from streams.ledger_service import (
-    HAND_OVER_TIMEOUT_S,
+    HAND_OVER_STOP_S,
     ClockMode,
     LedgerService,
     run_guarded,
@@ -60,6 +60,7 @@ SNAPSHOT_MAX_BYTES = 32 * 1024 * 1024  # uncompressed record size the producer a
 # the producer's batch (uncompressed): compressed, it stays under a broker's default
 # 1 MiB message limit whatever it holds
 OUTPUT_BATCH_BYTES = 1_000_000
+SETTLE_POLL_S = 0.05  # how often an event held during a rebalance looks again
 STALL_CHECK_S = 5.0  # a partition with events to read and none delivered this long: seek
 # a partition seeking back that has delivered nothing this long: seek again (unstall)
 RESEEK_S = 1.0
@@ -110,10 +111,18 @@ class GroupService:
     deadlines, tracks the telemetry catch-up of event mode."""
 
     def __init__(self, group: SiteGroup, app: Any, snapshots: Any, counters: Any,
-                 clock: ClockMode) -> None:  # fmt: skip
+                 clock: ClockMode, rebalance_timeout_s: float = 3.0) -> None:  # fmt: skip
         self.group = group
         self.app = app
         self.clock_mode = clock
+        # a revoke's hand-over must end well within the group's rebalance timeout: it runs
+        # before this worker rejoins, and a member late to rejoin is dropped (its
+        # partitions then assigned without its snapshots)
+        self.revoke_budget_s = rebalance_timeout_s / 2
+        # a rebalance under way: from its start (``on_rebalance_start``) to the assignment
+        # (``on_partitions_assigned``); with Faust's ``rebalancing`` (to the recovery's end)
+        # the worker owns nothing then (``telemetry_tps``)
+        self.moving = False
         self.failure: BaseException | None = None
         self.ack: Any = None  # the telemetry stream's ack, set when the agent starts
         self.health: dict[str, LedgerHealth] = {}
@@ -133,14 +142,46 @@ class GroupService:
         watch asking ``owned``) held the state just handed over, stale once the next
         owner moved on, or read tables not recovered yet, and a partition assigned back
         resumed from it (ticks re-sent, commands taken meanwhile missed)."""
-        recovery = self.app.tables.recovery
-        if not recovery.completed.is_set() or self.app.rebalancing:
+        if not self.settled():
             return {}
         return {tp.partition: tp for tp in self.app.assignor.assigned_actives()
                 if tp.topic == topics.TELEMETRY}  # fmt: skip
 
     def active_partitions(self) -> set[int]:
         return set(self.telemetry_tps())
+
+    def settled(self) -> bool:
+        """Recovered, and no rebalance under way (``telemetry_tps``)."""
+        return (self.app.tables.recovery.completed.is_set() and not self.app.rebalancing
+                and not self.moving)  # fmt: skip
+
+    async def wait_settled(self) -> None:
+        """Until ``settled`` (a rebalance takes seconds: polled, cheaply)."""
+        while not self.settled():
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def still_ours(self, part: int) -> bool:
+        """Whether an event of telemetry (command, ack) partition ``part`` may be taken
+        here: once the worker is settled, whether ``part`` is assigned to it. Faust hands
+        events on while a rebalance starts (the app does not wait for its streams), so an
+        event may have been held across a revoke: if its partition went to another
+        worker, that worker reads it (nothing this worker commits for a partition it no
+        longer has counts)."""
+        if not self.settled():
+            await self.wait_settled()
+        return part in self.active_partitions()
+
+    def rebalance_starts(self) -> None:
+        """Faust's ``on_rebalance_start`` (called at once, before the revoke)."""
+        self.moving = True
+
+    def assigned(self) -> None:
+        """Faust's ``on_partitions_assigned``: the new assignment is known (recovered
+        once ``app.rebalancing`` ends)."""
+        self.moving = False
+        parts = {tp.partition for tp in self.app.assignor.assigned_actives()
+                 if tp.topic == topics.TELEMETRY}  # fmt: skip
+        self.sites.assigned(parts)
 
     async def ack_event(self, event: Any) -> None:
         if self.ack is not None:
@@ -150,8 +191,12 @@ class GroupService:
         """One telemetry event (a sample, a node batch or a clock message) to its site."""
         msg = event.message
         part, off = msg.partition, msg.offset
+        if not await self.still_ours(part):
+            return  # (not acknowledged: its next owner reads it)
         if not await self.positioned(part, off, msg.tp):
             return  # read before the seek to the snapshots' offset: delivered again after it
+        if part not in self.active_partitions():
+            return  # revoked during the seek: as above
         raw = event.value if event.value is not None else b""
         site = self.sites.site_of_key(event.key, raw, by_app=False)
         svc = self.sites.service(site, delivered_on=part) if site is not None else None
@@ -199,7 +244,10 @@ class GroupService:
         second seek holds."""
         consumer = self.app.consumer
         now = time.monotonic()
+        moves = self.app.rebalancing_count  # a rebalance during an await: its state is old
         for part, tp in self.telemetry_tps().items():
+            if self.app.rebalancing_count != moves or not self.settled():
+                return
             since = self.sites.last_event.setdefault(part, now)
             rs = self.sites.resync.get(part)
             if now - since < (STALL_CHECK_S if rs is None else RESEEK_S):
@@ -210,10 +258,14 @@ class GroupService:
             end = consumer.highwater(tp)  # of its last fetch: the broker only if none yet
             if end is None:
                 end = int((await consumer.highwaters(tp)).get(tp) or 0)
+                if self.app.rebalancing_count != moves or not self.settled():
+                    return
             if end <= at:
                 self.sites.last_event[part] = now  # nothing to read: not stalled
                 continue
             pos = await consumer.position(tp)
+            if self.app.rebalancing_count != moves or not self.settled():
+                return
             log.warning("telemetry partition %s delivered nothing for %.0f s with offsets "
                         "%s..%s to read (fetched up to %s, buffered %s, in the fetch set %s): "
                         "sought to %s", part, now - since, at, end - 1, pos,
@@ -227,14 +279,24 @@ class GroupService:
             await consumer.seek(tp, at)  # also resets what Faust counts as read on it
 
     async def command(self, key: bytes | None, raw: bytes, partition: int) -> None:
-        svc = await self._service_of(topics.COMMANDS, key, raw, partition)
-        if svc is not None:
-            await svc.command(raw)
+        await self._routed(topics.COMMANDS, key, raw, partition)
 
     async def actuator_ack(self, key: bytes | None, raw: bytes, partition: int) -> None:
-        svc = await self._service_of(topics.ACTUATOR_ACKS, key, raw, partition)
-        if svc is not None:
-            await svc.ack(raw)
+        await self._routed(topics.ACTUATOR_ACKS, key, raw, partition)
+
+    async def _routed(self, origin: str, key: bytes | None, raw: bytes, partition: int) -> None:
+        """A command or ack to its site's service, once the worker is settled and only if
+        its partition is still this worker's; again if the site was moved while it
+        waited (``LedgerService.command`` False)."""
+        while await self.still_ours(partition):
+            svc = await self._service_of(origin, key, raw, partition)
+            if svc is None:
+                return
+            take = svc.command if origin == topics.COMMANDS else svc.ack
+            if await take(raw):
+                return
+        log.info("%s message on partition %s left to the partition's next owner", origin,
+                 partition)  # fmt: skip
 
     async def _service_of(
         self, origin: str, key: bytes | None, raw: bytes, partition: int
@@ -291,7 +353,10 @@ class GroupService:
                 if part in self.sites.caught_up:
                     continue
                 if part not in self.sites.catch_up_to:
+                    moves = self.app.rebalancing_count
                     ends = await self.app.consumer.highwaters(tp)
+                    if self.app.rebalancing_count != moves or not self.settled():
+                        break  # the end of an assignment that has passed: take it again
                     self.sites.catch_up_to[part] = int(ends.get(tp) or 0)
                 # Faust's committed offset of the partition (what it resumed from)
                 committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
@@ -299,33 +364,49 @@ class GroupService:
             await asyncio.sleep(0.05)
 
     async def hand_over(self, partitions: set[int] | None) -> None:
-        """Persist and retire the loaded sites of ``partitions`` (every one when None)
-        before they leave this worker (``LedgerService.hand_over``), at most
-        HAND_OVER_TIMEOUT_S in all. Not after a crash: what no snapshot holds is read
-        again by the next owner, as after a SIGKILL. A failure or timeout is logged, never
-        raised: the next owner then starts from the snapshot before (nothing lost)."""
-        if self.failure is not None or getattr(self.app, "crash_reason", None) is not None:
-            return
+        """Hand the loaded sites of ``partitions`` over (every site, a graceful stop, when
+        None) before they leave this worker: each leaves at once (no tick closes after),
+        then each is persisted (``LedgerService.hand_over``) within the budget (a
+        revoke: half the rebalance timeout; a stop: HAND_OVER_STOP_S), then the producer
+        is drained once and the telemetry they cover acknowledged. Not after a crash: the
+        next owner reads again what no snapshot holds, as after a SIGKILL. A failure is
+        logged, never raised: the next owner then starts from the snapshot before."""
+        crashed = self.failure is not None or getattr(self.app, "crash_reason", None)
         leaving = [s for site, s in list(self.sites.services.items())
                    if partitions is None or self.group.partition(site) in partitions]
-        if not leaving:
+        for s in leaving:
+            s.leave(moved=partitions is not None)
+        if crashed or not leaving:
             return
         t0 = time.monotonic()
-
-        async def all_of() -> int:
-            n = 0
-            for s in leaving:
-                n += await s.hand_over()
-            await self.app.producer.flush()
-            return n
-
+        deadline = t0 + (HAND_OVER_STOP_S if partitions is None else self.revoke_budget_s)
+        written, events = 0, []
         try:
-            n = await asyncio.wait_for(all_of(), HAND_OVER_TIMEOUT_S)
+            for s in leaving:
+                got = await asyncio.wait_for(s.hand_over(deadline),
+                                             max(0.0, deadline - time.monotonic()))  # fmt: skip
+                if got is not None:
+                    written += 1
+                    events += got
+            if written:
+                await asyncio.wait_for(self.drain(), max(0.0, deadline - time.monotonic()))
         except Exception as e:  # noqa: BLE001 - the next owner replays from the one before
-            log.warning("hand-over of %d site(s) not persisted (%r): the next owner starts "
-                        "from their previous snapshots", len(leaving), e)  # fmt: skip
+            log.warning("hand-over of %d site(s) not complete after %.2f s (%r): %d written; "
+                        "the others' next owner starts from their previous snapshots",
+                        len(leaving), time.monotonic() - t0, e, written)  # fmt: skip
             return
-        log.info("handed over %d site(s) in %.2f s", n, time.monotonic() - t0)
+        for ev in events:
+            await self.ack_event(ev)
+        log.info("handed over %d of %d site(s) in %.2f s", written, len(leaving),
+                 time.monotonic() - t0)  # fmt: skip
+
+    async def drain(self) -> None:
+        """Until every record sent so far has left Faust's buffer and been flushed (its
+        buffer's flush returns after 0.1 s without progress even with records queued)."""
+        producer = self.app.producer
+        while getattr(getattr(producer, "buffer", None), "size", 0):
+            await producer.buffer.flush()
+        await producer.flush()
 
     def readiness(self) -> str | None:
         """Why this worker does not serve its share yet (``not_ready_reason``), else None."""
@@ -433,7 +514,7 @@ def build_app(
 
     snapshots = table("snapshots", lambda key: key.decode("utf-8", "replace"))
     counters = table("counters", site_of_row)
-    svc = GroupService(group, app, snapshots, counters, clock)
+    svc = GroupService(group, app, snapshots, counters, clock, rebalance_timeout_s=timeouts)
 
     async def telemetry_loop(stream: Any) -> None:
         manual = stream.noack()
@@ -481,16 +562,29 @@ def build_app(
             log.warning("telemetry watchdog: %s", e)
         FULL_COLLECTIONS.maybe_collect()  # also when no tick closes (gc_schedule)
 
+    faust_rebalance_start = app.on_rebalance_start
+
+    def rebalance_start() -> None:  # called at once when a rebalance starts (sync)
+        svc.rebalance_starts()
+        faust_rebalance_start()
+
+    app.on_rebalance_start = rebalance_start
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         parts = {tp.partition for tp in revoked if tp.topic == topics.TELEMETRY}
-        await svc.hand_over(parts)  # Faust sends this once the streams are idle
+        await svc.hand_over(parts)
         svc.sites.revoke(parts)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        svc.assigned()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender: Any, **_: Any) -> None:
-        # a graceful stop: sent once Faust's consumer has stopped and its streams are
-        # idle, before the producer's last flush
+        # a graceful stop: sent once Faust has stopped fetching and paused its
+        # partitions (the consumer leaves the group later), before its producer's last
+        # flush; this worker is the sites' only owner until then
         await svc.hand_over(None)
 
     keys = {s: internal_key(c) for s, c in group.sites.items()}

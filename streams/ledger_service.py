@@ -48,9 +48,11 @@ MAX_IN_FLIGHT = 10_000  # unconfirmed sends before the worker waits for the brok
 # Telemetry events a site holds unacknowledged (their offsets uncommitted) before it
 # writes a snapshot to release them: bounds the worker's memory when ticks close rarely.
 MAX_UNACKED = 20_000
-# A hand-over (partition revoked, graceful stop) waits this long for its snapshot; past
-# it the next owner starts from the snapshot before, as after a crash (nothing lost).
-HAND_OVER_TIMEOUT_S = 10.0
+# A graceful stop's hand-over writes its sites' snapshots within this time (a
+# supervisor's stop waits 10 s before SIGKILL); a revoke's, within half the group's
+# rebalance timeout (``GroupService``). Past it nothing more is written: the next owner
+# starts from the snapshot before, as after a crash (nothing lost).
+HAND_OVER_STOP_S = 5.0
 
 
 class LedgerService:
@@ -85,12 +87,13 @@ class LedgerService:
         self.unacked: list[Any] = []
         self.ack_events = ack
         self.apps = {a.id for a in cfg.apps}
-        # set by ``hand_over``: the site has left this worker (its partition revoked or the
-        # worker stopping); it closes no more ticks, so the next owner, starting from the
-        # snapshot written then, re-sends nothing. (Commands and acks need no such check:
-        # Faust hands over only once the streams are idle, and delivers a revoked
-        # partition's messages to its next owner.)
+        # set by ``leave``: the site is leaving this worker. ``retired``: it closes no more
+        # ticks (after a hand-over the next owner starts from the last tick closed here
+        # and re-sends nothing). ``moved``: its partition was revoked, so a command or ack
+        # still waiting here is not taken (``command`` returns False; the group routes it
+        # again once the rebalance is over: its next owner, or this worker again)
         self.retired = False
+        self.moved = False
 
     def loaded(self) -> SiteLedger:
         """The site's ledger: restored from the tables once recovered, else new."""
@@ -120,10 +123,7 @@ class LedgerService:
         """Counter rows and the snapshot; outputs first: they must be durable before the
         snapshot that makes a restart skip them. Call with ``self.lock`` held."""
         await self.send([], wait=True)
-        for a, hist in led.counters.items():
-            self.counters.write(a, hist, led.table_budget(a))
-        self.snapshots[self.site.encode()] = led.snapshot()
-        events, self.unacked = self.unacked, []
+        events = self.write_tables(led)
         if self.ack_events is not None:
             # the snapshot durable before the offsets it covers may be committed: a commit
             # past a lost snapshot would hide events from the next owner
@@ -131,19 +131,42 @@ class LedgerService:
             for ev in events:
                 await self.ack_events(ev)
 
-    async def hand_over(self) -> bool:
-        """Persist the site's state as it is now and retire this service: a planned move
-        (a rebalance, a graceful stop) then hands the next owner the last tick closed
-        here, not a snapshot up to PERSIST_INTERVAL_S older that it would recompute and
-        re-send. False when nothing was loaded (nothing to hand over)."""
+    def write_tables(self, led: SiteLedger) -> list[Any]:
+        """Write the counter blocks and the snapshot (no await: one step of the loop);
+        returns the telemetry events they cover, to acknowledge once flushed."""
+        for a, hist in led.counters.items():
+            self.counters.write(a, hist, led.table_budget(a))
+        self.snapshots[self.site.encode()] = led.snapshot()
+        events, self.unacked = self.unacked, []
+        return events
+
+    def leave(self, moved: bool) -> None:
+        """The site leaves this worker: no tick closes here any more; ``moved`` (its
+        partition revoked, not a stop): no command or ack is taken here any more either.
+        A command waiting for the catch-up wakes to leave."""
+        self.retired = True
+        if moved:
+            self.moved = True
+            self.caught_up.set()
+
+    async def hand_over(self, deadline: float) -> list[Any] | None:
+        """Persist the site as it is now (call ``leave`` first): a planned move (a
+        rebalance, a graceful stop) then hands the next owner the last tick closed here,
+        not a snapshot up to PERSIST_INTERVAL_S older that it would recompute and re-send.
+        Nothing is written once ``deadline`` (monotonic) has passed: a snapshot landing
+        after the next owner has recovered could later be restored over its newer state.
+        Returns the telemetry events to acknowledge once the caller has flushed; None when
+        nothing was written (nothing loaded, or too late)."""
         async with self.lock:
-            self.retired = True
-            if self.ledger is None:
-                return False
-            await self.persist(self.ledger)
-            log.info("site %s handed over at next tick %s, offsets %s", self.site,
-                     self.ledger.state.next_k, self.ledger.offsets)  # fmt: skip
-            return True
+            led = self.ledger
+            if led is None:
+                return None
+            await self.send([], wait=True)
+            if time.monotonic() >= deadline:
+                return None
+            events = self.write_tables(led)
+            log.info("site %s handed over at next tick %s", self.site, led.state.next_k)
+            return events
 
     async def close_ticks(self, led: SiteLedger, now_us: int) -> None:
         """Close the ticks due at ``now_us``; snapshot at most every PERSIST_INTERVAL_S."""
@@ -267,28 +290,36 @@ class LedgerService:
         led = self.loaded()
         await self.close_ticks(led, wall_us)
 
-    async def command(self, raw: bytes) -> None:
+    async def command(self, raw: bytes) -> bool:
         """One command from ``ecovisor.commands``: decided, its outputs sent, the snapshot
         written. In event mode only once the telemetry already in Kafka has been read
         (``caught_up``, set by the group): a command is anchored to the driving time
         (capped at its own tick), and a worker that has just started would take it from
         its snapshot (older after a crash) or from nothing (a fresh start), so the setting
         applied to ticks the uninterrupted worker had already closed without it (found
-        by reliability/chaos.py; docs/ledger.md, Guarantees)."""
+        by reliability/chaos.py; docs/ledger.md, Guarantees).
+        Returns False, the command not taken, when the site's partition was revoked
+        while it waited (``moved``)."""
         if self.clock_mode == "event":
             await self.caught_up.wait()
         led = self.loaded()
         async with self.lock:
+            if self.moved:
+                return False
             outs = self.one_message(topics.COMMANDS, raw, led.command, raw, self.driving_now(led))
             await self.send(outs)
             await self.persist(led)
+        return True
 
-    async def ack(self, raw: bytes) -> None:
+    async def ack(self, raw: bytes) -> bool:
         """One actuator acknowledgement: decided and its outputs sent (snapshotted with
-        the next tick or command)."""
+        the next tick or command). False as for ``command``."""
         led = self.loaded()
         async with self.lock:
+            if self.moved:
+                return False
             await self.send(self.one_message(topics.ACTUATOR_ACKS, raw, led.ack, raw))
+        return True
 
     def driving_now(self, led: SiteLedger) -> int:
         """The driving time for a command: the site's clock (the wall clock in real-time

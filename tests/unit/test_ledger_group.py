@@ -61,7 +61,8 @@ def group(sites: dict[str, int], active: set[int]) -> tuple[LedgerGroup, dict[st
         offs = {} if sites[sid] < 0 else {p: sites[sid]}
         led = types.SimpleNamespace(offsets=offs)
         svc = types.SimpleNamespace(ledger=led, loaded=lambda: led, unacked=[],
-                                    caught_up=types.SimpleNamespace(set=lambda: None))  # fmt: skip
+                                    caught_up=types.SimpleNamespace(set=lambda: None),
+                                    leave=lambda moved: None)  # fmt: skip
         made[sid] = svc
         return svc
 

@@ -567,7 +567,7 @@ def test_caught_up_means_the_end_offset_taken_at_assignment_was_read() -> None:
 
     def make(c: Any) -> Any:
         svc = types.SimpleNamespace(caught_up=asyncio.Event(), loaded=lambda: None,
-                                    unacked=[])  # fmt: skip
+                                    unacked=[], leave=lambda moved: None)  # fmt: skip
         made.append(svc)
         return svc
 
