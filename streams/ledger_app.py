@@ -123,6 +123,8 @@ class GroupService:
         # (``on_partitions_assigned``); with Faust's ``rebalancing`` (to the recovery's end)
         # the worker owns nothing then (``telemetry_tps``)
         self.moving = False
+        # (rebalancing_count, partition -> TP, partitions) of the settled assignment
+        self._tps: tuple[int, dict[int, Any], set[int]] | None = None
         self.failure: BaseException | None = None
         self.ack: Any = None  # the telemetry stream's ack, set when the agent starts
         self.health: dict[str, LedgerHealth] = {}
@@ -144,11 +146,22 @@ class GroupService:
         resumed from it (ticks re-sent, commands taken meanwhile missed)."""
         if not self.settled():
             return {}
-        return {tp.partition: tp for tp in self.app.assignor.assigned_actives()
-                if tp.topic == topics.TELEMETRY}  # fmt: skip
+        # the assignment changes only in a rebalance, which counts: once per rebalance,
+        # not per event (every telemetry event asks, ``still_ours``)
+        n = self.app.rebalancing_count
+        if self._tps is None or self._tps[0] != n:
+            tps = {tp.partition: tp for tp in self.app.assignor.assigned_actives()
+                   if tp.topic == topics.TELEMETRY}  # fmt: skip
+            self._tps = (n, tps, set(tps))
+        return self._tps[1]
 
     def active_partitions(self) -> set[int]:
-        return set(self.telemetry_tps())
+        self.telemetry_tps()
+        return set(self._tps[2]) if self.settled() and self._tps is not None else set()
+
+    def owns_partition(self, part: int) -> bool:
+        """``part in active_partitions()`` without a copy (per event)."""
+        return bool(self.telemetry_tps()) and part in self._tps[2]  # type: ignore[index]
 
     def settled(self) -> bool:
         """Recovered, and no rebalance under way (``telemetry_tps``)."""
@@ -169,7 +182,7 @@ class GroupService:
         longer has counts)."""
         if not self.settled():
             await self.wait_settled()
-        return part in self.active_partitions()
+        return self.owns_partition(part)
 
     def rebalance_starts(self) -> None:
         """Faust's ``on_rebalance_start`` (called at once, before the revoke)."""
@@ -179,6 +192,7 @@ class GroupService:
         """Faust's ``on_partitions_assigned``: the new assignment is known (recovered
         once ``app.rebalancing`` ends)."""
         self.moving = False
+        self._tps = None
         parts = {tp.partition for tp in self.app.assignor.assigned_actives()
                  if tp.topic == topics.TELEMETRY}  # fmt: skip
         self.sites.assigned(parts)
@@ -195,7 +209,7 @@ class GroupService:
             return  # (not acknowledged: its next owner reads it)
         if not await self.positioned(part, off, msg.tp):
             return  # read before the seek to the snapshots' offset: delivered again after it
-        if part not in self.active_partitions():
+        if not self.owns_partition(part):
             return  # revoked during the seek: as above
         raw = event.value if event.value is not None else b""
         site = self.sites.site_of_key(event.key, raw, by_app=False)
