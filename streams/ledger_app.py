@@ -43,6 +43,7 @@ from ecovisor.contract import topics
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.environment import internal_key
 from ecovisor.core.tick_clock import to_us
+from streams.counters_table import KeyIndex
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_group import LedgerGroup, SiteGroup, not_ready_reason
 from streams.ledger_metrics import LedgerHealth, add_metrics_page, sites_registry
@@ -129,8 +130,11 @@ class GroupService:
         self.ack: Any = None  # the telemetry stream's ack, set when the agent starts
         self.health: dict[str, LedgerHealth] = {}
 
+        self.counters_index = KeyIndex()  # the counters table's keys by app (all sites)
+
         def make(cfg: EcovisorConfig) -> LedgerService:
-            svc = LedgerService(cfg, app, snapshots, counters, clock, ack=self.ack_event)
+            svc = LedgerService(cfg, app, snapshots, counters, clock, ack=self.ack_event,
+                                counters_index=self.counters_index)  # fmt: skip
             svc.health = self.health.get(cfg.site.id)
             return svc
 
@@ -193,6 +197,7 @@ class GroupService:
         once ``app.rebalancing`` ends)."""
         self.moving = False
         self._tps = None
+        self.counters_index.invalidate()  # the tables are recovered for the new assignment
         parts = {tp.partition for tp in self.app.assignor.assigned_actives()
                  if tp.topic == topics.TELEMETRY}  # fmt: skip
         self.sites.assigned(parts)

@@ -29,7 +29,7 @@ from ecovisor.contract.telemetry import (
     parse_telemetry_entries,
 )
 from ecovisor.core.tick_clock import to_us
-from streams.counters_table import CountersTable
+from streams.counters_table import CountersTable, KeyIndex
 from streams.gc_schedule import FULL_COLLECTIONS
 from streams.ledger_metrics import LedgerHealth
 from streams.ledger_out import Out
@@ -61,14 +61,15 @@ class LedgerService:
 
     def __init__(
         self, cfg: EcovisorConfig, app: Any, snapshots: Any, counters: Any, clock: ClockMode,
-        ack: Any = None,
+        ack: Any = None, counters_index: KeyIndex | None = None,
     ) -> None:
         self.cfg = cfg
         self.site = cfg.site.id
         self.app = app
         self.snapshots = snapshots  # Faust table: site -> SiteLedger.snapshot()
         # Faust table: the apps' counters view history (streams/counters_table.py)
-        self.counters = CountersTable(counters)
+        # ``counters_index``: the worker's shared KeyIndex (its sites share one table)
+        self.counters = CountersTable(counters, counters_index)
         self.clock_mode = clock
         self.ledger: SiteLedger | None = None
         self.failure: BaseException | None = None  # set by ``run_guarded`` if it owns a task

@@ -306,3 +306,37 @@ def test_a_restored_history_is_cut_at_the_snapshot_and_must_agree_with_it() -> N
     CountersTable(table).write("web", later.counters["web"], 10**9)
     fresh.restore_counters(CountersTable(table).read(fresh.app_cfg))
     assert "web" not in fresh.counters
+
+
+@settings(max_examples=60, deadline=None)
+@given(ticks=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+       deletes=st.lists(st.integers(0, 200), max_size=5))  # fmt: skip
+def test_the_shared_key_index_reads_what_a_scan_reads(ticks: list, deletes: list) -> None:
+    """The worker's sites share one ``KeyIndex`` of the group's table: each site's read
+    through it finds what a scan of the whole table finds, after its own writes (kept by
+    the index) and, once invalidated (a new assignment), after another writer's."""
+    from streams.counters_table import KeyIndex
+
+    table: dict[bytes, bytes] = {b"old:7": b'{"containers": {}}'}
+    index = KeyIndex()
+    tables = {}
+    for i, n in enumerate(ticks):
+        app = f"app{i}"
+        log = row_log(400)
+        for k in range(n):
+            log.append(k, _row(k, seed=i))
+            log.compact()
+        tables[app] = CountersTable(table, index)
+        tables[app].read([app])  # the index is built at the first read
+        tables[app].write(app, log, 10**9)
+    for app in tables:
+        assert CountersTable(table, index).read([app]) == CountersTable(table).read([app])
+    # another writer (a recovery) changes the table: seen once invalidated
+    keys = sorted(table)
+    for j in deletes:
+        table.pop(keys[j % len(keys)], None)
+    table[b"app0:b900"] = b"not a block"
+    index.invalidate()
+    for app in [*tables, "old"]:
+        via, scan = CountersTable(table, index), CountersTable(table)
+        assert via.read([app]) == scan.read([app]) and via.unreadable == scan.unreadable
