@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ class GroupService:
         # (``on_partitions_assigned``); with Faust's ``rebalancing`` (to the recovery's end)
         # the worker owns nothing then (``telemetry_tps``)
         self.moving = False
+        self.assigned_now = False  # this rebalance's assignment is known
+        self.flags = threading.Lock()  # the two flags above, set from two threads
         # (rebalancing_count, partition -> TP, partitions) of the settled assignment
         self._tps: tuple[int, dict[int, Any], set[int]] | None = None
         self.failure: BaseException | None = None
@@ -138,7 +141,7 @@ class GroupService:
             svc.health = self.health.get(cfg.site.id)
             return svc
 
-        self.sites = LedgerGroup(group, self.active_partitions, make)
+        self.sites = LedgerGroup(group, self.active_partitions, make, self.settled)
 
     def telemetry_tps(self) -> dict[int, Any]:
         """Partition -> TP of the telemetry partitions assigned to this worker and
@@ -168,7 +171,8 @@ class GroupService:
         return bool(self.telemetry_tps()) and part in self._tps[2]  # type: ignore[index]
 
     def settled(self) -> bool:
-        """Recovered, and no rebalance under way (``telemetry_tps``)."""
+        """Recovered, and no rebalance under way (``telemetry_tps``): ``moving`` from a
+        rebalance's start to the end of the recovery of its own assignment."""
         return (self.app.tables.recovery.completed.is_set() and not self.app.rebalancing
                 and not self.moving)  # fmt: skip
 
@@ -178,29 +182,50 @@ class GroupService:
             await asyncio.sleep(SETTLE_POLL_S)
 
     async def still_ours(self, part: int) -> bool:
-        """Whether an event of telemetry (command, ack) partition ``part`` may be taken
-        here: once the worker is settled, whether ``part`` is assigned to it. Faust hands
-        events on while a rebalance starts (the app does not wait for its streams), so an
-        event may have been held across a revoke: if its partition went to another
-        worker, that worker reads it (nothing this worker commits for a partition it no
-        longer has counts)."""
+        """Whether an event of telemetry (command, ack) partition ``part``, handed on by
+        Faust now, may be taken here: once the worker is settled, if no rebalance started
+        meanwhile and ``part`` is assigned to it. Faust hands events on while a rebalance
+        starts (the app does not wait for its streams); an event held across one is not
+        taken: it was not acknowledged, and Faust delivers it again to the partition's
+        owner after the rebalance (this worker too: each assignment seeks to the
+        committed offsets), in order."""
+        n = self.app.rebalancing_count
         if not self.settled():
             await self.wait_settled()
-        return self.owns_partition(part)
+        return self.app.rebalancing_count == n and self.owns_partition(part)
 
     def rebalance_starts(self) -> None:
-        """Faust's ``on_rebalance_start`` (called at once, before the revoke)."""
-        self.moving = True
+        """Faust's ``on_rebalance_start`` (called at once, before the revoke, on the
+        consumer's thread: one flag set)."""
+        with self.flags:
+            self.moving = True
+            self.assigned_now = False
 
     def assigned(self) -> None:
-        """Faust's ``on_partitions_assigned``: the new assignment is known (recovered
-        once ``app.rebalancing`` ends)."""
-        self.moving = False
+        """Faust's ``on_partitions_assigned``: the new assignment is known; its tables
+        are recovered next (``rebalance_ends``)."""
+        with self.flags:
+            self.assigned_now = True
         self._tps = None
-        self.counters_index.invalidate()  # the tables are recovered for the new assignment
+        self.counters_index.invalidate()
         parts = {tp.partition for tp in self.app.assignor.assigned_actives()
                  if tp.topic == topics.TELEMETRY}  # fmt: skip
         self.sites.assigned(parts)
+
+    def rebalance_ends(self) -> None:
+        """Faust's ``on_rebalance_end`` (a recovery's end): settled only if it is the
+        recovery of this rebalance's assignment. A previous rebalance's recovery can end
+        after the next one started (Faust checks its generation before its last awaits):
+        before the next assignment (not ``assigned_now``), or after it, while the next
+        recovery is still to run (its start signal not yet taken: Faust's recovery runs
+        one at a time, the late end inside the loop that would take it)."""
+        pending = self.app.tables.recovery.signal_recovery_start.is_set()
+        with self.flags:  # (against a rebalance starting on the consumer's thread now)
+            if not self.assigned_now or pending:
+                return
+            self.moving = False
+        self._tps = None
+        self.counters_index.invalidate()  # (a read before now saw a table recovering)
 
     async def ack_event(self, event: Any) -> None:
         if self.ack is not None:
@@ -211,11 +236,12 @@ class GroupService:
         msg = event.message
         part, off = msg.partition, msg.offset
         if not await self.still_ours(part):
-            return  # (not acknowledged: its next owner reads it)
+            return  # (not acknowledged: delivered again after the rebalance)
+        n = self.app.rebalancing_count
         if not await self.positioned(part, off, msg.tp):
             return  # read before the seek to the snapshots' offset: delivered again after it
-        if not self.owns_partition(part):
-            return  # revoked during the seek: as above
+        if self.app.rebalancing_count != n or not self.owns_partition(part):
+            return  # a rebalance during the seek: as above
         raw = event.value if event.value is not None else b""
         site = self.sites.site_of_key(event.key, raw, by_app=False)
         svc = self.sites.service(site, delivered_on=part) if site is not None else None
@@ -304,18 +330,18 @@ class GroupService:
         await self._routed(topics.ACTUATOR_ACKS, key, raw, partition)
 
     async def _routed(self, origin: str, key: bytes | None, raw: bytes, partition: int) -> None:
-        """A command or ack to its site's service, once the worker is settled and only if
-        its partition is still this worker's; again if the site was moved while it
-        waited (``LedgerService.command`` False)."""
-        while await self.still_ours(partition):
+        """A command or ack to its site's service (``still_ours``); not taken when the
+        site was handed over while it waited (``LedgerService.command`` False): Faust
+        delivers it again to the partition's owner after the rebalance."""
+        if await self.still_ours(partition):
             svc = await self._service_of(origin, key, raw, partition)
             if svc is None:
                 return
             take = svc.command if origin == topics.COMMANDS else svc.ack
             if await take(raw):
                 return
-        log.info("%s message on partition %s left to the partition's next owner", origin,
-                 partition)  # fmt: skip
+        log.info("%s message on partition %s held across a rebalance: delivered again to "
+                 "the partition's owner", origin, partition)  # fmt: skip
 
     async def _service_of(
         self, origin: str, key: bytes | None, raw: bytes, partition: int
@@ -395,6 +421,11 @@ class GroupService:
                    if partitions is None or self.group.partition(site) in partitions]
         for s in leaving:
             s.leave(moved=partitions is not None)
+        if partitions is None:
+            # a stop: only the sites of partitions this worker owns now; none during a
+            # rebalance (Faust then leaves the group without a revoke: others may be
+            # taking its partitions over already)
+            leaving = [s for s in leaving if self.owns_partition(self.group.partition(s.site))]
         if crashed or not leaving:
             return
         t0 = time.monotonic()
@@ -432,7 +463,8 @@ class GroupService:
         app = self.app
         recovered = app.tables.recovery.completed.is_set()
         return not_ready_reason(
-            failed=self.failure, joined=app.rebalancing_count > 0, rebalancing=app.rebalancing,
+            failed=self.failure, joined=app.rebalancing_count > 0,
+            rebalancing=app.rebalancing or self.moving,
             recovered=recovered, owned=self.active_partitions() if recovered else set(),
             caught_up=self.sites.caught_up, event_mode=self.clock_mode == "event")
 
@@ -584,10 +616,21 @@ def build_app(
     faust_rebalance_start = app.on_rebalance_start
 
     def rebalance_start() -> None:  # called at once when a rebalance starts (sync)
-        svc.rebalance_starts()
-        faust_rebalance_start()
+        try:
+            svc.rebalance_starts()
+        finally:  # (an error here would make aiokafka skip Faust's whole revoke)
+            faust_rebalance_start()
+
+    faust_rebalance_end = app.on_rebalance_end
+
+    def rebalance_end() -> None:  # a recovery's end (the main loop)
+        try:
+            faust_rebalance_end()
+        finally:
+            svc.rebalance_ends()
 
     app.on_rebalance_start = rebalance_start
+    app.on_rebalance_end = rebalance_end
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:

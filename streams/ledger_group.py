@@ -109,10 +109,14 @@ class LedgerGroup:
         group: SiteGroup,
         active: Callable[[], set[int]],
         make: Callable[[EcovisorConfig], Any],
+        settled: Callable[[], bool] = lambda: True,
     ) -> None:
         self.group = group
         self.active = active
         self.make = make
+        # no rebalance under way: a service is made only then (a message's partition
+        # proves ownership only then, and the tables are recovered)
+        self.settled = settled
         self.services: dict[str, Any] = {}
         self.app_site = group.app_sites
         self.by_partition: dict[int, list[str]] = {}
@@ -140,6 +144,8 @@ class LedgerGroup:
         svc = self.services.get(site)
         if svc is not None:
             return svc
+        if not self.settled():
+            return None
         proven = delivered_on is not None and delivered_on == self.group.partition(site)
         if not (proven and site in self.group.sites) and not self.owns(site):
             return None

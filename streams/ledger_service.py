@@ -124,6 +124,8 @@ class LedgerService:
         """Counter rows and the snapshot; outputs first: they must be durable before the
         snapshot that makes a restart skip them. Call with ``self.lock`` held."""
         await self.send([], wait=True)
+        if self.moved:  # handed over (or left) while the sends were confirmed: its next
+            return  # owner may have recovered already; a late snapshot could be restored
         events = self.write_tables(led)
         if self.ack_events is not None:
             # the snapshot durable before the offsets it covers may be committed: a commit

@@ -106,7 +106,7 @@ def test_a_command_left_waiting_by_a_revoke_is_not_taken_by_the_old_owner() -> N
             return await waiting
 
         sent = len(app.producer.sent)
-        assert loop.run_until_complete(scenario()) is False
+        assert loop.run_until_complete(asyncio.wait_for(scenario(), 5)) is False
         assert len(app.producer.sent) == sent  # nothing decided, nothing sent
         stop = LedgerService(demo(), FakeApp(), {}, {}, "event")  # a stop: still the owner
         stop.caught_up.set()
@@ -119,6 +119,7 @@ def test_a_command_left_waiting_by_a_revoke_is_not_taken_by_the_old_owner() -> N
 class Progress:
     def __init__(self) -> None:
         self.completed = asyncio.Event()
+        self.signal_recovery_start = asyncio.Event()  # the next recovery, not taken yet
 
 
 def fake_app(rebalancing: bool, recovered: bool = True, parts: tuple[int, ...] = (0, 1)
@@ -155,13 +156,23 @@ def test_a_worker_owns_nothing_during_a_rebalance() -> None:
     assert group_service(fake_app(False, recovered=False)).active_partitions() == set()
     g = group_service(fake_app(rebalancing=True))
     assert not g.sites.owns("demo") and list(g.sites.owned()) == []
-    # the previous recovery may end (rebalancing False) after the next rebalance started:
-    # the worker's own flag holds until the next assignment
-    g = group_service(fake_app(rebalancing=False))
+    # the previous recovery may end (rebalancing False) after the next rebalance started,
+    # before or after its assignment: the worker's own flag holds until the end of the
+    # recovery of this rebalance's assignment
+    app = fake_app(rebalancing=False)
+    g = group_service(app)
     g.rebalance_starts()
     assert g.active_partitions() == set() and not g.sites.owns("demo")
+    g.rebalance_ends()  # the previous recovery's late end, before the assignment
+    assert g.active_partitions() == set()
     g.assigned()
-    assert g.active_partitions() == {0, 1}
+    assert g.active_partitions() == set() and g.sites.service("demo") is None
+    app.tables.recovery.signal_recovery_start.set()  # this assignment's recovery, to run
+    g.rebalance_ends()  # ... and the previous recovery's late end after the assignment
+    assert g.active_partitions() == set()
+    app.tables.recovery.signal_recovery_start.clear()  # taken, run, ended
+    g.rebalance_ends()
+    assert g.active_partitions() == {0, 1} and g.sites.service("demo") is not None
 
 
 def test_an_event_held_across_a_move_is_taken_only_by_its_partitions_owner() -> None:
@@ -183,12 +194,28 @@ def test_an_event_held_across_a_move_is_taken_only_by_its_partitions_owner() -> 
             app.assignor.assigned_actives = lambda: []
             g.sites.revoke({part})
             g.assigned()
+            g.rebalance_ends()
             await asyncio.wait_for(cmd, 5)
 
         sent = len(app.producer.sent)
         loop.run_until_complete(held())
         assert len(app.producer.sent) == sent  # neither taken nor dead-lettered
         assert svc.moved and "demo" not in g.sites.services
+
+        async def back() -> None:  # the partition comes back to this worker
+            g.rebalance_starts()
+            cmd = asyncio.ensure_future(g.command(b"demo", command(), part))
+            await asyncio.sleep(0.1)
+            app.rebalancing_count += 1  # (Faust counts the rebalance)
+            app.assignor.assigned_actives = lambda: [
+                types.SimpleNamespace(topic=topics.TELEMETRY, partition=part)]
+            g.assigned()
+            g.rebalance_ends()
+            await asyncio.wait_for(cmd, 5)
+
+        loop.run_until_complete(back())
+        # not taken: Faust delivers it again from the committed offset (taken then once)
+        assert len(app.producer.sent) == sent
     finally:
         loop.close()
 
