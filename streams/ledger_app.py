@@ -168,6 +168,9 @@ class GroupService:
 
     def owns_partition(self, part: int) -> bool:
         """``part in active_partitions()`` without a copy (per event)."""
+        tps = self._tps
+        if tps is not None and tps[0] == self.app.rebalancing_count and self.settled():
+            return part in tps[2]
         return bool(self.telemetry_tps()) and part in self._tps[2]  # type: ignore[index]
 
     def settled(self) -> bool:
@@ -192,7 +195,9 @@ class GroupService:
         n = self.app.rebalancing_count
         if not self.settled():
             await self.wait_settled()
-        return self.app.rebalancing_count == n and self.owns_partition(part)
+            if self.app.rebalancing_count != n:
+                return False
+        return self.owns_partition(part)
 
     def rebalance_starts(self) -> None:
         """Faust's ``on_rebalance_start`` (called at once, before the revoke, on the
@@ -240,7 +245,7 @@ class GroupService:
         n = self.app.rebalancing_count
         if not await self.positioned(part, off, msg.tp):
             return  # read before the seek to the snapshots' offset: delivered again after it
-        if self.app.rebalancing_count != n or not self.owns_partition(part):
+        if self.app.rebalancing_count != n:  # (every rebalance counts at its start)
             return  # a rebalance during the seek: as above
         raw = event.value if event.value is not None else b""
         site = self.sites.site_of_key(event.key, raw, by_app=False)
