@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import signal
 import time
 import urllib.request
@@ -202,15 +203,31 @@ def wait_ready(port: int, timeout: float = 30) -> dict[str, Any]:
     raise AssertionError(f"worker on {port} not ready: {status} {body}")
 
 
-def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Path) -> None:
+def group_of_four(broker: str, tmp_path: Path) -> tuple[list[str], Path, dict[str, Path],
+                                                       dict[str, list[bytes]], dict]:  # fmt: skip
+    """The four sites' files, topics, telemetry and fault-free ledgers."""
     sites = site_ids()
     d = tmp_path / "sites"
     d.mkdir()
     paths = {s: write_site(d, s, broker) for s in sites}
-    group = load_group(str(d), "pair", PARTITIONS)
-    prepare_topics(group, broker)
+    prepare_topics(load_group(str(d), "pair", PARTITIONS), broker)
     payloads = {s: workload(s) for s in sites}
     want = {s: reference(paths[s], payloads[s]) for s in sites}
+    return sites, d, paths, payloads, want
+
+
+def entries_by_tick(reader: Reader, site: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The site's entries read, normalised, by (app, tick): each copy sent."""
+    got: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for e in reader.items:
+        if e.get("site") == site:
+            norm = AppLedgerEntry.model_validate(e).model_dump(mode="json")
+            got.setdefault((e["app"], e["k"]), []).append(norm)
+    return got
+
+
+def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Path) -> None:
+    sites, d, paths, payloads, want = group_of_four(broker, tmp_path)
     assert all(len(w) == 2 * (TICKS - 1) for w in want.values())  # the last tick stays open
 
     reader = Reader(broker, topics.LEDGER)
@@ -261,11 +278,7 @@ def test_two_workers_share_sites_and_survive_a_sigkill(broker: str, tmp_path: Pa
         assert sites_ticking(ports[0]) >= split[1], "the survivor took the killed sites over"
         assert wait_ready(ports[0])["sites"] == len(sites)
         for s in sites:
-            got: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            for e in reader.items:
-                if e.get("site") == s:
-                    norm = AppLedgerEntry.model_validate(e).model_dump(mode="json")
-                    got.setdefault((e["app"], e["k"]), []).append(norm)
+            got = entries_by_tick(reader, s)
             assert set(got) == set(want[s]), s  # no tick lost, none extra
             for key, versions in got.items():
                 for v in versions:  # re-sent after the takeover: identical
@@ -310,14 +323,7 @@ def test_a_planned_move_re_sends_nothing(broker: str, tmp_path: Path) -> None:
     is on the ledger topic exactly once, equal to the fault-free run. (Before the
     hand-over, the next owner started from a snapshot up to 5 s older and re-sent those
     ticks: identical, but a move should not replay.)"""
-    sites = site_ids()
-    d = tmp_path / "sites"
-    d.mkdir()
-    paths = {s: write_site(d, s, broker) for s in sites}
-    group = load_group(str(d), "pair", PARTITIONS)
-    prepare_topics(group, broker)
-    payloads = {s: workload(s) for s in sites}
-    want = {s: reference(paths[s], payloads[s]) for s in sites}
+    sites, d, paths, payloads, want = group_of_four(broker, tmp_path)
     thirds = [{s: p[i * len(p) // 3 : (i + 1) * len(p) // 3] for s, p in payloads.items()}
               for i in range(3)]  # fmt: skip
     reader = Reader(broker, topics.LEDGER)
@@ -359,19 +365,13 @@ def test_a_planned_move_re_sends_nothing(broker: str, tmp_path: Path) -> None:
         time.sleep(1.0)
         reader.poll()
         for s in sites:
-            got: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            for e in reader.items:
-                if e.get("site") == s:
-                    norm = AppLedgerEntry.model_validate(e).model_dump(mode="json")
-                    got.setdefault((e["app"], e["k"]), []).append(norm)
+            got = entries_by_tick(reader, s)
             assert set(got) == set(want[s]), s
             twice = sorted(k for k, v in got.items() if len(v) > 1)
             assert not twice, f"site {s}: ticks sent more than once after a planned move: {twice}"
             for key, (v,) in got.items():
                 assert v == want[s][key], (s, key)
         # the stopping worker wrote every site it held, drained, within its budget
-        import re
-
         done = re.findall(r"handed over (\d+) of (\d+) site", logs[1].read_text())
         assert done and done[-1][0] == done[-1][1] != "0", done
     finally:
