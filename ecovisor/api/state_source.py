@@ -4,6 +4,8 @@ tick, interval counters, ledger entries), behind the small ``StateSource`` inter
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -107,12 +109,27 @@ class Readiness:
     answered: bool = True
 
 
+READY_MAX_BYTES = 64 * 1024  # a /ready body is ~80 B; more is not a ledger's answer
+
+
 def ledger_readiness(base_url: str, timeout: float = 2.0) -> Readiness:
-    """``GET /ready`` of the ledger at ``base_url``. Never raises: its callers
-    (``ecovisor status``, the replay pipeline's start) report it."""
+    """``GET /ready`` of the ledger at ``base_url``, within ``timeout`` s in all (not per
+    read: a server trickling bytes is cut off) and READY_MAX_BYTES. Never raises: its
+    callers (``ecovisor status``, the replay pipeline's start) report it."""
+    deadline = time.monotonic() + timeout
+    url = f"{base_url.rstrip('/')}/ready"
     try:  # (the ledger is local or internal: no proxy from the environment)
-        r = httpx.get(f"{base_url.rstrip('/')}/ready", timeout=timeout, trust_env=False)
-        body = r.json()
+        with httpx.stream("GET", url, timeout=timeout, trust_env=False) as r:
+            raw = bytearray()
+            for chunk in r.iter_bytes():
+                raw += chunk
+                if len(raw) > READY_MAX_BYTES:
+                    return Readiness(False, reason=f"/ready answered more than "
+                                     f"{READY_MAX_BYTES} bytes", answered=False)  # fmt: skip
+                if time.monotonic() > deadline:
+                    return Readiness(False, reason=f"/ready did not answer within "
+                                     f"{timeout:g} s", answered=False)  # fmt: skip
+        body = json.loads(raw)
     except Exception as e:  # noqa: BLE001 - reported, not raised
         return Readiness(False, reason=f"/ready did not answer ({type(e).__name__})",
                          answered=False)  # fmt: skip

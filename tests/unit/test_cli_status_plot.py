@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,12 @@ def test_status_says_whether_the_ledger_serves_the_site() -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
+            if body == b"trickle":  # a slow server: each read within its timeout
+                for _ in range(20):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+                return
             self.wfile.write(body)
 
         def log_message(self, *args: Any) -> None:
@@ -235,6 +242,12 @@ def test_status_says_whether_the_ledger_serves_the_site() -> None:
                 == "ledger: NOT ready: joining the consumer group")  # fmt: skip
         answers.append((200, b"<html>"))
         assert "did not answer (JSONDecodeError)" in status_apps.ledger_readiness(cfg, url)
+        answers.append((200, b" " * 70_000 + b"{}"))  # bounded: never read whole
+        assert "more than 65536 bytes" in status_apps.ledger_readiness(cfg, url)
+        answers.append((200, b"trickle"))  # one byte every 0.3 s: cut at the deadline
+        t0 = time.monotonic()
+        said = status_apps.ledger_readiness(cfg, url, 1.0)
+        assert "within 1 s" in said and time.monotonic() - t0 < 2.5, said
     finally:
         srv.shutdown()
     assert "did not answer" in status_apps.ledger_readiness(cfg, "http://127.0.0.1:9", 0.5)
