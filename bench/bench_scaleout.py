@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -308,10 +309,7 @@ def run_kill(d: Path, bootstrap: str, parts: int, sites: list[str], n: int,
             after = [t for t, e in ent.items if e["site"] == s and t > killed_at]
             back[s] = round(min(after) - killed_at, 2) if after else None
         out["ticking_again_after_s"] = back
-        seen: dict[tuple[str, str, int], int] = {}
-        for _, e in ent.items:
-            key = (e["site"], e["app"], e["k"])
-            seen[key] = seen.get(key, 0) + 1
+        seen = Counter((e["site"], e["app"], e["k"]) for _, e in ent.items)
         out["entries_sent_more_than_once"] = sum(1 for c in seen.values() if c > 1)
         if reference is not None:
             diff = 0
@@ -450,21 +448,16 @@ def main() -> None:
             r.pop("_entries")
             results["two_workers"] = r
             print("two workers:", json.dumps(r), flush=True)
-        if "kill" not in skip:
-            # a broker of its own, the same telemetry published tick by tick while the
-            # workers run: its ledger must equal run 1's
-            with own_broker(tmp, "kill", sites, a.containers, a.partitions) as (d2, b2):
-                r = run_kill(d2, b2, a.partitions, sites, a.containers, ticks, a.pace, tmp,
-                             reference)  # fmt: skip
-            results["kill"] = r
-            print("kill:", json.dumps(r), flush=True)
-        if "stop" not in skip:
-            # the same with SIGTERM: a graceful stop hands its sites over (no re-sent tick)
-            with own_broker(tmp, "stop", sites, a.containers, a.partitions) as (d4, b4):
-                r = run_kill(d4, b4, a.partitions, sites, a.containers, ticks, a.pace, tmp,
-                             reference, sig=signal.SIGTERM)  # fmt: skip
-            results["stop"] = r
-            print("stop:", json.dumps(r), flush=True)
+        # a broker of its own, the same telemetry published tick by tick while the workers
+        # run: its ledger must equal run 1's; SIGTERM: a graceful stop hands its sites over
+        for name, sig in (("kill", signal.SIGKILL), ("stop", signal.SIGTERM)):
+            if name in skip:
+                continue
+            with own_broker(tmp, name, sites, a.containers, a.partitions) as (dn, bn):
+                r = run_kill(dn, bn, a.partitions, sites, a.containers, ticks, a.pace, tmp,
+                             reference, sig=sig)  # fmt: skip
+            results[name] = r
+            print(f"{name}:", json.dumps(r), flush=True)
     finally:
         broker.stop()
     print(f"logs and state: {tmp}")

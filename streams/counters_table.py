@@ -146,8 +146,9 @@ class KeyIndex:
     """The table's keys by app, shared by the sites of a worker: without it each site's
     ``read`` scanned the group's whole table (53 ms a site at 1,000 sites of 10 apps,
     every site again at each rebalance). Built by one scan at the first read after
-    ``invalidate`` (the worker's group calls it at each assignment, before the tables'
-    recovery, the only writer besides this worker's own ``write``, which keeps it)."""
+    ``invalidate``, which the worker's group calls when it settles after a rebalance (the
+    tables' recovery is the only writer besides this worker's own ``write``, which keeps
+    the index)."""
 
     def __init__(self) -> None:
         self.by_app: dict[str, set[bytes]] | None = None
@@ -175,12 +176,12 @@ class KeyIndex:
 class CountersTable:
     """The ``counters`` table of one site's apps: ``read`` once when the site is loaded,
     ``write`` each app's log at every persist (only what changed is written). ``index``:
-    the worker's shared ``KeyIndex`` (None: a table of its own, scanned at each read)."""
+    the worker's shared ``KeyIndex`` (None: one of its own, built at the first read)."""
 
     def __init__(self, table: MutableMapping[bytes, bytes], index: KeyIndex | None = None
                  ) -> None:  # fmt: skip
         self.table = table
-        self.index = index
+        self.index = index if index is not None else KeyIndex()
         self.held: dict[str, Held] = {}
         self.unreadable: list[str] = []  # values ``read`` left out, with the reason
 
@@ -189,18 +190,14 @@ class CountersTable:
         ``TickLog.load`` takes it: the chain of sealed blocks (module doc) and the
         plain values newer than its last tick. A value that does not parse is left out
         (and deleted by the next write), its reason in ``unreadable``: never a crash."""
-        wanted = set(apps)
         found: dict[str, _Found] = {}
         table = self.table
-        if self.index is None:
-            items = list(table.items())
-        else:
-            keys = [k for a in sorted(wanted) for k in self.index.keys_of(table, a)]
-            items = [(k, table[k]) for k in keys if k in table]
-        for key, value in items:
+        keys = [k for a in sorted(set(apps)) for k in self.index.keys_of(table, a)]
+        for key in keys:
+            value = table.get(key)
+            if value is None:
+                continue  # deleted since the index was built
             app, rest = _app_of(key)
-            if app not in wanted:
-                continue  # another site's (the table is the group's)
             held = self.held.setdefault(app, {})
             held[key] = (None, len(value))
             f = found.setdefault(app, _Found())
@@ -270,17 +267,14 @@ class CountersTable:
         table, index = self.table, self.index
         for key, value in reversed(writes):  # sealed blocks, oldest first
             table[key] = value
-            if index is not None:
-                index.add(app, key)
+            index.add(app, key)
         if open_value is not None:
             table[open_key] = open_value
-            if index is not None:
-                index.add(app, open_key)
+            index.add(app, open_key)
         for key in held.keys() - want.keys():
             if key in table:
                 del table[key]
-            if index is not None:
-                index.discard(app, key)
+            index.discard(app, key)
         self.held[app] = want
 
     def bytes_held(self, app: str) -> int:

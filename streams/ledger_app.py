@@ -121,14 +121,15 @@ class GroupService:
         # before this worker rejoins, and a member late to rejoin is dropped (its
         # partitions then assigned without its snapshots)
         self.revoke_budget_s = rebalance_timeout_s / 2
-        # a rebalance under way: from its start (``on_rebalance_start``) to the assignment
-        # (``on_partitions_assigned``); with Faust's ``rebalancing`` (to the recovery's end)
-        # the worker owns nothing then (``telemetry_tps``)
+        # a rebalance under way: from its start (``on_rebalance_start``) to the end of the
+        # recovery of its own assignment (``rebalance_ends``); the worker owns nothing
+        # then (``settled``)
         self.moving = False
         self.assigned_now = False  # this rebalance's assignment is known
         self.flags = threading.Lock()  # the two flags above, set from two threads
-        # (rebalancing_count, partition -> TP, partitions) of the settled assignment
-        self._tps: tuple[int, dict[int, Any], set[int]] | None = None
+        # partition -> TP of the settled assignment's telemetry partitions (made once per
+        # settling: every telemetry event asks, ``still_ours``)
+        self._tps: dict[int, Any] | None = None
         self.failure: BaseException | None = None
         self.ack: Any = None  # the telemetry stream's ack, set when the agent starts
         self.health: dict[str, LedgerHealth] = {}
@@ -153,31 +154,28 @@ class GroupService:
         resumed from it (ticks re-sent, commands taken meanwhile missed)."""
         if not self.settled():
             return {}
-        # the assignment changes only in a rebalance, which counts: once per rebalance,
-        # not per event (every telemetry event asks, ``still_ours``)
-        n = self.app.rebalancing_count
-        if self._tps is None or self._tps[0] != n:
-            tps = {tp.partition: tp for tp in self.app.assignor.assigned_actives()
-                   if tp.topic == topics.TELEMETRY}  # fmt: skip
-            self._tps = (n, tps, set(tps))
-        return self._tps[1]
+        if self._tps is None:
+            self._tps = {tp.partition: tp for tp in self.app.assignor.assigned_actives()
+                         if tp.topic == topics.TELEMETRY}  # fmt: skip
+        return self._tps
 
     def active_partitions(self) -> set[int]:
-        self.telemetry_tps()
-        return set(self._tps[2]) if self.settled() and self._tps is not None else set()
+        return set(self.telemetry_tps())
 
     def owns_partition(self, part: int) -> bool:
-        """``part in active_partitions()`` without a copy (per event)."""
-        tps = self._tps
-        if tps is not None and tps[0] == self.app.rebalancing_count and self.settled():
-            return part in tps[2]
-        return bool(self.telemetry_tps()) and part in self._tps[2]  # type: ignore[index]
+        return part in self.telemetry_tps()
 
     def settled(self) -> bool:
         """Recovered, and no rebalance under way (``telemetry_tps``): ``moving`` from a
         rebalance's start to the end of the recovery of its own assignment."""
         return (self.app.tables.recovery.completed.is_set() and not self.app.rebalancing
                 and not self.moving)  # fmt: skip
+
+    def moved_since(self, n: int) -> bool:
+        """Whether a rebalance has started since Faust's ``rebalancing_count`` was ``n``,
+        or one is under way: what was read across an await is then of an assignment
+        that has passed."""
+        return self.app.rebalancing_count != n or not self.settled()
 
     async def wait_settled(self) -> None:
         """Until ``settled`` (a rebalance takes seconds: polled, cheaply)."""
@@ -195,7 +193,7 @@ class GroupService:
         n = self.app.rebalancing_count
         if not self.settled():
             await self.wait_settled()
-            if self.app.rebalancing_count != n:
+            if self.moved_since(n):
                 return False
         return self.owns_partition(part)
 
@@ -211,11 +209,7 @@ class GroupService:
         are recovered next (``rebalance_ends``)."""
         with self.flags:
             self.assigned_now = True
-        self._tps = None
-        self.counters_index.invalidate()
-        parts = {tp.partition for tp in self.app.assignor.assigned_actives()
-                 if tp.topic == topics.TELEMETRY}  # fmt: skip
-        self.sites.assigned(parts)
+        self.sites.assigned()
 
     def rebalance_ends(self) -> None:
         """Faust's ``on_rebalance_end`` (a recovery's end): settled only if it is the
@@ -229,8 +223,9 @@ class GroupService:
             if not self.assigned_now or pending:
                 return
             self.moving = False
+        # what was read of the assignment and the recovering tables before now is old
         self._tps = None
-        self.counters_index.invalidate()  # (a read before now saw a table recovering)
+        self.counters_index.invalidate()
 
     async def ack_event(self, event: Any) -> None:
         if self.ack is not None:
@@ -245,7 +240,7 @@ class GroupService:
         n = self.app.rebalancing_count
         if not await self.positioned(part, off, msg.tp):
             return  # read before the seek to the snapshots' offset: delivered again after it
-        if self.app.rebalancing_count != n:  # (every rebalance counts at its start)
+        if self.moved_since(n):
             return  # a rebalance during the seek: as above
         raw = event.value if event.value is not None else b""
         site = self.sites.site_of_key(event.key, raw, by_app=False)
@@ -296,7 +291,7 @@ class GroupService:
         now = time.monotonic()
         moves = self.app.rebalancing_count  # a rebalance during an await: its state is old
         for part, tp in self.telemetry_tps().items():
-            if self.app.rebalancing_count != moves or not self.settled():
+            if self.moved_since(moves):
                 return
             since = self.sites.last_event.setdefault(part, now)
             rs = self.sites.resync.get(part)
@@ -308,13 +303,13 @@ class GroupService:
             end = consumer.highwater(tp)  # of its last fetch: the broker only if none yet
             if end is None:
                 end = int((await consumer.highwaters(tp)).get(tp) or 0)
-                if self.app.rebalancing_count != moves or not self.settled():
+                if self.moved_since(moves):
                     return
             if end <= at:
                 self.sites.last_event[part] = now  # nothing to read: not stalled
                 continue
             pos = await consumer.position(tp)
-            if self.app.rebalancing_count != moves or not self.settled():
+            if self.moved_since(moves):
                 return
             log.warning("telemetry partition %s delivered nothing for %.0f s with offsets "
                         "%s..%s to read (fetched up to %s, buffered %s, in the fetch set %s): "
@@ -405,7 +400,7 @@ class GroupService:
                 if part not in self.sites.catch_up_to:
                     moves = self.app.rebalancing_count
                     ends = await self.app.consumer.highwaters(tp)
-                    if self.app.rebalancing_count != moves or not self.settled():
+                    if self.moved_since(moves):
                         break  # the end of an assignment that has passed: take it again
                     self.sites.catch_up_to[part] = int(ends.get(tp) or 0)
                 # Faust's committed offset of the partition (what it resumed from)

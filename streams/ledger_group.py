@@ -181,14 +181,12 @@ class LedgerGroup:
                     svc.leave(moved=True)  # (already, when it was handed over)
                     svc.unacked.clear()
 
-    def assigned(self, partitions: set[int]) -> None:
-        """A new assignment (``partitions``: its telemetry partitions): what a partition's
-        reading state and site services hold is from before it (an event held across the
-        revoke may have written it late), so it starts anew, as after a revoke, and any
-        service of a partition not assigned here now leaves."""
-        stale = {self.group.partition(s) for s in self.services} - partitions
-        self.revoke(stale | set(self.expect) | set(self.resync) | set(self.reached)
-                    | set(self.catch_up_to) | self.caught_up | set(self.last_event))  # fmt: skip
+    def assigned(self) -> None:
+        """A new assignment: what each partition's reading state and site services hold
+        is from before it (an event held across the revoke may have written it late), so
+        every partition starts anew, as after a revoke (the sites are restored from the
+        tables when next asked for)."""
+        self.revoke(set(range(self.group.partitions)))
 
     def resume_offset(self, partition: int) -> int:
         """The offset a partition must be read from so that no site on it misses an event:

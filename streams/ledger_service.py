@@ -91,8 +91,8 @@ class LedgerService:
         # set by ``leave``: the site is leaving this worker. ``retired``: it closes no more
         # ticks (after a hand-over the next owner starts from the last tick closed here
         # and re-sends nothing). ``moved``: its partition was revoked, so a command or ack
-        # still waiting here is not taken (``command`` returns False; the group routes it
-        # again once the rebalance is over: its next owner, or this worker again)
+        # still waiting here is not taken (``command`` returns False): Faust delivers it
+        # again to the partition's owner after the rebalance
         self.retired = False
         self.moved = False
 

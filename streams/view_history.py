@@ -180,7 +180,6 @@ class TickLog:
                 return (b, j) if j < len(b.ks) and b.ks[j] == k else None
         return None
 
-
     def items(self, k1: int, k2: int) -> Iterator[tuple[int, Any]]:
         """(k, value) of the kept ticks in [k1, k2], oldest first (only the blocks that
         hold such ticks are decompressed)."""
@@ -316,9 +315,7 @@ class RowDeltas:
                 prev = out[-1]
                 names, old = list(prev["containers"]), list(prev["containers"].values())
                 n = len(names)
-                flat = v[5] if len(v) == 6 and isinstance(v[5], list) else []
-                if v[0] != "d" or len(v) != 6 or len(flat) != 2 * n:
-                    raise ValueError("not a counter row's change")
+                flat = _change(v, n)
                 v = {f: prev[f] + d for f, d in zip(ROW_FIELDS, v[1:5], strict=True)}
                 v["containers"] = {c: [o[0] + flat[i], o[1] + flat[n + i]]
                                    for i, (c, o) in enumerate(zip(names, old, strict=True))}
@@ -353,15 +350,22 @@ def _row_at(data: bytes, j: int) -> Any:
     carbon = [v[1] for v in base["containers"].values()]
     for line in lines[i + 1 : j + 1]:
         v = json.loads(line)
-        flat = v[5] if len(v) == 6 and isinstance(v[5], list) else []
-        if v[0] != "d" or len(flat) != 2 * n:
-            raise ValueError("not a counter row's change")
+        flat = _change(v, n)
         nums = [a + d for a, d in zip(nums, v[1:5], strict=True)]
         energy = [a + d for a, d in zip(energy, flat[:n], strict=True)]
         carbon = [a + d for a, d in zip(carbon, flat[n:], strict=True)]
     row: dict[str, Any] = dict(zip(ROW_FIELDS, nums, strict=True))
     row["containers"] = {c: [e, g] for c, e, g in zip(names, energy, carbon, strict=True)}
     return row
+
+
+def _change(v: Any, n: int) -> list[Any]:
+    """The per-container changes of a change line ``v`` of a row of ``n`` containers
+    (``RowDeltas``); ValueError if ``v`` is not one."""
+    if not (isinstance(v, list) and len(v) == 6 and v[0] == "d" and isinstance(v[5], list)
+            and len(v[5]) == 2 * n):  # fmt: skip
+        raise ValueError("not a counter row's change")
+    return v[5]
 
 
 def _delta_ok(prev: Any, r: Any) -> bool:
