@@ -82,6 +82,12 @@ def internal_topics(app_id: str) -> list[str]:
     return [f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"]
 
 
+def value_of(raw: bytes | None) -> bytes:
+    """A record's value; a tombstone (null value: anyone may write one to a topic) as
+    empty bytes, which every step refuses with a dead letter like any other junk."""
+    return raw if raw is not None else b""
+
+
 class PartitionMismatch(RuntimeError):
     """A site-keyed topic exists with another partition count than the group's."""
 
@@ -242,7 +248,7 @@ class GroupService:
             return  # read before the seek to the snapshots' offset: delivered again after it
         if self.moved_since(n):
             return  # a rebalance during the seek: as above
-        raw = event.value if event.value is not None else b""
+        raw = value_of(event.value)
         site = self.sites.site_of_key(event.key, raw, by_app=False)
         svc = self.sites.service(site, delivered_on=part) if site is not None else None
         if svc is None:  # another group's site, or none: nothing of ours to hold it for
@@ -323,11 +329,11 @@ class GroupService:
             self.sites.resync[part] = (at, -1 if rs is None else rs[1])
             await consumer.seek(tp, at)  # also resets what Faust counts as read on it
 
-    async def command(self, key: bytes | None, raw: bytes, partition: int) -> None:
-        await self._routed(topics.COMMANDS, key, raw, partition)
+    async def command(self, key: bytes | None, raw: bytes | None, partition: int) -> None:
+        await self._routed(topics.COMMANDS, key, value_of(raw), partition)
 
-    async def actuator_ack(self, key: bytes | None, raw: bytes, partition: int) -> None:
-        await self._routed(topics.ACTUATOR_ACKS, key, raw, partition)
+    async def actuator_ack(self, key: bytes | None, raw: bytes | None, partition: int) -> None:
+        await self._routed(topics.ACTUATOR_ACKS, key, value_of(raw), partition)
 
     async def _routed(self, origin: str, key: bytes | None, raw: bytes, partition: int) -> None:
         """A command or ack to its site's service (``still_ours``); not taken when the

@@ -265,3 +265,29 @@ def test_a_failed_hand_over_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
         assert svc.retired
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("which", ["command", "actuator_ack"])
+def test_a_tombstone_on_commands_or_acks_is_dead_lettered_in_a_group(which: str) -> None:
+    """A null-value record (anyone may write one) without a site key, in a group of two
+    sites: routing read its payload and raised, crashing the worker, and Faust delivered
+    it again after each restart. Now it is dead-lettered like any junk."""
+    from tests.unit.test_ledger_group import site
+
+    loop = asyncio.new_event_loop()
+    try:
+        app = fake_app(rebalancing=False, parts=(0, 1, 2, 3))
+        crashed: list[BaseException] = []
+
+        async def crash(e: BaseException) -> None:
+            crashed.append(e)
+
+        app.crash = crash
+        group = SiteGroup.of([site("s1", ("a",)), site("s2", ("b",))], "g", 4)
+        g = GroupService(group, app, {}, {}, "realtime")
+        loop.run_until_complete(g.guarded(which, getattr(g, which)(None, None, 0)))
+        assert crashed == [] and g.failure is None
+        (dl,) = [v for t, _, v in app.producer.sent if t == topics.DEADLETTER]
+        assert "no configured site or app" in dl.decode()
+    finally:
+        loop.close()
