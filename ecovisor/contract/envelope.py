@@ -22,7 +22,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, Strict
 
 from ecovisor.core.units import MAX_COUNTER, MAX_MAGNITUDE
 
@@ -52,6 +52,21 @@ Signed = Annotated[float, Field(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE, allow_inf_n
 Counter = Annotated[float, Field(ge=0.0, le=MAX_COUNTER, allow_inf_nan=False)]
 # Strict models still read a time from an ISO string (JSON, and Python-side construction).
 Time = Annotated[AwareDatetime, Strict(False)]
+# The event times the ledger's tick arithmetic supports: tick indices are >= 0 (epoch
+# based) and a tick's end, converted to UTC, must still be a datetime (year <= 9999).
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(9998, 1, 1, tzinfo=UTC)
+
+
+def _in_time_range(t: datetime) -> datetime:
+    if not TIME_MIN <= t <= TIME_MAX:
+        raise ValueError(f"time {t.isoformat()} is outside 1970-01-01..9998-01-01 (UTC)")
+    return t
+
+
+# A time the ledger does arithmetic on beyond the event time (a forecast point: 0001-01-01
+# at +14:00 made every app's state view fail converting it to UTC).
+BoundedTime = Annotated[Time, AfterValidator(_in_time_range)]
 # Strict JSON types: ``true`` and ``"5"`` are not numbers, ``1`` is not a bool.
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 

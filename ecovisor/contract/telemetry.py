@@ -27,6 +27,7 @@ from ecovisor.contract.envelope import (
     STRICT,
     Amount,
     AppId,
+    BoundedTime,
     Counter,
     Ident,
     Message,
@@ -48,7 +49,7 @@ class SolarTelemetry(Telemetry):
     kind: Literal["solar"] = "solar"
     power_w: Amount = Field(description="instantaneous AC power of the whole site array")
     energy_j: Counter = Field(description="cumulative energy counter since the source started")
-    forecast: list[tuple[Time, Amount]] = Field(
+    forecast: list[tuple[BoundedTime, Amount]] = Field(
         default_factory=list,
         max_length=MAX_LIST,
         description="(time, W) points of the array's power where the source has them",
@@ -60,7 +61,7 @@ class CarbonTelemetry(Telemetry):
     intensity_g_per_kwh: Amount
     signal: Literal["average", "marginal"] = "average"
     stale: bool = Field(False, description="true when the last good value is carried forward")
-    forecast: list[tuple[Time, Amount]] = Field(
+    forecast: list[tuple[BoundedTime, Amount]] = Field(
         default_factory=list,
         max_length=MAX_LIST,
         description="(time, gCO2eq/kWh) points where the source has them",

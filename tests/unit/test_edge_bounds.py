@@ -107,6 +107,30 @@ def test_counters_up_to_the_ceiling_are_accepted() -> None:
     assert isinstance(m, SolarTelemetry) and m.energy_j == units.MAX_COUNTER
 
 
+@pytest.mark.parametrize("kind", ["solar", "carbon"])
+@pytest.mark.parametrize(
+    ("at", "ok"),
+    [("0001-01-01T00:00:00+14:00", False), ("1969-12-31T23:59:59Z", False),
+     ("9999-12-31T23:00:00-12:00", False), ("1970-01-01T00:00:00Z", True),
+     ("9998-01-01T00:00:00Z", True)],
+)  # fmt: skip
+def test_forecast_times_are_within_the_ledgers_range(kind: str, at: str, ok: bool) -> None:
+    """A forecast point of year 1 at +14:00 was accepted, and every app's state view then
+    failed converting it to UTC (found by a review)."""
+    body = {**json.loads(tel()), "kind": kind, "forecast": [[at, 1.0]]}
+    if kind == "carbon":
+        del body["power_w"], body["energy_j"]
+        body["intensity_g_per_kwh"] = 1.0
+    raw = json.dumps(body).encode()
+    if ok:
+        m = parse_telemetry(raw)
+        assert isinstance(m, CarbonTelemetry | SolarTelemetry) and len(m.forecast) == 1
+        return
+    with pytest.raises(pydantic.ValidationError) as e:
+        parse_telemetry(raw)
+    assert "forecast" in operator_messages.describe_validation_error(e.value)
+
+
 COMMAND_OUT_OF_BOUNDS = [
     ("set_carbon_budget", {"grams": 1e305}, "grams"),
     ("set_carbon_budget", {"grams": 1, "period_s": 1e305}, "period_s"),
