@@ -258,7 +258,8 @@ class GroupService:
             await self.ack_event(event)
         else:
             svc.unacked.append(event)
-            await svc.telemetry(svc.loaded(), part, [_Record(raw, off)])
+            keyed = event.key == site.encode()
+            await svc.telemetry(svc.loaded(), part, [_Record(raw, off)], keyed)
         self.sites.note_offset(part, off)
 
     async def positioned(self, part: int, off: int, tp: Any) -> bool:

@@ -194,10 +194,15 @@ class LedgerService:
         dl = dead_letter(topics.TELEMETRY, why, raw)
         await self.send([Out(topics.DEADLETTER, None, dl.model_dump_json().encode())])
 
-    async def telemetry(self, led: SiteLedger, partition: int, records: list[Any]) -> None:
+    async def telemetry(
+        self, led: SiteLedger, partition: int, records: list[Any], keyed: bool = False
+    ) -> None:
         """One fetched batch of telemetry: aggregate in memory, close due ticks. The hot
         path: per message only parsing and ``SiteLedger.ingest`` (bounds, ownership, the
-        clock's offer); whatever it refuses is dead-lettered with the reason."""
+        clock's offer); whatever it refuses is dead-lettered with the reason.
+        ``keyed``: the records came here by their key, this site's id. A payload of
+        another site then contradicts its key, and no other owner reads it: it is
+        dead-lettered. Unkeyed, it is another ledger's (ignored)."""
         site = self.site
         parse = TELEMETRY_ADAPTER.validate_json
         ingest = led.ingest
@@ -216,10 +221,12 @@ class LedgerService:
             except ValidationError as e:
                 salvaged = _salvage_batch(raw, e)
                 if isinstance(salvaged, ValidationError):
-                    await self.clock_or_dead_letter(led, raw, salvaged)
+                    await self.clock_or_dead_letter(led, raw, salvaged, keyed)
                     continue
                 t, bad = salvaged
             if t.site != site:
+                if keyed:
+                    await self.dead_letter(_other_site(site, t.site), raw)
                 continue
             t_us = to_us(t.time.timestamp())  # once per sample (or batch)
             now = led.event_now() if event_mode else wall_us
@@ -263,16 +270,22 @@ class LedgerService:
         if outs:
             await self.send(outs)
 
-    async def clock_or_dead_letter(self, led: SiteLedger, raw: bytes, e: ValidationError) -> None:
+    async def clock_or_dead_letter(
+        self, led: SiteLedger, raw: bytes, e: ValidationError, keyed: bool = False
+    ) -> None:
         """A payload that is not telemetry: this site's clock message (accepted only as
-        ``SiteLedger.clock_message`` says), another site's (ignored), or a dead letter."""
+        ``SiteLedger.clock_message`` says), another site's (ignored; dead-lettered when
+        ``keyed``, as telemetry), or a dead letter."""
         cm = None
         if b'"clock"' in raw:
             with contextlib.suppress(ValidationError):
                 cm = ClockMessage.model_validate_json(raw)
         if cm is None:
             await self.dead_letter(describe_validation_error(e), raw)
-        elif cm.site == self.site:
+        elif cm.site != self.site:
+            if keyed:
+                await self.dead_letter(_other_site(self.site, cm.site), raw)
+        else:
             why = led.clock_message(cm, self.clock_mode == "event")
             if why is not None:
                 await self.dead_letter(why, raw)
@@ -388,6 +401,11 @@ def _exit_if_not_stopped(after_s: float, why: str) -> None:
     t = threading.Timer(after_s, force)
     t.daemon = True
     t.start()
+
+
+def _other_site(site: str, other: str) -> str:
+    return (f"keyed by site {site!r} but for site {other!r}: key it by its own site id "
+            f"(its owner never reads it here)")  # fmt: skip
 
 
 def _salvage_batch(raw: bytes, e: ValidationError) -> tuple[Any, list[BadEntry]] | ValidationError:
