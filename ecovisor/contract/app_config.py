@@ -4,6 +4,7 @@ See docs/configuration.md."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -11,6 +12,10 @@ from pydantic import Field, model_validator
 from ecovisor.contract.envelope import AppId, Ident
 from ecovisor.contract.site_config import StrictModel
 from ecovisor.core.shares import AppShare
+
+# Where cgroup hierarchies are mounted unless a backend's ``root`` says otherwise (both
+# v1, whose controllers are directories below it, and v2).
+DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 class ContainerBackend(StrictModel):
@@ -28,9 +33,27 @@ class ContainerBackend(StrictModel):
     def _needs(self) -> ContainerBackend:
         if self.type in ("cgroup_v1", "cgroup_v2", "process") and not self.cgroup:
             raise ValueError(f"backend {self.type} needs 'cgroup' (a cgroup path)")
+        if self.cgroup is not None:
+            # a path that leaves its place ('..') or is the hierarchy's root would let the
+            # isolation check compare names that are not the directories written to
+            parts = self.cgroup.split("/")
+            if ".." in parts or not self.cgroup_parts():
+                raise ValueError(f"cgroup {self.cgroup!r}: a path below the root, without '..'")
         if self.type == "lxd" and not self.instance:
             raise ValueError("backend lxd needs 'instance'")
         return self
+
+    def cgroup_parts(self, suffix: str = "") -> tuple[str, ...]:
+        """The cgroup's path as its directories (``//`` and ``.`` removed), the last one
+        suffixed (a replica's ``-i``)."""
+        parts = tuple(p for p in (self.cgroup or "").split("/") if p not in ("", "."))
+        return (*parts[:-1], parts[-1] + suffix) if parts else parts
+
+    def cgroup_tree(self) -> tuple[str, str]:
+        """Which hierarchy the cgroup is in: v1 (also ``process``) or v2, and its mount
+        root (default ``DEFAULT_CGROUP_ROOT``), normalised."""
+        root = posixpath.normpath(self.root or DEFAULT_CGROUP_ROOT)
+        return ("v2" if self.type == "cgroup_v2" else "v1", root)
 
 
 class ContainerConfig(StrictModel):

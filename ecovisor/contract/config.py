@@ -37,6 +37,7 @@ from ecovisor.contract.site_config import NodeConfig, SiteConfig, StrictModel
 from ecovisor.core.power_cap import DEFAULT_PERIOD_US, CpuQuota, quota_for_container_cap
 from ecovisor.core.sci import SECONDS_PER_YEAR, EmbodiedShare
 from ecovisor.core.shares import AppShare
+from ecovisor.core.tick import validate_site
 
 # Float slack when comparing a requested value with a configured limit.
 _EPS = 1e-9
@@ -130,6 +131,11 @@ class EcovisorConfig(StrictModel):
                 "site.solar is configured but site.shape.solar_nameplate_w is 0: "
                 "set the array's peak W (solar counters are bounded by it)"
             )
+        if not errors:  # the ledger's own check of the shares on the site's shape
+            try:
+                validate_site(self.site.shape, self.shares())
+            except ValueError as e:
+                errors.append(f"site: {e}")
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -327,33 +333,54 @@ class EcovisorConfig(StrictModel):
         return None
 
 
-def _backend_keys(b: ContainerBackend, suffix: str = "") -> list[str]:
-    keys = []
-    if b.cgroup:
-        under = f" under {b.root}" if b.root else ""
-        keys.append(f"cgroup {b.cgroup.strip('/')}{suffix}{under}")
-    if b.instance:
-        keys.append(f"lxd instance {b.instance}{suffix}")
-    return keys
+def _instance_key(b: ContainerBackend, suffix: str = "") -> str | None:
+    return f"lxd instance {b.instance}{suffix}" if b.instance else None
+
+
+def _cgroup_overlaps(claims: list[tuple[tuple[str, str, tuple[str, ...]], str, str]]
+                     ) -> list[str]:  # fmt: skip
+    """Cgroups of two apps that are the same directory or one inside the other: capping or
+    freezing the outer one acts on the inner one too. ``claims``: (hierarchy, root,
+    directories), app, what."""
+    owner = {}
+    errors = []
+    for key, app, what in claims:
+        other = owner.setdefault(key, (app, what))
+        if other[0] != app:
+            errors.append(f"cgroup {'/'.join(key[2])} is used by both {other[0]!r} "
+                          f"({other[1]}) and {app!r} ({what})")  # fmt: skip
+    for (tree, root, parts), app, what in claims:
+        for n in range(1, len(parts)):
+            above = owner.get((tree, root, parts[:n]))
+            if above is not None and above[0] != app:
+                inner, outer = "/".join(parts), "/".join(parts[:n])
+                errors.append(f"cgroup {inner} of {app!r} ({what}) is inside cgroup "
+                              f"{outer} of {above[0]!r} ({above[1]})")  # fmt: skip
+    return errors
 
 
 def _isolation_errors(cfg: EcovisorConfig) -> list[str]:
     """Template replicas are named ``<template>-<i>`` (cgroup/instance ``<name>-<i>``) by
     the actuator, and a container is controlled through its backend: a replica name or a
-    backend shared with another app would let one app stop or cap another's workload."""
+    backend shared with another app, or a cgroup inside another app's, would let one app
+    stop or cap another's workload."""
     errors: list[str] = []
     ids = {c.id: a.id for a in cfg.apps for c in [*a.containers, *a.templates]}
-    backends: dict[str, str] = {}
+    instances: dict[str, str] = {}
+    cgroups: list[tuple[tuple[str, str, tuple[str, ...]], str, str]] = []
 
-    def claim(key: str, app: str, what: str) -> None:
-        other = backends.setdefault(key, app)
-        if other != app:
-            errors.append(f"{key} is used by both {other!r} and {app!r} ({what})")
+    def claim(b: ContainerBackend, suffix: str, app: str, what: str) -> None:
+        if b.cgroup:
+            cgroups.append(((*b.cgroup_tree(), b.cgroup_parts(suffix)), app, what))
+        key = _instance_key(b, suffix)
+        if key is not None:
+            other = instances.setdefault(key, app)
+            if other != app:
+                errors.append(f"{key} is used by both {other!r} and {app!r} ({what})")
 
     for a in cfg.apps:
         for c in a.containers:
-            for key in _backend_keys(c.backend):
-                claim(key, a.id, f"container {c.id!r}")
+            claim(c.backend, "", a.id, f"container {c.id!r}")
         for t in a.templates:
             for i in range(1, max(t.max_replicas, 1) + 1):
                 rid = t.replica_id(i)
@@ -362,6 +389,5 @@ def _isolation_errors(cfg: EcovisorConfig) -> list[str]:
                         f"container {rid!r} of {ids[rid]!r} has the name of replica {i} of "
                         f"template {t.id!r} of {a.id!r}"
                     )
-                for key in _backend_keys(t.backend, f"-{i}"):
-                    claim(key, a.id, f"replica {rid!r}")
-    return errors
+                claim(t.backend, f"-{i}", a.id, f"replica {rid!r}")
+    return errors + _cgroup_overlaps(cgroups)

@@ -134,7 +134,8 @@ class SiteConfig(StrictModel):
     carbon: SourceConfig | None = None
     battery: SourceConfig | None = None
     embodied: EmbodiedConfig | None = Field(None, description="hardware for SCI's M term")
-    grace_s: float = Field(0.5, ge=0, description="a tick closes after tick_s + grace_s")
+    grace_s: float = Field(0.5, ge=0, le=86_400, allow_inf_nan=False,
+                           description="a tick closes after tick_s + grace_s")  # fmt: skip
     limits: SiteLimits = SiteLimits()
     # The secret of the site's internal services (ledger, actuators, API -> ledger views):
     # signs actuator messages and guards the ledger views. Read from this environment

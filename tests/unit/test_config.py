@@ -61,6 +61,31 @@ def test_shares_cannot_exceed_site() -> None:
         parse_config(text)
 
 
+@pytest.mark.parametrize(
+    ("site", "needle"),
+    [
+        ("grace_s: .inf", "site.grace_s"),
+        ("grace_s: 1.0e9", "site.grace_s"),
+        ("shape: {tick_s: 1.0e-7}", "site.shape.tick_s"),
+        ("shape: {tick_s: .nan}", "site.shape.tick_s"),
+        # the ledger's own check of the shares on the site's shape: at a 1 h tick the
+        # solar headroom of a 600 W array leaves a 1 Wh battery no usable capacity
+        ("shape: {tick_s: 3600, solar_nameplate_w: 600, battery_capacity_wh: 1}",
+         "site: a: battery share"),
+    ],
+)  # fmt: skip
+def test_values_the_ledger_cannot_run_are_config_errors(site: str, needle: str) -> None:
+    """These passed the configuration and then crashed the ledger at its start (exit 1,
+    a crash loop under a supervisor) instead of a configuration error (exit 2)."""
+    text = MINIMAL.replace("  id: s1\n", f"  id: s1\n  {site}\n")
+    if "battery_capacity_wh" in site:
+        text = text.replace("token: aaaaaaaaaaaa", "token: aaaaaaaaaaaa\n    shares: "
+                            "{battery_capacity_wh: 1, solar_fraction: 1}")  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert needle in str(e.value)
+
+
 def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("A_TOKEN", "from-the-environment")
     cfg = parse_config(MINIMAL.replace("aaaaaaaaaaaa", "${A_TOKEN}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -214,6 +215,46 @@ def test_config_rejects_replica_cgroup_equal_to_another_apps_cgroup() -> None:
     )
     with pytest.raises((ConfigError, ValueError), match="ecovisor/w-2"):
         parse_config(text)
+
+
+WEB_CGROUP = (
+    "    containers: [{id: w1, node: n1, backend: {type: cgroup_v1, cgroup: ecovisor/demo/web-1}}]"
+)
+
+
+@pytest.mark.parametrize(
+    ("batch_backend", "match"),
+    [
+        ("cgroup: ecovisor/demo", "inside cgroup ecovisor/demo of 'batch'"),  # a parent
+        ("cgroup: ecovisor/demo/web-1/inner", "inside cgroup ecovisor/demo/web-1 of 'web'"),
+        ("cgroup: ecovisor//demo/web-1", "used by both"),
+        ("cgroup: ./ecovisor/demo/web-1/", "used by both"),
+        ("cgroup: ecovisor/demo/web-1, root: /sys/fs/cgroup/", "used by both"),
+        ("cgroup: ecovisor/demo/x/../web-1", "without '..'"),
+        ("cgroup: /", "a path below the root"),
+    ],
+)  # fmt: skip
+def test_config_rejects_a_cgroup_that_is_or_holds_another_apps(batch_backend: str, match: str
+                                                                ) -> None:  # fmt: skip
+    """Capping or freezing a cgroup acts on every cgroup inside it: the check compared the
+    paths as strings, so a parent of another app's cgroup, or the same one written with
+    '//', '..' or the default root spelled out, passed (found by a review)."""
+    text = _two_apps(
+        WEB_CGROUP,
+        f"    containers: [{{id: b1, node: n1, backend: {{type: cgroup_v1, {batch_backend}}}}}]",
+    )
+    with pytest.raises((ConfigError, ValueError), match=re.escape(match)):
+        parse_config(text)
+
+
+def test_config_keeps_apart_what_is_apart() -> None:
+    """Siblings with a common prefix, another root and the other hierarchy are distinct."""
+    for other in ("cgroup: ecovisor/demo/web-10", "cgroup: ecovisor/demo/web-1, root: /tmp/cg",
+                  "cgroup: ecovisor/demo/web-1x"):  # fmt: skip
+        parse_config(_two_apps(WEB_CGROUP, "    containers: [{id: b1, node: n1, backend: "
+                                           f"{{type: cgroup_v1, {other}}}}}]"))  # fmt: skip
+    parse_config(_two_apps(WEB_CGROUP, "    containers: [{id: b1, node: n1, backend: "
+                                       "{type: cgroup_v2, cgroup: ecovisor/demo/web-1}}]"))
 
 
 def test_demo_config_still_valid(cfg) -> None:
