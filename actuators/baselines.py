@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ecovisor.adapters.backends import BackendError
+
 log = logging.getLogger("ecovisor.actuator.containers")
 
 
@@ -39,9 +41,19 @@ class BaselineStore:
         return None if rec is None else (rec.get("cpus"), rec.get("raw"))
 
     def put(self, container: str, cpus: float | None, raw: Any) -> None:
-        """Record a baseline durably (returns once it is on disk)."""
+        """Record a baseline durably (returns once it is on disk). BackendError when it
+        cannot be written (the caller must then not write the cap), and nothing is kept:
+        a baseline only in memory would let the next cap go ahead unrecorded."""
+        before = self._data.get(container)
         self._data[container] = {"cpus": cpus, "raw": raw}
-        self._write()
+        try:
+            self._write()
+        except BackendError:
+            if before is None:
+                del self._data[container]
+            else:
+                self._data[container] = before
+            raise
 
     def keep_only(self, containers: set[str]) -> None:
         """Forget the baselines of containers no action in the actuator topic's history
@@ -54,17 +66,24 @@ class BaselineStore:
             self._write()
 
     def _write(self) -> None:
+        """BackendError with the reason when the file cannot be written (state dir not
+        writable, disk full): a failed action, not a crash of the actuator."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump(self._data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                json.dump(self._data, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise BackendError(
+                f"cannot record baselines in {self.path}: {e.strerror or e}"
+            ) from None

@@ -6,8 +6,10 @@ discharge limits of a site, computed by the ledger) from Kafka
 controller device over MQTT ``ecovisor/<site>/control/battery/<device>`` with QoS 1 and
 the retain flag (a device that restarts gets the setpoint in force at once). The
 acknowledgement (``ActuatorAck``, actuator ``battery``) is published to
-``ecovisor.actuator.acks`` once the broker has confirmed the publish (PUBACK); a broker
-that does not confirm within the timeout gives ``ok=False``.
+``ecovisor.actuator.acks`` once the broker has confirmed the publish (PUBACK). A setpoint
+is only published while connected, never queued for a reconnect, so ``ok=False`` means
+not sent, except when the broker does not confirm within the timeout: then the reason
+says the outcome is unknown.
 
 Idempotent by command_id; on start the latest setpoint per device is re-read from Kafka
 and re-sent. See docs/actuators.md.
@@ -18,8 +20,10 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 from actuators.kafka_io import (
     Publish,
@@ -36,6 +40,7 @@ from ecovisor.contract.bus_access import ACTUATOR_BATTERY, mqtt_credentials, sit
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.envelope import utcnow
 from ecovisor.contract.environment import internal_key, mqtt_endpoint
+from ecovisor.core.recent_ids import RecentIds
 
 ACTUATOR = "battery"
 log = logging.getLogger("actuators.battery")
@@ -56,7 +61,8 @@ class BatteryActuator:
         self.site = cfg.site.id
         self.default_device = site_source_id(cfg, "battery")
         self.send, self.publish, self.clock = send, publish, clock
-        self.seen: set[str] = set()
+        # one setpoint per tick forever: the last 100,000 ids (the product's one rule)
+        self.seen = RecentIds()
         self.latest: dict[str, BatterySetpoint] = {}
         self.signer = Signer(internal_key(cfg), ACTUATOR, log)
 
@@ -145,30 +151,75 @@ class BatteryActuator:
         return len(mine)
 
 
-class MqttSender:
-    """paho-mqtt client publishing QoS 1 + retain, waiting for the broker's PUBACK."""
+class NotSent(ConnectionError):
+    """The setpoint was not published and nothing of it is left to be sent later."""
 
-    def __init__(
-        self,
+
+class OutcomeUnknown(TimeoutError):
+    """Published, but the broker did not confirm it in time: it may still arrive."""
+
+
+class MqttSender:
+    """paho-mqtt client publishing QoS 1 + retain, waiting for the broker's PUBACK, so
+    that what it raises is what happened. paho queues a QoS 1 message published while
+    disconnected (without limit, by default) and delivers it on reconnect, after the ack
+    said it failed: here a setpoint is published only while connected, and paho's queue
+    holds one message at most (the one awaiting its PUBACK)."""
+
+    def __init__(self, client: Any, timeout: float = 5.0) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    @classmethod
+    def connect(
+        cls,
         host: str,
         port: int,
         client_id: str,
         timeout: float = 5.0,
         credentials: tuple[str, str] | None = None,
-    ) -> None:
+    ) -> MqttSender:
+        """Connect in the background and wait up to ``timeout`` for the connection (the
+        restore re-sends the latest setpoints right after the start)."""
         from ecovisor.adapters.mqtt import connect_in_background, mqtt_client
 
-        self.timeout = timeout
-        self.client = mqtt_client(
+        client = mqtt_client(
             client_id, reconnect_min_s=0.2, reconnect_max_s=5, credentials=credentials
         )
-        connect_in_background(self.client, host, port)
+        client.max_queued_messages_set(1)  # settable only before connecting
+        connect_in_background(client, host, port)
+        deadline = time.monotonic() + timeout
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not client.is_connected():
+            log.warning("MQTT broker %s:%d not reachable yet: setpoints fail until it is",
+                        host, port)  # fmt: skip
+        return cls(client, timeout)
 
     def __call__(self, topic: str, payload: bytes) -> None:
+        from paho.mqtt.client import error_string
+        from paho.mqtt.enums import MQTTErrorCode
+
+        if not self.client.is_connected():
+            raise NotSent("not sent: not connected to the MQTT broker")
         info = self.client.publish(topic, payload, qos=1, retain=True)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            # the connection dropped between the check and the publish: paho kept the
+            # message for the reconnect. It is the only one queued (the queue holds one,
+            # and ours got in) and was never written, so withdrawing it is safe.
+            self.client.drop_out_messages()
+            raise NotSent("not sent: the connection to the MQTT broker dropped")
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            raise NotSent("not sent: the broker has not confirmed the previous setpoint yet")
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise NotSent(f"not sent: {error_string(info.rc)}")
         info.wait_for_publish(timeout=self.timeout)
         if not info.is_published():
-            raise TimeoutError(f"MQTT broker did not confirm within {self.timeout:g} s")
+            # paho keeps it and resends it after a reconnect; the PUBACK may be late
+            raise OutcomeUnknown(
+                f"outcome unknown: the MQTT broker did not confirm within {self.timeout:g} s; "
+                "the setpoint may still reach the device"
+            )
 
     def close(self) -> None:
         self.client.disconnect()
@@ -181,8 +232,9 @@ parse_setpoint = parser(BatterySetpoint, log)
 def run(cfg: EcovisorConfig, stop: threading.Event, fetch_wait_ms: int) -> None:
     def start(publish: Publish, acks: list[ActuatorAck]) -> Service[BatterySetpoint]:
         host, port = mqtt_endpoint(cfg)
-        sender = MqttSender(host, port, f"ecovisor-{cfg.site.id}-actuator-battery",
-                            credentials=mqtt_credentials(cfg, ACTUATOR_BATTERY))  # fmt: skip
+        client_id = f"ecovisor-{cfg.site.id}-actuator-battery"
+        credentials = mqtt_credentials(cfg, ACTUATOR_BATTERY)
+        sender = MqttSender.connect(host, port, client_id, credentials=credentials)
         act = BatteryActuator(cfg, sender, publish)
         acked = {a.command_id for a in acks}
         log.info("forwarding setpoints to MQTT %s:%d", host, port)

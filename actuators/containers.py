@@ -20,8 +20,9 @@ Actions that earlier ledgers wrote under older names still parse (replayed on st
 
 Idempotent by command_id. On start it re-reads its acknowledgements and the actuator
 topic from the beginning and re-applies the latest setpoints per container. A missing
-cgroup, a refused write or an unreachable LXD is an ``ok=False`` acknowledgement, never a
-crash. See docs/actuators.md.
+cgroup, a refused write, an unreachable LXD, an action on a container of another app, or
+any other failure of one action is an ``ok=False`` acknowledgement, never a crash. See
+docs/actuators.md.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from actuators.baselines import BaselineStore
 from actuators.kafka_io import (
@@ -107,6 +108,22 @@ class ContainerActuator:
             if p.template is not None and (p.replica or 0) <= want.get(p.template, 0)
         ]
 
+    def ownership_error(self, action: ContainerAction) -> str | None:
+        """Why ``action.app`` may not act on the action's container, or None. The ledger
+        checks ownership before it routes a command; this is defence in depth, by the
+        same rule (``EcovisorConfig.placements``; for ``scale_app``, the template's
+        app)."""
+        try:
+            if action.action == "scale_app":
+                owner = self.cfg.template(action.container)[0].id
+            else:
+                owner = self.placement(action.container).app
+        except KeyError as e:
+            return _reason(e)
+        if owner != action.app:
+            return f"container {action.container!r} does not belong to app {action.app!r}"
+        return None
+
     def cap_to_cores(self, container: str, watts: float) -> float:
         """A cap's CPU limit for an action that does not carry the ledger's quota."""
         q = self.cfg.cap_quota(container, watts)
@@ -126,19 +143,48 @@ class ContainerActuator:
                         action.container)  # fmt: skip
             self.signer.refuse(self.publish, self.site, topics.ACTUATOR_CONTAINERS, action)
             return None
-        if self.state.already_seen(key):
+        if key in self.state.seen:
             return None
-        self.state.mark_seen(key)
-        try:
-            effect = self.state.fold(action, self.cap_to_cores)
-        except (KeyError, ValueError) as e:  # unknown container, cap below idle floor
-            return self._ack(action, ok=False, error=_reason(e))
-        try:
-            applied = self.apply(action.container, effect, action.command_id)
-        except (BackendError, KeyError) as e:
-            log.warning("command %s on %s failed: %s", action.command_id, action.container, e)
-            return self._ack(action, ok=False, error=_reason(e))
+        self.state.seen.add(key)
+        # checked before the fold: a refused action must not leave a setpoint behind
+        error = self.ownership_error(action)
+        if error is not None:
+            log.warning("refusing command %s of %s: %s", action.command_id, action.app, error)
+            return self._ack(action, ok=False, error=error)
+        effect, error = self._fold(action)
+        if error is not None:
+            return self._ack(action, ok=False, error=error)
+        applied, error = self._apply(action.container, effect, action.command_id)
+        if error is not None:
+            return self._ack(action, ok=False, error=error)
         return self._ack(action, ok=True, applied=applied)
+
+    def _fold(self, action: ContainerAction) -> tuple[Effect, str | None]:
+        """Fold one action into the state: (effect, None), or ("none", the reason)."""
+        try:
+            return self.state.fold(action, self.cap_to_cores), None
+        except (KeyError, ValueError) as e:  # unknown container, cap below idle floor
+            return "none", _reason(e)
+        except Exception as e:  # a bug must fail this action only, not the actuator
+            log.exception("command %s on %s: unexpected error", action.command_id,
+                          action.container)  # fmt: skip
+            return "none", _unexpected(e)
+
+    def _apply(
+        self, container: str, effect: Effect, command_id: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """Apply a container's state: (applied, None), or ({}, the reason). Any error of
+        one action is its failure: escaping, it would stop the service before the ack,
+        and the restart would replay the same action and stop again."""
+        try:
+            return self.apply(container, effect, command_id), None
+        except (BackendError, KeyError) as e:
+            log.warning("command %s on %s (%s) failed: %s", command_id, container, effect, e)
+            return {}, _reason(e)
+        except Exception as e:
+            log.exception("command %s on %s (%s): unexpected error", command_id, container,
+                          effect)  # fmt: skip
+            return {}, _unexpected(e)
 
     def apply(self, container: str, effect: Effect, command_id: str | None = None) -> dict:
         if effect == "limit":
@@ -157,9 +203,10 @@ class ContainerActuator:
             if kept is not None:  # recorded before a crash that lost its acknowledgement
                 sp.baseline, sp.baseline_raw = kept
             else:
-                sp.baseline_raw = b.snapshot_limit()
-                sp.baseline = b.get_cpu_limit()
-                self.baselines.put(container, sp.baseline, sp.baseline_raw)
+                raw, cpus = b.snapshot_limit(), b.get_cpu_limit()
+                # on disk first: if it cannot be, neither baseline nor cap is taken
+                self.baselines.put(container, cpus, raw)
+                sp.baseline, sp.baseline_raw = cpus, raw
         if sp.cap_cores is None and sp.vertical_cores is None:
             written = b.restore_limit(sp.baseline_raw)
         else:
@@ -194,41 +241,49 @@ class ContainerActuator:
             )
         if tpl.backend.type == "process" and not tpl.command:
             raise BackendError(f"template {template!r} has no command to start")
-        added: list[int] = []
-        removed: list[int] = []
-        for i in range(1, max(tpl.max_replicas, want) + 1):
-            cid = tpl.replica_id(i)
-            b = self.backend(cid)
-            if i <= want and not _replica_up(b):
-                self._start_replica(b, tpl.command or [], tpl.backend.instance)
-                added.append(i)
-                # a replica restarted after a restore gets the setpoints it had
-                if cid in self.state.containers:
-                    sp = self.state.containers[cid]
-                    if sp.cap_cores is not None or sp.vertical_cores is not None:
-                        self._apply_limit(cid)
-            elif i > want and _replica_up(b):
-                _stop_replica(b)
-                removed.append(i)
-                self.state.containers.pop(cid, None)
-        for i, event in [(i, "added") for i in added] + [(i, "removed") for i in removed]:
+        added: list[str] = []
+        removed: list[str] = []
+
+        def announce(i: int, event: Literal["added", "removed"]) -> None:
+            # at once, replica by replica: if a later replica fails, the ones already
+            # started (or stopped) are running (or gone) and must be known as such; a
+            # later scale_app sees them up and would never announce them
             ev = ContainerEvent(
                 site=self.site,
                 time=self.clock(),
                 app=app.id,
                 container=tpl.replica_id(i),
-                event=event,  # type: ignore[arg-type]
+                event=event,
                 template=template,
                 node=tpl.node,
                 backend=tpl.replica_backend(i).model_dump(exclude_none=True),
                 command_id=command_id,
             )
             self.publish(topics.CONTAINERS, self.site, ev.to_json())
-        return {
-            "replicas": want,
-            "added": [tpl.replica_id(i) for i in added],
-            "removed": [tpl.replica_id(i) for i in removed],
-        }
+            (added if event == "added" else removed).append(tpl.replica_id(i))
+
+        for i in range(1, max(tpl.max_replicas, want) + 1):
+            cid = tpl.replica_id(i)
+            try:
+                b = self.backend(cid)
+                if i <= want and not _replica_up(b):
+                    self._start_replica(b, tpl.command or [], tpl.backend.instance)
+                    announce(i, "added")
+                    # a replica restarted after a restore gets the setpoints it had
+                    if cid in self.state.containers:
+                        sp = self.state.containers[cid]
+                        if sp.cap_cores is not None or sp.vertical_cores is not None:
+                            self._apply_limit(cid)
+                elif i > want and _replica_present(b):
+                    _stop_replica(b)
+                    announce(i, "removed")
+                    self.state.containers.pop(cid, None)
+            except BackendError as e:
+                done = [f"added {', '.join(added)}"] if added else []
+                done += [f"removed {', '.join(removed)}"] if removed else []
+                so_far = f" ({'; '.join(done)})" if done else ""
+                raise BackendError(f"replica {cid}: {e}{so_far}") from None
+        return {"replicas": want, "added": added, "removed": removed}
 
     def _start_replica(self, b: ContainerBackend, command: list[str], source: str | None) -> None:
         if isinstance(b, ProcessBackend):
@@ -236,7 +291,7 @@ class ContainerActuator:
             b.spawn(command, logf)
         elif isinstance(b, LxdBackend):
             assert source is not None
-            b.create_copy(source)
+            b.start_copy(source)
 
     def _ack(
         self,
@@ -283,34 +338,36 @@ class ContainerActuator:
             log.warning("ignoring %d unsigned/forged action(s) in the topic's history",
                         len(mine_all) - len(trusted))  # fmt: skip
         mine = latest_actions(trusted)
-        self.baselines.keep_only({a.container for a in trusted})
+        try:
+            self.baselines.keep_only({a.container for a in trusted})
+        except BackendError as e:  # stale entries stay on disk; memory is right
+            log.warning("forgetting stale baselines: %s", e)
         pending: list[ContainerAction] = []
         touched: dict[str, set[Effect]] = {}
         for a in mine:
-            self.state.mark_seen(action_key(a.app, a.command_id))
-            try:
-                effect = self.state.fold(a, self.cap_to_cores)
-            except (KeyError, ValueError) as e:
-                if action_key(a.app, a.command_id) not in acked:
-                    self._ack(a, ok=False, error=_reason(e))
+            key = action_key(a.app, a.command_id)
+            self.state.seen.add(key)
+            error = self.ownership_error(a)
+            if error is None:
+                effect, error = self._fold(a)
+            if error is not None:
+                if key not in acked:
+                    self._ack(a, ok=False, error=error)
                 continue
             touched.setdefault(a.container, set()).add(effect)
-            if action_key(a.app, a.command_id) not in acked:
+            if key not in acked:
                 pending.append(a)
-        results: dict[tuple[str, Effect], tuple[bool, dict, str | None]] = {}
+        # per container and effect: one failing (whatever the error) fails its actions
+        # only, the others are still restored
+        results: dict[tuple[str, Effect], tuple[dict[str, Any], str | None]] = {}
         # replicas first, so caps on replicas find their containers
         order = sorted(touched.items(), key=lambda kv: "replicas" not in kv[1])
         for container, effects in order:
             for effect in sorted(effects, key=lambda e: e != "replicas"):
-                try:
-                    results[(container, effect)] = (True, self.apply(container, effect), None)
-                except (BackendError, KeyError) as e:
-                    log.warning("restoring %s (%s) failed: %s", container, effect, e)
-                    results[(container, effect)] = (False, {}, _reason(e))
+                results[(container, effect)] = self._apply(container, effect, None)
         for a in pending:
-            eff: Effect = _effect_of(a)
-            ok, applied, err = results.get((a.container, eff), (False, {}, "not applied"))
-            self._ack(a, ok=ok, applied=applied, error=err)
+            applied, err = results.get((a.container, _effect_of(a)), ({}, "not applied"))
+            self._ack(a, ok=err is None, applied=applied, error=err)
         return len(mine)
 
     def shutdown(self) -> None:
@@ -322,12 +379,23 @@ class ContainerActuator:
                     b.stop()
                 except BackendError as e:
                     log.warning("stopping replica %s: %s", cid, e)
+                except Exception:  # the other replicas are still stopped
+                    log.exception("stopping replica %s", cid)
 
 
 def _replica_up(b: ContainerBackend) -> bool:
-    if isinstance(b, ProcessBackend):
+    """Running: its processes (process) or its started instance (LXD: a copy that
+    exists but is stopped is not up, and gets started)."""
+    if isinstance(b, ProcessBackend | LxdBackend):
         return b.running()
     return b.exists()
+
+
+def _replica_present(b: ContainerBackend) -> bool:
+    """Anything to remove when scaling down (LXD: a stopped copy too)."""
+    if isinstance(b, LxdBackend):
+        return b.status() is not None
+    return _replica_up(b)
 
 
 def _stop_replica(b: ContainerBackend) -> None:
@@ -352,6 +420,11 @@ def _effect_of(a: ContainerAction) -> Effect:
 def _reason(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return text or type(e).__name__
+
+
+def _unexpected(e: BaseException) -> str:
+    """The reason of an error no backend anticipated (the traceback is in the log)."""
+    return f"unexpected {type(e).__name__}: {e}" if str(e) else f"unexpected {type(e).__name__}"
 
 
 parse_action = parser(ContainerAction, log)

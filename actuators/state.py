@@ -5,13 +5,13 @@ a restart) and then apply the resulting state through a backend."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ecovisor.contract.actuation import ContainerAction
 from ecovisor.core.power_cap import DEFAULT_PERIOD_US
+from ecovisor.core.recent_ids import RecentIds
 
 UNKNOWN: Literal["unknown"] = "unknown"
 Effect = Literal["limit", "freezer", "replicas", "none"]
@@ -50,19 +50,11 @@ class ActuatorState:
 
     containers: dict[str, ContainerSetpoints] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
-    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    max_seen: int = 100_000
+    # the action keys handled: the last 100,000 (the product's one bounded de-dup rule)
+    seen: RecentIds = field(default_factory=RecentIds)
 
     def setpoints(self, container: str) -> ContainerSetpoints:
         return self.containers.setdefault(container, ContainerSetpoints())
-
-    def already_seen(self, command_id: str) -> bool:
-        return command_id in self.seen
-
-    def mark_seen(self, command_id: str) -> None:
-        self.seen[command_id] = None
-        while len(self.seen) > self.max_seen:
-            self.seen.popitem(last=False)
 
     def fold(self, action: ContainerAction, cap_to_cores: Callable[[str, float], float]) -> Effect:
         """Record an action's setpoint; return what has to be (re)applied.

@@ -41,6 +41,7 @@ from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.environment import internal_key, mqtt_endpoint
 from ecovisor.contract.operator_messages import describe_validation_error
 from ecovisor.contract.telemetry import BatteryTelemetry
+from ecovisor.core.recent_ids import RecentIds
 
 log = logging.getLogger("ecovisor.collectors.battery_device")
 _EPS_WH = 1e-9
@@ -112,7 +113,8 @@ class SimulatedBattery(BatteryController):
     max_discharge_w: float | None = None  # None: the C-rate limit
     net_power_w: float = 0.0
     _pending: list[tuple[float, BatterySetpoint]] = field(default_factory=list)
-    _seen: set[str] = field(default_factory=set)
+    # setpoint ids for QoS 1 redelivery, one per tick forever: the last 100,000 only
+    _seen: RecentIds = field(default_factory=RecentIds)
 
     @classmethod
     def from_options(cls, opts: SimulatedOptions, capacity_wh: float) -> SimulatedBattery:

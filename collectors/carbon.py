@@ -25,7 +25,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -35,7 +35,16 @@ from pydantic import Field, model_validator
 from tenacity import RetryCallState, wait_exponential
 
 from collectors import trace
-from collectors.common import Options, SourceKind, cli_main, one_line, run_source
+from collectors.common import (
+    Options,
+    RefusedValue,
+    SourceKind,
+    cli_main,
+    one_line,
+    refusal,
+    require,
+    run_source,
+)
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.envelope import parse_time, utcnow
@@ -210,6 +219,19 @@ def read_csv_trace(opts: CsvOptions) -> TraceReplay:
 
 class LiveError(RuntimeError):
     pass
+
+
+def checked(reading: Reading) -> Reading:
+    """``reading`` as ``CarbonTelemetry`` takes it. An intensity the contract refuses
+    (negative, NaN, above its bound) raises RefusedValue, a failed read, so it is never
+    kept as the last good value; a refused forecast is dropped, like a failed forecast
+    request, and the value kept."""
+    require(CarbonTelemetry, intensity_g_per_kwh=reading.intensity_g_per_kwh)
+    why = refusal(CarbonTelemetry, "forecast", list(reading.forecast))
+    if why is not None:
+        log.info("carbon forecast refused by the contract (%s): published without one", why)
+        return replace(reading, forecast=())
+    return reading
 
 
 def optional_forecast(provider: str, fetch: Callable[[], Forecast]) -> Forecast:
@@ -437,11 +459,16 @@ class CarbonCollector:
     def tick(self) -> object:
         now, wall = self.clock(), self.wall()
         if self.poller is None:
-            reading, stale = self.source.read(now - self.t0, wall), False
+            try:
+                reading, stale = checked(self.source.read(now - self.t0, wall)), False
+            except RefusedValue as e:
+                log.warning("carbon source: %s; nothing published this tick", e)
+                return None
         else:
             if self.poller.due(now):
                 try:
-                    self.poller.success(now, self.source.read(now - self.t0, wall))
+                    self.poller.success(now, checked(self.source.read(now - self.t0, wall)))
+                # RefusedValue is a ValueError: a value out of the contract is a failed read
                 except (httpx.HTTPError, LiveError, ValueError, KeyError, TypeError) as e:
                     d = self.poller.failure(now, one_line(e))
                     log.warning("carbon source failed (%s); retry in %.3g s", one_line(e), d)

@@ -1,11 +1,13 @@
 """What every collector process shares: the command line (``--config FILE``), option
 validation with one readable line on error, SIGTERM handling, a drift-free periodic
 loop, the publisher built from the site configuration, and the run of a collector fed
-by one ``site.<section>`` source (solar, carbon)."""
+by one ``site.<section>`` source (solar, carbon), and the check of a source's reading
+against the contract's bounds before it is kept or published."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -13,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from collectors.publisher import Publisher, client_id
 from ecovisor.contract.bus_access import device_username, mqtt_credentials, site_source_id
@@ -24,6 +26,8 @@ from ecovisor.contract.config_file import ConfigError, config_path, load_config,
 from ecovisor.contract.environment import mqtt_endpoint
 from ecovisor.contract.operator_messages import describe_validation_error
 from ecovisor.contract.site_config import SourceConfig
+
+log = logging.getLogger("ecovisor.collectors.common")
 
 
 class Options(BaseModel):
@@ -83,16 +87,56 @@ def make_publisher(
     )
 
 
+class RefusedValue(ValueError):
+    """A source's value that the contract's message would refuse: a failed read."""
+
+
+@functools.cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = model.model_fields[name]
+    strict = model.model_config.get("strict")
+    return TypeAdapter(Annotated[info.annotation, info], config=ConfigDict(strict=strict))
+
+
+def refusal(model: type[BaseModel], name: str, value: object) -> str | None:
+    """Why ``model`` (a message of ecovisor/contract/telemetry.py) would refuse ``value``
+    as its field ``name``, else None. The bounds are the model's own, so a collector can
+    drop a bad reading before publishing (which would raise) or keeping it."""
+    try:
+        _field_adapter(model, name).validate_python(value)
+    except ValidationError as e:
+        return "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in e.errors()[:3]
+        )
+    return None
+
+
+def require(model: type[BaseModel], **values: object) -> None:
+    """Raise RefusedValue (naming the field, the value and the reason) when ``model``
+    would refuse one of ``values`` (see ``refusal``)."""
+    for name, value in values.items():
+        why = refusal(model, name, value)
+        if why is not None:
+            raise RefusedValue(f"{name} {value!r} refused by {model.__name__}: {why}")
+
+
 def run_every(
     period_s: float,
     stop: threading.Event,
-    fn: Callable[[], None],
+    fn: Callable[[], object],
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Call ``fn`` every ``period_s`` on a fixed schedule (no drift) until ``stop``."""
+    """Call ``fn`` every ``period_s`` on a fixed schedule (no drift) until ``stop``. A
+    message the contract refuses (pydantic ValidationError) costs that tick's message,
+    logged, not the process: the collector goes on with the next tick."""
     nxt = clock()
     while not stop.is_set():
-        fn()
+        try:
+            fn()
+        except ValidationError as e:
+            log.error("a message was refused by the contract, not published: %s",
+                      describe_validation_error(e))  # fmt: skip
         nxt += period_s
         delay = nxt - clock()
         if delay < -period_s:  # fell far behind (suspended?): resynchronise

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ecovisor.contract.app_config import ContainerConfig
+from ecovisor.contract.app_config import ContainerBackend
 
 log = logging.getLogger("ecovisor.collectors.kepler")
 
@@ -98,11 +98,10 @@ def scrape_kepler(url: str, timeout_s: float = 5.0) -> KeplerReading:
     return read_kepler(r.text)
 
 
-def kepler_keys(c: ContainerConfig) -> set[str]:
-    """The Kepler ``container_name`` values that mean this container: its id, its LXD
-    instance name or its cgroup's last path element."""
-    b = c.backend
-    keys = {c.id}
+def kepler_keys(container: str, b: ContainerBackend) -> set[str]:
+    """The Kepler ``container_name`` values that mean the container ``container`` with
+    backend ``b``: its id, its LXD instance name or its cgroup's last path element."""
+    keys = {container}
     if b.instance:
         keys.add(b.instance)
     if b.cgroup:

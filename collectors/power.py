@@ -11,6 +11,10 @@ Reads cumulative counters and publishes cumulative counters:
 - alternatively (meter ``kepler``) a running Kepler exporter's Prometheus metrics
   (collectors.kepler).
 
+The containers measured are every container the site can have on the node
+(``EcovisorConfig.placements()``: the configured ones and each replica slot of a
+template); one without a counter (a replica not running) is skipped that tick.
+
 Each tick the node's energy is split over its containers with ecovisor.core.attribution
 (active by CPU-time share, idle by the site's idle attribution mode; what is not
 attributed is the platform's) and the per-container running sums are published, by
@@ -42,26 +46,28 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel
 from pydantic_core import to_json
 
-from collectors.common import cli_main, make_publisher, run_every
+from collectors.common import cli_main, make_publisher, refusal, run_every
 from collectors.kepler import KeplerReading, kepler_keys, scrape_kepler
 from collectors.publisher import Publisher
 from ecovisor.adapters.backends import BackendError, ContainerBackend, make_backend
-from ecovisor.contract.app_config import ContainerConfig
+from ecovisor.contract.app_config import ContainerBackend as BackendConfig
 from ecovisor.contract.bus_access import (
     container_source,
     node_batch_source,
     node_source,
     node_username,
 )
-from ecovisor.contract.config import EcovisorConfig
+from ecovisor.contract.config import EcovisorConfig, Placement
 from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.envelope import MAX_LIST, MAX_SEQ
 from ecovisor.contract.site_config import NodeConfig
 from ecovisor.contract.telemetry import (
     NODE_BATCH_MODELS,
     NODE_BATCH_VERSION,
+    ContainerCounters,
     ContainerTelemetry,
     NodeBatch,
     NodeTelemetry,
@@ -96,8 +102,8 @@ class CpuMeter:
             return None
 
 
-def cpu_meter(c: ContainerConfig) -> CpuMeter:
-    return CpuMeter(make_backend(c.backend))
+def cpu_meter(backend: BackendConfig) -> CpuMeter:
+    return CpuMeter(make_backend(backend))
 
 
 # /proc/stat fields after "cpu": user nice system idle iowait irq softirq steal guest guest_nice
@@ -186,9 +192,23 @@ class Rapl(EnergyMeter):
 
 @dataclass
 class ContainerRef:
-    app: str
-    config: ContainerConfig
+    """A container measured on this node: its placement (owner, backend, size; a
+    configured container or a template's replica slot) and its CPU meter."""
+
+    place: Placement
     meter: CpuMeter
+
+    @property
+    def id(self) -> str:
+        return self.place.container
+
+    @property
+    def app(self) -> str:
+        return self.place.app
+
+    @property
+    def is_replica(self) -> bool:
+        return self.place.template is not None
 
 
 @dataclass
@@ -269,12 +289,14 @@ class NodeAccount:
         for ref in self.containers:
             v = ref.meter.cpu_s()
             if v is None:
-                if ref.config.id not in self.missing:
-                    log.warning("container %s: no CPU counter (not running?)", ref.config.id)
-                self.missing.add(ref.config.id)
+                if ref.id not in self.missing:
+                    # a replica slot without a counter is a replica not running: normal
+                    level = logging.DEBUG if ref.is_replica else logging.WARNING
+                    log.log(level, "container %s: no CPU counter (not running?)", ref.id)
+                self.missing.add(ref.id)
                 continue
-            self.missing.discard(ref.config.id)
-            cpu[ref.config.id] = v
+            self.missing.discard(ref.id)
+            cpu[ref.id] = v
         energy = self.node_energy.energy_j() if self.node_energy else None
         snap = CounterSnapshot(
             time_s=now_s, containers=cpu, node_cpu_s=self.node_cpu(), node_energy_j=energy
@@ -285,7 +307,7 @@ class NodeAccount:
         """Read the counters and add this interval's attributed energy to the sums."""
         snap, cpu = self.sample(now_s)
         if self.prev is not None and snap.time_s > self.prev.time_s:
-            sizes = {r.config.id: r.config.size for r in self.containers}
+            sizes = {r.id: r.place.size for r in self.containers}
             att = attribute_interval(
                 self.model, self.prev, snap, idle_mode=self.idle_mode, sizes=sizes
             )
@@ -318,12 +340,14 @@ class PowerCollector:
         self.batch_version = batch_version
         self.node = cfg.node(node_id)
         self.proc = proc_stat or ProcStat()
+        # every container the site can have on this node (the one ownership rule):
+        # configured ones first, then the templates' replica slots
+        places = [p for p in cfg.placements().values() if p.node == node_id]
         self.refs = [
-            ContainerRef(a.id, c, cpu_meter(c))
-            for a in cfg.apps
-            for c in a.containers
-            if c.node == node_id
+            ContainerRef(p, cpu_meter(p.backend))
+            for p in sorted(places, key=lambda p: p.template is not None)
         ]
+        self._refused: set[str] = set()  # Kepler values refused, logged once until good
         self.meter = self.node.meter
         if self.meter == "kepler":
             check_kepler_url(self.node)
@@ -360,9 +384,9 @@ class PowerCollector:
             snap.node_cpu_s, acc.node_mj / MJ_PER_J, acc.idle_mj / MJ_PER_J
         )
         readings = [
-            (ref, cpu[ref.config.id], acc.energy_mj.get(ref.config.id, 0) / MJ_PER_J)
+            (ref, cpu[ref.id], acc.energy_mj.get(ref.id, 0) / MJ_PER_J)
             for ref in self.refs
-            if ref.config.id in cpu
+            if ref.id in cpu
         ]
         return self._publish_containers(node_msg, readings)
 
@@ -375,19 +399,36 @@ class PowerCollector:
             log.warning("kepler %s: %s", url, e)
             return NodeSample(None, [])
         node_msg = None
-        if reading.node_energy_j is not None:
-            node_msg = self._publish_node(
-                self._busy(), reading.node_energy_j, reading.node_idle_j or 0.0
-            )
+        node_j, idle_j = reading.node_energy_j, reading.node_idle_j or 0.0
+        if (
+            node_j is not None
+            and self._kepler_ok(f"node {self.node.id}", NodeTelemetry, "energy_j", node_j)
+            and self._kepler_ok(f"node {self.node.id}", NodeTelemetry, "idle_energy_j", idle_j)
+        ):
+            node_msg = self._publish_node(self._busy(), node_j, idle_j)
         readings = []
         for ref in self.refs:
-            keys = kepler_keys(ref.config)
+            keys = kepler_keys(ref.id, ref.place.backend)
             found = [v for key, v in reading.containers.items() if key in keys]
-            if found:
+            energy_j = sum(found)
+            if found and self._kepler_ok(ref.id, ContainerCounters, "energy_j", energy_j):
                 cpu = ref.meter.cpu_s()
                 cpu_s = cpu if cpu is not None and math.isfinite(cpu) else 0.0
-                readings.append((ref, cpu_s, sum(found)))
+                readings.append((ref, cpu_s, energy_j))
         return self._publish_containers(node_msg, readings)
+
+    def _kepler_ok(self, what: str, model: type[BaseModel], name: str, value: float) -> bool:
+        """Whether the contract takes this Kepler value (a NaN, a negative or an
+        out-of-bound counter is not); a refused one is skipped this tick, logged once
+        until the value is good again."""
+        key, why = f"{what} {name}", refusal(model, name, value)
+        if why is None:
+            self._refused.discard(key)
+            return True
+        level = logging.DEBUG if key in self._refused else logging.WARNING
+        log.log(level, "kepler %s: %s %r refused (%s); skipped", what, name, value, why)
+        self._refused.add(key)
+        return False
 
     def _publish_containers(
         self, node_msg: NodeTelemetry | None, readings: list[tuple[ContainerRef, float, float]]
@@ -397,7 +438,7 @@ class PowerCollector:
         if not self.batch:
             out = [self._publish_container(ref, c, e) for ref, c, e in readings]
             return NodeSample(node_msg, [m for m in out if m is not None])
-        rows = [(ref.app, ref.config.id, c, e) for ref, c, e in readings]
+        rows = [(ref.app, ref.id, c, e) for ref, c, e in readings]
         model = NODE_BATCH_MODELS[self.batch_version]
         limit = self.cfg.site.limits.max_message_bytes
         sent = []
@@ -429,9 +470,9 @@ class PowerCollector:
     ) -> ContainerTelemetry | None:
         return self.publisher.publish(  # type: ignore[return-value]
             ContainerTelemetry,
-            container_source(ref.config.id),
+            container_source(ref.id),
             app=ref.app,
-            container=ref.config.id,
+            container=ref.id,
             node=self.node.id,
             cpu_s=cpu_s,
             energy_j=energy_j,
@@ -494,10 +535,11 @@ def _run(cfg: EcovisorConfig, args: argparse.Namespace, stop: threading.Event) -
     pub.start()
     period = args.tick_s or cfg.site.shape.tick_s
     log.info(
-        "node %s (%s meter): %d containers, every %.3g s, %s",
+        "node %s (%s meter): %d containers (%d of them replica slots), every %.3g s, %s",
         node_id,
         coll.meter,
         len(coll.refs),
+        sum(r.is_replica for r in coll.refs),
         period,
         f"one batch (version {args.batch_version}) per tick"
         if coll.batch

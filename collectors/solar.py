@@ -19,6 +19,7 @@ Run: ``python -m collectors.solar --config site.yaml``. See docs/collectors/sola
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from collectors import trace
-from collectors.common import Options, SourceKind, cli_main, one_line, run_source
+from collectors.common import Options, SourceKind, cli_main, one_line, refusal, require, run_source
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.envelope import utcnow
@@ -353,18 +354,25 @@ class SolarCollector:
 
     def tick(self) -> object:
         now = self.clock()
+        # the counter is updated on a copy, kept only when the reading is taken: a value
+        # the contract refuses (NaN, negative, beyond its bound) is a failed read
+        counter = copy.copy(self.counter)
         try:
             w, lifetime_j = self.source.read(now - self.t0)
+            energy = counter.update(now, w, lifetime_j)
+            require(SolarTelemetry, power_w=w, energy_j=energy)
         except Exception as e:  # a device read failure must not stop the collector
             self.errors += 1
             log.warning("solar source read failed: %s", one_line(e))
             return None
-        energy = self.counter.update(now, w, lifetime_j)
+        self.counter = counter
         at = self.wall()
         fc = [(at + timedelta(seconds=s), v) for s, v in self.source.forecast(now - self.t0)]
-        return self.publish(
-            SolarTelemetry, self.source_id, power_w=w, energy_j=energy, forecast=fc
-        )
+        why = refusal(SolarTelemetry, "forecast", fc)
+        if why is not None:
+            log.info("solar forecast refused by the contract (%s): published without one", why)
+            fc = []
+        return self.publish(SolarTelemetry, self.source_id, power_w=w, energy_j=energy, forecast=fc)
 
     def close(self) -> None:
         self.source.close()

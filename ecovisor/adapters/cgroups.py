@@ -236,8 +236,12 @@ class CgroupV2Backend(ContainerBackend):
         raise BackendError(f"no usage_usec in {self.dir / 'cpu.stat'}")
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.dir.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # e.g. EBUSY: processes still in it
+            raise BackendError(f"cannot remove {self.dir}: {e.strerror or e}") from None
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "cgroup_v2", "cgroup": self.path, "root": str(self.root)}
@@ -290,10 +294,14 @@ class ProcessBackend(CgroupV1Backend):
         self._children: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, command: list[str], log: Path | None = None) -> int:
-        """Create the cgroup and start ``command`` inside it; return the launcher pid."""
-        self.create()
-        out = log.open("ab") if log else subprocess.DEVNULL
+        """Create the cgroup and start ``command`` inside it; return the launcher pid.
+        The output goes to ``log`` (appended), else is discarded."""
         try:
+            out = log.open("ab") if log else subprocess.DEVNULL
+        except OSError as e:  # e.g. the --log-dir does not exist
+            raise BackendError(f"cannot open the replica's log {log}: {e.strerror or e}") from None
+        try:
+            self.create()
             proc = subprocess.Popen(
                 cgexec_argv(self.path, str(self.root), command),
                 stdout=out,
@@ -302,7 +310,7 @@ class ProcessBackend(CgroupV1Backend):
                 start_new_session=True,
             )
         except OSError as e:
-            raise BackendError(f"cannot start {command[0]!r}: {e.strerror}") from None
+            raise BackendError(f"cannot start {command[0]!r}: {e.strerror or e}") from None
         finally:
             if log:
                 out.close()  # type: ignore[union-attr]
@@ -329,8 +337,14 @@ class ProcessBackend(CgroupV1Backend):
             self.thaw()  # frozen tasks never handle SIGTERM
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in self.procs():
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+                except OSError as e:  # e.g. EPERM: the cgroup would never empty
+                    raise BackendError(
+                        f"cannot signal pid {pid} of {self.path}: {e.strerror or e}"
+                    ) from None
             if _wait_until(self._gone, timeout, every=0.02):
                 break
         self._reap()

@@ -36,6 +36,8 @@ def allowance_to_cores(value: str | None) -> float | None:
 
 
 ALLOWANCE_KEY = "limits.cpu.allowance"
+# the statuses of a started instance (a suspended replica is frozen, still up)
+UP_STATUSES = ("Running", "Frozen")
 
 
 class LxdBackend(ContainerBackend):
@@ -82,7 +84,7 @@ class LxdBackend(ContainerBackend):
         except (lxd_exc.LXDAPIException, lxd_exc.ClientConnectionFailed) as e:
             self._client = None
             raise BackendError(f"LXD error on {self.instance!r}: {e}") from None
-        except RequestException as e:
+        except (RequestException, OSError) as e:
             self._client = None
             raise BackendError(
                 f"LXD at {self.endpoint or 'local socket'} unreachable: {e}"
@@ -96,6 +98,24 @@ class LxdBackend(ContainerBackend):
             return bool(self._call(lambda c: c.instances.exists(self.instance)))
         except BackendError:
             return False
+
+    def status(self) -> str | None:
+        """LXD's status of the instance ("Running", "Stopped", "Frozen", ...), None if
+        there is no such instance; BackendError if LXD cannot be asked."""
+        from pylxd import exceptions as lxd_exc
+
+        def get(c: Any) -> str | None:
+            try:
+                return str(self._instance(c).status)
+            except lxd_exc.NotFound:
+                return None
+
+        return self._call(get)
+
+    def running(self) -> bool:
+        """Started: running, or frozen by a suspend (a copy that exists but is stopped is
+        not: see ``start_copy``)."""
+        return self.status() in UP_STATUSES
 
     def get_cpu_limit(self) -> float | None:
         inst = self._call(self._instance)
@@ -145,15 +165,22 @@ class LxdBackend(ContainerBackend):
         return float((st.cpu or {}).get("usage", 0)) / 1e9
 
     # horizontal scaling: copy a template instance, start, stop, delete
-    def create_copy(self, source: str) -> None:
-        def create(c: Any) -> None:
-            c.instances.create(
-                {"name": self.instance, "source": {"type": "copy", "source": source}},
-                wait=True,
-            )
-            c.instances.get(self.instance).start(wait=True)
+    def start_copy(self, source: str) -> None:
+        """Make this instance a running copy of ``source``: copied if it does not exist,
+        then started unless it runs. A copy whose start failed earlier (e.g. pylxd's
+        timeout) is started now rather than left stopped."""
 
-        self._call(create)
+        def start(c: Any) -> None:
+            if not c.instances.exists(self.instance):
+                c.instances.create(
+                    {"name": self.instance, "source": {"type": "copy", "source": source}},
+                    wait=True,
+                )
+            inst = self._instance(c)
+            if inst.status not in UP_STATUSES:
+                inst.start(wait=True)
+
+        self._call(start)
 
     def destroy(self) -> None:
         def delete(c: Any) -> None:

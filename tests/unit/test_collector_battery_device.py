@@ -152,3 +152,20 @@ def test_validate_options_one_line_errors() -> None:
         validate_options(SourceConfig(type="simulated", options={"min_soc": 2}))
     with pytest.raises(ConfigError, match="capacity_w"):
         validate_options(SourceConfig(type="simulated", options={"capacity_w": 2}))
+
+
+def test_seen_setpoint_ids_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One setpoint per tick, for as long as the device runs: only the last ids are kept
+    (the product's one rule, ecovisor.core.recent_ids), enough for QoS 1 redelivery."""
+    from ecovisor.core.recent_ids import RecentIds
+
+    monkeypatch.setattr(RecentIds, "DEFAULT_LIMIT", 50)
+    b = batt(stored=50.0)
+    sps = [sp(charge=float(k)) for k in range(120)]
+    for k, s in enumerate(sps):
+        b.receive(s, float(k))
+    assert len(b._seen) == 50
+    b.step(200.0, 1.0)  # all applied: the last one is in force
+    b.receive(sps[-1].model_copy(update={"charge_rate_w": 0.0}), 201.0)  # a redelivery
+    b.receive(sps[100], 201.0)
+    assert b._pending == [] and b.step(202.0, 1.0).charge_setpoint_w == 119.0

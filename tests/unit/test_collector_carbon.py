@@ -4,7 +4,9 @@ the pure poller (backoff, staleness)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from collectors.carbon import (
     CarbonCollector,
+    CarbonSource,
     CsvOptions,
     EmapsCsvOptions,
     Poller,
@@ -21,8 +24,11 @@ from collectors.carbon import (
     read_csv_trace,
     validate_options,
 )
+from collectors.common import run_every
+from collectors.publisher import Publisher
 from ecovisor.contract.config_file import ConfigError
 from ecovisor.contract.site_config import SourceConfig
+from ecovisor.contract.telemetry import CarbonTelemetry
 
 CAISO = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "caiso-emaps-2021-2023"
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -111,7 +117,7 @@ def test_collector_publishes_last_good_value_stale() -> None:
     t = [0.0]
     sent: list[dict] = []
     coll = CarbonCollector(
-        Flaky(),  # type: ignore[arg-type]
+        Flaky(),
         lambda m, s, **f: sent.append(f),
         "c",
         Poller(poll_s=1, retry_min_s=1, retry_max_s=1, stale_after_s=5),
@@ -133,3 +139,86 @@ def test_validate_options_errors() -> None:
         validate_options(SourceConfig(type="ukci", options={}))
     with pytest.raises(ConfigError, match="unknown"):
         validate_options(SourceConfig(type="co2signal"))
+
+
+class Scripted(CarbonSource):
+    """A source returning the next of its readings at each read."""
+
+    def __init__(self, *readings: Reading) -> None:
+        self.readings = list(readings)
+
+    def read(self, elapsed_s: float, now: datetime) -> Reading:
+        return self.readings.pop(0)
+
+
+def _publisher() -> Publisher:
+    # the real publisher builds the contract's message (raising ValidationError on a bad
+    # value) and queues it; it never connects here
+    return Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)
+
+
+@pytest.mark.parametrize("bad", [-3.0, math.nan, 1e13])
+def test_a_polled_value_out_of_the_contract_is_a_failed_read(bad: float) -> None:
+    t = [0.0]
+    coll = CarbonCollector(
+        Scripted(Reading(bad), Reading(100.0), Reading(bad), Reading(150.0)),
+        _publisher().publish,
+        "c",
+        Poller(poll_s=1, retry_min_s=1, retry_max_s=1, stale_after_s=0.5),
+        clock=lambda: t[0],
+        wall=lambda: NOW,
+    )
+    sent = []
+    for step in range(4):  # a poll every tick
+        t[0] = float(step)
+        sent.append(coll.tick())
+    assert sent[0] is None  # nothing good yet
+    got = [(m.intensity_g_per_kwh, m.stale) for m in sent[1:]]  # type: ignore[attr-defined]
+    # the bad value at t=2 is never stored: the last good one is carried (stale), then
+    # the next good one is published
+    assert got == [(100.0, False), (100.0, True), (150.0, False)]
+    assert coll.poller is not None and coll.poller.last == Reading(150.0)
+    assert str(bad) in coll.poller.errors[0] and "refused" in coll.poller.errors[0]
+
+
+@pytest.mark.parametrize("bad", [-3.0, math.nan, 1e13])
+def test_a_local_value_out_of_the_contract_is_not_published(bad: float) -> None:
+    coll = CarbonCollector(
+        Scripted(Reading(bad), Reading(100.0)),
+        _publisher().publish,
+        "c",
+        wall=lambda: NOW,
+    )
+    assert coll.tick() is None
+    assert coll.tick().intensity_g_per_kwh == 100.0  # type: ignore[attr-defined]
+
+
+def test_a_forecast_out_of_the_contract_is_dropped_the_value_published() -> None:
+    later = NOW + timedelta(hours=1)
+    coll = CarbonCollector(
+        Scripted(Reading(100.0, forecast=((later, -1.0),))),  # type: ignore[arg-type]
+        _publisher().publish,
+        "c",
+        Poller(poll_s=1, retry_min_s=1, retry_max_s=1, stale_after_s=5),
+        clock=lambda: 0.0,
+        wall=lambda: NOW,
+    )
+    msg = coll.tick()
+    assert msg.intensity_g_per_kwh == 100.0 and msg.forecast == []  # type: ignore[attr-defined]
+
+
+def test_the_periodic_loop_survives_a_message_the_contract_refuses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stop, calls = threading.Event(), []
+
+    def tick() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            stop.set()
+        if len(calls) == 1:
+            CarbonTelemetry.model_validate({})  # raises ValidationError
+
+    run_every(0.0, stop, tick)
+    assert len(calls) == 3
+    assert "refused by the contract" in caplog.text

@@ -222,3 +222,116 @@ def test_pick_node(tmp_path: Path) -> None:
     assert pick_node(cfg, None) == "n1"
     with pytest.raises(ConfigError, match="not in site.nodes"):
         pick_node(cfg, "zz")
+
+
+# a template of batch on n1: replica slots w-1 and w-2 (cgroups e/worker-1, e/worker-2)
+TEMPLATE_SITE = (
+    SITE
+    + """    templates:
+      - id: w
+        node: n1
+        max_replicas: 2
+        backend: {{type: cgroup_v1, cgroup: e/worker, root: {root}}}
+"""
+)
+
+
+def test_a_running_replica_is_measured_and_its_energy_booked_to_its_app(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = parse_config(TEMPLATE_SITE.format(idle="equal", root=tmp_path))
+    t = [0.0]
+    proc = FakeProc()
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)  # never connects
+    coll = PowerCollector(cfg, "n1", pub, proc_stat=proc, clock=lambda: t[0], batch=False)
+    write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
+    write(tmp_path / "e/b-1/cpu.stat", "usage_usec 0\n")
+    write(tmp_path / "cpuacct/e/worker-1/cpuacct.usage", "0")  # replica 1 runs, replica 2 not
+    caplog.set_level("DEBUG", "ecovisor.collectors.power")
+    coll.tick()
+    # 20 s later: web-1 5 CPU-s, b-1 5, the replica w-1 10; the node 25 (5 outside)
+    t[0], proc.value = 20.0, 125.0
+    write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", str(5 * 10**9))
+    write(tmp_path / "e/b-1/cpu.stat", "usage_usec 5000000\n")
+    write(tmp_path / "cpuacct/e/worker-1/cpuacct.usage", str(10 * 10**9))
+    s = coll.tick()
+    by = {c.container: c for c in s.containers}
+    assert sorted(by) == ["b-1", "w-1", "web-1"]  # w-2 not running: absent
+    model = get_preset("ecovisor-microserver", 2)
+    node_j = model.power_w(25 / (2 * 20)) * 20
+    active, idle_each = node_j - model.idle_power_w * 20, model.idle_power_w * 20 / 3
+    assert by["w-1"].app == "batch" and by["w-1"].cpu_s == pytest.approx(10.0)
+    assert by["w-1"].energy_j == pytest.approx(active * 10 / 25 + idle_each, abs=2e-3)
+    # only the CPU outside the three containers is the platform's
+    platform_j = s.node.energy_j - sum(c.energy_j for c in s.containers)  # type: ignore[union-attr]
+    assert platform_j == pytest.approx(active * 5 / 25, abs=3e-3)
+    # a replica slot not running is normal: no warning, tick after tick
+    coll.tick()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("w-2" in r.getMessage() for r in caplog.records) == 1  # once, at debug level
+
+
+def test_a_missing_configured_container_is_warned_about_once_a_missing_replica_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = parse_config(TEMPLATE_SITE.format(idle="none", root=tmp_path))
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t")
+    write(tmp_path / "cpuacct/e/web-1/cpuacct.usage", "0")
+    write(tmp_path / "cpuacct/e/worker-1/cpuacct.usage", "0")
+    coll = PowerCollector(cfg, "n1", pub, proc_stat=FakeProc(), clock=lambda: 0.0, batch=False)
+    for _ in range(3):
+        s = coll.tick()
+    assert [c.container for c in s.containers] == ["web-1", "w-1"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["container b-1: no CPU counter (not running?)"]  # not w-2
+
+
+KEPLER_NODE = (
+    '# TYPE kepler_node_cpu_joules_total counter\nkepler_node_cpu_joules_total{{zone="package"}} '
+    "{node}\n# TYPE kepler_node_cpu_idle_joules_total counter\n"
+    'kepler_node_cpu_idle_joules_total{{zone="package"}} 40\n'
+    "# TYPE kepler_container_cpu_joules_total counter\n"
+)
+KEPLER_CTR = 'kepler_container_cpu_joules_total{{container_name="{name}",zone="package"}} {j}\n'
+
+
+def _kepler_collector(tmp_path: Path, scrape: list[str]) -> PowerCollector:
+    site = TEMPLATE_SITE.format(idle="none", root=tmp_path).replace(
+        "cores: 2,", 'cores: 2, meter: kepler, kepler_url: "http://127.0.0.1:1/metrics",'
+    )
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)  # never connects
+    return PowerCollector(
+        parse_config(site),
+        "n1",
+        pub,
+        proc_stat=FakeProc(),
+        scrape=lambda url: read_kepler(scrape[0]),
+    )
+
+
+def test_kepler_values_the_contract_refuses_are_skipped(tmp_path: Path) -> None:
+    scrape = [""]
+    coll = _kepler_collector(tmp_path, scrape)
+
+    def tick(node: str, web: str, b: str) -> tuple[float | None, dict[str, float]]:
+        scrape[0] = (
+            KEPLER_NODE.format(node=node)
+            + KEPLER_CTR.format(name="web-1", j=web)
+            + KEPLER_CTR.format(name="b-1", j=b)
+        )
+        s = coll.tick()  # batch mode: one node batch
+        rows = {c: j for b in s.batches for _, c, _, j in b.rows()}
+        return (s.node.energy_j if s.node else None), rows
+
+    assert tick("100", "NaN", "3") == (100.0, {"b-1": 3.0})  # a container's NaN
+    assert tick("NaN", "5", "-1") == (None, {"web-1": 5.0})  # the node's NaN, a negative
+    assert tick("120", "6", "1e16") == (120.0, {"web-1": 6.0})  # above the Counter bound
+    assert tick("130", "7", "4") == (130.0, {"web-1": 7.0, "b-1": 4.0})  # good again
+
+
+def test_kepler_energy_of_a_replica_is_published_under_its_id(tmp_path: Path) -> None:
+    # Kepler names a container by its cgroup's last path element: replica 2's, worker-2
+    text = KEPLER_NODE.format(node="100") + KEPLER_CTR.format(name="worker-2", j="8")
+    coll = _kepler_collector(tmp_path, [text])
+    (batch,) = coll.tick().batches
+    assert list(batch.rows()) == [("batch", "w-2", 0.0, 8.0)]

@@ -3,17 +3,20 @@ pvanalytics, the pvlib PV model on pvlib's bundled TMY3 file, the energy counter
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from collectors.publisher import Publisher
 from collectors.solar import (
     CsvOptions,
     EnergyCounter,
     PvanalyticsOptions,
     PvlibOptions,
     SolarCollector,
+    SolarSource,
     TraceReplay,
     read_csv_trace,
     read_pvanalytics,
@@ -119,3 +122,32 @@ def test_validate_options() -> None:
     with pytest.raises(ConfigError, match="speedup"):
         validate_options(SourceConfig(type="pvlib", options={"speedup": 0}))
     assert validate_options(SourceConfig(type="sunspec", options={"host": "127.0.0.1"}))
+
+
+class Device(SolarSource):
+    """A device returning the next of its (W, lifetime J) readings at each read."""
+
+    def __init__(self, *readings: tuple[float, float | None]) -> None:
+        self.readings = list(readings)
+
+    def read(self, elapsed_s: float) -> tuple[float, float | None]:
+        return self.readings.pop(0)
+
+
+@pytest.mark.parametrize(
+    "bad", [(math.nan, None), (1e13, None), (5.0, math.nan), (5.0, 1e16), (-1.0, None)]
+)
+def test_a_reading_out_of_the_contract_is_a_failed_read(bad: tuple[float, float | None]) -> None:
+    lifetime = bad[1] is not None  # a device with a lifetime counter, else integrated
+    good = [(10.0, 1000.0 * i if lifetime else None) for i in range(3)]
+    pub = Publisher("s", "127.0.0.1", 1, client_id="t", seq_start=0)  # builds the messages
+    t = [0.0]
+    coll = SolarCollector(Device(good[0], bad, good[1], good[2]), pub.publish, "pv", lambda: t[0])
+    sent = []
+    for step in range(4):
+        t[0] = float(step)
+        sent.append(coll.tick())
+    assert sent[1] is None and coll.errors == 1
+    # the counter went on from the last good reading, unspoilt by the bad one
+    energy = [m.energy_j for m in sent if m is not None]  # type: ignore[attr-defined]
+    assert energy == ([0.0, 1000.0, 2000.0] if lifetime else [0.0, 20.0, 30.0])
