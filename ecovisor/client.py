@@ -33,8 +33,14 @@ from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import connect_sse
+from pydantic import BaseModel, ValidationError
 
-from ecovisor.contract.notifications import Notification, TickData, parse_notification
+from ecovisor.contract.notifications import (
+    ContainerTickData,
+    Notification,
+    TickData,
+    parse_notification,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("ecovisor.client")
@@ -63,6 +69,11 @@ class NotFoundError(EcovisorError):
 
 class UnavailableError(EcovisorError):
     """503: live state or command bus not available (ledger not up, no tick yet)."""
+
+
+class InvalidNotification(ValueError):
+    """A notification this client cannot read (not JSON, an unknown type, a ``tick``
+    whose data lacks a field): ``run()`` logs it and skips it."""
 
 
 class CommandRejected(EcovisorError):
@@ -105,6 +116,62 @@ class Tick:
     notification: Notification
 
 
+# Field names a newer server sent that this client does not know, logged once each.
+_UNKNOWN_LOGGED: set[str] = set()
+
+
+def _known(model: type[BaseModel], raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """``raw`` without the keys ``model`` does not declare. The contract's models forbid
+    unknown fields (the ledger and API must not emit typos), but a client must keep
+    working when a newer server adds one, so the client alone drops them."""
+    extra = raw.keys() - model.model_fields.keys()
+    if not extra:
+        return raw
+    new = {f"{where}.{k}" for k in extra} - _UNKNOWN_LOGGED
+    if new and len(_UNKNOWN_LOGGED) < 100:
+        _UNKNOWN_LOGGED.update(new)
+        log.info("ignoring field(s) this client does not know: %s", ", ".join(sorted(new)))
+    return {k: v for k, v in raw.items() if k not in extra}
+
+
+def parse_tick_data(data: dict[str, Any]) -> TickData:
+    """The ``TickData`` of a ``tick`` notification, ignoring fields this version does not
+    know (top level and per container); a missing or invalid field still raises
+    ``pydantic.ValidationError``."""
+    d = _known(TickData, data, "tick")
+    cs = d.get("containers")
+    if isinstance(cs, dict):
+        d = d | {
+            "containers": {
+                c: _known(ContainerTickData, v, "tick.containers.*") if isinstance(v, dict) else v
+                for c, v in cs.items()
+            }
+        }
+    return TickData.model_validate(d)
+
+
+def _parse_lenient(raw: str) -> Notification:
+    """A notification's JSON, ignoring envelope fields this version does not know (an
+    unknown ``type`` or a missing field still raises ``InvalidNotification``)."""
+    try:
+        return parse_notification(raw)
+    except ValidationError as e:
+        if not any(err["type"] == "extra_forbidden" for err in e.errors()):
+            raise InvalidNotification(_reason(e)) from None
+        try:
+            d = json.loads(raw)
+            return Notification.model_validate(_known(Notification, d, "notification"))
+        except ValidationError as e2:
+            raise InvalidNotification(_reason(e2)) from None
+
+
+def _reason(e: ValidationError) -> str:
+    """A ValidationError on one line: ``loc: message`` per error."""
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()
+    )
+
+
 def _iso(t: datetime | str) -> str:
     if isinstance(t, str):
         return t
@@ -128,6 +195,7 @@ class EcovisorClient:
         http: httpx.Client | None = None,
         ping_s: float = 1.0,
         last_event_id: str | None = None,
+        stream_read_timeout: float | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         # the id of the last notification handled: sent as Last-Event-ID on (re)connect,
@@ -135,6 +203,12 @@ class EcovisorClient:
         self.last_event_id = last_event_id
         self._pending_id: str | None = None
         self.wait, self.wait_timeout, self.ping_s = wait, wait_timeout, ping_s
+        # The server sends a keep-alive every ping_s: a stream silent for a few of them
+        # is dead (e.g. the API host vanished without closing the connection), so the
+        # read times out and run() reconnects instead of blocking for good.
+        self.stream_read_timeout = (
+            max(5.0, 3 * ping_s) if stream_read_timeout is None else stream_read_timeout
+        )
         self._http = http or httpx.Client(base_url=self.api_url, timeout=timeout)
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._app = app
@@ -142,6 +216,8 @@ class EcovisorClient:
         self._handlers: dict[str, list[Callable[[Notification], Any]]] = {}
         self._stop = threading.Event()
         self._response: httpx.Response | None = None
+        self._failed_logged: set[tuple[str, str]] = set()
+        self._connected = True  # (False from a lost stream until the next connect)
 
     # --- plumbing ------------------------------------------------------------------
     @property
@@ -365,13 +441,14 @@ class EcovisorClient:
             self._p("/notifications"),
             params=params,
             headers=headers,
-            timeout=httpx.Timeout(10, read=None),
+            timeout=httpx.Timeout(10, read=self.stream_read_timeout),
         ) as source:
             r = source.response
             if r.status_code >= 400:
                 r.read()
                 self._raise(r)
             self._response = r
+            self._connected = True
             try:
                 for sse in source.iter_sse():
                     if self._stop.is_set():
@@ -379,10 +456,18 @@ class EcovisorClient:
                     if sse.event == "gap":  # the server could not replay a part
                         log.warning("notification stream gap: %s", sse.data)
                     elif sse.data and sse.event not in ("ready", ""):
-                        self._pending_id = sse.id or None
-                        yield parse_notification(sse.data)
-                        self._handled()
-                        continue
+                        try:
+                            n = _parse_lenient(sse.data)
+                        except ValueError as e:  # (InvalidNotification is one)
+                            # skipped for good (the id advances below): a reconnect
+                            # would only bring the same bytes back
+                            log.warning("notification skipped (event id %s, event %r): %s",
+                                        sse.id or "-", sse.event, e)  # fmt: skip
+                        else:
+                            self._pending_id = sse.id or None
+                            yield n
+                            self._handled()
+                            continue
                     if sse.id:
                         self.last_event_id = sse.id
             except (httpx.HTTPError, httpx.StreamError):
@@ -397,27 +482,70 @@ class EcovisorClient:
             self.last_event_id = self._pending_id
         self._pending_id = None
 
-    def dispatch(self, n: Notification) -> None:
-        """Call the registered handlers for one notification (also used by replays)."""
+    def _calls(self, n: Notification) -> list[tuple[Callable[[Any], Any], Any]]:
+        """(handler, argument) for each handler of one notification; raises
+        InvalidNotification when a tick's data cannot be read."""
+        out: list[tuple[Callable[[Any], Any], Any]] = []
         if n.type == "tick" and self._tick_handlers:
-            t = Tick(n.tick, n.time, TickData.model_validate(n.data), n)
-            for fn in self._tick_handlers:
-                fn(t)
-        for fn in self._handlers.get(n.type, ()):
-            fn(n)
+            try:
+                data = parse_tick_data(n.data)
+            except ValidationError as e:
+                raise InvalidNotification(f"tick data: {_reason(e)}") from None
+            t = Tick(n.tick, n.time, data, n)
+            out += [(fn, t) for fn in self._tick_handlers]
+        out += [(fn, n) for fn in self._handlers.get(n.type, ())]
+        return out
+
+    def dispatch(self, n: Notification) -> None:
+        """Call the registered handlers for one notification (also used by replays).
+        Exceptions propagate (``run()`` logs them instead); InvalidNotification when
+        a tick's data cannot be read."""
+        for fn, arg in self._calls(n):
+            fn(arg)
+
+    def _dispatch_logged(self, n: Notification) -> bool:
+        """``dispatch`` for ``run()``: a notification that cannot be read, or a handler
+        that raises, is logged and the stream goes on. A policy process must outlive one
+        bad notification or one bug in a handler: raising would end run() and, under a
+        restart policy, crash-loop on the same notification. KeyboardInterrupt and
+        SystemExit are not Exceptions: they still end run(). False: ``n`` was skipped."""
+        eid = self._pending_id or "-"
+        try:
+            calls = self._calls(n)
+        except InvalidNotification as e:
+            log.warning("notification skipped (event id %s, %s tick %s): %s",
+                        eid, n.type, n.tick, e)  # fmt: skip
+            return False
+        for fn, arg in calls:
+            try:
+                fn(arg)
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                name = getattr(fn, "__qualname__", repr(fn))
+                key = (name, type(e).__name__)
+                if key in self._failed_logged:  # the traceback once per kind, then a line
+                    log.error("handler %s failed on %s (event id %s): %r",
+                              name, n.type, eid, e)  # fmt: skip
+                else:
+                    if len(self._failed_logged) < 100:
+                        self._failed_logged.add(key)
+                    log.exception("handler %s failed on %s (event id %s); the stream goes on",
+                                  name, n.type, eid)  # fmt: skip
+        return True
 
     def run(self, max_events: int | None = None, reconnect_s: float = 1.0) -> int:
         """Dispatch notifications to the handlers until ``stop()`` (or ``max_events``
-        notifications); reconnects after a dropped stream. Returns the count handled.
-        Authentication and authorisation errors are raised, not retried."""
+        notifications); reconnects after a dropped or silent stream (no byte, not even
+        a keep-alive, for ``stream_read_timeout`` s), resuming after ``last_event_id``.
+        Returns the count handled. A notification that cannot be read is logged and
+        skipped, a handler's exception logged; authentication and authorisation errors
+        are raised, not retried."""
         self._stop.clear()
         handled = 0
         while not self._stop.is_set():
             try:
                 for n in self.notifications():
-                    self.dispatch(n)
+                    handled += self._dispatch_logged(n)
                     self._handled()  # (also when the loop returns right below)
-                    handled += 1
                     if self._stop.is_set() or (max_events is not None and handled >= max_events):
                         return handled
             except (AuthenticationError, ForbiddenError, NotFoundError):
@@ -426,10 +554,16 @@ class EcovisorClient:
                 if e.status == 422 or self._stop.is_set():  # e.g. a Last-Event-ID refused
                     raise
                 time.sleep(reconnect_s)
-            except httpx.HTTPError:
+            except httpx.HTTPError as e:
                 if self._stop.is_set():
                     break
-                time.sleep(reconnect_s)  # stream dropped or API restarting: reconnect
+                # stream dropped, silent (ReadTimeout) or API restarting: reconnect; said
+                # once per outage, not once per attempt while the API is down
+                lvl = logging.WARNING if self._connected else logging.DEBUG
+                self._connected = False
+                log.log(lvl, "notification stream lost (%r); reconnecting, resuming after %s",
+                        e, self.last_event_id or "the stream's start")  # fmt: skip
+                time.sleep(reconnect_s)
         return handled
 
     def stop(self) -> None:

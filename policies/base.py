@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from ecovisor.client import parse_tick_data
 from ecovisor.contract.notifications import Notification, TickData
 
 log = logging.getLogger("ecovisor.policy")
@@ -393,7 +394,14 @@ SUBSCRIBED_EVENTS = (
 
 
 class PolicyRunner:
-    """Feeds ``tick`` notifications to a pure policy and issues its actions."""
+    """Feeds ``tick`` notifications to a pure policy and issues its actions.
+
+    It hands each tick to the policy once: the ledger's output is at-least-once with
+    identical duplicates (a restarted worker emits the ticks after its snapshot again;
+    docs/ledger.md), and a policy's state (spent carbon, trailing percentiles) must not
+    count a tick twice. The runner owns this rather than the client because every path
+    to a policy goes through it (the live stream, and the replay engines, which call
+    ``on_tick`` with the ledger's notifications directly)."""
 
     def __init__(
         self,
@@ -409,6 +417,8 @@ class PolicyRunner:
         self.dedupe = Deduper()
         self._events: set[str] = set()
         self.issued: list[Action] = []
+        # last tick index handed to the policy, per (site, app)
+        self._last_tick: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
         self._issue(self.policy.setup(self.app), None)
@@ -421,7 +431,23 @@ class PolicyRunner:
             self._events.add(n.type)
 
     def on_tick(self, n: Notification) -> list[Action]:
-        data = TickData.model_validate(n.data)
+        """Decide on one tick and issue the actions; a tick at or before the last one
+        handled (a duplicate, or older) is dropped: []."""
+        key = (n.site, n.app)
+        last = self._last_tick.get(key)
+        if n.tick is not None and last is not None:
+            if n.tick <= last:
+                log.debug("tick %d of %s dropped: tick %d was handled already",
+                          n.tick, n.app, last)  # fmt: skip
+                return []
+            if n.tick > last + 1:
+                log.warning("ticks %d..%d of %s never arrived: deciding on tick %d",
+                            last + 1, n.tick - 1, n.app, n.tick)  # fmt: skip
+        # lenient as the client (fields a newer ledger adds are ignored), so a tick the
+        # client delivered is one the runner can read
+        data = parse_tick_data(n.data)
+        if n.tick is not None:  # handled from here on: decide() may change the policy
+            self._last_tick[key] = n.tick
         full, empty = self.flags.update(data.battery_charge_level_wh, self._events)
         metrics = self.metrics() if self.metrics else {}
         fc = self.forecasts() if self.forecasts else Forecasts()

@@ -2,16 +2,18 @@
 out): carbon crossing the threshold, solar rising and falling, battery full and empty,
 budget nearly spent, latency above the SLO."""
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ecovisor.contract.notifications import ContainerTickData, TickData
+from ecovisor.contract.notifications import ContainerTickData, Notification, TickData
 from policies.base import (
     AppView,
     BatteryFlags,
     Deduper,
     Observation,
+    PolicyRunner,
     ResumeContainer,
     ScaleApp,
     ScaleContainer,
@@ -392,3 +394,55 @@ def test_straggler_replicas_without_battery_treat_any_excess_as_curtailed() -> N
     p = StragglerReplicas(template="w")
     p.setup(AppView(app="x", containers=("c1",), templates=("w",)))
     assert p.decide(obs(0, next_solar=8.0, power={"c1": 4.0})) == [ScaleApp("w", 2)]
+
+
+# --- the runner -------------------------------------------------------------------
+
+
+class _NoClient:
+    """The runner's client: records the actions' commands."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def scale_app(self, template: str, replicas: int) -> None:
+        self.sent.append(("scale_app", template, replicas))
+
+    def set_carbon_budget(self, grams: float, period_s: float) -> None:
+        self.sent.append(("set_carbon_budget", grams, period_s))
+
+
+def _tick_note(k: int, carbon_g: float = 0.5) -> Notification:
+    o = obs(k, carbon=100, carbon_g=carbon_g, app_power=1.0)
+    return Notification(site="s1", time=o.time, app="web", type="tick", tick=k,
+                        data=o.data.model_dump())  # fmt: skip
+
+
+def test_runner_hands_a_duplicated_tick_to_the_policy_once(caplog) -> None:
+    """The ledger's output is at-least-once with identical duplicates: the same tick
+    delivered twice (or an older one after it) must not count twice in the policy."""
+    p = DynamicBudget(template="w", rate_mg_per_s=1.0, horizon_s=3600.0)
+    runner = PolicyRunner(p, _NoClient(), APP)
+    runner.start()
+    runner.on_tick(_tick_note(7))
+    assert (p.spent_g, p.elapsed_s) == (0.5, 60.0)
+    with caplog.at_level(logging.DEBUG, "ecovisor.policy"):
+        assert runner.on_tick(_tick_note(7)) == []  # the duplicate
+        assert runner.on_tick(_tick_note(6)) == []  # older than one handled
+    assert (p.spent_g, p.elapsed_s) == (0.5, 60.0)
+    assert sum("dropped" in r.getMessage() for r in caplog.records) == 2
+    runner.on_tick(_tick_note(8))
+    assert (p.spent_g, p.elapsed_s) == (1.0, 120.0)
+
+
+def test_runner_warns_about_missing_ticks_and_still_decides(caplog) -> None:
+    p = DynamicBudget(template="w", rate_mg_per_s=1.0, horizon_s=3600.0)
+    runner = PolicyRunner(p, _NoClient(), APP)
+    runner.on_tick(_tick_note(7))
+    with caplog.at_level(logging.WARNING, "ecovisor.policy"):
+        runner.on_tick(_tick_note(8))
+        assert not caplog.records
+        runner.on_tick(_tick_note(11))
+    (rec,) = caplog.records
+    assert "ticks 9..10" in rec.getMessage()
+    assert p.spent_g == 1.5
