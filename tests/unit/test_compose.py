@@ -202,7 +202,8 @@ def test_api_reads_the_ledger_at_its_service_name() -> None:
     assert _declares("ecovisor/api/main.py", "--ledger-url")
     assert _flag(cmd, "--ledger-url") == f"http://ledger:{_site().stack.ledger_web_port}"
     assert _flag(cmd, "--host") == "0.0.0.0"
-    assert f"{_site().stack.api_port}:{_site().stack.api_port}" in api["ports"]
+    port = _site().stack.api_port
+    assert api["ports"] == [f"${{API_HOST_BIND:-127.0.0.1}}:{port}:{port}"]
     assert api["depends_on"]["ledger"]["condition"] == "service_healthy"
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     policy = services["policy-web-solar-following-caps"]

@@ -88,8 +88,12 @@ def test_kafka_broker_authenticates_and_denies_what_no_acl_allows() -> None:
     # the image's configure script demands a JAAS file in KAFKA_OPTS when an advertised
     # listener's NAME contains "SASL_"; the JAAS config is per listener here instead
     assert "SASL_" not in env["KAFKA_ADVERTISED_LISTENERS"]
-    # the host listener is published on the host's loopback only
-    assert all(p.startswith("127.0.0.1:") for p in _compose()["services"]["kafka"]["ports"])
+    # the host listener is published on the host's loopback only, as are InfluxDB (every
+    # app's history behind a demo admin token), and by default MQTT and the API
+    services = _compose()["services"]
+    assert all(p.startswith("127.0.0.1:") for p in services["kafka"]["ports"])
+    assert services["influxdb"]["ports"] == ["127.0.0.1:8086:8086"]
+    assert services["mosquitto"]["ports"] == ["${MQTT_HOST_BIND:-127.0.0.1}:1883:1883"]
     health = " ".join(_compose()["services"]["kafka"]["healthcheck"]["test"])
     assert "--bootstrap-server 127.0.0.1:9094" in health and listeners["BROKER"][1] == 9094
 
