@@ -10,6 +10,8 @@ from __future__ import annotations
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ecovisor.contract.bus_access import session_client_id
+
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 10.0
 KEEPALIVE_S = 10
@@ -26,10 +28,11 @@ def mqtt_client(
 ) -> mqtt.Client:
     """A paho client (callback API v2, MQTT 3.1.1). ``clean_session=False`` keeps the
     subscription and unacknowledged QoS 1 messages at the broker across reconnects (the
-    bridge); ``manual_ack`` acknowledges a message only when the caller says so."""
+    bridge); ``manual_ack`` acknowledges a message only when the caller says so. Logged
+    in, its client id is ``client_id`` tagged for its principal (``session_client_id``)."""
     c = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=client_id,
+        client_id=session_client_id(client_id, credentials),
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
         manual_ack=manual_ack,

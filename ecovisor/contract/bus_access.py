@@ -174,6 +174,21 @@ def derived_password(key: str, site: str, username: str) -> str:
     return hmac.new(key.encode(), msg, hashlib.sha256).hexdigest()
 
 
+def session_client_id(base: str, credentials: tuple[str, str] | None) -> str:
+    """The MQTT client id of a client logged in with ``credentials``: ``base`` and a tag
+    derived from the principal's password. A broker lets one session per client id, and
+    a client connecting with a taken id disconnects the other (and, with a clean
+    session, discards its queued messages): an app knowing the bridge's id could keep it
+    off. The tag is stable (the bridge's persistent session survives its restarts) and
+    only the principal can compute it. Anonymous: ``base`` as it is."""
+    if credentials is None:
+        return base
+    user, password = credentials
+    tag = hmac.new(password.encode(), f"ecovisor-client\0{user}\0{base}".encode(),
+                   hashlib.sha256).hexdigest()[:16]  # fmt: skip
+    return f"{base[:100]}-{tag}"
+
+
 def mqtt_password(cfg: EcovisorConfig, username: str, key: str | None = None) -> str | None:
     """The password of a principal: an app's token; a device's or node's configured
     ``credential``; else derived from the internal key (``key`` or the configured one).

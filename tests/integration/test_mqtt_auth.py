@@ -123,3 +123,38 @@ def test_each_principal_reaches_the_bridge_only_through_its_own_topics(broker: i
     assert snoop.got == []
     bridge.close()
     snoop.close()
+
+
+def test_an_app_cannot_take_over_the_bridges_session(broker: int) -> None:
+    """A broker keeps one session per client id: a client connecting with a taken id
+    disconnects the other. The bridge's id was public (ecovisor-bridge-<site>), so an app
+    with its own token could keep the bridge off the bus. A principal's client id is now
+    tagged with a secret only it has (``session_client_id``)."""
+    import paho.mqtt.client as paho
+
+    creds = ("bridge", ba.mqtt_password(CFG, "bridge", KEY) or "")
+    bridge = mqtt_client("ecovisor-bridge-s1", clean_session=False, credentials=creds)
+    assert bridge._client_id.decode() == ba.session_client_id("ecovisor-bridge-s1", creds)
+    drops: list[Any] = []
+    got: list[str] = []
+    bridge.on_connect = lambda c, u, f, rc, p: c.subscribe(topics.mqtt_site_telemetry("s1"), 1)
+    bridge.on_disconnect = lambda c, u, f, rc, p: drops.append(rc)
+    bridge.on_message = lambda c, u, m: got.append(m.topic)
+    bridge.connect("127.0.0.1", broker)
+    bridge.loop_start()
+    time.sleep(0.5)
+    thief = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="ecovisor-bridge-s1")
+    thief.username_pw_set("app-web", "web-token-123456")
+    thief.connect("127.0.0.1", broker)
+    thief.loop_start()
+    time.sleep(1.0)
+    web = Client(broker, "app-web")
+    web.publish("app_metrics", "app-web")
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    thief.loop_stop()
+    web.close()
+    bridge.loop_stop()
+    assert drops == [], "the bridge was disconnected by a client with its public id"
+    assert got == [topics.mqtt_telemetry("s1", "app_metrics", "app-web")]
