@@ -117,7 +117,8 @@ class EmbodiedHardware(StrictModel):
     lifetime_years: float = Field(gt=0, le=50)
     share: Literal["containers", "equal"] = Field(
         "containers",
-        description="containers: by the app's configured containers on it (its size); "
+        description="containers: by the number of the app's configured containers on it "
+        "(their size is not counted); "
         "equal: equally among the apps with a container on it",
     )
 
