@@ -16,7 +16,10 @@ from ecovisor.client import EcovisorClient, EcovisorError
 
 
 def _time(value: str) -> datetime:
-    t = datetime.fromisoformat(value)
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:  # a traceback before
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time") from None
     if t.tzinfo is None:
         raise typer.BadParameter(f"{value!r} has no time zone (e.g. 2024-06-01T12:00:00Z)")
     return t

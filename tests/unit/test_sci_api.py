@@ -138,3 +138,14 @@ def test_client_and_cli(state: InMemoryStateSource) -> None:
         assert '"operational_g": 9.0' in other.output
         bad = CliRunner().invoke(cli, args, env={"ECOVISOR_TOKEN": "not-a-token"})
         assert bad.exit_code == 1 and "error: 401" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("nope", "is not an ISO 8601 time"), ("2024-06-01T12:00:00", "has no time zone")],
+)
+def test_cli_refuses_a_bad_time_with_a_usage_error(value: str, why: str) -> None:
+    """An unparsable --t1 raised a traceback (exit 1)."""
+    out = CliRunner().invoke(cli, ["sci", "--api", "http://127.0.0.1:9", "--t1", value,
+                                   "--t2", Q["t2"]], env={"ECOVISOR_TOKEN": WEB_TOKEN})  # fmt: skip
+    assert out.exit_code == 2 and why in out.output, out.output
