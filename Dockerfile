@@ -12,5 +12,8 @@ COPY policies ./policies
 RUN pip install .
 COPY examples ./examples
 COPY deploy ./deploy
+# the demo workloads run as unprivileged uids (actuators.cgexec drops root): the code must
+# be readable by them whatever the umask of the checkout it was copied from
+RUN chmod -R a+rX /app
 ENV ECOVISOR_CONFIG=/etc/ecovisor/site.yaml
 CMD ["python", "-m", "ecovisor.cli", "--help"]

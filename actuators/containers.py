@@ -267,7 +267,9 @@ class ContainerActuator:
             try:
                 b = self.backend(cid)
                 if i <= want and not _replica_up(b):
-                    self._start_replica(b, tpl.command or [], tpl.backend.instance)
+                    self._start_replica(
+                        b, tpl.command or [], tpl.backend.instance, self.cfg.workload_uid(app.id)
+                    )
                     announce(i, "added")
                     # a replica restarted after a restore gets the setpoints it had
                     if cid in self.state.containers:
@@ -285,10 +287,12 @@ class ContainerActuator:
                 raise BackendError(f"replica {cid}: {e}{so_far}") from None
         return {"replicas": want, "added": added, "removed": removed}
 
-    def _start_replica(self, b: ContainerBackend, command: list[str], source: str | None) -> None:
+    def _start_replica(
+        self, b: ContainerBackend, command: list[str], source: str | None, uid: int
+    ) -> None:
         if isinstance(b, ProcessBackend):
             logf = self.log_dir / f"{b.path.replace('/', '_')}.log" if self.log_dir else None
-            b.spawn(command, logf)
+            b.spawn(command, logf, uid=uid)  # the template's app's uid, never root
         elif isinstance(b, LxdBackend):
             assert source is not None
             b.start_copy(source)

@@ -10,6 +10,20 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# Workloads run under their app's own unprivileged uid (actuators/cgexec.py, docs/
+# reliability.md#tenant-workloads), so the project's interpreter must be reachable by
+# others. Python installed under /root (pyenv) sits behind /root's mode 700: let others
+# traverse (o+x: they can open a path they know, not list the directory).
+if [ "$(id -u)" = 0 ] && [ -x .venv/bin/python ]; then
+  d=$(dirname "$(readlink -f .venv/bin/python)")
+  while [ "$d" != / ]; do
+    if [ -z "$(find "$d" -maxdepth 0 -perm -o+x)" ]; then
+      echo "workloads run as their app's uid: chmod o+x $d (traverse only)" >&2
+      chmod o+x "$d"
+    fi
+    d=$(dirname "$d")
+  done
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${need[*]}" >&2

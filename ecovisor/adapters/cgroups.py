@@ -278,9 +278,10 @@ def kill_all(backend: CgroupV1Backend | CgroupV2Backend, timeout: float = 5.0) -
 # --- process group (embedded demo) -------------------------------------------------------
 
 
-def cgexec_argv(path: str, root: str | None, command: list[str]) -> list[str]:
-    """argv of the demo launcher placing ``command`` into cgroup ``path``."""
-    argv = [sys.executable, "-m", "actuators.cgexec", "--cgroup", path]
+def cgexec_argv(path: str, root: str | None, command: list[str], uid: int) -> list[str]:
+    """argv of the demo launcher placing ``command`` into cgroup ``path``, run as ``uid``
+    (the app's ``EcovisorConfig.workload_uid``) when the launcher starts as root."""
+    argv = [sys.executable, "-m", "actuators.cgexec", "--cgroup", path, "--uid", str(uid)]
     if root:
         argv += ["--root", root]
     return [*argv, "--", *command]
@@ -293,8 +294,9 @@ class ProcessBackend(CgroupV1Backend):
         super().__init__(path, root)
         self._children: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, command: list[str], log: Path | None = None) -> int:
-        """Create the cgroup and start ``command`` inside it; return the launcher pid.
+    def spawn(self, command: list[str], log: Path | None = None, *, uid: int) -> int:
+        """Create the cgroup and start ``command`` inside it as ``uid`` (the app's
+        workload uid; cgexec drops to it when started as root); return the launcher pid.
         The output goes to ``log`` (appended), else is discarded."""
         try:
             out = log.open("ab") if log else subprocess.DEVNULL
@@ -303,7 +305,7 @@ class ProcessBackend(CgroupV1Backend):
         try:
             self.create()
             proc = subprocess.Popen(
-                cgexec_argv(self.path, str(self.root), command),
+                cgexec_argv(self.path, str(self.root), command, uid),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -17,6 +17,13 @@ from ecovisor.core.shares import AppShare
 # v1, whose controllers are directories below it, and v2).
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 
+# Bounds of ``run_as_uid``: no system account (< 1000, root included), not ``nobody``
+# (65534, shared by many daemons) nor 65535 (-1 in 16 bits), below 2**31 - 1 (tools
+# that take uids as signed 32-bit). The default rule is EcovisorConfig.workload_uid.
+MIN_RUN_AS_UID = 1000
+MAX_RUN_AS_UID = 2**31 - 2
+SHARED_UIDS = (65534, 65535)
+
 
 class ContainerBackend(StrictModel):
     """Where a container lives and how it is controlled."""
@@ -100,3 +107,14 @@ class AppConfig(StrictModel):
     containers: list[ContainerConfig] = Field(default_factory=list)
     templates: list[ContainerTemplate] = Field(default_factory=list)
     policies: list[PolicyConfig] = Field(default_factory=list)
+    run_as_uid: int | None = Field(
+        None, ge=MIN_RUN_AS_UID, le=MAX_RUN_AS_UID,
+        description="uid (and gid) of the app's workloads when cgexec starts as root; "
+        "default EcovisorConfig.workload_uid's rule",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _uid_not_shared(self) -> AppConfig:
+        if self.run_as_uid in SHARED_UIDS:
+            raise ValueError(f"run_as_uid {self.run_as_uid} is shared by other programs")
+        return self

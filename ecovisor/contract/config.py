@@ -12,6 +12,7 @@ the bounds of a command) and its ``stack`` section. The ``site`` section is in
 from __future__ import annotations
 
 import hmac
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +42,11 @@ from ecovisor.core.tick import validate_site
 
 # Float slack when comparing a requested value with a configured limit.
 _EPS = 1e-9
+
+# Default workload uids (EcovisorConfig.workload_uid): 200000..265535, above the usual
+# login uids (1000-60000) and the first subordinate-uid block (100000-165535).
+WORKLOAD_UID_BASE = 200_000
+WORKLOAD_UID_SPAN = 65_536
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,15 @@ class EcovisorConfig(StrictModel):
                 if c.node not in nodes:
                     errors.append(f"app {a.id!r} container {c.id!r}: unknown node {c.node!r}")
         errors += _isolation_errors(self)
+        uids: dict[int, str] = {}
+        for a in self.apps:
+            uid = self.workload_uid(a.id)
+            other = uids.setdefault(uid, a.id)
+            if other != a.id:  # one uid would let one app's workload signal the other's
+                errors.append(
+                    f"apps {other!r} and {a.id!r} would run their workloads as the same uid "
+                    f"{uid}; give one of them another run_as_uid"
+                )
         for h in self.site.embodied.hardware if self.site.embodied else ():
             if h.node is not None and h.node not in nodes:
                 errors.append(f"embodied hardware {h.name!r}: unknown node {h.node!r}")
@@ -178,6 +193,17 @@ class EcovisorConfig(StrictModel):
         """Whether ``token`` is the site's operator token (constant-time comparison)."""
         op = self.operator_token
         return op is not None and hmac.compare_digest(op.encode(), token.encode())
+
+    def workload_uid(self, app_id: str) -> int:
+        """The uid and gid the app's workloads run as when cgexec starts as root: its
+        ``run_as_uid``, else ``WORKLOAD_UID_BASE + crc32(id) % WORKLOAD_UID_SPAN``. A
+        function of the app's own id only, so adding or removing another app never moves
+        it (running workloads keep their uid); the config check refuses two apps on one
+        uid. KeyError for an unknown app."""
+        a = self.app(app_id)
+        if a.run_as_uid is not None:
+            return a.run_as_uid
+        return WORKLOAD_UID_BASE + zlib.crc32(a.id.encode()) % WORKLOAD_UID_SPAN
 
     def owner_of(self, container: str) -> str | None:
         """The app of a *configured* container (template replicas are not included: the

@@ -28,6 +28,9 @@ from ecovisor.contract.envelope import utcnow
 from ecovisor.core.power_cap import max_power_at_quota
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
+# The burners' uid when the tests run as root (cgexec drops to it; no app of the test
+# sites has it: their uids are EcovisorConfig.workload_uid's, >= 200000)
+BURNER_UID = 199_999
 T = TypeVar("T")
 
 
@@ -195,7 +198,7 @@ def burner_cgroup(path: str, n: int = 1) -> Iterator[ProcessBackend]:
     b = ProcessBackend(path)
     try:
         for _ in range(n):
-            b.spawn(BUSY_LOOP)
+            b.spawn(BUSY_LOOP, uid=BURNER_UID)
         deadline = time.monotonic() + 10
         while len(b.procs()) < n and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -178,6 +178,30 @@ def test_horizontal_scaling_starts_stops_replicas_and_announces(rig: Rig) -> Non
     assert ("worker-1", "added") in seen and ("worker-2", "removed") in seen
 
 
+def test_replicas_run_as_their_apps_uid(rig: Rig) -> None:
+    """The actuator runs as root here: a replica it starts drops to its template's app's
+    workload uid (no capability), so it cannot write the cgroup files of other tenants."""
+    uid = rig.cfg.workload_uid("web")
+    assert rig.send("worker", "scale_app", replicas=1).ok
+    rep = ProcessBackend(f"{rig.top}/worker-1")
+    try:
+        deadline = time.monotonic() + 10
+        st: dict[str, str] = {}
+        while time.monotonic() < deadline:  # until cgexec has dropped and exec'd
+            pids = rep.procs()
+            if pids:
+                lines = Path(f"/proc/{pids[0]}/status").read_text().splitlines()
+                st = {k: v.strip() for k, _, v in (x.partition(":") for x in lines)}
+                if st["Uid"].split()[0] != "0":
+                    break
+            time.sleep(0.05)
+        assert st.get("Uid", "").split() == [str(uid)] * 4, st
+        assert st["Gid"].split() == [str(uid)] * 4
+        assert int(st["CapEff"], 16) == 0 and st["NoNewPrivs"] == "1"
+    finally:
+        assert rig.send("worker", "scale_app", replicas=0).ok
+
+
 def test_restart_restores_last_setpoint_from_kafka(rig: Rig) -> None:
     with burner_cgroup(f"{rig.top}/burn-1") as cg:
         cg.set_cpu_limit(None)

@@ -161,6 +161,33 @@ def test_a_missing_log_dir_fails_the_scale_up(tmp_path: Path) -> None:
     assert not (tmp_path / "cpu" / "worker-1").exists()  # no cgroup left behind
 
 
+def test_a_replica_is_launched_with_its_apps_workload_uid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a failure, but where replicas are started without one: cgexec, started as root,
+    refuses to run a workload without --uid, and drops to it (integration: real uids)."""
+    started: list[list[str]] = []
+
+    class Launched:
+        pid = 4_194_306  # above any pid_max: nothing real
+
+        def __init__(self, argv: list[str], **kw: object) -> None:
+            started.append(argv)
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(cgroups.subprocess, "Popen", Launched)
+    cfg = parse_config(site(tmp_path))
+    act = ContainerActuator(cfg, sink := Sink())
+    ack = act.handle(action("s", "scale_app", container="worker", replicas=1))
+    assert ack is not None and ack.ok, ack
+    [argv] = started
+    uid = cfg.workload_uid("web")
+    assert argv[argv.index("--uid") + 1] == str(uid) and argv[-3:] == ["--", "sleep", "60"]
+    assert sink.events() == [("worker-1", "added")]
+
+
 def fake_v1(root: Path, path: str, procs: str) -> None:
     for c in ("cpu", "cpuacct", "freezer"):
         (root / c / path).mkdir(parents=True)

@@ -125,6 +125,21 @@ def test_site_config_is_the_demo_site_for_compose() -> None:
     assert "./deploy/compose-site.yaml:/etc/ecovisor/site.yaml:ro" in mounts
 
 
+def test_workload_containers_drop_root_and_see_no_other_process() -> None:
+    """The workloads are app code: cgexec (root only to join the host cgroup) drops to the
+    app's uid; the container adds no_new_privs and its own pid namespace
+    (docs/reliability.md#tenant-workloads)."""
+    services = _compose()["services"]
+    launchers = {n: s for n, s in services.items() if n.startswith("container-")}
+    assert launchers
+    for name, svc in launchers.items():
+        assert svc["command"][:4] == ["python", "-m", "actuators.cgexec", "--container"], name
+        assert "--uid" not in svc["command"]  # its app's uid, from the site file
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        assert "pid" not in svc, f"{name}: the workload must not see the host's processes"
+        assert svc.get("user") in (None, "root", "0")  # cgexec must start as root to drop
+
+
 def test_infrastructure_and_start_order() -> None:
     services = _compose()["services"]
     kafka_env = services["kafka"]["environment"]

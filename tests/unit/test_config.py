@@ -186,3 +186,56 @@ def test_an_undecodable_environment_value_is_a_config_error(monkeypatch: pytest.
     monkeypatch.setitem(os.environb, b"A_TOKEN", b"token-\xff-abc")
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_config(MINIMAL.replace("aaaaaaaaaaaa", "${A_TOKEN}"))
+
+
+# --- the workloads' uid: EcovisorConfig.workload_uid --------------------------------------
+
+TWO_APPS = MINIMAL + "  - id: b\n    token: bbbbbbbbbbbb\n"
+
+
+def with_uid(text: str, app_token: str, uid: object) -> str:
+    """``text`` with ``run_as_uid: uid`` on the app whose token is ``app_token``."""
+    return text.replace(f"token: {app_token}", f"token: {app_token}\n    run_as_uid: {uid}")
+
+
+def test_workload_uids_are_stable_distinct_and_in_their_range() -> None:
+    demo = load_config(DEMO)
+    # pinned: a running workload keeps its uid across versions and restarts
+    assert demo.workload_uid("web") == 214417 and demo.workload_uid("batch") == 221204
+    cfg = parse_config(TWO_APPS)
+    uids = {a: cfg.workload_uid(a) for a in ("a", "b")}
+    assert len(set(uids.values())) == 2
+    assert all(200_000 <= u < 265_536 for u in uids.values())
+    # a function of the app's own id: adding, removing or reordering apps moves no uid
+    assert parse_config(MINIMAL).workload_uid("a") == uids["a"]
+    more = TWO_APPS + "  - id: aa\n    token: cccccccccccc\n"
+    assert {a: parse_config(more).workload_uid(a) for a in ("a", "b")} == uids
+    with pytest.raises(KeyError):
+        cfg.workload_uid("nobody")
+
+
+@pytest.mark.parametrize(
+    ("uid", "needle"),
+    [
+        ("0", "greater than or equal to 1000"),  # root: no escape hatch
+        ("999", "greater than or equal to 1000"),
+        ("-1", "greater than or equal to 1000"),
+        ("65534", "shared by other programs"),
+        ("2147483647", "less than or equal to 2147483646"),
+        ("web", "valid integer"),
+    ],
+)
+def test_run_as_uid_is_bounded(uid: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(with_uid(MINIMAL, "aaaaaaaaaaaa", uid))
+
+
+def test_run_as_uid_overrides_and_two_apps_on_one_uid_are_refused() -> None:
+    assert parse_config(with_uid(MINIMAL, "aaaaaaaaaaaa", 4000)).workload_uid("a") == 4000
+    same = with_uid(with_uid(TWO_APPS, "aaaaaaaaaaaa", 5000), "bbbbbbbbbbbb", 5000)
+    with pytest.raises(ConfigError, match="'a' and 'b' would run their workloads as the same"):
+        parse_config(same)
+    # pinning one app on another's default uid is a clash too
+    a_default = parse_config(MINIMAL).workload_uid("a")
+    with pytest.raises(ConfigError, match=f"same uid {a_default}"):
+        parse_config(with_uid(TWO_APPS, "bbbbbbbbbbbb", a_default))
