@@ -18,6 +18,7 @@ from typing import Any
 
 from ecovisor.contract import topics
 from ecovisor.contract.actuation import sign
+from ecovisor.contract.bus_access import site_source_id
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.environment import internal_key
 from ecovisor.contract.notifications import Notification
@@ -80,14 +81,19 @@ CounterRow = tuple[str, int, dict[str, Any]]  # (app, k, cumulative counters aft
 
 
 def clock_limits(cfg: EcovisorConfig) -> ClockLimits:
-    """The tick clock's bounds from the site configuration: ``site.limits`` and what each
+    """The tick clock's bounds from the site configuration: ``site.limits``, what each
     counter can physically measure (a container or node: its node's peak modelled power;
-    solar: the array's nameplate)."""
+    solar: the array's nameplate), the counters whose baselines it keeps for good (the
+    configured containers, template replicas, nodes and solar source: bounded by the
+    configuration) and the node each container is placed on."""
     lim = cfg.site.limits
     peaks = {n.id: n.model().peak_power_w for n in cfg.site.nodes}
     places = cfg.placements()
     container_peak = {c: peaks.get(p.node) for c, p in places.items()}
     nameplate = cfg.site.shape.solar_nameplate_w
+    kept = {"c:" + c for c in places} | {"n:" + n for n in peaks}
+    if cfg.site.solar is not None:
+        kept.add("s:" + site_source_id(cfg, "solar"))
 
     def max_power_w(key: str) -> float | None:
         tag, name = key[0], key[2:]
@@ -102,6 +108,8 @@ def clock_limits(cfg: EcovisorConfig) -> ClockLimits:
         source_expiry_s=min(lim.source_expiry_s, MAX_EXPIRY_S),
         max_counters=len(places) + len(peaks) + lim.max_sources,
         max_power_w=max_power_w,
+        kept=frozenset(kept).__contains__,
+        placement={c: p.node for c, p in places.items()},
     )
 
 
@@ -139,7 +147,9 @@ class SiteLedger(CommandIntake):
 
     def __post_init__(self) -> None:
         # derived from the configuration, looked up per container per tick: precomputed
-        self.owners: dict[str, str] = {c: p.app for c, p in self.cfg.placements().items()}
+        places = self.cfg.placements()
+        self.owners: dict[str, str] = {c: p.app for c, p in places.items()}
+        self.placed: dict[str, str] = {c: p.node for c, p in places.items()}  # its node
         # each app's containers as a set: a tick's telemetry agrees with the configuration
         # when its keys are a subset (checked in C, not per container in Python)
         owned: dict[str, set[str]] = {}
@@ -259,7 +269,9 @@ class SiteLedger(CommandIntake):
         ``event_now()``; None: none yet): an event time more than
         ``site.limits.clock_skew_s`` ahead of it is refused, so one sample from a clock
         far ahead cannot close ticks early and then hold every real sample as 'late'.
-        Late samples are fine (they roll in). ``t_us``: the event time, if converted."""
+        Late samples are fine (they roll in) down to the clock's floor, which the clock
+        itself enforces (``TickClock.floor_us``: older ones cannot be told from a
+        replay). ``t_us``: the event time, if converted."""
         if t_us is None:
             t_us = to_us(t.time.timestamp())
         if not 0 <= t_us <= EVENT_TIME_MAX_US:
@@ -284,7 +296,10 @@ class SiteLedger(CommandIntake):
         """Take one telemetry sample of this site into the clock. Returns the reason to
         dead-letter it, or None. A counter reset is taken (as the new baseline) and
         reported too. Telemetry of a container, node or app the configuration does not
-        have is refused: nothing could be booked from it, and it must not grow the state."""
+        have is refused: nothing could be booked from it, and it must not grow the state;
+        so is a container's telemetry naming another node than its placement (the
+        platform's energy is its node's minus its containers': a container counted
+        against the wrong node books its energy twice)."""
         why = self.refuse_reason(t, now_us, t_us)
         if why is not None:
             return why
@@ -292,9 +307,11 @@ class SiteLedger(CommandIntake):
         if kind == "node_batch":  # one reason for the whole message (ingest_batch: each)
             reports = self.ingest_batch(t, t_us, now_us, checked=True)
             return "; ".join(why for _, why in reports) or None
-        if kind == "container" and t.container not in self.owners:
-            return f"container {t.container!r} is not in the site configuration (no app owns it)"
-        if kind == "node" and t.node not in self.nodes:
+        if kind == "container":
+            why = self._misplaced(t.container, t.node)
+            if why is not None:
+                return why
+        elif kind == "node" and t.node not in self.nodes:
             return f"node {t.node!r} is not in the site configuration"
         if kind == "app_metrics" and t.app not in self.app_cfg:
             return f"app {t.app!r} is not in the site configuration"
@@ -302,6 +319,21 @@ class SiteLedger(CommandIntake):
         if kind in ("carbon", "solar") and t.forecast and status != "refused":
             self._keep_forecast(t, t_us)
         return self.clock.reason if status in ("refused", "reset") else None
+
+    def _misplaced(self, container: str, node: str | None) -> str | None:
+        """Why the ledger does not take a container's counter reported from ``node``
+        (None: not named), else None: the container must be configured (a container or a
+        template replica: ``EcovisorConfig.placements``, the one ownership rule) and
+        ``node``, if named, the one it is placed on. The one check of both, for single
+        messages and each entry of a node batch."""
+        placed = self.placed.get(container)
+        if placed is None:
+            return f"container {container!r} is not in the site configuration (no app owns it)"
+        if node is not None and node != placed:
+            return (f"container {container!r} is placed on node {placed!r} (site "
+                    f"configuration), not {node!r}: it is booked against its placement's "
+                    f"node only")  # fmt: skip
+        return None
 
     def ingest_batch(
         self, b: Any, t_us: int, now_us: int | None, checked: bool = False
@@ -317,14 +349,13 @@ class SiteLedger(CommandIntake):
             why = f"node {b.node!r} is not in the site configuration"
         if why is not None:
             return [(-1, why)]
-        owners = self.owners
+        placed, node = self.placed, b.node
         reports: list[tuple[int, str]] = []
         entries: list[BatchEntry] = []
         seen: set[str] = set()
         for i, (app, c, _, energy_j) in enumerate(b.rows()):
-            if c not in owners:
-                reports.append((i, f"container {c!r} is not in the site configuration "
-                                   f"(no app owns it)"))  # fmt: skip
+            if placed.get(c) != node:  # one lookup when it agrees (the usual case)
+                reports.append((i, self._misplaced(c, node) or ""))
             elif c in seen:
                 reports.append((i, f"container {c!r} is listed twice in the batch: the "
                                    f"first is taken"))  # fmt: skip

@@ -122,7 +122,7 @@ class _Latest:
     ``raw + offset``: a reset moves ``offset`` so the booked counter never goes back."""
 
     seq: int
-    t_us: int
+    t_us: int  # the newest event time of the samples it took (never goes back)
     raw: int  # mJ as sent
     offset: int  # mJ added to raw values since the last reset
     epoch: int  # seq of the last reset (-1: none): older samples are of the counter before
@@ -137,7 +137,12 @@ class CounterGuard:
     never booked; or a sample older than the counter's last reset; or one counter too
     many); a value with a reason is a *reset*: the counter went back (or a refused jump
     was confirmed by the next sample), the new value is the baseline and nothing is
-    booked for that interval."""
+    booked for that interval.
+
+    Elapsed time is measured from the counter's **newest** accepted sample time
+    (``_Latest.t_us`` never goes back): a sample with a higher seq but an older time
+    (backdated) used to move it back, so that the next sample's allowance covered
+    decades and any jump was booked."""
 
     def __init__(self, max_counters: int, max_power_w: MaxPower | None) -> None:
         self.max_counters = max_counters
@@ -146,6 +151,9 @@ class CounterGuard:
         # fixed for the guard's life (one cache entry per tracked counter at most)
         self._max_w: dict[str, float | None] = {}
         self.latest: dict[str, _Latest] = {}
+        # counters renumbered by ``check`` since the caller last looked (it resets the
+        # seq of its own baselines of them, then clears this)
+        self.renumbered: list[str] = []
         self.n_faults = 0
         self.n_resets = 0
 
@@ -161,13 +169,26 @@ class CounterGuard:
             return float("inf")
         return max_w * (max(0, elapsed_us) / US_PER_S * COUNTER_MARGIN + COUNTER_SLACK_S) * 1e3
 
-    def check(self, key: str, seq: int, t_us: int, raw: int) -> tuple[int | None, str | None]:
+    def check(
+        self, key: str, seq: int, t_us: int, raw: int, floor_us: int | None = None
+    ) -> tuple[int | None, str | None]:
+        """``floor_us``: the caller refuses samples older than this (the replay horizon,
+        ``TickClock.floor_us``); a counter whose newest sample is below it follows the
+        next sample whatever its seq (below)."""
         last = self.latest.get(key)
         if last is None:
             if len(self.latest) >= self.max_counters:
                 return None, f"counter {key!r} refused: the site tracks {len(self.latest)}"
             self.latest[key] = _Latest(seq, t_us, raw, 0, -1)
             return raw, None
+        if seq <= last.seq and floor_us is not None and last.t_us < floor_us:
+            # Every sample this counter took is older than the floor, and this one is not
+            # (the caller refused it otherwise): it is the newest whatever its seq, so a
+            # source forgotten and started again from a lower seq is followed, not held
+            # "out of order" until its seqs pass the old ones. The value rules still apply.
+            last.seq = last.epoch = -1
+            last.suspect = None
+            self.renumbered.append(key)
         if seq < last.seq:  # out of order: it must fit below the newer sample
             if seq < last.epoch:
                 return None, (f"seq {seq} of counter {key!r} is from before its reset at "
@@ -176,6 +197,8 @@ class CounterGuard:
                 self.n_faults += 1
                 return None, (f"counter {key!r} seq {seq} = {raw / 1e3:g} J does not fit "
                               f"the later seq {last.seq} = {last.raw / 1e3:g} J")  # fmt: skip
+            if t_us > last.t_us:  # t_us: the newest time the counter took
+                last.t_us = t_us
             return raw + last.offset, None
         rise = raw - last.raw
         if rise < 0:
@@ -184,15 +207,18 @@ class CounterGuard:
                 f"{raw / 1e3:g} J (seq {seq}): a reset; the new value is the baseline, "
                 f"nothing booked for that interval"
             )
+        # from the newest sample time: a backdated sample (elapsed < 0) may add the slack
         allowance = self.allowance(key, t_us - last.t_us)
         if rise <= allowance:
-            last.seq, last.t_us, last.raw, last.suspect = seq, t_us, raw, None
+            last.seq, last.raw, last.suspect = seq, raw, None
+            if t_us > last.t_us:  # never back: the next allowance counts from the newest
+                last.t_us = t_us
             return raw + last.offset, None
         s = last.suspect
         if s is not None and 0 <= raw - s[2] <= self.allowance(key, t_us - s[1]):
             # a second sample consistent with the refused jump: the counter did jump (a
             # replaced meter): a new baseline, the jump itself never booked
-            return self._rebase(key, last, seq, t_us, raw), (
+            return self._rebase(key, last, seq, max(t_us, s[1]), raw), (
                 f"counter {key!r} jumped from {last.raw / 1e3:g} J (seq {last.seq}) and "
                 f"stays there ({raw / 1e3:g} J, seq {seq}): the new baseline, the jump "
                 f"not booked"
@@ -208,10 +234,11 @@ class CounterGuard:
         )
 
     def _rebase(self, key: str, last: _Latest, seq: int, t_us: int, raw: int) -> int:
-        """A new baseline at ``raw``: the booked value stays where it was."""
+        """A new baseline at ``raw``: the booked value stays where it was, and so does
+        the newest time (a backdated reset must not widen the next allowance)."""
         self.n_resets += 1
         booked = last.raw + last.offset
-        self.latest[key] = _Latest(seq, t_us, raw, booked - raw, seq)
+        self.latest[key] = _Latest(seq, max(t_us, last.t_us), raw, booked - raw, seq)
         return booked
 
     def forget(self, key: str, before_us: int) -> None:

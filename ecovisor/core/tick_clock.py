@@ -24,10 +24,15 @@ Samples are aggregated in memory per open tick (never one state write per sample
 
 Rules (the brief's): duplicates (same source and seq) are dropped; a sample older than
 the oldest open tick is *late* and rolls into the oldest open tick (its counter then
-lands there, charged at that tick's intensity); a source silent when a tick closes is
+lands there, charged at that tick's intensity); a sample more than ``source_expiry_s``
+before the oldest open tick is refused (``floor_us``: its source's dedupe state may be
+forgotten, so it cannot be told from a replay); a source silent when a tick closes is
 carried (counter unchanged, so no new energy until it reports again, intensity and
 battery carried as values), and the tick is marked ``estimated`` for it and counted. A
-source silent for ``source_timeout_ticks`` is no longer estimated.
+source silent for ``source_timeout_ticks`` is no longer estimated; its counter's
+baseline stays (``dormant``) for good when the configuration has the counter
+(``ClockLimits.kept``), else until every sample it took is below the floor, so a
+counter that reports again books from where it was booked, never from a replayed value.
 
 Bounded state (no single message can grow it): per source O(1) dedupe (highest seq and
 the last ``dedupe_window`` accepted seqs below it), at most ``max_sources`` sources and
@@ -41,7 +46,7 @@ at each tick close and continue exactly after a restart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +72,14 @@ class ClockLimits:
     # counter key ("c:<container>", "n:<node>", "s:<source>") -> the most power it can
     # measure, W; None (or no function): no physical bound known, only resets detected
     max_power_w: Callable[[str], float | None] | None = None
+    # counter key -> whether its baseline is kept for good once its source falls silent
+    # (the configured containers, nodes and solar array: bounded by the configuration);
+    # None: none is (each is kept until all it took is below the replay floor)
+    kept: Callable[[str], bool] | None = None
+    # container -> the node the configuration places it on: the node its energy is
+    # subtracted from for the platform, whatever node the telemetry names; None: the
+    # telemetry's node (no configuration)
+    placement: Mapping[str, str] | None = field(default=None, hash=False)
 
 
 @dataclass
@@ -107,7 +120,7 @@ class ClosedTick:
     metrics: dict[str, dict[str, Any]]
     samples: int
     late: int
-    container_nodes: dict[str, str] = field(default_factory=dict)
+    container_nodes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def platform_mj(self) -> int:
@@ -158,6 +171,13 @@ class TickClock:
         self.dedupe: dict[str, SeqWindow] = {}
         self.guard = CounterGuard(self.limits.max_counters, self.limits.max_power_w)
         self.counters: dict[str, _Counter] = {}  # baselines at the last close
+        # baselines of counters silent for source_timeout_ticks: no longer estimated, but
+        # a counter that reports again books from here (not from a first or replayed
+        # sample); ``_fading``: those not ``kept``, dropped once below the floor
+        self.dormant: dict[str, _Counter] = {}
+        self._fading: set[str] = set()
+        self._kept = self.limits.kept or (lambda _key: False)
+        # container -> node as the telemetry said (only without a configured placement)
         self.container_nodes: dict[str, str] = {}
         self.intensity: tuple[int, float] | None = None  # carried (t_us, value)
         self.battery: tuple[int, float, float] | None = None
@@ -181,6 +201,27 @@ class TickClock:
         self.n_refused += 1
         return "refused"
 
+    def floor_us(self) -> int | None:
+        """The oldest event time a sample may have: ``source_expiry_s`` before the oldest
+        open tick (None before any sample). A source whose every sample is older has had
+        its dedupe state dropped (the expiry at each close uses the same horizon) and a
+        counter whose every sample is older may have been forgotten: such a sample cannot
+        be told from a replay, and booking it again (or against it) would count energy
+        twice. Never goes back (``next_close`` only moves forward)."""
+        nc = self.next_close
+        return None if nc is None else nc * self.tick_us - self.expiry_us
+
+    def _renumbered(self) -> None:
+        """Counters the guard follows again from a lower seq (``CounterGuard.check``):
+        their baselines take the next sample whatever its seq. No open tick holds a
+        sample of them (all they took is below the floor, so its tick has closed)."""
+        counters, dormant = self.counters, self.dormant
+        for key in self.guard.renumbered:
+            base = counters.get(key) or dormant.get(key)
+            if base is not None:
+                base.seq = -1
+        self.guard.renumbered.clear()
+
     def offer(self, msg: Any, t_us: int | None = None) -> str:
         """Take one telemetry message. Returns "ok", "late" (accepted, rolled into the
         oldest open tick), "reset" (accepted as a counter's new baseline: ``reason`` says
@@ -194,6 +235,14 @@ class TickClock:
             return self._refuse(why)
         if t_us is None:
             t_us = to_us(msg.time.timestamp())
+        floor = self.floor_us()
+        if floor is not None and t_us < floor:
+            return self._refuse(
+                f"event time {msg.time.isoformat()} is more than "
+                f"{self.limits.source_expiry_s:g} s (site.limits.source_expiry_s) before "
+                f"the oldest open tick: too old to be told from a replay (its source's "
+                f"dedupe state may be forgotten)"
+            )
         d = self.dedupe.get(source)
         if d is None:
             if len(self.dedupe) >= self.limits.max_sources:
@@ -230,7 +279,9 @@ class TickClock:
         elif kind == "solar":
             key = "s:" + source
         if key:
-            booked, why = self.guard.check(key, msg.seq, t_us, j_to_mj(msg.energy_j))
+            booked, why = self.guard.check(key, msg.seq, t_us, j_to_mj(msg.energy_j), floor)
+            if self.guard.renumbered:
+                self._renumbered()
             if booked is None:
                 return self._refuse(why or "")
             mj = booked
@@ -263,7 +314,9 @@ class TickClock:
         self._placed = k  # the tick the sample was booked into (offer_batch's entries)
         if kind == "container":
             self._counter(buf, key, msg.seq, mj, msg.app)
-            if msg.node is not None:
+            # the configured placement decides the node (the caller refuses a message
+            # naming another); the telemetry's node only without one
+            if msg.node is not None and self.limits.placement is None:
                 self.container_nodes[msg.container] = msg.node
         elif kind == "node":
             self._counter(buf, key, msg.seq, mj, msg.node)
@@ -307,19 +360,25 @@ class TickClock:
         buf = self.open[self._placed]
         seq, node = batch.seq, batch.node
         check = self.guard.check
+        floor = self.floor_us()
+        # the batch's node only without a configured placement (as ``offer``)
+        nodes = self.container_nodes if self.limits.placement is None else None
         reports: list[tuple[int, str]] = []
         taken = 0
         for i, container, app, mj in entries:
             key = "c:" + container
-            booked, why = check(key, seq, t_us, mj)
+            booked, why = check(key, seq, t_us, mj, floor)
             if why is not None:
                 reports.append((i, why))
             if booked is None:
                 self.n_refused += 1
                 continue
             self._counter(buf, key, seq, booked, app)
-            self.container_nodes[container] = node
+            if nodes is not None:
+                nodes[container] = node
             taken += 1
+        if self.guard.renumbered:
+            self._renumbered()
         more = taken - 1  # ``offer`` counted the batch as one sample: count its entries
         buf.samples += more
         self.n_samples += more
@@ -384,6 +443,10 @@ class TickClock:
         app_d: dict[str, int] = {}
         for key, (seq, mj, owner) in buf.counters.items():
             base = counters.get(key)
+            if base is None and key in self.dormant:
+                # silent for a while: books from where it was (the catch-up, exact)
+                base = counters[key] = self.dormant.pop(key)
+                self._fading.discard(key)
             # booked values never go back (a reset moves the offset: intake.CounterGuard);
             # an out-of-order lower one books nothing and leaves the baseline where it is
             if base is None:
@@ -424,10 +487,12 @@ class TickClock:
                 continue
             base = counters[key]
             if k - base.last_k > timeout:
+                # no longer estimated; its baseline (and the guard's last sample) kept,
+                # so a replayed or late old sample cannot become a new baseline
                 del counters[key]
-                self.guard.forget(key, t0)  # unless a newer sample is open
-                if key[0] == "c" and key not in self.guard.latest:
-                    self.container_nodes.pop(key[2:], None)
+                self.dormant[key] = base
+                if not self._kept(key):
+                    self._fading.add(key)
                 continue
             tag = key[0]
             if tag == "c":
@@ -469,9 +534,11 @@ class TickClock:
             else:
                 site_est.append(key)
         # sources silent for source_expiry_s of event time are forgotten (bounded state)
-        horizon = t0 + tick_us - self.expiry_us
+        horizon = t0 + tick_us - self.expiry_us  # the floor once this tick is closed
         for src in [s for s, d in self.dedupe.items() if d.last_us < horizon]:
             del self.dedupe[src]
+        if self._fading:
+            self._drop_fading(horizon)
         n_est = len(site_est) + sum(len(v) for v in app_est.values())
         self.n_estimated += n_est
         prev, self.solar_prev_mj = self.solar_prev_mj, solar_mj
@@ -492,8 +559,27 @@ class TickClock:
             metrics=buf.metrics,
             samples=buf.samples,
             late=buf.late,
-            container_nodes=dict(self.container_nodes),
+            container_nodes=(
+                dict(self.container_nodes)
+                if self.limits.placement is None
+                else self.limits.placement  # read-only, not copied
+            ),
         )
+
+    def _drop_fading(self, horizon: int) -> None:
+        """Forget dormant counters the configuration does not keep once every sample
+        they took is older than ``horizon`` (the floor after this close): any sample of
+        theirs still to come is refused as older than the floor, or newer than all they
+        booked, so nothing can be booked twice (bounded state for unconfigured ones)."""
+        latest = self.guard.latest
+        for key in list(self._fading):
+            last = latest.get(key)
+            if last is None or last.t_us < horizon:
+                self._fading.discard(key)
+                del self.dormant[key]
+                self.guard.forget(key, horizon)
+                if key[0] == "c":
+                    self.container_nodes.pop(key[2:], None)
 
     # --- persistence ---------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -520,6 +606,7 @@ class TickClock:
             "dedupe": {s: d.dump() for s, d in self.dedupe.items()},
             "latest": self.guard.dump(),
             "counters": {k: [c.seq, c.mj, c.owner, c.last_k] for k, c in self.counters.items()},
+            "dormant": {k: [c.seq, c.mj, c.owner, c.last_k] for k, c in self.dormant.items()},
             "container_nodes": self.container_nodes,
             "intensity": list(self.intensity) if self.intensity else None,
             "battery": list(self.battery) if self.battery else None,
@@ -558,7 +645,10 @@ class TickClock:
         clock.dedupe = {s: SeqWindow.load(v, window, wm) for s, v in snap["dedupe"].items()}
         clock.guard.load(snap.get("latest", {}))
         clock.counters = {k: _Counter(*v) for k, v in snap["counters"].items()}
-        clock.container_nodes = dict(snap["container_nodes"])
+        clock.dormant = {k: _Counter(*v) for k, v in snap.get("dormant", {}).items()}
+        clock._fading = {k for k in clock.dormant if not clock._kept(k)}
+        if clock.limits.placement is None:  # else the placement decides (never stored)
+            clock.container_nodes = dict(snap["container_nodes"])
         clock.intensity = tuple(snap["intensity"]) if snap["intensity"] else None  # type: ignore[assignment]
         clock.battery = tuple(snap["battery"]) if snap["battery"] else None  # type: ignore[assignment]
         clock.solar_w = tuple(snap["solar_w"]) if snap["solar_w"] else None  # type: ignore[assignment]
