@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ecovisor.contract import notifications, topics
+from ecovisor.contract.commands import sign_command
 from reliability.chaos_faults import Kill, inject_kills
 from reliability.chaos_outcome import Outcome, dump, outcome
 from reliability.chaos_stack import WAIT_S, Pipeline, Tail, remove_cgroups
-from reliability.chaos_workload import SITE, Workload, at
+from reliability.chaos_workload import SITE, TOKENS, Workload, at
 
 BACKLOG_TICKS = 4  # the publisher runs at most this far ahead of the ledger's last tick
 KILL_SLACK_TICKS = 8  # ... and this far past a kill position not yet reached
@@ -81,7 +82,9 @@ def run_once(
                 p.flush_mqtt()
                 p.wait(f"the ledger to close trace tick {s.tick - 1}",
                      lambda s=s: tail.closed() >= s.tick - 1)  # fmt: skip
-                cmd = s.command.model_copy(update={"time": at(s.tick + 0.75)})
+                # dated in its own tick, then signed again (the signature covers the time)
+                cmd = sign_command(s.command.model_copy(update={"time": at(s.tick + 0.75)}),
+                                   TOKENS[s.command.app])  # fmt: skip
                 p.to_kafka(topics.COMMANDS, cmd.app.encode(), cmd.to_json())
                 cid = cmd.command_id
                 p.wait(f"the ledger to accept or reject {cid}", lambda cid=cid: any(

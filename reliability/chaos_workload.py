@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ecovisor.contract import topics
-from ecovisor.contract.commands import Command, SetBatteryChargeRate, SetContainerPowercap
+from ecovisor.contract.commands import (
+    Command,
+    SetBatteryChargeRate,
+    SetContainerPowercap,
+    sign_command,
+)
 from ecovisor.contract.telemetry import (
     CarbonTelemetry,
     ClockMessage,
@@ -97,13 +102,13 @@ def make_commands(ticks: int) -> list[tuple[int, Command]]:
     applied by the ledger, one refused (app b capping app a's container)."""
 
     def cap(app: str, n: int, container: str, watts: float | None) -> Command:
-        return SetContainerPowercap(site=SITE, time=at(0), command_id=f"chaos-{n}",
-                                    app=app, token=TOKENS[app], container=container,
-                                    watts=watts)  # fmt: skip
+        return sign_command(SetContainerPowercap(site=SITE, time=at(0), command_id=f"chaos-{n}",
+                                                 app=app, container=container, watts=watts),
+                            TOKENS[app])  # fmt: skip
 
     def charge(app: str, n: int, watts: float) -> Command:
-        return SetBatteryChargeRate(site=SITE, time=at(0), command_id=f"chaos-{n}",
-                                    app=app, token=TOKENS[app], watts=watts)  # fmt: skip
+        return sign_command(SetBatteryChargeRate(site=SITE, time=at(0), command_id=f"chaos-{n}",
+                                                 app=app, watts=watts), TOKENS[app])  # fmt: skip
 
     plan = [
         (0.15, cap("a", 1, "a-1", 1.0)),

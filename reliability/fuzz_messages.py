@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from ecovisor.contract import topics  # noqa: E402
+from ecovisor.contract.commands import parse_command, sign_command  # noqa: E402
 from ecovisor.contract.config import EcovisorConfig  # noqa: E402
 from ecovisor.contract.config_file import parse_config  # noqa: E402
 from ecovisor.contract.notifications import Notification  # noqa: E402
@@ -143,7 +144,7 @@ def base_command(rng: random.Random, t: datetime) -> dict[str, Any]:
     typ = rng.choice(COMMAND_TYPES)
     app, token = rng.choice([("web", WEB_TOKEN), ("batch", BATCH_TOKEN)])
     d: dict[str, Any] = {"type": typ, "site": "demo", "time": iso(t), "app": app,
-                         "token": token, "command_id": f"c{rng.randrange(10**6)}"}  # fmt: skip
+                         "command_id": f"c{rng.randrange(10**6)}"}  # fmt: skip
     cont = "web-1" if app == "web" else rng.choice(["batch-1", "web-1"])
     if typ in ("set_container_powercap",):
         d.update(container=cont, watts=rng.choice([0.5, 2.0, None]))
@@ -159,7 +160,10 @@ def base_command(rng: random.Random, t: datetime) -> dict[str, Any]:
         d.update(container=cont, cpus=1.0)
     elif typ == "scale_app":
         d.update(template="web-worker", replicas=2)
-    return d
+    if typ == "no_such_command":
+        return d  # no model to sign
+    # signed with the app's token, as every producer does (a mutation breaks it)
+    return json.loads(sign_command(parse_command(json.dumps(d)), token).to_json())
 
 
 def base_ack(rng: random.Random, t: datetime) -> dict[str, Any]:

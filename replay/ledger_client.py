@@ -12,7 +12,7 @@ from typing import Any
 from ecovisor.api.emulation_signal import Forecast, forecast_of_view
 from ecovisor.api.forecasts import carbon_answer, solar_answer
 from ecovisor.api.state_source import live_state_from_view
-from ecovisor.contract.commands import COMMAND_TYPES, command_fields
+from ecovisor.contract.commands import COMMAND_TYPES, command_fields, sign_command
 from ecovisor.contract.experiment import TOKEN
 from ecovisor.core.units import US_PER_S
 from streams.ledger_views import state_view
@@ -40,13 +40,15 @@ class LedgerClient:
     def command(self, type: str, **fields: Any) -> Ref:
         cls = COMMAND_TYPES[type]
         self.n += 1
-        cmd = cls(
-            site=self.site,
-            time=datetime.fromtimestamp((self.now_us - 1) / US_PER_S, UTC),
-            app=self.app,
-            token=TOKEN,
-            command_id=f"r{self.n}",
-            **fields,
+        cmd = sign_command(
+            cls(
+                site=self.site,
+                time=datetime.fromtimestamp((self.now_us - 1) / US_PER_S, UTC),
+                app=self.app,
+                command_id=f"r{self.n}",
+                **fields,
+            ),
+            TOKEN,
         )
         for o in self.led.command(cmd.to_json(), self.now_us):
             self.on_out(o)

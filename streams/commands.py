@@ -4,9 +4,10 @@ A command from ``ecovisor.commands`` is accepted only if, in this order:
 
 1. it parses against the contract (``ecovisor.contract.commands.AnyCommand``): strict JSON types,
    finite numbers under the contract's static ceiling;
-2. it is for this site;
-3. its ``token`` is a configured app's credential (``config.app_for_token``) and that app
-   is the command's ``app`` (one app can never command another);
+2. it is authenticated as its ``app``'s: that app is configured and the command's
+   ``signature`` is the HMAC of this very command under the app's token
+   (``commands.command_authentication_error``; the token itself never travels);
+3. it is for this site;
 4. the container (or template) it names is owned by that app;
 5. its values are within the site's bounds (``EcovisorConfig.command_bound_error``, the
    rule the API answers 422 with): carbon limits within ``site.limits``, a power cap
@@ -15,6 +16,10 @@ A command from ``ecovisor.commands`` is accepted only if, in this order:
 6. its values are in range: a power cap must be at least the container's enforceable
    floor under the node's power model (idle share, kernel minimum quota:
    ``EcovisorConfig.cap_quota``), carbon limits > 0 (``null`` removes).
+
+Only an authenticated command is answered to its app (``command_rejected`` with the
+reason); one that does not parse or is not authenticated tells no app anything (the
+sender chooses the ``app`` and ``command_id`` it claims): it is dead-lettered.
 
 An accepted cap's ``ContainerAction`` carries the CPU quota computed here (``quota_us``
 per ``period_us``): the actuator writes it, so what was validated is what is enforced.
@@ -26,7 +31,6 @@ send to the actuators. Settings and actions carry the command's own event time.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +48,10 @@ from ecovisor.contract.commands import (
     SetCarbonRate,
     SetContainerPowercap,
     SuspendContainer,
+    command_authentication_error,
     parse_command,
 )
 from ecovisor.contract.config import EcovisorConfig
-from ecovisor.contract.envelope import is_ident
 from ecovisor.contract.operator_messages import describe_validation_error
 from ecovisor.core import state as core
 from ecovisor.core.power_cap import CapRejected, CpuQuota
@@ -57,14 +61,15 @@ from ecovisor.core.power_cap import CapRejected, CpuQuota
 class Decision:
     accepted: bool
     command_id: str | None
-    app: str | None  # the app the command claims to be from (notification target)
+    # the app the command is authenticated as (its notification target); None when it
+    # is not authenticated (whatever app it claims)
+    app: str | None
     type: str | None
     reason: str | None = None
     change: Any = None  # ecovisor.tick SettingsChange, applied from the next tick
     actions: tuple[ContainerAction, ...] = ()
     command: AnyCommand | None = None
-    # apps to notify of the outcome: the claimed app and, when another app's valid
-    # token was used, that token's owner as well
+    # apps to notify of the outcome: the authenticated app, or none (dead-lettered)
     notify: tuple[str, ...] = field(default=())
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -81,39 +86,26 @@ def _decided(cmd: AnyCommand, accepted: bool, notify: tuple[str, ...], **kw: Any
     )
 
 
-def _reject(
-    cfg: EcovisorConfig, cmd: AnyCommand, reason: str, token_owner: str | None = None
-) -> Decision:
-    known = {a.id for a in cfg.apps}
-    notify = tuple(dict.fromkeys(a for a in (cmd.app, token_owner) if a and a in known))
-    return _decided(cmd, False, notify, reason=reason)
+def _reject(cmd: AnyCommand, reason: str) -> Decision:
+    """An authenticated command refused: its app is told why."""
+    return _decided(cmd, False, (cmd.app,), reason=reason)
 
 
-def reject_unparsable(cfg: EcovisorConfig, raw: bytes | str, err: Exception) -> Decision:
-    """A payload that does not parse: rejected; addressed to its ``app`` if it names a
-    configured app and a usable ``command_id``, otherwise only dead-lettered."""
+def _unauthenticated(cmd: AnyCommand, reason: str) -> Decision:
+    """Not authenticated as its claimed app: nobody is told (dead-lettered), or anyone
+    could write rejections, with ids of their choice, into another app's stream."""
+    return Decision(
+        accepted=False, command_id=cmd.command_id, app=None, type=cmd.type, reason=reason
+    )
+
+
+def reject_unparsable(err: Exception) -> Decision:
+    """A payload that does not parse: rejected, only dead-lettered (unparsed, it cannot
+    be authenticated as any app's)."""
     reason = (
         describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
     ) or "not a valid command"
-    app = cid = typ = None
-    try:
-        data = json.loads(raw)
-        if isinstance(data, dict):
-            app, cid, typ = data.get("app"), data.get("command_id"), data.get("type")
-    except (ValueError, TypeError, RecursionError):  # pydantic parsed it; json may not
-        pass
-    known = {a.id for a in cfg.apps}
-    ok_app = app if isinstance(app, str) and app in known else None
-    # the rejection notification carries the id, so it must be a valid one (Ident)
-    ok_cid = cid if is_ident(cid) else None
-    return Decision(
-        accepted=False,
-        command_id=ok_cid,
-        app=ok_app,
-        type=typ if isinstance(typ, str) else None,
-        reason=f"invalid command: {reason}",
-        notify=(ok_app,) if ok_app and ok_cid else (),
-    )
+    return Decision(False, None, None, None, reason=f"invalid command: {reason}")
 
 
 def _cap_quota(cfg: EcovisorConfig, container: str, watts: float) -> CpuQuota | str:
@@ -127,25 +119,21 @@ def _cap_quota(cfg: EcovisorConfig, container: str, watts: float) -> CpuQuota | 
 
 def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
     """Validate one parsed command against the configuration."""
+    app = next((a for a in cfg.apps if a.id == cmd.app), None)
+    why = command_authentication_error(cmd, app.token if app else None)
+    if why is not None or app is None:  # (an unknown app always has a reason)
+        return _unauthenticated(cmd, why or f"no app {cmd.app!r}")
     if cmd.site != cfg.site.id:
-        return _reject(cfg, cmd, f"command for site {cmd.site!r}, this is {cfg.site.id!r}")
-    owner = cfg.app_for_token(cmd.token)
-    if owner is None:
-        return _reject(cfg, cmd, "invalid token: no app has this credential")
-    if owner.id != cmd.app:
-        return _reject(
-            cfg, cmd, f"token belongs to another app, not to {cmd.app!r}", token_owner=owner.id
-        )
-    app = owner
+        return _reject(cmd, f"command for site {cmd.site!r}, this is {cfg.site.id!r}")
     container = getattr(cmd, "container", None)
     place = cfg.locate(container) if container is not None else None
     if container is not None and (place is None or place.app != app.id):
-        return _reject(cfg, cmd, f"app {app.id!r} does not own container {container!r}")
+        return _reject(cmd, f"app {app.id!r} does not own container {container!r}")
     if isinstance(cmd, ScaleApp) and not any(t.id == cmd.template for t in app.templates):
-        return _reject(cfg, cmd, f"app {app.id!r} has no container template {cmd.template!r}")
+        return _reject(cmd, f"app {app.id!r} has no container template {cmd.template!r}")
     bound = cfg.command_bound_error(cmd) or cfg.share_bound_error(cmd)
     if bound is not None:
-        return _reject(cfg, cmd, f"{bound[0]}: {bound[1]}")
+        return _reject(cmd, f"{bound[0]}: {bound[1]}")
 
     def ok(change: Any = None, *actions: ContainerAction, **detail: Any) -> Decision:
         return _decided(cmd, True, (cmd.app,), change=change, actions=actions, detail=detail)
@@ -170,7 +158,7 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
             )
         quota = _cap_quota(cfg, cmd.container, cmd.watts)
         if isinstance(quota, str):
-            return _reject(cfg, cmd, quota)
+            return _reject(cmd, quota)
         return ok(
             core.SetContainerPowercap(container=cmd.container, watts=cmd.watts),
             action(
@@ -189,14 +177,14 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         if cmd.mg_per_s is None:
             return ok(core.SetCarbonRate(container=cmd.container, limit=None))
         if cmd.mg_per_s <= 0:
-            return _reject(cfg, cmd, "carbon rate must be > 0 mg/s (null removes the limit)")
+            return _reject(cmd, "carbon rate must be > 0 mg/s (null removes the limit)")
         limit_rate = core.CarbonRateLimit(rate_mg_per_s=cmd.mg_per_s, window_s=cmd.window_s)
         return ok(core.SetCarbonRate(container=cmd.container, limit=limit_rate))
     if isinstance(cmd, SetCarbonBudget):
         if cmd.grams is None:
             return ok(core.SetCarbonBudget(budget=None))
         if cmd.grams <= 0:
-            return _reject(cfg, cmd, "carbon budget must be > 0 g (null removes the budget)")
+            return _reject(cmd, "carbon budget must be > 0 g (null removes the budget)")
         budget = core.CarbonBudget(budget_g=cmd.grams, period_s=cmd.period_s)
         return ok(core.SetCarbonBudget(budget=budget))
     if isinstance(cmd, SuspendContainer):
@@ -207,7 +195,7 @@ def validate(cfg: EcovisorConfig, cmd: AnyCommand) -> Decision:
         return ok(None, action("scale_container", cmd.container, cpus=cmd.cpus))
     if isinstance(cmd, ScaleApp):  # the app's template, replicas within its max: above
         return ok(None, action("scale_app", cmd.template, replicas=cmd.replicas))
-    return _reject(cfg, cmd, f"unsupported command type {cmd.type!r}")  # pragma: no cover
+    return _reject(cmd, f"unsupported command type {cmd.type!r}")  # pragma: no cover
 
 
 def decide(cfg: EcovisorConfig, raw: bytes | str) -> Decision:
@@ -221,5 +209,5 @@ def decide(cfg: EcovisorConfig, raw: bytes | str) -> Decision:
     try:
         cmd = parse_command(raw)
     except (ValidationError, ValueError) as e:
-        return reject_unparsable(cfg, raw, e)
+        return reject_unparsable(e)
     return validate(cfg, cmd)

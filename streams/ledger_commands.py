@@ -26,12 +26,13 @@ from ecovisor.core.tick_clock import TickClock, to_us
 from streams.commands import Decision, decide
 from streams.ledger_out import Out, utc_from_us
 
-# Idempotency: the last command keys remembered per app (and for payloads without a
-# valid token), so the snapshot stays small whatever the traffic (docs/reliability.md).
+# Idempotency: the last command keys remembered per app (and for payloads not
+# authenticated as any app's), so the snapshot stays small whatever the traffic
+# (docs/reliability.md).
 SEEN_COMMANDS_PER_APP = 256
 SEEN_BYTES_PER_APP = 16_384
 PENDING_ACKS_PER_APP = 256
-RAW_BUCKET = ""  # seen_commands bucket of payloads without a valid token
+RAW_BUCKET = ""  # seen_commands bucket of payloads not authenticated as any app's
 
 
 def bucketed_keys(keys: Iterable[str]) -> dict[str, list[str]]:
@@ -80,7 +81,8 @@ class CommandIntake:
             d = replace(d, accepted=False, change=None, actions=(), notify=(d.app,),
                         reason=f"{MAX_PENDING} settings changes of app {d.app!r} already "
                         f"wait for the next tick; retry after it")  # fmt: skip
-        if not d.accepted and not d.notify:
+        if not d.accepted and not d.notify:  # not authenticated: no app is told
+            # (dead_letter redacts a token: a version 1 command carried the app's in clear)
             dl = dead_letter(topics.COMMANDS, d.reason or "rejected", raw)
             return [Out(topics.DEADLETTER, None, dl.model_dump_json().encode())]
         cmd_time = d.command.time if d.command is not None else utc_from_us(now_us)
@@ -116,14 +118,13 @@ class CommandIntake:
 
     def _dedupe_key(self, d: Decision, raw: bytes) -> tuple[str, str]:
         """(bucket, idempotency key). A command id is only unique within the app that
-        sent it, so the bucket is the token's (verified) app and the key the claimed app
-        and the id: nobody can get another app's command dropped as a "re-delivery" by
-        using its id first, nor push another app's ids out of its window. Payloads without
-        a valid token (or unparsable) dedupe on their exact bytes only."""
-        if d.command is not None and d.command_id is not None:
-            owner = self.cfg.app_for_token(d.command.token)
-            if owner is not None:
-                return owner.id, f"{d.app}|{d.command_id}"
+        sent it, so the bucket is the app the command is authenticated as (its
+        signature) and the key the app and the id: nobody can get another app's command
+        dropped as a "re-delivery" by using its id first, nor push another app's ids out
+        of its window, while a replayed copy of a signed command is dropped. Payloads
+        not authenticated (or unparsable) dedupe on their exact bytes only."""
+        if d.app is not None and d.command_id is not None:
+            return d.app, f"{d.app}|{d.command_id}"
         return RAW_BUCKET, hashlib.sha256(raw).hexdigest()
 
     def _trim_seen(self, bucket: str) -> None:

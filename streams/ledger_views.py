@@ -69,15 +69,13 @@ def state_view(led: SiteLedger, app: str) -> dict[str, Any] | None:
             "ticks": st.cumulative.ticks,
             "estimated_ticks": st.cumulative.estimated_ticks,
         },
+        # the site's clock; its sample counts are the site's (every app's telemetry), so
+        # they are in the ledger's /metrics (internal key), not in an app's view
         "clock": {
             "next_close": clock.next_close,
             "watermark": (
                 utc_from_us(clock.watermark_us).isoformat() if clock.watermark_us else None
             ),
-            "samples": clock.n_samples,
-            "duplicates": clock.n_duplicates,
-            "late": clock.n_late,
-            "estimated": clock.n_estimated,
         },
     }
 

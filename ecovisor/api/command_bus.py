@@ -87,9 +87,10 @@ class NotificationHub:
 
 
 class CommandBus(Protocol):
-    """Publishes commands, feeds the app notifications into ``hub`` and reads them back
-    by position. The production implementation is ``KafkaBus``; tests use an in-memory
-    double (tests/fakes/api.py)."""
+    """Publishes commands (signed by their app, ``commands.sign_command``: never a
+    token), feeds the app notifications into ``hub`` and reads them back by position.
+    The production implementation is ``KafkaBus``; tests use an in-memory double
+    (tests/fakes/api.py)."""
 
     hub: NotificationHub
 
@@ -160,6 +161,8 @@ class KafkaBus:
             self.hub.dispatch(n, (msg.partition, msg.offset))
 
     async def publish(self, cmd: Command) -> None:
+        if cmd.signature is None:  # the ledger would only dead-letter it
+            raise ValueError(f"command {cmd.command_id} is not signed")
         await self._producer.send_and_wait(
             topics.COMMANDS, value=cmd.to_json(), key=cmd.site.encode()  # by site: its partition
         )

@@ -1,5 +1,6 @@
 """The setters (paper Tables 1 and 2, and container management): each publishes an
-``ecovisor.contract.commands`` command on ``ecovisor.commands`` with the app's token and
+``ecovisor.contract.commands`` command on ``ecovisor.commands``, signed with the app's
+token (``commands.sign_command``: the token itself never goes on the bus), and
 returns its ``command_id``; ``?wait=true`` waits (bounded) for the lifecycle outcome on
 the app's notification topic. The ledger validates and applies; the API only checks
 that the app addresses its own containers and templates, and that every value is within
@@ -20,7 +21,7 @@ from ecovisor.api.models import CommandRequest, CommandResult, command_body
 from ecovisor.api.wiring import Ctx, Wiring
 from ecovisor.contract import commands
 from ecovisor.contract.app_config import AppConfig
-from ecovisor.contract.commands import COMMAND_TYPES, Command
+from ecovisor.contract.commands import COMMAND_TYPES, Command, sign_command
 from ecovisor.contract.envelope import utcnow
 from ecovisor.contract.notifications import COMMAND_LIFECYCLE, COMMAND_OUTCOMES
 
@@ -83,13 +84,13 @@ async def issue(
     container: str | None = None,
     **fields: Any,
 ) -> CommandResult:
-    """Build ``kind`` for ``me`` (its site, time and token; a ``container`` or
-    ``template`` only if ``me`` owns it) and ``send`` it."""
+    """Build ``kind`` for ``me`` (its site and time; a ``container`` or ``template``
+    only if ``me`` owns it), sign it with ``me``'s token and ``send`` it."""
     if container is not None:
         fields["container"] = own_container(ctx.cfg, me, container)
     if "template" in fields:
         fields["template"] = own_template(ctx.cfg, me, fields["template"])
-    envelope = {"site": ctx.cfg.site.id, "time": utcnow(), "app": me.id, "token": me.token}
+    envelope = {"site": ctx.cfg.site.id, "time": utcnow(), "app": me.id}
     try:
         cmd = kind(**envelope, **fields)
     except ValidationError as e:  # the body passed its own model; keep the 422 anyway
@@ -97,7 +98,7 @@ async def issue(
     bound = ctx.cfg.command_bound_error(cmd)
     if bound is not None:
         raise unprocessable(("body", bound[0]), bound[1])
-    return await send(ctx, cmd, wait, timeout)
+    return await send(ctx, sign_command(cmd, me.token), wait, timeout)
 
 
 # --- Table 1 ---------------------------------------------------------------------------

@@ -113,10 +113,12 @@ def send(
     if not site_id:
         raise fail("no site id: pass --site or --config")
     try:
-        command = cls(site=site_id, time=envelope.utcnow(), app=app_id, token=token, **fields)
+        command = cls(site=site_id, time=envelope.utcnow(), app=app_id, **fields)
     except ValidationError as e:
         raise fail(f"invalid command: {operator_messages.describe_validation_error(e)}") from None
-    raise typer.Exit(publish_command(command, boot, wait, timeout))
+    # signed with the token, which itself never goes on the topic
+    signed = commands.sign_command(command, token)
+    raise typer.Exit(publish_command(signed, boot, wait, timeout))
 
 
 def _option(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> Any:

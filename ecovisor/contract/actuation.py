@@ -102,7 +102,7 @@ class ActuatorAck(Message):
 SignedMessage = TypeVar("SignedMessage", "ContainerAction", "BatterySetpoint", "ActuatorAck")
 
 
-def _mac(message: BaseModel, key: str) -> str:
+def mac(message: BaseModel, key: str) -> str:
     """HMAC-SHA256 over the canonical JSON (sorted keys, no spaces) of every field but
     ``signature``: computed on the parsed message, so both ends agree whatever the bytes."""
     body = message.model_dump(mode="json", exclude={"signature"})
@@ -112,13 +112,13 @@ def _mac(message: BaseModel, key: str) -> str:
 
 def sign(message: SignedMessage, key: str) -> SignedMessage:
     """``message`` with its ``signature`` under the site's internal key."""
-    return message.model_copy(update={"signature": _mac(message, key)})
+    return message.model_copy(update={"signature": mac(message, key)})
 
 
 def verify(message: ContainerAction | BatterySetpoint | ActuatorAck, key: str) -> bool:
     """Whether ``message`` carries a valid signature under ``key`` (constant time)."""
     sig = message.signature
-    return sig is not None and hmac.compare_digest(sig, _mac(message, key))
+    return sig is not None and hmac.compare_digest(sig, mac(message, key))
 
 
 BAD_SIGNATURE = "bad or missing signature"

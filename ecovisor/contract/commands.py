@@ -1,16 +1,24 @@
 """Commands (Kafka ecovisor.commands): one pydantic definition per command an app can
-send, their union, its parser and the command's one name and own fields. See
-docs/contract.md#commands-ecovisorcommands."""
+send, their union, its parser, the command's one name and own fields, and its
+signature. See docs/contract.md#commands-ecovisorcommands."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 from pydantic.fields import FieldInfo
 
+# mac: the contract's one canonical-JSON HMAC rule (the actuator messages' signatures),
+# keyed here by the app's token instead of the site's internal key
+from ecovisor.contract.actuation import BAD_SIGNATURE, Signature, mac
 from ecovisor.contract.envelope import MAX_PERIOD_S, STRICT, Amount, AppId, Ident, Message
+
+# Version 2: the app's ``token`` (version 1, in clear on the topic, readable by any
+# consumer) became a ``signature`` made with it; a version 1 command is refused.
+COMMAND_SCHEMA_VERSION = 2
 
 
 def new_command_id() -> str:
@@ -20,10 +28,13 @@ def new_command_id() -> str:
 class Command(Message):
     model_config = STRICT
 
+    schema_version: Literal[2] = COMMAND_SCHEMA_VERSION  # type: ignore[assignment]
     command_id: Ident = Field(default_factory=new_command_id)
     app: AppId
-    token: str = Field(
-        min_length=1, max_length=4096, repr=False, description="the app's credential"
+    # the token authenticates the command without travelling: anyone reading the topic
+    # sees this MAC, which neither reveals the token nor fits any other command
+    signature: Signature | None = Field(
+        None, description="HMAC-SHA256 of the command, keyed by its app's token (sign_command)"
     )
 
 
@@ -135,9 +146,39 @@ def parse_command(raw: bytes | str) -> AnyCommand:
     return COMMAND_ADAPTER.validate_json(raw)
 
 
+C = TypeVar("C", bound=Command)
+
+
+def sign_command(cmd: C, token: str) -> C:
+    """``cmd`` signed by its app: HMAC-SHA256 keyed by the app's ``token`` over the
+    canonical JSON of every other field (``command_id``, ``app``, ``site``, ``time``,
+    ``type`` and values included), so the signature fits this one command only. What
+    every producer of ``ecovisor.commands`` sends (the API, ``ecovisor cmd``, an app
+    writing to Kafka itself); the token never leaves the producer."""
+    return cmd.model_copy(update={"signature": mac(cmd, token)})
+
+
+def verify_command(cmd: Command, token: str) -> bool:
+    """Whether ``cmd`` carries a valid signature under ``token`` (constant time)."""
+    sig = cmd.signature
+    return sig is not None and hmac.compare_digest(sig, mac(cmd, token))
+
+
+def command_authentication_error(cmd: Command, token: str | None) -> str | None:
+    """Why ``cmd`` is not authenticated as its ``app``'s (``token``: that app's token,
+    None for an app the site does not have), or None when it is."""
+    if cmd.signature is None:
+        return f"{BAD_SIGNATURE}: the command is unsigned (sign it with the app's token)"
+    if token is None:
+        return f"{BAD_SIGNATURE}: no app {cmd.app!r} on this site"
+    if not verify_command(cmd, token):
+        return f"{BAD_SIGNATURE}: not signed with the token of app {cmd.app!r}"
+    return None
+
+
 # The envelope every command carries; the rest of a command's fields are its own (what
 # the API body, the CLI options, the client arguments and a policy action hold).
-COMMAND_ENVELOPE = frozenset(("schema_version", "site", "time", "command_id", "app", "token"))
+COMMAND_ENVELOPE = frozenset(("schema_version", "site", "time", "command_id", "app", "signature"))
 
 
 def command_type(cls: type[Command]) -> str:

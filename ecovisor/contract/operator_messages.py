@@ -4,6 +4,7 @@ docs/contract.md#dead-letters--deadletter-ecovisordeadletter."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,15 +32,28 @@ class DeadLetter(BaseModel):
 DEAD_LETTER_RAW_MAX = 65_536  # characters of the raw payload kept in a dead letter
 
 
+# A ``token`` field's value wherever it shows (a version 1 command carried the app's
+# token in clear); an unterminated one (a cut payload) up to the end
+_TOKEN_FIELD = re.compile(rb'("token"\s*:\s*)"(?:[^"\\]|\\.)*"?')
+
+
+def redact(raw: bytes) -> bytes:
+    """``raw`` with the value of any ``token`` field replaced: a dead letter must not
+    hand a secret on to whoever reads ``ecovisor.deadletter``."""
+    return _TOKEN_FIELD.sub(rb'\1"<redacted>"', raw)
+
+
 def dead_letter(
     origin: str, reason: str, raw: bytes | str | None, keep: int = DEAD_LETTER_RAW_MAX
 ) -> DeadLetter:
-    """A dead letter for ``raw`` (``None``: a Kafka tombstone). A long payload is cut to
+    """A dead letter for ``raw`` (``None``: a Kafka tombstone), any ``token`` in it
+    redacted (``redact``). A long payload is cut to
     its first ``keep`` characters: escaping non-UTF-8 bytes can grow it ~4x, and a dead
     letter the broker refuses as too large would be lost with its reason."""
     if raw is None:
         text = ""
     else:
+        raw = redact(raw.encode() if isinstance(raw, str) else raw)
         # decode no more than can be kept (a payload may be megabytes): a byte is at
         # least a quarter of a character, escaped or not
         head = raw[: 4 * keep + 4] if isinstance(raw, bytes) else raw

@@ -114,7 +114,7 @@ class InMemoryBus:
 def accept_and_apply(cmd: Command) -> list[Notification]:
     """A responder for InMemoryBus: accepted, then applied with the command's fields."""
     base = {"site": cmd.site, "time": utcnow(), "app": cmd.app, "command_id": cmd.command_id}
-    applied = cmd.model_dump(exclude={"token", "site", "time", "app", "command_id"})
+    applied = cmd.model_dump(exclude={"signature", "site", "time", "app", "command_id"})
     return [
         Notification(**base, type="command_accepted"),
         Notification(**base, type="command_applied", data=applied),

@@ -18,6 +18,7 @@ from ecovisor.api.app import create_app
 from ecovisor.api.command_bus import KafkaBus
 from ecovisor.client import EcovisorClient, ForbiddenError, Tick
 from ecovisor.contract import topics
+from ecovisor.contract.commands import parse_command, verify_command
 from ecovisor.contract.config_file import parse_config
 from ecovisor.contract.notifications import Notification, TickData
 from tests.fakes.api import InMemoryStateSource, serve
@@ -81,7 +82,10 @@ def test_setter_publishes_and_waits_for_the_outcome_on_kafka(served: dict) -> No
     r = eco.set_container_powercap(f"{a}-1", 2.5)
     [cmd] = read_commands(served["commands"], 1, (served["a"], served["b"]))
     assert cmd["type"] == "set_container_powercap" and cmd["app"] == a
-    assert cmd["token"] == f"token-of-{a}" and cmd["command_id"] == r.command_id
+    assert cmd["command_id"] == r.command_id
+    # signed with the app's token, which is not on the topic
+    assert "token" not in cmd and f"token-of-{a}" not in json.dumps(cmd)
+    assert verify_command(parse_command(json.dumps(cmd)), f"token-of-{a}")
     assert cmd["container"] == f"{a}-1" and cmd["watts"] == 2.5
 
     # wait=true: a stand-in for the ledger answers on the app's notification topic

@@ -1,7 +1,8 @@
 """The Faust ledger on the real embedded stack (tansu + mosquitto + the MQTT bridge):
 a scripted tick of telemetry for two apps gives exactly the hand-computed ledger entries
-and tick notifications; duplicated and late samples leave totals right; commands with
-another app's token or for a container the app does not own are rejected with a reason.
+and tick notifications; duplicated and late samples leave totals right; a command
+signed with another app's token is dead-lettered (no app told), one for a container the
+app does not own is rejected to it with a reason.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ecovisor.contract import topics
-from ecovisor.contract.commands import SetBatteryChargeRate, SuspendContainer
+from ecovisor.contract.commands import SetBatteryChargeRate, SuspendContainer, sign_command
 from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry, SolarTelemetry
 from ecovisor.embedded.servers import Server, free_port
 
@@ -271,36 +272,39 @@ def test_scripted_ticks_over_mqtt(stack: dict[str, Any], tmp_path: Path) -> None
         assert t0["data"]["next_solar_w"] == 5.0  # half of tick 0's 10 J, for tick 1
         assert t1["data"]["solar_w"] == 5.0 and t1["data"]["carbon_g"] == 69e-6
         assert t1["data"]["containers"]["a-1"]["power_w"] == 6.0
-        # commands: another app's token; a container the app does not own
+        # commands: signed with another app's token; a container the app does not own
         prod = KafkaProducer(bootstrap_servers=stack["bootstrap"])
-        bad_token = SetBatteryChargeRate(
-            site="s1", time=at(2.6), app="a", token=TOKENS["b"], watts=0.0, command_id="cmd-1"
+        bad_token = sign_command(
+            SetBatteryChargeRate(site="s1", time=at(2.6), app="a", watts=0.0, command_id="cmd-1"),
+            TOKENS["b"],
         )
-        not_owned = SuspendContainer(
-            site="s1",
-            time=at(2.6),
-            app="a",
-            token=TOKENS["a"],
-            container="b-1",
-            command_id="cmd-2",
+        not_owned = sign_command(
+            SuspendContainer(site="s1", time=at(2.6), app="a", container="b-1", command_id="cmd-2"),
+            TOKENS["a"],
         )
         for cmd in (bad_token, not_owned, not_owned):  # the last is a re-delivery
             prod.send(topics.COMMANDS, cmd.model_dump_json().encode())
         prod.flush()
-        notes = na.wait(
-            lambda xs: {"cmd-1", "cmd-2"} <= {x.get("command_id") for x in xs}, timeout=30
-        )
+        dead = Reader(stack["bootstrap"], topics.DEADLETTER)
+        try:  # not a's command: dead-lettered, and no app is told anything
+            dead.wait(lambda xs: any('"cmd-1"' in x.get("raw", "") and "not signed with the "
+                                     "token of app 'a'" in x["reason"] for x in xs))  # fmt: skip
+        finally:
+            dead.close()
+        notes = na.wait(lambda xs: "cmd-2" in {x.get("command_id") for x in xs}, timeout=30)
         rej = {n["command_id"]: n for n in notes if n["type"] == "command_rejected"}
-        assert "another app" in rej["cmd-1"]["reason"]
         assert "does not own container 'b-1'" in rej["cmd-2"]["reason"]
         time.sleep(1.0)
         assert sum(n.get("command_id") == "cmd-2" for n in na.poll()) == 1  # no-op re-delivery
-        assert any(n.get("command_id") == "cmd-1" for n in nb.wait(lambda xs: len(xs) > 2))
+        assert not any(n.get("command_id") == "cmd-1" for n in na.poll() + nb.poll())
         # the state and counters views
         base = f"http://127.0.0.1:{stack['web']}"
         st = httpx.get(f"{base}/ecovisor/state/a", timeout=5).json()
-        assert st["tick"] == k0 + 1 and st["clock"]["duplicates"] == 1
-        assert st["clock"]["late"] == 1
+        assert st["tick"] == k0 + 1 and set(st["clock"]) == {"next_close", "watermark"}
+        # the site's sample counts: in the ledger's metrics, not in an app's view
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert 'ecovisor_ledger_samples_total{kind="duplicate",site="s1"} 1.0' in metrics
+        assert 'ecovisor_ledger_samples_total{kind="late",site="s1"} 1.0' in metrics
         assert st["tick_data"]["app_power_w"] == 6.0
         q = {"t1": at(0).isoformat(), "t2": at(2).isoformat()}
         cn = httpx.get(f"{base}/ecovisor/counters/a", params=q, timeout=5).json()

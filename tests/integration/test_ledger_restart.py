@@ -186,7 +186,7 @@ def test_a_command_is_anchored_after_the_telemetry_already_in_kafka(
     during tick 9 applied from tick 5 (a restored snapshot of tick 4) or here from tick 1,
     ticks already emitted were emitted again with other content, and totals changed.
     Now commands wait until the telemetry replay has caught up with the partition."""
-    from ecovisor.contract.commands import SetBatteryChargeRate
+    from ecovisor.contract.commands import SetBatteryChargeRate, sign_command
 
     site = "zzcmd"
     k0 = int(at(0).timestamp())
@@ -214,8 +214,9 @@ def test_a_command_is_anchored_after_the_telemetry_already_in_kafka(
     # everything up to tick 9 (its watermark 9.5 closes ticks 0-8) and, in tick 9, the
     # command: all in Kafka before the worker starts
     publish(kafka_bootstrap, telemetry(range(10)), site)
-    cmd = SetBatteryChargeRate(site=site, time=at(9.75), app="b", command_id="late-start",
-                               token=cfg.app("b").token, watts=0.5)  # fmt: skip
+    cmd = sign_command(SetBatteryChargeRate(site=site, time=at(9.75), app="b",
+                                            command_id="late-start", watts=0.5),
+                       cfg.app("b").token)  # fmt: skip
     p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     p.send(topics.COMMANDS, cmd.to_json(), key=b"b").get(30)
     p.close()

@@ -17,6 +17,7 @@ from ecovisor.contract.commands import SetContainerPowercap
 from ecovisor.contract.config_file import parse_config
 from ecovisor.contract.envelope import utcnow
 from streams.commands import validate
+from tests.fakes.commands import signed
 
 
 def site(root: Path, idle: str = "none") -> str:
@@ -248,7 +249,8 @@ def test_validation_and_enforcement_use_the_same_quota(tmp_path: Path, watts: fl
     cfg = parse_config(site(tmp_path, idle="equal") + TEMPLATE)
     decision = validate(
         cfg,
-        SetContainerPowercap(
+        signed(
+            SetContainerPowercap,
             site="s1",
             time=utcnow(),
             app="web",

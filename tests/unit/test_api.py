@@ -23,9 +23,12 @@ from ecovisor.contract.commands import (
     SetCarbonRate,
     SetContainerPowercap,
     SuspendContainer,
+    parse_command,
+    verify_command,
 )
 from ecovisor.contract.config_file import parse_config
 from ecovisor.contract.notifications import ContainerTickData, Notification, TickData
+from streams.commands import decide
 from tests.fakes.api import (
     InMemoryBus,
     InMemoryStateSource,
@@ -338,7 +341,7 @@ SETTERS: list[tuple[str, str, dict | None, type[Command], dict]] = [
 
 
 @pytest.mark.parametrize(("method", "suffix", "body", "cls", "fields"), SETTERS)
-def test_setters_publish_the_command_with_the_apps_token(
+def test_setters_publish_the_command_signed_by_the_app(
     env, method, suffix, body, cls, fields
 ) -> None:
     _, tc, bus, _ = env
@@ -349,9 +352,15 @@ def test_setters_publish_the_command_with_the_apps_token(
     [cmd] = bus.published
     assert isinstance(cmd, cls)
     assert cmd.command_id == out["command_id"] and cmd.app == "web" and cmd.site == "s1"
-    assert cmd.token == WEB
     for k, v in fields.items():
         assert getattr(cmd, k) == v
+    # signed with web's token, which is nowhere in what goes on the bus
+    wire = cmd.to_json()
+    assert verify_command(parse_command(wire), WEB) and not verify_command(cmd, BATCH)
+    assert WEB.encode() not in wire and b"token" not in wire
+    # and the ledger accepts it as web's (the API's half and the ledger's agree)
+    d = decide(parse_config(SITE), wire)
+    assert d.accepted and d.notify == ("web",), d.reason
 
 
 def test_setter_validation_errors_are_422(env) -> None:

@@ -18,6 +18,7 @@ from ecovisor.contract.operator_messages import DeadLetter, dead_letter
 from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry
 from ecovisor.core.tick_clock import TickClock, to_us
 from streams.ledger_worker import SiteLedger
+from tests.fakes.commands import signed_json
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -63,16 +64,32 @@ def test_malformed_command_is_dead_lettered_with_a_reason(cfg, name: str) -> Non
     assert kind == "deadletter" and reason.startswith("invalid command")
 
 
-def test_command_with_bad_value_is_rejected_to_the_app_with_the_field(cfg) -> None:
+def test_command_with_bad_value_is_dead_lettered_with_the_field(cfg) -> None:
+    """Out of the contract, a command does not parse, so it cannot be authenticated: no
+    app is told (whatever app it names), the dead letter says why."""
     led = SiteLedger.new(cfg)
     for i, watts in enumerate(("-1", "NaN", "1e999", '"lots"')):
         raw = (
-            '{"type": "set_battery_charge_rate", "site": "demo", "time": "2024-01-01T00:00:00Z",'
-            f' "app": "web", "token": "{cfg.app("web").token}", "watts": {watts},'
-            f' "command_id": "w{i}"}}'
+            '{"schema_version": 2, "type": "set_battery_charge_rate", "site": "demo",'
+            ' "time": "2024-01-01T00:00:00Z", "app": "web", "signature": "' + "0" * 64 + '",'
+            f' "watts": {watts}, "command_id": "w{i}"}}'
         ).encode()
         kind, reason = outcome(led.command(raw, NOW_US))
-        assert kind == "rejected" and "watts" in reason, (watts, reason)
+        assert kind == "deadletter" and "watts" in reason, (watts, reason)
+
+
+def test_version_1_command_is_dead_lettered_without_its_token(cfg) -> None:
+    """A command of the old form (its app's token in clear) is refused, and the dead
+    letter does not hand the token on."""
+    led = SiteLedger.new(cfg)
+    token = cfg.app("web").token
+    raw = json.dumps({"type": "set_battery_charge_rate", "site": "demo", "app": "web",
+                      "time": "2024-01-01T00:00:00Z", "token": token, "watts": 1.0,
+                      "command_id": "old"}).encode()  # fmt: skip
+    (o,) = led.command(raw, NOW_US)
+    assert o.topic == topics.DEADLETTER and token.encode() not in o.value
+    dl = DeadLetter.model_validate_json(o.value)
+    assert "token" in dl.reason and '"token": "<redacted>"' in dl.raw
 
 
 def test_huge_command_dead_letter_stays_publishable(cfg) -> None:
@@ -105,12 +122,11 @@ def test_command_for_unknown_app_is_dead_lettered_not_dropped(cfg) -> None:
             "site": "demo",
             "time": "2024-01-01T00:00:00Z",
             "app": "ghost",
-            "token": "whatever-token",
             "watts": 1,
         }
-    ).encode()
-    kind, reason = outcome(led.command(raw, NOW_US))
-    assert kind == "deadletter" and "token" in reason
+    )
+    kind, reason = outcome(led.command(signed_json("whatever-token", json.loads(raw)), NOW_US))
+    assert kind == "deadletter" and "no app 'ghost'" in reason
 
 
 # --- the tick clock: one bad timestamp -------------------------------------------------

@@ -4,6 +4,7 @@ plan and its supervisord configuration."""
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from ecovisor.contract.commands import (
     SetBatteryChargeRate,
     command_fields,
     command_type,
+    sign_command,
+    verify_command,
 )
 from ecovisor.contract.config_file import load_config
 from ecovisor.contract.notifications import Notification
@@ -130,8 +133,12 @@ def test_readable_lines() -> None:
     dl = dead_letter("mqtt:x", "bad json", b"{oops")
     line = format_record("deadletter", dl.model_dump_json().encode())
     assert "mqtt:x" in line and "reason='bad json'" in line and "raw={oops" in line
-    cmd = SetBatteryChargeRate(site="s", time=t, app="web", token="secret-token", watts=1)
-    assert "secret-token" not in format_record("commands", cmd.to_json())
+    # a version 1 command still on the topic carries its token: never printed
+    v1 = {"site": "s", "time": "2024-06-01T12:00:00Z", "app": "web", "token": "secret-token",
+          "type": "set_battery_charge_rate", "watts": 1.0}  # fmt: skip
+    assert "secret-token" not in format_record("commands", json.dumps(v1).encode())
+    cmd = sign_command(SetBatteryChargeRate(site="s", time=t, app="web", watts=1), "t" * 8)
+    assert "web" in format_record("commands", cmd.to_json())
     assert format_record("ledger", b"not json") == "not json"
 
 
@@ -230,7 +237,9 @@ def _built(monkeypatch: pytest.MonkeyPatch, name: str, extra: list[str]) -> Comm
                             "--bootstrap", "127.0.0.1:1", *extra])  # fmt: skip
     assert r.exit_code == 0, r.output
     (c,) = sent
-    assert (c.app, c.site, c.token) == ("web", "s", "t" * 8)
+    assert (c.app, c.site) == ("web", "s")
+    # signed with --token, which is not in the command it publishes
+    assert verify_command(c, "t" * 8) and b"t" * 8 not in c.to_json()
     return c
 
 
@@ -250,6 +259,7 @@ def test_old_names_build_the_same_command(monkeypatch: pytest.MonkeyPatch) -> No
         extra, fields = BUILDS[new]
         c = _built(monkeypatch, old, extra)
         assert c.type == typ and {k: getattr(c, k) for k in fields} == fields
-        assert c.model_dump(exclude={"command_id", "time"}) == _built(
-            monkeypatch, new, extra
-        ).model_dump(exclude={"command_id", "time"})
+        same = {"command_id", "time", "signature"}  # (the signature covers both)
+        assert c.model_dump(exclude=same) == _built(monkeypatch, new, extra).model_dump(
+            exclude=same
+        )

@@ -3,11 +3,14 @@ ledger and Kafka replaced by the in-memory test doubles): paper function names, 
 with the server's reason, tick/notification callbacks over server-sent events."""
 
 import asyncio
+import json
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -22,6 +25,7 @@ from ecovisor.client import (
     Tick,
     UnavailableError,
 )
+from ecovisor.contract.commands import verify_command
 from ecovisor.contract.config_file import parse_config
 from ecovisor.contract.notifications import ContainerTickData, Notification, TickData
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, accept_and_apply, serve
@@ -136,7 +140,7 @@ def test_setters_publish_and_wait(served: Served) -> None:
         "scale_container",
         "scale_app",
     ]
-    assert all(c.app == "web" and c.token == WEB for c in served.bus.published)
+    assert all(c.app == "web" and verify_command(c, WEB) for c in served.bus.published)
 
 
 def test_rejection_raises_with_the_reason(served: Served) -> None:
@@ -230,3 +234,181 @@ def test_run_raises_on_bad_token_instead_of_retrying(served: Served) -> None:
     eco = EcovisorClient(served.url, "wrong-token-000", app="web")
     with pytest.raises(AuthenticationError):
         eco.run(max_events=1)
+
+
+# --- robustness of the notification stream ------------------------------------------
+
+
+class ScriptedSSE:
+    """A tiny real HTTP server that plays one script of SSE events per connection, then
+    holds the connection open without a byte (no keep-alive): an API host that vanished
+    without closing the socket. Records each connection's Last-Event-ID."""
+
+    def __init__(self, scripts: list[list[tuple[str, str, str]]]) -> None:
+        self.scripts, self.seen = scripts, []
+        self.done = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                i = len(outer.seen)
+                outer.seen.append(self.headers.get("Last-Event-ID"))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for event, eid, data in outer.scripts[min(i, len(outer.scripts) - 1)]:
+                    self.wfile.write(f"event: {event}\nid: {eid}\ndata: {data}\n\n".encode())
+                self.wfile.flush()
+                outer.done.wait(30)  # silent, connection left open
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.done.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def scripted() -> Iterator[Callable[[list[list[tuple[str, str, str]]]], ScriptedSSE]]:
+    made: list[ScriptedSSE] = []
+
+    def make(scripts: list[list[tuple[str, str, str]]]) -> ScriptedSSE:
+        made.append(ScriptedSSE(scripts))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def tick_json(k: int, data: dict | None = None) -> str:
+    n = Notification(site="s1", time=T0, app="web", type="tick", tick=k,
+                     data=td().model_dump() if data is None else data)  # fmt: skip
+    return n.model_dump_json()
+
+
+READY = ("ready", "0:4", '{"app": "web", "resumed": false}')
+
+
+def test_stream_read_timeout_is_a_few_ping_intervals() -> None:
+    assert EcovisorClient("http://x", WEB, app="web").stream_read_timeout == 5.0
+    assert EcovisorClient("http://x", WEB, app="web", ping_s=15).stream_read_timeout == 45.0
+    eco = EcovisorClient("http://x", WEB, app="web", stream_read_timeout=2.0)
+    assert eco.stream_read_timeout == 2.0
+
+
+def test_a_silent_stream_times_out_and_run_resumes_after_the_last_id(scripted) -> None:
+    """The host sends ``ready`` and a tick, then nothing (not even a keep-alive):
+    run() must not block for good but reconnect with the last id it handled."""
+    srv = scripted([
+        [READY, ("tick", "0:5", tick_json(5))],
+        [("ready", "0:5", '{"app": "web", "resumed": true}'), ("tick", "0:6", tick_json(6))],
+    ])  # fmt: skip
+    eco = EcovisorClient(srv.url, WEB, app="web", stream_read_timeout=0.5)
+    ticks: list[int | None] = []
+    eco.on_tick(lambda t: ticks.append(t.index))
+    out: list[int] = []
+    th = threading.Thread(target=lambda: out.append(eco.run(max_events=2, reconnect_s=0.1)),
+                          daemon=True)  # fmt: skip
+    th.start()
+    th.join(10)
+    alive = th.is_alive()
+    eco.stop()
+    assert not alive, "run() blocked on a silent stream"
+    assert out == [2] and ticks == [5, 6]
+    assert srv.seen == [None, "0:5"]
+    assert eco.last_event_id == "0:6"
+
+
+def test_unreadable_notifications_are_logged_and_skipped(scripted, caplog) -> None:
+    """Not JSON, an unknown type: logged with the event id and skipped for good (the id
+    advances past them); an envelope field this client does not know is ignored."""
+    newer = json.loads(tick_json(7)) | {"priority": "high"}
+    srv = scripted([[
+        READY,
+        ("tick", "0:5", "{not json"),
+        ("tick_v2", "0:6", tick_json(6).replace('"tick"', '"tick_v2"', 1)),
+        ("tick", "0:7", json.dumps(newer)),
+    ]])  # fmt: skip
+    eco = EcovisorClient(srv.url, WEB, app="web", stream_read_timeout=5)
+    ticks: list[int | None] = []
+    eco.on_tick(lambda t: ticks.append(t.index))
+    with caplog.at_level(logging.WARNING, "ecovisor.client"):
+        assert eco.run(max_events=1) == 1
+    assert ticks == [7] and eco.last_event_id == "0:7"
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 2
+    assert "event id 0:5" in skipped[0] and "json" in skipped[0].lower()
+    assert "event id 0:6" in skipped[1] and "type" in skipped[1]
+
+
+def test_a_bad_tick_is_skipped_and_newer_tick_fields_are_ignored(served: Served, caplog) -> None:
+    """A tick without ``tick_s`` is logged (event id, reason) and skipped; one with
+    fields this client does not know (top level and per container) is delivered."""
+    eco = EcovisorClient(served.url, WEB)
+    ticks: list[Tick] = []
+    eco.on_tick(ticks.append)
+    out: list[int] = []
+    th = threading.Thread(target=lambda: out.append(eco.run(max_events=2)))
+    th.start()
+    _wait_subscribed(served.bus, "web")
+    base = dict(site="s1", time=T0, app="web", type="tick")
+    bad = td().model_dump()
+    del bad["tick_s"]
+    newer = td(333.0).model_dump()
+    newer["water_l"] = 1.0
+    newer["containers"]["web-1"]["gpu_w"] = 2.0
+    with caplog.at_level(logging.WARNING, "ecovisor.client"):
+        served.bus.inject(Notification(**base, tick=8, data=bad))
+        served.bus.inject(Notification(**base, tick=9, data=newer))
+        served.bus.inject(Notification(**base, tick=10, data=td().model_dump()))
+        th.join(10)
+    assert out == [2]
+    assert [t.index for t in ticks] == [9, 10]
+    assert ticks[0].data.grid_carbon_g_per_kwh == 333.0
+    assert ticks[0].data.containers["web-1"].power_w == 4.5
+    (msg,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert "tick_s" in msg and "event id" in msg and "tick 8" in msg
+
+
+def test_a_handler_exception_is_logged_and_the_stream_goes_on(served: Served, caplog) -> None:
+    """A bug in a handler is logged with its traceback and the next tick is handled;
+    KeyboardInterrupt (not an Exception) still ends run()."""
+    eco = EcovisorClient(served.url, WEB)
+    ticks: list[int | None] = []
+
+    @eco.on_tick
+    def tick(t: Tick) -> None:
+        if t.index == 8:
+            raise RuntimeError("bug in the policy")
+        if t.index == 10:
+            raise KeyboardInterrupt
+        ticks.append(t.index)
+
+    caught: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            eco.run()
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            caught.append(e)
+
+    th = threading.Thread(target=go)
+    th.start()
+    _wait_subscribed(served.bus, "web")
+    base = dict(site="s1", time=T0, app="web", type="tick")
+    with caplog.at_level(logging.ERROR, "ecovisor.client"):
+        for k in (8, 9, 10):
+            served.bus.inject(Notification(**base, tick=k, data=td().model_dump()))
+        th.join(10)
+    assert not th.is_alive() and ticks == [9]
+    assert len(caught) == 1 and isinstance(caught[0], KeyboardInterrupt)
+    (rec,) = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert "event id" in rec.getMessage() and "bug in the policy" in str(rec.exc_info[1])

@@ -18,11 +18,11 @@ import pydantic
 import pytest
 
 from ecovisor.api.app import create_app
-from ecovisor.contract import commands, operator_messages
+from ecovisor.contract import commands, operator_messages, topics
 from ecovisor.contract.commands import parse_command
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import parse_config
-from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import DeadLetter
 from ecovisor.contract.telemetry import (
     CarbonTelemetry,
     ContainerTelemetry,
@@ -36,6 +36,7 @@ from ecovisor.core.tick_clock import to_us
 from streams.commands import decide
 from streams.ledger_worker import SiteLedger
 from tests.fakes.api import InMemoryBus, InMemoryStateSource
+from tests.fakes.commands import signed_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo-site.yaml"
@@ -55,9 +56,10 @@ def tel(**over: Any) -> bytes:
 
 
 def cmd(cfg: EcovisorConfig, typ: str, app: str = "web", **fields: Any) -> bytes:
+    """The command as its app sends it (signed with its token)."""
     body = {"type": typ, "site": "demo", "time": T0.isoformat(), "app": app,
-            "token": cfg.app(app).token, "command_id": f"c-{typ}", **fields}  # fmt: skip
-    return json.dumps(body).encode()
+            "command_id": f"c-{typ}", **fields}  # fmt: skip
+    return signed_json(cfg.app(app).token, body)
 
 
 def raw_json(obj: dict[str, Any], **literal: str) -> bytes:
@@ -207,8 +209,8 @@ def test_command_numbers_are_not_coerced(cfg, value: str, ok: bool) -> None:
     else:
         with pytest.raises(pydantic.ValidationError):
             parse_command(raw)
-        d = decide(cfg, raw)  # the ledger tells the app why
-        assert not d.accepted and d.notify == ("web",) and "watts" in (d.reason or "")
+        d = decide(cfg, raw)  # unparsed, it is nobody's: dead-lettered with the reason
+        assert not d.accepted and d.notify == () and "watts" in (d.reason or "")
 
 
 # --- the ledger's validation applies the site's limits --------------------------------------
@@ -281,9 +283,11 @@ def test_c2_huge_budget_is_rejected_and_ticks_go_on(cfg) -> None:
     """Before: grams 1e305 was accepted, and the next tick raised OverflowError (budget in
     µg), stopping the ledger for every tenant."""
     led = SiteLedger.new(cfg)
-    (out,) = led.command(cmd(cfg, "set_carbon_budget", grams=1e305), NOW_US)
-    n = Notification.model_validate_json(out.value)
-    assert n.type == "command_rejected" and "grams" in (n.reason or "")
+    # out of the contract, it cannot even be built to be signed: dead-lettered
+    raw = json.loads(cmd(cfg, "set_carbon_budget", grams=1.0))
+    (out,) = led.command(json.dumps({**raw, "grams": 1e305}).encode(), NOW_US)
+    dl = DeadLetter.model_validate_json(out.value)
+    assert out.topic == topics.DEADLETTER and "grams" in dl.reason
     outs = _drive(led, 5)
     assert sum(1 for o in outs if o.topic == "ecovisor.ledger") >= 4
 

@@ -18,6 +18,7 @@ from ecovisor.contract.commands import SetBatteryChargeRate
 from streams.ledger_app import GroupService
 from streams.ledger_group import SiteGroup
 from streams.ledger_service import LedgerService
+from tests.fakes.commands import signed
 from tests.unit.test_ledger_intake import (
     T0_US,
     FakeApp,
@@ -86,8 +87,8 @@ def test_nothing_is_written_past_the_deadline() -> None:
 def command(app: str = "web") -> bytes:
     cfg = demo()
     token = next(a.token for a in cfg.apps if a.id == app)
-    return SetBatteryChargeRate(site="demo", time=at(0.2), app=app, token=token, watts=5.0,
-                                command_id="c-1").to_json()  # fmt: skip
+    return signed(SetBatteryChargeRate, site="demo", time=at(0.2), app=app, token=token, watts=5.0,
+                                        command_id="c-1").to_json()  # fmt: skip
 
 
 def test_a_command_left_waiting_by_a_revoke_is_not_taken_by_the_old_owner() -> None:

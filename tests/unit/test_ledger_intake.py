@@ -35,6 +35,7 @@ from ecovisor.core.tick_clock import to_us
 from streams.ledger_commands import SEEN_COMMANDS_PER_APP
 from streams.ledger_service import LedgerService, run_guarded
 from streams.ledger_worker import SiteLedger
+from tests.fakes.commands import signed
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-site.yaml"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -160,8 +161,8 @@ def test_snapshot_is_bounded_with_max_sources_and_many_commands() -> None:
     for k in range(3 * SEEN_COMMANDS_PER_APP):
         for app, token in tokens.items():
             cid = f"{app}-{k:06d}-" + "y" * 110  # ~128 characters
-            cmd = SetBatteryChargeRate(site="demo", time=at(0.2), app=app, token=token,
-                                       watts=1e9, command_id=cid[:128])  # fmt: skip
+            cmd = signed(SetBatteryChargeRate, site="demo", time=at(0.2), app=app, token=token,
+                                               watts=1e9, command_id=cid[:128])  # fmt: skip
             led.command(cmd.to_json(), T0_US + 200_000)
         led.command(f'{{"junk": {k}}}'.encode(), T0_US + 200_000)
     led.close(T0_US + 1_600_000)
@@ -210,13 +211,13 @@ def test_another_apps_command_flood_does_not_evict_an_apps_ids() -> None:
     cfg = demo()
     led = SiteLedger.new(cfg)
     web = cfg.app("web").token
-    mine = SetBatteryChargeRate(site="demo", time=at(0.2), app="web", token=web, watts=1.0,
-                                command_id="w-1")  # fmt: skip
+    mine = signed(SetBatteryChargeRate, site="demo", time=at(0.2), app="web", token=web, watts=1.0,
+                                        command_id="w-1")  # fmt: skip
     assert led.command(mine.to_json(), T0_US)
     tok = cfg.app("batch").token
     for k in range(10_001):  # out of bounds: rejected, but remembered
-        cmd = SetBatteryChargeRate(site="demo", time=at(0.2), app="batch", token=tok,
-                                   watts=1e9, command_id=f"b-{k}")  # fmt: skip
+        cmd = signed(SetBatteryChargeRate, site="demo", time=at(0.2), app="batch", token=tok,
+                                           watts=1e9, command_id=f"b-{k}")  # fmt: skip
         led.command(cmd.to_json(), T0_US)
     assert led.command(mine.to_json(), T0_US) == []
 
@@ -232,8 +233,8 @@ def test_settings_flood_is_rejected_not_a_crash() -> None:
     token = cfg.app("web").token
     outs = []
     for k in range(MAX_PENDING + 3):
-        cmd = SetBatteryChargeRate(site="demo", time=at(0.2), app="web", token=token,
-                                   watts=1.0, command_id=f"c-{k}")  # fmt: skip
+        cmd = signed(SetBatteryChargeRate, site="demo", time=at(0.2), app="web", token=token,
+                                           watts=1.0, command_id=f"c-{k}")  # fmt: skip
         outs += led.command(cmd.to_json(), T0_US + 200_000)
     notes = [Notification.model_validate_json(o.value) for o in outs]
     rejected = [n for n in notes if n.type == "command_rejected"]
@@ -432,9 +433,9 @@ def test_a_snapshot_of_the_previous_format_restores() -> None:
     assert old.clock.n_duplicates == 2
     assert old.ingest(carbon("co2", 6, 0.1), T0_US, None) is None  # a hole: new
     assert old.clock.n_duplicates == 2
-    mine = SetBatteryChargeRate(site="demo", time=at(0.2), app="web",
-                                token=cfg.app("web").token, watts=1.0,
-                                command_id="w-1")  # fmt: skip
+    mine = signed(SetBatteryChargeRate, site="demo", time=at(0.2), app="web",
+                                        token=cfg.app("web").token, watts=1.0,
+                                        command_id="w-1")  # fmt: skip
     assert old.command(mine.to_json(), T0_US) == []  # remembered across the upgrade
 
 
@@ -482,8 +483,8 @@ def test_event_mode_takes_a_command_only_after_the_telemetry_already_in_kafka() 
     cfg = demo()
     w = Wired(cfg)
     k0 = int(T0.timestamp())
-    cmd = SetBatteryChargeRate(site="demo", time=at(9.75), app="web", command_id="c-9",
-                               token=cfg.app("web").token, watts=1.0)  # fmt: skip
+    cmd = signed(SetBatteryChargeRate, site="demo", time=at(9.75), app="web", command_id="c-9",
+                                       token=cfg.app("web").token, watts=1.0)  # fmt: skip
 
     def samples(ticks: range) -> list[Any]:
         out: list[Any] = []
@@ -538,8 +539,8 @@ def test_a_snapshot_never_counts_a_close_whose_outputs_are_still_being_sent() ->
 
     w.svc.snapshots = Table()
     w.svc.last_persist = time.monotonic()  # the close itself does not snapshot now
-    cmd = SetBatteryChargeRate(site="demo", time=at(1.2), app="web", command_id="c-1",
-                               token=cfg.app("web").token, watts=1.0)  # fmt: skip
+    cmd = signed(SetBatteryChargeRate, site="demo", time=at(1.2), app="web", command_id="c-1",
+                                       token=cfg.app("web").token, watts=1.0)  # fmt: skip
     close_done: list[int] = []
 
     async def close() -> None:

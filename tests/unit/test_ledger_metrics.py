@@ -25,6 +25,7 @@ from streams.ledger_metrics import (
 )
 from streams.ledger_out import Out
 from streams.ledger_worker import SiteLedger
+from tests.fakes.commands import signed
 
 SITE = """
 site:
@@ -178,9 +179,9 @@ def test_settings_in_force_are_gauges() -> None:
     t = T0 + timedelta(seconds=1, milliseconds=600)
     common = {"site": "s", "time": t, "app": "web", "token": "web-token-123"}
     for cmd in (
-        SetBatteryChargeRate(command_id="c1", watts=2.5, **common),
-        SetContainerPowercap(command_id="c2", container="web-1", watts=3.5, **common),
-        SetCarbonBudget(command_id="c3", grams=12.0, **common),
+        signed(SetBatteryChargeRate, command_id="c1", watts=2.5, **common),
+        signed(SetContainerPowercap, command_id="c2", container="web-1", watts=3.5, **common),
+        signed(SetCarbonBudget, command_id="c3", grams=12.0, **common),
     ):
         led.command(cmd.to_json(), now)
     _drive(led, 2, start=1)
@@ -208,10 +209,10 @@ def test_health_counts_closes_dead_letters_and_command_outcomes() -> None:
     reg, health = ledger_registry(lambda: led, "s", 0.5)
     t = T0 + timedelta(milliseconds=500)
     common = {"site": "s", "time": t, "app": "web", "token": "web-token-123"}
-    outs = led.command(SetBatteryChargeRate(command_id="ok-1", watts=1.0, **common).to_json(),
-                       to_us(t.timestamp()))  # fmt: skip
-    outs += led.command(SetContainerPowercap(command_id="bad-1", container="batch-1",
-                                             watts=5.0, **common).to_json(),
+    outs = led.command(signed(SetBatteryChargeRate, command_id="ok-1", watts=1.0,
+                              **common).to_json(), to_us(t.timestamp()))  # fmt: skip
+    outs += led.command(signed(SetContainerPowercap, command_id="bad-1", container="batch-1",
+                               watts=5.0, **common).to_json(),
                         to_us(t.timestamp()))  # fmt: skip
     outs.append(Out(topics.DEADLETTER, None,
                     dead_letter(topics.TELEMETRY, "duplicate sample", b"{}")

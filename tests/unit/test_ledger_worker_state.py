@@ -12,6 +12,7 @@ from ecovisor.contract.notifications import Notification
 from ecovisor.contract.telemetry import CarbonTelemetry, ContainerTelemetry
 from ecovisor.core.tick_clock import to_us
 from streams.ledger_worker import SiteLedger
+from tests.fakes.commands import signed
 
 SITE = """
 site:
@@ -81,8 +82,8 @@ def test_settings_change_is_applied_by_the_ledger_when_in_force() -> None:
     led.clock.offer(CarbonTelemetry(site="s", time=T0, source="c", seq=1,
                                     intensity_g_per_kwh=100))  # fmt: skip
     now = to_us(T0.timestamp()) + 200_000
-    cmd = SetBatteryChargeRate(site="s", time=T0, app="web", token="web-token-123",
-                               command_id="cr-1", watts=2.0)  # fmt: skip
+    cmd = signed(SetBatteryChargeRate, site="s", time=T0, app="web", token="web-token-123",
+                                       command_id="cr-1", watts=2.0)  # fmt: skip
     out = led.command(cmd.to_json(), now)
     assert [n.type for n in _notes(out, "web")] == ["command_accepted"]
     # tick k (accepted) closes: not yet in force
@@ -118,8 +119,8 @@ KEYED_SITE = SITE.replace("  id: s\n", f"  id: s\n  internal_key: {KEY}\n", 1)
 def _suspend(led: SiteLedger) -> list:
     from ecovisor.contract.commands import SuspendContainer
 
-    cmd = SuspendContainer(site="s", time=T0, app="web", token="web-token-123",
-                           command_id="sus-1", container="web-1")  # fmt: skip
+    cmd = signed(SuspendContainer, site="s", time=T0, app="web", token="web-token-123",
+                                   command_id="sus-1", container="web-1")  # fmt: skip
     return led.command(cmd.to_json(), to_us(T0.timestamp()) + 200_000)
 
 

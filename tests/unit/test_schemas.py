@@ -174,3 +174,14 @@ def test_signature_survives_the_wire_and_binds_every_field() -> None:
         assert not actuation.verify(signed, "another-key-0123456789")
         tampered = signed.model_copy(update={"command_id": "other-id"})
         assert not actuation.verify(tampered, key)
+
+
+def test_command_examples_are_signed_with_the_demo_tokens() -> None:
+    """The commands' examples carry a valid signature (docs/contract.md, "Signatures of
+    the commands"), made with the demo site's tokens; no example carries a token."""
+    tokens = {"web": "web-demo-token-change-me", "batch": "batch-demo-token-change-me"}
+    for cls in commands.COMMAND_TYPES.values():
+        body = _examples()[cls.__name__]
+        cmd = commands.parse_command(body)
+        assert commands.verify_command(cmd, tokens[cmd.app]), cls.__name__
+        assert "token" not in json.loads(body) and cmd.schema_version == 2

@@ -21,11 +21,17 @@ from actuators.state import latest_actions
 from ecovisor.api.app import create_app
 from ecovisor.contract import topics
 from ecovisor.contract.actuation import ActuatorAck, ContainerAction
-from ecovisor.contract.commands import SetBatteryChargeRate, SuspendContainer
+from ecovisor.contract.commands import (
+    SetBatteryChargeRate,
+    SuspendContainer,
+    sign_command,
+    verify_command,
+)
 from ecovisor.contract.config import EcovisorConfig
 from ecovisor.contract.config_file import ConfigError, parse_config
 from ecovisor.contract.envelope import utcnow
 from ecovisor.contract.notifications import Notification
+from ecovisor.contract.operator_messages import DeadLetter
 from streams.ledger_worker import SiteLedger
 from tests.fakes.api import InMemoryBus, InMemoryStateSource, app_routes
 
@@ -52,9 +58,9 @@ def notes(outs: list, app: str) -> list[Notification]:
 
 
 def suspend(cfg: EcovisorConfig, app: str, token: str, container: str, cid: str) -> bytes:
-    return SuspendContainer(
-        site=cfg.site.id, time=T0, app=app, token=token, container=container, command_id=cid
-    ).to_json()
+    """A suspend_container as ``app`` sends it: signed with ``token``."""
+    cmd = SuspendContainer(site=cfg.site.id, time=T0, app=app, container=container, command_id=cid)
+    return sign_command(cmd, token).to_json()
 
 
 # --- replayed / colliding command ids ------------------------------------------------
@@ -66,7 +72,8 @@ def test_unverified_command_cannot_suppress_another_apps_command_id(cfg) -> None
     led = SiteLedger.new(cfg)
     forged = suspend(cfg, "batch", "not-a-token-at-all", "batch-1", "batch-cmd-1")
     out1 = led.command(forged, NOW_US)
-    assert [n.type for n in notes(out1, "batch")] == ["command_rejected"]
+    # not authenticated as batch's: dead-lettered, batch is not told anything
+    assert [o.topic for o in out1] == [topics.DEADLETTER]
     real = suspend(cfg, "batch", tok(cfg, "batch"), "batch-1", "batch-cmd-1")
     out2 = led.command(real, NOW_US)
     assert [n.type for n in notes(out2, "batch")] == ["command_accepted"]
@@ -100,6 +107,22 @@ def test_replayed_command_id_is_still_a_noop_for_the_same_app(cfg) -> None:
     (n,) = notes(out, "batch")
     assert n.type == "command_rejected" and "does not own" in (n.reason or "")
     assert notes(out, "web") == []
+
+
+def test_a_signed_command_read_off_the_bus_cannot_be_turned_into_another(cfg) -> None:
+    """Anyone can read batch's signed command on ecovisor.commands: re-published as it
+    is, it is a re-delivery (dropped); with another id, container or app it is not
+    batch's (dead-lettered, no app told)."""
+    led = SiteLedger.new(cfg)
+    genuine = suspend(cfg, "batch", tok(cfg, "batch"), "batch-1", "b-1")
+    assert [n.type for n in notes(led.command(genuine, NOW_US), "batch")] == ["command_accepted"]
+    assert led.command(genuine, NOW_US) == []  # the exact copy
+    body = json.loads(genuine)
+    for change in ({"command_id": "b-2"}, {"type": "resume_container"},
+                   {"app": "web", "container": "web-1", "command_id": "b-3"}):  # fmt: skip
+        out = led.command(json.dumps({**body, **change}).encode(), NOW_US)
+        assert [o.topic for o in out] == [topics.DEADLETTER], change
+        assert "signature" in DeadLetter.model_validate_json(out[0].value).reason
 
 
 def test_forged_rejection_is_deduplicated_too(cfg) -> None:
@@ -311,7 +334,8 @@ def test_api_refuses_other_apps_container_even_if_state_lists_it(cfg) -> None:
 
 
 def test_client_setter_carries_its_own_app(cfg) -> None:
-    """Commands the API publishes always carry the token's app and token."""
+    """Commands the API publishes always carry the token's app, signed with the token
+    (never the token itself)."""
     bus = InMemoryBus()
     api = create_app(cfg, InMemoryStateSource(), bus)
 
@@ -328,5 +352,16 @@ def test_client_setter_carries_its_own_app(cfg) -> None:
     asyncio.run(run())
     (cmd,) = bus.published
     assert isinstance(cmd, SetBatteryChargeRate)
-    assert (cmd.app, cmd.token, cmd.site) == ("web", tok(cfg, "web"), cfg.site.id)
+    assert (cmd.app, cmd.site) == ("web", cfg.site.id)
+    assert verify_command(cmd, tok(cfg, "web")) and not verify_command(cmd, tok(cfg, "batch"))
     assert json.loads(cmd.to_json())["app"] == "web"
+    assert tok(cfg, "web").encode() not in cmd.to_json()
+
+
+def test_an_apps_state_view_holds_no_site_wide_sample_counts(cfg) -> None:
+    """The API hands the ledger's state view to the app: the site's sample, duplicate
+    and late counts (every app's telemetry) told one app about the others' traffic."""
+    from streams.ledger_views import state_view
+
+    view = state_view(SiteLedger.new(cfg), "web")
+    assert view is not None and set(view["clock"]) == {"next_close", "watermark"}
