@@ -80,7 +80,8 @@ class StackConfig(StrictModel):
     ledger_web_port: int = Field(16066, ge=1, le=65535)
     state_dir: str = ".ecovisor"
     # supervisord's startsecs of the product services: alive this long = started; a
-    # quicker crash, 3 times in a row, is FATAL (docs/embedded-stack.md#health)
+    # quicker crash, 3 times in a row, is FATAL
+    # (docs/embedded-stack.md#health-crash-loops-are-not-healthy)
     service_startsecs: int = Field(10, ge=1, le=300)
 
 

@@ -5,8 +5,8 @@ themselves, one pydantic definition each, used by every producer and consumer
 
 Every message carries ``schema_version``, the ``site`` id and an event ``time`` (UTC).
 Telemetry also carries a ``source`` id and a per-source ``seq``; commands carry a
-``command_id`` (idempotency key) and the app's ``token``. Units: W, Wh, J, gCO2eq/kWh,
-g, mg/s, seconds. See docs/contract.md.
+``command_id`` (idempotency key) and the app's ``signature`` (``commands``). Units: W,
+Wh, J, gCO2eq/kWh, g, mg/s, seconds. See docs/contract.md.
 
 Telemetry, clock messages and commands come from devices and tenants, so they are
 bounded here, whoever publishes them (MQTT, Kafka, the API): strict JSON types (no
