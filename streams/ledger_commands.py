@@ -57,6 +57,9 @@ class CommandIntake:
     pending_acks: dict[str, str]
     pending_settings: dict[str, dict[str, Any]]
     suspended: dict[str, list[str]]
+    # commands accepted by this object: its service persists after one (an accepted
+    # command's settings must survive a crash), not after a rejected or junk one
+    accepted_commands: int = 0
 
     def command(self, raw: bytes, now_us: int) -> list[Out]:
         """Validate one command; lifecycle notifications, queued settings, actions."""
@@ -88,6 +91,7 @@ class CommandIntake:
         cmd_time = d.command.time if d.command is not None else utc_from_us(now_us)
         if d.accepted:
             assert d.app is not None and d.command is not None
+            self.accepted_commands += 1  # (first: the state changes below)
             # accepted during the tick of its event time (never later than the clock)
             k_cmd = self.clock.tick_of(to_us(cmd_time.timestamp()))
             k_now = self.clock.tick_of(now_us)

@@ -308,23 +308,29 @@ class LedgerService:
 
     async def command(self, raw: bytes) -> bool:
         """One command from ``ecovisor.commands``: decided, its outputs sent, the snapshot
-        written. In event mode only once the telemetry already in Kafka has been read
-        (``caught_up``, set by the group): a command is anchored to the driving time
-        (capped at its own tick), and a worker that has just started would take it from
-        its snapshot (older after a crash) or from nothing (a fresh start), so the setting
-        applied to ticks the uninterrupted worker had already closed without it (found
-        by reliability/chaos.py; docs/ledger.md, Guarantees).
-        Returns False, the command not taken, when the site's partition was revoked
-        while it waited (``moved``)."""
+        written if it was accepted. In event mode only once the telemetry already in Kafka
+        has been read (``caught_up``, set by the group): a command is anchored to the
+        driving time (capped at its own tick), and a worker that has just started would take
+        it from its snapshot (older after a crash) or from nothing (a fresh start), so the
+        setting applied to ticks the uninterrupted worker had already closed without it
+        (found by reliability/chaos.py; docs/ledger.md, Guarantees).
+        Returns False, the command not taken, when the site's partition was revoked while it
+        waited (``moved``)."""
         if self.clock_mode == "event":
             await self.caught_up.wait()
         led = self.loaded()
         async with self.lock:
             if self.moved:
                 return False
+            accepted = led.accepted_commands
             outs = self.one_message(topics.COMMANDS, raw, led.command, raw, self.driving_now(led))
             await self.send(outs)
-            await self.persist(led)
+            if led.accepted_commands != accepted:
+                # a rejected or junk command changes nothing the snapshot must hold (its
+                # rejection, sent, is at-least-once like every output): persisting after
+                # each (~8 ms at 10 apps x 100 containers) let a flood of junk stall
+                # every site of the worker
+                await self.persist(led)
         return True
 
     async def ack(self, raw: bytes) -> bool:

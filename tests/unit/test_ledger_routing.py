@@ -39,3 +39,44 @@ def test_a_record_keyed_by_this_site_for_another_is_dead_lettered(what: str, key
             assert dead == []
     finally:
         loop.close()
+
+
+class CountingDict(dict):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+def test_only_an_accepted_command_writes_a_snapshot() -> None:
+    """Every command persisted the site (~8 ms at 10 apps x 100 containers), so a flood of
+    junk or rejected commands stalled every site of the worker (found by a review)."""
+    from ecovisor.contract.commands import SetBatteryChargeRate
+    from tests.fakes.commands import signed
+
+    loop = asyncio.new_event_loop()
+    try:
+        snapshots = CountingDict()
+        cfg = demo()
+        svc = LedgerService(cfg, FakeApp(), snapshots, {}, "realtime")
+        token = cfg.app("web").token
+        junk = [b"", b"{", b'{"type":"set_battery_charge_rate"}']
+        forged = [signed(SetBatteryChargeRate, "not-the-token", site="demo", time=at(0),
+                         app="web", watts=1.0, command_id=f"f-{i}").to_json()
+                  for i in range(3)]  # fmt: skip
+        over = signed(SetBatteryChargeRate, token, site="demo", time=at(0), app="web",
+                      watts=1e9, command_id="too-much").to_json()  # fmt: skip
+        for raw in [*junk, *forged, over]:
+            assert loop.run_until_complete(svc.command(raw))
+        assert snapshots.writes == 0
+        ok = signed(SetBatteryChargeRate, token, site="demo", time=at(0), app="web",
+                    watts=1.0, command_id="fine").to_json()  # fmt: skip
+        loop.run_until_complete(svc.command(ok))
+        assert snapshots.writes == 1
+        assert loop.run_until_complete(svc.command(ok))  # a re-delivery: a no-op
+        assert snapshots.writes == 1
+    finally:
+        loop.close()
