@@ -54,7 +54,12 @@ def pipeline_config(
     named after the site: a second run of the same site would restore the first's)."""
     cfg = site_config(exp, app)
     site = cfg.site.id + (f"-{uuid.uuid4().hex[:8]}" if unique else "")
-    limits = cfg.site.limits.model_copy(update={"replay_clock_source": CLOCK_SOURCE})
+    # the API's command rate is per second of wall time, which a replay compresses: its
+    # policy may send a day's commands in seconds
+    limits = cfg.site.limits.model_copy(
+        update={"replay_clock_source": CLOCK_SOURCE, "max_commands_per_s": 100_000.0,
+                "command_burst": 1_000_000}
+    )  # fmt: skip
     stack = cfg.stack.model_copy(
         update={
             "kafka_bootstrap": bootstrap,

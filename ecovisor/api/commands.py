@@ -8,6 +8,7 @@ the contract and the site's bounds (``EcovisorConfig.command_bound_error``, the 
 ledger rejects with): out of bounds is a 422, nothing is published."""
 
 import asyncio
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -30,7 +31,7 @@ Wait = Annotated[bool, Query(description="wait for the lifecycle outcome")]
 Timeout = Annotated[float, Query(gt=0, le=MAX_WAIT_S, description="max seconds to wait")]
 
 # every route: the token and its app (401, 403), the command bus (503)
-router = APIRouter(responses=error_responses(401, 403, 503))
+router = APIRouter(responses=error_responses(401, 403, 429, 503))
 OWNED = error_responses(404)  # routes naming a container or template (path or body)
 
 # Route bodies: the command's own fields minus what the path names (contract-derived).
@@ -47,6 +48,15 @@ async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> Command
     """Publish ``cmd``; with ``wait``, return the last lifecycle step seen within
     ``timeout`` (``timed_out`` when no outcome came)."""
     typ = str(cmd.type)  # type: ignore[attr-defined]
+    wait_s = ctx.command_wait_s(cmd.app)
+    if wait_s > 0:
+        rate = ctx.cfg.site.limits.max_commands_per_s
+        raise HTTPException(
+            429,
+            f"more than {rate:g} commands a second from app {cmd.app!r} "
+            f"(site.limits.max_commands_per_s): retry in {wait_s:.2f} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
     result = CommandResult(command_id=cmd.command_id, type=typ, status="published")
     with ctx.bus.hub.subscribe(cmd.app) as q:  # before publishing: no outcome can be missed
         try:

@@ -6,7 +6,7 @@ as this 422 by ``unreadable_body_handler``). Items carry no echo of the input: a
 non-finite number (``Infinity``) would make the error itself unserialisable, and a large
 body is not worth sending back.
 
-The other refusals (401, 403, 404, 503) are ``{"detail": "<reason>"}`` (``ErrorDetail``);
+The other refusals (401, 403, 404, 429, 503) are ``{"detail": "<reason>"}`` (``ErrorDetail``);
 ``error_responses`` documents them on each route that can answer them, so the OpenAPI
 document lists every status code a route answers (checked by reliability/fuzz_rest.py)."""
 
@@ -35,6 +35,8 @@ _REASONS = {
     401: "no bearer token, or not the token of any application",
     403: "the token's application may not address this application, container or template",
     404: "the token's application has no such container or container template",
+    429: "the app sent commands faster than site.limits.max_commands_per_s (after "
+    "site.limits.command_burst at once): retry after the Retry-After header's seconds",
     503: "the ledger's state or the command bus is not available (the reason says which)",
 }
 

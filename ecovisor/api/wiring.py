@@ -2,7 +2,8 @@
 command bus. ``create_app`` keeps them on ``app.state``; routes ask for them with the
 ``Ctx`` dependency, so the route modules need no closures."""
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +11,7 @@ from fastapi import Depends, Request
 from ecovisor.api.command_bus import CommandBus
 from ecovisor.api.state_source import StateSource
 from ecovisor.contract.config import EcovisorConfig
+from ecovisor.core.rate_limit import TokenBucket
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,18 @@ class Wiring:
     cfg: EcovisorConfig
     state: StateSource
     bus: CommandBus
+    # one bucket per configured app (bounded by the configuration)
+    command_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def command_wait_s(self, app: str) -> float:
+        """Take one command of ``app`` from its bucket: 0.0, or the seconds until it may
+        send one (site.limits.max_commands_per_s, command_burst)."""
+        bucket = self.command_buckets.get(app)
+        if bucket is None:
+            limits = self.cfg.site.limits
+            bucket = TokenBucket(limits.max_commands_per_s, limits.command_burst)
+            self.command_buckets[app] = bucket
+        return bucket.take(time.monotonic())
 
 
 def wiring(request: Request) -> Wiring:

@@ -104,6 +104,15 @@ class SiteLimits(StrictModel):
     clock_max_step_s: float = Field(
         86_400.0, gt=0, le=366 * 86_400, description="largest advance of one clock message"
     )
+    # an accepted command costs the ledger a snapshot of the site: one app's flood must
+    # not stall every site of its worker
+    max_commands_per_s: float = Field(
+        50.0, gt=0, le=100_000, allow_inf_nan=False,
+        description="commands one app may send through the API per second, on average",
+    )  # fmt: skip
+    command_burst: int = Field(
+        500, ge=1, le=1_000_000, description="commands one app may send at once (the bucket)"
+    )
 
 
 class EmbodiedHardware(StrictModel):

@@ -593,3 +593,24 @@ def test_an_oversized_body_on_a_route_without_one_is_a_documented_422(env, path)
     assert r.status_code == 422, r.text
     schema = _documented("GET", path)["422"]["content"]["application/json"]["schema"]
     assert schema == {"$ref": "#/components/schemas/HTTPValidationError"}
+
+
+def test_an_app_over_its_command_rate_gets_429_and_another_app_does_not() -> None:
+    """An accepted command costs the ledger a snapshot of the site: one app's flood must
+    not stall every site of its worker (found by a review). The API keeps a bucket per
+    app: site.limits.command_burst at once, max_commands_per_s after."""
+    limits = "  limits: {max_commands_per_s: 0.5, command_burst: 2}\n"
+    site = SITE.replace("  id: s1\n", "  id: s1\n" + limits)
+    cfg = parse_config(site)
+    assert cfg.site.limits.command_burst == 2
+    bus = InMemoryBus()
+    with TestClient(create_app(cfg, InMemoryStateSource(), bus)) as tc:
+        put = functools.partial(tc.put, "/v1/apps/web/battery/charge_rate", json={"watts": 1.0})
+        assert [put(headers=h(WEB)).status_code for _ in range(2)] == [200, 200]
+        r = put(headers=h(WEB))
+        assert r.status_code == 429 and "max_commands_per_s" in r.json()["detail"]
+        assert 1 <= int(r.headers["Retry-After"]) <= 2
+        other = tc.put("/v1/apps/batch/battery/charge_rate", json={"watts": 1.0},
+                       headers=h(BATCH))  # fmt: skip
+        assert other.status_code == 200
+    assert [c.app for c in bus.published] == ["web", "web", "batch"]  # the 429 published nothing
