@@ -20,8 +20,8 @@ from ecovisor.adapters.cgroups import CgroupV2Backend, ProcessBackend
 from ecovisor.contract.actuation import ActuatorAck, ContainerAction, ContainerEvent
 from ecovisor.contract.app_config import ContainerBackend as BackendConfig
 from ecovisor.contract.config_file import parse_config
-from ecovisor.contract.envelope import utcnow
 from tests.fakes.lxd import FakeLxd
+from tests.unit.test_actuator_service import action, mk
 
 
 def site(root: Path) -> str:
@@ -45,20 +45,6 @@ apps:
     containers:
       - {{id: o1, node: n1, backend: {{type: cgroup_v2, cgroup: o1, root: "{root}"}}}}
 """
-
-
-def mk(root: Path, name: str, cpu_max: str = "max 100000") -> Path:
-    d = root / name
-    d.mkdir()
-    (d / "cpu.max").write_text(cpu_max)
-    (d / "cgroup.freeze").write_text("0")
-    return d
-
-
-def action(cid: str, act: str, container: str = "c1", app: str = "web", **kw) -> ContainerAction:
-    return ContainerAction(
-        site="s1", time=utcnow(), command_id=cid, app=app, container=container, action=act, **kw
-    )
 
 
 class Sink(list):

@@ -52,9 +52,9 @@ def quota(d: Path) -> int:
     return int(q)
 
 
-def action(cid: str, act: str, container: str = "c1", **kw) -> ContainerAction:
+def action(cid: str, act: str, container: str = "c1", app: str = "web", **kw) -> ContainerAction:
     return ContainerAction(
-        site="s1", time=utcnow(), command_id=cid, app="web", container=container, action=act, **kw
+        site="s1", time=utcnow(), command_id=cid, app=app, container=container, action=act, **kw
     )
 
 
