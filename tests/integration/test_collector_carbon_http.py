@@ -203,7 +203,8 @@ def test_ukci_actual_forecast_retries_and_stale(provider: str) -> None:
                     {
                         "from": (half + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%MZ"),
                         "to": (half + timedelta(minutes=30 * i + 30)).strftime("%Y-%m-%dT%H:%MZ"),
-                        "intensity": {"forecast": 266 - 10 * i, "actual": None, "index": "low"},
+                        # positive: the contract refuses a negative point
+                        "intensity": {"forecast": 266 - 5 * i, "actual": None, "index": "low"},
                     }
                     for i in range(48)
                 ]
