@@ -15,13 +15,15 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # others. Python installed under /root (pyenv) sits behind /root's mode 700: let others
 # traverse (o+x: they can open a path they know, not list the directory).
 if [ "$(id -u)" = 0 ] && [ -x .venv/bin/python ]; then
-  d=$(dirname "$(readlink -f .venv/bin/python)")
-  while [ "$d" != / ]; do
-    if [ -z "$(find "$d" -maxdepth 0 -perm -o+x)" ]; then
-      echo "workloads run as their app's uid: chmod o+x $d (traverse only)" >&2
-      chmod o+x "$d"
-    fi
-    d=$(dirname "$d")
+  # the venv's own path (what the launcher runs) and the interpreter it links to
+  for d in "$(pwd)/.venv/bin" "$(dirname "$(readlink -f .venv/bin/python)")"; do
+    while [ "$d" != / ]; do
+      if [ -z "$(find "$d" -maxdepth 0 -perm -o+x)" ]; then
+        echo "workloads run as their app's uid: chmod o+x $d (traverse only)" >&2
+        chmod o+x "$d"
+      fi
+      d=$(dirname "$d")
+    done
   done
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -38,6 +38,7 @@ from ecovisor.embedded.cgroup_cleanup import (
     release_cgroups,
     thaw_cgroups,
 )
+from ecovisor.embedded.mqtt_auth import write_private
 from ecovisor.embedded.plan import (
     STARTSECS_SERVICE,
     Plan,
@@ -260,7 +261,9 @@ def prepare(
     workdir = workdir or Path.cwd()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     p = plan(cfg, config_file.resolve(), state_dir)
-    (state_dir / "supervisord.conf").write_text(render_supervisord_conf(p, state_dir, workdir))
+    # owner-only: its programs' environment holds the internal key, and workloads run as
+    # their apps' own uids with this working directory (docs/reliability.md)
+    write_private(state_dir / "supervisord.conf", render_supervisord_conf(p, state_dir, workdir))
     _write_state(
         state_dir,
         {

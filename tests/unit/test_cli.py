@@ -263,3 +263,24 @@ def test_old_names_build_the_same_command(monkeypatch: pytest.MonkeyPatch) -> No
         assert c.model_dump(exclude=same) == _built(monkeypatch, new, extra).model_dump(
             exclude=same
         )
+
+
+def test_no_state_file_readable_by_others_holds_the_internal_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workloads run as their apps' own uids in the stack's working directory: the
+    supervisord configuration, whose programs' environment holds the internal key, was
+    world-readable (found by a review), which undid the privilege drop."""
+    import stat
+
+    key = "a-test-internal-key-0123456789"
+    monkeypatch.setenv("ECOVISOR_INTERNAL_KEY", key)
+    cfg = load_config(DEMO)
+    state = tmp_path / ".ecovisor"
+    stack.prepare(cfg, DEMO, state, tmp_path)
+    leaking = [
+        f for f in state.rglob("*")
+        if f.is_file() and key in f.read_text(errors="replace")
+        and f.stat().st_mode & (stat.S_IROTH | stat.S_IRGRP)
+    ]  # fmt: skip
+    assert (state / "supervisord.conf").exists() and leaking == []
