@@ -185,3 +185,28 @@ def test_command_examples_are_signed_with_the_demo_tokens() -> None:
         cmd = commands.parse_command(body)
         assert commands.verify_command(cmd, tokens[cmd.app]), cls.__name__
         assert "token" not in json.loads(body) and cmd.schema_version == 2
+
+
+def test_the_documented_command_signature_vector() -> None:
+    """docs/contract.md's test vector: the canonical JSON is the parsed command's dump
+    (a time keeps its offset, six fraction digits; 5 is 5.0), not the bytes sent."""
+    import hashlib
+    import hmac
+    import json as _json
+
+    from ecovisor.contract.commands import parse_command, sign_command, verify_command
+
+    raw = ('{"schema_version":2,"type":"set_battery_charge_rate","site":"demo","time":'
+           '"2024-06-01T14:00:00.25+02:00","command_id":"c-1","app":"web","watts":5}')  # fmt: skip
+    canon = ('{"app":"web","command_id":"c-1","schema_version":2,"site":"demo","time":'
+             '"2024-06-01T14:00:00.250000+02:00","type":"set_battery_charge_rate",'
+             '"watts":5.0}')  # fmt: skip
+    cmd = parse_command(raw)
+    body = cmd.model_dump(mode="json", exclude={"signature"})
+    assert _json.dumps(body, sort_keys=True, separators=(",", ":")) == canon
+    token = "web-demo-token-change-me"
+    sig = hmac.new(token.encode(), canon.encode(), hashlib.sha256).hexdigest()
+    assert sig == "f7703ab34ffd94a28f8e715bacb385ba5d38f03534800a29b33494aa5e5eb67b"
+    signed = sign_command(cmd, token)
+    assert signed.signature == sig and verify_command(parse_command(signed.to_json()), token)
+    assert sig in DOC and canon in DOC
