@@ -50,11 +50,11 @@ async def send(ctx: Wiring, cmd: Command, wait: bool, timeout: float) -> Command
     typ = str(cmd.type)  # type: ignore[attr-defined]
     wait_s = ctx.command_wait_s(cmd.app)
     if wait_s > 0:
-        rate = ctx.cfg.site.limits.max_commands_per_s
+        rate, burst = ctx.cfg.command_rate(cmd.app)
         raise HTTPException(
             429,
-            f"more than {rate:g} commands a second from app {cmd.app!r} "
-            f"(site.limits.max_commands_per_s): retry in {wait_s:.2f} s",
+            f"more than {rate:g} commands a second from app {cmd.app!r} after {burst} at "
+            f"once (site.limits.max_commands_per_s, command_burst): retry in {wait_s:.2f} s",
             headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
         )
     result = CommandResult(command_id=cmd.command_id, type=typ, status="published")

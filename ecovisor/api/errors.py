@@ -35,8 +35,8 @@ _REASONS = {
     401: "no bearer token, or not the token of any application",
     403: "the token's application may not address this application, container or template",
     404: "the token's application has no such container or container template",
-    429: "the app sent commands faster than site.limits.max_commands_per_s (after "
-    "site.limits.command_burst at once): retry after the Retry-After header's seconds",
+    429: "the app sent commands faster than its rate (site.limits.max_commands_per_s, "
+    "default from its size, after command_burst at once): retry after Retry-After s",
     503: "the ledger's state or the command bus is not available (the reason says which)",
 }
 

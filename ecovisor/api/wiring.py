@@ -26,11 +26,10 @@ class Wiring:
 
     def command_wait_s(self, app: str) -> float:
         """Take one command of ``app`` from its bucket: 0.0, or the seconds until it may
-        send one (site.limits.max_commands_per_s, command_burst)."""
+        send one (``EcovisorConfig.command_rate``)."""
         bucket = self.command_buckets.get(app)
         if bucket is None:
-            limits = self.cfg.site.limits
-            bucket = TokenBucket(limits.max_commands_per_s, limits.command_burst)
+            bucket = TokenBucket(*self.cfg.command_rate(app))
             self.command_buckets[app] = bucket
         return bucket.take(time.monotonic())
 

@@ -195,6 +195,19 @@ class EcovisorConfig(StrictModel):
         op = self.operator_token
         return op is not None and hmac.compare_digest(op.encode(), token.encode())
 
+    def command_rate(self, app_id: str) -> tuple[float, int]:
+        """(commands a second on average, at once) the API lets ``app_id`` send: the
+        site's ``limits.max_commands_per_s`` / ``command_burst``, else from the app's
+        size: a policy may command each of its container slots (configured containers
+        and every replica of its templates) and the app itself once a tick, twice over,
+        and send two ticks' worth at once."""
+        a = self.app(app_id)
+        slots = len(a.containers) + sum(t.max_replicas for t in a.templates) + 1
+        limits = self.site.limits
+        rate = limits.max_commands_per_s or 2.0 * slots / self.site.shape.tick_s
+        burst = limits.command_burst or int(2 * slots * 2) + 20
+        return rate, burst
+
     def workload_uid(self, app_id: str) -> int:
         """The uid and gid the app's workloads run as when cgexec starts as root: its
         ``run_as_uid``, else ``WORKLOAD_UID_BASE + crc32(id) % WORKLOAD_UID_SPAN``. A

@@ -105,14 +105,17 @@ class SiteLimits(StrictModel):
         86_400.0, gt=0, le=366 * 86_400, description="largest advance of one clock message"
     )
     # an accepted command costs the ledger a snapshot of the site: one app's flood must
-    # not stall every site of its worker
-    max_commands_per_s: float = Field(
-        50.0, gt=0, le=100_000, allow_inf_nan=False,
-        description="commands one app may send through the API per second, on average",
+    # not stall every site of its worker. None: from the app's size (EcovisorConfig.
+    # command_rate), enough for a command per container every tick
+    max_commands_per_s: float | None = Field(
+        None, gt=0, le=100_000, allow_inf_nan=False,
+        description="commands one app may send through the API per second, on average "
+        "(None: two per container slot and tick)",
     )  # fmt: skip
-    command_burst: int = Field(
-        500, ge=1, le=1_000_000, description="commands one app may send at once (the bucket)"
-    )
+    command_burst: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="commands one app may send at once (None: two ticks' worth, + 20)",
+    )  # fmt: skip
 
 
 class EmbodiedHardware(StrictModel):

@@ -239,3 +239,16 @@ def test_run_as_uid_overrides_and_two_apps_on_one_uid_are_refused() -> None:
     a_default = parse_config(MINIMAL).workload_uid("a")
     with pytest.raises(ConfigError, match=f"same uid {a_default}"):
         parse_config(with_uid(TWO_APPS, "bbbbbbbbbbbb", a_default))
+
+
+def test_the_command_rate_follows_the_apps_size_unless_set() -> None:
+    """A policy may command every container slot and its app once a tick: the default
+    rate allows that twice over (a fixed 50/s refused a 100-container app's caps)."""
+    text = MINIMAL.replace("  nodes:", "  shape: {tick_s: 2.0}\n  nodes:")
+    text += ("    templates: [{id: w, node: n1, max_replicas: 4,"
+             " backend: {type: cgroup_v1, cgroup: eco/w}}]\n")  # fmt: skip
+    cfg = parse_config(text)
+    assert cfg.command_rate("a") == (2.0 * (1 + 4 + 1) / 2.0, 2 * 2 * 6 + 20)
+    limited = parse_config(text.replace("  id: s1\n", "  id: s1\n  limits: "
+                                        "{max_commands_per_s: 3, command_burst: 7}\n"))  # fmt: skip
+    assert limited.command_rate("a") == (3.0, 7)
