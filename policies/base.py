@@ -418,7 +418,7 @@ class PolicyRunner:
         self._events: set[str] = set()
         self.issued: list[Action] = []
         # last tick index handed to the policy, per (site, app)
-        self._last_tick: dict[tuple[str, str], int] = {}
+        self._last_tick: dict[tuple[str, str], tuple[int, datetime]] = {}
 
     def start(self) -> None:
         self._issue(self.policy.setup(self.app), None)
@@ -436,18 +436,24 @@ class PolicyRunner:
         key = (n.site, n.app)
         last = self._last_tick.get(key)
         if n.tick is not None and last is not None:
-            if n.tick <= last:
-                log.debug("tick %d of %s dropped: tick %d was handled already",
-                          n.tick, n.app, last)  # fmt: skip
+            last_k, last_time = last
+            # by time, not index: a duplicate is identical, and a tick_s changed under a
+            # running policy sends the epoch-based index back while time goes on
+            if n.time <= last_time:
+                log.debug("tick %d of %s dropped: tick %d (at %s) was handled already",
+                          n.tick, n.app, last_k, last_time)  # fmt: skip
                 return []
-            if n.tick > last + 1:
+            if n.tick < last_k:
+                log.warning("tick index of %s went back from %d to %d at a later time "
+                            "(tick_s changed?): deciding on it", n.app, last_k, n.tick)  # fmt: skip
+            elif n.tick > last_k + 1:
                 log.warning("ticks %d..%d of %s never arrived: deciding on tick %d",
-                            last + 1, n.tick - 1, n.app, n.tick)  # fmt: skip
+                            last_k + 1, n.tick - 1, n.app, n.tick)  # fmt: skip
         # lenient as the client (fields a newer ledger adds are ignored), so a tick the
         # client delivered is one the runner can read
         data = parse_tick_data(n.data)
         if n.tick is not None:  # handled from here on: decide() may change the policy
-            self._last_tick[key] = n.tick
+            self._last_tick[key] = (n.tick, n.time)
         full, empty = self.flags.update(data.battery_charge_level_wh, self._events)
         metrics = self.metrics() if self.metrics else {}
         fc = self.forecasts() if self.forecasts else Forecasts()

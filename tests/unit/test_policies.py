@@ -446,3 +446,17 @@ def test_runner_warns_about_missing_ticks_and_still_decides(caplog) -> None:
     (rec,) = caplog.records
     assert "ticks 9..10" in rec.getMessage()
     assert p.spent_g == 1.5
+
+
+def test_runner_follows_a_tick_index_that_goes_back_at_a_later_time(caplog) -> None:
+    """Tick indices are epoch-based: a tick_s raised under a running policy sends them
+    back while time goes on. Judged by index, every later tick was dropped (a review)."""
+    p = DynamicBudget(template="w", rate_mg_per_s=1.0, horizon_s=3600.0)
+    runner = PolicyRunner(p, _NoClient(), APP)
+    runner.on_tick(_tick_note(7))
+    later = _tick_note(8)
+    back = later.model_copy(update={"tick": 3})  # the index of a longer tick, later time
+    with caplog.at_level(logging.WARNING, "ecovisor.policy"):
+        runner.on_tick(back)
+    assert p.spent_g == 1.0 and "went back from 7 to 3" in caplog.text
+    assert runner.on_tick(back) == [] and p.spent_g == 1.0  # its duplicate still dropped
