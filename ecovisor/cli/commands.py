@@ -12,6 +12,7 @@ publish path (``send``). The names used before are kept as hidden aliases (``ALI
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import time
 import types
@@ -116,6 +117,14 @@ def send(
         command = cls(site=site_id, time=envelope.utcnow(), app=app_id, **fields)
     except ValidationError as e:
         raise fail(f"invalid command: {operator_messages.describe_validation_error(e)}") from None
+    if cfg is not None and cfg.site.id == site_id:
+        # a wrong token is dead-lettered by the ledger, which tells no app: with the site
+        # file at hand, say so now rather than wait for an outcome that never comes
+        app = next((a for a in cfg.apps if a.id == app_id), None)
+        if app is None:
+            raise fail(f"site {site_id!r} has no app {app_id!r}")
+        if not hmac.compare_digest(app.token.encode(), token.encode()):
+            raise fail(f"--token is not the token of app {app_id!r} in the site configuration")
     # signed with the token, which itself never goes on the topic
     signed = commands.sign_command(command, token)
     raise typer.Exit(publish_command(signed, boot, wait, timeout))

@@ -284,3 +284,20 @@ def test_no_state_file_readable_by_others_holds_the_internal_key(
         and f.stat().st_mode & (stat.S_IROTH | stat.S_IRGRP)
     ]  # fmt: skip
     assert (state / "supervisord.conf").exists() and leaking == []
+
+
+def test_cmd_refuses_a_token_the_site_file_does_not_give_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong token's command is dead-lettered, telling no app: --wait waited its whole
+    timeout for nothing (found by a review). With the site file it fails at once."""
+    from ecovisor.cli import commands
+
+    sent: list[Command] = []
+    monkeypatch.setattr(commands, "publish_command", lambda c, *_a: sent.append(c) or 0)
+    base = ["cmd", "set-charge-rate", "--app", "web", "--watts", "1", "-c", str(DEMO),
+            "--bootstrap", "127.0.0.1:1", "--token"]  # fmt: skip
+    r = runner.invoke(app, [*base, "not-webs-token"])
+    assert r.exit_code == 1 and "is not the token of app 'web'" in r.output and sent == []
+    token = load_config(DEMO).app("web").token
+    assert runner.invoke(app, [*base, token]).exit_code == 0 and len(sent) == 1
