@@ -107,8 +107,14 @@ def mosquitto_conf(port: int, state_dir: Path, auth: BrokerAuth | None = None) -
         "autosave_interval 1\n"
         "max_queued_messages 100000\n"
         "max_inflight_messages 100\n"
+        # a persistent session nobody resumes (a client id of before an upgrade or a key
+        # rotation: bus_access.session_client_id) would queue the site's telemetry forever
+        f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}\n"
     )
     return conf
+
+
+PERSISTENT_CLIENT_EXPIRATION = "7d"  # mosquitto's; longer than any outage the bridge rides
 
 
 def mqtt_command(port: int, state_dir: Path, auth: BrokerAuth | None = None) -> list[str]:
