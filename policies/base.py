@@ -437,9 +437,10 @@ class PolicyRunner:
         last = self._last_tick.get(key)
         if n.tick is not None and last is not None:
             last_k, last_time = last
-            # by time, not index: a duplicate is identical, and a tick_s changed under a
-            # running policy sends the epoch-based index back while time goes on
-            if n.time <= last_time:
+            # a duplicate (or an older tick) is not later by index nor by time; by index
+            # alone, a tick_s changed under a running policy (the epoch-based index goes
+            # back while time goes on) would drop every later tick
+            if n.tick <= last_k and n.time <= last_time:
                 log.debug("tick %d of %s dropped: tick %d (at %s) was handled already",
                           n.tick, n.app, last_k, last_time)  # fmt: skip
                 return []
