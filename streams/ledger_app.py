@@ -82,6 +82,15 @@ def internal_topics(app_id: str) -> list[str]:
     return [f"{app_id}-snapshots-changelog", f"{app_id}-counters-changelog"]
 
 
+async def seek(consumer: Any, tp: Any, offset: int) -> None:
+    """Seek a telemetry partition on the consumer's own thread. Faust's ``seek`` calls
+    aiokafka's on the caller's thread while the consumer thread fetches: a restarted
+    worker's seek once raced the fetcher (KeyError in ``fetched_records``) and crashed
+    it. ``seek_wait`` runs it on the consumer thread, and sets what Faust counts as
+    read the same way."""
+    await consumer.seek_wait({tp: offset})
+
+
 def value_of(raw: bytes | None) -> bytes:
     """A record's value; a tombstone (null value: anyone may write one to a topic) as
     empty bytes, which every step refuses with a dead letter like any other junk."""
@@ -272,7 +281,7 @@ class GroupService:
         if not isinstance(verdict, bool):  # an offset (bool is an int subclass)
             log.info("partition %s: offset %s delivered, %s expected: seeking back",
                      part, off, verdict)  # fmt: skip
-            await self.app.consumer.seek(tp, verdict)
+            await seek(self.app.consumer, tp, verdict)
             return False
         return verdict is True
 
@@ -328,7 +337,7 @@ class GroupService:
             consumer.on_buffer_drop(tp)
             self.sites.expect[part] = at
             self.sites.resync[part] = (at, -1 if rs is None else rs[1])
-            await consumer.seek(tp, at)  # also resets what Faust counts as read on it
+            await seek(consumer, tp, at)  # also resets what Faust counts as read on it
 
     async def command(self, key: bytes | None, raw: bytes | None, partition: int) -> None:
         await self._routed(topics.COMMANDS, key, value_of(raw), partition)
