@@ -213,15 +213,19 @@ def test_powercap_command_to_kernel_quota_and_back(rig: Rig) -> None:
             "a tick with the cap in force",
         )
 
-        # --- another app's token for this container: dead-lettered, nothing changes ---
-        dead = TopicReader(rig.bootstrap, topics.DEADLETTER)
+        # --- another app's token for this container: the CLI with the site file refuses
+        # it; published anyway, it is dead-lettered, no app is told, nothing changes ---
         r = cli(
             "cmd", "set-powercap", "--app", "web", "--container", "burn-1",
             "--watts", f"{cap_w / 2:.4f}", "--token", TOKENS["batch"],
             "--config", str(rig.cfg_path), "--wait", "--timeout", "5",
         )  # fmt: skip
-        assert r.returncode == 2, r.stdout + r.stderr  # no app is told: no outcome
-        bad_id = r.stdout.splitlines()[0].strip()
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "is not the token of app 'web'" in r.stderr and r.stdout == ""
+        dead = TopicReader(rig.bootstrap, topics.DEADLETTER)
+        forged = _cmd(rig, "web", TOKENS["batch"], cap_w / 2)
+        assert publish_command(forged, rig.bootstrap, wait=False, timeout=0) == 0
+        bad_id = forged.command_id
         try:
             why = "not signed with the token of app 'web'"
             dead.wait(lambda xs: any(bad_id in x.get("raw", "") and why in x["reason"]
